@@ -10,7 +10,10 @@ let upcoming: [SwiftSetting] = [
 let package = Package(
     name: "lorikeet",
     platforms: [.macOS(.v15)],
-    products: [],
+    products: [
+        .executable(name: "lorikeet", targets: ["LorikeetCLI"]),
+        .executable(name: "lorikeet-fuzz", targets: ["LorikeetFuzz"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
@@ -19,10 +22,38 @@ let package = Package(
         // Thin C layers.
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+        .target(name: "CLorikeetSys"),
         .target(
             name: "CLorikeetProto",
             dependencies: ["CProtobufC"],
-            cSettings: [.headerSearchPath("generated")]
+            cSettings: [.headerSearchPath("include")]
+        ),
+        // Protocol: message types, protobuf-c codec, framing. Knows no HTTP, no libuv.
+        .target(
+            name: "LorikeetProto",
+            dependencies: ["CLorikeetProto", "CLorikeetSys"],
+            swiftSettings: upcoming
+        ),
+        // The `lorikeet` command.
+        .executableTarget(
+            name: "LorikeetCLI",
+            dependencies: [
+                "LorikeetProto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // Fuzz entry points: replay corpus files normally, libFuzzer with -DFUZZING.
+        .executableTarget(
+            name: "LorikeetFuzz",
+            dependencies: ["LorikeetProto", "CLorikeetSys"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetProtoTests",
+            dependencies: ["LorikeetProto"],
+            swiftSettings: upcoming
         ),
     ]
 )
