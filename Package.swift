@@ -34,11 +34,20 @@ let package = Package(
             dependencies: ["CLorikeetProto", "CLorikeetSys"],
             swiftSettings: upcoming
         ),
+        // The libuv supervisor: the only importer of CLibUV.
+        .target(
+            name: "LorikeetSupervisor",
+            dependencies: [
+                "CLibUV", "LorikeetProto",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
         // The `lorikeet` command.
         .executableTarget(
             name: "LorikeetCLI",
             dependencies: [
-                "LorikeetProto",
+                "LorikeetProto", "LorikeetSupervisor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
