@@ -12,6 +12,10 @@ public struct SupervisorConfiguration: Sendable {
     /// Extra arguments for every `lorikeet worker` (served names, api key, ...).
     public var workerArguments: [String]
     public var engineSocketPath: String
+    /// The admin socket; default `<state dir>/admin.sock`.
+    public var adminSocketPath: String?
+    /// Version reported by status calls.
+    public var version = "0.1.0"
 
     public var heartbeatIntervalMs: UInt64 = 1000
     /// A worker silent this long gets SIGABRT, then SIGKILL 2 s later.

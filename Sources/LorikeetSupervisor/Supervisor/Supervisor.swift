@@ -35,6 +35,7 @@ public final class Supervisor {
     var rolling: RollingRestart?
     var signals: [UVSignal] = []
     var heartbeatTimer: UVTimer?
+    var adminServer: UVPipeServer?
     var stopTimer: UVTimer?
     let startedAtMs: UInt64
 
@@ -67,6 +68,7 @@ public final class Supervisor {
         self.boundPort = port
         self.logger.info("listening on \(self.configuration.host):\(port) with \(self.configuration.workers) worker slots")
         self.installSignals()
+        try self.startAdminServer()
         self.startEngine()
         for slot in self.slots { self.spawnWorker(in: slot) }
         let heartbeat = UVTimer(loop: self.loop)
@@ -341,6 +343,8 @@ public final class Supervisor {
         }
         self.heartbeatTimer?.close()
         self.stopTimer?.close()
+        self.adminServer?.close()
+        unlink(self.adminSocketPath)
         for signal in self.signals { signal.close() }
         for slot in self.slots { slot.restartTimer?.close() }
         self.logger.info("all processes stopped")
