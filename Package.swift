@@ -60,6 +60,11 @@ let package = Package(
             swiftSettings: upcoming
         ),
         .testTarget(
+            name: "LorikeetSupervisorTests",
+            dependencies: ["LorikeetSupervisor", "LorikeetProto"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
             name: "LorikeetProtoTests",
             dependencies: ["LorikeetProto"],
             swiftSettings: upcoming
