@@ -24,5 +24,18 @@ let package = Package(
             dependencies: ["CProtobufC"],
             cSettings: [.headerSearchPath("generated")]
         ),
+
+        // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler. Foundation only.
+        .target(name: "LorikeetEngine", swiftSettings: upcoming),
+        .executableTarget(
+            name: "LorikeetBenchEngine",
+            dependencies: ["LorikeetEngine"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetEngineTests",
+            dependencies: ["LorikeetEngine"],
+            swiftSettings: upcoming
+        ),
     ]
 )
