@@ -114,3 +114,12 @@ private func systemRead(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ n: Int) -
     Darwin.read(fd, buf, n)
     #endif
 }
+
+extension SecureFile {
+    /// `realpath(path)`, or nil when it cannot be resolved.
+    package static func resolvedPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}
