@@ -10,7 +10,9 @@ let upcoming: [SwiftSetting] = [
 let package = Package(
     name: "lorikeet",
     platforms: [.macOS(.v15)],
-    products: [],
+    products: [
+        .executable(name: "lorikeet-bench-engine", targets: ["LorikeetBenchEngine"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
