@@ -11,6 +11,8 @@ let package = Package(
     name: "lorikeet",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "lorikeet", targets: ["LorikeetCLI"]),
+        .executable(name: "lorikeet-fuzz", targets: ["LorikeetFuzz"]),
         .executable(name: "lorikeet-bench-engine", targets: ["LorikeetBenchEngine"]),
     ],
     dependencies: [
@@ -21,10 +23,47 @@ let package = Package(
         // Thin C layers.
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+        .target(name: "CLorikeetSys"),
         .target(
             name: "CLorikeetProto",
             dependencies: ["CProtobufC"],
-            cSettings: [.headerSearchPath("generated")]
+            cSettings: [.headerSearchPath("include")]
+        ),
+        // Protocol: message types, protobuf-c codec, framing. Knows no HTTP, no libuv.
+        .target(
+            name: "LorikeetProto",
+            dependencies: ["CLorikeetProto", "CLorikeetSys"],
+            swiftSettings: upcoming
+        ),
+        // The libuv supervisor: the only importer of CLibUV.
+        .target(
+            name: "LorikeetSupervisor",
+            dependencies: [
+                "CLibUV", "LorikeetProto",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // The `lorikeet` command.
+        .executableTarget(
+            name: "LorikeetCLI",
+            dependencies: [
+                "LorikeetProto", "LorikeetSupervisor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // Fuzz entry points: replay corpus files normally, libFuzzer with -DFUZZING.
+        .executableTarget(
+            name: "LorikeetFuzz",
+            dependencies: ["LorikeetProto", "CLorikeetSys"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetProtoTests",
+            dependencies: ["LorikeetProto"],
+            swiftSettings: upcoming
         ),
 
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler. Foundation only.

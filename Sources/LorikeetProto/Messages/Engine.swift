@@ -1,0 +1,478 @@
+import CLorikeetProto
+
+/// Sampling settings of one generation (`lorikeet.v1.SamplingParams`).
+public struct SamplingParams: Sendable, Equatable {
+    public var maxTokens: UInt32
+    /// 0 = greedy.
+    public var temperature: Float
+    /// 0 or 1 = off.
+    public var topP: Float
+    /// 0 = off.
+    public var topK: UInt32
+    /// Same seed, same tokens; nil = random.
+    public var seed: UInt64?
+    public var stop: [String]
+    public var stopTokenIDs: [UInt32]
+    public var ignoreEOS: Bool
+
+    public init(
+        maxTokens: UInt32 = 16, temperature: Float = 0, topP: Float = 1, topK: UInt32 = 0, seed: UInt64? = nil,
+        stop: [String] = [], stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false
+    ) {
+        self.maxTokens = maxTokens
+        self.temperature = temperature
+        self.topP = topP
+        self.topK = topK
+        self.seed = seed
+        self.stop = stop
+        self.stopTokenIDs = stopTokenIDs
+        self.ignoreEOS = ignoreEOS
+    }
+}
+
+extension SamplingParams: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("max_tokens", self.maxTokens)
+        writer.set("temperature", self.temperature)
+        writer.set("top_p", self.topP)
+        writer.set("top_k", self.topK)
+        writer.set("has_seed", self.seed != nil)
+        writer.set("seed", self.seed ?? 0)
+        writer.set("stop", self.stop)
+        writer.set("stop_token_ids", self.stopTokenIDs)
+        writer.set("ignore_eos", self.ignoreEOS)
+    }
+    init(from reader: CMessageReader) {
+        self.init(
+            maxTokens: reader.uint32("max_tokens"), temperature: reader.float("temperature"), topP: reader.float("top_p"),
+            topK: reader.uint32("top_k"), seed: reader.bool("has_seed") ? reader.uint64("seed") : nil,
+            stop: reader.strings("stop"), stopTokenIDs: reader.uint32s("stop_token_ids"), ignoreEOS: reader.bool("ignore_eos")
+        )
+    }
+}
+
+/// The adapter a request runs with.
+public struct AdapterRef: Sendable, Equatable {
+    public var name: String
+    public var intID: UInt64
+    public var path: String
+    public init(name: String = "", intID: UInt64 = 0, path: String = "") {
+        self.name = name
+        self.intID = intID
+        self.path = path
+    }
+}
+
+extension AdapterRef: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("name", self.name)
+        writer.set("int_id", self.intID)
+        writer.set("path", self.path)
+    }
+    init(from reader: CMessageReader) {
+        self.init(name: reader.string("name"), intID: reader.uint64("int_id"), path: reader.string("path"))
+    }
+}
+
+/// One chat message (OpenAI `messages[]` entry), rendered by the engine's chat template.
+public struct ChatMessage: Sendable, Equatable {
+    public var role: String
+    public var content: String
+    public init(role: String, content: String) {
+        self.role = role
+        self.content = content
+    }
+}
+
+extension ChatMessage: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("role", self.role)
+        writer.set("content", self.content)
+    }
+    init(from reader: CMessageReader) { self.init(role: reader.string("role"), content: reader.string("content")) }
+}
+
+/// A generation request; the prompt is tokens, text, or chat messages.
+public struct GenerateRequest: Sendable, Equatable {
+    public var requestID: String
+    public var promptTokens: [UInt32]
+    public var promptText: String
+    public var messages: [ChatMessage]
+    public var sampling: SamplingParams
+    /// nil = base model.
+    public var adapter: AdapterRef?
+
+    public init(
+        requestID: String, promptTokens: [UInt32] = [], promptText: String = "", messages: [ChatMessage] = [],
+        sampling: SamplingParams = SamplingParams(), adapter: AdapterRef? = nil
+    ) {
+        self.requestID = requestID
+        self.promptTokens = promptTokens
+        self.promptText = promptText
+        self.messages = messages
+        self.sampling = sampling
+        self.adapter = adapter
+    }
+}
+
+extension GenerateRequest: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("request_id", self.requestID)
+        writer.set("prompt_tokens", self.promptTokens)
+        writer.set("prompt_text", self.promptText)
+        writer.set("messages", self.messages)
+        writer.set("sampling", self.sampling)
+        writer.set("adapter", self.adapter)
+    }
+    init(from reader: CMessageReader) throws(ProtoDecodingError) {
+        self.init(
+            requestID: reader.string("request_id"), promptTokens: reader.uint32s("prompt_tokens"),
+            promptText: reader.string("prompt_text"), messages: try reader.messages("messages"),
+            sampling: try reader.message("sampling") ?? SamplingParams(), adapter: try reader.message("adapter")
+        )
+    }
+}
+
+/// Token counts of a finished request.
+public struct Usage: Sendable, Equatable {
+    public var promptTokens: UInt32
+    public var completionTokens: UInt32
+    public init(promptTokens: UInt32 = 0, completionTokens: UInt32 = 0) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+    }
+}
+
+extension Usage: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("prompt_tokens", self.promptTokens)
+        writer.set("completion_tokens", self.completionTokens)
+    }
+    init(from reader: CMessageReader) {
+        self.init(promptTokens: reader.uint32("prompt_tokens"), completionTokens: reader.uint32("completion_tokens"))
+    }
+}
+
+/// A piece of a generation stream; the last one has a non-empty `finishReason`.
+public struct GenerateChunk: Sendable, Equatable {
+    public var requestID: String
+    public var tokens: [UInt32]
+    public var text: String
+    /// "" while running; then "stop", "length", "abort" or "error".
+    public var finishReason: String
+    public var usage: Usage?
+    public var status: Status
+
+    public init(
+        requestID: String = "", tokens: [UInt32] = [], text: String = "", finishReason: String = "", usage: Usage? = nil,
+        status: Status = .ok
+    ) {
+        self.requestID = requestID
+        self.tokens = tokens
+        self.text = text
+        self.finishReason = finishReason
+        self.usage = usage
+        self.status = status
+    }
+}
+
+extension GenerateChunk: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("request_id", self.requestID)
+        writer.set("tokens", self.tokens)
+        writer.set("text", self.text)
+        writer.set("finish_reason", self.finishReason)
+        writer.set("usage", self.usage)
+        writer.set("status", self.status)
+    }
+    init(from reader: CMessageReader) throws(ProtoDecodingError) {
+        self.init(
+            requestID: reader.string("request_id"), tokens: reader.uint32s("tokens"), text: reader.string("text"),
+            finishReason: reader.string("finish_reason"), usage: try reader.message("usage"),
+            status: try reader.message("status") ?? .ok
+        )
+    }
+}
+
+/// Abort a running generation.
+public struct AbortRequest: Sendable, Equatable {
+    public var requestID: String
+    public init(requestID: String) { self.requestID = requestID }
+}
+
+extension AbortRequest: CMessageConvertible {
+    func write(to writer: CMessageWriter) { writer.set("request_id", self.requestID) }
+    init(from reader: CMessageReader) { self.init(requestID: reader.string("request_id")) }
+}
+
+/// Load adapter weights into the engine (leader only; carries the leader epoch).
+public struct AddAdapterRequest: Sendable, Equatable {
+    public var epoch: UInt64
+    public var name: String
+    public var intID: UInt64
+    public var path: String
+    public var pinned: Bool
+    /// Replace the weights of an adapter already loaded under this id.
+    public var replace: Bool
+    public init(epoch: UInt64 = 0, name: String = "", intID: UInt64 = 0, path: String = "", pinned: Bool = false, replace: Bool = false) {
+        self.epoch = epoch
+        self.name = name
+        self.intID = intID
+        self.path = path
+        self.pinned = pinned
+        self.replace = replace
+    }
+}
+
+extension AddAdapterRequest: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("epoch", self.epoch)
+        writer.set("name", self.name)
+        writer.set("int_id", self.intID)
+        writer.set("path", self.path)
+        writer.set("pinned", self.pinned)
+        writer.set("replace", self.replace)
+    }
+    init(from reader: CMessageReader) {
+        self.init(
+            epoch: reader.uint64("epoch"), name: reader.string("name"), intID: reader.uint64("int_id"),
+            path: reader.string("path"), pinned: reader.bool("pinned"), replace: reader.bool("replace")
+        )
+    }
+}
+
+/// Remove adapter weights from the engine (leader only).
+public struct RemoveAdapterRequest: Sendable, Equatable {
+    public var epoch: UInt64
+    public var intID: UInt64
+    public init(epoch: UInt64 = 0, intID: UInt64 = 0) {
+        self.epoch = epoch
+        self.intID = intID
+    }
+}
+
+extension RemoveAdapterRequest: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("epoch", self.epoch)
+        writer.set("int_id", self.intID)
+    }
+    init(from reader: CMessageReader) { self.init(epoch: reader.uint64("epoch"), intID: reader.uint64("int_id")) }
+}
+
+/// Pin (exempt from eviction) or unpin an adapter (leader only).
+public struct PinAdapterRequest: Sendable, Equatable {
+    public var epoch: UInt64
+    public var intID: UInt64
+    public var pinned: Bool
+    public init(epoch: UInt64 = 0, intID: UInt64 = 0, pinned: Bool = false) {
+        self.epoch = epoch
+        self.intID = intID
+        self.pinned = pinned
+    }
+}
+
+extension PinAdapterRequest: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("epoch", self.epoch)
+        writer.set("int_id", self.intID)
+        writer.set("pinned", self.pinned)
+    }
+    init(from reader: CMessageReader) {
+        self.init(epoch: reader.uint64("epoch"), intID: reader.uint64("int_id"), pinned: reader.bool("pinned"))
+    }
+}
+
+/// An adapter as the engine holds it.
+public struct EngineAdapter: Sendable, Equatable {
+    public var name: String
+    public var intID: UInt64
+    public var path: String
+    public var pinned: Bool
+    public var active: Bool
+    public var rank: UInt32
+    public init(name: String = "", intID: UInt64 = 0, path: String = "", pinned: Bool = false, active: Bool = false, rank: UInt32 = 0) {
+        self.name = name
+        self.intID = intID
+        self.path = path
+        self.pinned = pinned
+        self.active = active
+        self.rank = rank
+    }
+}
+
+extension EngineAdapter: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("name", self.name)
+        writer.set("int_id", self.intID)
+        writer.set("path", self.path)
+        writer.set("pinned", self.pinned)
+        writer.set("active", self.active)
+        writer.set("rank", self.rank)
+    }
+    init(from reader: CMessageReader) {
+        self.init(
+            name: reader.string("name"), intID: reader.uint64("int_id"), path: reader.string("path"),
+            pinned: reader.bool("pinned"), active: reader.bool("active"), rank: reader.uint32("rank")
+        )
+    }
+}
+
+/// The engine's adapters.
+public struct EngineAdapterList: Sendable, Equatable {
+    public var adapters: [EngineAdapter]
+    public init(adapters: [EngineAdapter] = []) { self.adapters = adapters }
+}
+
+extension EngineAdapterList: CMessageConvertible {
+    func write(to writer: CMessageWriter) { writer.set("adapters", self.adapters) }
+    init(from reader: CMessageReader) throws(ProtoDecodingError) { self.init(adapters: try reader.messages("adapters")) }
+}
+
+/// Engine health.
+public struct HealthReply: Sendable, Equatable {
+    public var status: Status
+    public var maxEpoch: UInt64
+    public var runningRequests: UInt32
+    public init(status: Status = .ok, maxEpoch: UInt64 = 0, runningRequests: UInt32 = 0) {
+        self.status = status
+        self.maxEpoch = maxEpoch
+        self.runningRequests = runningRequests
+    }
+}
+
+extension HealthReply: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("status", self.status)
+        writer.set("max_epoch", self.maxEpoch)
+        writer.set("running_requests", self.runningRequests)
+    }
+    init(from reader: CMessageReader) throws(ProtoDecodingError) {
+        self.init(
+            status: try reader.message("status") ?? .ok, maxEpoch: reader.uint64("max_epoch"),
+            runningRequests: reader.uint32("running_requests")
+        )
+    }
+}
+
+/// What model the engine serves and its limits.
+public struct ModelInfo: Sendable, Equatable {
+    public var modelName: String
+    public var architecture: String
+    public var vocabSize: UInt32
+    public var contextLength: UInt32
+    public var maxLoras: UInt32
+    public var maxCPULoras: UInt32
+    public var maxLoraRank: UInt32
+    public var eosTokenIDs: [UInt32]
+
+    public init(
+        modelName: String = "", architecture: String = "", vocabSize: UInt32 = 0, contextLength: UInt32 = 0,
+        maxLoras: UInt32 = 0, maxCPULoras: UInt32 = 0, maxLoraRank: UInt32 = 0, eosTokenIDs: [UInt32] = []
+    ) {
+        self.modelName = modelName
+        self.architecture = architecture
+        self.vocabSize = vocabSize
+        self.contextLength = contextLength
+        self.maxLoras = maxLoras
+        self.maxCPULoras = maxCPULoras
+        self.maxLoraRank = maxLoraRank
+        self.eosTokenIDs = eosTokenIDs
+    }
+}
+
+extension ModelInfo: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("model_name", self.modelName)
+        writer.set("architecture", self.architecture)
+        writer.set("vocab_size", self.vocabSize)
+        writer.set("context_length", self.contextLength)
+        writer.set("max_loras", self.maxLoras)
+        writer.set("max_cpu_loras", self.maxCPULoras)
+        writer.set("max_lora_rank", self.maxLoraRank)
+        writer.set("eos_token_ids", self.eosTokenIDs)
+    }
+    init(from reader: CMessageReader) {
+        self.init(
+            modelName: reader.string("model_name"), architecture: reader.string("architecture"),
+            vocabSize: reader.uint32("vocab_size"), contextLength: reader.uint32("context_length"),
+            maxLoras: reader.uint32("max_loras"), maxCPULoras: reader.uint32("max_cpu_loras"),
+            maxLoraRank: reader.uint32("max_lora_rank"), eosTokenIDs: reader.uint32s("eos_token_ids")
+        )
+    }
+}
+
+/// One frame of the engine channel (`lorikeet.v1.EngineEnvelope`).
+public struct EngineEnvelope: Sendable, Equatable {
+    public var callID: UInt64
+    public var deadlineUnixMs: UInt64
+    public var body: Body?
+
+    /// The message the envelope carries.
+    public enum Body: Sendable, Equatable {
+        case generate(GenerateRequest)
+        case chunk(GenerateChunk)
+        case abort(AbortRequest)
+        case addAdapter(AddAdapterRequest)
+        case removeAdapter(RemoveAdapterRequest)
+        case pinAdapter(PinAdapterRequest)
+        case listAdapters
+        case adapterList(EngineAdapterList)
+        case health
+        case healthReply(HealthReply)
+        case modelInfo
+        case modelInfoReply(ModelInfo)
+        case result(CallResult)
+    }
+
+    public init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
+        self.callID = callID
+        self.deadlineUnixMs = deadlineUnixMs
+        self.body = body
+    }
+}
+
+extension EngineEnvelope: DescribedWireMessage {
+    static var cDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { lorikeet_engine_envelope_descriptor() }
+
+    func write(to writer: CMessageWriter) {
+        writer.set("call_id", self.callID)
+        writer.set("deadline_unix_ms", self.deadlineUnixMs)
+        switch self.body {
+        case .none: break
+        case .generate(let value): writer.set("generate", value)
+        case .chunk(let value): writer.set("chunk", value)
+        case .abort(let value): writer.set("abort", value)
+        case .addAdapter(let value): writer.set("add_adapter", value)
+        case .removeAdapter(let value): writer.set("remove_adapter", value)
+        case .pinAdapter(let value): writer.set("pin_adapter", value)
+        case .listAdapters: writer.set("list_adapters", EmptyRequest())
+        case .adapterList(let value): writer.set("adapter_list", value)
+        case .health: writer.set("health", EmptyRequest())
+        case .healthReply(let value): writer.set("health_reply", value)
+        case .modelInfo: writer.set("model_info", EmptyRequest())
+        case .modelInfoReply(let value): writer.set("model_info_reply", value)
+        case .result(let value): writer.set("result", value)
+        }
+    }
+
+    init(from reader: CMessageReader) throws(ProtoDecodingError) {
+        let body: Body?
+        switch reader.oneofCase("generate") {
+        case "generate": body = .generate(try reader.member("generate"))
+        case "chunk": body = .chunk(try reader.member("chunk"))
+        case "abort": body = .abort(try reader.member("abort"))
+        case "add_adapter": body = .addAdapter(try reader.member("add_adapter"))
+        case "remove_adapter": body = .removeAdapter(try reader.member("remove_adapter"))
+        case "pin_adapter": body = .pinAdapter(try reader.member("pin_adapter"))
+        case "list_adapters": body = .listAdapters
+        case "adapter_list": body = .adapterList(try reader.member("adapter_list"))
+        case "health": body = .health
+        case "health_reply": body = .healthReply(try reader.member("health_reply"))
+        case "model_info": body = .modelInfo
+        case "model_info_reply": body = .modelInfoReply(try reader.member("model_info_reply"))
+        case "result": body = .result(try reader.member("result"))
+        default: body = nil
+        }
+        self.init(callID: reader.uint64("call_id"), deadlineUnixMs: reader.uint64("deadline_unix_ms"), body: body)
+    }
+}

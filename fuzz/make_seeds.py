@@ -1,0 +1,55 @@
+"""Writes the seed corpora of the frame fuzz targets (fuzz/corpus/<target>/).
+
+Run with the repo's venv: .venv/bin/python fuzz/make_seeds.py
+"""
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+with tempfile.TemporaryDirectory() as out:
+    files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "admin", "engine")]
+    subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={out}", *files], check=True)
+    for package in ("lorikeet", "lorikeet/v1"):
+        open(os.path.join(out, package, "__init__.py"), "a").close()
+    sys.path.insert(0, out)
+    from lorikeet.v1 import admin_pb2, common_pb2, control_pb2, engine_pb2
+
+    def frame(message):
+        body = message.SerializeToString()
+        return struct.pack(">BI", 0, len(body)) + body
+
+    adapter = common_pb2.Adapter(name="sql", int_id=3, path="/data/lora/sql", base_model="base", loaded_at_unix_ms=1)
+    seeds = {
+        "frames-control": [
+            control_pb2.ControlEnvelope(call_id=1, hello=control_pb2.Hello(worker_id=1, pid=10, version="0.1.0")),
+            control_pb2.ControlEnvelope(heartbeat=control_pb2.Heartbeat(seq=5)),
+            control_pb2.ControlEnvelope(snapshot=control_pb2.TableSnapshot(table=common_pb2.AdapterTable(version=2, adapters=[adapter], next_int_id=4))),
+            control_pb2.ControlEnvelope(call_id=9, commit=control_pb2.CommitRequest(epoch=2, change=control_pb2.TableChange(version=3, upserts=[adapter], removes=["x"]))),
+            control_pb2.ControlEnvelope(call_id=9, load=common_pb2.LoadAdapterRequest(name="a", path="/p")),
+        ],
+        "frames-admin": [
+            admin_pb2.AdminEnvelope(call_id=1, status=admin_pb2.StatusRequest()),
+            admin_pb2.AdminEnvelope(call_id=2, batch=admin_pb2.BatchRequest(items=[admin_pb2.BatchItem(load=common_pb2.LoadAdapterRequest(name="a", path="/p"))])),
+            admin_pb2.AdminEnvelope(call_id=3, worker_list=admin_pb2.WorkerList(workers=[admin_pb2.WorkerInfo(slot=1, pid=2, state="ready")])),
+        ],
+        "frames-engine": [
+            engine_pb2.EngineEnvelope(call_id=1, generate=engine_pb2.GenerateRequest(request_id="r", prompt_tokens=[1, 2, 3], sampling=engine_pb2.SamplingParams(max_tokens=4, stop=["x"]), adapter=engine_pb2.AdapterRef(name="a", int_id=1))),
+            engine_pb2.EngineEnvelope(call_id=1, chunk=engine_pb2.GenerateChunk(request_id="r", tokens=[5], text="hi", finish_reason="stop", usage=engine_pb2.Usage(prompt_tokens=3, completion_tokens=1))),
+            engine_pb2.EngineEnvelope(call_id=2, add_adapter=engine_pb2.AddAdapterRequest(epoch=1, name="a", int_id=1, path="/p")),
+        ],
+    }
+    for target, messages in seeds.items():
+        directory = os.path.join(ROOT, "fuzz", "corpus", target)
+        os.makedirs(directory, exist_ok=True)
+        for index, message in enumerate(messages):
+            with open(os.path.join(directory, f"seed-{index}"), "wb") as f:
+                f.write(frame(message))
+        with open(os.path.join(directory, "seed-multi"), "wb") as f:
+            f.write(b"".join(frame(m) for m in messages))
+        with open(os.path.join(directory, "seed-garbage"), "wb") as f:
+            f.write(b"\x00\x00\x00\x00\x03\xff\xff\xff\x07\xff\xff\xff\xff")
+    print("seeds written")
