@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .executable(name: "lorikeet", targets: ["LorikeetCLI"]),
         .executable(name: "lorikeet-fuzz", targets: ["LorikeetFuzz"]),
+        .executable(name: "lorikeet-bench-engine", targets: ["LorikeetBenchEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -67,6 +68,19 @@ let package = Package(
         .testTarget(
             name: "LorikeetProtoTests",
             dependencies: ["LorikeetProto"],
+            swiftSettings: upcoming
+        ),
+
+        // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler. Foundation only.
+        .target(name: "LorikeetEngine", swiftSettings: upcoming),
+        .executableTarget(
+            name: "LorikeetBenchEngine",
+            dependencies: ["LorikeetEngine"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetEngineTests",
+            dependencies: ["LorikeetEngine"],
             swiftSettings: upcoming
         ),
     ]
