@@ -24,5 +24,9 @@ let package = Package(
             dependencies: ["CProtobufC"],
             cSettings: [.headerSearchPath("generated")]
         ),
+
+        // Model formats: GGUF reader, dequantization, Llama tensor mapping, byte-level BPE tokenizer.
+        .target(name: "LorikeetGGUF", swiftSettings: upcoming),
+        .testTarget(name: "LorikeetGGUFTests", dependencies: ["LorikeetGGUF"], swiftSettings: upcoming),
     ]
 )
