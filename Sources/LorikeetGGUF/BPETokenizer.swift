@@ -121,13 +121,14 @@ package struct BPETokenizer: Sendable {
         ids.reserveCapacity(tokens.count)
         for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = i }
 
+        // Some vocabularies lack tokens for bytes that (almost) never occur, such as 0xC0 or
+        // some control characters (SmolLM2 lacks 21). Like llama.cpp and Hugging Face
+        // `tokenizers` without an unknown token, such bytes are dropped from the input.
         let byteToUnicode = ByteLevel.byteToUnicode
-        var byteTokenIDs: [Int32] = []
-        for b in 0..<256 {
-            guard let id = ids[String(Character(byteToUnicode[b]))] else {
-                throw .invalidMetadata(key: "tokenizer.ggml.tokens", reason: "no token for byte 0x\(String(b, radix: 16)) ('\(byteToUnicode[b])'); not a byte-level BPE vocabulary")
-            }
-            byteTokenIDs.append(Int32(id))
+        let byteTokenIDs: [Int32] = (0..<256).map { b in ids[String(Character(byteToUnicode[b]))].map { Int32($0) } ?? -1 }
+        let knownBytes = byteTokenIDs.filter { $0 >= 0 }.count
+        guard knownBytes >= 128 else {
+            throw .invalidMetadata(key: "tokenizer.ggml.tokens", reason: "only \(knownBytes) of 256 byte tokens exist; not a byte-level BPE vocabulary")
         }
 
         var mergeTable: [UInt64: Merge] = [:]
@@ -253,15 +254,20 @@ package struct BPETokenizer: Sendable {
         }
     }
 
-    /// Merges one piece's bytes by rank: a priority queue of (rank, position) over a linked
+    /// Merges one piece's bytes (minus bytes without a token) by rank: a priority queue of (rank, position) over a linked
     /// list of symbols, as in Hugging Face `tokenizers`' `Word::merge_all`, O(n log n).
     private func bpe(_ bytes: [UInt8], into out: inout [Int]) {
-        let n = bytes.count
-        if n == 1 {
-            out.append(Int(self.byteTokenIDs[Int(bytes[0])]))
+        var symbols: [Int32] = []
+        symbols.reserveCapacity(bytes.count)
+        for b in bytes {
+            let id = self.byteTokenIDs[Int(b)]
+            if id >= 0 { symbols.append(id) }
+        }
+        let n = symbols.count
+        if n <= 1 {
+            out.append(contentsOf: symbols.map { Int($0) })
             return
         }
-        var symbols = bytes.map { self.byteTokenIDs[Int($0)] }
         var next = (0..<n).map { $0 + 1 < n ? Int32($0 + 1) : -1 }
         var prev = (0..<n).map { Int32($0 - 1) }
         var alive = [Bool](repeating: true, count: n)
