@@ -80,11 +80,21 @@ struct RealModelTests {
             "Plain ASCII sentence.", "Punctuation!?;:,.()[]{}<>\"'", "Digits 0123456789 and 3.14", "Emoji 🦜🎉👩‍💻🇯🇵",
             "CJK 中文字符 日本語 한국어", "Whitespace   runs\t\t\tand\n\n\nnewlines\r\n", "    ", "\n", "Mixed: café, naïve, Ωμέγα, Привет",
         ]
+        // SmolLM2 has no token for 21 bytes (6 control characters and bytes that valid UTF-8
+        // never or almost never holds); encode drops them, as llama.cpp and `tokenizers` do.
+        let missing = Set((0..<256).map(UInt8.init).filter { tok.tokenID(String(Character(ByteLevel.byteToUnicode[Int($0)]))) == nil })
+        #expect(missing == [0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF])
+        var exact = 0
         for text in reference.encodings.map(\.text) + extra {
             let ids = tok.encode(text)
-            #expect(Array(tok.decode(ids).utf8) == Array(text.utf8), "round trip of \(text.debugDescription)")
-            #expect(ids.flatMap(tok.tokenBytes) == Array(text.utf8))
+            let encodable = Array(text.utf8).filter { !missing.contains($0) }
+            #expect(ids.flatMap(tok.tokenBytes) == encodable, "bytes of \(text.debugDescription)")
+            if encodable.count == text.utf8.count {
+                #expect(Array(tok.decode(ids).utf8) == Array(text.utf8), "round trip of \(text.debugDescription)")
+                exact += 1
+            }
         }
+        #expect(exact >= 300)
         // A token cut inside a multi-byte character: tokenBytes gives raw bytes, decode repairs.
         let parrot = tok.encode("🦜")
         #expect(parrot.flatMap(tok.tokenBytes) == Array("🦜".utf8))
