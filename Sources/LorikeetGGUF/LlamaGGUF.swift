@@ -205,3 +205,54 @@ package enum LlamaGGUF {
         }
     }
 }
+
+/// A tensor kept in its ggml encoding, row-major `[out, in]` (each row holds `in / blockSize`
+/// whole blocks), for engines that compute on quantized blocks instead of `Float`.
+package struct QuantizedTensor: Sendable {
+    /// Row-major shape, outermost first.
+    package var shape: [Int]
+    /// The ggml element type of `bytes`.
+    package var type: GGMLType
+    /// The encoded data, rows in Hugging Face order.
+    package var bytes: [UInt8]
+}
+
+extension LlamaGGUF {
+    /// Like `load(_:)`, but keeps every tensor in its ggml encoding (Q4_1, Q8_0, F32 ...).
+    ///
+    /// Q and K rows are still reordered to Hugging Face order: ggml blocks never straddle
+    /// rows, so moving a row's bytes moves the row. `GGUFDequantizer` on the result gives
+    /// exactly the values `load(_:)` returns.
+    package static func loadQuantized(_ file: GGUFFile) throws(GGUFModelError) -> (config: LlamaConfig, tensors: [String: QuantizedTensor]) {
+        let config = try Self.config(from: file)
+        var tensors: [String: QuantizedTensor] = [:]
+        for (ggufName, hfName, shape) in Self.tensorPlan(config) {
+            guard let info = file.tensor(named: ggufName) else { throw .missingTensor(ggufName) }
+            guard info.shape == shape else {
+                throw .unexpectedShape(tensor: ggufName, expected: shape, found: info.shape)
+            }
+            var bytes = file.withTensorBytes(info) { Array($0) }
+            var heads = 0
+            if ggufName.hasSuffix(".attn_q.weight") { heads = config.numAttentionHeads }
+            if ggufName.hasSuffix(".attn_k.weight") { heads = config.numKeyValueHeads }
+            if heads > 0 {
+                let rows = shape[0]
+                let rowBytes = bytes.count / rows
+                let headDim = rows / heads
+                let half = headDim / 2
+                let source = bytes
+                for h in 0..<heads {
+                    for s in 0..<2 {
+                        for i in 0..<half {
+                            let to = (h * headDim + s * half + i) * rowBytes
+                            let from = (h * headDim + 2 * i + s) * rowBytes
+                            bytes.replaceSubrange(to..<(to + rowBytes), with: source[from..<(from + rowBytes)])
+                        }
+                    }
+                }
+            }
+            tensors[hfName] = QuantizedTensor(shape: shape, type: info.type, bytes: bytes)
+        }
+        return (config, tensors)
+    }
+}

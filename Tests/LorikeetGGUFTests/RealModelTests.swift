@@ -70,6 +70,12 @@ struct RealModelTests {
             }
         }
         #expect(mismatches == 0)
+        // Throughput, for the record: the first 40 corpus strings repeated (about 170 KB).
+        let text = String(repeating: reference.encodings.map(\.text).prefix(40).joined(separator: " "), count: 400)
+        let clock = ContinuousClock()
+        var count = 0
+        let elapsed = clock.measure { count = tok.encode(text).count }
+        print("encoded \(text.utf8.count) bytes into \(count) tokens in \(elapsed)")
     }
 
     @Test("decode(encode(s)) == s on a varied corpus, and tokenBytes concatenate to the text")
@@ -99,6 +105,25 @@ struct RealModelTests {
         let parrot = tok.encode("🦜")
         #expect(parrot.flatMap(tok.tokenBytes) == Array("🦜".utf8))
         #expect(tok.decode([parrot[0]]).contains("\u{FFFD}") || parrot.count == 1)
+    }
+
+    @Test("streaming token bytes through UTF8StreamDecoder reproduces text cut inside characters")
+    func streaming() throws {
+        let tok = try RealModel.get().tokenizer
+        let text = "Emoji 🦜🎉👩‍💻 and CJK 中文字符 日本語 done"
+        let ids = tok.encode(text)
+        var decoder = UTF8StreamDecoder()
+        var out = ""
+        var cutInside = 0
+        for id in ids {
+            if String(bytes: tok.tokenBytes(id), encoding: .utf8) == nil { cutInside += 1 }
+            let piece = decoder.append(tok.tokenBytes(id))
+            #expect(!piece.contains("\u{FFFD}"))
+            out += piece
+        }
+        out += decoder.finish()
+        #expect(out == text)
+        #expect(cutInside > 0, "the text should contain tokens that end inside a character")
     }
 
     @Test("special tokens: parsed in text when allowed, plain text otherwise")
@@ -149,6 +174,15 @@ struct RealModelTests {
             var maxDiff: Float = 0
             for i in 0..<n { maxDiff = max(maxDiff, abs(mine.values[i] - expected.values[i])) }
             #expect(maxDiff <= 1e-6, "\(name): max |swift - numpy| = \(maxDiff)")
+        }
+        // The quantized loader reorders Q/K rows at the byte level to the same result.
+        let (_, quantized) = try LlamaGGUF.loadQuantized(model.file)
+        #expect(quantized.count == tensors.count)
+        for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.29.self_attn.k_proj.weight", "model.embed_tokens.weight"] {
+            let q = try #require(quantized[name])
+            let count = q.shape.reduce(1, *)
+            let values = try q.bytes.withUnsafeBytes { raw in try GGUFDequantizer.dequantize(raw, type: q.type, count: count) }
+            #expect(values == tensors[name]?.values, "\(name)")
         }
         // The un-permutation must matter: the raw GGUF row order differs from HF's.
         let info = try #require(model.file.tensor(named: "blk.0.attn_q.weight"))
