@@ -83,5 +83,9 @@ let package = Package(
             dependencies: ["LorikeetEngine"],
             swiftSettings: upcoming
         ),
+
+        // Model formats: GGUF reader, dequantization, Llama tensor mapping, byte-level BPE tokenizer.
+        .target(name: "LorikeetGGUF", swiftSettings: upcoming),
+        .testTarget(name: "LorikeetGGUFTests", dependencies: ["LorikeetGGUF"], swiftSettings: upcoming),
     ]
 )
