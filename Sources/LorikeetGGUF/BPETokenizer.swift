@@ -46,6 +46,7 @@ package struct BPETokenizer: Sendable {
     /// Special tokens as scalar arrays, longest first, keyed by first scalar.
     private let specialsByFirstScalar: [Unicode.Scalar: [(scalars: [Unicode.Scalar], id: Int)]]
 
+    /// The merge of a token pair: its rank (lower merges first) and the resulting token id.
     private struct Merge: Sendable {
         var rank: Int32
         var id: Int32

@@ -31,7 +31,7 @@ package enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
     case duplicateTensor(String)
     /// A tensor declares more dimensions than ggml supports (4).
     case tooManyDimensions(tensor: String, count: UInt32, offset: Int)
-    /// A tensor dimension is zero, negative as a signed value, or the element count overflows.
+    /// A tensor dimension is negative as a signed 64-bit value, or the element or byte count overflows.
     case invalidDimensions(tensor: String, dims: [UInt64])
     /// A tensor uses a ggml type code this reader does not know.
     case unknownTensorType(tensor: String, rawType: UInt32)
@@ -72,7 +72,7 @@ package enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
         case .tooManyDimensions(let tensor, let count, let offset):
             return "corrupt GGUF file: tensor '\(tensor)' has \(count) dimensions at offset \(offset), at most 4 are allowed"
         case .invalidDimensions(let tensor, let dims):
-            return "corrupt GGUF file: tensor '\(tensor)' has invalid dimensions \(dims) (zero, negative or too many elements)"
+            return "corrupt GGUF file: tensor '\(tensor)' has invalid dimensions \(dims) (negative, or too many elements to address)"
         case .unknownTensorType(let tensor, let rawType):
             return "unsupported GGUF file: tensor '\(tensor)' has unknown ggml type \(rawType)"
         case .shapeNotBlockAligned(let tensor, let innermost, let blockSize):

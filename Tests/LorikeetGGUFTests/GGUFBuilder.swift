@@ -2,6 +2,7 @@ import LorikeetGGUF
 
 /// Writes GGUF bytes field by field, so tests can craft valid and hostile files.
 struct GGUFBuilder {
+    /// One tensor info as written, including deliberately wrong values.
     struct Tensor {
         var name: String
         var dims: [UInt64]

@@ -24,8 +24,13 @@ enum RealModel {
     private static let loaded: Result<Loaded, any Error> = Result {
         let locator = ModelLocator()
         let url = try locator.resolveDefaultModel()
+        let clock = ContinuousClock()
+        let start = clock.now
         let file = try GGUFFile(contentsOf: url)
-        return Loaded(url: url, file: file, tokenizer: try BPETokenizer(gguf: file))
+        let parsed = clock.now
+        let tokenizer = try BPETokenizer(gguf: file)
+        print("parsed \(url.lastPathComponent) in \(parsed - start), built the tokenizer in \(clock.now - parsed)")
+        return Loaded(url: url, file: file, tokenizer: tokenizer)
     }
 
     static func get() throws -> Loaded { try Self.loaded.get() }
