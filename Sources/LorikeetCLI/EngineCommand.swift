@@ -7,7 +7,7 @@ import LorikeetProto
 import LorikeetSupervisor
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `lorikeet engine`: the built-in reference engine process, serving the engine channel

@@ -93,7 +93,11 @@ package final class EngineServer: Sendable {
         func result(_ status: Status) { reply(.result(CallResult(status: status))) }
         if envelope.deadlineUnixMs != 0 && envelope.deadlineUnixMs < UInt64(Date().timeIntervalSince1970 * 1000) {
             if case .generate(let g) = envelope.body {
-                reply(.chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: Status(code: .deadlineExceeded, message: "deadline passed before the request was read"))))
+                reply(
+                    .chunk(
+                        GenerateChunk(
+                            requestID: g.requestID, finishReason: "error",
+                            status: Status(code: .deadlineExceeded, message: "deadline passed before the request was read"))))
             } else {
                 result(Status(code: .deadlineExceeded, message: "deadline passed before the call was read"))
             }
@@ -149,7 +153,8 @@ package final class EngineServer: Sendable {
         if g.promptTokens.isEmpty && g.messages.isEmpty && g.promptText.isEmpty {
             let status = Status(
                 code: .invalidArgument, message: "one of prompt_tokens, prompt_text or messages is required", param: "prompt")
-            c.enqueue(EngineEnvelope(callID: callID, body: .chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: status))))
+            c.enqueue(
+                EngineEnvelope(callID: callID, body: .chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: status))))
             return
         } else if !g.promptTokens.isEmpty {
             prompt = .tokens(g.promptTokens)

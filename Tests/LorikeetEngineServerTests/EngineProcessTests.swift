@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The real `lorikeet engine` process over its Unix socket.
@@ -64,7 +64,7 @@ final class EngineProcessTests {
         let cases: [(String, UInt64?)] = [("base", nil), ("plain", 1), ("rslora", 2), ("rank32", 3)]
         // Solo runs first, compared with the numpy reference.
         for (name, id) in cases {
-            let chunks = try admin.generate(TestEngineClient.greedy("solo-\(name)", prompt: ref.prompt_tokens, adapter: id))
+            let chunks = try admin.generate(TestEngineClient.greedy("solo-\(name)", prompt: ref.promptTokens, adapter: id))
             #expect(chunks.tokens == ref.cases[name]!.greedy, "\(name)")
         }
         // 8 clients on 8 connections at once, mixing adapters (max_loras=2 for 3 adapters,
@@ -73,13 +73,16 @@ final class EngineProcessTests {
         let socket = self.socket
         onThreads(8) { i in
             guard let client = try? TestEngineClient(path: socket),
-                let chunks = try? client.generate(TestEngineClient.greedy("c\(i)", prompt: ref.prompt_tokens, adapter: cases[i % 4].1))
+                let chunks = try? client.generate(TestEngineClient.greedy("c\(i)", prompt: ref.promptTokens, adapter: cases[i % 4].1))
             else { return }
             results.withLock { $0[i] = chunks.tokens }
         }
         let got = results.withLock { $0 }
         for i in 0..<8 { #expect(got[i] == ref.cases[cases[i % 4].0]!.greedy, "client \(i) (\(cases[i % 4].0))") }
-        guard case .adapterList(let list) = try admin.call(.listAdapters) else { Issue.record("no list"); return }
+        guard case .adapterList(let list) = try admin.call(.listAdapters) else {
+            Issue.record("no list")
+            return
+        }
         #expect(list.adapters.count == 3)
         #expect(list.adapters.filter(\.active).count <= 2)
     }
@@ -96,8 +99,9 @@ final class EngineProcessTests {
         for broken in ["dora", "bias", "modules_to_save", "shape_mismatch", "truncated", "no_tensors", "unknown_target"] {
             let s = try b.result(.addAdapter(AddAdapterRequest(epoch: 7, name: broken, intID: 5, path: dir + "/broken/" + broken)))
             #expect(s.code == .invalidArgument, "\(broken): \(s)")
-            #expect(try b.generate(TestEngineClient.greedy("after-\(broken)", prompt: ref.prompt_tokens, adapter: 1)).tokens
-                == ref.cases["plain"]!.greedy)
+            #expect(
+                try b.generate(TestEngineClient.greedy("after-\(broken)", prompt: ref.promptTokens, adapter: 1)).tokens
+                    == ref.cases["plain"]!.greedy)
         }
         // Abort from another connection.
         let started = DispatchSemaphore(value: 0)
@@ -113,7 +117,10 @@ final class EngineProcessTests {
         #expect(try b.result(.abort(AbortRequest(requestID: "to-abort"))).isOK)
         for _ in 0..<300 where finish.withLock({ $0 }).isEmpty { usleep(10_000) }
         #expect(finish.withLock { $0 } == "abort")
-        guard case .healthReply(let h) = try b.call(.health) else { Issue.record("no health"); return }
+        guard case .healthReply(let h) = try b.call(.health) else {
+            Issue.record("no health")
+            return
+        }
         #expect(h.maxEpoch == 7 && h.runningRequests == 0)
     }
 }

@@ -7,7 +7,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The engine server over a socketpair: the in-process twin of the engine process.
@@ -28,7 +28,10 @@ struct InProcessTests {
     @Test func infoHealthAndAdapterCalls() throws {
         let (_, _, client) = try Self.makeServer()
         let dir = try ServerFixture.directory()
-        guard case .modelInfoReply(let info) = try client.call(.modelInfo) else { Issue.record("no model info"); return }
+        guard case .modelInfoReply(let info) = try client.call(.modelInfo) else {
+            Issue.record("no model info")
+            return
+        }
         #expect(info.vocabSize == 258 && info.contextLength == 256 && info.eosTokenIDs == [257] && info.maxLoraRank == 32)
         #expect(info.architecture == "LlamaForCausalLM" && info.modelName == "model")
 
@@ -41,9 +44,16 @@ struct InProcessTests {
         let missing = try client.result(.addAdapter(AddAdapterRequest(epoch: 3, name: "m", intID: 2, path: dir + "/nope")))
         #expect(missing.code == .notFound)
         #expect(try client.result(.pinAdapter(PinAdapterRequest(epoch: 3, intID: 1, pinned: true))).isOK)
-        guard case .adapterList(let list) = try client.call(.listAdapters) else { Issue.record("no list"); return }
-        #expect(list.adapters == [EngineAdapter(name: "plain", intID: 1, path: dir + "/adapters/plain", pinned: true, active: true, rank: 8)])
-        guard case .healthReply(let health) = try client.call(.health) else { Issue.record("no health"); return }
+        guard case .adapterList(let list) = try client.call(.listAdapters) else {
+            Issue.record("no list")
+            return
+        }
+        #expect(
+            list.adapters == [EngineAdapter(name: "plain", intID: 1, path: dir + "/adapters/plain", pinned: true, active: true, rank: 8)])
+        guard case .healthReply(let health) = try client.call(.health) else {
+            Issue.record("no health")
+            return
+        }
         #expect(health.status.isOK && health.maxEpoch == 3 && health.runningRequests == 0)
         #expect(try client.result(.removeAdapter(RemoveAdapterRequest(epoch: 3, intID: 9))).code == .notFound)
         #expect(try client.result(.removeAdapter(RemoveAdapterRequest(epoch: 4, intID: 1))).isOK)
@@ -55,14 +65,14 @@ struct InProcessTests {
         let ref = try ServerFixture.reference()
         let dir = try ServerFixture.directory()
         #expect(try client.result(.addAdapter(AddAdapterRequest(epoch: 1, name: "rank32", intID: 7, path: dir + "/adapters/rank32"))).isOK)
-        let base = try client.generate(TestEngineClient.greedy("b", prompt: ref.prompt_tokens))
+        let base = try client.generate(TestEngineClient.greedy("b", prompt: ref.promptTokens))
         #expect(base.tokens == ref.cases["base"]!.greedy)
         #expect(base.finish == "length")
-        #expect(base.last?.usage == LorikeetProto.Usage(promptTokens: UInt32(ref.prompt_tokens.count), completionTokens: 16))
+        #expect(base.last?.usage == LorikeetProto.Usage(promptTokens: UInt32(ref.promptTokens.count), completionTokens: 16))
         #expect(base.count == 16)  // one chunk per token
-        let adapted = try client.generate(TestEngineClient.greedy("a", prompt: ref.prompt_tokens, adapter: 7))
+        let adapted = try client.generate(TestEngineClient.greedy("a", prompt: ref.promptTokens, adapter: 7))
         #expect(adapted.tokens == ref.cases["rank32"]!.greedy)
-        let unknown = try client.generate(TestEngineClient.greedy("u", prompt: ref.prompt_tokens, adapter: 99))
+        let unknown = try client.generate(TestEngineClient.greedy("u", prompt: ref.promptTokens, adapter: 99))
         #expect(unknown.finish == "error" && unknown.last?.status.code == .notFound)
         let empty = try client.generate(GenerateRequest(requestID: "e"))
         #expect(empty.finish == "error" && empty.last?.status.code == .invalidArgument)

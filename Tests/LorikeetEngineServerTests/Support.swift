@@ -47,8 +47,13 @@ enum ServerFixture {
         struct Case: Decodable {
             var greedy: [UInt32]
         }
-        var prompt_tokens: [UInt32]
+        var promptTokens: [UInt32]
         var cases: [String: Case]
+
+        enum CodingKeys: String, CodingKey {
+            case cases
+            case promptTokens = "prompt_tokens"
+        }
     }
 
     static func reference() throws -> Reference {

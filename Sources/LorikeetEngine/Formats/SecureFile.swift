@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Why a file could not be opened safely.
@@ -109,9 +109,9 @@ package enum SecureFile {
 @inline(__always)
 private func systemRead(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ n: Int) -> Int {
     #if canImport(Glibc)
-    Glibc.read(fd, buf, n)
+        Glibc.read(fd, buf, n)
     #else
-    Darwin.read(fd, buf, n)
+        Darwin.read(fd, buf, n)
     #endif
 }
 
