@@ -89,6 +89,21 @@ struct ModelTests {
         #expect(throws: ModelLoadError.unsupportedArchitecture("GPT2LMHeadModel")) { try LlamaConfig(json: Data(arch.utf8)) }
     }
 
+    /// Model files may be symlinks (Hugging Face cache snapshots are); only adapter files
+    /// are opened with O_NOFOLLOW.
+    @Test func modelFilesMayBeSymlinks() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lorikeet-model-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + file, withDestinationPath: try Fixture.modelDir() + "/" + file)
+        }
+        let ref = try Fixture.reference()
+        let core = try EngineCore(modelDirectory: dir)
+        let logits = core.model.lastLogits(ref.promptTokens)
+        #expect(zip(logits, ref.cases["base"]!.logits).map { abs($0 - $1) }.max()! < 1e-3)
+    }
+
     @Test func missingModelDirectoryIsAClearError() {
         #expect(throws: EngineError.self) { try EngineCore(modelDirectory: "/nonexistent/model") }
     }
