@@ -92,14 +92,22 @@ package final class LlamaWeights: Sendable {
 
     /// Builds weights from fp32 tensors keyed by HF names; checks every shape.
     /// Extra tensors (e.g. `rotary_emb.inv_freq`) are ignored.
-    package init(config: LlamaConfig, tensors: [String: HostTensor]) throws(ModelLoadError) {
-        func take(_ name: String, _ shape: [Int]) throws(ModelLoadError) -> FloatTensor {
+    package convenience init(config: LlamaConfig, tensors: [String: HostTensor]) throws(ModelLoadError) {
+        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> FloatTensor in
             guard let t = tensors[name] else { throw .missingTensor(name) }
             guard t.shape == shape, t.values.count == shape.reduce(1, *) else {
                 throw .shapeMismatch(tensor: name, expected: shape, actual: t.shape)
             }
             return FloatTensor(shape: shape, values: t.values)
         }
+    }
+
+    /// Builds weights by asking `take(name, expectedShape)` for each tensor; `take` checks
+    /// the shape and converts. Lets each loader convert one tensor at a time, so a model
+    /// is never held twice in fp32.
+    private init(
+        config: LlamaConfig, take: (String, [Int]) throws(ModelLoadError) -> FloatTensor
+    ) throws(ModelLoadError) {
         let c = config
         self.config = config
         self.embedTokens = try take("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
@@ -126,15 +134,14 @@ package final class LlamaWeights: Sendable {
 
     /// Builds weights from a parsed safetensors file (F32/F16/BF16 converted to fp32).
     package convenience init(config: LlamaConfig, safetensors file: SafetensorsFile) throws(ModelLoadError) {
-        var tensors: [String: HostTensor] = [:]
-        for name in file.tensors.keys {
-            do {
-                let (shape, values) = try file.floats(name)
-                tensors[name] = HostTensor(shape: shape, values: values)
+        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> FloatTensor in
+            guard let info = file.tensors[name] else { throw .missingTensor(name) }
+            guard info.shape == shape else { throw .shapeMismatch(tensor: name, expected: shape, actual: info.shape) }
+            do throws(SafetensorsError) {
+                return FloatTensor(shape: shape, values: try file.floats(name).values)
             } catch {
                 throw .safetensors(error)
             }
         }
-        try self.init(config: config, tensors: tensors)
     }
 }
