@@ -23,7 +23,7 @@ public final class EngineClient: EngineBackend {
 
     private enum Call {
         case unary(CheckedContinuation<EngineEnvelope.Body?, any Error>)
-        case stream(AsyncThrowingStream<GenerateChunk, any Error>.Continuation)
+        case stream(AsyncThrowingStream<GenerateChunk, any Error>.Continuation, requestID: String)
     }
 
     private struct Pending {
@@ -78,7 +78,7 @@ public final class EngineClient: EngineBackend {
         let callID = try self.send(deadline: nil) { callID in
             EngineEnvelope(callID: callID, body: .generate(request))
         } register: { state, callID, connection in
-            state.pending[callID] = Pending(connection: ObjectIdentifier(connection), call: .stream(continuation))
+            state.pending[callID] = Pending(connection: ObjectIdentifier(connection), call: .stream(continuation, requestID: requestID))
         }
         continuation.onTermination = { [weak self] termination in
             guard case .cancelled = termination, let self else { return }
@@ -89,8 +89,21 @@ public final class EngineClient: EngineBackend {
         return stream
     }
 
+    /// Aborts a generation of this client: its stream ends, and the engine is told once.
     public func abort(requestID: String) async {
+        let streams = self.state.withLock { state -> [AsyncThrowingStream<GenerateChunk, any Error>.Continuation] in
+            let ids = state.pending.compactMap { entry -> UInt64? in
+                if case .stream(_, let id) = entry.value.call, id == requestID { return entry.key }
+                return nil
+            }
+            return ids.compactMap { id in
+                if case .stream(let continuation, _)? = state.pending.removeValue(forKey: id)?.call { return continuation }
+                return nil
+            }
+        }
+        guard !streams.isEmpty else { return }
         self.sendAbort(requestID: requestID)
+        for continuation in streams { continuation.finish() }
     }
 
     public func addAdapter(_ request: AddAdapterRequest) async throws(Status) {
@@ -285,7 +298,7 @@ public final class EngineClient: EngineBackend {
             case .unary(let continuation):
                 state.pending[envelope.callID] = nil
                 return .reply(continuation, envelope.body)
-            case .stream(let continuation):
+            case .stream(let continuation, _):
                 switch envelope.body {
                 case .chunk(let chunk):
                     let last = !chunk.finishReason.isEmpty || !chunk.status.isOK
@@ -334,7 +347,7 @@ public final class EngineClient: EngineBackend {
         for call in failed {
             switch call {
             case .unary(let continuation): continuation.resume(throwing: status)
-            case .stream(let continuation): continuation.finish(throwing: status)
+            case .stream(let continuation, _): continuation.finish(throwing: status)
             }
         }
     }
