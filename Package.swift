@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .executable(name: "lorikeet", targets: ["LorikeetCLI"]),
         .executable(name: "lorikeet-fuzz", targets: ["LorikeetFuzz"]),
+        .executable(name: "lorikeet-bench-engine", targets: ["LorikeetBenchEngine"]),
         .executable(name: "lorikeet-bench-hello", targets: ["LorikeetBenchHello"]),
     ],
     dependencies: [
@@ -40,6 +41,15 @@ let package = Package(
         .target(
             name: "LorikeetProto",
             dependencies: ["CLorikeetProto", "CLorikeetSys"],
+            swiftSettings: upcoming
+        ),
+        // The libuv supervisor: the only importer of CLibUV.
+        .target(
+            name: "LorikeetSupervisor",
+            dependencies: [
+                "CLibUV", "LorikeetProto",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: upcoming
         ),
         // The worker: the only HTTP server (OpenAI-compatible routes, adapter table replica,
@@ -72,8 +82,7 @@ let package = Package(
         .executableTarget(
             name: "LorikeetCLI",
             dependencies: [
-                "LorikeetProto",
-                "LorikeetWorker",
+                "LorikeetProto", "LorikeetSupervisor", "LorikeetWorker",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -86,6 +95,11 @@ let package = Package(
         .executableTarget(
             name: "LorikeetFuzz",
             dependencies: ["LorikeetProto", "CLorikeetSys"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetSupervisorTests",
+            dependencies: ["LorikeetSupervisor", "LorikeetProto"],
             swiftSettings: upcoming
         ),
         .testTarget(
@@ -104,5 +118,22 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+
+        // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler. Foundation only.
+        .target(name: "LorikeetEngine", swiftSettings: upcoming),
+        .executableTarget(
+            name: "LorikeetBenchEngine",
+            dependencies: ["LorikeetEngine"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetEngineTests",
+            dependencies: ["LorikeetEngine"],
+            swiftSettings: upcoming
+        ),
+
+        // Model formats: GGUF reader, dequantization, Llama tensor mapping, byte-level BPE tokenizer.
+        .target(name: "LorikeetGGUF", swiftSettings: upcoming),
+        .testTarget(name: "LorikeetGGUFTests", dependencies: ["LorikeetGGUF"], swiftSettings: upcoming),
     ]
 )

@@ -1,13 +1,13 @@
 import ArgumentParser
 
 /// The `lorikeet` command: every process of the server is a subcommand of one binary.
-/// (No `@main`: with several files in this target, main.swift is top-level code.)
+@main
 struct Lorikeet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorikeet",
         abstract: "Multi-process OpenAI-compatible serving frontend with consistent dynamic LoRA adapters.",
         version: LorikeetVersion.string,
-        subcommands: [WorkerCommand.self]
+        subcommands: [ServeCommand.self, CtlCommand.self, WorkerCommand.self]
     )
 }
 
@@ -15,5 +15,3 @@ struct Lorikeet: AsyncParsableCommand {
 enum LorikeetVersion {
     static let string = "0.1.0"
 }
-
-await (Lorikeet.main as () async -> Void)()

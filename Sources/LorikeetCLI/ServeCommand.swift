@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import Logging
+import LorikeetSupervisor
+
+/// `lorikeet serve`: the supervisor with the engine and N workers.
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the supervisor: one engine and N workers sharing one adapter table.",
+        discussion: """
+            Signals: TERM = graceful drain (a second TERM hurries), INT/QUIT = fast stop, HUP = rolling restart,
+            TTIN/TTOU = one more / one fewer worker. Exit code 78 means a process cannot boot with this configuration.
+            """
+    )
+
+    @Option(help: "Number of worker processes.") var workers = 2
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on (0 = any free port, printed at start).") var port: UInt16 = 8000
+    @Option(help: "Directory for the adapter table, engine socket and logs.") var stateDir = "./lorikeet-state"
+    @Option(help: "Model directory (config.json + model.safetensors) or GGUF file; default: SmolLM2-135M-Instruct.")
+    var model: String?
+    @Option(help: "Maximum adapters active at once in the engine.") var maxLoras: Int?
+    @Option(help: "Maximum adapters cached in the engine.") var maxCpuLoras: Int?
+    @Option(help: "Maximum LoRA rank.") var maxLoraRank: Int?
+    @Option(help: "Engine compute threads.") var threads: Int?
+    @Option(help: "Name the base model is served under (repeatable).") var servedModelName: [String] = []
+    @Option(help: "Adapter to load at start: name=path or JSON {\"name\",\"path\",\"base_model_name\"} (repeatable).")
+    var loraModules: [String] = []
+    @Option(help: "Require this bearer token on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY).") var apiKey: String?
+    @Option(help: "Log format: text or json.") var logFormat = "text"
+
+    func run() throws {
+        LoggingBootstrap.bootstrap(format: self.logFormat)
+        let logger = Logger(label: "lorikeet.supervisor")
+        var engineArguments: [String] = []
+        if let model { engineArguments += ["--model", Self.absolute(model)] }
+        if let maxLoras { engineArguments += ["--max-loras", "\(maxLoras)"] }
+        if let maxCpuLoras { engineArguments += ["--max-cpu-loras", "\(maxCpuLoras)"] }
+        if let maxLoraRank { engineArguments += ["--max-lora-rank", "\(maxLoraRank)"] }
+        if let threads { engineArguments += ["--threads", "\(threads)"] }
+        var workerArguments: [String] = ["--log-format", self.logFormat]
+        for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
+        for module in self.loraModules { workerArguments += ["--lora-modules", module] }
+        if let apiKey { workerArguments += ["--api-key", apiKey] }
+        guard self.workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        let configuration = SupervisorConfiguration(
+            executable: Self.ownExecutable(), workers: self.workers, host: self.host, port: self.port,
+            stateDirectory: Self.absolute(self.stateDir), engineArguments: engineArguments, workerArguments: workerArguments
+        )
+        let supervisor: Supervisor
+        do {
+            supervisor = try Supervisor(configuration: configuration, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(LorikeetExitCode.cannotBoot)
+        }
+        let result: SupervisorExit
+        do {
+            result = try supervisor.run()
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(LorikeetExitCode.cannotBoot)
+        }
+        if result.code != 0 {
+            FileHandle.standardError.write(Data("lorikeet: \(result.message)\n".utf8))
+            throw ExitCode(result.code)
+        }
+    }
+
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+
+    /// The running binary (workers and the engine are the same executable).
+    static func ownExecutable() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}
+
+/// Process-wide logging setup for every subcommand.
+enum LoggingBootstrap {
+    static func bootstrap(format: String) {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+    }
+}

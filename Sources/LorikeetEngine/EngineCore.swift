@@ -1,0 +1,192 @@
+import Foundation
+
+/// Settings of an engine instance (the `lorikeet engine` flags).
+package struct EngineOptions: Sendable, Equatable {
+    /// Adapter limits (`--max-loras`, `--max-cpu-loras`, `--max-lora-rank`).
+    package var adapters: AdapterStore.Options
+    /// Threads for large matrix products (`--threads`).
+    package var threads: Int
+    /// Sequences stepped together at most (vLLM's `max_num_seqs`).
+    package var maxBatchSize: Int
+    /// Served model name; defaults to the model directory's last component.
+    package var modelName: String?
+
+    /// Creates options.
+    package init(
+        maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16, threads: Int = 1, maxBatchSize: Int = 32,
+        modelName: String? = nil
+    ) {
+        self.adapters = AdapterStore.Options(maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank)
+        self.threads = max(1, threads)
+        self.maxBatchSize = max(1, maxBatchSize)
+        self.modelName = modelName
+    }
+}
+
+/// What the engine serves (the engine channel's `ModelInfo`).
+package struct EngineModelInfo: Sendable, Equatable {
+    /// Served model name.
+    package var modelName: String
+    /// HF architecture name.
+    package var architecture: String
+    /// Vocabulary size.
+    package var vocabSize: Int
+    /// Context length (`max_position_embeddings`).
+    package var contextLength: Int
+    /// Ids that end generation.
+    package var eosTokenIds: [UInt32]
+    /// Adapter limits.
+    package var maxLoras: Int
+    /// Adapter cache size.
+    package var maxCpuLoras: Int
+    /// Largest adapter rank.
+    package var maxLoraRank: Int
+}
+
+/// The built-in reference engine: a Llama model, its tokenizer, the adapter table and
+/// the scheduler, behind one facade that the engine server maps the engine channel onto.
+///
+/// `submit` validates on the calling thread (and may reload an evicted adapter from disk
+/// there); generation runs on the scheduler's own thread.
+package final class EngineCore: Sendable {
+    /// The model (shared, immutable).
+    package let model: LlamaModel
+    /// The tokenizer.
+    package let tokenizer: any EngineTokenizer
+    /// The adapter table.
+    package let adapters: AdapterStore
+    /// Static model facts.
+    package let info: EngineModelInfo
+    private let scheduler: Scheduler
+
+    /// Loads `config.json` + `model.safetensors` from `modelDirectory`, with the byte-level
+    /// tokenizer of the fixture models.
+    package convenience init(modelDirectory: String, options: EngineOptions = EngineOptions()) throws(EngineError) {
+        let dir = modelDirectory.hasSuffix("/") && modelDirectory.count > 1 ? String(modelDirectory.dropLast()) : modelDirectory
+        let weights: LlamaWeights
+        do {
+            let configBytes: [UInt8]
+            let modelBytes: [UInt8]
+            do {
+                configBytes = try SecureFile.read(dir + "/config.json", limit: 1 << 24)
+                modelBytes = try SecureFile.read(dir + "/model.safetensors")
+            } catch {
+                throw ModelLoadError.file(error)
+            }
+            let config = try LlamaConfig(json: Data(configBytes))
+            let file: SafetensorsFile
+            do {
+                file = try SafetensorsFile(bytes: modelBytes)
+            } catch {
+                throw ModelLoadError.safetensors(error)
+            }
+            weights = try LlamaWeights(config: config, safetensors: file)
+        } catch {
+            throw EngineError(.invalidArgument, "cannot load model from \(dir): \(error)")
+        }
+        let c = weights.config
+        let tokenizer = ByteTokenizer(vocabSize: c.vocabSize, bosTokenId: c.bosTokenId, eosTokenIds: c.eosTokenIds)
+        var options = options
+        if options.modelName == nil { options.modelName = URL(fileURLWithPath: dir).lastPathComponent }
+        self.init(weights: weights, tokenizer: tokenizer, architecture: "LlamaForCausalLM", options: options)
+    }
+
+    /// Builds an engine from weights loaded elsewhere (the GGUF path) and their tokenizer.
+    package init(
+        weights: LlamaWeights, tokenizer: any EngineTokenizer, architecture: String = "LlamaForCausalLM",
+        options: EngineOptions
+    ) {
+        self.model = LlamaModel(weights: weights, threads: options.threads)
+        self.tokenizer = tokenizer
+        self.adapters = AdapterStore(model: weights.config, options: options.adapters)
+        self.info = EngineModelInfo(
+            modelName: options.modelName ?? "model", architecture: architecture, vocabSize: weights.config.vocabSize,
+            contextLength: weights.config.maxPositionEmbeddings, eosTokenIds: tokenizer.eosTokenIds,
+            maxLoras: options.adapters.maxLoras, maxCpuLoras: options.adapters.maxCpuLoras,
+            maxLoraRank: options.adapters.maxLoraRank)
+        self.scheduler = Scheduler(
+            model: self.model, tokenizer: tokenizer, adapters: self.adapters, maxBatchSize: options.maxBatchSize)
+    }
+
+    deinit {
+        self.scheduler.shutdown()
+    }
+
+    /// Requests waiting or running.
+    package var runningRequests: Int { self.scheduler.requestCount }
+
+    /// Prompt token ids for a request's prompt.
+    package func promptTokens(_ prompt: PromptInput) -> [UInt32] {
+        switch prompt {
+        case .tokens(let ids): ids
+        case .text(let text): self.tokenizer.encodePrompt(text)
+        case .chat(let turns): self.tokenizer.encodePrompt(self.tokenizer.renderChat(turns))
+        }
+    }
+
+    /// Validates and queues a request; events arrive on the scheduler thread.
+    ///
+    /// Throws (and sends no event) for an invalid request (INVALID_ARGUMENT), an unknown
+    /// adapter (NOT_FOUND), a duplicate id (ALREADY_EXISTS), or when an evicted adapter
+    /// cannot be reloaded. May block on adapter file I/O: call from a thread of your own,
+    /// not the Swift concurrency pool.
+    package func submit(_ request: GenerationRequest, onEvent: @escaping @Sendable (GenerationEvent) -> Void) throws(EngineError) {
+        let prompt = self.promptTokens(request.prompt)
+        let context = self.info.contextLength
+        guard !request.id.isEmpty else { throw EngineError(.invalidArgument, "request id must not be empty") }
+        guard !prompt.isEmpty else { throw EngineError(.invalidArgument, "the prompt is empty") }
+        if let bad = prompt.first(where: { Int($0) >= self.info.vocabSize }) {
+            throw EngineError(.invalidArgument, "prompt token id \(bad) is outside the vocabulary (size \(self.info.vocabSize))")
+        }
+        guard prompt.count < context else {
+            throw EngineError(
+                .invalidArgument,
+                "This model's maximum context length is \(context) tokens. However, your prompt has \(prompt.count) tokens.")
+        }
+        let p = request.params
+        guard p.maxTokens >= 1 else { throw EngineError(.invalidArgument, "max_tokens must be at least 1, got \(p.maxTokens)") }
+        guard p.temperature >= 0, p.temperature.isFinite else {
+            throw EngineError(.invalidArgument, "temperature must be non-negative, got \(p.temperature)")
+        }
+        guard p.topP >= 0, p.topP <= 1 else { throw EngineError(.invalidArgument, "top_p must be in [0, 1], got \(p.topP)") }
+        guard p.topK >= 0 else { throw EngineError(.invalidArgument, "top_k must be non-negative, got \(p.topK)") }
+        var adapter: (weights: LoRAWeights, generation: UInt64)?
+        if let id = request.adapterId, id != 0 {
+            adapter = try self.adapters.weightsForRequest(id)
+        }
+        try self.scheduler.submit(
+            id: request.id, prompt: prompt, adapterId: adapter == nil ? nil : request.adapterId, adapter: adapter,
+            params: p, onEvent: onEvent)
+    }
+
+    /// Events of a request as an `AsyncStream` (convenience over `submit`). A request
+    /// refused by `submit` yields one final event with finish reason `error`.
+    package func generate(_ request: GenerationRequest) -> AsyncStream<GenerationEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: GenerationEvent.self)
+        let id = request.id
+        continuation.onTermination = { [weak self] termination in
+            if case .cancelled = termination { self?.abort(id) }
+        }
+        do {
+            try self.submit(request) { event in
+                continuation.yield(event)
+                if event.finishReason != nil { continuation.finish() }
+            }
+        } catch {
+            continuation.yield(GenerationEvent(requestId: request.id, finishReason: .error, error: error))
+            continuation.finish()
+        }
+        return stream
+    }
+
+    /// Aborts a request; returns false if it is not in flight.
+    @discardableResult
+    package func abort(_ requestId: String) -> Bool {
+        self.scheduler.abort(requestId)
+    }
+
+    /// Aborts all requests and stops the scheduler thread.
+    package func shutdown() {
+        self.scheduler.shutdown()
+    }
+}

@@ -1,0 +1,86 @@
+/// What a request's prompt is given as (the engine channel's `GenerateRequest` oneof).
+package enum PromptInput: Sendable, Equatable {
+    /// Token ids, used verbatim.
+    case tokens([UInt32])
+    /// Text, encoded with BOS added when the tokenizer adds one.
+    case text(String)
+    /// Chat messages, rendered with the model's chat template, then encoded as text.
+    case chat([ChatTurn])
+}
+
+/// One generation request.
+package struct GenerationRequest: Sendable, Equatable {
+    /// Caller-chosen id, unique among running requests (used by `abort`).
+    package var id: String
+    /// The prompt.
+    package var prompt: PromptInput
+    /// `lora_int_id` of a registered adapter, or nil for the base model.
+    package var adapterId: UInt64?
+    /// Sampling parameters.
+    package var params: SamplingParams
+
+    /// Creates a request.
+    package init(id: String, prompt: PromptInput, adapterId: UInt64? = nil, params: SamplingParams = SamplingParams()) {
+        self.id = id
+        self.prompt = prompt
+        self.adapterId = adapterId
+        self.params = params
+    }
+}
+
+/// Why generation ended (OpenAI `finish_reason`, plus vLLM's `abort` and `error`).
+package enum FinishReason: String, Sendable, Equatable {
+    /// EOS, a stop token id or a stop string.
+    case stop
+    /// `max_tokens` or the context length was reached.
+    case length
+    /// Aborted by `abort(requestId)` or shutdown.
+    case abort
+    /// The request failed; see the event's `error`.
+    case error
+}
+
+/// Token counts (OpenAI `usage`).
+package struct Usage: Sendable, Equatable {
+    /// Prompt tokens.
+    package var promptTokens: Int
+    /// Generated tokens, including a final EOS/stop token.
+    package var completionTokens: Int
+
+    /// Creates counts.
+    package init(promptTokens: Int, completionTokens: Int) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+    }
+}
+
+/// One streamed piece of output (the engine channel's `GenerateChunk`). The last event of
+/// a request has `finishReason` and `usage` set.
+package struct GenerationEvent: Sendable, Equatable {
+    /// The request this belongs to.
+    package var requestId: String
+    /// Token ids generated since the previous event.
+    package var tokens: [UInt32]
+    /// Text completed since the previous event (never a partial UTF-8 sequence, never
+    /// part of a stop string).
+    package var text: String
+    /// Set on the last event.
+    package var finishReason: FinishReason?
+    /// Set on the last event.
+    package var usage: Usage?
+    /// Set when `finishReason == .error`.
+    package var error: EngineError?
+
+    /// Creates an event.
+    package init(
+        requestId: String, tokens: [UInt32] = [], text: String = "", finishReason: FinishReason? = nil,
+        usage: Usage? = nil, error: EngineError? = nil
+    ) {
+        self.requestId = requestId
+        self.tokens = tokens
+        self.text = text
+        self.finishReason = finishReason
+        self.usage = usage
+        self.error = error
+    }
+}

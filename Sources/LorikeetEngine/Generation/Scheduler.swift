@@ -1,0 +1,284 @@
+import Foundation
+import Synchronization
+
+/// Runs all generation on one dedicated thread (never the Swift concurrency pool).
+///
+/// Each turn it takes every running sequence one step further in a single batched
+/// forward pass: one token for decoding sequences, a bounded chunk of prompt tokens for
+/// sequences still reading their prompt. A short request therefore starts and finishes
+/// while a long one is running instead of queuing behind it. Requests beyond
+/// `maxBatchSize`, or whose adapter has no free active slot, wait in FIFO order.
+///
+/// Events are delivered on the scheduler thread; callbacks must return quickly (hand the
+/// event to a queue or a socket writer).
+package final class Scheduler: Sendable {
+    /// Callback for a request's events.
+    package typealias EventHandler = @Sendable (GenerationEvent) -> Void
+
+    private struct Pending: Sendable {
+        var id: String
+        var prompt: [UInt32]
+        var adapterId: UInt64?
+        var adapter: (weights: LoRAWeights, generation: UInt64)?
+        var params: SamplingParams
+        var onEvent: EventHandler
+    }
+
+    private struct State {
+        var waiting: [Pending] = []
+        var ids: Set<String> = []
+        var aborts: Set<String> = []
+        var shutdown = false
+    }
+
+    private let model: LlamaModel
+    private let tokenizer: any EngineTokenizer
+    private let adapters: AdapterStore
+    private let maxBatchSize: Int
+    private let prefillBudget: Int
+    private let state = Mutex(State())
+    private let wakeup = DispatchSemaphore(value: 0)
+    private let exited = DispatchSemaphore(value: 0)
+
+    /// Starts the scheduler thread.
+    package init(
+        model: LlamaModel, tokenizer: any EngineTokenizer, adapters: AdapterStore, maxBatchSize: Int = 32,
+        prefillBudget: Int = 64
+    ) {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapters = adapters
+        self.maxBatchSize = max(1, maxBatchSize)
+        self.prefillBudget = max(1, prefillBudget)
+        let thread = Thread { [self] in self.run() }
+        thread.name = "lorikeet-engine-scheduler"
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    /// Requests waiting or running.
+    package var requestCount: Int { self.state.withLock { $0.ids.count } }
+
+    /// Queues a validated request. Throws ALREADY_EXISTS for a duplicate id and
+    /// UNAVAILABLE after shutdown.
+    package func submit(
+        id: String, prompt: [UInt32], adapterId: UInt64?, adapter: (weights: LoRAWeights, generation: UInt64)?,
+        params: SamplingParams, onEvent: @escaping EventHandler
+    ) throws(EngineError) {
+        let pending = Pending(
+            id: id, prompt: prompt, adapterId: adapterId, adapter: adapter, params: params, onEvent: onEvent)
+        try self.state.withLock { state throws(EngineError) in
+            guard !state.shutdown else { throw EngineError(.unavailable, "the engine is shutting down") }
+            guard state.ids.insert(id).inserted else {
+                throw EngineError(.alreadyExists, "a request with id '\(id)' is already running")
+            }
+            state.waiting.append(pending)
+        }
+        self.wakeup.signal()
+    }
+
+    /// Aborts a waiting or running request; its last event has finish reason `abort`.
+    /// Returns false when no such request is in flight.
+    package func abort(_ id: String) -> Bool {
+        let (found, removed) = self.state.withLock { state -> (Bool, Pending?) in
+            guard state.ids.contains(id) else { return (false, nil) }
+            if let i = state.waiting.firstIndex(where: { $0.id == id }) {
+                state.ids.remove(id)
+                return (true, state.waiting.remove(at: i))
+            }
+            state.aborts.insert(id)
+            return (true, nil)
+        }
+        if let removed {
+            removed.onEvent(
+                GenerationEvent(
+                    requestId: id, finishReason: .abort, usage: Usage(promptTokens: removed.prompt.count, completionTokens: 0)))
+        } else if found {
+            self.wakeup.signal()
+        }
+        return found
+    }
+
+    /// Aborts everything and stops the thread; waits for it to exit.
+    package func shutdown() {
+        let first = self.state.withLock { state -> Bool in
+            defer { state.shutdown = true }
+            return !state.shutdown
+        }
+        guard first else { return }
+        self.wakeup.signal()
+        self.exited.wait()
+    }
+
+    // MARK: The scheduler thread
+
+    /// A sequence being generated; touched only by the scheduler thread.
+    private final class Sequence {
+        let id: String
+        let prompt: [UInt32]
+        let params: SamplingParams
+        let onEvent: EventHandler
+        let adapterId: UInt64?
+        let adapter: LoRAWeights?
+        let cache: KVCache
+        let maxNew: Int
+        var sampler: Sampler
+        var detokenizer = IncrementalDetokenizer()
+        var stopper: StopStringMatcher
+        /// Tokens fed to the model so far (prompt, then generated).
+        var fed = 0
+        var generated: [UInt32] = []
+        var finished = false
+
+        init(_ p: Pending, adapter: LoRAWeights?, cache: KVCache, contextLength: Int) {
+            self.id = p.id
+            self.prompt = p.prompt
+            self.params = p.params
+            self.onEvent = p.onEvent
+            self.adapterId = p.adapterId
+            self.adapter = adapter
+            self.cache = cache
+            self.maxNew = min(p.params.maxTokens, contextLength - p.prompt.count)
+            self.sampler = Sampler(p.params)
+            self.stopper = StopStringMatcher(p.params.stop)
+        }
+
+        var usage: Usage { Usage(promptTokens: self.prompt.count, completionTokens: self.generated.count) }
+    }
+
+    private func run() {
+        var running: [Sequence] = []
+        let workspace = ForwardWorkspace()
+        var finishedEvents: [(EventHandler, GenerationEvent)] = []
+        while true {
+            // 1. Admit, collect aborts, or stop.
+            let (admitted, failed, aborts, shutdown) = self.state.withLock { state in
+                var admitted: [(Pending, LoRAWeights?)] = []
+                var failed: [(Pending, EngineError)] = []
+                var stillWaiting: [Pending] = []
+                for p in state.waiting {
+                    guard !state.shutdown, running.count + admitted.count < self.maxBatchSize else {
+                        stillWaiting.append(p)
+                        continue
+                    }
+                    guard let adapterId = p.adapterId, let held = p.adapter else {
+                        admitted.append((p, nil))
+                        continue
+                    }
+                    switch self.adapters.acquireSlot(adapterId, held: held.weights, generation: held.generation) {
+                    case .granted(let w): admitted.append((p, w))
+                    case .wait: stillWaiting.append(p)
+                    case .failed(let e):
+                        failed.append((p, e))
+                        state.ids.remove(p.id)
+                    }
+                }
+                state.waiting = state.shutdown ? [] : stillWaiting
+                let aborted = state.shutdown ? state.ids : state.aborts
+                if state.shutdown {
+                    for p in stillWaiting { failed.append((p, EngineError(.unavailable, "the engine is shutting down"))) }
+                    state.ids.subtract(stillWaiting.map(\.id))
+                }
+                state.aborts = []
+                return (admitted, failed, aborted, state.shutdown)
+            }
+            for (p, e) in failed {
+                p.onEvent(
+                    GenerationEvent(
+                        requestId: p.id, finishReason: e.code == .unavailable ? .abort : .error,
+                        usage: Usage(promptTokens: p.prompt.count, completionTokens: 0), error: e))
+            }
+            for (p, w) in admitted {
+                running.append(
+                    Sequence(p, adapter: w, cache: self.model.makeCache(), contextLength: self.model.config.maxPositionEmbeddings))
+            }
+            for s in running where aborts.contains(s.id) {
+                s.finished = true
+                finishedEvents.append((s.onEvent, GenerationEvent(requestId: s.id, finishReason: .abort, usage: s.usage)))
+            }
+            self.retire(&running, &finishedEvents)
+            if shutdown && running.isEmpty {
+                self.exited.signal()
+                return
+            }
+            if running.isEmpty {
+                self.wakeup.wait()
+                continue
+            }
+
+            // 2. One batched step: a prompt chunk or one token per sequence.
+            var rows: [ForwardRow] = []
+            var wanting: [Sequence] = []
+            var budget = self.prefillBudget
+            for s in running {
+                if s.fed < s.prompt.count {
+                    let take = min(s.prompt.count - s.fed, max(1, budget))
+                    budget -= take
+                    for j in 0..<take {
+                        let pos = s.fed + j
+                        let last = pos == s.prompt.count - 1
+                        rows.append(
+                            ForwardRow(cache: s.cache, token: s.prompt[pos], position: pos, adapter: s.adapter, wantLogits: last))
+                    }
+                    s.fed += take
+                    if s.fed == s.prompt.count { wanting.append(s) }
+                } else {
+                    rows.append(
+                        ForwardRow(cache: s.cache, token: s.generated.last!, position: s.fed, adapter: s.adapter, wantLogits: true))
+                    s.fed += 1
+                    wanting.append(s)
+                }
+            }
+            let logits = self.model.forward(rows, workspace: workspace)
+
+            // 3. Sample and stream.
+            var events: [(EventHandler, GenerationEvent)] = []
+            for (s, l) in zip(wanting, logits) {
+                let token = s.sampler.sample(l)
+                events.append((s.onEvent, self.accept(token, s)))
+            }
+            for (handler, event) in events where event.finishReason == nil { handler(event) }
+            finishedEvents += events.filter { $0.1.finishReason != nil }
+            self.retire(&running, &finishedEvents)
+        }
+    }
+
+    /// Removes finished sequences, frees their adapter slots and ids, then sends their
+    /// final events (after the id is free, so a client may reuse it at once).
+    private func retire(_ running: inout [Sequence], _ events: inout [(EventHandler, GenerationEvent)]) {
+        let done = running.filter(\.finished)
+        guard !done.isEmpty || !events.isEmpty else { return }
+        running.removeAll(where: \.finished)
+        for s in done { if let id = s.adapterId { self.adapters.releaseSlot(id) } }
+        self.state.withLock { state in state.ids.subtract(done.map(\.id)) }
+        for (handler, event) in events { handler(event) }
+        events = []
+    }
+
+    /// Records a sampled token and returns the event that reports it (the final one when
+    /// it ends the sequence).
+    private func accept(_ token: UInt32, _ s: Sequence) -> GenerationEvent {
+        s.generated.append(token)
+        let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIds.contains(token)
+        if isEOS || s.params.stopTokenIds.contains(token) {
+            s.finished = true
+            let tail = s.detokenizer.flush()
+            let (text, _) = s.stopper.feed(tail)
+            return GenerationEvent(
+                requestId: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
+        }
+        let (emit, stopped) = s.stopper.feed(s.detokenizer.append(self.tokenizer.tokenBytes(token)))
+        if stopped {
+            s.finished = true
+            return GenerationEvent(requestId: s.id, tokens: [token], text: emit, finishReason: .stop, usage: s.usage)
+        }
+        if s.generated.count >= s.maxNew {
+            s.finished = true
+            let (tail, stoppedInTail) = s.stopper.feed(s.detokenizer.flush())
+            let text = emit + tail + (stoppedInTail ? "" : s.stopper.flush())
+            return GenerationEvent(
+                requestId: s.id, tokens: [token], text: text, finishReason: stoppedInTail ? .stop : .length, usage: s.usage)
+        }
+        return GenerationEvent(requestId: s.id, tokens: [token], text: emit)
+    }
+}

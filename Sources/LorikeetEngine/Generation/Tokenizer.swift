@@ -1,0 +1,193 @@
+import Foundation
+
+/// One chat message (the engine channel's `ChatMessage`, OpenAI's `messages[]`).
+package struct ChatTurn: Sendable, Equatable {
+    /// `system`, `user`, `assistant`, ...
+    package var role: String
+    /// The message text.
+    package var content: String
+
+    /// Creates a turn.
+    package init(role: String, content: String) {
+        self.role = role
+        self.content = content
+    }
+}
+
+/// What the engine needs from a tokenizer: encode text, map each id back to its bytes
+/// (the engine assembles UTF-8 itself, across token boundaries), the special ids, and the
+/// model's chat template.
+package protocol EngineTokenizer: Sendable {
+    /// Number of token ids.
+    var vocabSize: Int { get }
+    /// Token ids for `text` (no BOS added).
+    func encode(_ text: String) -> [UInt32]
+    /// The raw bytes a token stands for; empty for control tokens (BOS/EOS) that
+    /// produce no text.
+    func tokenBytes(_ id: UInt32) -> [UInt8]
+    /// Ids that end generation unless `ignore_eos`.
+    var eosTokenIds: [UInt32] { get }
+    /// The beginning-of-sequence id, if the model has one.
+    var bosTokenId: UInt32? { get }
+    /// Whether prompts from text start with BOS (HF `add_bos_token`).
+    var addBosToken: Bool { get }
+    /// The prompt text for `messages`, ending with the assistant turn opener.
+    func renderChat(_ messages: [ChatTurn]) -> String
+}
+
+extension EngineTokenizer {
+    /// Prompt ids for `text`: BOS (when the model adds one) followed by `encode(text)`.
+    package func encodePrompt(_ text: String) -> [UInt32] {
+        var ids: [UInt32] = []
+        if self.addBosToken, let bos = self.bosTokenId { ids.append(bos) }
+        ids += self.encode(text)
+        return ids
+    }
+}
+
+/// The byte-level tokenizer of the fixture models: ids 0–255 are the bytes themselves,
+/// then `<s>` (BOS) and `</s>` (EOS); any further ids (up to `vocabSize`) are unused
+/// specials that decode to nothing.
+///
+/// Chat template (documented, deliberately simple):
+/// ```
+/// <|role|>\n
+/// content\n
+/// ... for every message, then
+/// <|assistant|>\n
+/// ```
+/// where `<|role|>` is written as plain bytes.
+package struct ByteTokenizer: EngineTokenizer {
+    package let vocabSize: Int
+    package let bosTokenId: UInt32?
+    package let eosTokenIds: [UInt32]
+    package var addBosToken: Bool { self.bosTokenId != nil }
+
+    /// A byte tokenizer; BOS and EOS default to 256 and 257.
+    package init(vocabSize: Int = 258, bosTokenId: UInt32? = 256, eosTokenIds: [UInt32] = [257]) {
+        self.vocabSize = max(vocabSize, 256)
+        self.bosTokenId = bosTokenId
+        self.eosTokenIds = eosTokenIds
+    }
+
+    package func encode(_ text: String) -> [UInt32] {
+        text.utf8.map { UInt32($0) }
+    }
+
+    package func tokenBytes(_ id: UInt32) -> [UInt8] {
+        id < 256 ? [UInt8(id)] : []
+    }
+
+    package func renderChat(_ messages: [ChatTurn]) -> String {
+        var text = ""
+        for m in messages { text += "<|\(m.role)|>\n\(m.content)\n" }
+        return text + "<|assistant|>\n"
+    }
+}
+
+/// Turns a stream of token bytes into text without ever splitting a UTF-8 sequence:
+/// bytes of an incomplete code point are held back until it completes. Invalid bytes
+/// become U+FFFD.
+package struct IncrementalDetokenizer: Sendable {
+    private var pending: [UInt8] = []
+
+    /// Creates an empty detokenizer.
+    package init() {}
+
+    /// Appends bytes and returns the text that is now complete.
+    package mutating func append(_ bytes: [UInt8]) -> String {
+        self.pending += bytes
+        let complete = Self.completePrefixLength(self.pending)
+        guard complete > 0 else { return "" }
+        let text = String(decoding: self.pending[0..<complete], as: UTF8.self)
+        self.pending.removeFirst(complete)
+        return text
+    }
+
+    /// Returns whatever is held back (as U+FFFD for an incomplete sequence) and resets.
+    package mutating func flush() -> String {
+        defer { self.pending = [] }
+        return self.pending.isEmpty ? "" : String(decoding: self.pending, as: UTF8.self)
+    }
+
+    /// Length of the longest prefix that does not end inside a possibly valid, unfinished
+    /// UTF-8 sequence.
+    static func completePrefixLength(_ bytes: [UInt8]) -> Int {
+        let n = bytes.count
+        // Look back at most 3 bytes for the start of the last sequence.
+        var i = n - 1
+        while i >= 0 && i >= n - 4 {
+            let b = bytes[i]
+            if b & 0xC0 != 0x80 {  // A lead byte or ASCII.
+                let need: Int
+                if b < 0x80 {
+                    need = 1
+                } else if b & 0xE0 == 0xC0 {
+                    need = 2
+                } else if b & 0xF0 == 0xE0 {
+                    need = 3
+                } else if b & 0xF8 == 0xF0 {
+                    need = 4
+                } else {
+                    need = 1  // Invalid lead byte: emit it (as U+FFFD).
+                }
+                return n - i >= need ? n : i
+            }
+            i -= 1
+        }
+        return n  // Only continuation bytes: invalid, emit.
+    }
+}
+
+/// Finds stop strings in streamed text. Text that might be the start of a stop string is
+/// held back; the stop string itself (and everything after it) is never emitted.
+/// Matches vLLM's default (`include_stop_str_in_output = false`).
+package struct StopStringMatcher: Sendable {
+    private let stops: [String]
+    private var held = ""
+
+    /// Creates a matcher; empty stop strings are ignored.
+    package init(_ stops: [String]) {
+        self.stops = stops.filter { !$0.isEmpty }
+    }
+
+    /// Feeds new text. Returns the text safe to emit, and whether a stop string was hit.
+    package mutating func feed(_ text: String) -> (emit: String, stopped: Bool) {
+        guard !self.stops.isEmpty else { return (text, false) }
+        self.held += text
+        var earliest: String.Index?
+        for s in self.stops {
+            if let r = self.held.range(of: s), earliest.map({ r.lowerBound < $0 }) ?? true {
+                earliest = r.lowerBound
+            }
+        }
+        if let cut = earliest {
+            let out = String(self.held[..<cut])
+            self.held = ""
+            return (out, true)
+        }
+        // Hold back the longest suffix that is a proper prefix of some stop string.
+        var keep = 0
+        let chars = Array(self.held)
+        for s in self.stops {
+            let sc = Array(s)
+            var k = min(sc.count - 1, chars.count)
+            while k > keep {
+                if Array(chars[(chars.count - k)...]) == Array(sc[0..<k]) {
+                    keep = k
+                    break
+                }
+                k -= 1
+            }
+        }
+        let out = String(chars[0..<(chars.count - keep)])
+        self.held = String(chars[(chars.count - keep)...])
+        return (out, false)
+    }
+
+    /// The held-back text when generation ends for another reason.
+    package mutating func flush() -> String {
+        defer { self.held = "" }
+        return self.held
+    }
+}

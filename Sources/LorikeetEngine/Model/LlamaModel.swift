@@ -1,0 +1,291 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
+///
+/// Owned and mutated by one thread at a time (the scheduler thread), so not `Sendable`.
+package final class KVCache {
+    /// Positions filled so far.
+    package private(set) var length = 0
+    private var capacity = 0
+    private let layers: Int
+    private let kvDim: Int
+    private let maxLength: Int
+    private var keys: [UnsafeMutablePointer<Float>] = []
+    private var values: [UnsafeMutablePointer<Float>] = []
+
+    init(layers: Int, kvDim: Int, maxLength: Int) {
+        self.layers = layers
+        self.kvDim = kvDim
+        self.maxLength = maxLength
+    }
+
+    deinit {
+        for p in self.keys { p.deallocate() }
+        for p in self.values { p.deallocate() }
+    }
+
+    /// Grows the storage (doubling) so positions `< n` can be written.
+    func reserve(_ n: Int) {
+        guard n > self.capacity else { return }
+        let newCapacity = min(max(n, self.capacity * 2, 16), max(self.maxLength, n))
+        for l in 0..<self.layers {
+            for isKey in [true, false] {
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: newCapacity * self.kvDim)
+                if self.capacity > 0 {
+                    let old = isKey ? self.keys[l] : self.values[l]
+                    p.initialize(from: old, count: self.length * self.kvDim)
+                    old.deallocate()
+                }
+                if isKey {
+                    if l < self.keys.count { self.keys[l] = p } else { self.keys.append(p) }
+                } else {
+                    if l < self.values.count { self.values[l] = p } else { self.values.append(p) }
+                }
+            }
+        }
+        self.capacity = newCapacity
+    }
+
+    @inline(__always) func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<Float> {
+        self.keys[layer] + pos * self.kvDim
+    }
+
+    @inline(__always) func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<Float> {
+        self.values[layer] + pos * self.kvDim
+    }
+
+    func advance(to n: Int) { self.length = max(self.length, n) }
+
+    /// Forgets positions `>= n` (used to retry or truncate; capacity is kept).
+    package func truncate(to n: Int) { self.length = min(self.length, n) }
+}
+
+/// One token to push through the model in a batched forward pass.
+package struct ForwardRow {
+    /// The sequence's cache; the row's key/value are written at `position`.
+    package var cache: KVCache
+    /// Input token id (must be `< vocabSize`).
+    package var token: UInt32
+    /// Absolute position (RoPE angle, attention span `0...position`).
+    package var position: Int
+    /// The adapter for this row's sequence, or nil for the base model.
+    package var adapter: LoRAWeights?
+    /// Whether to compute logits for this row.
+    package var wantLogits: Bool
+
+    /// Creates a row.
+    package init(cache: KVCache, token: UInt32, position: Int, adapter: LoRAWeights?, wantLogits: Bool) {
+        self.cache = cache
+        self.token = token
+        self.position = position
+        self.adapter = adapter
+        self.wantLogits = wantLogits
+    }
+}
+
+/// Scratch buffers for a forward pass, grown on demand and reused across steps.
+/// Owned by one thread (the scheduler's), so not `Sendable`.
+package final class ForwardWorkspace {
+    private var buffers: [UnsafeMutablePointer<Float>] = []
+    private var sizes: [Int] = []
+
+    /// Creates an empty workspace.
+    package init() {}
+
+    deinit {
+        for b in self.buffers { b.deallocate() }
+    }
+
+    /// Buffer number `slot` with room for at least `count` floats.
+    func buffer(_ slot: Int, _ count: Int) -> UnsafeMutablePointer<Float> {
+        while self.buffers.count <= slot {
+            self.buffers.append(.allocate(capacity: 1))
+            self.sizes.append(1)
+        }
+        if self.sizes[slot] < count {
+            self.buffers[slot].deallocate()
+            self.buffers[slot] = .allocate(capacity: count)
+            self.sizes[slot] = count
+        }
+        return self.buffers[slot]
+    }
+}
+
+/// A Llama decoder (RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU MLP)
+/// computing in fp32 on the CPU, with per-row LoRA.
+///
+/// Immutable and `Sendable`; the mutable state of a forward pass lives in the caller's
+/// `KVCache`s and `ForwardWorkspace`. Call `forward` from a dedicated thread, never from
+/// the Swift concurrency pool.
+package final class LlamaModel: Sendable {
+    /// The weights (and their config).
+    package let weights: LlamaWeights
+    /// Threads used by large matrix products.
+    package let threads: Int
+    /// RoPE `cos`/`sin` per position: `[maxPositions, headDim/2]` each.
+    private let ropeCos: FloatTensor
+    private let ropeSin: FloatTensor
+
+    /// The model's configuration.
+    package var config: LlamaConfig { self.weights.config }
+
+    /// Prepares a model for inference; `threads` ≥ 1.
+    package init(weights: LlamaWeights, threads: Int = 1) {
+        self.weights = weights
+        self.threads = max(1, threads)
+        let c = weights.config
+        let half = c.headDim / 2
+        var cosValues = [Float](repeating: 0, count: c.maxPositionEmbeddings * half)
+        var sinValues = cosValues
+        for j in 0..<half {
+            let invFreq = 1.0 / pow(c.ropeTheta, Double(2 * j) / Double(c.headDim))
+            for p in 0..<c.maxPositionEmbeddings {
+                let angle = Double(p) * invFreq
+                cosValues[p * half + j] = Float(cos(angle))
+                sinValues[p * half + j] = Float(sin(angle))
+            }
+        }
+        self.ropeCos = FloatTensor(shape: [c.maxPositionEmbeddings, half], values: cosValues)
+        self.ropeSin = FloatTensor(shape: [c.maxPositionEmbeddings, half], values: sinValues)
+    }
+
+    /// A fresh, empty cache for one sequence.
+    package func makeCache() -> KVCache {
+        KVCache(layers: self.config.numLayers, kvDim: self.config.kvDim, maxLength: self.config.maxPositionEmbeddings)
+    }
+
+    /// Runs one batched step. Rows of the same sequence must be in increasing position
+    /// order and contiguous with what the cache holds. Returns logits (`vocabSize` each)
+    /// for the rows with `wantLogits`, in row order.
+    package func forward(_ rows: [ForwardRow], workspace ws: ForwardWorkspace) -> [[Float]] {
+        let c = self.config
+        let n = rows.count
+        guard n > 0 else { return [] }
+        let hidden = c.hiddenSize, qDim = c.qDim, kvDim = c.kvDim, inter = c.intermediateSize
+        let headDim = c.headDim, half = headDim / 2, group = c.numHeads / c.numKVHeads
+        for row in rows {
+            precondition(row.position < c.maxPositionEmbeddings && Int(row.token) < c.vocabSize)
+            row.cache.reserve(row.position + 1)
+        }
+        let h = ws.buffer(0, n * hidden)
+        let xn = ws.buffer(1, n * hidden)
+        let q = ws.buffer(2, n * qDim)
+        let k = ws.buffer(3, n * kvDim)
+        let v = ws.buffer(4, n * kvDim)
+        let att = ws.buffer(5, n * qDim)
+        let tmp = ws.buffer(6, n * hidden)
+        let gate = ws.buffer(7, n * inter)
+        let up = ws.buffer(8, n * inter)
+        let maxPos = rows.map(\.position).max()! + 1
+        let scores = ws.buffer(9, maxPos)
+        let maxRank = rows.compactMap { $0.adapter?.rank }.max() ?? 0
+        let loraTmp = ws.buffer(10, max(maxRank, 1))
+        let w = self.weights
+
+        for (i, row) in rows.enumerated() {
+            (h + i * hidden).initialize(from: w.embedTokens.pointer + Int(row.token) * hidden, count: hidden)
+        }
+        let scale = 1 / Float(headDim).squareRoot()
+        for l in 0..<c.numLayers {
+            let layer = w.layers[l]
+            for i in 0..<n {
+                Kernels.rmsNorm(h + i * hidden, layer.inputNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
+            }
+            self.linear(.qProj, l, rows, xn, q, loraTmp)
+            self.linear(.kProj, l, rows, xn, k, loraTmp)
+            self.linear(.vProj, l, rows, xn, v, loraTmp)
+            for (i, row) in rows.enumerated() {
+                let cosp = self.ropeCos.pointer + row.position * half
+                let sinp = self.ropeSin.pointer + row.position * half
+                for hd in 0..<c.numHeads { Self.rope(q + i * qDim + hd * headDim, cosp, sinp, half) }
+                for hd in 0..<c.numKVHeads { Self.rope(k + i * kvDim + hd * headDim, cosp, sinp, half) }
+                row.cache.key(l, row.position).update(from: k + i * kvDim, count: kvDim)
+                row.cache.value(l, row.position).update(from: v + i * kvDim, count: kvDim)
+            }
+            for (i, row) in rows.enumerated() {
+                let span = row.position + 1
+                for hd in 0..<c.numHeads {
+                    let qh = q + i * qDim + hd * headDim
+                    let kvOffset = (hd / group) * headDim
+                    for p in 0..<span {
+                        scores[p] = Kernels.dot(qh, row.cache.key(l, p) + kvOffset, headDim) * scale
+                    }
+                    Kernels.softmax(scores, span)
+                    let out = att + i * qDim + hd * headDim
+                    out.update(repeating: 0, count: headDim)
+                    for p in 0..<span {
+                        let s = scores[p]
+                        let vp = row.cache.value(l, p) + kvOffset
+                        for d in 0..<headDim { out[d] += s * vp[d] }
+                    }
+                }
+            }
+            self.linear(.oProj, l, rows, att, tmp, loraTmp)
+            Kernels.addInPlace(h, tmp, n * hidden)
+            for i in 0..<n {
+                Kernels.rmsNorm(h + i * hidden, layer.postAttentionNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
+            }
+            self.linear(.gateProj, l, rows, xn, gate, loraTmp)
+            self.linear(.upProj, l, rows, xn, up, loraTmp)
+            Kernels.swiglu(gate, up, n * inter)
+            self.linear(.downProj, l, rows, gate, tmp, loraTmp)
+            Kernels.addInPlace(h, tmp, n * hidden)
+        }
+        for row in rows { row.cache.advance(to: row.position + 1) }
+
+        let wanted = rows.indices.filter { rows[$0].wantLogits }
+        guard !wanted.isEmpty else { return [] }
+        for (j, i) in wanted.enumerated() {
+            Kernels.rmsNorm(h + i * hidden, w.finalNorm.pointer, hidden, eps: c.rmsNormEps, xn + j * hidden)
+        }
+        let logits = ws.buffer(11, wanted.count * c.vocabSize)
+        Kernels.matmul(
+            w.lmHead.pointer, rows: c.vocabSize, cols: hidden, xn, batch: wanted.count, logits, threads: self.threads)
+        return (0..<wanted.count).map { j in
+            Array(UnsafeBufferPointer(start: logits + j * c.vocabSize, count: c.vocabSize))
+        }
+    }
+
+    /// `y = W·x` for all rows, plus `s·B·(A·x)` for rows whose adapter targets this module.
+    private func linear(
+        _ module: LinearModule, _ layer: Int, _ rows: [ForwardRow],
+        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>
+    ) {
+        let weight = self.weights.layers[layer].linear[module.index]
+        let outDim = weight.rows, inDim = weight.columns
+        Kernels.matmul(weight.pointer, rows: outDim, cols: inDim, x, batch: rows.count, y, threads: self.threads)
+        for (i, row) in rows.enumerated() {
+            guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
+            let r = adapter.rank
+            let xi = x + i * inDim, yi = y + i * outDim
+            for j in 0..<r { loraTmp[j] = Kernels.dot(pair.a.pointer + j * inDim, xi, inDim) }
+            let s = adapter.scaling
+            for o in 0..<outDim { yi[o] += s * Kernels.dot(pair.b.pointer + o * r, loraTmp, r) }
+        }
+    }
+
+    /// HF `rotate_half` RoPE on one head: pairs `(j, j + half)`.
+    @inline(__always)
+    private static func rope(
+        _ x: UnsafeMutablePointer<Float>, _ cos: UnsafePointer<Float>, _ sin: UnsafePointer<Float>, _ half: Int
+    ) {
+        for j in 0..<half {
+            let a = x[j], b = x[j + half]
+            x[j] = a * cos[j] - b * sin[j]
+            x[j + half] = b * cos[j] + a * sin[j]
+        }
+    }
+
+    /// Logits at the last position of `tokens` on a fresh cache (tests and tools).
+    package func lastLogits(_ tokens: [UInt32], adapter: LoRAWeights? = nil) -> [Float] {
+        let cache = self.makeCache()
+        let rows = tokens.enumerated().map { p, t in
+            ForwardRow(cache: cache, token: t, position: p, adapter: adapter, wantLogits: p == tokens.count - 1)
+        }
+        return self.forward(rows, workspace: ForwardWorkspace()).last ?? []
+    }
+}

@@ -1,0 +1,258 @@
+package import Foundation
+
+/// Hyper-parameters of a Llama-architecture model, named as in a Hugging Face `config.json`
+/// and read from GGUF `llama.*` / `tokenizer.ggml.*` metadata.
+package struct LlamaConfig: Sendable, Equatable {
+    /// `hidden_size` (`llama.embedding_length`).
+    package var hiddenSize: Int
+    /// `intermediate_size` (`llama.feed_forward_length`).
+    package var intermediateSize: Int
+    /// `num_hidden_layers` (`llama.block_count`).
+    package var numHiddenLayers: Int
+    /// `num_attention_heads` (`llama.attention.head_count`).
+    package var numAttentionHeads: Int
+    /// `num_key_value_heads` (`llama.attention.head_count_kv`, defaults to the head count).
+    package var numKeyValueHeads: Int
+    /// `head_dim` (`llama.attention.key_length`, else `llama.rope.dimension_count`, else hidden / heads).
+    package var headDim: Int
+    /// `rms_norm_eps` (`llama.attention.layer_norm_rms_epsilon`).
+    package var rmsNormEps: Float
+    /// `rope_theta` (`llama.rope.freq_base`, default 10000).
+    package var ropeTheta: Float
+    /// `vocab_size` (`llama.vocab_size`, else the token embedding's rows).
+    package var vocabSize: Int
+    /// `max_position_embeddings` (`llama.context_length`).
+    package var maxPositionEmbeddings: Int
+    /// `tie_word_embeddings`: true when the file has no separate `output.weight`.
+    package var tieWordEmbeddings: Bool
+    /// `bos_token_id` (`tokenizer.ggml.bos_token_id`), if declared.
+    package var bosTokenID: Int?
+    /// `eos_token_id` (`tokenizer.ggml.eos_token_id`), if declared.
+    package var eosTokenID: Int?
+}
+
+/// Loads a Llama GGUF file as Hugging Face–named, row-major `Float` tensors.
+///
+/// GGUF → HF names: `token_embd` → `model.embed_tokens`, `blk.N.attn_{q,k,v,output}` →
+/// `model.layers.N.self_attn.{q,k,v,o}_proj`, `blk.N.ffn_{gate,up,down}` →
+/// `model.layers.N.mlp.{gate,up,down}_proj`, `blk.N.attn_norm` / `ffn_norm` →
+/// `input_layernorm` / `post_attention_layernorm`, `output_norm` → `model.norm`,
+/// `output` → `lm_head` (absent when embeddings are tied).
+///
+/// GGUF lists dimensions innermost first, so a GGUF `[in, out]` weight is row-major
+/// `[out, in]` with no data movement. llama.cpp's `convert_hf_to_gguf.py` permutes the rows of
+/// Q and K for its interleaved RoPE (`permute(w, n_head, n_head_kv)`); the loader inverts that,
+/// so the result is exactly the HF checkpoint layout: HF's `rotate_half` RoPE and PEFT LoRA
+/// adapters for `q_proj` / `k_proj` apply unchanged.
+package enum LlamaGGUF {
+    /// HF tensor name → (row-major shape, values).
+    package typealias Tensors = [String: (shape: [Int], values: [Float])]
+
+    /// Parses, maps and dequantizes the model at `url`.
+    ///
+    /// Throws `GGUFError` for an unreadable or corrupt file, `GGUFModelError` when the file is
+    /// not a loadable Llama model.
+    package static func load(contentsOf url: URL) throws -> (config: LlamaConfig, tensors: Tensors) {
+        let file = try GGUFFile(contentsOf: url)
+        return try Self.load(file)
+    }
+
+    /// Maps and dequantizes every tensor of a parsed Llama GGUF file.
+    package static func load(_ file: GGUFFile) throws(GGUFModelError) -> (config: LlamaConfig, tensors: Tensors) {
+        let config = try Self.config(from: file)
+        var tensors: Tensors = [:]
+        tensors.reserveCapacity(config.numHiddenLayers * 9 + 3)
+        for (ggufName, hfName, shape) in Self.tensorPlan(config) {
+            guard let info = file.tensor(named: ggufName) else { throw .missingTensor(ggufName) }
+            guard info.shape == shape else {
+                throw .unexpectedShape(tensor: ggufName, expected: shape, found: info.shape)
+            }
+            var values = try Self.dequantize(file, info)
+            if ggufName.hasSuffix(".attn_q.weight") {
+                Self.unpermuteQK(&values, rows: shape[0], columns: shape[1], heads: config.numAttentionHeads)
+            } else if ggufName.hasSuffix(".attn_k.weight") {
+                Self.unpermuteQK(&values, rows: shape[0], columns: shape[1], heads: config.numKeyValueHeads)
+            }
+            tensors[hfName] = (shape: shape, values: values)
+        }
+        return (config, tensors)
+    }
+
+    /// Dequantizes one tensor to `Float` in its stored (GGUF) row order.
+    package static func dequantize(_ file: GGUFFile, _ info: GGUFTensorInfo) throws(GGUFModelError) -> [Float] {
+        guard GGUFDequantizer.supports(info.type) else {
+            throw .unsupportedTensorType(tensor: info.name, type: info.type)
+        }
+        return try file.withTensorBytes(info) { (raw) throws(GGUFModelError) -> [Float] in
+            try GGUFDequantizer.dequantize(raw, type: info.type, count: info.elementCount)
+        }
+    }
+
+    /// Reads the model hyper-parameters from `llama.*` metadata.
+    package static func config(from file: GGUFFile) throws(GGUFModelError) -> LlamaConfig {
+        let arch = try file.string("general.architecture")
+        guard arch == "llama" else { throw .unsupportedArchitecture(arch) }
+        let hidden = try file.int("llama.embedding_length")
+        let heads = try file.int("llama.attention.head_count")
+        let kvHeads = file["llama.attention.head_count_kv"] == nil ? heads : try file.int("llama.attention.head_count_kv")
+        guard hidden > 0 else { throw .invalidMetadata(key: "llama.embedding_length", reason: "must be positive, is \(hidden)") }
+        guard heads > 0 else { throw .invalidMetadata(key: "llama.attention.head_count", reason: "must be positive, is \(heads)") }
+        guard kvHeads > 0, heads % kvHeads == 0 else {
+            throw .invalidMetadata(key: "llama.attention.head_count_kv", reason: "\(kvHeads) must be positive and divide the head count \(heads)")
+        }
+        var headDim = hidden / heads
+        if file["llama.attention.key_length"] != nil {
+            headDim = try file.int("llama.attention.key_length")
+        } else if file["llama.rope.dimension_count"] != nil {
+            headDim = try file.int("llama.rope.dimension_count")
+        }
+        guard headDim > 0, headDim % 2 == 0 else {
+            throw .invalidMetadata(key: "llama.rope.dimension_count", reason: "head dimension \(headDim) must be positive and even")
+        }
+        let embedding = file.tensor(named: "token_embd.weight")
+        var vocab = embedding?.shape.first ?? 0
+        if file["llama.vocab_size"] != nil { vocab = try file.int("llama.vocab_size") }
+        guard vocab > 0 else { throw .missingMetadata("llama.vocab_size") }
+        let layers = try file.int("llama.block_count")
+        let intermediate = try file.int("llama.feed_forward_length")
+        guard layers > 0, intermediate > 0 else {
+            throw .invalidMetadata(key: "llama.block_count", reason: "block count \(layers) and feed-forward length \(intermediate) must be positive")
+        }
+        let ropeTheta = file["llama.rope.freq_base"] == nil ? 10000 : try file.double("llama.rope.freq_base")
+        return LlamaConfig(
+            hiddenSize: hidden,
+            intermediateSize: intermediate,
+            numHiddenLayers: layers,
+            numAttentionHeads: heads,
+            numKeyValueHeads: kvHeads,
+            headDim: headDim,
+            rmsNormEps: Float(try file.double("llama.attention.layer_norm_rms_epsilon")),
+            ropeTheta: Float(ropeTheta),
+            vocabSize: vocab,
+            maxPositionEmbeddings: try file.int("llama.context_length"),
+            tieWordEmbeddings: file.tensor(named: "output.weight") == nil,
+            bosTokenID: file["tokenizer.ggml.bos_token_id"]?.intValue,
+            eosTokenID: file["tokenizer.ggml.eos_token_id"]?.intValue)
+    }
+
+    /// (GGUF name, HF name, expected row-major shape) for every tensor of `config`.
+    package static func tensorPlan(_ config: LlamaConfig) -> [(gguf: String, hf: String, shape: [Int])] {
+        let h = config.hiddenSize
+        let q = config.numAttentionHeads * config.headDim
+        let kv = config.numKeyValueHeads * config.headDim
+        let f = config.intermediateSize
+        var plan: [(gguf: String, hf: String, shape: [Int])] = [
+            ("token_embd.weight", "model.embed_tokens.weight", [config.vocabSize, h]),
+            ("output_norm.weight", "model.norm.weight", [h]),
+        ]
+        if !config.tieWordEmbeddings {
+            plan.append(("output.weight", "lm_head.weight", [config.vocabSize, h]))
+        }
+        for n in 0..<config.numHiddenLayers {
+            let b = "blk.\(n)."
+            let l = "model.layers.\(n)."
+            plan += [
+                (b + "attn_norm.weight", l + "input_layernorm.weight", [h]),
+                (b + "attn_q.weight", l + "self_attn.q_proj.weight", [q, h]),
+                (b + "attn_k.weight", l + "self_attn.k_proj.weight", [kv, h]),
+                (b + "attn_v.weight", l + "self_attn.v_proj.weight", [kv, h]),
+                (b + "attn_output.weight", l + "self_attn.o_proj.weight", [h, q]),
+                (b + "ffn_norm.weight", l + "post_attention_layernorm.weight", [h]),
+                (b + "ffn_gate.weight", l + "mlp.gate_proj.weight", [f, h]),
+                (b + "ffn_up.weight", l + "mlp.up_proj.weight", [f, h]),
+                (b + "ffn_down.weight", l + "mlp.down_proj.weight", [h, f]),
+            ]
+        }
+        return plan
+    }
+
+    /// Applies llama.cpp's Q/K row permutation (HF layout → GGUF layout) to a row-major
+    /// `[rows, columns]` matrix: `w.reshape(heads, 2, rows/heads/2, columns).swapaxes(1, 2)`.
+    ///
+    /// Within each head, HF row `s * half + i` (s in 0...1, i < half) becomes row `2 * i + s`.
+    /// Use it on PEFT `lora_B` for `q_proj` / `k_proj` when working in GGUF layout.
+    package static func permuteQK(_ values: inout [Float], rows: Int, columns: Int, heads: Int) {
+        Self.reorderRows(&values, rows: rows, columns: columns, heads: heads, toGGUF: true)
+    }
+
+    /// Inverts `permuteQK`: GGUF (llama.cpp RoPE) row order → HF row order.
+    ///
+    /// Within each head, GGUF row `2 * i + s` becomes HF row `s * half + i`.
+    package static func unpermuteQK(_ values: inout [Float], rows: Int, columns: Int, heads: Int) {
+        Self.reorderRows(&values, rows: rows, columns: columns, heads: heads, toGGUF: false)
+    }
+
+    private static func reorderRows(_ values: inout [Float], rows: Int, columns: Int, heads: Int, toGGUF: Bool) {
+        precondition(heads > 0 && rows % (2 * heads) == 0, "rows \(rows) must split into \(heads) heads of even size")
+        precondition(values.count == rows * columns, "values hold \(values.count) elements, not \(rows) x \(columns)")
+        let headDim = rows / heads
+        let half = headDim / 2
+        let source = values
+        source.withUnsafeBufferPointer { srcBuffer in
+            values.withUnsafeMutableBufferPointer { dstBuffer in
+                guard let src = srcBuffer.baseAddress, let dst = dstBuffer.baseAddress else { return }
+                for h in 0..<heads {
+                    for s in 0..<2 {
+                        for i in 0..<half {
+                            let hfRow = h * headDim + s * half + i
+                            let ggufRow = h * headDim + 2 * i + s
+                            let (from, to) = toGGUF ? (hfRow, ggufRow) : (ggufRow, hfRow)
+                            (dst + to * columns).update(from: src + from * columns, count: columns)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A tensor kept in its ggml encoding, row-major `[out, in]` (each row holds `in / blockSize`
+/// whole blocks), for engines that compute on quantized blocks instead of `Float`.
+package struct QuantizedTensor: Sendable {
+    /// Row-major shape, outermost first.
+    package var shape: [Int]
+    /// The ggml element type of `bytes`.
+    package var type: GGMLType
+    /// The encoded data, rows in Hugging Face order.
+    package var bytes: [UInt8]
+}
+
+extension LlamaGGUF {
+    /// Like `load(_:)`, but keeps every tensor in its ggml encoding (Q4_1, Q8_0, F32 ...).
+    ///
+    /// Q and K rows are still reordered to Hugging Face order: ggml blocks never straddle
+    /// rows, so moving a row's bytes moves the row. `GGUFDequantizer` on the result gives
+    /// exactly the values `load(_:)` returns.
+    package static func loadQuantized(_ file: GGUFFile) throws(GGUFModelError) -> (config: LlamaConfig, tensors: [String: QuantizedTensor]) {
+        let config = try Self.config(from: file)
+        var tensors: [String: QuantizedTensor] = [:]
+        for (ggufName, hfName, shape) in Self.tensorPlan(config) {
+            guard let info = file.tensor(named: ggufName) else { throw .missingTensor(ggufName) }
+            guard info.shape == shape else {
+                throw .unexpectedShape(tensor: ggufName, expected: shape, found: info.shape)
+            }
+            var bytes = file.withTensorBytes(info) { Array($0) }
+            var heads = 0
+            if ggufName.hasSuffix(".attn_q.weight") { heads = config.numAttentionHeads }
+            if ggufName.hasSuffix(".attn_k.weight") { heads = config.numKeyValueHeads }
+            if heads > 0 {
+                let rows = shape[0]
+                let rowBytes = bytes.count / rows
+                let headDim = rows / heads
+                let half = headDim / 2
+                let source = bytes
+                for h in 0..<heads {
+                    for s in 0..<2 {
+                        for i in 0..<half {
+                            let to = (h * headDim + s * half + i) * rowBytes
+                            let from = (h * headDim + 2 * i + s) * rowBytes
+                            bytes.replaceSubrange(to..<(to + rowBytes), with: source[from..<(from + rowBytes)])
+                        }
+                    }
+                }
+            }
+            tensors[hfName] = QuantizedTensor(shape: shape, type: info.type, bytes: bytes)
+        }
+        return (config, tensors)
+    }
+}

@@ -1,0 +1,61 @@
+/// Everything `lorikeet serve` needs to run the supervisor.
+public struct SupervisorConfiguration: Sendable {
+    /// Path of the `lorikeet` binary to spawn for the engine and the workers.
+    public var executable: String
+    public var workers: Int
+    public var host: String
+    public var port: UInt16
+    /// Where the adapter table (and the engine socket, by default) live.
+    public var stateDirectory: String
+    /// Arguments after `lorikeet engine` (model, limits); the supervisor adds `--socket`.
+    public var engineArguments: [String]
+    /// Extra arguments for every `lorikeet worker` (served names, api key, ...).
+    public var workerArguments: [String]
+    public var engineSocketPath: String
+    /// The admin socket; default `<state dir>/admin.sock`.
+    public var adminSocketPath: String?
+    /// Version reported by status calls.
+    public var version = "0.1.0"
+
+    public var heartbeatIntervalMs: UInt64 = 1000
+    /// A worker silent this long gets SIGABRT, then SIGKILL 2 s later.
+    public var heartbeatTimeoutMs: UInt64 = 15_000
+    /// A worker that does not ack a committed change this fast is restarted.
+    public var commitAckTimeoutMs: UInt64 = 5000
+    /// Graceful drain time on SIGTERM before remaining processes are killed.
+    public var drainGraceMs: UInt64 = 30_000
+    /// A replacement that is not ready this fast aborts a rolling restart.
+    public var rollingReadyTimeoutMs: UInt64 = 120_000
+    public var initialBackoffMs: UInt64 = 100
+    public var maximumBackoffMs: UInt64 = 10_000
+    /// Uptime after which a process counts as stable (backoff resets).
+    public var stableUptimeMs: UInt64 = 30_000
+    /// A slot whose worker fails within `fastFailureMs` of starting this many times
+    /// inside `crashLoopWindowMs` is stopped (crash-loop breaker).
+    public var crashLoopFailures = 5
+    public var fastFailureMs: UInt64 = 10_000
+    public var crashLoopWindowMs: UInt64 = 60_000
+
+    public init(
+        executable: String, workers: Int, host: String, port: UInt16, stateDirectory: String, engineArguments: [String],
+        workerArguments: [String], engineSocketPath: String? = nil
+    ) {
+        self.executable = executable
+        self.workers = workers
+        self.host = host
+        self.port = port
+        self.stateDirectory = stateDirectory
+        self.engineArguments = engineArguments
+        self.workerArguments = workerArguments
+        self.engineSocketPath = engineSocketPath ?? stateDirectory + "/engine.sock"
+    }
+}
+
+/// Exit codes every Lorikeet process uses.
+public enum LorikeetExitCode {
+    /// The process cannot start with this configuration (bad model path, bad flags, port
+    /// in use, ...). Restarting will not help: the supervisor stops the whole server.
+    public static let cannotBoot: Int32 = 78
+    /// A worker slot tripped the crash-loop breaker, or every slot did.
+    public static let crashLoop: Int32 = 75
+}

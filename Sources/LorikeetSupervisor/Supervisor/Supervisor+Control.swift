@@ -1,0 +1,295 @@
+import Glibc
+import Logging
+import LorikeetProto
+
+/// A load/unload that arrived at a follower, forwarded to the leader.
+struct RoutedMutation {
+    let origin: WorkerProcess?
+    let originCallID: UInt64
+    /// Admin-socket callers get the reply through this closure instead.
+    let reply: ((AdapterMutationReply) -> Void)?
+    let leader: WorkerProcess
+    /// Set once the leader's commit for this call is durable and applied everywhere.
+    var committed: AdapterMutationReply?
+}
+
+/// A commit being fanned out: durable already; waiting for every worker's ack.
+struct PendingCommit {
+    let callID: UInt64
+    let leader: WorkerProcess
+    let version: UInt64
+    let upserts: [AdapterRecord]
+    var waiting: [ObjectIdentifier: WorkerProcess]
+    let timer: UVTimer
+}
+
+extension Supervisor {
+    // MARK: - Control channel I/O
+
+    func controlBytes(_ bytes: [UInt8], from worker: WorkerProcess) {
+        worker.decoder.feed(bytes)
+        while true {
+            let envelope: ControlEnvelope?
+            do {
+                envelope = try worker.decoder.next()
+            } catch {
+                self.logger.error(
+                    "closing control channel: \(error)", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)"])
+                worker.control?.close()
+                worker.control = nil
+                self.terminate(worker, reason: "sent a bad control frame")
+                return
+            }
+            guard let envelope else { return }
+            self.handle(envelope, from: worker)
+        }
+    }
+
+    func controlClosed(_ worker: WorkerProcess, _ error: UVError?) {
+        worker.control?.close()
+        worker.control = nil
+        if worker.process != nil && !worker.retiring && self.stopping == nil {
+            self.terminate(worker, reason: "control channel closed\(error.map { " (\($0))" } ?? "")")
+        }
+    }
+
+    func handle(_ envelope: ControlEnvelope, from worker: WorkerProcess) {
+        worker.lastHeartbeatMs = self.nowMs
+        switch envelope.body {
+        case .hello(let hello):
+            self.workerHello(worker, hello)
+        case .ready(let ready):
+            self.workerPrepared(worker, ready)
+        case .heartbeat(let beat):
+            worker.requestsServed = beat.requestsServed
+        case .changeAck(let ack):
+            self.changeAcked(by: worker, version: ack.version)
+        case .load(let request):
+            self.route(.load(request), callID: envelope.callID, origin: worker, reply: nil)
+        case .unload(let request):
+            self.route(.unload(request), callID: envelope.callID, origin: worker, reply: nil)
+        case .mutationReply(let reply):
+            self.leaderReplied(callID: envelope.callID, reply: reply, from: worker)
+        case .commit(let commit):
+            self.commit(commit, callID: envelope.callID, from: worker)
+        case .drain:
+            // The worker confirms it stopped accepting connections.
+            self.workerStoppedAccepting(worker)
+        case .role, .snapshot, .change, .commitReply, .shutdown, .none:
+            self.logger.warning(
+                "unexpected control message from a worker", metadata: ["worker.slot": "\(worker.slot)", "call.id": "\(envelope.callID)"])
+        }
+    }
+
+    // MARK: - Boot and leadership
+
+    func workerHello(_ worker: WorkerProcess, _ hello: Hello) {
+        guard worker.state == .starting else { return }
+        worker.state = .booting
+        self.logger.info("worker hello", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(hello.pid)", "version": "\(hello.version)"])
+        worker.send(.snapshot(TableSnapshot(table: self.table)))
+        if self.leader == nil && self.stopping == nil {
+            self.promote(worker)
+        } else {
+            worker.role = .follower
+            worker.send(.role(RoleAssignment(role: .follower, epoch: self.epoch, engineSocket: self.configuration.engineSocketPath)))
+        }
+    }
+
+    /// Names `worker` leader with a new epoch and tells everyone.
+    func promote(_ worker: WorkerProcess) {
+        self.epoch += 1
+        self.leader = worker
+        for other in self.allWorkers where other.hasHello {
+            other.role = other === worker ? .leader : .follower
+            other.send(.role(RoleAssignment(role: other.role, epoch: self.epoch, engineSocket: self.configuration.engineSocketPath)))
+        }
+        self.logger.notice("leader elected", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "epoch": "\(self.epoch)"])
+    }
+
+    /// The leader exited: settle its in-flight mutations and promote another worker.
+    func leaderGone(_ old: WorkerProcess) {
+        for (callID, route) in self.pendingRoutes where route.leader === old {
+            // A mutation committed before the death still succeeded; anything else did not happen.
+            if let committed = route.committed, self.pendingCommit?.callID != callID {
+                self.answer(route, committed)
+                self.pendingRoutes[callID] = nil
+            } else if route.committed == nil && self.pendingCommit?.callID != callID {
+                self.answer(
+                    route,
+                    AdapterMutationReply(
+                        status: Status(code: .unavailable, message: "the leader exited before committing; the adapter table is unchanged, retry")))
+                self.pendingRoutes[callID] = nil
+            }
+        }
+        guard self.stopping == nil else { return }
+        let candidates = self.allWorkers.filter { $0.process != nil && !$0.retiring && $0.hasHello }
+        let best = candidates.first { $0.state == .ready } ?? candidates.first
+        if let best {
+            self.promote(best)
+        } else {
+            self.logger.warning("no worker can lead yet; the next worker to say hello becomes leader")
+        }
+    }
+
+    func workerPrepared(_ worker: WorkerProcess, _ ready: Ready) {
+        guard worker.state == .booting else { return }
+        if ready.tableVersion != self.table.version {
+            // A change raced the snapshot: send the current table; the worker reports again.
+            worker.send(.snapshot(TableSnapshot(table: self.table)))
+            return
+        }
+        worker.state = .prepared
+        if let slot = self.slots.first(where: { $0.index == worker.slot }), slot.replacement === worker, let old = slot.current {
+            // Rolling restart: the old process stops accepting first; then the new one starts.
+            self.logger.info("replacement prepared; draining the old worker", metadata: ["worker.slot": "\(worker.slot)"])
+            if old.state == .draining { return }
+            self.drain(old)
+            return
+        }
+        self.startServing(worker)
+    }
+
+    func startServing(_ worker: WorkerProcess) {
+        worker.state = .ready
+        worker.send(.ready(Ready(tableVersion: self.table.version)))
+        self.logger.info("worker ready", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "role": "\(worker.role)"])
+        self.rollingStep()
+    }
+
+    func workerStoppedAccepting(_ worker: WorkerProcess) {
+        guard let slot = self.slots.first(where: { $0.index == worker.slot }), slot.current === worker,
+            let replacement = slot.replacement
+        else { return }
+        slot.current = replacement
+        slot.replacement = worker
+        if replacement.state == .prepared { self.startServing(replacement) }
+    }
+
+    // MARK: - Mutations routed to the leader
+
+    enum Mutation {
+        case load(LoadAdapterRequest)
+        case unload(UnloadAdapterRequest)
+    }
+
+    func route(_ mutation: Mutation, callID: UInt64, origin: WorkerProcess?, reply: ((AdapterMutationReply) -> Void)?) {
+        guard let leader = self.leader, leader.hasHello, leader.process != nil, self.stopping == nil else {
+            let status = Status(
+                code: .unavailable, message: self.stopping != nil ? "the server is shutting down" : "no leader is available yet; retry")
+            if let reply { reply(AdapterMutationReply(status: status)) } else {
+                origin?.send(.mutationReply(AdapterMutationReply(status: status)), callID: callID)
+            }
+            return
+        }
+        let routedID = self.nextCallID
+        self.nextCallID += 1
+        self.pendingRoutes[routedID] = RoutedMutation(origin: origin, originCallID: callID, reply: reply, leader: leader)
+        switch mutation {
+        case .load(let request): leader.send(.load(request), callID: routedID)
+        case .unload(let request): leader.send(.unload(request), callID: routedID)
+        }
+    }
+
+    func leaderReplied(callID: UInt64, reply: AdapterMutationReply, from worker: WorkerProcess) {
+        guard let route = self.pendingRoutes.removeValue(forKey: callID), route.leader === worker else { return }
+        self.answer(route, reply)
+    }
+
+    func answer(_ route: RoutedMutation, _ reply: AdapterMutationReply) {
+        if let callback = route.reply {
+            callback(reply)
+        } else if let origin = route.origin, origin.process != nil {
+            origin.send(.mutationReply(reply), callID: route.originCallID)
+        }
+    }
+
+    func failPendingMutations(_ status: Status) {
+        for (_, route) in self.pendingRoutes where route.committed == nil {
+            self.answer(route, AdapterMutationReply(status: status))
+        }
+        self.pendingRoutes = self.pendingRoutes.filter { $0.value.committed != nil }
+    }
+
+    // MARK: - Commit path
+
+    func commit(_ request: CommitRequest, callID: UInt64, from worker: WorkerProcess) {
+        func refuse(_ code: StatusCode, _ message: String) {
+            self.logger.warning("commit refused: \(message)", metadata: ["worker.slot": "\(worker.slot)"])
+            worker.send(.commitReply(CommitReply(status: Status(code: code, message: message), version: self.table.version)), callID: callID)
+        }
+        guard self.leader === worker, request.epoch == self.epoch else {
+            return refuse(.failedPrecondition, "epoch \(request.epoch) is not the current leader epoch \(self.epoch)")
+        }
+        guard self.pendingCommit == nil else { return refuse(.aborted, "another commit is in progress") }
+        guard request.baseVersion == self.table.version else {
+            return refuse(.aborted, "the change is based on table version \(request.baseVersion), current is \(self.table.version)")
+        }
+        let next: AdapterTable
+        switch TableRules.apply(request.change, to: self.table) {
+        case .failure(let status): return refuse(status.code, status.message)
+        case .success(let table): next = table
+        }
+        do {
+            try self.store.save(next)
+        } catch {
+            return refuse(.internal, "cannot persist the adapter table: \(error)")
+        }
+        self.table = next
+        self.logger.info(
+            "committed table version \(next.version)",
+            metadata: [
+                "upserts": "\(request.change.upserts.map(\.name))", "removes": "\(request.change.removes)", "epoch": "\(self.epoch)",
+            ])
+        let change = TableChange(
+            version: next.version, upserts: request.change.upserts, removes: request.change.removes, nextIntID: next.nextIntID)
+        var waiting: [ObjectIdentifier: WorkerProcess] = [:]
+        for other in self.allWorkers where other.hasHello && other.control != nil && other.process != nil {
+            other.send(.change(change))
+            waiting[ObjectIdentifier(other)] = other
+        }
+        let timer = UVTimer(loop: self.loop)
+        self.pendingCommit = PendingCommit(
+            callID: callID, leader: worker, version: next.version, upserts: request.change.upserts, waiting: waiting, timer: timer)
+        timer.start(timeoutMs: self.configuration.commitAckTimeoutMs) { [unowned self] in
+            guard let pending = self.pendingCommit, pending.version == next.version else { return }
+            for late in pending.waiting.values {
+                self.terminate(late, reason: "did not apply table version \(next.version) within \(self.configuration.commitAckTimeoutMs) ms")
+            }
+            self.pendingCommit?.waiting = [:]
+            self.finishCommitIfAcked()
+        }
+        self.finishCommitIfAcked()
+    }
+
+    func changeAcked(by worker: WorkerProcess, version: UInt64) {
+        guard var pending = self.pendingCommit, version >= pending.version else { return }
+        pending.waiting[ObjectIdentifier(worker)] = nil
+        self.pendingCommit = pending
+        self.finishCommitIfAcked()
+    }
+
+    func commitParticipantGone(_ worker: WorkerProcess) {
+        guard var pending = self.pendingCommit else { return }
+        pending.waiting[ObjectIdentifier(worker)] = nil
+        self.pendingCommit = pending
+        self.finishCommitIfAcked()
+    }
+
+    func finishCommitIfAcked() {
+        guard let pending = self.pendingCommit, pending.waiting.isEmpty else { return }
+        self.pendingCommit = nil
+        pending.timer.close()
+        let reply = AdapterMutationReply(status: .ok, adapter: pending.upserts.first, tableVersion: pending.version)
+        if var route = self.pendingRoutes[pending.callID] {
+            route.committed = reply
+            self.pendingRoutes[pending.callID] = route
+        }
+        if pending.leader.process != nil && self.leader === pending.leader {
+            pending.leader.send(.commitReply(CommitReply(status: .ok, version: pending.version)), callID: pending.callID)
+        } else if let route = self.pendingRoutes.removeValue(forKey: pending.callID) {
+            // The leader died after the commit became durable: the caller's change happened.
+            self.answer(route, reply)
+        }
+    }
+}

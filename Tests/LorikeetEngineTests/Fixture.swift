@@ -1,0 +1,136 @@
+import Foundation
+import Synchronization
+import Testing
+
+@testable import LorikeetEngine
+
+/// The tiny Llama fixture written by `Tests/Fixtures/make_tiny_llama.py`, generated once
+/// per script version into `/tmp/lorikeet-fixtures-<hash of the script>` and shared by
+/// every test (and test process) after that.
+enum Fixture {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Repository root, found from this file's path.
+    static let repoRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+    private static let cached = Mutex<String?>(nil)
+
+    /// The fixture directory (model/, adapters/, broken/, reference.json).
+    static func directory() throws -> String {
+        try self.cached.withLock { cached in
+            if let dir = cached { return dir }
+            let dir = try self.generate()
+            cached = dir
+            return dir
+        }
+    }
+
+    private static func generate() throws -> String {
+        let script = self.repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
+        let python = self.repoRoot + "/.venv/bin/python"
+        guard let source = FileManager.default.contents(atPath: script) else {
+            throw Failure(description: "fixture script missing at \(script)")
+        }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for b in source {
+            hash ^= UInt64(b)
+            hash &*= 0x100_0000_01b3
+        }
+        let dir = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
+        if FileManager.default.fileExists(atPath: dir + "/reference.json") { return dir }
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw Failure(
+                description: "Python venv missing at \(python): run bin/test (it creates .venv with numpy and safetensors), "
+                    + "or: python3 -m venv .venv && .venv/bin/pip install numpy safetensors")
+        }
+        let tmp = dir + ".tmp-\(getpid())"
+        try? FileManager.default.removeItem(atPath: tmp)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [script, tmp]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw Failure(description: "fixture script failed: \(String(decoding: output, as: UTF8.self))")
+        }
+        // Another process may have won the race; either copy is identical.
+        if rename(tmp, dir) != 0 { try? FileManager.default.removeItem(atPath: tmp) }
+        return dir
+    }
+
+    struct Reference: Decodable {
+        struct Case: Decodable {
+            var logits: [Float]
+            var greedy: [UInt32]
+            var scale: Double?
+        }
+        var prompt: String
+        var prompt_tokens: [UInt32]
+        var greedy_steps: Int
+        var cases: [String: Case]
+    }
+
+    static func reference() throws -> Reference {
+        let data = try Data(contentsOf: URL(fileURLWithPath: try self.directory() + "/reference.json"))
+        return try JSONDecoder().decode(Reference.self, from: data)
+    }
+
+    static func modelDir() throws -> String { try self.directory() + "/model" }
+    static func adapter(_ name: String) throws -> String { try self.directory() + "/adapters/" + name }
+    static func broken(_ name: String) throws -> String { try self.directory() + "/broken/" + name }
+
+    /// A fresh engine on the fixture model.
+    static func engine(
+        maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 32, threads: Int = 1, maxBatchSize: Int = 32
+    ) throws -> EngineCore {
+        try EngineCore(
+            modelDirectory: try self.modelDir(),
+            options: EngineOptions(
+                maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank, threads: threads,
+                maxBatchSize: maxBatchSize))
+    }
+}
+
+/// Collected output of one request.
+struct Completion: Equatable {
+    var tokens: [UInt32] = []
+    var text = ""
+    var finishReason: FinishReason?
+    var usage: Usage?
+    var error: EngineError?
+    var events = 0
+}
+
+extension EngineCore {
+    /// Runs a request to completion and gathers its events.
+    func complete(_ request: GenerationRequest) async -> Completion {
+        var c = Completion()
+        for await e in self.generate(request) {
+            c.tokens += e.tokens
+            c.text += e.text
+            c.events += 1
+            if let r = e.finishReason {
+                c.finishReason = r
+                c.usage = e.usage
+                c.error = e.error
+            }
+        }
+        return c
+    }
+
+    /// Greedy completion of the fixture prompt with `adapter`, ignoring EOS.
+    func greedy(_ id: String, adapter: UInt64? = nil, maxTokens: Int = 16, prompt: [UInt32]? = nil) async throws -> Completion {
+        let tokens = try prompt ?? Fixture.reference().prompt_tokens
+        return await self.complete(
+            GenerationRequest(
+                id: id, prompt: .tokens(tokens), adapterId: adapter,
+                params: SamplingParams(maxTokens: maxTokens, ignoreEOS: true)))
+    }
+}

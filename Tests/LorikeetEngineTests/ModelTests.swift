@@ -1,0 +1,94 @@
+import Foundation
+import Testing
+
+@testable import LorikeetEngine
+
+/// The Swift forward pass against the numpy reference in make_tiny_llama.py.
+@Suite("Llama forward pass vs numpy reference")
+struct ModelTests {
+    /// Adapter fixture name -> int id used in these tests.
+    static let adapterIds: [String: UInt64] = ["plain": 1, "rslora": 2, "rank32": 3]
+
+    static func engineWithAdapters() throws -> EngineCore {
+        let core = try Fixture.engine(maxLoraRank: 32)
+        for (name, id) in Self.adapterIds {
+            _ = try core.adapters.add(name: name, intId: id, path: try Fixture.adapter(name), epoch: 1)
+        }
+        return core
+    }
+
+    @Test(arguments: ["base", "plain", "rslora", "rank32"])
+    func logitsMatchReference(_ name: String) throws {
+        let ref = try Fixture.reference()
+        let expected = try #require(ref.cases[name])
+        let core = try Self.engineWithAdapters()
+        var adapter: LoRAWeights?
+        if let id = Self.adapterIds[name] {
+            adapter = try core.adapters.weightsForRequest(id).weights
+            #expect(abs(Double(adapter!.scaling) - expected.scale!) < 1e-6)
+        }
+        let logits = core.model.lastLogits(ref.prompt_tokens, adapter: adapter)
+        #expect(logits.count == expected.logits.count)
+        let maxDiff = zip(logits, expected.logits).map { abs($0 - $1) }.max() ?? .infinity
+        #expect(maxDiff < 1e-3, "max |Δlogit| = \(maxDiff)")
+    }
+
+    @Test(arguments: ["base", "plain", "rslora", "rank32"])
+    func greedyTokensMatchReference(_ name: String) async throws {
+        let ref = try Fixture.reference()
+        let expected = try #require(ref.cases[name])
+        let core = try Self.engineWithAdapters()
+        let out = try await core.greedy("g-\(name)", adapter: Self.adapterIds[name], maxTokens: ref.greedy_steps)
+        #expect(out.tokens == expected.greedy)
+        #expect(out.finishReason == .length)
+        #expect(out.usage == Usage(promptTokens: ref.prompt_tokens.count, completionTokens: ref.greedy_steps))
+    }
+
+    @Test func adaptersChangeTheOutput() throws {
+        let ref = try Fixture.reference()
+        let base = try #require(ref.cases["base"]).greedy
+        for name in Self.adapterIds.keys { #expect(try #require(ref.cases[name]).greedy != base, "\(name)") }
+    }
+
+    @Test func threadedMatmulGivesIdenticalLogits() throws {
+        let ref = try Fixture.reference()
+        let one = try Fixture.engine(threads: 1)
+        let two = try Fixture.engine(threads: 2)
+        #expect(one.model.lastLogits(ref.prompt_tokens) == two.model.lastLogits(ref.prompt_tokens))
+    }
+
+    @Test func tiedEmbeddingsAndConfigValidation() throws {
+        let json = #"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":10,"tie_word_embeddings":true,"eos_token_id":[1,2]}"#
+        let config = try LlamaConfig(json: Data(json.utf8))
+        #expect(config.headDim == 4 && config.kvDim == 4 && config.eosTokenIds == [1, 2])
+        var tensors: [String: HostTensor] = [:]
+        func add(_ name: String, _ shape: [Int]) {
+            tensors[name] = HostTensor(shape: shape, values: (0..<shape.reduce(1, *)).map { Float($0 % 7) * 0.01 })
+        }
+        add("model.embed_tokens.weight", [10, 8])
+        add("model.norm.weight", [8])
+        add("model.layers.0.input_layernorm.weight", [8])
+        add("model.layers.0.post_attention_layernorm.weight", [8])
+        for m in LinearModule.allCases { add(m.path(layer: 0) + ".weight", m.shape(config)) }
+        let weights = try LlamaWeights(config: config, tensors: tensors)
+        #expect(weights.lmHead === weights.embedTokens)
+        #expect(LlamaModel(weights: weights).lastLogits([3, 4, 5]).count == 10)
+
+        tensors["model.norm.weight"] = HostTensor(shape: [7], values: [Float](repeating: 1, count: 7))
+        #expect(throws: ModelLoadError.shapeMismatch(tensor: "model.norm.weight", expected: [8], actual: [7])) {
+            try LlamaWeights(config: config, tensors: tensors)
+        }
+        tensors["model.norm.weight"] = nil
+        #expect(throws: ModelLoadError.missingTensor("model.norm.weight")) {
+            try LlamaWeights(config: config, tensors: tensors)
+        }
+        let gqaBad = json.replacingOccurrences(of: #""num_key_value_heads":1"#, with: #""num_key_value_heads":3"#)
+        #expect(throws: ModelLoadError.self) { try LlamaConfig(json: Data(gqaBad.utf8)) }
+        let arch = json.replacingOccurrences(of: "LlamaForCausalLM", with: "GPT2LMHeadModel")
+        #expect(throws: ModelLoadError.unsupportedArchitecture("GPT2LMHeadModel")) { try LlamaConfig(json: Data(arch.utf8)) }
+    }
+
+    @Test func missingModelDirectoryIsAClearError() {
+        #expect(throws: EngineError.self) { try EngineCore(modelDirectory: "/nonexistent/model") }
+    }
+}

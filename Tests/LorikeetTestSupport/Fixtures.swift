@@ -1,0 +1,98 @@
+import Foundation
+import Synchronization
+
+/// Shared by the integration suites: the repository paths, the tiny-Llama fixture
+/// (model + PEFT adapters + numpy reference, written by Tests/Fixtures/make_tiny_llama.py
+/// once per script version into /tmp) and the built `lorikeet` binary.
+public enum TestEnvironment {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    /// Repository root, found from this file's path.
+    public static let repoRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+    /// The debug `lorikeet` binary built by `swift build` (bin/test builds it first).
+    public static var lorikeetBinary: String {
+        get throws {
+            let path = repoRoot + "/.build/debug/lorikeet"
+            guard FileManager.default.isExecutableFile(atPath: path) else {
+                throw Failure("\(path) is missing: run bin/test (it builds the binary before the tests)")
+            }
+            return path
+        }
+    }
+
+    private static let fixture = Mutex<String?>(nil)
+
+    /// The fixture directory: model/, adapters/<name>/, broken/, reference.json.
+    public static func fixtureDirectory() throws -> String {
+        try self.fixture.withLock { cached in
+            if let cached { return cached }
+            let directory = try self.generateFixture()
+            cached = directory
+            return directory
+        }
+    }
+
+    private static func generateFixture() throws -> String {
+        let script = repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
+        let python = repoRoot + "/.venv/bin/python"
+        guard let source = FileManager.default.contents(atPath: script) else { throw Failure("fixture script missing at \(script)") }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a, same key as the engine suite's cache
+        for byte in source {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        let directory = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
+        if FileManager.default.fileExists(atPath: directory + "/reference.json") { return directory }
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw Failure("Python venv missing at \(python): run bin/test (it creates .venv)")
+        }
+        let temporary = directory + ".tmp-\(getpid())"
+        try? FileManager.default.removeItem(atPath: temporary)
+        let (status, output) = try runProcess(python, [script, temporary])
+        guard status == 0 else { throw Failure("fixture script failed: \(output)") }
+        if rename(temporary, directory) != 0 { try? FileManager.default.removeItem(atPath: temporary) }
+        return directory
+    }
+
+    /// Runs a command to completion; returns its exit status and combined output.
+    @discardableResult
+    public static func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    }
+
+    /// A fresh temporary directory (removed by the caller).
+    public static func temporaryDirectory(_ prefix: String) -> String {
+        let path = NSTemporaryDirectory() + "\(prefix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// A TCP port that was free a moment ago on 127.0.0.1.
+    public static func freePort() -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return UInt16(bigEndian: address.sin_port)
+    }
+}

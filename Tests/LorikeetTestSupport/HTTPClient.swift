@@ -1,0 +1,110 @@
+import Foundation
+
+/// A minimal blocking HTTP/1.1 client for tests: one request per fresh TCP connection to
+/// 127.0.0.1 (so the kernel spreads requests across SO_REUSEPORT workers), raw bytes in,
+/// status + headers + body out. Also sends malformed requests on purpose.
+public enum TestHTTP {
+    public struct Response: Sendable {
+        public var status: Int
+        public var headers: [String: String]
+        public var body: String
+        public var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(self.body.utf8))) as? [String: Any] }
+    }
+
+    public enum Failure: Error, CustomStringConvertible {
+        case connect(Int32)
+        case io(String)
+        public var description: String {
+            switch self {
+            case .connect(let code): return "connect failed: \(String(cString: strerror(code)))"
+            case .io(let message): return message
+            }
+        }
+    }
+
+    /// Sends one request with `Connection: close` and reads the whole response.
+    public static func request(
+        port: UInt16, method: String = "GET", path: String, body: String? = nil, headers: [String: String] = [:],
+        timeoutSeconds: Int = 60
+    ) throws -> Response {
+        var text = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
+        for (name, value) in headers { text += "\(name): \(value)\r\n" }
+        if let body {
+            if headers["Content-Type"] == nil { text += "Content-Type: application/json\r\n" }
+            text += "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        } else {
+            text += "\r\n"
+        }
+        return try self.raw(port: port, Array(text.utf8), timeoutSeconds: timeoutSeconds)
+    }
+
+    /// POSTs a JSON object.
+    public static func post(port: UInt16, _ path: String, _ object: [String: Any], headers: [String: String] = [:]) throws -> Response {
+        let data = try JSONSerialization.data(withJSONObject: object)
+        return try self.request(port: port, method: "POST", path: path, body: String(decoding: data, as: UTF8.self), headers: headers)
+    }
+
+    /// Sends raw bytes and parses what comes back.
+    public static func raw(port: UInt16, _ bytes: [UInt8], timeoutSeconds: Int = 60) throws -> Response {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Failure.connect(errno) }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = port.bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw Failure.connect(errno) }
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if written <= 0 { break }  // the server may answer (413) and close before reading it all
+            offset += written
+        }
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 {
+                if count < 0 && received.isEmpty { throw Failure.io("no response (\(String(cString: strerror(errno))))") }
+                break
+            }
+            received += chunk[0..<count]
+        }
+        return try self.parse(received)
+    }
+
+    static func parse(_ bytes: [UInt8]) throws -> Response {
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let split = text.range(of: "\r\n\r\n") else { throw Failure.io("incomplete response: \(text.prefix(200))") }
+        let head = text[..<split.lowerBound].split(separator: "\r\n")
+        guard let statusLine = head.first, statusLine.split(separator: " ").count >= 2, let status = Int(statusLine.split(separator: " ")[1])
+        else { throw Failure.io("bad status line: \(head.first ?? "")") }
+        var headers: [String: String] = [:]
+        for line in head.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        var body = String(text[split.upperBound...])
+        if headers["transfer-encoding"]?.lowercased() == "chunked" { body = self.dechunk(body) }
+        return Response(status: status, headers: headers, body: body)
+    }
+
+    static func dechunk(_ body: String) -> String {
+        var result = ""
+        var rest = Substring(body)
+        while let lineEnd = rest.range(of: "\r\n") {
+            guard let size = Int(rest[..<lineEnd.lowerBound].split(separator: ";")[0], radix: 16), size > 0 else { break }
+            let start = lineEnd.upperBound
+            let utf8 = rest.utf8
+            guard let end = utf8.index(start, offsetBy: size, limitedBy: utf8.endIndex) else { break }
+            result += String(rest[start..<end])
+            rest = rest[end...].dropFirst(2)
+        }
+        return result
+    }
+}
