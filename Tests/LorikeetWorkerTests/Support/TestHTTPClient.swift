@@ -28,7 +28,10 @@ enum TestHTTPError: Error { case connect(Int32), closedEarly(String), malformed(
 
 /// A small blocking HTTP/1.1 client over POSIX sockets (bounded by a receive timeout),
 /// able to send raw, malformed requests and to read a response piece by piece.
-final class TestHTTPConnection {
+///
+/// `@unchecked Sendable`: a connection is used by one thread at a time; tests hand it from
+/// one `offPool` block to the next, never concurrently.
+final class TestHTTPConnection: @unchecked Sendable {
     let fd: Int32
     private var buffer: [UInt8] = []
 
