@@ -20,7 +20,8 @@ enum RealEngine {
         guard FileManager.default.isExecutableFile(atPath: Self.binary),
             FileManager.default.isExecutableFile(atPath: Self.python)
         else { return false }
-        return (try? Self.run(Self.binary, ["engine", "--help"]).status) == 0
+        guard let help = try? Self.run(Self.binary, ["engine", "--help"]) else { return false }
+        return help.status == 0 && help.output.contains("--socket")
     }()
 
     private static let fixtureCache = Mutex<String?>(nil)
