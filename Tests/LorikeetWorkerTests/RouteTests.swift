@@ -77,6 +77,32 @@ struct RouteTests {
 
             #expect(try await TestHTTP.get(port: port, "/health").status == 200)
             #expect(try await TestHTTP.get(port: port, "/version").json?["version"] == .string("test"))
+
+            // Expect: 100-continue (curl with large bodies), and X-Request-Id echoed.
+            let (interim, final) = try await offPool { () throws -> (Int, TestHTTPResponse) in
+                let connection = try TestHTTPConnection(port: port)
+                let body = #"{"prompt":"x","max_tokens":1}"#
+                connection.send(
+                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                        + "X-Request-Id: client-7\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
+                let interim = try connection.readHead().status
+                connection.send(body)
+                return (interim, try connection.readResponse())
+            }
+            #expect(interim == 100)
+            #expect(final.status == 200)
+            #expect(final.headers["x-request-id"] == "client-7")
+            // Keep-alive: several requests on one connection.
+            let statuses = try await offPool { () throws -> [Int] in
+                let connection = try TestHTTPConnection(port: port)
+                var statuses: [Int] = []
+                for _ in 0..<3 {
+                    connection.sendRequest("GET", "/v1/models")
+                    statuses.append(try connection.readResponse().status)
+                }
+                return statuses
+            }
+            #expect(statuses == [200, 200, 200])
         }
     }
 

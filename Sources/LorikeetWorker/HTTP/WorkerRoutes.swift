@@ -139,10 +139,20 @@ public final class WorkerRoutes: Sendable {
     func respond(to request: Request, writer: consuming ResponseWriter, channel: any Channel) async throws {
         self.stats.begin()
         defer { self.stats.end() }
-        let requestID = request.headers[HTTPField.Name("X-Request-Id")!].flatMap { $0.isEmpty ? nil : $0 } ?? Self.makeID()
+        // The engine request id is always generated here (unique per worker); a client's
+        // X-Request-Id is only echoed and logged.
+        let requestID = Self.makeID()
+        let clientRequestID = request.headers[Self.requestIDHeader].flatMap { $0.isEmpty ? nil : String($0.prefix(128)) }
         var logger = self.logger
         logger[metadataKey: "request.id"] = "\(requestID)"
+        if let clientRequestID { logger[metadataKey: "request.client_id"] = "\(clientRequestID)" }
         var request = request
+        if request.headers[.expect]?.lowercased() == "100-continue" {
+            let declared = request.headers[.contentLength].flatMap(Int.init) ?? 0
+            if declared <= self.configuration.maxBodyBytes {
+                try await writer.writeInformationalHead(HTTPResponse(status: .continue))
+            }
+        }
         var reply: Reply
         do {
             reply = try await self.route(&request, requestID: requestID, channel: channel, logger: logger)
@@ -160,7 +170,7 @@ public final class WorkerRoutes: Sendable {
         }
         reply.headers[.date] = self.dates.current
         reply.headers[.server] = self.configuration.serverName
-        reply.headers[HTTPField.Name("X-Request-Id")!] = requestID
+        reply.headers[Self.requestIDHeader] = clientRequestID ?? requestID
         if reply.closeConnection { reply.headers[.connection] = "close" }
         if let length = reply.body.contentLength { reply.headers[.contentLength] = String(length) }
         let close = reply.closeConnection
@@ -216,6 +226,8 @@ public final class WorkerRoutes: Sendable {
     private static func caller(_ channel: any Channel) -> String {
         channel.remoteAddress.map { "\($0)" } ?? ""
     }
+
+    static let requestIDHeader = HTTPField.Name("X-Request-Id")!
 
     static func makeID() -> String {
         let value = UInt64.random(in: 0...UInt64.max)
