@@ -16,7 +16,9 @@ import json
 import os
 import sys
 
-import httpx
+import urllib.error
+import urllib.request
+
 import openai
 from openai import OpenAI
 
@@ -46,7 +48,25 @@ def main():
     prompt_tokens = reference["prompt_tokens"]
     steps = reference["greedy_steps"]
     client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=120)
-    http = httpx.Client(base_url=args.base_url, headers={"Authorization": f"Bearer {args.api_key}"}, timeout=120)
+
+    class Reply:
+        def __init__(self, status_code, text):
+            self.status_code = status_code
+            self.text = text
+
+        def json(self):
+            return json.loads(self.text)
+
+    def post(path, body):
+        """The adapter routes are not in the SDK: plain HTTP, as vLLM's docs use curl."""
+        request = urllib.request.Request(
+            args.base_url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": f"Bearer {args.api_key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return Reply(response.status, response.read().decode())
+        except urllib.error.HTTPError as error:
+            return Reply(error.code, error.read().decode())
 
     models = [m.id for m in client.models.list()]
     check(len(models) >= 1, f"models.list gives {models}")
@@ -87,9 +107,9 @@ def main():
 
     name = "e2e-" + args.adapter
     path = os.path.join(args.fixture, "adapters", args.adapter)
-    loaded = http.post("/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+    loaded = post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
     check(loaded.status_code == 200 and "added successfully" in loaded.text, f"load: {loaded.status_code} {loaded.text}")
-    again = http.post("/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+    again = post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
     check(again.status_code == 400 and "already been loaded" in again.json()["error"]["message"], "second load refused")
     listed = {m.id: m for m in client.models.list()}
     check(name in listed and (listed[name].model_extra or {}).get("parent") == base, "adapter listed with its parent")
@@ -99,7 +119,7 @@ def main():
     base_again, _ = greedy(base)
     check(base_again == reference["cases"]["base"]["greedy"], "base model unchanged beside the adapter")
 
-    unloaded = http.post("/unload_lora_adapter", json={"lora_name": name})
+    unloaded = post("/unload_lora_adapter", {"lora_name": name})
     check(unloaded.status_code == 200 and "removed successfully" in unloaded.text, f"unload: {unloaded.text}")
     try:
         client.completions.create(model=name, prompt="x", max_tokens=1)

@@ -114,7 +114,7 @@ final class EngineProcess: Sendable {
         self.directory = makeTemporaryDirectory("lk-real")
         self.socket = self.directory + "/engine.sock"
         self.child = try ChildProcess(
-            ["engine", "--model", fixture + "/model", "--socket", self.socket], logPath: self.directory + "/engine.log")
+            ["engine", "--model", fixture + "/model", "--socket", self.socket, "--max-lora-rank", "64"], logPath: self.directory + "/engine.log")
         let deadline = ContinuousClock.now + .seconds(30)
         while !FileManager.default.fileExists(atPath: self.socket) {
             guard self.child.isRunning, ContinuousClock.now < deadline else {
