@@ -100,10 +100,12 @@ public struct WorkerConfiguration: Sendable {
     /// key), runtime LoRA updating, allowed path prefixes.
     public mutating func applyEnvironment(_ environment: [String: String]) {
         if self.apiKey == nil {
-            self.apiKey = environment["LORIKEET_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+            self.apiKey =
+                environment["LORIKEET_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
                 ?? environment["VLLM_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         }
-        self.allowRuntimeLoraUpdating = self.allowRuntimeLoraUpdating
+        self.allowRuntimeLoraUpdating =
+            self.allowRuntimeLoraUpdating
             || RouteConfiguration.runtimeLoraUpdatingEnabled(environment)
         self.pathPolicy = PathPolicy.fromEnvironment(environment)
     }

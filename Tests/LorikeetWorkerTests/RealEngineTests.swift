@@ -76,7 +76,8 @@ struct RealEngineTests {
             func greedy(_ model: String) async throws -> JSONValue? {
                 let response = try await TestHTTP.post(
                     port: port, "/v1/completions",
-                    #"{"model":"\#(model)","prompt":\#(promptJSON),"max_tokens":16,"temperature":0,"ignore_eos":true,"return_token_ids":true}"#)
+                    #"{"model":"\#(model)","prompt":\#(promptJSON),"max_tokens":16,"temperature":0,"ignore_eos":true,"return_token_ids":true}"#
+                )
                 guard case .array(let choices)? = response.json?["choices"] else { return nil }
                 return choices.first?["token_ids"]
             }
@@ -105,7 +106,8 @@ struct RealEngineTests {
             #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"plain","prompt":"x"}"#).status == 404)
             #expect(
                 try await TestHTTP.post(
-                    port: port, "/v1/load_lora_adapter", #"{"lora_name":"again","lora_path":"\#(fixture)/adapters/plain"}"#).status == 200)
+                    port: port, "/v1/load_lora_adapter", #"{"lora_name":"again","lora_path":"\#(fixture)/adapters/plain"}"#
+                ).status == 200)
             #expect(service.replica.resolve(model: "again")?.adapter?.intID == 4)
             #expect(try await greedy("again") == Self.greedy(reference, "plain"))
             // Errors.

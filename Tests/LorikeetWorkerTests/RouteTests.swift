@@ -19,14 +19,19 @@ struct RouteTests {
             let models = try await TestHTTP.get(port: port, "/v1/models")
             #expect(models.status == 200)
             #expect(models.json?["object"] == .string("list"))
-            #expect(models.json?["data"] == .array([
-                .object([
-                    ("id", .string("tiny-llama")), ("object", .string("model")),
-                    ("created", models.json?["data"].flatMap { if case .array(let a) = $0 { a[0]["created"] } else { nil } } ?? .null),
-                    ("owned_by", .string("lorikeet")), ("root", .string("tiny-llama")), ("parent", .null),
-                    ("max_model_len", .int(256)),
-                ])
-            ]))
+            #expect(
+                models.json?["data"]
+                    == .array([
+                        .object([
+                            ("id", .string("tiny-llama")), ("object", .string("model")),
+                            (
+                                "created",
+                                models.json?["data"].flatMap { if case .array(let a) = $0 { a[0]["created"] } else { nil } } ?? .null
+                            ),
+                            ("owned_by", .string("lorikeet")), ("root", .string("tiny-llama")), ("parent", .null),
+                            ("max_model_len", .int(256)),
+                        ])
+                    ]))
             #expect(models.headers["date"] != nil && models.headers["server"] == "lorikeet")
 
             let completion = try await TestHTTP.post(
@@ -53,16 +58,21 @@ struct RouteTests {
 
             let stream = try await TestHTTP.post(
                 port: port, "/v1/chat/completions",
-                #"{"model":"tiny-llama","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stream":true,"stream_options":{"include_usage":true}}"#)
+                #"{"model":"tiny-llama","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stream":true,"stream_options":{"include_usage":true}}"#
+            )
             #expect(stream.status == 200)
             #expect(stream.headers["content-type"] == "text/event-stream")
             let events = TestHTTP.events(stream.body)
             #expect(events.last == "[DONE]")
             let parsed = events.dropLast().compactMap { try? JSONParser.parse(Array($0.utf8)) }
             #expect(parsed.count == events.count - 1)
-            #expect(parsed.first?["choices"].flatMap { if case .array(let a) = $0 { a.first?["delta"]?["role"] } else { nil } } == .string("assistant"))
+            #expect(
+                parsed.first?["choices"].flatMap { if case .array(let a) = $0 { a.first?["delta"]?["role"] } else { nil } }
+                    == .string("assistant"))
             let text = parsed.compactMap { event -> String? in
-                guard case .array(let choices)? = event["choices"], case .string(let piece)? = choices.first?["delta"]?["content"] else { return nil }
+                guard case .array(let choices)? = event["choices"], case .string(let piece)? = choices.first?["delta"]?["content"] else {
+                    return nil
+                }
                 return piece
             }.joined()
             #expect(text == "ABC")
@@ -121,7 +131,10 @@ struct RouteTests {
                 ("/v1/completions", #"{"prompt":"x","n":3}"#, 400, "invalid_request_error", "n"),
                 ("/v1/completions", #"{"model":"nope","prompt":"x"}"#, 404, "model_not_found", "model"),
                 ("/v1/chat/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "messages"),
-                ("/v1/chat/completions", #"{"messages":[{"role":"user","content":5}]}"#, 400, "invalid_request_error", "messages[0].content"),
+                (
+                    "/v1/chat/completions", #"{"messages":[{"role":"user","content":5}]}"#, 400, "invalid_request_error",
+                    "messages[0].content"
+                ),
                 ("/v1/chat/completions", #"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#, 404, "model_not_found", "model"),
                 ("/v1/load_lora_adapter", #"{"lora_name":"a","lora_path":"/tmp"}"#, 404, "invalid_request_error", nil),
                 ("/v1/unload_lora_adapter", #"{"lora_name":"a"}"#, 404, "invalid_request_error", nil),
@@ -229,9 +242,13 @@ struct RouteTests {
             // The adapter serves requests with its id.
             let completion = try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"a","prompt":"x","max_tokens":2}"#)
             #expect(completion.status == 200)
-            #expect(engine.state.withLock { $0.generateRequests.last?.adapter } == AdapterRef(name: "a", intID: 1, path: root + "/lora/second"))
+            #expect(
+                engine.state.withLock { $0.generateRequests.last?.adapter } == AdapterRef(name: "a", intID: 1, path: root + "/lora/second"))
             let models = try await TestHTTP.get(port: port, "/v1/models")
-            guard case .array(let data)? = models.json?["data"] else { Issue.record("no data"); return }
+            guard case .array(let data)? = models.json?["data"] else {
+                Issue.record("no data")
+                return
+            }
             #expect(data.count == 2)
             #expect(data[1]["root"] == .string(root + "/lora/second"))
             #expect(data[1]["parent"] == .string("tiny-llama"))
@@ -337,7 +354,9 @@ struct RouteTests {
             await service.drain(grace: .seconds(5))
             let response = try await slow
             #expect(response.status == 200)
-            #expect(response.json?["choices"].flatMap { if case .array(let a) = $0 { a.first?["text"] } else { nil } } == .string("ABCDEFGHIJKLMNO"))
+            #expect(
+                response.json?["choices"].flatMap { if case .array(let a) = $0 { a.first?["text"] } else { nil } }
+                    == .string("ABCDEFGHIJKLMNO"))
             await #expect(throws: (any Error).self) { try await TestHTTP.get(port: port, "/v1/models") }
         }
     }

@@ -78,7 +78,9 @@ struct ValidationTests {
     @Test("good bodies map to the engine's sampling parameters")
     func goodBodies() throws {
         let body = try RequestValidation.object(
-            Array(#"{"model":"m","prompt":[[1,2,3]],"max_tokens":4,"temperature":0.5,"top_p":0.9,"top_k":-1,"seed":-1,"stop":"x","stream":true,"stream_options":{"include_usage":true},"n":1,"user":"u","ignore_eos":true}"#.utf8))
+            Array(
+                #"{"model":"m","prompt":[[1,2,3]],"max_tokens":4,"temperature":0.5,"top_p":0.9,"top_k":-1,"seed":-1,"stop":"x","stream":true,"stream_options":{"include_usage":true},"n":1,"user":"u","ignore_eos":true}"#
+                    .utf8))
         let parameters = try RequestValidation.generation(body, route: .completions)
         #expect(parameters.prompt == .tokens([1, 2, 3]))
         #expect(parameters.sampling.maxTokens == 4)
@@ -88,12 +90,16 @@ struct ValidationTests {
         #expect(parameters.sampling.ignoreEOS)
         #expect(parameters.stream && parameters.includeUsage)
         let chat = try RequestValidation.object(
-            Array(#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],"max_completion_tokens":7}"#.utf8))
+            Array(
+                #"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],"max_completion_tokens":7}"#
+                    .utf8))
         let chatParameters = try RequestValidation.generation(chat, route: .chatCompletions)
-        #expect(chatParameters.prompt == .messages([
-            ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "ab"),
-            ChatMessage(role: "assistant", content: ""),
-        ]))
+        #expect(
+            chatParameters.prompt
+                == .messages([
+                    ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "ab"),
+                    ChatMessage(role: "assistant", content: ""),
+                ]))
         #expect(chatParameters.sampling.maxTokens == 7)
     }
 

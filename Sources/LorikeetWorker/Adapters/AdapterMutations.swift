@@ -3,7 +3,7 @@ public import LorikeetProto
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Loads and unloads adapters (vLLM `POST /v1/load_lora_adapter` / `unload_lora_adapter`).
@@ -215,7 +215,7 @@ public final class LeaderMutationService: AdapterMutator {
         let epoch = self.epoch
         do {
             try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: existing.intID))
-        } catch where error.code == .notFound {
+        } catch  where error.code == .notFound {
             // The engine no longer holds it (an engine restart): removing it from the table is what is left.
             logger.info("engine did not hold the adapter; removing it from the table")
         } catch {

@@ -131,7 +131,8 @@ package enum RequestValidation {
         }
 
         var sampling = SamplingParams(maxTokens: route.defaultMaxTokens)
-        let maxTokensField = route == .chatCompletions && body["max_completion_tokens"].map({ $0 != .null }) == true
+        let maxTokensField =
+            route == .chatCompletions && body["max_completion_tokens"].map({ $0 != .null }) == true
             ? "max_completion_tokens" : "max_tokens"
         if let maxTokens = try Self.optionalInt(body, maxTokensField, in: 1...1_000_000) {
             sampling.maxTokens = UInt32(maxTokens)

@@ -69,7 +69,8 @@ final class FakeEngine: Sendable {
             case .modelInfo:
                 self.reply(
                     connection, id,
-                    .modelInfoReply(ModelInfo(modelName: self.modelName, architecture: "LlamaForCausalLM", vocabSize: 258, contextLength: 256)))
+                    .modelInfoReply(
+                        ModelInfo(modelName: self.modelName, architecture: "LlamaForCausalLM", vocabSize: 258, contextLength: 256)))
             case .health:
                 let (running, epoch) = self.state.withLock { ($0.running.count, $0.maxEpoch) }
                 self.reply(connection, id, .healthReply(HealthReply(status: .ok, maxEpoch: epoch, runningRequests: UInt32(running))))
@@ -135,7 +136,10 @@ final class FakeEngine: Sendable {
         let prompt = UInt32(request.promptTokens.count + request.promptText.utf8.count + request.messages.count)
         let count = Int(request.sampling.maxTokens)
         for index in 0..<count {
-            if self.tokenDelay > .zero { Thread.sleep(forTimeInterval: Double(self.tokenDelay.components.attoseconds) / 1e18 + Double(self.tokenDelay.components.seconds)) }
+            if self.tokenDelay > .zero {
+                Thread.sleep(
+                    forTimeInterval: Double(self.tokenDelay.components.attoseconds) / 1e18 + Double(self.tokenDelay.components.seconds))
+            }
             if self.state.withLock({ $0.aborted.contains(request.requestID) }) {
                 self.reply(connection, callID, .chunk(GenerateChunk(requestID: request.requestID, finishReason: "abort")))
                 return

@@ -49,7 +49,9 @@ enum RealEngine {
     }
 
     @discardableResult
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (
+        status: Int32, output: String
+    ) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -114,7 +116,8 @@ final class EngineProcess: Sendable {
         self.directory = makeTemporaryDirectory("lk-real")
         self.socket = self.directory + "/engine.sock"
         self.child = try ChildProcess(
-            ["engine", "--model", fixture + "/model", "--socket", self.socket, "--max-lora-rank", "64"], logPath: self.directory + "/engine.log")
+            ["engine", "--model", fixture + "/model", "--socket", self.socket, "--max-lora-rank", "64"],
+            logPath: self.directory + "/engine.log")
         let deadline = ContinuousClock.now + .seconds(30)
         while !FileManager.default.fileExists(atPath: self.socket) {
             guard self.child.isRunning, ContinuousClock.now < deadline else {

@@ -1,4 +1,5 @@
 import Foundation
+
 @testable import LorikeetWorker
 
 /// A response as read off the socket.
@@ -24,7 +25,11 @@ struct TestHTTPResponse: Sendable {
     }
 }
 
-enum TestHTTPError: Error { case connect(Int32), closedEarly(String), malformed(String) }
+enum TestHTTPError: Error {
+    case connect(Int32)
+    case closedEarly(String)
+    case malformed(String)
+}
 
 /// A small blocking HTTP/1.1 client over POSIX sockets (bounded by a receive timeout),
 /// able to send raw, malformed requests and to read a response piece by piece.

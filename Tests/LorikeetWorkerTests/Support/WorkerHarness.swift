@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import LorikeetProto
 import NIOCore
+
 @testable import LorikeetWorker
 
 /// Runs a real `WorkerService` on 127.0.0.1 (a free port) for the duration of `body`,
@@ -45,19 +46,19 @@ enum WorkerHarness {
             guard let port = await iterator.next(), port > 0 else {
                 group.cancelAll()
                 // Surface the startup error of the service, if any.
-                while let _ = try await group.next() {}
+                while (try await group.next()) != nil {}
                 throw TestHTTPError.malformed("worker did not start")
             }
             do {
                 let result = try await body(port, service)
                 await service.drain(grace: .seconds(2))
                 group.cancelAll()
-                while let _ = try? await group.next() {}
+                while (try? await group.next()) != nil {}
                 return result
             } catch {
                 await service.drain(grace: .milliseconds(100))
                 group.cancelAll()
-                while let _ = try? await group.next() {}
+                while (try? await group.next()) != nil {}
                 throw error
             }
         }
