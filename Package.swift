@@ -14,10 +14,18 @@ let package = Package(
         .executable(name: "lorikeet", targets: ["LorikeetCLI"]),
         .executable(name: "lorikeet-fuzz", targets: ["LorikeetFuzz"]),
         .executable(name: "lorikeet-bench-engine", targets: ["LorikeetBenchEngine"]),
+        .executable(name: "lorikeet-bench-hello", targets: ["LorikeetBenchHello"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // HTTP worker. Only HummingbirdCore is used (HTTP1Channel, Request/Response) on our own
+        // NIO bootstrap; traits off to skip swift-configuration.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0", traits: []),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.34.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Thin C layers.
@@ -44,11 +52,40 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // The worker: the only HTTP server (OpenAI-compatible routes, adapter table replica,
+        // leader-side adapter mutations, engine channel client). Never imports libuv.
+        .target(
+            name: "LorikeetWorker",
+            dependencies: [
+                "LorikeetProto",
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // Baseline for bin/bench-http: the smallest SwiftNIO HTTP/1.1 server.
+        .executableTarget(
+            name: "LorikeetBenchHello",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: upcoming
+        ),
         // The `lorikeet` command.
         .executableTarget(
             name: "LorikeetCLI",
             dependencies: [
-                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine",
+                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine", "CLorikeetSys", "LorikeetWorker",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -68,6 +105,17 @@ let package = Package(
         .testTarget(
             name: "LorikeetProtoTests",
             dependencies: ["LorikeetProto"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetWorkerTests",
+            dependencies: [
+                "LorikeetWorker",
+                "LorikeetProto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: upcoming
         ),
 

@@ -45,6 +45,7 @@ struct EngineCommand: ParsableCommand {
             logger.critical("no --model given: the built-in engine needs a model directory (config.json + model.safetensors)")
             throw ExitCode(LorikeetExitCode.cannotBoot)
         }
+        ParentWatch.attach(parentPID: self.parentPid)
         if let parentPid { Self.watchParent(parentPid, logger: logger) }
         let options = EngineOptions(
             maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank, threads: self.threads,

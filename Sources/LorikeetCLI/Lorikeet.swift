@@ -2,12 +2,12 @@ import ArgumentParser
 
 /// The `lorikeet` command: every process of the server is a subcommand of one binary.
 @main
-struct Lorikeet: ParsableCommand {
+struct Lorikeet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorikeet",
         abstract: "Multi-process OpenAI-compatible serving frontend with consistent dynamic LoRA adapters.",
         version: LorikeetVersion.string,
-        subcommands: [ServeCommand.self, EngineCommand.self, CtlCommand.self]
+        subcommands: [ServeCommand.self, CtlCommand.self, EngineCommand.self, WorkerCommand.self]
     )
 }
 

@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import Logging
+import LorikeetProto
+import LorikeetWorker
+import NIOCore
+import ServiceLifecycle
+import UnixSignals
+
+/// `lorikeet worker`: the OpenAI-compatible HTTP frontend, standalone (its own leader).
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Serve the OpenAI-compatible HTTP API in front of an engine process."
+    )
+
+    @Option(name: .customLong("engine-socket"), help: "Unix socket of the engine process.")
+    var engineSocket: String
+
+    @Option(help: "Address to bind when no --listen-fd is given.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "Port to bind when no --listen-fd is given (0 = any free port).")
+    var port: Int = 8000
+
+    @Option(name: .customLong("listen-fd"), help: "Serve on this inherited, already listening socket fd.")
+    var listenFD: Int32?
+
+    @Option(name: .customLong("served-model-name"), help: "Model name(s) clients use (default: the engine's model name).")
+    var servedModelNames: [String] = []
+
+    @Option(name: .customLong("lora-modules"), help: "Startup adapter: name=path or JSON {\"name\",\"path\",\"base_model_name\"}.")
+    var loraModules: [String] = []
+
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY).")
+    var apiKey: String?
+
+    @Option(name: .customLong("state-dir"), help: "Directory where the standalone worker persists its adapter table.")
+    var stateDirectory: String?
+
+    @Option(name: .customLong("max-body-bytes"), help: "Largest accepted request body (413 above).")
+    var maxBodyBytes: Int = 8 * 1024 * 1024
+
+    @Option(name: .customLong("drain-grace-ms"), help: "How long requests in flight may finish after SIGTERM.")
+    var drainGraceMs: Int = 30_000
+
+    @Option(name: .customLong("control-fd"), help: "Supervised mode: the supervisor's control socketpair (set by `lorikeet serve`).")
+    var controlFD: Int32?
+
+    @Option(help: "Supervised mode: this worker's slot number.")
+    var slot: Int32 = -1
+
+    @Option(name: .customLong("parent-pid"), help: "Supervised mode: exit when this process (the supervisor) is gone.")
+    var parentPid: Int32?
+
+    @Option(name: .customLong("log-format"), help: "text or json.")
+    var logFormat: LogFormat = .text
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard self.maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
+        guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
+        for module in self.loraModules {
+            do { _ = try LoraModule(parsing: module) } catch { throw ValidationError(error.message) }
+        }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        ParentWatch.unblockSignals()
+        ParentWatch.attach(parentPID: self.parentPid)
+        let level = Logger.Level(rawValue: self.logLevel) ?? .info
+        let format = self.logFormat
+        LoggingSystem.bootstrap { label in
+            var handler: any LogHandler =
+                format == .json ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "lorikeet.worker")
+        logger[metadataKey: "worker.pid"] = "\(getpid())"
+        if self.slot >= 0 { logger[metadataKey: "worker.slot"] = "\(self.slot)" }
+
+        var configuration = WorkerConfiguration(
+            engineSocket: self.engineSocket,
+            listen: self.listenFD.map { .inheritedFD($0) } ?? .address(host: self.host, port: self.port),
+            servedModelNames: self.servedModelNames,
+            loraModules: try self.loraModules.map { text throws(Status) in try LoraModule(parsing: text) },
+            apiKey: self.apiKey, stateDirectory: self.stateDirectory, maxBodyBytes: self.maxBodyBytes,
+            drainGrace: .milliseconds(self.drainGraceMs), workerSlot: self.slot, version: LorikeetVersion.string)
+        configuration.applyEnvironment(ProcessInfo.processInfo.environment)
+        for ignored in configuration.pathPolicy.ignoredPrefixes {
+            logger.warning("allowed LoRA path prefix does not exist or is not absolute; ignored", metadata: ["prefix": "\(ignored)"])
+        }
+
+        if let controlFD = self.controlFD {
+            let worker = SupervisedWorkerService(configuration: configuration, controlFD: controlFD, logger: logger)
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup)],
+                    gracefulShutdownSignals: [.sigterm], logger: logger))
+            try await group.run()
+            return
+        }
+        let worker = WorkerService(configuration: configuration, logger: logger) { address in
+            // The line scripts and tests wait for.
+            let shown = address.map { "\($0)" } ?? "inherited fd"
+            FileHandle.standardError.write(Data("lorikeet worker ready on \(shown) port \(address?.port ?? -1)\n".utf8))
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}
+
+enum LogFormat: String, ExpressibleByArgument, Sendable {
+    case text
+    case json
+}

@@ -1,0 +1,420 @@
+public import Logging
+public import LorikeetProto
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Loads and unloads adapters (vLLM `POST /v1/load_lora_adapter` / `unload_lora_adapter`).
+///
+/// The leader implements it with `LeaderMutationService`; a follower implements it by
+/// routing the request to the leader over the control channel. Errors are carried in
+/// `reply.status` (gRPC code + message + param), never thrown.
+public protocol AdapterMutator: Sendable {
+    func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply
+    func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply
+}
+
+/// Makes a table change durable and visible, after the engine accepted it.
+///
+/// Standalone: `LocalTableCommitter`. Under the supervisor: a committer that sends a
+/// `CommitRequest` and returns once the supervisor persisted the change and every ready
+/// worker acked it.
+public protocol TableCommitter: Sendable {
+    /// Commits `change` (proposed on top of `baseVersion` by the leader of `epoch`);
+    /// returns the committed table version.
+    func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64
+}
+
+/// A FIFO async lock: one holder at a time, waiters resumed in order.
+package final class AsyncSerializer: Sendable {
+    private struct State {
+        var locked = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    package init() {}
+
+    package func run<Result: Sendable>(_ body: () async -> Result) async -> Result {
+        await self.acquire()
+        defer { self.release() }
+        return await body()
+    }
+
+    private func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let acquired = self.state.withLock { state -> Bool in
+                if state.locked {
+                    state.waiters.append(continuation)
+                    return false
+                }
+                state.locked = true
+                return true
+            }
+            if acquired { continuation.resume() }
+        }
+    }
+
+    private func release() {
+        let next = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiters.isEmpty {
+                state.locked = false
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        next?.resume()
+    }
+}
+
+/// The leader's mutation logic (vLLM's `LoRAManager` rules, made exact).
+///
+/// One mutation at a time. For a load: path policy, conflicts against the replica (a
+/// base-model name is refused; a loaded name is refused unless `load_inplace`, which
+/// keeps the id), `lora_int_id` from `table.nextIntID` (never reused), the engine's
+/// AddLora with the leader epoch, then the commit. For an unload: unknown name ->
+/// NOT_FOUND, mismatched `lora_int_id` -> INVALID_ARGUMENT, the engine's RemoveLora, then
+/// the commit. When the commit fails after the engine accepted, the engine is rolled back
+/// so the table and the engine never diverge.
+public final class LeaderMutationService: AdapterMutator {
+    private let engine: any EngineBackend
+    private let replica: AdapterTableReplica
+    private let committer: any TableCommitter
+    private let pathPolicy: PathPolicy
+    private let logger: Logger
+    private let serializer = AsyncSerializer()
+    private let currentEpoch: Atomic<UInt64>
+
+    public init(
+        engine: any EngineBackend, replica: AdapterTableReplica, committer: any TableCommitter, pathPolicy: PathPolicy,
+        epoch: UInt64, logger: Logger
+    ) {
+        self.engine = engine
+        self.replica = replica
+        self.committer = committer
+        self.pathPolicy = pathPolicy
+        self.logger = logger
+        self.currentEpoch = Atomic(epoch)
+    }
+
+    /// The fencing epoch sent with every engine mutation.
+    public var epoch: UInt64 { self.currentEpoch.load(ordering: .acquiring) }
+
+    /// Sets the fencing epoch (a new `RoleAssignment`).
+    public func setEpoch(_ epoch: UInt64) { self.currentEpoch.store(epoch, ordering: .releasing) }
+
+    /// vLLM's message for a name already loaded without `load_inplace`.
+    public static func alreadyLoadedMessage(_ name: String) -> String {
+        "The lora adapter '\(name)' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."
+    }
+
+    public func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
+        await self.load(request, trustedPath: false)
+    }
+
+    /// Loads an adapter; with `trustedPath` (operator-given `--lora-modules`) the path
+    /// only has to resolve to a directory, without the allowed-prefix policy.
+    public func load(_ request: LoadAdapterRequest, trustedPath: Bool) async -> AdapterMutationReply {
+        var logger = self.logger
+        logger[metadataKey: "adapter.name"] = "\(request.name)"
+        guard !request.name.isEmpty else {
+            return Self.failure(.invalidArgument, "'lora_name' must not be empty.", param: "lora_name")
+        }
+        let path: String
+        do {
+            path = try trustedPath ? Self.trusted(request.path) : self.pathPolicy.canonicalize(request.path)
+        } catch {
+            logger.info("adapter path refused", metadata: ["reason": "\(error.message)"])
+            return AdapterMutationReply(status: error, tableVersion: self.replica.version)
+        }
+        return await self.serializer.run {
+            await self.loadSerialized(request, path: path, logger: logger)
+        }
+    }
+
+    private static func trusted(_ path: String) throws(Status) -> String {
+        guard !path.utf8.contains(0), let canonical = PathPolicy.realPath(path) else {
+            throw Status(code: .invalidArgument, message: "'\(path)' does not exist.", param: "lora_path")
+        }
+        return canonical
+    }
+
+    private func loadSerialized(_ request: LoadAdapterRequest, path: String, logger: Logger) async -> AdapterMutationReply {
+        let table = self.replica.snapshot()
+        let baseModels = self.replica.baseModels
+        if baseModels.contains(request.name) {
+            return Self.failure(
+                .invalidArgument, "The lora adapter name '\(request.name)' is the name of a base model; choose another name.",
+                param: "lora_name", version: table.version)
+        }
+        if !request.baseModel.isEmpty, !baseModels.contains(request.baseModel) {
+            return Self.failure(
+                .invalidArgument, "The base model '\(request.baseModel)' is not served here.", param: "base_model_name",
+                version: table.version)
+        }
+        let existing = table.adapters.first { $0.name == request.name }
+        if existing != nil, !request.loadInplace {
+            return Self.failure(
+                .alreadyExists, Self.alreadyLoadedMessage(request.name), param: "lora_name", version: table.version)
+        }
+        let intID = existing?.intID ?? max(table.nextIntID, 1)
+        let nextIntID = existing == nil ? intID + 1 : max(table.nextIntID, intID + 1)
+        let epoch = self.epoch
+        let record = AdapterRecord(
+            name: request.name, intID: intID, path: path,
+            baseModel: request.baseModel.isEmpty ? (baseModels.first ?? "") : request.baseModel,
+            loadInplace: request.loadInplace, pinned: request.pinned, loadedAtUnixMs: Self.nowUnixMs())
+        do {
+            try await self.engine.addAdapter(
+                AddAdapterRequest(
+                    epoch: epoch, name: request.name, intID: intID, path: path, pinned: request.pinned,
+                    replace: existing != nil))
+        } catch {
+            logger.info("engine refused the adapter", metadata: ["reason": "\(error)"])
+            return AdapterMutationReply(status: error, tableVersion: table.version)
+        }
+        let change = TableChange(version: table.version + 1, upserts: [record], removes: [], nextIntID: nextIntID)
+        do {
+            let version = try await self.committer.commit(change, baseVersion: table.version, epoch: epoch)
+            logger.info(
+                "adapter loaded",
+                metadata: ["adapter.id": "\(intID)", "adapter.path": "\(path)", "table.version": "\(version)"])
+            return AdapterMutationReply(status: .ok, adapter: record, tableVersion: version)
+        } catch {
+            logger.error("commit failed, rolling the engine back", metadata: ["reason": "\(error)"])
+            await self.rollBack(added: record, previous: existing, epoch: epoch, logger: logger)
+            return AdapterMutationReply(status: error, tableVersion: self.replica.version)
+        }
+    }
+
+    public func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
+        var logger = self.logger
+        logger[metadataKey: "adapter.name"] = "\(request.name)"
+        guard !request.name.isEmpty else {
+            return Self.failure(.invalidArgument, "'lora_name' must not be empty.", param: "lora_name")
+        }
+        return await self.serializer.run {
+            await self.unloadSerialized(request, logger: logger)
+        }
+    }
+
+    private func unloadSerialized(_ request: UnloadAdapterRequest, logger: Logger) async -> AdapterMutationReply {
+        let table = self.replica.snapshot()
+        guard let existing = table.adapters.first(where: { $0.name == request.name }) else {
+            return Self.failure(
+                .notFound, "The lora adapter '\(request.name)' cannot be found.", param: "lora_name", version: table.version)
+        }
+        if request.intID != 0, request.intID != existing.intID {
+            return Self.failure(
+                .invalidArgument,
+                "The lora adapter '\(request.name)' has lora_int_id \(existing.intID), not \(request.intID).",
+                param: "lora_int_id", version: table.version)
+        }
+        let epoch = self.epoch
+        do {
+            try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: existing.intID))
+        } catch  where error.code == .notFound {
+            // The engine no longer holds it (an engine restart): removing it from the table is what is left.
+            logger.info("engine did not hold the adapter; removing it from the table")
+        } catch {
+            logger.info("engine refused to remove the adapter", metadata: ["reason": "\(error)"])
+            return AdapterMutationReply(status: error, tableVersion: table.version)
+        }
+        let change = TableChange(
+            version: table.version + 1, upserts: [], removes: [existing.name], nextIntID: table.nextIntID)
+        do {
+            let version = try await self.committer.commit(change, baseVersion: table.version, epoch: epoch)
+            logger.info("adapter unloaded", metadata: ["adapter.id": "\(existing.intID)", "table.version": "\(version)"])
+            return AdapterMutationReply(status: .ok, adapter: existing, tableVersion: version)
+        } catch {
+            logger.error("commit failed, re-adding the adapter to the engine", metadata: ["reason": "\(error)"])
+            do {
+                try await self.engine.addAdapter(
+                    AddAdapterRequest(
+                        epoch: epoch, name: existing.name, intID: existing.intID, path: existing.path,
+                        pinned: existing.pinned))
+            } catch let rollbackError {
+                logger.critical("engine rollback failed", metadata: ["reason": "\(rollbackError)"])
+            }
+            return AdapterMutationReply(status: error, tableVersion: self.replica.version)
+        }
+    }
+
+    private func rollBack(added: AdapterRecord, previous: AdapterRecord?, epoch: UInt64, logger: Logger) async {
+        do {
+            if let previous {
+                try await self.engine.addAdapter(
+                    AddAdapterRequest(
+                        epoch: epoch, name: previous.name, intID: previous.intID, path: previous.path,
+                        pinned: previous.pinned, replace: true))
+            } else {
+                try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: added.intID))
+            }
+        } catch {
+            logger.critical("engine rollback failed", metadata: ["reason": "\(error)"])
+        }
+    }
+
+    /// What a reconciliation changed in the engine.
+    public struct Reconciliation: Sendable {
+        public var added: [String] = []
+        public var removed: [UInt64] = []
+        public var failed: [String] = []
+        public var isEmpty: Bool { self.added.isEmpty && self.removed.isEmpty && self.failed.isEmpty }
+    }
+
+    /// Makes the engine hold exactly the committed table: re-adds adapters it lacks (an
+    /// engine restart comes back empty) and removes adapters no committed entry names (a
+    /// leader that died between the engine call and the commit). Runs between mutations,
+    /// never inside one. Adapters that no longer load are reported in `failed` and stay
+    /// in the table (requests for them get an error until they load again).
+    public func reconcileEngine() async throws(Status) -> Reconciliation {
+        let result: Result<Reconciliation, Status> = await self.serializer.run {
+            do throws(Status) {
+                return .success(try await self.reconcileSerialized())
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    private func reconcileSerialized() async throws(Status) -> Reconciliation {
+        var outcome = Reconciliation()
+        let table = self.replica.snapshot()
+        let held = try await self.engine.listAdapters()
+        let epoch = self.epoch
+        for adapter in held where !table.adapters.contains(where: { $0.intID == adapter.intID && $0.path == adapter.path }) {
+            if table.adapters.contains(where: { $0.intID == adapter.intID }) { continue }  // replaced below
+            try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: adapter.intID))
+            outcome.removed.append(adapter.intID)
+        }
+        for record in table.adapters where !held.contains(where: { $0.intID == record.intID && $0.path == record.path }) {
+            do {
+                try await self.engine.addAdapter(
+                    AddAdapterRequest(
+                        epoch: epoch, name: record.name, intID: record.intID, path: record.path, pinned: record.pinned,
+                        replace: held.contains { $0.intID == record.intID }))
+                outcome.added.append(record.name)
+            } catch where error.code == .failedPrecondition || error.code == .unavailable {
+                throw error
+            } catch {
+                outcome.failed.append("\(record.name): \(error.message)")
+            }
+        }
+        return outcome
+    }
+
+    private static func failure(
+        _ code: StatusCode, _ message: String, param: String = "", version: UInt64 = 0
+    ) -> AdapterMutationReply {
+        AdapterMutationReply(status: Status(code: code, message: message, param: param), tableVersion: version)
+    }
+
+    static func nowUnixMs() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+}
+
+/// The standalone committer: the worker is its own leader and its own table owner.
+///
+/// Applies each change to the local replica (version + 1) and, with a state directory,
+/// first persists the resulting table (`adapters.pb`, `lorikeet.v1.AdapterTable` bytes:
+/// write a temp file, fsync, rename, fsync the directory), so a restarted standalone
+/// worker keeps its adapters and ids.
+public final class LocalTableCommitter: TableCommitter {
+    private let replica: AdapterTableReplica
+    private let stateDirectory: String?
+    private let lock = Mutex(())
+
+    /// File name of the persisted table inside the state directory.
+    public static let fileName = "adapters.pb"
+
+    public init(replica: AdapterTableReplica, stateDirectory: String?) {
+        self.replica = replica
+        self.stateDirectory = stateDirectory
+    }
+
+    public func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64 {
+        try self.lock.withLock { _ throws(Status) -> UInt64 in
+            let table = self.replica.snapshot()
+            guard table.version == baseVersion, change.version == baseVersion + 1 else {
+                throw Status(
+                    code: .failedPrecondition,
+                    message: "table moved: change based on version \(baseVersion), table is at \(table.version)")
+            }
+            let next = AdapterTableReplica.applying(change, to: table)
+            if let directory = self.stateDirectory {
+                try Self.persist(next, directory: directory)
+            }
+            self.replica.apply(snapshot: next)
+            return next.version
+        }
+    }
+
+    /// The table persisted in `directory`, or nil when there is none yet.
+    public static func loadPersisted(directory: String) throws(Status) -> AdapterTable? {
+        let path = directory + "/" + Self.fileName
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw Self.systemError("open \(path)")
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw Self.systemError("read \(path)")
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[0..<count])
+        }
+        do {
+            return try AdapterTable(serializedBytes: bytes)
+        } catch {
+            throw Status(code: .internal, message: "state file \(path) is corrupt: \(error)")
+        }
+    }
+
+    /// Writes `table` durably: temp file, fsync, rename over `adapters.pb`, fsync the directory.
+    public static func persist(_ table: AdapterTable, directory: String) throws(Status) {
+        let path = directory + "/" + Self.fileName
+        let temporary = path + ".tmp"
+        let bytes = table.serializedBytes()
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Self.systemError("open \(temporary)") }
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                let failure = Self.systemError("write \(temporary)")
+                close(fd)
+                throw failure
+            }
+            offset += written
+        }
+        guard fsync(fd) == 0 else {
+            let failure = Self.systemError("fsync \(temporary)")
+            close(fd)
+            throw failure
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else { throw Self.systemError("rename \(temporary)") }
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else { throw Self.systemError("open \(directory)") }
+        defer { close(directoryFD) }
+        guard fsync(directoryFD) == 0 else { throw Self.systemError("fsync \(directory)") }
+    }
+
+    private static func systemError(_ what: String) -> Status {
+        Status(code: .internal, message: "\(what) failed: \(String(cString: strerror(errno)))")
+    }
+}

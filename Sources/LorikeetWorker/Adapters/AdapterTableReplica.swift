@@ -1,0 +1,102 @@
+public import LorikeetProto
+import Synchronization
+
+/// The worker's replica of the committed adapter table (`lorikeet.v1.AdapterTable`),
+/// plus the served base-model names it resolves `model` against.
+///
+/// Thread-safe: every read takes one consistent snapshot under a `Mutex`, so a request
+/// resolves against exactly one table version even while a change is being applied.
+public final class AdapterTableReplica: Sendable {
+    private struct State {
+        var table: AdapterTable
+        var byName: [String: Int]
+        var baseModels: [String]
+
+        mutating func reindex() {
+            self.byName = [:]
+            for (index, adapter) in self.table.adapters.enumerated() { self.byName[adapter.name] = index }
+        }
+    }
+
+    private let state: Mutex<State>
+
+    /// A replica holding `table`, serving `baseModels` (the first is the default base).
+    public init(baseModels: [String] = [], table: AdapterTable = AdapterTable()) {
+        var state = State(table: table, byName: [:], baseModels: baseModels)
+        state.reindex()
+        self.state = Mutex(state)
+    }
+
+    /// The version of the table held.
+    public var version: UInt64 { self.state.withLock { $0.table.version } }
+
+    /// The table held.
+    public func snapshot() -> AdapterTable { self.state.withLock { $0.table } }
+
+    /// The served base-model names (`--served-model-name`, or the engine's model name).
+    public var baseModels: [String] { self.state.withLock { $0.baseModels } }
+
+    /// Sets the served base-model names (once the engine's model name is known).
+    public func setBaseModels(_ names: [String]) { self.state.withLock { $0.baseModels = names } }
+
+    /// Resolves a request's `model` against one snapshot: a base-model name gives
+    /// `(name, nil)`; an adapter name gives `(its base model, the adapter)`; else nil.
+    public func resolve(model: String) -> (base: String, adapter: AdapterRecord?)? {
+        self.state.withLock { state in
+            if state.baseModels.contains(model) { return (model, nil) }
+            guard let index = state.byName[model] else { return nil }
+            let adapter = state.table.adapters[index]
+            let base = adapter.baseModel.isEmpty ? (state.baseModels.first ?? "") : adapter.baseModel
+            return (base, adapter)
+        }
+    }
+
+    /// Base models and adapters of one snapshot, for `GET /v1/models`.
+    public func listing() -> (baseModels: [String], adapters: [AdapterRecord]) {
+        self.state.withLock { ($0.baseModels, $0.table.adapters) }
+    }
+
+    /// Replaces the table with a snapshot (control channel `TableSnapshot`, or a restore).
+    public func apply(snapshot table: AdapterTable) {
+        self.state.withLock { state in
+            state.table = table
+            state.reindex()
+        }
+    }
+
+    /// Applies a committed change. A change at or below the held version was already
+    /// applied and is ignored (idempotent replays); a gap (version > held + 1) throws
+    /// FAILED_PRECONDITION: the replica needs a snapshot.
+    public func apply(change: TableChange) throws(Status) {
+        let gap: UInt64? = self.state.withLock { state in
+            if change.version <= state.table.version { return nil }
+            guard change.version == state.table.version + 1 else { return state.table.version }
+            state.table = Self.applying(change, to: state.table)
+            state.reindex()
+            return nil
+        }
+        if let held = gap {
+            throw Status(
+                code: .failedPrecondition,
+                message: "table change \(change.version) does not follow the replica's version \(held); a snapshot is needed"
+            )
+        }
+    }
+
+    /// `table` with `change` applied (version taken from the change).
+    public static func applying(_ change: TableChange, to table: AdapterTable) -> AdapterTable {
+        var next = table
+        let removed = Set(change.removes)
+        next.adapters.removeAll { removed.contains($0.name) }
+        for record in change.upserts {
+            if let index = next.adapters.firstIndex(where: { $0.name == record.name }) {
+                next.adapters[index] = record
+            } else {
+                next.adapters.append(record)
+            }
+        }
+        next.version = change.version
+        next.nextIntID = max(next.nextIntID, change.nextIntID)
+        return next
+    }
+}

@@ -1,0 +1,127 @@
+import Glibc
+public import LorikeetProto
+
+/// Where runtime-loaded adapters may come from (issue 5 item 4; vLLM's
+/// `VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES`, made exact).
+///
+/// - A `lora_path` that is absolute, starts with `~` or `.`, has a `..` component, or
+///   exists on disk is a *local path*; anything else is a hub id, refused here (this
+///   deployment has no hub).
+/// - Local paths need allowed prefixes (`LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES`, or
+///   the `VLLM_` name; `:`-separated); without them every local path is refused.
+/// - A local path must be absolute, exist, be a directory, and its canonical form
+///   (`realpath`, symlinks resolved) must lie under a canonicalized prefix, compared by
+///   whole components (`/data/lora-evil` is not under `/data/lora`).
+/// - The canonical path is what goes into the table and to the engine.
+public struct PathPolicy: Sendable, Equatable {
+    /// Canonicalized allowed prefixes (prefixes that do not exist are dropped).
+    public let allowedPrefixes: [String]
+    /// Prefixes given but unusable (nonexistent), for a startup warning.
+    public let ignoredPrefixes: [String]
+
+    /// Longest accepted `lora_path`, in bytes (Linux `PATH_MAX` including the NUL).
+    public static let maximumPathBytes = 4095
+    /// Longest accepted path component, in bytes (`NAME_MAX`).
+    public static let maximumComponentBytes = 255
+
+    /// Environment variables read, first set wins.
+    public static let environmentNames = [
+        "LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES", "VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES",
+    ]
+
+    /// A policy allowing the given prefixes (canonicalized here).
+    public init(allowedPrefixes: [String]) {
+        var allowed: [String] = []
+        var ignored: [String] = []
+        for prefix in allowedPrefixes where !prefix.isEmpty {
+            if prefix.hasPrefix("/"), !prefix.utf8.contains(0), let canonical = Self.realPath(prefix) {
+                if !allowed.contains(canonical) { allowed.append(canonical) }
+            } else {
+                ignored.append(prefix)
+            }
+        }
+        self.allowedPrefixes = allowed
+        self.ignoredPrefixes = ignored
+    }
+
+    /// The policy from the environment (`LORIKEET_…` wins over `VLLM_…`).
+    public static func fromEnvironment(_ environment: [String: String]) -> PathPolicy {
+        for name in Self.environmentNames {
+            if let value = environment[name], !value.isEmpty {
+                return PathPolicy(allowedPrefixes: value.split(separator: ":").map(String.init))
+            }
+        }
+        return PathPolicy(allowedPrefixes: [])
+    }
+
+    /// Whether `value` names a local path rather than a hub id (see the type's comment).
+    public static func isLocalPath(_ value: String) -> Bool {
+        if value.hasPrefix("/") || value.hasPrefix("~") || value.hasPrefix(".") { return true }
+        if value.split(separator: "/", omittingEmptySubsequences: false).contains("..") { return true }
+        if value.utf8.contains(0) { return true }
+        var info = stat()
+        return stat(value, &info) == 0
+    }
+
+    /// The canonical directory for a runtime `lora_path`, or an INVALID_ARGUMENT status
+    /// naming `param` (`lora_path`).
+    public func canonicalize(_ value: String, param: String = "lora_path") throws(Status) -> String {
+        func refuse(_ message: String) -> Status { Status(code: .invalidArgument, message: message, param: param) }
+        guard !value.isEmpty else { throw refuse("'\(param)' must not be empty.") }
+        guard !value.utf8.contains(0) else { throw refuse("'\(param)' contains a NUL byte.") }
+        guard value.utf8.count <= Self.maximumPathBytes else {
+            throw refuse("'\(param)' is longer than \(Self.maximumPathBytes) bytes.")
+        }
+        let shown = Self.shown(value)
+        guard Self.isLocalPath(value) else {
+            throw refuse(
+                "'\(shown)' is not a local path and loading adapters from a model hub is not supported; "
+                    + "give an absolute path to the adapter directory."
+            )
+        }
+        guard !self.allowedPrefixes.isEmpty else {
+            throw refuse(
+                "Loading LoRA adapters from local paths is disabled: set LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES "
+                    + "(or VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES) to the directories adapters may be loaded from."
+            )
+        }
+        guard value.hasPrefix("/") else { throw refuse("'\(shown)' must be an absolute path.") }
+        guard value.split(separator: "/").allSatisfy({ $0.utf8.count <= Self.maximumComponentBytes }) else {
+            throw refuse("'\(shown)' has a path component longer than \(Self.maximumComponentBytes) bytes.")
+        }
+        guard let canonical = Self.realPath(value) else {
+            let reason = String(cString: strerror(errno))
+            throw refuse("'\(shown)' cannot be resolved: \(reason).")
+        }
+        guard self.allowedPrefixes.contains(where: { Self.isUnder(canonical, prefix: $0) }) else {
+            throw refuse(
+                "'\(shown)' resolves to '\(Self.shown(canonical))', which is not under an allowed path prefix "
+                    + "(\(self.allowedPrefixes.joined(separator: ":")))."
+            )
+        }
+        var info = stat()
+        guard stat(canonical, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw refuse("'\(shown)' is not a directory.")
+        }
+        return canonical
+    }
+
+    /// Whether `path` equals `prefix` or lies below it, comparing whole components.
+    public static func isUnder(_ path: String, prefix: String) -> Bool {
+        if prefix == "/" { return path.hasPrefix("/") }
+        if path == prefix { return true }
+        return path.hasPrefix(prefix + "/")
+    }
+
+    /// `realpath(3)`: absolute, symlinks and `.`/`..` resolved; nil when it does not resolve.
+    public static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    /// A path shortened for an error message.
+    static func shown(_ value: String) -> String {
+        value.count > 200 ? String(value.prefix(200)) + "…" : value
+    }
+}

@@ -1,0 +1,222 @@
+import Foundation
+public import Logging
+import LorikeetProto
+public import ServiceLifecycle
+import Synchronization
+
+/// A worker under the supervisor (`lorikeet worker --control-fd 4 --listen-fd 3`).
+///
+/// Boot: Hello -> the supervisor's table snapshot and role -> the engine answers -> (as
+/// leader) the engine holds exactly the committed adapters -> Ready(version) -> the
+/// supervisor's go -> HTTP on the inherited listener. The replica follows every committed
+/// change (acked back), so the worker never serves a table older than an acknowledged
+/// load/unload. Loads and unloads go to the leader logic here or are routed to the leader.
+public final class SupervisedWorkerService: Service {
+    public let configuration: WorkerConfiguration
+    public let link: SupervisorLink
+    public let engine: any EngineBackend
+    public let replica: AdapterTableReplica
+    public let leader: LeaderMutationService
+    public let mutator: RoleAwareMutator
+    public let routes: WorkerRoutes
+    public let server: WorkerServer
+    private let logger: Logger
+    private let state = Mutex(BootState())
+    private let events: AsyncStream<BootEvent>
+    private let eventSink: AsyncStream<BootEvent>.Continuation
+
+    private struct BootState {
+        var haveSnapshot = false
+        var role: RoleAssignment?
+        var reconcileTask: Task<Void, Never>?
+        var serving = false
+    }
+
+    private enum BootEvent {
+        case snapshotAndRole
+        case go
+        case drain(Duration)
+    }
+
+    public init(configuration: WorkerConfiguration, controlFD: Int32, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        let link = SupervisorLink(fd: controlFD, logger: logger)
+        self.link = link
+        let engine = EngineClient(socketPath: configuration.engineSocket, logger: logger)
+        self.engine = engine
+        let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
+        self.replica = replica
+        let leader = LeaderMutationService(
+            engine: engine, replica: replica, committer: SupervisorCommitter(link: link), pathPolicy: configuration.pathPolicy,
+            epoch: 0, logger: logger)
+        self.leader = leader
+        let mutator = RoleAwareMutator(leader: leader, routed: RoutedMutator(link: link, slot: configuration.workerSlot))
+        self.mutator = mutator
+        let routes = WorkerRoutes(
+            engine: engine, replica: replica, mutator: mutator,
+            configuration: RouteConfiguration(
+                apiKey: configuration.apiKey, maxBodyBytes: configuration.maxBodyBytes,
+                allowRuntimeLoraUpdating: configuration.allowRuntimeLoraUpdating, serverName: "lorikeet",
+                version: configuration.version, workerSlot: configuration.workerSlot),
+            logger: logger)
+        self.routes = routes
+        self.server = WorkerServer(
+            configuration: HTTPServerConfiguration(listen: configuration.listen, idleTimeout: configuration.idleTimeout),
+            responder: routes.responder, logger: logger)
+        (self.events, self.eventSink) = AsyncStream.makeStream(of: BootEvent.self)
+    }
+
+    public func run() async throws {
+        self.link.start(
+            onMessage: { [self] envelope in self.handle(envelope) },
+            onLost: { [logger] reason in
+                // Without the supervisor there is no table owner and no one to restart us.
+                logger.critical("supervisor is gone; exiting", metadata: ["reason": "\(reason)"])
+                exit(1)
+            })
+        self.link.send(.hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
+        var iterator = self.events.makeAsyncIterator()
+        guard case .snapshotAndRole = await iterator.next() else { return }
+        let info = try await self.waitForEngine()
+        let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
+        self.replica.setBaseModels(served)
+        self.routes.setMaxModelLength(info.contextLength)
+        if self.mutator.leading { await self.reconcileEngine() }
+        self.link.send(.ready(Ready(tableVersion: self.replica.version)))
+        self.logger.info("prepared; waiting for the supervisor's go", metadata: ["table.version": "\(self.replica.version)"])
+        while let event = await iterator.next() {
+            switch event {
+            case .go:
+                self.state.withLock { $0.serving = true }
+                let grace = self.configuration.drainGrace
+                try await withGracefulShutdownHandler {
+                    try await self.server.run()
+                } onGracefulShutdown: {
+                    self.server.beginDrain(grace: grace)
+                }
+                self.state.withLock { $0.reconcileTask?.cancel() }
+                return
+            case .drain:
+                return
+            case .snapshotAndRole:
+                // A newer snapshot replaced the table before we served: report again.
+                self.link.send(.ready(Ready(tableVersion: self.replica.version)))
+            }
+        }
+    }
+
+    /// Stops accepting, tells the supervisor (its replacement may start accepting), then
+    /// lets requests in flight finish within `grace`.
+    private func drain(grace: Duration) {
+        let serving = self.state.withLock { $0.serving }
+        guard serving else {
+            self.eventSink.yield(.drain(grace))
+            return
+        }
+        self.server.beginDrain(grace: grace)
+        Task {
+            await self.server.listenerClosed()
+            self.link.send(.drain(Drain(graceMs: UInt32(clamping: grace.components.seconds * 1000))))
+        }
+    }
+
+    /// Handles a supervisor message on the control reader thread.
+    private func handle(_ envelope: ControlEnvelope) {
+        switch envelope.body {
+        case .snapshot(let snapshot):
+            self.replica.apply(snapshot: snapshot.table)
+            self.bootProgress(snapshot: true, role: nil)
+        case .change(let change):
+            do {
+                try self.replica.apply(change: change)
+                self.link.send(.changeAck(TableChangeAck(version: change.version)))
+            } catch {
+                // A gap in the versions: do not ack; the supervisor restarts us with a fresh snapshot.
+                self.logger.error("cannot apply table change", metadata: ["table.version": "\(change.version)", "error": "\(error)"])
+            }
+        case .role(let role):
+            self.leader.setEpoch(role.epoch)
+            let wasLeading = self.mutator.leading
+            self.mutator.setLeader(role.role == .leader)
+            self.logger.notice("role assigned", metadata: ["role": "\(role.role)", "epoch": "\(role.epoch)"])
+            self.bootProgress(snapshot: false, role: role)
+            if role.role == .leader && !wasLeading { self.startReconcileLoop() }
+        case .heartbeat(let beat):
+            self.link.send(.heartbeat(Heartbeat(seq: beat.seq, requestsServed: self.routes.stats.requestsServed, inFlight: self.routes.stats.inFlight)))
+        case .load(let request):
+            Task {
+                let reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.load(request) }
+                self.link.send(.mutationReply(reply), callID: envelope.callID)
+            }
+        case .unload(let request):
+            Task {
+                let reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.unload(request) }
+                self.link.send(.mutationReply(reply), callID: envelope.callID)
+            }
+        case .ready:
+            self.eventSink.yield(.go)
+        case .drain(let drain):
+            self.drain(grace: .milliseconds(Int(drain.graceMs)))
+        case .shutdown:
+            self.logger.notice("shutdown requested by the supervisor")
+            exit(0)
+        case .hello, .changeAck, .mutationReply, .commit, .commitReply, .none:
+            self.logger.warning("unexpected control message", metadata: ["call.id": "\(envelope.callID)"])
+        }
+    }
+
+    private func bootProgress(snapshot: Bool, role: RoleAssignment?) {
+        let complete = self.state.withLock { state -> Bool in
+            let before = state.haveSnapshot && state.role != nil
+            if snapshot { state.haveSnapshot = true }
+            if let role { state.role = role }
+            return !before && state.haveSnapshot && state.role != nil
+        }
+        if complete { self.eventSink.yield(.snapshotAndRole) }
+    }
+
+    /// As leader: make the engine hold exactly the committed adapters now and every few
+    /// seconds (an engine restart comes back empty; a leader that died mid-mutation may
+    /// have left an uncommitted adapter behind).
+    private func startReconcileLoop() {
+        let task = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                guard self.mutator.leading else { return }
+                await self.reconcileEngine()
+            }
+        }
+        self.state.withLock { state in
+            state.reconcileTask?.cancel()
+            state.reconcileTask = task
+        }
+    }
+
+    private func reconcileEngine() async {
+        do {
+            let outcome = try await self.leader.reconcileEngine()
+            if !outcome.isEmpty {
+                self.logger.notice(
+                    "engine reconciled with the committed table",
+                    metadata: ["added": "\(outcome.added)", "removed": "\(outcome.removed)", "failed": "\(outcome.failed)"])
+            }
+        } catch {
+            self.logger.debug("engine reconciliation skipped", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func waitForEngine() async throws -> ModelInfo {
+        var delay = Duration.milliseconds(50)
+        while true {
+            do {
+                return try await self.engine.modelInfo()
+            } catch {
+                // The engine may still be loading its model; the supervisor watches our
+                // heartbeats meanwhile, so there is no deadline here.
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(1))
+            }
+        }
+    }
+}

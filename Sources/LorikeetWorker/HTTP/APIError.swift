@@ -1,0 +1,90 @@
+public import HTTPTypes
+public import LorikeetProto
+
+/// An error that reaches an HTTP client, rendered as OpenAI's error envelope
+/// `{"error": {"message", "type", "param", "code"}}` with the types vLLM's Rust frontend
+/// uses: `invalid_request_error`, `model_not_found`, `server_error` (plus
+/// `authentication_error` for 401, as OpenAI does).
+public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The envelope's `type`.
+    public struct Kind: Sendable, Hashable, CustomStringConvertible {
+        public let rawValue: String
+        public static let invalidRequest = Kind(rawValue: "invalid_request_error")
+        public static let modelNotFound = Kind(rawValue: "model_not_found")
+        public static let serverError = Kind(rawValue: "server_error")
+        public static let authentication = Kind(rawValue: "authentication_error")
+        public var description: String { self.rawValue }
+    }
+
+    public var status: HTTPResponse.Status
+    public var kind: Kind
+    public var message: String
+    /// The request field at fault (`null` when none).
+    public var param: String?
+    /// A machine-readable code (`null` when none).
+    public var code: String?
+
+    public init(status: HTTPResponse.Status, kind: Kind, message: String, param: String? = nil, code: String? = nil) {
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.code = code
+    }
+
+    public var description: String { "\(self.status.code) \(self.kind): \(self.message)" }
+
+    /// 400 `invalid_request_error`.
+    public static func invalidRequest(_ message: String, param: String? = nil) -> APIError {
+        APIError(status: .badRequest, kind: .invalidRequest, message: message, param: param)
+    }
+
+    /// 404 `model_not_found` for a `model` that is neither a base model nor a loaded adapter.
+    public static func modelNotFound(_ model: String, param: String = "model") -> APIError {
+        APIError(
+            status: .notFound, kind: .modelNotFound, message: "The model `\(model)` does not exist.", param: param,
+            code: "model_not_found"
+        )
+    }
+
+    /// 404 for an unknown route (also the answer for the adapter routes when runtime updating is off).
+    public static func routeNotFound(_ method: HTTPRequest.Method, _ path: String) -> APIError {
+        APIError(status: .notFound, kind: .invalidRequest, message: "No route for \(method) \(path)", code: "not_found")
+    }
+
+    /// Maps a channel `Status` (engine, leader, supervisor) to an HTTP error.
+    public init(_ status: Status) {
+        let param = status.param.isEmpty ? nil : status.param
+        switch status.code {
+        case .invalidArgument, .alreadyExists, .outOfRange, .failedPrecondition:
+            self.init(status: .badRequest, kind: .invalidRequest, message: status.message, param: param)
+        case .notFound:
+            self.init(status: .notFound, kind: .modelNotFound, message: status.message, param: param, code: "model_not_found")
+        case .permissionDenied:
+            self.init(status: .forbidden, kind: .invalidRequest, message: status.message, param: param)
+        case .resourceExhausted:
+            self.init(status: .tooManyRequests, kind: .serverError, message: status.message, param: param)
+        case .unavailable:
+            self.init(status: .serviceUnavailable, kind: .serverError, message: status.message, param: param)
+        case .deadlineExceeded:
+            self.init(status: .gatewayTimeout, kind: .serverError, message: status.message, param: param)
+        case .ok, .cancelled, .unknown, .aborted, .unimplemented, .internal:
+            self.init(status: .internalServerError, kind: .serverError, message: status.message, param: param)
+        }
+    }
+
+    /// The JSON envelope.
+    package var json: JSONValue {
+        .object([
+            (
+                "error",
+                .object([
+                    ("message", .string(self.message)),
+                    ("type", .string(self.kind.rawValue)),
+                    ("param", self.param.map { .string($0) } ?? .null),
+                    ("code", self.code.map { .string($0) } ?? .null),
+                ])
+            )
+        ])
+    }
+}

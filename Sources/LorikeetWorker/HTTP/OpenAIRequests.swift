@@ -1,0 +1,316 @@
+package import LorikeetProto
+
+/// The prompt of a generation, as the engine channel takes it.
+package enum PromptInput: Sendable, Equatable {
+    case text(String)
+    case tokens([UInt32])
+    case messages([ChatMessage])
+}
+
+/// A validated `POST /v1/completions` or `POST /v1/chat/completions` body.
+///
+/// Fields follow OpenAI's API as vLLM serves it: `model`, `prompt` / `messages`,
+/// `max_tokens` (`max_completion_tokens`), `temperature`, `top_p`, `top_k`, `seed`,
+/// `stop`, `stream`, `stream_options.include_usage`, `n` (only 1), `user` (ignored); and
+/// vLLM's extensions `ignore_eos`, `stop_token_ids`, `return_token_ids`. Unknown fields
+/// are ignored, as vLLM does; features this server cannot honour (`n` > 1, `best_of` > 1,
+/// `echo`, `logprobs`, `tools`, several prompts) are refused with a 400 naming the field.
+package struct GenerationParameters: Sendable, Equatable {
+    package var model: String?
+    package var prompt: PromptInput
+    package var sampling: SamplingParams
+    package var stream: Bool
+    package var includeUsage: Bool
+    package var returnTokenIDs: Bool
+}
+
+/// The two generation routes.
+package enum GenerationRoute: Sendable {
+    case completions
+    case chatCompletions
+
+    /// `max_tokens` when the request gives none (vLLM: 16 for completions; the rest of the
+    /// context for chat, capped here).
+    var defaultMaxTokens: UInt32 {
+        switch self {
+        case .completions: 16
+        case .chatCompletions: 256
+        }
+    }
+}
+
+/// Validation of request bodies into typed values; every failure is a 400 `APIError`
+/// whose `param` names the field.
+package enum RequestValidation {
+    /// Parses a body as a JSON object.
+    package static func object(_ body: [UInt8]) throws(APIError) -> JSONValue {
+        let value: JSONValue
+        do {
+            value = try JSONParser.parse(body)
+        } catch {
+            throw APIError.invalidRequest("The request body is not valid JSON: \(error).")
+        }
+        guard case .object = value else {
+            throw APIError.invalidRequest("The request body must be a JSON object, not \(value.typeName).")
+        }
+        return value
+    }
+
+    static func wrongType(_ field: String, expected: String, got: JSONValue) -> APIError {
+        .invalidRequest("'\(field)' must be \(expected), not \(got.typeName).", param: field)
+    }
+
+    /// A required string.
+    package static func string(_ body: JSONValue, _ field: String) throws(APIError) -> String {
+        guard let value = body[field], value != .null else {
+            throw APIError.invalidRequest("'\(field)' is a required property.", param: field)
+        }
+        guard case .string(let text) = value else { throw Self.wrongType(field, expected: "a string", got: value) }
+        return text
+    }
+
+    /// An optional string (`null` = absent).
+    package static func optionalString(_ body: JSONValue, _ field: String) throws(APIError) -> String? {
+        guard let value = body[field], value != .null else { return nil }
+        guard case .string(let text) = value else { throw Self.wrongType(field, expected: "a string", got: value) }
+        return text
+    }
+
+    /// An optional boolean (`null` = absent).
+    package static func optionalBool(_ body: JSONValue, _ field: String, name: String? = nil) throws(APIError) -> Bool? {
+        guard let value = body[field], value != .null else { return nil }
+        guard case .bool(let flag) = value else {
+            throw Self.wrongType(name ?? field, expected: "a boolean", got: value)
+        }
+        return flag
+    }
+
+    /// An optional integer within `range` (`null` = absent). `2.0` is accepted as 2.
+    package static func optionalInt(
+        _ body: JSONValue, _ field: String, in range: ClosedRange<Int64>
+    ) throws(APIError) -> Int64? {
+        guard let value = body[field], value != .null else { return nil }
+        let number: Int64
+        switch value {
+        case .int(let integer): number = integer
+        case .double(let real) where real == real.rounded() && abs(real) < 9e18: number = Int64(real)
+        default: throw Self.wrongType(field, expected: "an integer", got: value)
+        }
+        guard range.contains(number) else {
+            throw APIError.invalidRequest(
+                "'\(field)' must be between \(range.lowerBound) and \(range.upperBound), got \(number).", param: field)
+        }
+        return number
+    }
+
+    /// An optional number within `range` (`null` = absent).
+    package static func optionalNumber(
+        _ body: JSONValue, _ field: String, in range: ClosedRange<Double>
+    ) throws(APIError) -> Double? {
+        guard let value = body[field], value != .null else { return nil }
+        let number: Double
+        switch value {
+        case .int(let integer): number = Double(integer)
+        case .double(let real): number = real
+        default: throw Self.wrongType(field, expected: "a number", got: value)
+        }
+        guard range.contains(number) else {
+            throw APIError.invalidRequest(
+                "'\(field)' must be between \(range.lowerBound) and \(range.upperBound), got \(number).", param: field)
+        }
+        return number
+    }
+
+    /// Parses a generation body for `route`.
+    package static func generation(_ body: JSONValue, route: GenerationRoute) throws(APIError) -> GenerationParameters {
+        let model = try Self.optionalString(body, "model")
+        let prompt: PromptInput
+        switch route {
+        case .completions: prompt = try Self.completionPrompt(body)
+        case .chatCompletions: prompt = .messages(try Self.messages(body))
+        }
+
+        var sampling = SamplingParams(maxTokens: route.defaultMaxTokens)
+        let maxTokensField =
+            route == .chatCompletions && body["max_completion_tokens"].map({ $0 != .null }) == true
+            ? "max_completion_tokens" : "max_tokens"
+        if let maxTokens = try Self.optionalInt(body, maxTokensField, in: 1...1_000_000) {
+            sampling.maxTokens = UInt32(maxTokens)
+        }
+        if let temperature = try Self.optionalNumber(body, "temperature", in: 0...2) {
+            sampling.temperature = Float(temperature)
+        }
+        if let topP = try Self.optionalNumber(body, "top_p", in: 0...1) {
+            guard topP > 0 else { throw APIError.invalidRequest("'top_p' must be in (0, 1], got 0.", param: "top_p") }
+            sampling.topP = Float(topP)
+        }
+        if let topK = try Self.optionalInt(body, "top_k", in: -1...1_000_000) {
+            sampling.topK = topK <= 0 ? 0 : UInt32(topK)
+        }
+        if let seed = try Self.optionalInt(body, "seed", in: Int64.min...Int64.max) {
+            sampling.seed = UInt64(bitPattern: seed)
+        }
+        sampling.stop = try Self.stop(body)
+        if let ignoreEOS = try Self.optionalBool(body, "ignore_eos") { sampling.ignoreEOS = ignoreEOS }
+        if let stopTokenIDs = body["stop_token_ids"], stopTokenIDs != .null {
+            sampling.stopTokenIDs = try Self.tokenArray(stopTokenIDs, field: "stop_token_ids", allowEmpty: true)
+        }
+
+        if let n = try Self.optionalInt(body, "n", in: Int64.min...Int64.max), n != 1 {
+            throw APIError.invalidRequest("Only n=1 is supported, got n=\(n).", param: "n")
+        }
+        if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1 {
+            throw APIError.invalidRequest("Only best_of=1 is supported, got \(bestOf).", param: "best_of")
+        }
+        if try Self.optionalBool(body, "echo") == true {
+            throw APIError.invalidRequest("'echo' is not supported.", param: "echo")
+        }
+        if let logprobs = body["logprobs"], logprobs != .null, logprobs != .bool(false) {
+            throw APIError.invalidRequest("'logprobs' is not supported.", param: "logprobs")
+        }
+        if case .array(let tools) = body["tools"], !tools.isEmpty {
+            throw APIError.invalidRequest("'tools' is not supported.", param: "tools")
+        }
+        _ = try Self.optionalString(body, "user")  // accepted and ignored
+
+        let stream = try Self.optionalBool(body, "stream") ?? false
+        var includeUsage = false
+        if let options = body["stream_options"], options != .null {
+            guard case .object = options else {
+                throw Self.wrongType("stream_options", expected: "an object", got: options)
+            }
+            guard stream else {
+                throw APIError.invalidRequest(
+                    "Stream options can only be defined when `stream=True`.", param: "stream_options")
+            }
+            includeUsage =
+                try Self.optionalBool(options, "include_usage", name: "stream_options.include_usage") ?? false
+        }
+        let returnTokenIDs = try Self.optionalBool(body, "return_token_ids") ?? false
+        return GenerationParameters(
+            model: model, prompt: prompt, sampling: sampling, stream: stream, includeUsage: includeUsage,
+            returnTokenIDs: returnTokenIDs)
+    }
+
+    static func stop(_ body: JSONValue) throws(APIError) -> [String] {
+        guard let value = body["stop"], value != .null else { return [] }
+        switch value {
+        case .string(let text): return text.isEmpty ? [] : [text]
+        case .array(let elements):
+            var stops: [String] = []
+            for (index, element) in elements.enumerated() {
+                guard case .string(let text) = element else {
+                    throw Self.wrongType("stop[\(index)]", expected: "a string", got: element)
+                }
+                if !text.isEmpty { stops.append(text) }
+            }
+            return stops
+        default:
+            throw Self.wrongType("stop", expected: "a string or an array of strings", got: value)
+        }
+    }
+
+    static func tokenArray(_ value: JSONValue, field: String, allowEmpty: Bool) throws(APIError) -> [UInt32] {
+        guard case .array(let elements) = value else {
+            throw Self.wrongType(field, expected: "an array of token ids", got: value)
+        }
+        if !allowEmpty, elements.isEmpty { throw APIError.invalidRequest("'\(field)' must not be empty.", param: field) }
+        var tokens: [UInt32] = []
+        tokens.reserveCapacity(elements.count)
+        for (index, element) in elements.enumerated() {
+            guard case .int(let token) = element, token >= 0, token <= Int64(UInt32.max) else {
+                throw APIError.invalidRequest("'\(field)[\(index)]' must be a non-negative integer token id.", param: field)
+            }
+            tokens.append(UInt32(token))
+        }
+        return tokens
+    }
+
+    /// `prompt`: a string, an array of token ids, or a one-element array of either.
+    static func completionPrompt(_ body: JSONValue) throws(APIError) -> PromptInput {
+        guard let value = body["prompt"], value != .null else {
+            throw APIError.invalidRequest("'prompt' is a required property.", param: "prompt")
+        }
+        switch value {
+        case .string(let text):
+            return .text(text)
+        case .array(let elements):
+            if elements.isEmpty { throw APIError.invalidRequest("'prompt' must not be empty.", param: "prompt") }
+            if case .int = elements[0] { return .tokens(try Self.tokenArray(value, field: "prompt", allowEmpty: false)) }
+            guard elements.count == 1 else {
+                throw APIError.invalidRequest(
+                    "Only one prompt per request is supported, got \(elements.count).", param: "prompt")
+            }
+            switch elements[0] {
+            case .string(let text): return .text(text)
+            case .array: return .tokens(try Self.tokenArray(elements[0], field: "prompt", allowEmpty: false))
+            default:
+                throw Self.wrongType("prompt", expected: "a string or an array of token ids", got: elements[0])
+            }
+        default:
+            throw Self.wrongType("prompt", expected: "a string or an array of token ids", got: value)
+        }
+    }
+
+    static let roles: Set<String> = ["system", "developer", "user", "assistant", "tool"]
+
+    /// `messages`: a non-empty array of `{role, content}`; content is a string, null
+    /// (assistant) or an array of `{"type": "text", "text"}` parts.
+    static func messages(_ body: JSONValue) throws(APIError) -> [ChatMessage] {
+        guard let value = body["messages"], value != .null else {
+            throw APIError.invalidRequest("'messages' is a required property.", param: "messages")
+        }
+        guard case .array(let elements) = value else {
+            throw Self.wrongType("messages", expected: "an array", got: value)
+        }
+        guard !elements.isEmpty else { throw APIError.invalidRequest("'messages' must not be empty.", param: "messages") }
+        var messages: [ChatMessage] = []
+        for (index, element) in elements.enumerated() {
+            let field = "messages[\(index)]"
+            guard case .object = element else { throw Self.wrongType(field, expected: "an object", got: element) }
+            let role: String
+            do {
+                role = try Self.string(element, "role")
+            } catch {
+                throw APIError.invalidRequest(error.message.replacingRole(field), param: "\(field).role")
+            }
+            guard Self.roles.contains(role) else {
+                throw APIError.invalidRequest(
+                    "'\(field).role' must be one of system, developer, user, assistant, tool; got '\(role)'.",
+                    param: "\(field).role")
+            }
+            let content: String
+            switch element["content"] {
+            case .none, .null?:
+                guard role == "assistant" else {
+                    throw APIError.invalidRequest("'\(field).content' is a required property.", param: "\(field).content")
+                }
+                content = ""
+            case .string(let text)?:
+                content = text
+            case .array(let parts)?:
+                var text = ""
+                for (partIndex, part) in parts.enumerated() {
+                    let partField = "\(field).content[\(partIndex)]"
+                    guard case .string("text")? = part["type"], case .string(let piece)? = part["text"] else {
+                        throw APIError.invalidRequest(
+                            "'\(partField)' must be a text part {\"type\": \"text\", \"text\": ...}; other parts are not supported.",
+                            param: "\(field).content")
+                    }
+                    text += piece
+                }
+                content = text
+            case let other?:
+                throw Self.wrongType("\(field).content", expected: "a string or an array of text parts", got: other)
+            }
+            messages.append(ChatMessage(role: role, content: content))
+        }
+        return messages
+    }
+}
+
+extension String {
+    fileprivate func replacingRole(_ field: String) -> String {
+        self.replacing("'role'", with: "'\(field).role'")
+    }
+}

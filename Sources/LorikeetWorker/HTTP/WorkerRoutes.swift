@@ -1,0 +1,607 @@
+import HTTPTypes
+import HummingbirdCore
+public import Logging
+import LorikeetProto
+import NIOCore
+import Synchronization
+
+/// Settings of the OpenAI-compatible routes.
+public struct RouteConfiguration: Sendable {
+    /// `--api-key`: when set, every `/v1/*` route needs `Authorization: Bearer <key>`.
+    public var apiKey: String?
+    /// Largest accepted request body (413 above); default 8 MiB.
+    public var maxBodyBytes: Int
+    /// The request body must arrive within this time (408 otherwise).
+    public var bodyReadTimeout: Duration
+    /// Mounts `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`
+    /// (`LORIKEET_ALLOW_RUNTIME_LORA_UPDATING` / `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
+    public var allowRuntimeLoraUpdating: Bool
+    /// `Server` header and `/version`.
+    public var serverName: String
+    public var version: String
+    /// Context length reported as `max_model_len` in `/v1/models`.
+    public var maxModelLength: UInt32
+    /// This worker's slot (audit field of routed mutations); -1 when standalone.
+    public var workerSlot: Int32
+
+    public init(
+        apiKey: String? = nil, maxBodyBytes: Int = 8 * 1024 * 1024, bodyReadTimeout: Duration = .seconds(30),
+        allowRuntimeLoraUpdating: Bool = false, serverName: String = "lorikeet", version: String = "0.0.0",
+        maxModelLength: UInt32 = 0, workerSlot: Int32 = -1
+    ) {
+        self.apiKey = apiKey
+        self.maxBodyBytes = maxBodyBytes
+        self.bodyReadTimeout = bodyReadTimeout
+        self.allowRuntimeLoraUpdating = allowRuntimeLoraUpdating
+        self.serverName = serverName
+        self.version = version
+        self.maxModelLength = maxModelLength
+        self.workerSlot = workerSlot
+    }
+
+    /// Whether an environment flag is `1` or `true` (any case).
+    public static func isEnabled(_ value: String?) -> Bool {
+        guard let value else { return false }
+        return value == "1" || value.lowercased() == "true"
+    }
+
+    /// `LORIKEET_ALLOW_RUNTIME_LORA_UPDATING` or `VLLM_ALLOW_RUNTIME_LORA_UPDATING` is 1/true.
+    public static func runtimeLoraUpdatingEnabled(_ environment: [String: String]) -> Bool {
+        Self.isEnabled(environment["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING"])
+            || Self.isEnabled(environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"])
+    }
+}
+
+/// Request counters the control channel's heartbeat reports.
+public final class WorkerStats: Sendable {
+    private let served = Atomic<UInt64>(0)
+    private let running = Atomic<Int>(0)
+    public init() {}
+    /// Requests answered since start.
+    public var requestsServed: UInt64 { self.served.load(ordering: .relaxed) }
+    /// Requests being answered now.
+    public var inFlight: UInt32 { UInt32(clamping: self.running.load(ordering: .relaxed)) }
+    func begin() { self.running.add(1, ordering: .relaxed) }
+    func end() {
+        self.running.subtract(1, ordering: .relaxed)
+        self.served.add(1, ordering: .relaxed)
+    }
+}
+
+/// The worker's routes (vLLM's OpenAI server, drop-in):
+///
+/// - `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or SSE
+///   with `data: {...}` events and `data: [DONE]`),
+/// - `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter` (only when runtime
+///   updating is enabled; otherwise 404),
+/// - `GET /health` (200 / 503), `GET /version`.
+///
+/// Every failure is OpenAI's error envelope with the right status code.
+public final class WorkerRoutes: Sendable {
+    private let engine: any EngineBackend
+    private let replica: AdapterTableReplica
+    private let mutator: any AdapterMutator
+    private let configuration: RouteConfiguration
+    private let logger: Logger
+    private let dates = DateCache()
+    private let startedAt: Int64
+    private let maxModelLength: Atomic<UInt32>
+    public let stats = WorkerStats()
+
+    public init(
+        engine: any EngineBackend, replica: AdapterTableReplica, mutator: any AdapterMutator,
+        configuration: RouteConfiguration, logger: Logger
+    ) {
+        self.engine = engine
+        self.replica = replica
+        self.mutator = mutator
+        self.configuration = configuration
+        self.logger = logger
+        self.startedAt = LeaderMutationService.nowUnixMs() / 1000
+        self.maxModelLength = Atomic(configuration.maxModelLength)
+    }
+
+    /// Sets the context length `/v1/models` reports (known once the engine answered).
+    public func setMaxModelLength(_ length: UInt32) { self.maxModelLength.store(length, ordering: .relaxed) }
+
+    /// The responder to give `WorkerServer`.
+    public var responder: WorkerServer.Responder {
+        { request, writer, channel in try await self.respond(to: request, writer: writer, channel: channel) }
+    }
+
+    /// What a route answers: a head and a body (a buffer, or a streaming closure).
+    struct Reply {
+        var status: HTTPResponse.Status
+        var headers: HTTPFields = [:]
+        var body: ResponseBody
+        /// Close the connection after this response (e.g. an unread oversized body).
+        var closeConnection = false
+
+        static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Reply {
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            return Reply(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(value))))
+        }
+
+        static func text(_ status: HTTPResponse.Status, _ text: String) -> Reply {
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; charset=utf-8"
+            return Reply(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+        }
+
+        static func error(_ error: APIError) -> Reply {
+            var reply = Reply.json(error.status, error.json)
+            if error.status == .unauthorized { reply.headers[.wwwAuthenticate] = "Bearer" }
+            return reply
+        }
+    }
+
+    func respond(to request: Request, writer: consuming ResponseWriter, channel: any Channel) async throws {
+        self.stats.begin()
+        defer { self.stats.end() }
+        // The engine request id is always generated here (unique per worker); a client's
+        // X-Request-Id is only echoed and logged.
+        let requestID = Self.makeID()
+        let clientRequestID = request.headers[Self.requestIDHeader].flatMap { $0.isEmpty ? nil : String($0.prefix(128)) }
+        var logger = self.logger
+        logger[metadataKey: "request.id"] = "\(requestID)"
+        if let clientRequestID { logger[metadataKey: "request.client_id"] = "\(clientRequestID)" }
+        var request = request
+        if request.headers[.expect]?.lowercased() == "100-continue" {
+            let declared = request.headers[.contentLength].flatMap(Int.init) ?? 0
+            if declared <= self.configuration.maxBodyBytes {
+                try await writer.writeInformationalHead(HTTPResponse(status: .continue))
+            }
+        }
+        var reply: Reply
+        do {
+            reply = try await self.route(&request, requestID: requestID, channel: channel, logger: logger)
+        } catch let error as APIError {
+            reply = .error(error)
+            if error.status == .contentTooLarge || error.status == .requestTimeout { reply.closeConnection = true }
+        } catch {
+            logger.error("unexpected error", metadata: ["error": "\(error)"])
+            reply = .error(APIError(status: .internalServerError, kind: .serverError, message: "Internal server error."))
+        }
+        if reply.status.code >= 500 {
+            logger.warning("request failed", metadata: ["http.status": "\(reply.status.code)", "http.path": "\(request.uri.path)"])
+        } else {
+            logger.debug("request answered", metadata: ["http.status": "\(reply.status.code)", "http.path": "\(request.uri.path)"])
+        }
+        reply.headers[.date] = self.dates.current
+        reply.headers[.server] = self.configuration.serverName
+        reply.headers[Self.requestIDHeader] = clientRequestID ?? requestID
+        if reply.closeConnection { reply.headers[.connection] = "close" }
+        if let length = reply.body.contentLength { reply.headers[.contentLength] = String(length) }
+        let close = reply.closeConnection
+        try await writer.write(response: HTTPResponse(status: reply.status, headerFields: reply.headers), body: reply.body)
+        if close { channel.close(mode: .all, promise: nil) }
+    }
+
+    // MARK: Routing
+
+    private func route(_ request: inout Request, requestID: String, channel: any Channel, logger: Logger) async throws -> Reply {
+        let path = request.uri.path
+        let method = request.method
+        if path.hasPrefix("/v1/") { try self.authorize(request) }
+        switch path {
+        case "/health":
+            try Self.require(method, .get, path)
+            return await self.health()
+        case "/version":
+            try Self.require(method, .get, path)
+            return .json(.ok, .object([("version", .string(self.configuration.version))]))
+        case "/v1/models":
+            try Self.require(method, .get, path)
+            return self.models()
+        case "/v1/completions":
+            try Self.require(method, .post, path)
+            let body = try await self.readJSON(&request)
+            return try await self.generate(body, route: .completions, requestID: requestID, logger: logger)
+        case "/v1/chat/completions":
+            try Self.require(method, .post, path)
+            let body = try await self.readJSON(&request)
+            return try await self.generate(body, route: .chatCompletions, requestID: requestID, logger: logger)
+        case "/v1/load_lora_adapter" where self.configuration.allowRuntimeLoraUpdating:
+            try Self.require(method, .post, path)
+            let body = try await self.readJSON(&request)
+            return try await self.loadAdapter(body, caller: Self.caller(channel))
+        case "/v1/unload_lora_adapter" where self.configuration.allowRuntimeLoraUpdating:
+            try Self.require(method, .post, path)
+            let body = try await self.readJSON(&request)
+            return try await self.unloadAdapter(body, caller: Self.caller(channel))
+        default:
+            throw APIError.routeNotFound(method, path)
+        }
+    }
+
+    private static func require(_ method: HTTPRequest.Method, _ expected: HTTPRequest.Method, _ path: String) throws(APIError) {
+        guard method == expected else {
+            throw APIError(
+                status: .methodNotAllowed, kind: .invalidRequest, message: "Method \(method) is not allowed on \(path).",
+                code: "method_not_allowed")
+        }
+    }
+
+    private static func caller(_ channel: any Channel) -> String {
+        channel.remoteAddress.map { "\($0)" } ?? ""
+    }
+
+    static let requestIDHeader = HTTPField.Name("X-Request-Id")!
+
+    static func makeID() -> String {
+        let value = UInt64.random(in: 0...UInt64.max)
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    // MARK: Auth and body
+
+    private func authorize(_ request: Request) throws(APIError) {
+        guard let key = self.configuration.apiKey, !key.isEmpty else { return }
+        let header = request.headers[.authorization] ?? ""
+        let prefix = "Bearer "
+        let presented = header.hasPrefix(prefix) ? String(header.dropFirst(prefix.count)) : ""
+        guard Self.constantTimeEquals(Array(presented.utf8), Array(key.utf8)) else {
+            throw APIError(
+                status: .unauthorized, kind: .authentication, message: "Invalid or missing API key.", code: "invalid_api_key")
+        }
+    }
+
+    /// Compares in time that depends only on the lengths, not on where the bytes differ.
+    static func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+        var difference = UInt8(truncatingIfNeeded: lhs.count ^ rhs.count) | (lhs.count == rhs.count ? 0 : 1)
+        let length = max(lhs.count, rhs.count)
+        for index in 0..<length {
+            let left = index < lhs.count ? lhs[index] : 0
+            let right = index < rhs.count ? rhs[index] : 0
+            difference |= left ^ right
+        }
+        return difference == 0
+    }
+
+    private func readJSON(_ request: inout Request) async throws -> JSONValue {
+        let limit = self.configuration.maxBodyBytes
+        let tooLarge = APIError(
+            status: .contentTooLarge, kind: .invalidRequest,
+            message: "The request body is larger than the limit of \(limit) bytes.", code: "request_too_large")
+        if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit { throw tooLarge }
+        let timeout = self.configuration.bodyReadTimeout
+        let buffer: ByteBuffer
+        do {
+            buffer = try await withThrowingTaskGroup(of: ByteBuffer.self) { [request] group in
+                var request = request
+                group.addTask { try await request.collectBody(upTo: limit) }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    throw APIError(
+                        status: .requestTimeout, kind: .invalidRequest, message: "The request body did not arrive in time.")
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
+        } catch is NIOTooManyBytesError {
+            throw tooLarge
+        }
+        return try RequestValidation.object(Array(buffer.readableBytesView))
+    }
+
+    // MARK: Routes
+
+    private func health() async -> Reply {
+        do throws(Status) {
+            let health = try await self.engine.health()
+            guard health.status.isOK else { throw health.status }
+            return Reply(status: .ok, body: ResponseBody())
+        } catch {
+            var status = error
+            if status.code != .unavailable { status = Status(code: .unavailable, message: "engine unhealthy: \(error.message)") }
+            return .error(APIError(status))
+        }
+    }
+
+    private func models() -> Reply {
+        let (baseModels, adapters) = self.replica.listing()
+        var data: [JSONValue] = []
+        for name in baseModels {
+            var members: [(String, JSONValue)] = [
+                ("id", .string(name)), ("object", .string("model")), ("created", .int(self.startedAt)),
+                ("owned_by", .string("lorikeet")), ("root", .string(name)), ("parent", .null),
+            ]
+            let maxModelLength = self.maxModelLength.load(ordering: .relaxed)
+            if maxModelLength > 0 { members.append(("max_model_len", .int(Int64(maxModelLength)))) }
+            data.append(.object(members))
+        }
+        for adapter in adapters {
+            let created = adapter.loadedAtUnixMs > 0 ? adapter.loadedAtUnixMs / 1000 : self.startedAt
+            data.append(
+                .object([
+                    ("id", .string(adapter.name)), ("object", .string("model")), ("created", .int(created)),
+                    ("owned_by", .string("lorikeet")), ("root", .string(adapter.path)),
+                    ("parent", .string(adapter.baseModel.isEmpty ? (baseModels.first ?? "") : adapter.baseModel)),
+                ]))
+        }
+        return .json(.ok, .object([("object", .string("list")), ("data", .array(data))]))
+    }
+
+    private func loadAdapter(_ body: JSONValue, caller: String) async throws -> Reply {
+        let name = try RequestValidation.string(body, "lora_name")
+        let path = try RequestValidation.string(body, "lora_path")
+        let inplace = try RequestValidation.optionalBool(body, "load_inplace") ?? false
+        _ = try RequestValidation.optionalBool(body, "is_3d_lora_weight")
+        let base = try RequestValidation.optionalString(body, "base_model_name") ?? ""
+        let pinned = try RequestValidation.optionalBool(body, "pinned") ?? false
+        let reply = await self.mutator.load(
+            LoadAdapterRequest(
+                name: name, path: path, loadInplace: inplace, pinned: pinned, baseModel: base,
+                originSlot: self.configuration.workerSlot, caller: caller))
+        guard reply.status.isOK else { throw APIError(reply.status) }
+        return .text(.ok, "Success: LoRA adapter '\(name)' added successfully.")
+    }
+
+    private func unloadAdapter(_ body: JSONValue, caller: String) async throws -> Reply {
+        let name = try RequestValidation.string(body, "lora_name")
+        let intID = try RequestValidation.optionalInt(body, "lora_int_id", in: Int64.min...Int64.max)
+        if let intID, intID <= 0 {
+            throw APIError.invalidRequest("'lora_int_id' must be a positive integer, got \(intID).", param: "lora_int_id")
+        }
+        let reply = await self.mutator.unload(
+            UnloadAdapterRequest(
+                name: name, intID: UInt64(intID ?? 0), originSlot: self.configuration.workerSlot, caller: caller))
+        guard reply.status.isOK else { throw APIError(reply.status) }
+        return .text(.ok, "Success: LoRA adapter '\(name)' removed successfully.")
+    }
+
+    // MARK: Generation
+
+    private func generate(
+        _ body: JSONValue, route: GenerationRoute, requestID: String, logger: Logger
+    ) async throws -> Reply {
+        let parameters = try RequestValidation.generation(body, route: route)
+        let model = parameters.model ?? self.replica.baseModels.first ?? ""
+        guard let resolved = self.replica.resolve(model: model) else { throw APIError.modelNotFound(model) }
+        var logger = logger
+        if let adapter = resolved.adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name)" }
+        var request = GenerateRequest(requestID: requestID, sampling: parameters.sampling)
+        switch parameters.prompt {
+        case .text(let text): request.promptText = text
+        case .tokens(let tokens): request.promptTokens = tokens
+        case .messages(let messages): request.messages = messages
+        }
+        request.adapter = resolved.adapter.map { AdapterRef(name: $0.name, intID: $0.intID, path: $0.path) }
+
+        let stream: AsyncThrowingStream<GenerateChunk, any Error>
+        do {
+            stream = try await self.engine.generate(request)
+        } catch {
+            throw APIError(error)
+        }
+        let shape = ResponseShape(
+            route: route, id: (route == .completions ? "cmpl-" : "chatcmpl-") + requestID,
+            created: LeaderMutationService.nowUnixMs() / 1000, model: model, returnTokenIDs: parameters.returnTokenIDs)
+        // Wait for the first chunk before answering, so that an engine refusal is a proper
+        // HTTP error and not an error event inside a 200 stream.
+        let iterator = ChunkIterator(stream.makeAsyncIterator())
+        let first: GenerateChunk?
+        do {
+            first = try await iterator.next()
+        } catch {
+            throw Self.apiError(error)
+        }
+        if parameters.stream {
+            return self.streamReply(
+                first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage,
+                requestID: requestID, logger: logger)
+        }
+        var text = ""
+        var tokens: [UInt32] = []
+        var finishReason = ""
+        var usage: Usage?
+        var next = first
+        while let chunk = next {
+            text += chunk.text
+            tokens += chunk.tokens
+            if !chunk.finishReason.isEmpty { finishReason = chunk.finishReason }
+            if let chunkUsage = chunk.usage { usage = chunkUsage }
+            do {
+                next = try await iterator.next()
+            } catch {
+                throw Self.apiError(error)
+            }
+        }
+        let counted = usage ?? Usage(promptTokens: 0, completionTokens: UInt32(tokens.count))
+        return .json(.ok, shape.final(text: text, tokens: tokens, finishReason: finishReason, usage: counted))
+    }
+
+    private static func apiError(_ error: any Error) -> APIError {
+        if let status = error as? Status { return APIError(status) }
+        if let apiError = error as? APIError { return apiError }
+        return APIError(status: .internalServerError, kind: .serverError, message: "generation failed: \(error)")
+    }
+
+    private func streamReply(
+        first: GenerateChunk?, iterator: ChunkIterator, shape: ResponseShape, includeUsage: Bool, requestID: String,
+        logger: Logger
+    ) -> Reply {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        let engine = self.engine
+        let body = ResponseBody { writer in
+            var usage: Usage?
+            var completionTokens: UInt32 = 0
+            var finished = false
+            do {
+                if shape.route == .chatCompletions {
+                    try await writer.write(Self.event(shape.roleChunk()))
+                }
+                var next = first
+                while let chunk = next {
+                    completionTokens += UInt32(chunk.tokens.count)
+                    if let chunkUsage = chunk.usage { usage = chunkUsage }
+                    if !chunk.text.isEmpty || !chunk.tokens.isEmpty {
+                        try await writer.write(Self.event(shape.delta(text: chunk.text, tokens: chunk.tokens)))
+                    }
+                    if !chunk.finishReason.isEmpty {
+                        finished = true
+                        try await writer.write(Self.event(shape.finish(chunk.finishReason)))
+                    }
+                    do {
+                        next = try await iterator.next()
+                    } catch {
+                        // The engine failed mid-stream: report it in the stream, as vLLM does.
+                        logger.warning("generation failed mid-stream", metadata: ["error": "\(error)"])
+                        try await writer.write(Self.event(Self.apiError(error).json))
+                        next = nil
+                    }
+                }
+                if includeUsage {
+                    let counted = usage ?? Usage(promptTokens: 0, completionTokens: completionTokens)
+                    try await writer.write(Self.event(shape.usageChunk(counted)))
+                }
+                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                try await writer.finish(nil)
+            } catch {
+                // A throwing write: the client went away. Stop the work in the engine.
+                if !finished {
+                    logger.info("client disconnected mid-stream; aborting the engine request")
+                    iterator.cancel()
+                    await engine.abort(requestID: requestID)
+                }
+                throw error
+            }
+        }
+        return Reply(status: .ok, headers: headers, body: body)
+    }
+
+    private static func event(_ value: JSONValue) -> ByteBuffer {
+        var writer = JSONWriter(reservingCapacity: 256)
+        writer.write(value)
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(writer.bytes.count + 8)
+        buffer.writeString("data: ")
+        buffer.writeBytes(writer.bytes)
+        buffer.writeString("\n\n")
+        return buffer
+    }
+}
+
+/// Hands a stream iterator from the responder to the response-body closure.
+///
+/// `@unchecked Sendable` is safe because the iterator is used by one task at a time, in
+/// sequence: the responder calls `next()` for the first chunk, then returns a body
+/// closure that `ResponseWriter.write(response:body:)` runs inline in that same task;
+/// nothing else holds a reference.
+final class ChunkIterator: @unchecked Sendable {
+    private var iterator: AsyncThrowingStream<GenerateChunk, any Error>.AsyncIterator?
+
+    init(_ iterator: AsyncThrowingStream<GenerateChunk, any Error>.AsyncIterator) { self.iterator = iterator }
+
+    func next() async throws -> GenerateChunk? {
+        guard var iterator = self.iterator else { return nil }
+        defer { self.iterator = iterator }
+        return try await iterator.next()
+    }
+
+    /// Drops the iterator; the stream's termination handler aborts the engine request.
+    func cancel() { self.iterator = nil }
+}
+
+/// The JSON shapes of completion and chat completion responses and chunks (OpenAI's, as
+/// vLLM serves them; `token_ids` only with vLLM's `return_token_ids`).
+struct ResponseShape: Sendable {
+    var route: GenerationRoute
+    var id: String
+    var created: Int64
+    var model: String
+    var returnTokenIDs: Bool
+
+    private var object: String { self.route == .completions ? "text_completion" : "chat.completion" }
+    private var chunkObject: String { self.route == .completions ? "text_completion" : "chat.completion.chunk" }
+
+    private func envelope(_ object: String, choices: [JSONValue], usage: Usage? = nil) -> JSONValue {
+        var members: [(String, JSONValue)] = [
+            ("id", .string(self.id)), ("object", .string(object)), ("created", .int(self.created)),
+            ("model", .string(self.model)), ("choices", .array(choices)),
+        ]
+        if let usage { members.append(("usage", Self.usage(usage))) }
+        return .object(members)
+    }
+
+    static func usage(_ usage: Usage) -> JSONValue {
+        .object([
+            ("prompt_tokens", .int(Int64(usage.promptTokens))),
+            ("completion_tokens", .int(Int64(usage.completionTokens))),
+            ("total_tokens", .int(Int64(usage.promptTokens) + Int64(usage.completionTokens))),
+        ])
+    }
+
+    private func tokenMember(_ tokens: [UInt32]) -> [(String, JSONValue)] {
+        self.returnTokenIDs ? [("token_ids", .array(tokens.map { .int(Int64($0)) }))] : []
+    }
+
+    private static func finishValue(_ reason: String?) -> JSONValue { reason.map { .string($0) } ?? .null }
+
+    func final(text: String, tokens: [UInt32], finishReason: String, usage: Usage) -> JSONValue {
+        let reason = finishReason.isEmpty ? "stop" : finishReason
+        let choice: JSONValue
+        switch self.route {
+        case .completions:
+            choice = .object(
+                [("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .string(reason))]
+                    + self.tokenMember(tokens))
+        case .chatCompletions:
+            choice = .object(
+                [
+                    ("index", .int(0)),
+                    ("message", .object([("role", .string("assistant")), ("content", .string(text))])),
+                    ("logprobs", .null), ("finish_reason", .string(reason)),
+                ] + self.tokenMember(tokens))
+        }
+        return self.envelope(self.object, choices: [choice], usage: usage)
+    }
+
+    func roleChunk() -> JSONValue {
+        let choice: JSONValue = .object([
+            ("index", .int(0)), ("delta", .object([("role", .string("assistant")), ("content", .string(""))])),
+            ("logprobs", .null), ("finish_reason", .null),
+        ])
+        return self.envelope(self.chunkObject, choices: [choice])
+    }
+
+    func delta(text: String, tokens: [UInt32]) -> JSONValue {
+        let choice: JSONValue
+        switch self.route {
+        case .completions:
+            choice = .object(
+                [("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .null)]
+                    + self.tokenMember(tokens))
+        case .chatCompletions:
+            choice = .object(
+                [
+                    ("index", .int(0)), ("delta", .object([("content", .string(text))])), ("logprobs", .null),
+                    ("finish_reason", .null),
+                ] + self.tokenMember(tokens))
+        }
+        return self.envelope(self.chunkObject, choices: [choice])
+    }
+
+    func finish(_ reason: String) -> JSONValue {
+        let choice: JSONValue
+        switch self.route {
+        case .completions:
+            choice = .object([
+                ("index", .int(0)), ("text", .string("")), ("logprobs", .null), ("finish_reason", .string(reason)),
+            ])
+        case .chatCompletions:
+            choice = .object([
+                ("index", .int(0)), ("delta", .object([])), ("logprobs", .null), ("finish_reason", .string(reason)),
+            ])
+        }
+        return self.envelope(self.chunkObject, choices: [choice])
+    }
+
+    func usageChunk(_ usage: Usage) -> JSONValue {
+        self.envelope(self.chunkObject, choices: [], usage: usage)
+    }
+}

@@ -1,0 +1,216 @@
+public import HummingbirdCore
+public import Logging
+public import NIOCore
+import NIOExtras
+public import NIOPosix
+import Synchronization
+
+/// Where the worker's HTTP listener comes from.
+public enum HTTPListenTarget: Sendable, Equatable {
+    /// A listening TCP socket inherited from the supervisor (`--listen-fd 3`), already
+    /// bound and listening (one `SO_REUSEPORT` socket per worker slot).
+    case inheritedFD(Int32)
+    /// Bind `host:port` here (`SO_REUSEADDR`); port 0 picks a free port.
+    case address(host: String, port: Int)
+}
+
+/// Settings of the HTTP listener and connections.
+public struct HTTPServerConfiguration: Sendable {
+    public var listen: HTTPListenTarget
+    /// An idle keep-alive connection is closed after this long.
+    public var idleTimeout: Duration
+    /// `listen(2)` backlog when binding here.
+    public var backlog: Int32
+
+    public init(listen: HTTPListenTarget, idleTimeout: Duration = .seconds(75), backlog: Int32 = 1024) {
+        self.listen = listen
+        self.idleTimeout = idleTimeout
+        self.backlog = backlog
+    }
+}
+
+/// The worker's HTTP/1.1 server: Hummingbird's `HTTP1Channel` on our own NIO
+/// `ServerBootstrap`, so it can serve on an inherited listening fd as well as on an
+/// address it binds itself.
+///
+/// Graceful drain (`drain(grace:)`, or `beginDrain(grace:)` from a synchronous context
+/// such as a graceful-shutdown handler): stop accepting, let idle keep-alive connections
+/// close, let requests in flight finish (their responses carry `Connection: close`), and
+/// force-close whatever is still open when the grace period ends. `run()` returns when
+/// every connection is closed.
+public final class WorkerServer: Sendable {
+    /// Answers one request (Hummingbird's `HTTPChannelHandler.Responder`).
+    public typealias Responder = HTTPChannelHandler.Responder
+
+    private enum Phase {
+        case idle
+        case running(serverChannel: any Channel, quiescer: ServerQuiescingHelper, drained: EventLoopPromise<Void>)
+        case draining(drained: EventLoopPromise<Void>)
+        case stopped
+    }
+
+    private struct State {
+        var phase: Phase = .idle
+        var children: [ObjectIdentifier: any Channel] = [:]
+        var drainRequested: Duration?
+    }
+
+    private let configuration: HTTPServerConfiguration
+    private let responder: Responder
+    private let eventLoopGroup: any EventLoopGroup
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let boundAddress = Mutex<SocketAddress?>(nil)
+    private let listenerClosedSignal = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    public init(
+        configuration: HTTPServerConfiguration, responder: @escaping Responder,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.responder = responder
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+    }
+
+    /// The address the listener is bound to, once serving.
+    public var localAddress: SocketAddress? { self.boundAddress.withLock { $0 } }
+
+    /// Open HTTP connections.
+    public var connectionCount: Int { self.state.withLock { $0.children.count } }
+
+    /// Binds (or adopts the inherited fd), calls `onReady` once the listener is serving,
+    /// then serves until drained. Throws when the listener cannot be set up.
+    public func run(onReady: @Sendable (SocketAddress?) async -> Void = { _ in }) async throws {
+        let quiescer = ServerQuiescingHelper(group: self.eventLoopGroup)
+        let http1 = HTTP1Channel(
+            responder: self.responder,
+            configuration: .init(idleTimeout: TimeAmount(self.configuration.idleTimeout))
+        )
+        let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
+            .serverChannelOption(ChannelOptions.backlog, value: self.configuration.backlog)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiescer.makeServerChannelHandler(channel: channel))
+                }
+            }
+        let logger = self.logger
+        let setup: @Sendable (any Channel) -> EventLoopFuture<HTTP1Channel.Value> = { channel in
+            self.track(channel)
+            return http1.setup(channel: channel, logger: logger)
+        }
+        let serverChannel: NIOAsyncChannel<HTTP1Channel.Value, Never>
+        switch self.configuration.listen {
+        case .inheritedFD(let fd):
+            serverChannel = try await bootstrap.bind(fd, serverBackPressureStrategy: nil, childChannelInitializer: setup)
+        case .address(let host, let port):
+            serverChannel = try await bootstrap.bind(
+                host: host, port: port, serverBackPressureStrategy: nil, childChannelInitializer: setup)
+        }
+        let channel = serverChannel.channel
+        channel.closeFuture.whenComplete { _ in self.markListenerClosed() }
+        let drained = channel.eventLoop.makePromise(of: Void.self)
+        let pendingDrain = self.state.withLock { state -> Duration? in
+            state.phase = .running(serverChannel: channel, quiescer: quiescer, drained: drained)
+            return state.drainRequested
+        }
+        self.boundAddress.withLock { $0 = channel.localAddress }
+        logger.info("HTTP server listening", metadata: ["http.address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+        if let pendingDrain { self.beginDrain(grace: pendingDrain) }
+
+        await onReady(channel.localAddress)
+        await withDiscardingTaskGroup { group in
+            do {
+                try await serverChannel.executeThenClose { inbound in
+                    for try await child in inbound {
+                        group.addTask { await http1.handle(value: child, logger: logger) }
+                    }
+                }
+            } catch {
+                logger.error("HTTP accept loop failed", metadata: ["error": "\(error)"])
+            }
+        }
+        drained.succeed()
+        self.state.withLock { $0.phase = .stopped }
+        logger.info("HTTP server stopped")
+    }
+
+    /// Starts a graceful drain and returns at once (usable from synchronous handlers).
+    /// Connections still open after `grace` are closed.
+    public func beginDrain(grace: Duration) {
+        enum Action {
+            case none
+            case quiesce(ServerQuiescingHelper, any Channel, EventLoopPromise<Void>)
+        }
+        let action = self.state.withLock { state -> Action in
+            switch state.phase {
+            case .idle:
+                state.drainRequested = grace
+                return .none
+            case .running(let serverChannel, let quiescer, let drained):
+                state.phase = .draining(drained: drained)
+                return .quiesce(quiescer, serverChannel, drained)
+            case .draining, .stopped:
+                return .none
+            }
+        }
+        guard case .quiesce(let quiescer, let serverChannel, let drained) = action else { return }
+        self.logger.info("draining HTTP connections", metadata: ["drain.grace": "\(grace)"])
+        let quiesced = serverChannel.eventLoop.makePromise(of: Void.self)
+        quiescer.initiateShutdown(promise: quiesced)
+        let forceClose = serverChannel.eventLoop.scheduleTask(in: TimeAmount(grace)) {
+            let open = self.state.withLock { Array($0.children.values) }
+            if !open.isEmpty {
+                self.logger.warning("closing connections still open after the drain grace", metadata: ["count": "\(open.count)"])
+            }
+            for channel in open { channel.close(promise: nil) }
+        }
+        drained.futureResult.whenComplete { _ in forceClose.cancel() }
+    }
+
+    /// Drains gracefully (see `beginDrain(grace:)`) and returns when every connection is
+    /// closed and `run()` is about to return.
+    public func drain(grace: Duration) async {
+        self.beginDrain(grace: grace)
+        let drained: EventLoopPromise<Void>? = self.state.withLock { state in
+            switch state.phase {
+            case .running(_, _, let drained), .draining(let drained): return drained
+            case .idle, .stopped: return nil
+            }
+        }
+        try? await drained?.futureResult.get()
+    }
+
+    /// Returns once this process no longer accepts connections (the listening channel is
+    /// closed; an inherited listening socket stays open in the supervisor, so connections
+    /// wait there for the next process instead of being refused).
+    public func listenerClosed() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let closed = self.listenerClosedSignal.withLock { state -> Bool in
+                if state.closed { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if closed { continuation.resume() }
+        }
+    }
+
+    private func markListenerClosed() {
+        let waiters = self.listenerClosedSignal.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.closed = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func track(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        self.state.withLock { $0.children[id] = channel }
+        channel.closeFuture.whenComplete { _ in
+            _ = self.state.withLock { $0.children.removeValue(forKey: id) }
+        }
+    }
+}

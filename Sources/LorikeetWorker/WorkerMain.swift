@@ -1,0 +1,262 @@
+import Foundation
+public import Logging
+public import LorikeetProto
+public import NIOCore
+public import ServiceLifecycle
+
+/// A startup adapter (`--lora-modules name=path` or the JSON form
+/// `{"name", "path", "base_model_name"}`, as vLLM takes them).
+public struct LoraModule: Sendable, Equatable {
+    public var name: String
+    public var path: String
+    public var baseModelName: String?
+
+    public init(name: String, path: String, baseModelName: String? = nil) {
+        self.name = name
+        self.path = path
+        self.baseModelName = baseModelName
+    }
+
+    /// Parses `name=path` or `{"name": ..., "path": ..., "base_model_name": ...}`.
+    public init(parsing text: String) throws(Status) {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasPrefix("{") {
+            let value: JSONValue
+            do {
+                value = try JSONParser.parse(Array(trimmed.utf8))
+            } catch {
+                throw Status(code: .invalidArgument, message: "--lora-modules: invalid JSON: \(error)")
+            }
+            do {
+                let name = try RequestValidation.string(value, "name")
+                let path = try RequestValidation.string(value, "path")
+                let base = try RequestValidation.optionalString(value, "base_model_name")
+                self.init(name: name, path: path, baseModelName: base)
+            } catch {
+                throw Status(code: .invalidArgument, message: "--lora-modules: \(error.message)")
+            }
+        } else {
+            guard let equals = trimmed.firstIndex(of: "="), equals != trimmed.startIndex else {
+                throw Status(code: .invalidArgument, message: "--lora-modules: expected name=path or JSON, got '\(text)'")
+            }
+            let path = String(trimmed[trimmed.index(after: equals)...])
+            guard !path.isEmpty else {
+                throw Status(code: .invalidArgument, message: "--lora-modules: empty path in '\(text)'")
+            }
+            self.init(name: String(trimmed[..<equals]), path: path)
+        }
+        guard !self.name.isEmpty, !self.path.isEmpty else {
+            throw Status(code: .invalidArgument, message: "--lora-modules: name and path must not be empty")
+        }
+    }
+}
+
+/// Everything a worker process is configured with (flags of `lorikeet worker` plus the
+/// environment).
+public struct WorkerConfiguration: Sendable {
+    public var engineSocket: String
+    public var listen: HTTPListenTarget
+    /// `--served-model-name` (repeatable); empty = the engine's model name.
+    public var servedModelNames: [String]
+    public var loraModules: [LoraModule]
+    public var apiKey: String?
+    /// Standalone persistence of the adapter table (`adapters.pb`); nil = in memory only.
+    public var stateDirectory: String?
+    public var maxBodyBytes: Int
+    public var allowRuntimeLoraUpdating: Bool
+    public var pathPolicy: PathPolicy
+    /// How long requests in flight may run on after a drain starts.
+    public var drainGrace: Duration
+    /// How long startup waits for the engine to answer.
+    public var engineStartupTimeout: Duration
+    public var idleTimeout: Duration
+    public var workerSlot: Int32
+    public var version: String
+
+    public init(
+        engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
+        apiKey: String? = nil, stateDirectory: String? = nil, maxBodyBytes: Int = 8 * 1024 * 1024,
+        allowRuntimeLoraUpdating: Bool = false, pathPolicy: PathPolicy = PathPolicy(allowedPrefixes: []),
+        drainGrace: Duration = .seconds(30), engineStartupTimeout: Duration = .seconds(60),
+        idleTimeout: Duration = .seconds(75), workerSlot: Int32 = -1, version: String = "0.0.0"
+    ) {
+        self.engineSocket = engineSocket
+        self.listen = listen
+        self.servedModelNames = servedModelNames
+        self.loraModules = loraModules
+        self.apiKey = apiKey
+        self.stateDirectory = stateDirectory
+        self.maxBodyBytes = maxBodyBytes
+        self.allowRuntimeLoraUpdating = allowRuntimeLoraUpdating
+        self.pathPolicy = pathPolicy
+        self.drainGrace = drainGrace
+        self.engineStartupTimeout = engineStartupTimeout
+        self.idleTimeout = idleTimeout
+        self.workerSlot = workerSlot
+        self.version = version
+    }
+
+    /// Applies the environment: `LORIKEET_API_KEY` / `VLLM_API_KEY` (when no flag gave a
+    /// key), runtime LoRA updating, allowed path prefixes.
+    public mutating func applyEnvironment(_ environment: [String: String]) {
+        if self.apiKey == nil {
+            self.apiKey =
+                environment["LORIKEET_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+                ?? environment["VLLM_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        }
+        self.allowRuntimeLoraUpdating =
+            self.allowRuntimeLoraUpdating
+            || RouteConfiguration.runtimeLoraUpdatingEnabled(environment)
+        self.pathPolicy = PathPolicy.fromEnvironment(environment)
+    }
+}
+
+/// A standalone worker as a service: connects to the engine, restores the adapter table
+/// (state directory) into the replica and the engine, loads `--lora-modules`, then serves
+/// HTTP until a graceful shutdown (SIGTERM through the `ServiceGroup`, or `drain`).
+///
+/// The pieces (`engine`, `replica`, `mutator`, `routes`, `server`) are public so that a
+/// supervised worker can be assembled from the same parts with another `AdapterMutator`
+/// and `TableCommitter`.
+public final class WorkerService: Service {
+    public let configuration: WorkerConfiguration
+    public let engine: any EngineBackend
+    public let replica: AdapterTableReplica
+    public let leader: LeaderMutationService
+    public let routes: WorkerRoutes
+    public let server: WorkerServer
+    private let logger: Logger
+    private let onReady: @Sendable (SocketAddress?) async -> Void
+
+    /// - Parameters:
+    ///   - engine: defaults to an `EngineClient` on `configuration.engineSocket`.
+    ///   - onReady: called once, when the listener is serving with the restored table.
+    public init(
+        configuration: WorkerConfiguration, logger: Logger, engine: (any EngineBackend)? = nil,
+        onReady: @escaping @Sendable (SocketAddress?) async -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.onReady = onReady
+        let engine = engine ?? EngineClient(socketPath: configuration.engineSocket, logger: logger)
+        self.engine = engine
+        let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
+        self.replica = replica
+        let leader = LeaderMutationService(
+            engine: engine, replica: replica,
+            committer: LocalTableCommitter(replica: replica, stateDirectory: configuration.stateDirectory),
+            pathPolicy: configuration.pathPolicy, epoch: 1, logger: logger)
+        self.leader = leader
+        let routes = WorkerRoutes(
+            engine: engine, replica: replica, mutator: leader,
+            configuration: RouteConfiguration(
+                apiKey: configuration.apiKey, maxBodyBytes: configuration.maxBodyBytes,
+                allowRuntimeLoraUpdating: configuration.allowRuntimeLoraUpdating, serverName: "lorikeet",
+                version: configuration.version, workerSlot: configuration.workerSlot),
+            logger: logger)
+        self.routes = routes
+        self.server = WorkerServer(
+            configuration: HTTPServerConfiguration(listen: configuration.listen, idleTimeout: configuration.idleTimeout),
+            responder: routes.responder, logger: logger)
+    }
+
+    public func run() async throws {
+        let info = try await self.waitForEngine()
+        let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
+        self.replica.setBaseModels(served)
+        self.routes.setMaxModelLength(info.contextLength)
+        let health = try await self.engine.health()
+        self.leader.setEpoch(max(health.maxEpoch + 1, 1))
+        try await self.restoreTable()
+        try await self.loadStartupModules()
+        self.logger.info(
+            "worker ready",
+            metadata: [
+                "models": "\(served.joined(separator: ","))", "adapters": "\(self.replica.snapshot().adapters.count)",
+                "epoch": "\(self.leader.epoch)",
+            ])
+        let grace = self.configuration.drainGrace
+        try await withGracefulShutdownHandler {
+            try await self.server.run(onReady: self.onReady)
+        } onGracefulShutdown: {
+            self.server.beginDrain(grace: grace)
+        }
+    }
+
+    /// Drains the HTTP server (see `WorkerServer.drain(grace:)`).
+    public func drain(grace: Duration) async { await self.server.drain(grace: grace) }
+
+    private func waitForEngine() async throws -> ModelInfo {
+        let deadline = ContinuousClock.now + self.configuration.engineStartupTimeout
+        var delay = Duration.milliseconds(50)
+        while true {
+            do {
+                return try await self.engine.modelInfo()
+            } catch {
+                if ContinuousClock.now >= deadline {
+                    self.logger.error("engine did not answer at startup", metadata: ["error": "\(error)"])
+                    throw error
+                }
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(1))
+            }
+        }
+    }
+
+    /// Restores the persisted table and makes the engine hold exactly its adapters.
+    private func restoreTable() async throws {
+        guard let directory = self.configuration.stateDirectory else { return }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        guard let table = try LocalTableCommitter.loadPersisted(directory: directory) else { return }
+        self.replica.apply(snapshot: table)
+        let held = try await self.engine.listAdapters()
+        var lost: [AdapterRecord] = []
+        for record in table.adapters {
+            if held.contains(where: { $0.intID == record.intID && $0.path == record.path }) { continue }
+            do {
+                try await self.engine.addAdapter(
+                    AddAdapterRequest(
+                        epoch: self.leader.epoch, name: record.name, intID: record.intID, path: record.path,
+                        pinned: record.pinned, replace: held.contains { $0.intID == record.intID }))
+            } catch {
+                self.logger.error(
+                    "persisted adapter could not be re-added; dropping it",
+                    metadata: ["adapter.name": "\(record.name)", "error": "\(error)"])
+                lost.append(record)
+            }
+        }
+        if !lost.isEmpty {
+            var next = self.replica.snapshot()
+            next.adapters.removeAll { record in lost.contains { $0.name == record.name } }
+            next.version += 1
+            try LocalTableCommitter.persist(next, directory: directory)
+            self.replica.apply(snapshot: next)
+        }
+        self.logger.info(
+            "adapter table restored",
+            metadata: ["table.version": "\(self.replica.version)", "adapters": "\(self.replica.snapshot().adapters.count)"])
+    }
+
+    private func loadStartupModules() async throws {
+        for module in self.configuration.loraModules {
+            guard let canonical = PathPolicy.realPath(module.path) else {
+                throw Status(code: .invalidArgument, message: "--lora-modules \(module.name): path \(module.path) does not exist")
+            }
+            if let resolved = self.replica.resolve(model: module.name), let adapter = resolved.adapter,
+                adapter.path == canonical
+            {
+                continue
+            }
+            let reply = await self.leader.load(
+                LoadAdapterRequest(
+                    name: module.name, path: canonical, loadInplace: true, baseModel: module.baseModelName ?? "",
+                    originSlot: self.configuration.workerSlot, caller: "--lora-modules"),
+                trustedPath: true)
+            guard reply.status.isOK else {
+                throw Status(
+                    code: reply.status.code, message: "--lora-modules \(module.name): \(reply.status.message)",
+                    param: reply.status.param)
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+import Foundation
+import Logging
+import LorikeetProto
+import Testing
+
+@testable import LorikeetWorker
+
+/// The worker in front of the REAL built-in engine process (`lorikeet engine` on the
+/// tiny-Llama fixture). Enabled when the debug binary has the `engine` subcommand and the
+/// Python venv exists (bin/test prepares both).
+@Suite("Worker with the real engine process", .enabled(if: RealEngine.available), .timeLimit(.minutes(3)))
+struct RealEngineTests {
+    static func reference() throws -> JSONValue {
+        let data = try Data(contentsOf: URL(fileURLWithPath: try RealEngine.fixture() + "/reference.json"))
+        return try JSONParser.parse(Array(data))
+    }
+
+    static func greedy(_ reference: JSONValue, _ name: String) -> JSONValue? { reference["cases"]?[name]?["greedy"] }
+
+    static func configuration(engine: EngineProcess, fixture: String) -> WorkerConfiguration {
+        WorkerConfiguration(
+            engineSocket: engine.socket, listen: .address(host: "127.0.0.1", port: 0), servedModelNames: ["tiny"],
+            allowRuntimeLoraUpdating: true, pathPolicy: PathPolicy(allowedPrefixes: [fixture]), drainGrace: .seconds(2),
+            engineStartupTimeout: .seconds(30), version: "test")
+    }
+
+    @Test("openai SDK end to end against `lorikeet worker` + `lorikeet engine` processes")
+    func openAISDK() async throws {
+        let fixture = try RealEngine.fixture()
+        let engine = try EngineProcess()
+        let worker = try ChildProcess(
+            [
+                "worker", "--engine-socket", engine.socket, "--port", "0", "--served-model-name", "tiny",
+                "--state-dir", engine.directory + "/state", "--api-key", "sk-e2e",
+            ],
+            environment: [
+                "LORIKEET_ALLOW_RUNTIME_LORA_UPDATING": "true", "VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES": fixture,
+            ],
+            logPath: engine.directory + "/worker.log")
+        let port = try await offPool { () throws -> Int in
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline, worker.isRunning {
+                if let line = worker.log.split(separator: "\n").first(where: { $0.contains("lorikeet worker ready") }),
+                    let port = line.split(separator: " ").last.flatMap({ Int($0) })
+                {
+                    return port
+                }
+                usleep(50_000)
+            }
+            throw RealEngine.Failure("worker did not start:\n\(worker.log)")
+        }
+        let (status, output) = try await offPool {
+            try RealEngine.run(
+                RealEngine.python,
+                [
+                    RealEngine.repoRoot + "/Tests/Fixtures/openai_e2e.py", "--base-url", "http://127.0.0.1:\(port)/v1",
+                    "--fixture", fixture, "--api-key", "sk-e2e",
+                ])
+        }
+        #expect(status == 0, "\(output)\n--- worker log:\n\(worker.log.suffix(3000))")
+        #expect(output.contains(" passed, 0 failed"))
+        // SIGTERM drains and exits cleanly.
+        try await offPool { worker.stop(grace: .seconds(10)) }
+        #expect(worker.exitStatus == 0, "\(worker.log.suffix(2000))")
+    }
+
+    @Test("reference tokens, engine refusals of broken adapters, errors")
+    func routes() async throws {
+        let fixture = try RealEngine.fixture()
+        let reference = try Self.reference()
+        let engine = try EngineProcess()
+        let configuration = Self.configuration(engine: engine, fixture: fixture)
+        try await WorkerHarness.withWorker(configuration) { port, service in
+            guard case .array(let prompt)? = reference["prompt_tokens"] else { throw RealEngine.Failure("no prompt") }
+            let promptJSON = String(decoding: JSONWriter.encode(.array(prompt)), as: UTF8.self)
+            func greedy(_ model: String) async throws -> JSONValue? {
+                let response = try await TestHTTP.post(
+                    port: port, "/v1/completions",
+                    #"{"model":"\#(model)","prompt":\#(promptJSON),"max_tokens":16,"temperature":0,"ignore_eos":true,"return_token_ids":true}"#
+                )
+                guard case .array(let choices)? = response.json?["choices"] else { return nil }
+                return choices.first?["token_ids"]
+            }
+            #expect(try await greedy("tiny") == Self.greedy(reference, "base"))
+            for name in ["plain", "rslora", "rank32"] {
+                let loaded = try await TestHTTP.post(
+                    port: port, "/v1/load_lora_adapter", #"{"lora_name":"\#(name)","lora_path":"\#(fixture)/adapters/\#(name)"}"#)
+                #expect(loaded.status == 200, "\(name): \(loaded.text)")
+                #expect(try await greedy(name) == Self.greedy(reference, name), "\(name)")
+            }
+            // Broken adapters: the engine refuses, the table does not change.
+            let before = service.replica.snapshot()
+            let broken = (try? FileManager.default.contentsOfDirectory(atPath: fixture + "/broken")) ?? []
+            #expect(!broken.isEmpty)
+            for name in broken.sorted() {
+                let response = try await TestHTTP.post(
+                    port: port, "/v1/load_lora_adapter", #"{"lora_name":"bad-\#(name)","lora_path":"\#(fixture)/broken/\#(name)"}"#)
+                #expect((400..<500).contains(response.status), "\(name): \(response.status) \(response.text)")
+                #expect(response.errorMessage?.isEmpty == false)
+            }
+            #expect(service.replica.snapshot() == before)
+            let held = try await service.engine.listAdapters()
+            #expect(Set(held.map(\.intID)) == Set(before.adapters.map(\.intID)))
+            // Unload then refused; ids are not reused.
+            #expect(try await TestHTTP.post(port: port, "/v1/unload_lora_adapter", #"{"lora_name":"plain","lora_int_id":1}"#).status == 200)
+            #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"plain","prompt":"x"}"#).status == 404)
+            #expect(
+                try await TestHTTP.post(
+                    port: port, "/v1/load_lora_adapter", #"{"lora_name":"again","lora_path":"\#(fixture)/adapters/plain"}"#
+                ).status == 200)
+            #expect(service.replica.resolve(model: "again")?.adapter?.intID == 4)
+            #expect(try await greedy("again") == Self.greedy(reference, "plain"))
+            // Errors.
+            #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"tiny","prompt":[999999]}"#).status == 400)
+            #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"tiny"}"#).errorParam == "prompt")
+            #expect(try await TestHTTP.get(port: port, "/health").status == 200)
+        }
+    }
+
+    @Test("a client that disconnects mid-stream aborts the generation in the engine")
+    func disconnectAborts() async throws {
+        let fixture = try RealEngine.fixture()
+        let engine = try EngineProcess()
+        let configuration = Self.configuration(engine: engine, fixture: fixture)
+        let probe = EngineClient(socketPath: engine.socket, logger: WorkerHarness.logger)
+        try await WorkerHarness.withWorker(configuration) { port, _ in
+            // Several long streams at once keep the engine busy long enough to observe.
+            let streams = 3
+            let connections = try await offPool { () throws -> [TestHTTPConnection] in
+                var connections: [TestHTTPConnection] = []
+                for _ in 0..<streams {
+                    let connection = try TestHTTPConnection(port: port)
+                    connection.sendRequest(
+                        "POST", "/v1/completions", headers: [("Content-Type", "application/json")],
+                        body: Array(#"{"model":"tiny","prompt":"Hello","max_tokens":230,"ignore_eos":true,"stream":true}"#.utf8))
+                    connections.append(connection)
+                }
+                for connection in connections {
+                    _ = try connection.readHead()
+                    _ = try connection.readChunk()
+                }
+                return connections
+            }
+            let runningBefore = try await probe.health().runningRequests
+            for connection in connections { close(connection.fd) }
+            let deadline = ContinuousClock.now + .seconds(10)
+            var running = runningBefore
+            while running > 0, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+                running = try await probe.health().runningRequests
+            }
+            #expect(running == 0)
+            // Without the abort, 230 tokens x 3 streams would still be running here.
+            #expect(runningBefore > 0, "the engine finished before the disconnect; the test did not observe an abort")
+            _ = connections
+        }
+        probe.shutdown()
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import Synchronization
+
+/// The built-in engine as a real process (`lorikeet engine`), on the tiny-Llama fixture
+/// written by Tests/Fixtures/make_tiny_llama.py (cached in /tmp under the script's hash,
+/// the same key the other integration suites use).
+enum RealEngine {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    static let repoRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static var binary: String { Self.repoRoot + "/.build/debug/lorikeet" }
+    static var python: String { Self.repoRoot + "/.venv/bin/python" }
+
+    /// Whether the binary has the `engine` subcommand and the fixture can be made.
+    static let available: Bool = {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary),
+            FileManager.default.isExecutableFile(atPath: Self.python)
+        else { return false }
+        guard let help = try? Self.run(Self.binary, ["engine", "--help"]) else { return false }
+        return help.status == 0 && help.output.contains("--socket")
+    }()
+
+    private static let fixtureCache = Mutex<String?>(nil)
+
+    static func fixture() throws -> String {
+        try Self.fixtureCache.withLock { cached in
+            if let cached { return cached }
+            let script = Self.repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
+            guard let source = FileManager.default.contents(atPath: script) else { throw Failure("no \(script)") }
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in source {
+                hash ^= UInt64(byte)
+                hash &*= 0x100_0000_01b3
+            }
+            let directory = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
+            if !FileManager.default.fileExists(atPath: directory + "/reference.json") {
+                let temporary = directory + ".tmp-\(getpid())"
+                let (status, output) = try Self.run(Self.python, [script, temporary])
+                guard status == 0 else { throw Failure("fixture script failed: \(output)") }
+                if rename(temporary, directory) != 0 { try? FileManager.default.removeItem(atPath: temporary) }
+            }
+            cached = directory
+            return directory
+        }
+    }
+
+    @discardableResult
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (
+        status: Int32, output: String
+    ) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    }
+}
+
+/// A child process with its output in a log file; killed by pid when released.
+final class ChildProcess: Sendable {
+    let pid: Int32
+    let logPath: String
+    private let process: Process
+
+    init(_ arguments: [String], environment: [String: String] = [:], logPath: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: RealEngine.binary)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        self.process = process
+        self.pid = process.processIdentifier
+        self.logPath = logPath
+    }
+
+    var log: String { (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? "" }
+    var isRunning: Bool { self.process.isRunning }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    func stop(grace: Duration = .seconds(5)) {
+        guard self.process.isRunning else { return }
+        kill(self.pid, SIGTERM)
+        let deadline = ContinuousClock.now + grace
+        while self.process.isRunning, ContinuousClock.now < deadline { usleep(20_000) }
+        if self.process.isRunning { kill(self.pid, SIGKILL) }
+        self.process.waitUntilExit()
+    }
+
+    var exitStatus: Int32 { self.process.terminationStatus }
+
+    deinit { self.stop(grace: .milliseconds(500)) }
+}
+
+/// A running `lorikeet engine` on the fixture model.
+final class EngineProcess: Sendable {
+    let socket: String
+    let directory: String
+    let child: ChildProcess
+
+    init() throws {
+        let fixture = try RealEngine.fixture()
+        self.directory = makeTemporaryDirectory("lk-real")
+        self.socket = self.directory + "/engine.sock"
+        self.child = try ChildProcess(
+            ["engine", "--model", fixture + "/model", "--socket", self.socket, "--max-lora-rank", "64"],
+            logPath: self.directory + "/engine.log")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: self.socket) {
+            guard self.child.isRunning, ContinuousClock.now < deadline else {
+                throw RealEngine.Failure("engine did not start:\n\(self.child.log)")
+            }
+            usleep(20_000)
+        }
+    }
+
+    deinit {
+        self.child.stop()
+        try? FileManager.default.removeItem(atPath: self.directory)
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import HTTPTypes
+import LorikeetProto
+import Testing
+
+@testable import LorikeetWorker
+
+@Suite("JSON parsing and writing")
+struct JSONTests {
+    @Test(
+        "malformed documents are refused",
+        arguments: ["", "{", "{\"a\":}", "[1,]", "{\"a\":1}x", "tru", "\"\\u12\"", "01", "1.", "\"\u{01}\"", "{'a':1}", "NaN"])
+    func malformed(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSONParser.parse(Array(text.utf8)) }
+    }
+
+    @Test("values round-trip and keep integers exact")
+    func roundTrip() throws {
+        let text = #"{"a":[1,-2,3.5,true,false,null],"b":"x\"\n\u00e9\ud83d\ude00","c":{"d":18446744073709551615,"e":9007199254740993}}"#
+        let value = try JSONParser.parse(Array(text.utf8))
+        #expect(value["c"]?["e"] == .int(9_007_199_254_740_993))
+        #expect(value["b"] == .string("x\"\né😀"))
+        let again = try JSONParser.parse(JSONWriter.encode(value))
+        #expect(again == value)
+    }
+
+    @Test("nesting is bounded")
+    func depth() {
+        let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
+        #expect(throws: JSONParseError.self) { try JSONParser.parse(Array(deep.utf8)) }
+    }
+}
+
+@Suite("Request validation names the param")
+struct ValidationTests {
+    static let cases: [(String, GenerationRoute, String?)] = [
+        (#"{"model":"m"}"#, .completions, "prompt"),
+        (#"{"model":"m","prompt":5}"#, .completions, "prompt"),
+        (#"{"model":"m","prompt":[]}"#, .completions, "prompt"),
+        (#"{"model":"m","prompt":["a","b"]}"#, .completions, "prompt"),
+        (#"{"model":"m","prompt":[1,-1]}"#, .completions, "prompt"),
+        (#"{"model":7,"prompt":"x"}"#, .completions, "model"),
+        (#"{"prompt":"x","max_tokens":"5"}"#, .completions, "max_tokens"),
+        (#"{"prompt":"x","max_tokens":1.5}"#, .completions, "max_tokens"),
+        (#"{"prompt":"x","max_tokens":0}"#, .completions, "max_tokens"),
+        (#"{"prompt":"x","temperature":"hot"}"#, .completions, "temperature"),
+        (#"{"prompt":"x","temperature":3}"#, .completions, "temperature"),
+        (#"{"prompt":"x","top_p":0}"#, .completions, "top_p"),
+        (#"{"prompt":"x","stream":"yes"}"#, .completions, "stream"),
+        (#"{"prompt":"x","n":2}"#, .completions, "n"),
+        (#"{"prompt":"x","stop":[1]}"#, .completions, "stop[0]"),
+        (#"{"prompt":"x","stream_options":{"include_usage":true}}"#, .completions, "stream_options"),
+        (#"{"prompt":"x","stream":true,"stream_options":{"include_usage":1}}"#, .completions, "stream_options.include_usage"),
+        (#"{"prompt":"x","user":3}"#, .completions, "user"),
+        (#"{"model":"m"}"#, .chatCompletions, "messages"),
+        (#"{"messages":{}}"#, .chatCompletions, "messages"),
+        (#"{"messages":[]}"#, .chatCompletions, "messages"),
+        (#"{"messages":[1]}"#, .chatCompletions, "messages[0]"),
+        (#"{"messages":[{"content":"x"}]}"#, .chatCompletions, "messages[0].role"),
+        (#"{"messages":[{"role":"wizard","content":"x"}]}"#, .chatCompletions, "messages[0].role"),
+        (#"{"messages":[{"role":"user"}]}"#, .chatCompletions, "messages[0].content"),
+        (#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, .chatCompletions, "messages[0].content"),
+        (#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":"a"}"#, .chatCompletions, "max_completion_tokens"),
+    ]
+
+    @Test("bad generation bodies", arguments: Self.cases)
+    func badBodies(_ testCase: (String, GenerationRoute, String?)) throws {
+        let body = try RequestValidation.object(Array(testCase.0.utf8))
+        do {
+            _ = try RequestValidation.generation(body, route: testCase.1)
+            Issue.record("accepted \(testCase.0)")
+        } catch {
+            #expect(error.param == testCase.2, "\(testCase.0): \(error.message)")
+            #expect(error.status == .badRequest)
+        }
+    }
+
+    @Test("good bodies map to the engine's sampling parameters")
+    func goodBodies() throws {
+        let body = try RequestValidation.object(
+            Array(
+                #"{"model":"m","prompt":[[1,2,3]],"max_tokens":4,"temperature":0.5,"top_p":0.9,"top_k":-1,"seed":-1,"stop":"x","stream":true,"stream_options":{"include_usage":true},"n":1,"user":"u","ignore_eos":true}"#
+                    .utf8))
+        let parameters = try RequestValidation.generation(body, route: .completions)
+        #expect(parameters.prompt == .tokens([1, 2, 3]))
+        #expect(parameters.sampling.maxTokens == 4)
+        #expect(parameters.sampling.topK == 0)
+        #expect(parameters.sampling.seed == UInt64.max)
+        #expect(parameters.sampling.stop == ["x"])
+        #expect(parameters.sampling.ignoreEOS)
+        #expect(parameters.stream && parameters.includeUsage)
+        let chat = try RequestValidation.object(
+            Array(
+                #"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],"max_completion_tokens":7}"#
+                    .utf8))
+        let chatParameters = try RequestValidation.generation(chat, route: .chatCompletions)
+        #expect(
+            chatParameters.prompt
+                == .messages([
+                    ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "ab"),
+                    ChatMessage(role: "assistant", content: ""),
+                ]))
+        #expect(chatParameters.sampling.maxTokens == 7)
+    }
+
+    @Test("API key comparison")
+    func constantTime() {
+        #expect(WorkerRoutes.constantTimeEquals(Array("secret".utf8), Array("secret".utf8)))
+        #expect(!WorkerRoutes.constantTimeEquals(Array("secret".utf8), Array("secreT".utf8)))
+        #expect(!WorkerRoutes.constantTimeEquals(Array("secret".utf8), Array("secret2".utf8)))
+        #expect(!WorkerRoutes.constantTimeEquals([], Array("x".utf8)))
+    }
+
+    @Test("--lora-modules forms")
+    func loraModules() throws {
+        #expect(try LoraModule(parsing: "a=/x/y") == LoraModule(name: "a", path: "/x/y"))
+        #expect(
+            try LoraModule(parsing: #"{"name":"b","path":"/p","base_model_name":"m"}"#)
+                == LoraModule(name: "b", path: "/p", baseModelName: "m"))
+        #expect(throws: Status.self) { try LoraModule(parsing: "nopath") }
+        #expect(throws: Status.self) { try LoraModule(parsing: "=x") }
+        #expect(throws: Status.self) { try LoraModule(parsing: #"{"name":"b"}"#) }
+    }
+
+    @Test("runtime updating flag: 1/true in any case")
+    func flags() {
+        #expect(RouteConfiguration.runtimeLoraUpdatingEnabled(["VLLM_ALLOW_RUNTIME_LORA_UPDATING": "TrUe"]))
+        #expect(RouteConfiguration.runtimeLoraUpdatingEnabled(["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING": "1"]))
+        #expect(!RouteConfiguration.runtimeLoraUpdatingEnabled(["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING": "yes"]))
+        #expect(!RouteConfiguration.runtimeLoraUpdatingEnabled([:]))
+    }
+}
+
+@Suite("Adapter table replica")
+struct ReplicaTests {
+    @Test("resolve reads one snapshot; changes apply in order, gaps are refused, replays ignored")
+    func changes() throws {
+        let replica = AdapterTableReplica(baseModels: ["base"])
+        #expect(replica.resolve(model: "base")! == ("base", nil))
+        #expect(replica.resolve(model: "a") == nil)
+        let a = AdapterRecord(name: "a", intID: 1, path: "/p/a")
+        try replica.apply(change: TableChange(version: 1, upserts: [a], nextIntID: 2))
+        #expect(replica.resolve(model: "a")?.base == "base")
+        #expect(replica.resolve(model: "a")?.adapter == a)
+        try replica.apply(change: TableChange(version: 1, upserts: [], removes: ["a"], nextIntID: 2))  // replay: ignored
+        #expect(replica.resolve(model: "a") != nil)
+        #expect(throws: Status.self) { try replica.apply(change: TableChange(version: 3, removes: ["a"], nextIntID: 2)) }
+        try replica.apply(change: TableChange(version: 2, removes: ["a"], nextIntID: 2))
+        #expect(replica.resolve(model: "a") == nil)
+        #expect(replica.snapshot().nextIntID == 2)
+        replica.apply(snapshot: AdapterTable(version: 9, adapters: [a], nextIntID: 5))
+        #expect(replica.version == 9)
+        #expect(replica.resolve(model: "a") != nil)
+    }
+
+    @Test("the state file round-trips and replaces atomically")
+    func persistence() throws {
+        let directory = makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        #expect(try LocalTableCommitter.loadPersisted(directory: directory) == nil)
+        let table = AdapterTable(version: 3, adapters: [AdapterRecord(name: "a", intID: 2, path: "/x")], nextIntID: 3)
+        try LocalTableCommitter.persist(table, directory: directory)
+        #expect(try LocalTableCommitter.loadPersisted(directory: directory) == table)
+        #expect(!FileManager.default.fileExists(atPath: directory + "/adapters.pb.tmp"))
+        try Data([0xFF, 0xFF, 0xFF]).write(to: URL(fileURLWithPath: directory + "/adapters.pb"))
+        #expect(throws: Status.self) { try LocalTableCommitter.loadPersisted(directory: directory) }
+    }
+}
+
+@Suite("Path policy (issue 5 item 4)")
+struct PathPolicyTests {
+    /// A tree: root/lora/good (adapter dir), root/lora/file.txt, root/lora-evil/x,
+    /// root/outside, root/lora/escape -> root/outside, root/lora/inside -> root/lora/good.
+    static func makeTree() -> String {
+        let root = makeTemporaryDirectory("lk-paths")
+        let manager = FileManager.default
+        for directory in ["lora/good", "lora-evil/x", "outside"] {
+            try? manager.createDirectory(atPath: root + "/" + directory, withIntermediateDirectories: true)
+        }
+        _ = manager.createFile(atPath: root + "/lora/file.txt", contents: Data("x".utf8))
+        try? manager.createSymbolicLink(atPath: root + "/lora/escape", withDestinationPath: root + "/outside")
+        try? manager.createSymbolicLink(atPath: root + "/lora/inside", withDestinationPath: root + "/lora/good")
+        return root
+    }
+
+    @Test("hostile and good paths")
+    func table() throws {
+        let root = Self.makeTree()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let policy = PathPolicy(allowedPrefixes: [root + "/lora", "/does/not/exist"])
+        #expect(policy.allowedPrefixes == [root + "/lora"])
+        #expect(policy.ignoredPrefixes == ["/does/not/exist"])
+        let refused: [String] = [
+            root + "/lora/../outside", root + "/lora/good/../../outside", "lora/good", "./lora/good", "~/lora",
+            root + "/lora/escape", root + "/lora-evil/x", root + "/lora-evil", root + "/lora/missing",
+            root + "/lora/file.txt", root + "/lora/" + String(repeating: "a", count: 5000),
+            root + "/lora/" + String(repeating: "b", count: 300), root + "/lora/good\u{0}x", "",
+            "some-org/some-adapter",
+        ]
+        for path in refused {
+            #expect(throws: Status.self, "\(path.prefix(120))") { try policy.canonicalize(path) }
+            do {
+                _ = try policy.canonicalize(path)
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.param == "lora_path")
+            }
+        }
+        #expect(try policy.canonicalize(root + "/lora/good") == root + "/lora/good")
+        #expect(try policy.canonicalize(root + "/lora/good/") == root + "/lora/good")
+        #expect(try policy.canonicalize(root + "/lora/inside") == root + "/lora/good")
+        #expect(try policy.canonicalize(root + "/lora/./good/../good") == root + "/lora/good")
+        #expect(try policy.canonicalize(root + "/lora") == root + "/lora")
+        // Without prefixes, every local path is refused.
+        #expect(throws: Status.self) { try PathPolicy(allowedPrefixes: []).canonicalize(root + "/lora/good") }
+    }
+
+    @Test("local-path classification and component-wise prefixes")
+    func classification() {
+        #expect(PathPolicy.isLocalPath("/a"))
+        #expect(PathPolicy.isLocalPath("~a"))
+        #expect(PathPolicy.isLocalPath(".a"))
+        #expect(PathPolicy.isLocalPath("a/../b"))
+        #expect(!PathPolicy.isLocalPath("org/name"))
+        #expect(PathPolicy.isUnder("/x/lora/a", prefix: "/x/lora"))
+        #expect(PathPolicy.isUnder("/x/lora", prefix: "/x/lora"))
+        #expect(!PathPolicy.isUnder("/x/lora-evil", prefix: "/x/lora"))
+        #expect(PathPolicy.isUnder("/anything", prefix: "/"))
+        let policy = PathPolicy.fromEnvironment(["VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES": "/tmp:/"])
+        #expect(policy.allowedPrefixes.contains("/"))
+    }
+}
