@@ -97,9 +97,11 @@ let package = Package(
             dependencies: ["LorikeetProto", "CLorikeetSys"],
             swiftSettings: upcoming
         ),
+        // Shared by the integration suites: fixture, HTTP client, server-under-test harness.
+        .target(name: "LorikeetTestSupport", path: "Tests/LorikeetTestSupport", swiftSettings: upcoming),
         .testTarget(
             name: "LorikeetSupervisorTests",
-            dependencies: ["LorikeetSupervisor", "LorikeetProto"],
+            dependencies: ["LorikeetSupervisor", "LorikeetProto", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
         .testTarget(

@@ -29,6 +29,9 @@ struct ServeCommand: ParsableCommand {
     var loraModules: [String] = []
     @Option(help: "Require this bearer token on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY).") var apiKey: String?
     @Option(help: "Log format: text or json.") var logFormat = "text"
+    @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
+    var workerArg: [String] = []
+    @Option(help: "Seconds in-flight requests may run on after SIGTERM.") var drainGraceSeconds: UInt64 = 30
 
     func run() throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
@@ -43,11 +46,14 @@ struct ServeCommand: ParsableCommand {
         for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
         for module in self.loraModules { workerArguments += ["--lora-modules", module] }
         if let apiKey { workerArguments += ["--api-key", apiKey] }
+        workerArguments += self.workerArg
         guard self.workers >= 1 else { throw ValidationError("--workers must be at least 1") }
-        let configuration = SupervisorConfiguration(
+        let base = SupervisorConfiguration(
             executable: Self.ownExecutable(), workers: self.workers, host: self.host, port: self.port,
             stateDirectory: Self.absolute(self.stateDir), engineArguments: engineArguments, workerArguments: workerArguments
         )
+        var configuration = base
+        configuration.drainGraceMs = self.drainGraceSeconds * 1000
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration: configuration, logger: logger)

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 import Synchronization
 
 /// Shared by the integration suites: the repository paths, the tiny-Llama fixture

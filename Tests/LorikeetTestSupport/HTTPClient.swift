@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A minimal blocking HTTP/1.1 client for tests: one request per fresh TCP connection to
 /// 127.0.0.1 (so the kernel spreads requests across SO_REUSEPORT workers), raw bytes in,
@@ -107,4 +107,51 @@ public enum TestHTTP {
         }
         return result
     }
+}
+
+/// A background loop of requests (one fresh connection each) that counts outcomes until
+/// stopped: the "steady traffic" of the fault tests.
+public final class RequestLoop: @unchecked Sendable {
+    // @unchecked: `counts` is guarded by `lock`; `thread` is written once in init.
+    private let lock = NSLock()
+    private var running = true
+    private var counts: [Int: Int] = [:]
+    private var failures: [String] = []
+    private var thread: Thread?
+
+    public init(port: UInt16, path: String = "/v1/completions", body: [String: Any], concurrency: Int = 2) {
+        let data = String(decoding: (try? JSONSerialization.data(withJSONObject: body)) ?? Data(), as: UTF8.self)
+        for index in 0..<concurrency {
+            let thread = Thread { [self] in
+                while self.isRunning {
+                    do {
+                        let response = try TestHTTP.request(port: port, method: "POST", path: path, body: data, timeoutSeconds: 30)
+                        self.record(response.status, nil)
+                    } catch {
+                        self.record(0, "\(error)")
+                    }
+                }
+            }
+            thread.name = "request-loop-\(index)"
+            thread.start()
+        }
+    }
+
+    private var isRunning: Bool { self.lock.withLock { self.running } }
+
+    private func record(_ status: Int, _ failure: String?) {
+        self.lock.withLock {
+            self.counts[status, default: 0] += 1
+            if let failure, self.failures.count < 20 { self.failures.append(failure) }
+        }
+    }
+
+    /// Stops the loop (waits for requests in flight) and returns status -> count (0 = no response).
+    public func stop() -> (counts: [Int: Int], failures: [String]) {
+        self.lock.withLock { self.running = false }
+        Thread.sleep(forTimeInterval: 0.5)
+        return self.lock.withLock { (self.counts, self.failures) }
+    }
+
+    public var snapshot: [Int: Int] { self.lock.withLock { self.counts } }
 }

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A real `lorikeet serve` (supervisor + engine + workers) on a free loopback port, with
 /// its own state directory and log file; stopped (and every child killed) by `stop()`.

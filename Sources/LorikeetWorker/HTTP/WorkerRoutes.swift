@@ -385,6 +385,10 @@ public final class WorkerRoutes: Sendable {
         let first: GenerateChunk?
         do {
             first = try await iterator.next()
+        } catch let status as Status where status.code == .notFound && request.adapter != nil {
+            // The adapter is committed (we resolved it) but the engine does not hold it:
+            // the engine restarted and the leader is re-adding the table. Retryable.
+            throw APIError(Status(code: .unavailable, message: "The adapter '\(model)' is being restored in the engine; retry shortly."))
         } catch {
             throw Self.apiError(error)
         }

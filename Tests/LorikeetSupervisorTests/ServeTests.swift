@@ -1,0 +1,278 @@
+import Foundation
+import LorikeetProto
+import LorikeetTestSupport
+import Synchronization
+import Testing
+
+/// `lorikeet serve` for real: supervisor, engine and workers as processes, real sockets,
+/// real faults. Serialized: each test runs a whole server on 2 cores.
+@Suite("lorikeet serve (real processes)", .serialized)
+struct ServeTests {
+    static func completion(_ model: String) -> [String: Any] { ["model": model, "prompt": "hello", "max_tokens": 1] }
+
+    static func load(_ server: ServerUnderTest, _ name: String, adapter: String = "plain") throws -> TestHTTP.Response {
+        try TestHTTP.post(
+            port: server.port, "/v1/load_lora_adapter", ["lora_name": name, "lora_path": server.adapterDirectory + "/" + adapter])
+    }
+
+    static func unload(_ server: ServerUnderTest, _ name: String) throws -> TestHTTP.Response {
+        try TestHTTP.post(port: server.port, "/v1/unload_lora_adapter", ["lora_name": name])
+    }
+
+    /// Adapter names and ids as `/v1/models` on `connections` fresh connections report them:
+    /// the set of distinct answers (one element = every worker agrees).
+    static func modelViews(_ server: ServerUnderTest, connections: Int) throws -> Set<[String]> {
+        var views = Set<[String]>()
+        for _ in 0..<connections {
+            let response = try TestHTTP.request(port: server.port, path: "/v1/models")
+            let data = response.json?["data"] as? [[String: Any]] ?? []
+            views.insert(data.compactMap { $0["id"] as? String }.sorted())
+        }
+        return views
+    }
+
+    /// The committed table through the admin socket: name -> id.
+    static func table(_ server: ServerUnderTest) throws -> [String: Int] {
+        let table = try server.ctlJSON(["adapters"]) as? [String: Any] ?? [:]
+        var result: [String: Int] = [:]
+        for adapter in table["adapters"] as? [[String: Any]] ?? [] {
+            result[adapter["name"] as? String ?? ""] = adapter["id"] as? Int
+        }
+        return result
+    }
+
+    /// What the engine itself holds (its own adapter list over the engine socket).
+    static func engineAdapters(_ server: ServerUnderTest) throws -> [String: UInt64] {
+        let connection = FramedConnection<EngineEnvelope>(fd: try UnixSocket.connect(path: server.stateDirectory + "/engine.sock"))
+        defer { connection.close() }
+        try connection.send(EngineEnvelope(callID: 1, body: .listAdapters))
+        guard case .adapterList(let list) = try connection.receive()?.body else { throw TestEnvironment.Failure("no adapter list") }
+        return Dictionary(list.adapters.map { ($0.name, $0.intID) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    static func leaderPID(_ server: ServerUnderTest) throws -> Int32 {
+        let leader = try server.workerList().first { ($0["role"] as? String) == "leader" && ($0["state"] as? String) == "ready" }
+        guard let pid = leader?["pid"] as? Int else { throw TestEnvironment.Failure("no leader") }
+        return Int32(pid)
+    }
+
+    static func waitFor(_ what: String, timeout: Double = 60, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if (try? condition()) == true { return }
+            usleep(100_000)
+        }
+        throw TestEnvironment.Failure("timed out waiting for \(what)")
+    }
+
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+            return false
+        }
+        return !stat[stat.index(after: close)...].hasPrefix(" Z")
+    }
+
+    @Test("read-your-writes: after a 200 from one worker, 200 fresh connections on 4 workers all see the change")
+    func readYourWrites() throws {
+        let server = try ServerUnderTest(workers: 4)
+        defer { server.stop() }
+        #expect(try Self.load(server, "ryw").status == 200)
+        var failures = 0
+        for _ in 0..<200 where try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("ryw")).status != 200 { failures += 1 }
+        #expect(failures == 0, "requests for a loaded adapter failed: \(failures)/200")
+        #expect(try Self.unload(server, "ryw").status == 200)
+        var served = 0
+        for _ in 0..<200 {
+            let response = try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("ryw"))
+            if response.status != 404 { served += 1 }
+        }
+        #expect(served == 0, "an unloaded adapter was still served \(served)/200 times")
+    }
+
+    @Test("concurrent loads through different workers: one winner per name, unique ids, one table everywhere")
+    func concurrentLoads() throws {
+        let server = try ServerUnderTest(workers: 4, extraArguments: ["--max-cpu-loras", "64", "--max-loras", "64"])
+        defer { server.stop() }
+        let results = Mutex<[String: [Int]]>([:])
+        let group = DispatchGroup()
+        for client in 0..<4 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                for index in 0..<13 {
+                    let name = "a\(client * 13 + index)"
+                    let status = (try? Self.load(server, name).status) ?? 0
+                    results.withLock { $0[name, default: []].append(status) }
+                }
+            }
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                let status = (try? Self.load(server, "contested").status) ?? 0
+                results.withLock { $0["contested", default: []].append(status) }
+            }
+        }
+        group.wait()
+        let outcome = results.withLock { $0 }
+        #expect(outcome["contested"]?.filter { $0 == 200 }.count == 1, "contested: \(outcome["contested"] ?? [])")
+        #expect(outcome["contested"]?.filter { $0 == 400 }.count == 3)
+        let distinct = outcome.filter { $0.key != "contested" }
+        #expect(distinct.count == 52 && distinct.values.allSatisfy { $0 == [200] })
+        let table = try Self.table(server)
+        #expect(table.count == 53)
+        #expect(Set(table.values).count == table.count, "ids are not unique")
+        let views = try Self.modelViews(server, connections: 40)
+        #expect(views.count == 1, "workers disagree on the table")
+        #expect(views.first?.count == 54)  // base + 53 adapters
+        #expect(try Self.engineAdapters(server).count == 53)
+    }
+
+    @Test("kill -9 a follower under traffic: replaced, table intact, losses bounded by its in-flight requests")
+    func killFollower() throws {
+        let server = try ServerUnderTest(workers: 2)
+        defer { server.stop() }
+        #expect(try Self.load(server, "keep").status == 200)
+        let loop = RequestLoop(port: server.port, body: Self.completion("keep"))
+        usleep(500_000)
+        let follower = try server.workerList().first { ($0["role"] as? String) == "follower" }
+        let pid = Int32(follower?["pid"] as? Int ?? 0)
+        #expect(pid > 0)
+        kill(pid, SIGKILL)
+        try Self.waitFor("replacement") {
+            try server.workerList().filter { ($0["state"] as? String) == "ready" && ($0["pid"] as? Int) != Int(pid) }.count == 2
+        }
+        usleep(500_000)
+        let (counts, failures) = loop.stop()
+        let failed = counts.filter { $0.key != 200 }.values.reduce(0, +)
+        print("kill -9 follower: \(counts[200] ?? 0) ok, \(failed) failed \(failures)")
+        // Two client threads: at most the two requests the dead worker had in flight.
+        #expect(failed <= 2, "counts: \(counts)")
+        #expect(try Self.table(server) == ["keep": 1])
+        #expect(try Self.modelViews(server, connections: 20) == [["keep", "tiny"]])
+    }
+
+    @Test("kill -9 the leader during a burst of loads: new leader, one table on every worker and in the engine")
+    func killLeader() throws {
+        let server = try ServerUnderTest(workers: 3, extraArguments: ["--max-cpu-loras", "64", "--max-loras", "64"])
+        defer { server.stop() }
+        let leader = try Self.leaderPID(server)
+        let outcomes = Mutex<[String: Int]>([:])
+        let group = DispatchGroup()
+        for client in 0..<3 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                for index in 0..<10 {
+                    let name = "burst\(client)-\(index)"
+                    let status = (try? Self.load(server, name).status) ?? 0
+                    outcomes.withLock { $0[name] = status }
+                }
+            }
+        }
+        usleep(300_000)
+        kill(leader, SIGKILL)
+        group.wait()
+        try Self.waitFor("a new leader") { try Self.leaderPID(server) != leader }
+        try server.waitUntilReady(workers: 3)
+        let results = outcomes.withLock { $0 }
+        let acknowledged = Set(results.filter { $0.value == 200 }.keys)
+        print("kill -9 leader: \(acknowledged.count) loads acknowledged, \(results.count - acknowledged.count) reported failed")
+        let table = try Self.table(server)
+        // Every acknowledged load survived; ids are unique.
+        #expect(acknowledged.isSubset(of: Set(table.keys)), "lost acknowledged loads: \(acknowledged.subtracting(table.keys))")
+        #expect(Set(table.values).count == table.count)
+        #expect(results.values.allSatisfy { [200, 503, 500, 409, 400].contains($0) }, "\(results)")
+        // Every worker and the engine hold exactly the committed table.
+        let views = try Self.modelViews(server, connections: 30)
+        #expect(views == [(Array(table.keys) + ["tiny"]).sorted()])
+        try Self.waitFor("engine reconciled") { try Self.engineAdapters(server) == table.mapValues { UInt64($0) } }
+    }
+
+    @Test("kill -9 the engine: 503 meanwhile, then adapters are served again without a reload call")
+    func killEngine() throws {
+        let server = try ServerUnderTest(workers: 2)
+        defer { server.stop() }
+        #expect(try Self.load(server, "survivor").status == 200)
+        let engine = server.childPIDs().first { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains("engine")
+        }
+        let pid = try #require(engine)
+        kill(pid, SIGKILL)
+        var statuses: [Int] = []
+        try Self.waitFor("adapter served again") {
+            let status = try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("survivor")).status
+            statuses.append(status)
+            return status == 200
+        }
+        #expect(statuses.allSatisfy { $0 == 200 || $0 == 503 }, "statuses while the engine was down: \(statuses)")
+        #expect(try Self.engineAdapters(server) == ["survivor": 1])
+    }
+
+    @Test("kill -9 the supervisor: every child is gone within 2 s")
+    func killSupervisor() throws {
+        let server = try ServerUnderTest(workers: 2)
+        let children = server.childPIDs()
+        #expect(children.count == 3)
+        kill(server.process.processIdentifier, SIGKILL)
+        server.process.waitUntilExit()
+        usleep(2_000_000)
+        let alive = children.filter(Self.isAlive)
+        #expect(alive.isEmpty, "children still alive 2 s after the supervisor died: \(alive)")
+        for pid in alive { kill(pid, SIGKILL) }
+    }
+
+    @Test("a full restart with the same state directory keeps adapters and ids; new ids continue")
+    func restart() throws {
+        let first = try ServerUnderTest(workers: 2)
+        #expect(try Self.load(first, "one").status == 200)
+        #expect(try Self.load(first, "two", adapter: "rslora").status == 200)
+        #expect(try Self.unload(first, "one").status == 200)
+        first.stop()
+        let second = try ServerUnderTest(workers: 2, stateDirectory: first.stateDirectory)
+        defer { second.stop() }
+        #expect(try Self.table(second) == ["two": 2])
+        #expect(try TestHTTP.post(port: second.port, "/v1/completions", Self.completion("two")).status == 200)
+        try Self.waitFor("engine restored") { try Self.engineAdapters(second) == ["two": 2] }
+        #expect(try Self.load(second, "three").status == 200)
+        #expect(try Self.table(second) == ["two": 2, "three": 3])
+    }
+
+    @Test("rolling restart (SIGHUP) under traffic fails no request")
+    func rollingRestart() throws {
+        let server = try ServerUnderTest(workers: 2)
+        defer { server.stop() }
+        #expect(try Self.load(server, "roll").status == 200)
+        let before = Set(try server.workerList().compactMap { $0["pid"] as? Int })
+        let loop = RequestLoop(port: server.port, body: Self.completion("roll"))
+        usleep(300_000)
+        server.signal(SIGHUP)
+        try Self.waitFor("every worker replaced", timeout: 120) {
+            let workers = try server.workerList()
+            return workers.count == 2 && workers.allSatisfy { ($0["state"] as? String) == "ready" && !before.contains($0["pid"] as? Int ?? 0) }
+        }
+        usleep(500_000)
+        let (counts, failures) = loop.stop()
+        let failed = counts.filter { $0.key != 200 }.values.reduce(0, +)
+        print("rolling restart: \(counts[200] ?? 0) ok, \(failed) failed \(failures)")
+        #expect(failed == 0, "counts: \(counts) \(failures)")
+        #expect((counts[200] ?? 0) > 10)
+    }
+
+    @Test("a worker that cannot start trips the crash-loop breaker: exit code 75 and a clear message")
+    func crashLoop() throws {
+        let server = try ServerUnderTest(workers: 1, extraArguments: ["--worker-arg=--max-body-bytes=0"], waitReady: false)
+        defer { server.stop() }
+        let status = server.waitForExit(timeoutSeconds: 60)
+        #expect(status == 75, "exit status \(String(describing: status))\n\(server.log.suffix(2000))")
+        #expect(server.log.contains("crash-looping"))
+    }
+
+    @Test("an engine that cannot boot stops the server with exit code 78 and says why")
+    func cannotBoot() throws {
+        let server = try ServerUnderTest(workers: 1, extraArguments: ["--model", "/nonexistent/model"], waitReady: false)
+        defer { server.stop() }
+        let status = server.waitForExit(timeoutSeconds: 60)
+        #expect(status == 78, "exit status \(String(describing: status))\n\(server.log.suffix(2000))")
+        #expect(server.log.contains("cannot boot"))
+    }
+}
