@@ -400,3 +400,38 @@ struct RouteTests {
         }
     }
 }
+
+@Suite("Listening on an inherited fd", .timeLimit(.minutes(1)))
+struct InheritedFDTests {
+    /// A bound, listening TCP socket on 127.0.0.1 (as the supervisor hands to a worker slot).
+    static func listeningSocket() throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else { throw TestHTTPError.connect(errno) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    @Test("--listen-fd: the worker serves on a socket it did not bind")
+    func inherited() async throws {
+        let engine = try FakeEngine()
+        defer { engine.stop() }
+        let (fd, port) = try Self.listeningSocket()
+        let configuration = WorkerHarness.configuration(engine: engine) { $0.listen = .inheritedFD(fd) }
+        try await WorkerHarness.withWorker(configuration) { (readyPort: Int, _: WorkerService) async throws in
+            #expect(readyPort == port)
+            #expect(try await TestHTTP.get(port: port, "/v1/models").status == 200)
+            #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"prompt":"x","max_tokens":2}"#).status == 200)
+        }
+    }
+}
