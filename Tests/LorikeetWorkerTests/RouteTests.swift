@@ -435,3 +435,50 @@ struct InheritedFDTests {
         }
     }
 }
+
+/// A follower-style mutator: records the calls and answers with a fixed status.
+final class RecordingMutator: AdapterMutator {
+    let calls = Mutex<[String]>([])
+    let status: Status
+    init(status: Status) { self.status = status }
+    func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
+        self.calls.withLock { $0.append("load \(request.name) \(request.path) slot \(request.originSlot)") }
+        return AdapterMutationReply(status: self.status)
+    }
+    func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
+        self.calls.withLock { $0.append("unload \(request.name) \(request.intID)") }
+        return AdapterMutationReply(status: self.status)
+    }
+}
+
+@Suite("Supervised authority: the replica is fed from outside, mutations go to the given mutator", .timeLimit(.minutes(1)))
+struct SupervisedTests {
+    @Test("routes use the injected mutator and resolve what the replica was given")
+    func supervised() async throws {
+        let engine = try FakeEngine()
+        defer { engine.stop() }
+        let mutator = RecordingMutator(status: Status(code: .unavailable, message: "no leader right now"))
+        var configuration = WorkerHarness.configuration(engine: engine) {
+            $0.allowRuntimeLoraUpdating = true
+            $0.workerSlot = 3
+        }
+        configuration.stateDirectory = nil
+        let service = WorkerService(
+            configuration: configuration, logger: WorkerHarness.logger, authority: .supervised { _, _ in mutator })
+        #expect(service.leader == nil)
+        try await WorkerHarness.withWorker(service) { port, service in
+            let load = try await TestHTTP.post(port: port, "/v1/load_lora_adapter", #"{"lora_name":"x","lora_path":"/a/b"}"#)
+            #expect(load.status == 503)
+            #expect(load.errorMessage == "no leader right now")
+            #expect(try await TestHTTP.post(port: port, "/v1/unload_lora_adapter", #"{"lora_name":"x","lora_int_id":4}"#).status == 503)
+            #expect(mutator.calls.withLock { $0 } == ["load x /a/b slot 3", "unload x 4"])
+            // The control channel's change arrives: the adapter serves at once.
+            engine.state.withLock { $0.adapters[7] = EngineAdapter(name: "x", intID: 7, path: "/a/b") }
+            try service.replica.apply(
+                change: TableChange(version: 1, upserts: [AdapterRecord(name: "x", intID: 7, path: "/a/b")], nextIntID: 8))
+            let completion = try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"x","prompt":"p","max_tokens":1}"#)
+            #expect(completion.status == 200)
+            #expect(engine.state.withLock { $0.generateRequests.last?.adapter?.intID } == 7)
+        }
+    }
+}
