@@ -111,18 +111,34 @@ public struct WorkerConfiguration: Sendable {
     }
 }
 
-/// A standalone worker as a service: connects to the engine, restores the adapter table
-/// (state directory) into the replica and the engine, loads `--lora-modules`, then serves
-/// HTTP until a graceful shutdown (SIGTERM through the `ServiceGroup`, or `drain`).
+/// Who owns the adapter table a worker serves.
+public enum AdapterAuthority: Sendable {
+    /// The worker is its own leader: `LeaderMutationService` + `LocalTableCommitter`
+    /// (persisted with `--state-dir`), table restored and `--lora-modules` loaded at start.
+    case standalone
+    /// The supervisor owns the table: the control channel feeds the replica
+    /// (`apply(snapshot:)` / `apply(change:)`), and load/unload go through the mutator the
+    /// factory builds (a follower's router to the leader, or a `LeaderMutationService`
+    /// with a supervisor-backed `TableCommitter`). Nothing is restored or loaded at start.
+    case supervised(makeMutator: @Sendable (any EngineBackend, AdapterTableReplica) -> any AdapterMutator)
+}
+
+/// A worker as a service: connects to the engine (waiting up to
+/// `engineStartupTimeout`), learns the model name, prepares the table (standalone:
+/// restores the state directory into the replica and the engine, loads
+/// `--lora-modules`), then serves HTTP until a graceful shutdown (SIGTERM through the
+/// `ServiceGroup`, or `drain(grace:)`).
 ///
-/// The pieces (`engine`, `replica`, `mutator`, `routes`, `server`) are public so that a
-/// supervised worker can be assembled from the same parts with another `AdapterMutator`
-/// and `TableCommitter`.
+/// The pieces (`engine`, `replica`, `mutator`, `routes`, `server`) are public so that the
+/// control channel can drive them.
 public final class WorkerService: Service {
     public let configuration: WorkerConfiguration
     public let engine: any EngineBackend
     public let replica: AdapterTableReplica
-    public let leader: LeaderMutationService
+    /// The standalone leader (nil when supervised).
+    public let leader: LeaderMutationService?
+    /// What load/unload calls go to.
+    public let mutator: any AdapterMutator
     public let routes: WorkerRoutes
     public let server: WorkerServer
     private let logger: Logger
@@ -133,7 +149,7 @@ public final class WorkerService: Service {
     ///   - onReady: called once, when the listener is serving with the restored table.
     public init(
         configuration: WorkerConfiguration, logger: Logger, engine: (any EngineBackend)? = nil,
-        onReady: @escaping @Sendable (SocketAddress?) async -> Void = { _ in }
+        authority: AdapterAuthority = .standalone, onReady: @escaping @Sendable (SocketAddress?) async -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.logger = logger
@@ -142,13 +158,22 @@ public final class WorkerService: Service {
         self.engine = engine
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
         self.replica = replica
-        let leader = LeaderMutationService(
-            engine: engine, replica: replica,
-            committer: LocalTableCommitter(replica: replica, stateDirectory: configuration.stateDirectory),
-            pathPolicy: configuration.pathPolicy, epoch: 1, logger: logger)
-        self.leader = leader
+        let mutator: any AdapterMutator
+        switch authority {
+        case .standalone:
+            let leader = LeaderMutationService(
+                engine: engine, replica: replica,
+                committer: LocalTableCommitter(replica: replica, stateDirectory: configuration.stateDirectory),
+                pathPolicy: configuration.pathPolicy, epoch: 1, logger: logger)
+            self.leader = leader
+            mutator = leader
+        case .supervised(let makeMutator):
+            self.leader = nil
+            mutator = makeMutator(engine, replica)
+        }
+        self.mutator = mutator
         let routes = WorkerRoutes(
-            engine: engine, replica: replica, mutator: leader,
+            engine: engine, replica: replica, mutator: mutator,
             configuration: RouteConfiguration(
                 apiKey: configuration.apiKey, maxBodyBytes: configuration.maxBodyBytes,
                 allowRuntimeLoraUpdating: configuration.allowRuntimeLoraUpdating, serverName: "lorikeet",
@@ -165,15 +190,18 @@ public final class WorkerService: Service {
         let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
-        let health = try await self.engine.health()
-        self.leader.setEpoch(max(health.maxEpoch + 1, 1))
-        try await self.restoreTable()
-        try await self.loadStartupModules()
+        if let leader = self.leader {
+            // Standalone: newest leader of this engine.
+            let health = try await self.engine.health()
+            leader.setEpoch(max(health.maxEpoch + 1, 1))
+            try await self.restoreTable(leader: leader)
+            try await self.loadStartupModules(leader: leader)
+        }
         self.logger.info(
             "worker ready",
             metadata: [
                 "models": "\(served.joined(separator: ","))", "adapters": "\(self.replica.snapshot().adapters.count)",
-                "epoch": "\(self.leader.epoch)",
+                "table.version": "\(self.replica.version)",
             ])
         let grace = self.configuration.drainGrace
         try await withGracefulShutdownHandler {
@@ -204,7 +232,7 @@ public final class WorkerService: Service {
     }
 
     /// Restores the persisted table and makes the engine hold exactly its adapters.
-    private func restoreTable() async throws {
+    private func restoreTable(leader: LeaderMutationService) async throws {
         guard let directory = self.configuration.stateDirectory else { return }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         guard let table = try LocalTableCommitter.loadPersisted(directory: directory) else { return }
@@ -216,7 +244,7 @@ public final class WorkerService: Service {
             do {
                 try await self.engine.addAdapter(
                     AddAdapterRequest(
-                        epoch: self.leader.epoch, name: record.name, intID: record.intID, path: record.path,
+                        epoch: leader.epoch, name: record.name, intID: record.intID, path: record.path,
                         pinned: record.pinned, replace: held.contains { $0.intID == record.intID }))
             } catch {
                 self.logger.error(
@@ -237,7 +265,7 @@ public final class WorkerService: Service {
             metadata: ["table.version": "\(self.replica.version)", "adapters": "\(self.replica.snapshot().adapters.count)"])
     }
 
-    private func loadStartupModules() async throws {
+    private func loadStartupModules(leader: LeaderMutationService) async throws {
         for module in self.configuration.loraModules {
             guard let canonical = PathPolicy.realPath(module.path) else {
                 throw Status(code: .invalidArgument, message: "--lora-modules \(module.name): path \(module.path) does not exist")
@@ -247,7 +275,7 @@ public final class WorkerService: Service {
             {
                 continue
             }
-            let reply = await self.leader.load(
+            let reply = await leader.load(
                 LoadAdapterRequest(
                     name: module.name, path: canonical, loadInplace: true, baseModel: module.baseModelName ?? "",
                     originSlot: self.configuration.workerSlot, caller: "--lora-modules"),

@@ -142,7 +142,7 @@ struct RealEngineTests {
                 return connections
             }
             let runningBefore = try await probe.health().runningRequests
-            for connection in connections { close(connection.fd) }
+            for connection in connections { connection.disconnect() }
             let deadline = ContinuousClock.now + .seconds(10)
             var running = runningBefore
             while running > 0, ContinuousClock.now < deadline {

@@ -400,3 +400,85 @@ struct RouteTests {
         }
     }
 }
+
+@Suite("Listening on an inherited fd", .timeLimit(.minutes(1)))
+struct InheritedFDTests {
+    /// A bound, listening TCP socket on 127.0.0.1 (as the supervisor hands to a worker slot).
+    static func listeningSocket() throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else { throw TestHTTPError.connect(errno) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    @Test("--listen-fd: the worker serves on a socket it did not bind")
+    func inherited() async throws {
+        let engine = try FakeEngine()
+        defer { engine.stop() }
+        let (fd, port) = try Self.listeningSocket()
+        let configuration = WorkerHarness.configuration(engine: engine) { $0.listen = .inheritedFD(fd) }
+        try await WorkerHarness.withWorker(configuration) { (readyPort: Int, _: WorkerService) async throws in
+            #expect(readyPort == port)
+            #expect(try await TestHTTP.get(port: port, "/v1/models").status == 200)
+            #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"prompt":"x","max_tokens":2}"#).status == 200)
+        }
+    }
+}
+
+/// A follower-style mutator: records the calls and answers with a fixed status.
+final class RecordingMutator: AdapterMutator {
+    let calls = Mutex<[String]>([])
+    let status: Status
+    init(status: Status) { self.status = status }
+    func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
+        self.calls.withLock { $0.append("load \(request.name) \(request.path) slot \(request.originSlot)") }
+        return AdapterMutationReply(status: self.status)
+    }
+    func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
+        self.calls.withLock { $0.append("unload \(request.name) \(request.intID)") }
+        return AdapterMutationReply(status: self.status)
+    }
+}
+
+@Suite("Supervised authority: the replica is fed from outside, mutations go to the given mutator", .timeLimit(.minutes(1)))
+struct SupervisedTests {
+    @Test("routes use the injected mutator and resolve what the replica was given")
+    func supervised() async throws {
+        let engine = try FakeEngine()
+        defer { engine.stop() }
+        let mutator = RecordingMutator(status: Status(code: .unavailable, message: "no leader right now"))
+        var configuration = WorkerHarness.configuration(engine: engine) {
+            $0.allowRuntimeLoraUpdating = true
+            $0.workerSlot = 3
+        }
+        configuration.stateDirectory = nil
+        let service = WorkerService(
+            configuration: configuration, logger: WorkerHarness.logger, authority: .supervised { _, _ in mutator })
+        #expect(service.leader == nil)
+        try await WorkerHarness.withWorker(service) { port, service in
+            let load = try await TestHTTP.post(port: port, "/v1/load_lora_adapter", #"{"lora_name":"x","lora_path":"/a/b"}"#)
+            #expect(load.status == 503)
+            #expect(load.errorMessage == "no leader right now")
+            #expect(try await TestHTTP.post(port: port, "/v1/unload_lora_adapter", #"{"lora_name":"x","lora_int_id":4}"#).status == 503)
+            #expect(mutator.calls.withLock { $0 } == ["load x /a/b slot 3", "unload x 4"])
+            // The control channel's change arrives: the adapter serves at once.
+            engine.state.withLock { $0.adapters[7] = EngineAdapter(name: "x", intID: 7, path: "/a/b") }
+            try service.replica.apply(
+                change: TableChange(version: 1, upserts: [AdapterRecord(name: "x", intID: 7, path: "/a/b")], nextIntID: 8))
+            let completion = try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"x","prompt":"p","max_tokens":1}"#)
+            #expect(completion.status == 200)
+            #expect(engine.state.withLock { $0.generateRequests.last?.adapter?.intID } == 7)
+        }
+    }
+}

@@ -36,14 +36,16 @@ final class FakeEngine: Sendable {
                 let reader = Thread { self.serve(connection) }
                 reader.start()
             }
+            // Only this thread closes the listener, after its last accept: the fd number
+            // cannot be reused under a pending accept.
+            close(listener)
         }
         thread.start()
     }
 
     /// Stops listening and drops every connection (the worker sees the engine die).
     func stop() {
-        shutdown(self.listener, Int32(SHUT_RDWR))
-        close(self.listener)
+        shutdown(self.listener, Int32(SHUT_RDWR))  // wakes the accept thread, which closes it
         unlink(self.path)
         let connections = self.state.withLock { state in
             defer { state.connections = [] }

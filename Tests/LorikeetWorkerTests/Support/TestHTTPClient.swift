@@ -51,13 +51,14 @@ final class TestHTTPConnection: @unchecked Sendable {
         let result = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard result == 0 else {
-            close(self.fd)
-            throw TestHTTPError.connect(errno)
-        }
+        // On failure deinit closes the fd (the object is fully initialized here).
+        guard result == 0 else { throw TestHTTPError.connect(errno) }
     }
 
     deinit { close(self.fd) }
+
+    /// Drops the connection now (the fd itself is closed once, by deinit).
+    func disconnect() { shutdown(self.fd, Int32(SHUT_RDWR)) }
 
     func send(_ bytes: [UInt8]) {
         var offset = 0

@@ -26,11 +26,25 @@ enum WorkerHarness {
         _ configuration: WorkerConfiguration, engine: (any EngineBackend)? = nil,
         _ body: @Sendable (_ port: Int, _ service: WorkerService) async throws -> Result
     ) async throws -> Result {
+        try await Self.withWorker(WorkerService(configuration: configuration, logger: Self.logger, engine: engine), body)
+    }
+
+    /// Runs `service` (its own `onReady` is not used: the port comes from its server).
+    static func withWorker<Result: Sendable>(
+        _ service: WorkerService, _ body: @Sendable (_ port: Int, _ service: WorkerService) async throws -> Result
+    ) async throws -> Result {
         let (ready, readyContinuation) = AsyncStream.makeStream(of: Int.self)
-        let service = WorkerService(configuration: configuration, logger: Self.logger, engine: engine) { address in
-            readyContinuation.yield(address?.port ?? -1)
-            readyContinuation.finish()
+        let watcher = Task {
+            while !Task.isCancelled {
+                if let port = service.server.localAddress?.port {
+                    readyContinuation.yield(port)
+                    readyContinuation.finish()
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
         }
+        defer { watcher.cancel() }
         return try await withThrowingTaskGroup(of: Result?.self) { group in
             group.addTask {
                 try await service.run()
