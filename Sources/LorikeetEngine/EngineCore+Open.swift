@@ -63,7 +63,8 @@ extension EngineCore {
         guard tokenizer.vocabSize <= weights.config.vocabSize else {
             throw EngineError(
                 .invalidArgument,
-                "cannot load model from \(path): the tokenizer has \(tokenizer.vocabSize) tokens but the model only \(weights.config.vocabSize)")
+                "cannot load model from \(path): the tokenizer has \(tokenizer.vocabSize) tokens but the model only \(weights.config.vocabSize)"
+            )
         }
         var options = options
         if options.modelName == nil {

@@ -43,7 +43,8 @@ package enum QuantKernels {
                 let v = UnsafeRawPointer(xb + 4 &* k).loadUnaligned(as: SIMD4<Float>.self)
                 s += v.sum()
                 let o = UnsafeMutableRawPointer(out + 16 &* k)
-                o.storeBytes(of: SIMD16(lowHalf: SIMD8(lowHalf: v, highHalf: v), highHalf: SIMD8(lowHalf: v, highHalf: v)), as: SIMD16<Float>.self)
+                o.storeBytes(
+                    of: SIMD16(lowHalf: SIMD8(lowHalf: v, highHalf: v), highHalf: SIMD8(lowHalf: v, highHalf: v)), as: SIMD16<Float>.self)
             }
             xsum[b] = s
         }
@@ -88,19 +89,30 @@ package enum QuantKernels {
         let mask = SIMD16<UInt32>(repeating: 0xF)
         let magic = SIMD16<UInt32>(repeating: 0x4B00_0000)
         let offset = SIMD16<Float>(repeating: 8_388_608)
-        let x0 = UnsafeRawPointer(xq), x1 = UnsafeRawPointer(xq + xqStride)
-        let x2 = UnsafeRawPointer(xq + 2 &* xqStride), x3 = UnsafeRawPointer(xq + 3 &* xqStride)
+        let x0 = UnsafeRawPointer(xq)
+        let x1 = UnsafeRawPointer(xq + xqStride)
+        let x2 = UnsafeRawPointer(xq + 2 &* xqStride)
+        let x3 = UnsafeRawPointer(xq + 3 &* xqStride)
         for q in quads {
             let quad = w + q &* quadBytes
-            var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-            var m0 = SIMD4<Float>(), m1 = SIMD4<Float>(), m2 = SIMD4<Float>(), m3 = SIMD4<Float>()
+            var a0 = SIMD16<Float>()
+            var a1 = SIMD16<Float>()
+            var a2 = SIMD16<Float>()
+            var a3 = SIMD16<Float>()
+            var m0 = SIMD4<Float>()
+            var m1 = SIMD4<Float>()
+            var m2 = SIMD4<Float>()
+            var m3 = SIMD4<Float>()
             var b = 0
             while b < blocks {
                 let block = quad + b &* 96
                 let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
                 let m = block.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self)
                 let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
-                var s0 = SIMD16<Float>(), s1 = SIMD16<Float>(), s2 = SIMD16<Float>(), s3 = SIMD16<Float>()
+                var s0 = SIMD16<Float>()
+                var s1 = SIMD16<Float>()
+                var s2 = SIMD16<Float>()
+                var s3 = SIMD16<Float>()
                 let o = b &* 512
                 for k in 0..<8 {
                     let bits = ((u &>> UInt32(4 &* k)) & mask) | magic
@@ -137,16 +149,24 @@ package enum QuantKernels {
         let mask = SIMD16<UInt32>(repeating: 0xFF)
         let magic = SIMD16<UInt32>(repeating: 0x4B00_0000)
         let offset = SIMD16<Float>(repeating: 8_388_608 + 128)
-        let x0 = UnsafeRawPointer(xq), x1 = UnsafeRawPointer(xq + xqStride)
-        let x2 = UnsafeRawPointer(xq + 2 &* xqStride), x3 = UnsafeRawPointer(xq + 3 &* xqStride)
+        let x0 = UnsafeRawPointer(xq)
+        let x1 = UnsafeRawPointer(xq + xqStride)
+        let x2 = UnsafeRawPointer(xq + 2 &* xqStride)
+        let x3 = UnsafeRawPointer(xq + 3 &* xqStride)
         for q in quads {
             let quad = w + q &* quadBytes
-            var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+            var a0 = SIMD16<Float>()
+            var a1 = SIMD16<Float>()
+            var a2 = SIMD16<Float>()
+            var a3 = SIMD16<Float>()
             var b = 0
             while b < blocks {
                 let block = quad + b &* 144
                 let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
-                var s0 = SIMD16<Float>(), s1 = SIMD16<Float>(), s2 = SIMD16<Float>(), s3 = SIMD16<Float>()
+                var s0 = SIMD16<Float>()
+                var s1 = SIMD16<Float>()
+                var s2 = SIMD16<Float>()
+                var s3 = SIMD16<Float>()
                 let o = b &* 512
                 for h in 0..<2 {
                     let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
@@ -192,7 +212,10 @@ package enum QuantKernels {
     @inline(__always)
     private static func rowSums(_ acc: SIMD16<Float>) -> SIMD4<Float> {
         // Lanes 4r..<4r+4 belong to row r.
-        let a = acc.lowHalf.lowHalf, b = acc.lowHalf.highHalf, c = acc.highHalf.lowHalf, d = acc.highHalf.highHalf
+        let a = acc.lowHalf.lowHalf
+        let b = acc.lowHalf.highHalf
+        let c = acc.highHalf.lowHalf
+        let d = acc.highHalf.highHalf
         return SIMD4(a.sum(), b.sum(), c.sum(), d.sum())
     }
 

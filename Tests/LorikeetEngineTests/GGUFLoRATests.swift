@@ -50,7 +50,8 @@ struct GGUFLoRATests {
 
     /// max |a - b| / max |b|.
     static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
-        var diff: Float = 0, scale: Float = 0
+        var diff: Float = 0
+        var scale: Float = 0
         for (x, y) in zip(a, b) {
             diff = max(diff, abs(x - y))
             scale = max(scale, abs(y))
@@ -83,7 +84,9 @@ struct GGUFLoRATests {
         let delta = zip(lora, base).map { $0 - $1 }
         let deltaError = Self.relativeError(delta, refDelta)
         let effect = Self.relativeError(refLoRA, refBase)
-        print("GGUF LoRA: base rel. error \(baseError), adapter rel. error \(loraError), delta rel. error \(deltaError), adapter effect \(effect)")
+        print(
+            "GGUF LoRA: base rel. error \(baseError), adapter rel. error \(loraError), delta rel. error \(deltaError), adapter effect \(effect)"
+        )
         #expect(baseError < 1e-2)
         #expect(loraError < 1e-2)
         #expect(deltaError < 2e-2)

@@ -50,7 +50,9 @@ struct SmolLMTests {
             GenerationRequest(
                 id: "paris", prompt: .chat([ChatTurn(role: "user", content: "What is the capital of France?")]),
                 params: SamplingParams(maxTokens: 12, temperature: 0)))
-        print("answer \(c.text.debugDescription) (\(c.tokens.count) tokens, \(c.finishReason.map { "\($0)" } ?? "-")) in \(clock.now - start)")
+        print(
+            "answer \(c.text.debugDescription) (\(c.tokens.count) tokens, \(c.finishReason.map { "\($0)" } ?? "-")) in \(clock.now - start)"
+        )
         #expect(c.error == nil)
         #expect(c.text.contains("Paris"))
         #expect(c.text.contains("capital") || c.text.contains("France"))

@@ -65,7 +65,8 @@ extension LlamaGGUF {
                 guard heads > 0 else { return WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: raw) }
                 // Reorder whole rows (ggml blocks never straddle rows) from GGUF to HF order.
                 let rowBytes = raw.count / rows
-                let headDim = rows / heads, half = headDim / 2
+                let headDim = rows / heads
+                let half = headDim / 2
                 var reordered = [UInt8](repeating: 0, count: raw.count)
                 reordered.withUnsafeMutableBytes { dst in
                     for h in 0..<heads {

@@ -193,7 +193,8 @@ package final class WeightMatrix: @unchecked Sendable {
             out.update(from: self.dense!.pointer + r * self.columns, count: self.columns)
             return
         }
-        let q = r / 4, rr = r % 4
+        let q = r / 4
+        let rr = r % 4
         let quadBlock = self.format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
         for b in 0..<self.blocks {
             let block = UnsafeRawPointer(packed + (q * self.blocks + b) * quadBlock)
