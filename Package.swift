@@ -52,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "LorikeetCLI",
             dependencies: [
-                "LorikeetProto", "LorikeetSupervisor",
+                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -96,5 +96,19 @@ let package = Package(
         // Model formats: GGUF reader, dequantization, Llama tensor mapping, byte-level BPE tokenizer.
         .target(name: "LorikeetGGUF", swiftSettings: upcoming),
         .testTarget(name: "LorikeetGGUFTests", dependencies: ["LorikeetGGUF"], swiftSettings: upcoming),
+        // The engine process: serves the engine channel for an EngineCore on a Unix socket.
+        .target(
+            name: "LorikeetEngineServer",
+            dependencies: [
+                "LorikeetEngine", "LorikeetProto",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetEngineServerTests",
+            dependencies: ["LorikeetEngineServer", "LorikeetEngine", "LorikeetProto"],
+            swiftSettings: upcoming
+        ),
     ]
 )

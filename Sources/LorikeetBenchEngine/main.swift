@@ -14,7 +14,8 @@ func parseArguments() throws -> (dir: String, threads: Int, tokens: Int) {
     var args = Array(CommandLine.arguments.dropFirst())
     guard !args.isEmpty else { throw BenchError(description: "usage: lorikeet-bench-engine FIXTURE_DIR [--threads N] [--tokens N]") }
     let dir = args.removeFirst()
-    var threads = 1, tokens = 200
+    var threads = 1
+    var tokens = 200
     while !args.isEmpty {
         let flag = args.removeFirst()
         guard let value = args.first.flatMap(Int.init) else { throw BenchError(description: "\(flag) needs a number") }

@@ -7,7 +7,7 @@ struct Lorikeet: ParsableCommand {
         commandName: "lorikeet",
         abstract: "Multi-process OpenAI-compatible serving frontend with consistent dynamic LoRA adapters.",
         version: LorikeetVersion.string,
-        subcommands: [ServeCommand.self, CtlCommand.self]
+        subcommands: [ServeCommand.self, EngineCommand.self, CtlCommand.self]
     )
 }
 

@@ -68,8 +68,8 @@ package final class EngineCore: Sendable {
             let configBytes: [UInt8]
             let modelBytes: [UInt8]
             do {
-                configBytes = try SecureFile.read(dir + "/config.json", limit: 1 << 24)
-                modelBytes = try SecureFile.read(dir + "/model.safetensors")
+                configBytes = try SecureFile.read(dir + "/config.json", limit: 1 << 24, followSymlinks: true)
+                modelBytes = try SecureFile.read(dir + "/model.safetensors", followSymlinks: true)
             } catch {
                 throw ModelLoadError.file(error)
             }

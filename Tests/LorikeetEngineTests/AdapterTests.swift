@@ -106,7 +106,8 @@ struct AdapterTests {
 
     @Test func idsAndNamesAreUniqueAndAddIsIdempotent() throws {
         let core = try Fixture.engine()
-        let plain = try Fixture.adapter("plain"), rs = try Fixture.adapter("rslora")
+        let plain = try Fixture.adapter("plain")
+        let rs = try Fixture.adapter("rslora")
         #expect(try core.adapters.add(name: "a", intId: 1, path: plain, epoch: 1) == .added)
         #expect(try core.adapters.add(name: "a", intId: 1, path: plain, epoch: 1) == .alreadyLoaded)
         #expect(throws: EngineError.self) { try core.adapters.add(name: "b", intId: 1, path: rs, epoch: 1) }
@@ -188,9 +189,12 @@ struct AdapterTests {
         let tokens = Mutex<[UInt32]>([])
         try core.submit(
             GenerationRequest(
-                id: "r", prompt: .tokens(ref.prompt_tokens), adapterId: 1, params: SamplingParams(maxTokens: 16, ignoreEOS: true))
+                id: "r", prompt: .tokens(ref.promptTokens), adapterId: 1, params: SamplingParams(maxTokens: 16, ignoreEOS: true))
         ) { e in
-            let n = tokens.withLock { $0 += e.tokens; return $0.count }
+            let n = tokens.withLock {
+                $0 += e.tokens
+                return $0.count
+            }
             if n == 1 { started.signal() }
             if e.finishReason != nil { done.signal() }
         }

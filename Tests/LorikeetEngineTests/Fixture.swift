@@ -72,9 +72,15 @@ enum Fixture {
             var scale: Double?
         }
         var prompt: String
-        var prompt_tokens: [UInt32]
-        var greedy_steps: Int
+        var promptTokens: [UInt32]
+        var greedySteps: Int
         var cases: [String: Case]
+
+        enum CodingKeys: String, CodingKey {
+            case prompt, cases
+            case promptTokens = "prompt_tokens"
+            case greedySteps = "greedy_steps"
+        }
     }
 
     static func reference() throws -> Reference {
@@ -127,7 +133,7 @@ extension EngineCore {
 
     /// Greedy completion of the fixture prompt with `adapter`, ignoring EOS.
     func greedy(_ id: String, adapter: UInt64? = nil, maxTokens: Int = 16, prompt: [UInt32]? = nil) async throws -> Completion {
-        let tokens = try prompt ?? Fixture.reference().prompt_tokens
+        let tokens = try prompt ?? Fixture.reference().promptTokens
         return await self.complete(
             GenerationRequest(
                 id: id, prompt: .tokens(tokens), adapterId: adapter,

@@ -16,7 +16,8 @@ struct GenerationTests {
         func request(_ i: Int, _ tag: String) -> GenerationRequest {
             GenerationRequest(
                 id: "\(tag)-\(i)", prompt: .tokens(prompts[i]), adapterId: adapters[i],
-                params: SamplingParams(maxTokens: lengths[i], temperature: i % 2 == 0 ? 0 : 0.9, topP: 0.9, topK: 50, seed: UInt64(i), ignoreEOS: true))
+                params: SamplingParams(
+                    maxTokens: lengths[i], temperature: i % 2 == 0 ? 0 : 0.9, topP: 0.9, topK: 50, seed: UInt64(i), ignoreEOS: true))
         }
         var solo: [[UInt32]] = []
         for i in 0..<8 { solo.append(await core.complete(request(i, "solo")).tokens) }
@@ -87,7 +88,8 @@ struct GenerationTests {
         var rng = Xoshiro256(seed: 42)
         // Golden values: a change here changes every seeded completion.
         #expect([rng.next(), rng.next()] == [0x1578_0b2e_0c2e_c716, 0x6104_d986_6d11_3a7e])
-        var r1 = Xoshiro256(seed: 7), r2 = Xoshiro256(seed: 7)
+        var r1 = Xoshiro256(seed: 7)
+        var r2 = Xoshiro256(seed: 7)
         #expect((0..<10).map { _ in r1.next() } == (0..<10).map { _ in r2.next() })
     }
 
@@ -96,7 +98,7 @@ struct GenerationTests {
         let ref = try Fixture.reference()
         let out = await core.complete(
             GenerationRequest(
-                id: "k1", prompt: .tokens(ref.prompt_tokens),
+                id: "k1", prompt: .tokens(ref.promptTokens),
                 params: SamplingParams(maxTokens: 16, temperature: 5, topK: 1, ignoreEOS: true)))
         #expect(out.tokens == ref.cases["base"]!.greedy)
     }
@@ -177,8 +179,8 @@ struct GenerationTests {
         var events: [GenerationEvent] = []
         for await e in core.generate(
             GenerationRequest(
-                id: "stop", prompt: .tokens(ref.prompt_tokens), params: SamplingParams(maxTokens: 16, stop: ["zzz", stop], ignoreEOS: true)))
-        {
+                id: "stop", prompt: .tokens(ref.promptTokens), params: SamplingParams(maxTokens: 16, stop: ["zzz", stop], ignoreEOS: true))
+        ) {
             events.append(e)
         }
         let text = events.map(\.text).joined()
@@ -190,7 +192,7 @@ struct GenerationTests {
         // Stop token id: counted, not rendered.
         let byToken = await core.complete(
             GenerationRequest(
-                id: "stoptok", prompt: .tokens(ref.prompt_tokens),
+                id: "stoptok", prompt: .tokens(ref.promptTokens),
                 params: SamplingParams(maxTokens: 16, stopTokenIds: [full.tokens[3]], ignoreEOS: true)))
         #expect(byToken.finishReason == .stop)
         #expect(byToken.tokens == Array(full.tokens[0..<4]))
@@ -243,7 +245,8 @@ struct GenerationTests {
         let core = try Fixture.engine(maxBatchSize: 1)
         let reasons = Mutex<[FinishReason]>([])
         for i in 0..<3 {
-            try core.submit(GenerationRequest(id: "s\(i)", prompt: .text("x"), params: SamplingParams(maxTokens: 200, ignoreEOS: true))) { e in
+            try core.submit(GenerationRequest(id: "s\(i)", prompt: .text("x"), params: SamplingParams(maxTokens: 200, ignoreEOS: true))) {
+                e in
                 if let r = e.finishReason { reasons.withLock { $0.append(r) } }
             }
         }

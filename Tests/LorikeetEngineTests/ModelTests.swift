@@ -27,7 +27,7 @@ struct ModelTests {
             adapter = try core.adapters.weightsForRequest(id).weights
             #expect(abs(Double(adapter!.scaling) - expected.scale!) < 1e-6)
         }
-        let logits = core.model.lastLogits(ref.prompt_tokens, adapter: adapter)
+        let logits = core.model.lastLogits(ref.promptTokens, adapter: adapter)
         #expect(logits.count == expected.logits.count)
         let maxDiff = zip(logits, expected.logits).map { abs($0 - $1) }.max() ?? .infinity
         #expect(maxDiff < 1e-3, "max |Δlogit| = \(maxDiff)")
@@ -38,10 +38,10 @@ struct ModelTests {
         let ref = try Fixture.reference()
         let expected = try #require(ref.cases[name])
         let core = try Self.engineWithAdapters()
-        let out = try await core.greedy("g-\(name)", adapter: Self.adapterIds[name], maxTokens: ref.greedy_steps)
+        let out = try await core.greedy("g-\(name)", adapter: Self.adapterIds[name], maxTokens: ref.greedySteps)
         #expect(out.tokens == expected.greedy)
         #expect(out.finishReason == .length)
-        #expect(out.usage == Usage(promptTokens: ref.prompt_tokens.count, completionTokens: ref.greedy_steps))
+        #expect(out.usage == Usage(promptTokens: ref.promptTokens.count, completionTokens: ref.greedySteps))
     }
 
     @Test func adaptersChangeTheOutput() throws {
@@ -54,11 +54,12 @@ struct ModelTests {
         let ref = try Fixture.reference()
         let one = try Fixture.engine(threads: 1)
         let two = try Fixture.engine(threads: 2)
-        #expect(one.model.lastLogits(ref.prompt_tokens) == two.model.lastLogits(ref.prompt_tokens))
+        #expect(one.model.lastLogits(ref.promptTokens) == two.model.lastLogits(ref.promptTokens))
     }
 
     @Test func tiedEmbeddingsAndConfigValidation() throws {
-        let json = #"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":10,"tie_word_embeddings":true,"eos_token_id":[1,2]}"#
+        let json =
+            #"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":10,"tie_word_embeddings":true,"eos_token_id":[1,2]}"#
         let config = try LlamaConfig(json: Data(json.utf8))
         #expect(config.headDim == 4 && config.kvDim == 4 && config.eosTokenIds == [1, 2])
         var tensors: [String: HostTensor] = [:]
@@ -86,6 +87,21 @@ struct ModelTests {
         #expect(throws: ModelLoadError.self) { try LlamaConfig(json: Data(gqaBad.utf8)) }
         let arch = json.replacingOccurrences(of: "LlamaForCausalLM", with: "GPT2LMHeadModel")
         #expect(throws: ModelLoadError.unsupportedArchitecture("GPT2LMHeadModel")) { try LlamaConfig(json: Data(arch.utf8)) }
+    }
+
+    /// Model files may be symlinks (Hugging Face cache snapshots are); only adapter files
+    /// are opened with O_NOFOLLOW.
+    @Test func modelFilesMayBeSymlinks() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lorikeet-model-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + file, withDestinationPath: try Fixture.modelDir() + "/" + file)
+        }
+        let ref = try Fixture.reference()
+        let core = try EngineCore(modelDirectory: dir)
+        let logits = core.model.lastLogits(ref.promptTokens)
+        #expect(zip(logits, ref.cases["base"]!.logits).map { abs($0 - $1) }.max()! < 1e-3)
     }
 
     @Test func missingModelDirectoryIsAClearError() {

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Why a file could not be opened safely.
@@ -68,9 +68,13 @@ package enum SecureFile {
         return canonical
     }
 
-    /// Reads a whole regular file without following a symlink in its final component.
-    package static func read(_ path: String, limit: Int = 1 << 34) throws(SecureFileError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    /// Reads a whole regular file. With `followSymlinks: false` (the default, for
+    /// adapter files) a symlink in the final component is refused (`O_NOFOLLOW`); model
+    /// files given by the operator may be symlinks (Hugging Face cache snapshots are).
+    package static func read(
+        _ path: String, limit: Int = 1 << 34, followSymlinks: Bool = false
+    ) throws(SecureFileError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | (followSymlinks ? 0 : O_NOFOLLOW))
         guard fd >= 0 else {
             let e = errno
             switch e {
@@ -109,9 +113,9 @@ package enum SecureFile {
 @inline(__always)
 private func systemRead(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ n: Int) -> Int {
     #if canImport(Glibc)
-    Glibc.read(fd, buf, n)
+        Glibc.read(fd, buf, n)
     #else
-    Darwin.read(fd, buf, n)
+        Darwin.read(fd, buf, n)
     #endif
 }
 

@@ -154,7 +154,8 @@ package final class AdapterStore: Sendable {
                 }
                 throw EngineError(
                     .alreadyExists,
-                    "lora_int_id \(intId) is already loaded as adapter '\(existing.name)' from \(existing.path); use replace to load new weights.")
+                    "lora_int_id \(intId) is already loaded as adapter '\(existing.name)' from \(existing.path); use replace to load new weights."
+                )
             }
             let loaded = try self.loadFiles(path)
             return try self.state.withLock { state throws(EngineError) -> AddOutcome in
@@ -274,7 +275,8 @@ package final class AdapterStore: Sendable {
                     return .failed(
                         EngineError(
                             .resourceExhausted,
-                            "All \(self.options.maxLoras) LoRA slots (max_loras) are pinned by other adapters; cannot run adapter '\(e.name)'."))
+                            "All \(self.options.maxLoras) LoRA slots (max_loras) are pinned by other adapters; cannot run adapter '\(e.name)'."
+                        ))
                 }
             }
             if e.weights == nil {
@@ -333,7 +335,8 @@ package final class AdapterStore: Sendable {
             guard let (id, _) = victim else {
                 throw EngineError(
                     .resourceExhausted,
-                    "Cannot \(what): all \(options.maxCpuLoras) cached LoRA slots (max_cpu_loras) hold adapters that are pinned or in use by running requests.")
+                    "Cannot \(what): all \(options.maxCpuLoras) cached LoRA slots (max_cpu_loras) hold adapters that are pinned or in use by running requests."
+                )
             }
             state.entries[id]!.weights = nil
             state.entries[id]!.active = false
@@ -368,7 +371,8 @@ package final class AdapterStore: Sendable {
             case .busy, .allPinned:
                 throw EngineError(
                     .resourceExhausted,
-                    "Cannot pin adapter '\(e.name)': every LoRA slot (max_loras=\(options.maxLoras)) is in use by running requests; retry when they finish.")
+                    "Cannot pin adapter '\(e.name)': every LoRA slot (max_loras=\(options.maxLoras)) is in use by running requests; retry when they finish."
+                )
             }
         }
         state.entries[intId]!.pinned = true

@@ -1,8 +1,9 @@
 import Dispatch
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// fp32 compute kernels over raw pointers. Every loop here is bounds-free on purpose
@@ -15,8 +16,14 @@ package enum Kernels {
     /// Dot product with eight independent accumulators (vectorizable, fixed order).
     @inline(__always)
     package static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
-        var s4: Float = 0, s5: Float = 0, s6: Float = 0, s7: Float = 0
+        var s0: Float = 0
+        var s1: Float = 0
+        var s2: Float = 0
+        var s3: Float = 0
+        var s4: Float = 0
+        var s5: Float = 0
+        var s6: Float = 0
+        var s7: Float = 0
         var i = 0
         while i &+ 8 <= n {
             s0 += a[i] * b[i]

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
@@ -165,8 +165,13 @@ package final class LlamaModel: Sendable {
         let c = self.config
         let n = rows.count
         guard n > 0 else { return [] }
-        let hidden = c.hiddenSize, qDim = c.qDim, kvDim = c.kvDim, inter = c.intermediateSize
-        let headDim = c.headDim, half = headDim / 2, group = c.numHeads / c.numKVHeads
+        let hidden = c.hiddenSize
+        let qDim = c.qDim
+        let kvDim = c.kvDim
+        let inter = c.intermediateSize
+        let headDim = c.headDim
+        let half = headDim / 2
+        let group = c.numHeads / c.numKVHeads
         for row in rows {
             precondition(row.position < c.maxPositionEmbeddings && Int(row.token) < c.vocabSize)
             row.cache.reserve(row.position + 1)
@@ -259,12 +264,14 @@ package final class LlamaModel: Sendable {
         _ scratch: UnsafeMutablePointer<Float>
     ) {
         let weight = self.weights.layers[layer].linear[module.index]
-        let outDim = weight.rows, inDim = weight.columns
+        let outDim = weight.rows
+        let inDim = weight.columns
         weight.matmul(x, batch: rows.count, y, threads: self.threads, scratch: scratch)
         for (i, row) in rows.enumerated() {
             guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
             let r = adapter.rank
-            let xi = x + i * inDim, yi = y + i * outDim
+            let xi = x + i * inDim
+            let yi = y + i * outDim
             for j in 0..<r { loraTmp[j] = Kernels.dot(pair.a.pointer + j * inDim, xi, inDim) }
             let s = adapter.scaling
             for o in 0..<outDim { yi[o] += s * Kernels.dot(pair.b.pointer + o * r, loraTmp, r) }
@@ -277,7 +284,8 @@ package final class LlamaModel: Sendable {
         _ x: UnsafeMutablePointer<Float>, _ cos: UnsafePointer<Float>, _ sin: UnsafePointer<Float>, _ half: Int
     ) {
         for j in 0..<half {
-            let a = x[j], b = x[j + half]
+            let a = x[j]
+            let b = x[j + half]
             x[j] = a * cos[j] - b * sin[j]
             x[j + half] = b * cos[j] + a * sin[j]
         }

@@ -136,15 +136,14 @@ package final class LlamaWeights: Sendable {
 
     /// Builds weights from a parsed safetensors file (F32/F16/BF16 converted to fp32).
     package convenience init(config: LlamaConfig, safetensors file: SafetensorsFile) throws(ModelLoadError) {
-        var tensors: [String: HostTensor] = [:]
-        for name in file.tensors.keys {
-            do {
-                let (shape, values) = try file.floats(name)
-                tensors[name] = HostTensor(shape: shape, values: values)
+        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> WeightMatrix in
+            guard let info = file.tensors[name] else { throw .missingTensor(name) }
+            guard info.shape == shape else { throw .shapeMismatch(tensor: name, expected: shape, actual: info.shape) }
+            do throws(SafetensorsError) {
+                return WeightMatrix(dense: FloatTensor(shape: shape, values: try file.floats(name).values))
             } catch {
                 throw .safetensors(error)
             }
         }
-        try self.init(config: config, tensors: tensors)
     }
 }

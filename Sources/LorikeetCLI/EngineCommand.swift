@@ -1,0 +1,103 @@
+import ArgumentParser
+import Foundation
+import Logging
+import LorikeetEngine
+import LorikeetEngineServer
+import LorikeetProto
+import LorikeetSupervisor
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `lorikeet engine`: the built-in reference engine process, serving the engine channel
+/// on a Unix socket (started by the supervisor; runnable by hand for debugging).
+struct EngineCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "engine",
+        abstract: "Run the built-in Llama engine on a Unix socket (engine channel).",
+        discussion: "Exit code 78: the model cannot be loaded or the socket cannot be bound."
+    )
+
+    @Option(help: "Model directory with config.json + model.safetensors.") var model: String?
+    @Option(help: "Unix socket path to serve on (mode 0600).") var socket: String
+    @Option(help: "Maximum adapters used by running requests at once.") var maxLoras = 4
+    @Option(help: "Maximum adapters cached in memory (at least --max-loras).") var maxCpuLoras: Int?
+    @Option(help: "Largest LoRA rank accepted.") var maxLoraRank = 16
+    @Option(help: "Threads for matrix products.") var threads = 1
+    @Option(help: "Sequences stepped together at most.") var maxBatchSize = 32
+    @Option(help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
+    @Option(help: "Log format: text or json.") var logFormat = "text"
+
+    func run() throws {
+        LoggingBootstrap.bootstrap(format: self.logFormat)
+        // A parent may have spawned us with signals blocked (Foundation's Process does,
+        // from a dispatch thread): unblock them so SIGTERM/SIGINT stop the engine.
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
+        signal(SIGTERM, SIG_DFL)
+        signal(SIGINT, SIG_DFL)
+        signal(SIGPIPE, SIG_IGN)
+        var logger = Logger(label: "lorikeet.engine")
+        logger[metadataKey: "pid"] = "\(getpid())"
+        guard let model else {
+            logger.critical("no --model given: the built-in engine needs a model directory (config.json + model.safetensors)")
+            throw ExitCode(LorikeetExitCode.cannotBoot)
+        }
+        if let parentPid { Self.watchParent(parentPid, logger: logger) }
+        let options = EngineOptions(
+            maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank, threads: self.threads,
+            maxBatchSize: self.maxBatchSize)
+        let core: EngineCore
+        do {
+            core = try EngineCore(modelDirectory: model, options: options)
+        } catch {
+            logger.critical("cannot load the model: \(error.message)")
+            throw ExitCode(LorikeetExitCode.cannotBoot)
+        }
+        // Bind under a temporary name and rename, so clients never see a socket file
+        // that is not listening yet.
+        let temporary = self.socket + ".\(getpid()).tmp"
+        let listener: Int32
+        do {
+            listener = try UnixSocket.listen(path: temporary, mode: 0o600)
+            guard rename(temporary, self.socket) == 0 else {
+                throw TransportError.system(call: "rename \(temporary) -> \(self.socket)", errno: errno)
+            }
+        } catch {
+            unlink(temporary)
+            logger.critical("cannot serve on \(self.socket): \(error)")
+            throw ExitCode(LorikeetExitCode.cannotBoot)
+        }
+        logger.info(
+            "engine ready",
+            metadata: [
+                "socket": "\(self.socket)", "model": "\(core.info.modelName)", "vocab": "\(core.info.vocabSize)",
+                "max_loras": "\(options.adapters.maxLoras)", "max_cpu_loras": "\(options.adapters.maxCpuLoras)",
+                "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)",
+            ])
+        let server = EngineServer(core: core, logger: logger)
+        do {
+            try server.serve(listener: listener)
+        } catch {
+            logger.critical("accept failed: \(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    /// Exits when the parent process is gone (the supervisor was killed with SIGKILL).
+    static func watchParent(_ pid: Int32, logger: Logger) {
+        let thread = Thread {
+            while true {
+                sleep(1)
+                if getppid() != pid {
+                    logger.warning("supervisor \(pid) is gone; exiting")
+                    Glibc.exit(0)
+                }
+            }
+        }
+        thread.name = "lorikeet-engine-parent-watch"
+        thread.start()
+    }
+}

@@ -1,0 +1,287 @@
+import Foundation
+package import Logging
+package import LorikeetEngine
+package import LorikeetProto
+import Synchronization
+
+/// Serves the engine channel (`proto/lorikeet/v1/engine.proto`) for an `EngineCore`.
+///
+/// Several clients (workers) may be connected at once. Each connection gets a reader
+/// thread, which decodes envelopes and dispatches them, and a writer thread, which owns
+/// all writes to the socket, so a slow client never blocks the scheduler thread that
+/// produces its tokens. A bad frame closes only that connection (with a logged reason);
+/// requests of a closed connection are aborted.
+///
+/// Call mapping (each reply carries the request's `call_id`):
+/// - `generate` → a stream of `chunk`s, the last with `finish_reason`; a refused request
+///   gets one `chunk` with `finish_reason = "error"` and the status;
+/// - `abort` → `result` (OK even when the request already finished);
+/// - `add_adapter` / `remove_adapter` / `pin_adapter` → `result` with the gRPC status
+///   (FAILED_PRECONDITION for a stale epoch);
+/// - `list_adapters` → `adapter_list`; `health` → `health_reply`; `model_info` →
+///   `model_info_reply`.
+package final class EngineServer: Sendable {
+    /// Frames queued for one slow client before it is disconnected.
+    package static let maxQueuedFrames = 65_536
+
+    private let core: EngineCore
+    private let logger: Logger
+    private let connections = Mutex<[UInt64: EngineConnection]>([:])
+    private let nextConnectionID = Atomic<UInt64>(1)
+
+    /// Creates a server for `core`.
+    package init(core: EngineCore, logger: Logger) {
+        self.core = core
+        self.logger = logger
+    }
+
+    /// Accepts connections on a listening socket until it fails (e.g. is closed).
+    /// Blocks the calling thread; connections run on threads of their own.
+    package func serve(listener: Int32) throws(TransportError) {
+        while true {
+            let fd = try UnixSocket.accept(listener: listener)
+            self.start(FramedConnection<EngineEnvelope>(fd: fd))
+        }
+    }
+
+    /// Serves one already-connected socket on new threads (also the in-process twin for
+    /// tests: pass one end of a `socketpair`).
+    package func start(_ transport: FramedConnection<EngineEnvelope>) {
+        let id = self.nextConnectionID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let connection = EngineConnection(id: id, transport: transport, logger: self.logger)
+        self.connections.withLock { $0[id] = connection }
+        connection.startWriter()
+        let thread = Thread { [self] in
+            self.readLoop(connection)
+        }
+        thread.name = "lorikeet-engine-conn-\(id)"
+        thread.start()
+    }
+
+    /// Number of open connections.
+    package var connectionCount: Int { self.connections.withLock { $0.count } }
+
+    /// Closes every connection (their requests are aborted).
+    package func closeAll() {
+        for c in self.connections.withLock({ Array($0.values) }) { c.close() }
+    }
+
+    private func readLoop(_ connection: EngineConnection) {
+        var logger = self.logger
+        logger[metadataKey: "connection.id"] = "\(connection.id)"
+        while true {
+            let envelope: EngineEnvelope?
+            do {
+                envelope = try connection.transport.receive()
+            } catch {
+                logger.warning("closing engine connection: \(error)")
+                break
+            }
+            guard let envelope else { break }
+            self.dispatch(envelope, connection)
+        }
+        connection.close()
+        self.connections.withLock { _ = $0.removeValue(forKey: connection.id) }
+        let orphans = connection.takeRequests()
+        for id in orphans { self.core.abort(id) }
+        if !orphans.isEmpty { logger.info("connection closed; aborted \(orphans.count) request(s)") }
+    }
+
+    private func dispatch(_ envelope: EngineEnvelope, _ c: EngineConnection) {
+        let callID = envelope.callID
+        func reply(_ body: EngineEnvelope.Body) { c.enqueue(EngineEnvelope(callID: callID, body: body)) }
+        func result(_ status: Status) { reply(.result(CallResult(status: status))) }
+        if envelope.deadlineUnixMs != 0 && envelope.deadlineUnixMs < UInt64(Date().timeIntervalSince1970 * 1000) {
+            if case .generate(let g) = envelope.body {
+                reply(
+                    .chunk(
+                        GenerateChunk(
+                            requestID: g.requestID, finishReason: "error",
+                            status: Status(code: .deadlineExceeded, message: "deadline passed before the request was read"))))
+            } else {
+                result(Status(code: .deadlineExceeded, message: "deadline passed before the call was read"))
+            }
+            return
+        }
+        switch envelope.body {
+        case .generate(let g):
+            self.generate(g, callID: callID, c)
+        case .abort(let a):
+            self.core.abort(a.requestID)
+            result(.ok)
+        case .addAdapter(let a):
+            result(
+                Self.status { () throws(EngineError) in
+                    _ = try self.core.adapters.add(
+                        name: a.name, intId: a.intID, path: a.path, pinned: a.pinned, replace: a.replace, epoch: a.epoch)
+                })
+        case .removeAdapter(let r):
+            result(Self.status { () throws(EngineError) in try self.core.adapters.remove(intId: r.intID, epoch: r.epoch) })
+        case .pinAdapter(let p):
+            result(Self.status { () throws(EngineError) in try self.core.adapters.pin(intId: p.intID, pinned: p.pinned, epoch: p.epoch) })
+        case .listAdapters:
+            reply(
+                .adapterList(
+                    EngineAdapterList(
+                        adapters: self.core.adapters.list().map {
+                            EngineAdapter(
+                                name: $0.name, intID: $0.intId, path: $0.path, pinned: $0.pinned, active: $0.active,
+                                rank: UInt32($0.rank))
+                        })))
+        case .health:
+            reply(
+                .healthReply(
+                    HealthReply(
+                        status: .ok, maxEpoch: self.core.adapters.maxEpoch, runningRequests: UInt32(self.core.runningRequests))))
+        case .modelInfo:
+            let i = self.core.info
+            reply(
+                .modelInfoReply(
+                    ModelInfo(
+                        modelName: i.modelName, architecture: i.architecture, vocabSize: UInt32(i.vocabSize),
+                        contextLength: UInt32(i.contextLength), maxLoras: UInt32(i.maxLoras), maxCPULoras: UInt32(i.maxCpuLoras),
+                        maxLoraRank: UInt32(i.maxLoraRank), eosTokenIDs: i.eosTokenIds)))
+        case .chunk, .adapterList, .healthReply, .modelInfoReply, .result:
+            result(Status(code: .invalidArgument, message: "the engine does not accept reply messages"))
+        case .none:
+            result(Status(code: .invalidArgument, message: "empty engine envelope"))
+        }
+    }
+
+    private func generate(_ g: GenerateRequest, callID: UInt64, _ c: EngineConnection) {
+        let prompt: PromptInput
+        if g.promptTokens.isEmpty && g.messages.isEmpty && g.promptText.isEmpty {
+            let status = Status(
+                code: .invalidArgument, message: "one of prompt_tokens, prompt_text or messages is required", param: "prompt")
+            c.enqueue(
+                EngineEnvelope(callID: callID, body: .chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: status))))
+            return
+        } else if !g.promptTokens.isEmpty {
+            prompt = .tokens(g.promptTokens)
+        } else if !g.messages.isEmpty {
+            prompt = .chat(g.messages.map { ChatTurn(role: $0.role, content: $0.content) })
+        } else {
+            prompt = .text(g.promptText)
+        }
+        let s = g.sampling
+        let request = GenerationRequest(
+            id: g.requestID, prompt: prompt, adapterId: g.adapter.flatMap { $0.intID == 0 ? nil : $0.intID },
+            params: LorikeetEngine.SamplingParams(
+                maxTokens: Int(s.maxTokens == 0 ? 16 : s.maxTokens), temperature: s.temperature,
+                topP: s.topP == 0 ? 1 : s.topP, topK: Int(s.topK), seed: s.seed, stop: s.stop,
+                stopTokenIds: s.stopTokenIDs, ignoreEOS: s.ignoreEOS))
+        c.track(g.requestID)
+        do {
+            try self.core.submit(request) { [weak c] event in
+                guard let c else { return }
+                var chunk = GenerateChunk(requestID: event.requestId, tokens: event.tokens, text: event.text)
+                if let reason = event.finishReason {
+                    chunk.finishReason = reason.rawValue
+                    chunk.usage = event.usage.map {
+                        LorikeetProto.Usage(promptTokens: UInt32($0.promptTokens), completionTokens: UInt32($0.completionTokens))
+                    }
+                    if let error = event.error { chunk.status = Self.status(error) }
+                    c.untrack(event.requestId)
+                }
+                c.enqueue(EngineEnvelope(callID: callID, body: .chunk(chunk)))
+            }
+        } catch {
+            c.untrack(g.requestID)
+            c.enqueue(
+                EngineEnvelope(
+                    callID: callID, body: .chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: Self.status(error)))))
+        }
+    }
+
+    private static func status(_ body: () throws(EngineError) -> Void) -> Status {
+        do {
+            try body()
+            return .ok
+        } catch {
+            return self.status(error)
+        }
+    }
+
+    /// The wire status for an engine error.
+    package static func status(_ error: EngineError) -> Status {
+        Status(code: StatusCode(wireValue: Int32(error.code.grpcStatusCode)), message: error.message)
+    }
+}
+
+/// One client connection: its transport, its outbound queue (drained by a writer
+/// thread) and the ids of its running requests.
+final class EngineConnection: Sendable {
+    private struct Outbound {
+        var queue: [EngineEnvelope] = []
+        var closed = false
+    }
+
+    let id: UInt64
+    let transport: FramedConnection<EngineEnvelope>
+    private let logger: Logger
+    private let outbound = Mutex(Outbound())
+    private let ready = DispatchSemaphore(value: 0)
+    private let requests = Mutex<Set<String>>([])
+
+    init(id: UInt64, transport: FramedConnection<EngineEnvelope>, logger: Logger) {
+        self.id = id
+        self.transport = transport
+        self.logger = logger
+    }
+
+    func startWriter() {
+        let thread = Thread { [self] in self.writeLoop() }
+        thread.name = "lorikeet-engine-writer-\(self.id)"
+        thread.start()
+    }
+
+    /// Queues a frame; never blocks. A client that lets the queue grow past the limit is
+    /// disconnected.
+    func enqueue(_ envelope: EngineEnvelope) {
+        let overflow = self.outbound.withLock { o -> Bool in
+            guard !o.closed else { return false }
+            o.queue.append(envelope)
+            return o.queue.count > EngineServer.maxQueuedFrames
+        }
+        if overflow {
+            self.logger.warning("engine client is not reading; closing", metadata: ["connection.id": "\(self.id)"])
+            self.close()
+        }
+        self.ready.signal()
+    }
+
+    func close() {
+        self.outbound.withLock { $0.closed = true }
+        self.transport.close()
+        self.ready.signal()
+    }
+
+    func track(_ requestID: String) { self.requests.withLock { _ = $0.insert(requestID) } }
+    func untrack(_ requestID: String) { self.requests.withLock { _ = $0.remove(requestID) } }
+    func takeRequests() -> [String] {
+        self.requests.withLock { r in
+            defer { r = [] }
+            return Array(r)
+        }
+    }
+
+    private func writeLoop() {
+        while true {
+            self.ready.wait()
+            let (batch, closed) = self.outbound.withLock { o -> ([EngineEnvelope], Bool) in
+                defer { o.queue = [] }
+                return (o.queue, o.closed)
+            }
+            if closed { return }
+            for envelope in batch {
+                do {
+                    try self.transport.send(envelope)
+                } catch {
+                    self.logger.info("engine client went away: \(error)", metadata: ["connection.id": "\(self.id)"])
+                    self.close()
+                    return
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import LorikeetProto
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The real `lorikeet engine` process over its Unix socket.
+@Suite("Engine process over its socket", .serialized)
+final class EngineProcessTests {
+    let process: Process
+    let socket: String
+    let stateDir: String
+
+    init() throws {
+        let dir = try ServerFixture.directory()
+        // The test bundle sits next to the built executables.
+        let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        var binary = binDir + "/lorikeet"
+        if !FileManager.default.isExecutableFile(atPath: binary) {
+            binary = ServerFixture.repoRoot + "/.build/debug/lorikeet"
+        }
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw ServerFixture.Failure(description: "lorikeet binary not built at \(binary): run `swift build` (bin/test does)")
+        }
+        self.stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("lorikeet-engine-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: self.stateDir, withIntermediateDirectories: true)
+        self.socket = self.stateDir + "/engine.sock"
+        self.process = Process()
+        self.process.executableURL = URL(fileURLWithPath: binary)
+        self.process.arguments = [
+            "engine", "--model", dir + "/model", "--socket", self.socket, "--max-loras", "2", "--max-cpu-loras", "3",
+            "--max-lora-rank", "32", "--parent-pid", "\(getpid())",
+        ]
+        self.process.standardError = FileHandle.nullDevice
+        try self.process.run()
+        for _ in 0..<500 where !FileManager.default.fileExists(atPath: self.socket) { usleep(20_000) }
+        guard FileManager.default.fileExists(atPath: self.socket) else {
+            self.process.terminate()
+            throw ServerFixture.Failure(description: "engine did not create its socket")
+        }
+    }
+
+    deinit {
+        let pid = self.process.processIdentifier
+        kill(pid, SIGTERM)
+        for _ in 0..<200 where self.process.isRunning { usleep(10_000) }
+        if self.process.isRunning { kill(pid, SIGKILL) }
+        self.process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: self.stateDir)
+    }
+
+    @Test func referenceTokensAndEightConcurrentClients() throws {
+        let ref = try ServerFixture.reference()
+        let dir = try ServerFixture.directory()
+        let admin = try TestEngineClient(path: self.socket)
+        for (i, name) in ["plain", "rslora", "rank32"].enumerated() {
+            let status = try admin.result(
+                .addAdapter(AddAdapterRequest(epoch: 1, name: name, intID: UInt64(i + 1), path: dir + "/adapters/" + name)))
+            #expect(status.isOK, "\(name): \(status)")
+        }
+        let cases: [(String, UInt64?)] = [("base", nil), ("plain", 1), ("rslora", 2), ("rank32", 3)]
+        // Solo runs first, compared with the numpy reference.
+        for (name, id) in cases {
+            let chunks = try admin.generate(TestEngineClient.greedy("solo-\(name)", prompt: ref.promptTokens, adapter: id))
+            #expect(chunks.tokens == ref.cases[name]!.greedy, "\(name)")
+        }
+        // 8 clients on 8 connections at once, mixing adapters (max_loras=2 for 3 adapters,
+        // so some requests wait for a slot), each must get its reference tokens.
+        let results = Mutex<[Int: [UInt32]]>([:])
+        let socket = self.socket
+        onThreads(8) { i in
+            guard let client = try? TestEngineClient(path: socket),
+                let chunks = try? client.generate(TestEngineClient.greedy("c\(i)", prompt: ref.promptTokens, adapter: cases[i % 4].1))
+            else { return }
+            results.withLock { $0[i] = chunks.tokens }
+        }
+        let got = results.withLock { $0 }
+        for i in 0..<8 { #expect(got[i] == ref.cases[cases[i % 4].0]!.greedy, "client \(i) (\(cases[i % 4].0))") }
+        guard case .adapterList(let list) = try admin.call(.listAdapters) else {
+            Issue.record("no list")
+            return
+        }
+        #expect(list.adapters.count == 3)
+        #expect(list.adapters.filter(\.active).count <= 2)
+    }
+
+    @Test func abortEpochsAndRefusalsOverTheSocket() throws {
+        let dir = try ServerFixture.directory()
+        let ref = try ServerFixture.reference()
+        let a = try TestEngineClient(path: self.socket)
+        let b = try TestEngineClient(path: self.socket)
+        // Epoch fencing across connections (two "leaders").
+        #expect(try a.result(.addAdapter(AddAdapterRequest(epoch: 7, name: "plain", intID: 1, path: dir + "/adapters/plain"))).isOK)
+        let fenced = try b.result(.removeAdapter(RemoveAdapterRequest(epoch: 6, intID: 1)))
+        #expect(fenced.code == .failedPrecondition)
+        for broken in ["dora", "bias", "modules_to_save", "shape_mismatch", "truncated", "no_tensors", "unknown_target"] {
+            let s = try b.result(.addAdapter(AddAdapterRequest(epoch: 7, name: broken, intID: 5, path: dir + "/broken/" + broken)))
+            #expect(s.code == .invalidArgument, "\(broken): \(s)")
+            #expect(
+                try b.generate(TestEngineClient.greedy("after-\(broken)", prompt: ref.promptTokens, adapter: 1)).tokens
+                    == ref.cases["plain"]!.greedy)
+        }
+        // Abort from another connection.
+        let started = DispatchSemaphore(value: 0)
+        let finish = Mutex("")
+        let t = Thread {
+            let chunks = try? a.generate(
+                GenerateRequest(requestID: "to-abort", promptTokens: [256, 66], sampling: SamplingParams(maxTokens: 250, ignoreEOS: true))
+            ) { _ in started.signal() }
+            finish.withLock { $0 = chunks?.finish ?? "none" }
+        }
+        t.start()
+        started.wait()
+        #expect(try b.result(.abort(AbortRequest(requestID: "to-abort"))).isOK)
+        for _ in 0..<300 where finish.withLock({ $0 }).isEmpty { usleep(10_000) }
+        #expect(finish.withLock { $0 } == "abort")
+        guard case .healthReply(let h) = try b.call(.health) else {
+            Issue.record("no health")
+            return
+        }
+        #expect(h.maxEpoch == 7 && h.runningRequests == 0)
+    }
+}

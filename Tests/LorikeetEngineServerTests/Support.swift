@@ -1,0 +1,131 @@
+import Foundation
+import LorikeetProto
+import Synchronization
+import Testing
+
+/// The fixture of `Tests/Fixtures/make_tiny_llama.py`, generated once per script version
+/// (same cache directory as LorikeetEngineTests' helper).
+enum ServerFixture {
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    static let repoRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    private static let cached = Mutex<String?>(nil)
+
+    static func directory() throws -> String {
+        try self.cached.withLock { cached in
+            if let dir = cached { return dir }
+            let script = self.repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
+            guard let source = FileManager.default.contents(atPath: script) else { throw Failure(description: "missing \(script)") }
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in source {
+                hash ^= UInt64(b)
+                hash &*= 0x100_0000_01b3
+            }
+            let dir = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
+            if !FileManager.default.fileExists(atPath: dir + "/reference.json") {
+                let python = self.repoRoot + "/.venv/bin/python"
+                guard FileManager.default.isExecutableFile(atPath: python) else {
+                    throw Failure(description: "Python venv missing at \(python): run bin/test (it creates .venv)")
+                }
+                let tmp = dir + ".tmp-\(getpid())"
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: python)
+                p.arguments = [script, tmp]
+                p.standardOutput = FileHandle.nullDevice
+                try p.run()
+                p.waitUntilExit()
+                guard p.terminationStatus == 0 else { throw Failure(description: "fixture script failed") }
+                if rename(tmp, dir) != 0 { try? FileManager.default.removeItem(atPath: tmp) }
+            }
+            cached = dir
+            return dir
+        }
+    }
+
+    struct Reference: Decodable {
+        struct Case: Decodable {
+            var greedy: [UInt32]
+        }
+        var promptTokens: [UInt32]
+        var cases: [String: Case]
+
+        enum CodingKeys: String, CodingKey {
+            case cases
+            case promptTokens = "prompt_tokens"
+        }
+    }
+
+    static func reference() throws -> Reference {
+        try JSONDecoder().decode(
+            Reference.self, from: Data(contentsOf: URL(fileURLWithPath: try self.directory() + "/reference.json")))
+    }
+}
+
+/// A blocking engine-channel client for tests: sequential calls on one connection.
+final class TestEngineClient: Sendable {
+    let connection: FramedConnection<EngineEnvelope>
+    private let nextCall = Atomic<UInt64>(1)
+
+    init(fd: Int32) {
+        self.connection = FramedConnection(fd: fd)
+    }
+
+    convenience init(path: String) throws {
+        self.init(fd: try UnixSocket.connect(path: path))
+    }
+
+    /// Sends a call and returns the first reply with its call id.
+    func call(_ body: EngineEnvelope.Body) throws -> EngineEnvelope.Body? {
+        let id = self.nextCall.wrappingAdd(1, ordering: .relaxed).oldValue
+        try self.connection.send(EngineEnvelope(callID: id, body: body))
+        while let reply = try self.connection.receive() {
+            if reply.callID == id { return reply.body }
+        }
+        return nil
+    }
+
+    func result(_ body: EngineEnvelope.Body) throws -> Status {
+        guard case .result(let r) = try self.call(body) else { throw ServerFixture.Failure(description: "expected a result") }
+        return r.status
+    }
+
+    /// Runs a generate call to its final chunk; returns all chunks.
+    func generate(_ request: GenerateRequest, onChunk: (GenerateChunk) -> Void = { _ in }) throws -> [GenerateChunk] {
+        let id = self.nextCall.wrappingAdd(1, ordering: .relaxed).oldValue
+        try self.connection.send(EngineEnvelope(callID: id, body: .generate(request)))
+        var chunks: [GenerateChunk] = []
+        while let reply = try self.connection.receive() {
+            guard reply.callID == id, case .chunk(let c) = reply.body else { continue }
+            chunks.append(c)
+            onChunk(c)
+            if !c.finishReason.isEmpty { return chunks }
+        }
+        throw ServerFixture.Failure(description: "connection closed mid-stream")
+    }
+
+    static func greedy(_ id: String, prompt: [UInt32], adapter: UInt64? = nil, maxTokens: UInt32 = 16) -> GenerateRequest {
+        GenerateRequest(
+            requestID: id, promptTokens: prompt, sampling: SamplingParams(maxTokens: maxTokens, ignoreEOS: true),
+            adapter: adapter.map { AdapterRef(intID: $0) })
+    }
+}
+
+extension Array where Element == GenerateChunk {
+    var tokens: [UInt32] { self.flatMap(\.tokens) }
+    var finish: String { self.last?.finishReason ?? "" }
+}
+
+/// Runs `body` on `count` threads at once and waits for all of them.
+func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let group = DispatchGroup()
+    for i in 0..<count {
+        group.enter()
+        let t = Thread {
+            body(i)
+            group.leave()
+        }
+        t.start()
+    }
+    group.wait()
+}
