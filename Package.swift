@@ -7,6 +7,10 @@ let upcoming: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+let targetCPU = Context.environment["LORIKEET_TARGET_CPU"] ?? "native"
+let kernelSettings: [SwiftSetting] =
+    [.unsafeFlags(["-O"])] + (targetCPU == "generic" ? [] : [.unsafeFlags(["-target-cpu", targetCPU], .when(platforms: [.linux]))])
+
 let package = Package(
     name: "lorikeet",
     platforms: [.macOS(.v15)],
@@ -121,8 +125,13 @@ let package = Package(
             swiftSettings: upcoming
         ),
 
-        // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler. Foundation only.
-        .target(name: "LorikeetEngine", swiftSettings: upcoming),
+        // Matrix-vector kernels on quantized weights. Always optimized (generic SIMD code is
+        // unusable at -Onone, and tests run the real model in debug builds) and compiled for
+        // the build machine's CPU like llama.cpp's GGML_NATIVE; LORIKEET_TARGET_CPU overrides
+        // it (e.g. `haswell`, or `generic` for a portable build).
+        .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
+        // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
+        .target(name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetKernels"], swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
             dependencies: ["LorikeetEngine"],
@@ -130,7 +139,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LorikeetEngineTests",
-            dependencies: ["LorikeetEngine"],
+            dependencies: ["LorikeetEngine", "LorikeetGGUF"],
             swiftSettings: upcoming
         ),
 

@@ -56,6 +56,30 @@ func row(_ a: String, _ b: String, _ c: String) -> String {
 }
 
 do {
+    if CommandLine.arguments.dropFirst().first == "--model" {
+        // lorikeet-bench-engine --model smollm2 [--threads-list 1,2] [--tokens N] [--storage quantized|float32] [--json PATH]
+        var args = Array(CommandLine.arguments.dropFirst(2))
+        guard args.first == "smollm2" else { throw BenchError(description: "only --model smollm2 is supported") }
+        args.removeFirst()
+        var threads = [1, 2], tokens = 128, storage = WeightStorage.quantized
+        var json: String?
+        while args.count >= 2 {
+            let (flag, value) = (args[0], args[1])
+            args.removeFirst(2)
+            switch flag {
+            case "--threads-list": threads = value.split(separator: ",").compactMap { Int($0) }
+            case "--tokens": tokens = Int(value) ?? tokens
+            case "--storage":
+                guard let s = WeightStorage(rawValue: value) else { throw BenchError(description: "bad --storage \(value)") }
+                storage = s
+            case "--json": json = value
+            default: throw BenchError(description: "unknown flag \(flag)")
+            }
+        }
+        guard args.isEmpty else { throw BenchError(description: "\(args[0]) needs a value") }
+        try SmolLM2Bench.run(threadCounts: threads, decodeTokens: tokens, storage: storage, json: json)
+        exit(0)
+    }
     let (dir, threads, tokens) = try parseArguments()
     let core = try EngineCore(
         modelDirectory: dir + "/model", options: EngineOptions(maxLoras: 4, maxLoraRank: 32, threads: threads))

@@ -190,9 +190,12 @@ package final class LlamaModel: Sendable {
         let maxRank = rows.compactMap { $0.adapter?.rank }.max() ?? 0
         let loraTmp = ws.buffer(10, max(maxRank, 1))
         let w = self.weights
+        var scratchCount = w.lmHead.scratchCount(batch: n)
+        for m in w.layers.first?.linear ?? [] { scratchCount = max(scratchCount, m.scratchCount(batch: n)) }
+        let scratch = ws.buffer(12, max(scratchCount, 1))
 
         for (i, row) in rows.enumerated() {
-            (h + i * hidden).initialize(from: w.embedTokens.pointer + Int(row.token) * hidden, count: hidden)
+            w.embedTokens.copyRow(Int(row.token), into: h + i * hidden)
         }
         let scale = 1 / Float(headDim).squareRoot()
         for l in 0..<c.numLayers {
@@ -200,9 +203,9 @@ package final class LlamaModel: Sendable {
             for i in 0..<n {
                 Kernels.rmsNorm(h + i * hidden, layer.inputNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
             }
-            self.linear(.qProj, l, rows, xn, q, loraTmp)
-            self.linear(.kProj, l, rows, xn, k, loraTmp)
-            self.linear(.vProj, l, rows, xn, v, loraTmp)
+            self.linear(.qProj, l, rows, xn, q, loraTmp, scratch)
+            self.linear(.kProj, l, rows, xn, k, loraTmp, scratch)
+            self.linear(.vProj, l, rows, xn, v, loraTmp, scratch)
             for (i, row) in rows.enumerated() {
                 let cosp = self.ropeCos.pointer + row.position * half
                 let sinp = self.ropeSin.pointer + row.position * half
@@ -229,15 +232,15 @@ package final class LlamaModel: Sendable {
                     }
                 }
             }
-            self.linear(.oProj, l, rows, att, tmp, loraTmp)
+            self.linear(.oProj, l, rows, att, tmp, loraTmp, scratch)
             Kernels.addInPlace(h, tmp, n * hidden)
             for i in 0..<n {
                 Kernels.rmsNorm(h + i * hidden, layer.postAttentionNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
             }
-            self.linear(.gateProj, l, rows, xn, gate, loraTmp)
-            self.linear(.upProj, l, rows, xn, up, loraTmp)
+            self.linear(.gateProj, l, rows, xn, gate, loraTmp, scratch)
+            self.linear(.upProj, l, rows, xn, up, loraTmp, scratch)
             Kernels.swiglu(gate, up, n * inter)
-            self.linear(.downProj, l, rows, gate, tmp, loraTmp)
+            self.linear(.downProj, l, rows, gate, tmp, loraTmp, scratch)
             Kernels.addInPlace(h, tmp, n * hidden)
         }
         for row in rows { row.cache.advance(to: row.position + 1) }
@@ -248,8 +251,7 @@ package final class LlamaModel: Sendable {
             Kernels.rmsNorm(h + i * hidden, w.finalNorm.pointer, hidden, eps: c.rmsNormEps, xn + j * hidden)
         }
         let logits = ws.buffer(11, wanted.count * c.vocabSize)
-        Kernels.matmul(
-            w.lmHead.pointer, rows: c.vocabSize, cols: hidden, xn, batch: wanted.count, logits, threads: self.threads)
+        w.lmHead.matmul(xn, batch: wanted.count, logits, threads: self.threads, scratch: scratch)
         return (0..<wanted.count).map { j in
             Array(UnsafeBufferPointer(start: logits + j * c.vocabSize, count: c.vocabSize))
         }
@@ -258,12 +260,13 @@ package final class LlamaModel: Sendable {
     /// `y = W·x` for all rows, plus `s·B·(A·x)` for rows whose adapter targets this module.
     private func linear(
         _ module: LinearModule, _ layer: Int, _ rows: [ForwardRow],
-        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>
+        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>,
+        _ scratch: UnsafeMutablePointer<Float>
     ) {
         let weight = self.weights.layers[layer].linear[module.index]
         let outDim = weight.rows
         let inDim = weight.columns
-        Kernels.matmul(weight.pointer, rows: outDim, cols: inDim, x, batch: rows.count, y, threads: self.threads)
+        weight.matmul(x, batch: rows.count, y, threads: self.threads, scratch: scratch)
         for (i, row) in rows.enumerated() {
             guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
             let r = adapter.rank

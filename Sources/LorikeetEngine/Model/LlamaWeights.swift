@@ -72,7 +72,7 @@ package final class LlamaWeights: Sendable {
     /// One decoder layer.
     package struct Layer: Sendable {
         /// Linear weights indexed by `LinearModule.index`, each `[out, in]`.
-        package let linear: [FloatTensor]
+        package let linear: [WeightMatrix]
         /// `input_layernorm.weight`.
         package let inputNorm: FloatTensor
         /// `post_attention_layernorm.weight`.
@@ -82,63 +82,65 @@ package final class LlamaWeights: Sendable {
     /// The hyper-parameters these weights were validated against.
     package let config: LlamaConfig
     /// `model.embed_tokens.weight`, `[vocab, hidden]`.
-    package let embedTokens: FloatTensor
+    package let embedTokens: WeightMatrix
     /// Decoder layers.
     package let layers: [Layer]
     /// `model.norm.weight`.
     package let finalNorm: FloatTensor
     /// `lm_head.weight` (`embed_tokens` when tied), `[vocab, hidden]`.
-    package let lmHead: FloatTensor
+    package let lmHead: WeightMatrix
 
     /// Builds weights from fp32 tensors keyed by HF names; checks every shape.
     /// Extra tensors (e.g. `rotary_emb.inv_freq`) are ignored.
     package convenience init(config: LlamaConfig, tensors: [String: HostTensor]) throws(ModelLoadError) {
-        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> FloatTensor in
+        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> WeightMatrix in
             guard let t = tensors[name] else { throw .missingTensor(name) }
             guard t.shape == shape, t.values.count == shape.reduce(1, *) else {
                 throw .shapeMismatch(tensor: name, expected: shape, actual: t.shape)
             }
-            return FloatTensor(shape: shape, values: t.values)
+            return WeightMatrix(dense: FloatTensor(shape: shape, values: t.values))
         }
     }
 
-    /// Builds weights by asking `take(name, expectedShape)` for each tensor; `take` checks
-    /// the shape and converts. Lets each loader convert one tensor at a time, so a model
-    /// is never held twice in fp32.
-    private init(
-        config: LlamaConfig, take: (String, [Int]) throws(ModelLoadError) -> FloatTensor
-    ) throws(ModelLoadError) {
+    /// Builds weights from a provider that returns the tensor of a HF name as a matrix
+    /// (1-D norm weights as `[n, 1]` fp32 matrices), after checking it against `shape`.
+    package init<E: Error>(
+        config: LlamaConfig, tensor: (_ name: String, _ shape: [Int]) throws(E) -> WeightMatrix
+    ) throws(E) {
+        func vector(_ name: String, _ n: Int) throws(E) -> FloatTensor {
+            FloatTensor(shape: [n], values: try tensor(name, [n]).values)
+        }
         let c = config
         self.config = config
-        self.embedTokens = try take("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
+        self.embedTokens = try tensor("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
         var layers: [Layer] = []
         for l in 0..<c.numLayers {
-            var linear: [FloatTensor] = []
+            var linear: [WeightMatrix] = []
             for m in LinearModule.allCases {
-                linear.append(try take(m.path(layer: l) + ".weight", m.shape(c)))
+                linear.append(try tensor(m.path(layer: l) + ".weight", m.shape(c)))
             }
             layers.append(
                 Layer(
                     linear: linear,
-                    inputNorm: try take("model.layers.\(l).input_layernorm.weight", [c.hiddenSize]),
-                    postAttentionNorm: try take("model.layers.\(l).post_attention_layernorm.weight", [c.hiddenSize])))
+                    inputNorm: try vector("model.layers.\(l).input_layernorm.weight", c.hiddenSize),
+                    postAttentionNorm: try vector("model.layers.\(l).post_attention_layernorm.weight", c.hiddenSize)))
         }
         self.layers = layers
-        self.finalNorm = try take("model.norm.weight", [c.hiddenSize])
+        self.finalNorm = try vector("model.norm.weight", c.hiddenSize)
         if c.tieWordEmbeddings {
             self.lmHead = self.embedTokens
         } else {
-            self.lmHead = try take("lm_head.weight", [c.vocabSize, c.hiddenSize])
+            self.lmHead = try tensor("lm_head.weight", [c.vocabSize, c.hiddenSize])
         }
     }
 
     /// Builds weights from a parsed safetensors file (F32/F16/BF16 converted to fp32).
     package convenience init(config: LlamaConfig, safetensors file: SafetensorsFile) throws(ModelLoadError) {
-        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> FloatTensor in
+        try self.init(config: config) { (name, shape) throws(ModelLoadError) -> WeightMatrix in
             guard let info = file.tensors[name] else { throw .missingTensor(name) }
             guard info.shape == shape else { throw .shapeMismatch(tensor: name, expected: shape, actual: info.shape) }
             do throws(SafetensorsError) {
-                return FloatTensor(shape: shape, values: try file.floats(name).values)
+                return WeightMatrix(dense: FloatTensor(shape: shape, values: try file.floats(name).values))
             } catch {
                 throw .safetensors(error)
             }

@@ -1,0 +1,89 @@
+package import LorikeetGGUF
+
+/// How a GGUF model's linear weights are kept in memory.
+package enum WeightStorage: String, Sendable {
+    /// Keep Q4_1 / Q8_0 blocks and compute on them (about 120 MiB for SmolLM2-135M).
+    /// Other types (F16, BF16, Q4_0, F32) are dequantized to fp32.
+    case quantized
+    /// Dequantize everything to fp32 at load (about 513 MiB for SmolLM2-135M).
+    case float32
+}
+
+extension LlamaGGUF {
+    /// Loads a Llama GGUF file as engine weights with Hugging Face names and layout.
+    ///
+    /// Q and K rows are un-permuted from llama.cpp's RoPE order to HF's (see
+    /// `unpermuteQK`), so the engine's `rotate_half` RoPE and PEFT LoRA adapters for
+    /// `q_proj` / `k_proj` apply unchanged. Tied embeddings share one matrix. The config
+    /// comes from `llama.*` metadata (rope theta, RMS eps, GQA heads, head dim); the EOS
+    /// ids are `stopTokenIds` (for ChatML models, `<|im_end|>` as well as EOS).
+    package static func loadWeights(
+        _ file: GGUFFile, storage: WeightStorage = .quantized, stopTokenIds: [UInt32]
+    ) throws -> LlamaWeights {
+        let g = try Self.config(from: file)
+        let bos = g.bosTokenID.map { UInt32($0) }
+        let eos = stopTokenIds.isEmpty ? (g.eosTokenID.map { [UInt32($0)] } ?? []) : stopTokenIds
+        let config = try LlamaConfig(
+            hiddenSize: g.hiddenSize, intermediateSize: g.intermediateSize, numLayers: g.numHiddenLayers,
+            numHeads: g.numAttentionHeads, numKVHeads: g.numKeyValueHeads, headDim: g.headDim, vocabSize: g.vocabSize,
+            maxPositionEmbeddings: g.maxPositionEmbeddings, rmsNormEps: g.rmsNormEps, ropeTheta: Double(g.ropeTheta),
+            tieWordEmbeddings: g.tieWordEmbeddings, bosTokenId: bos, eosTokenIds: eos)
+        var plan: [String: (gguf: String, shape: [Int])] = [:]
+        for entry in Self.tensorPlan(g) { plan[entry.hf] = (entry.gguf, entry.shape) }
+        return try LlamaWeights(config: config) { (name, shape) throws -> WeightMatrix in
+            guard let entry = plan[name], let info = file.tensor(named: entry.gguf) else { throw GGUFModelError.missingTensor(name) }
+            guard info.shape == entry.shape, entry.shape == shape else {
+                throw GGUFModelError.unexpectedShape(tensor: entry.gguf, expected: shape, found: info.shape)
+            }
+            return try Self.matrix(file, info, shape: shape, storage: storage, heads: Self.qkHeads(entry.gguf, g))
+        }
+    }
+
+    /// Heads for the Q/K un-permutation, or 0 for other tensors.
+    private static func qkHeads(_ ggufName: String, _ g: LorikeetGGUF.LlamaConfig) -> Int {
+        if ggufName.hasSuffix(".attn_q.weight") { return g.numAttentionHeads }
+        if ggufName.hasSuffix(".attn_k.weight") { return g.numKeyValueHeads }
+        return 0
+    }
+
+    private static func matrix(
+        _ file: GGUFFile, _ info: GGUFTensorInfo, shape: [Int], storage: WeightStorage, heads: Int
+    ) throws -> WeightMatrix {
+        let rows = shape[0]
+        let columns = shape.count > 1 ? shape[1] : 1
+        let format: WeightMatrix.Format? =
+            switch info.type {
+            case .q4_1: .q4_1
+            case .q8_0: .q8_0
+            default: nil
+            }
+        if storage == .quantized, let format, shape.count == 2, columns % 32 == 0 {
+            return try file.withTensorBytes(info) { raw throws -> WeightMatrix in
+                guard raw.count == info.byteCount, raw.count % rows == 0 else {
+                    throw GGUFModelError.sizeMismatch(type: info.type, elements: info.elementCount, bytes: raw.count)
+                }
+                guard heads > 0 else { return WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: raw) }
+                // Reorder whole rows (ggml blocks never straddle rows) from GGUF to HF order.
+                let rowBytes = raw.count / rows
+                let headDim = rows / heads
+                let half = headDim / 2
+                var reordered = [UInt8](repeating: 0, count: raw.count)
+                reordered.withUnsafeMutableBytes { dst in
+                    for h in 0..<heads {
+                        for s in 0..<2 {
+                            for i in 0..<half {
+                                let to = (h * headDim + s * half + i) * rowBytes
+                                let from = (h * headDim + 2 * i + s) * rowBytes
+                                dst.baseAddress!.advanced(by: to).copyMemory(from: raw.baseAddress! + from, byteCount: rowBytes)
+                            }
+                        }
+                    }
+                }
+                return reordered.withUnsafeBytes { WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: $0) }
+            }
+        }
+        var values = try Self.dequantize(file, info)
+        if heads > 0 { Self.unpermuteQK(&values, rows: rows, columns: columns, heads: heads) }
+        return WeightMatrix(dense: FloatTensor(shape: shape, values: values))
+    }
+}

@@ -1,0 +1,240 @@
+import Dispatch
+import LorikeetGGUF
+import LorikeetKernels
+
+/// A `[rows, columns]` weight matrix for `y = W·x`, stored either as fp32 or in a ggml
+/// quantization (Q4_1, Q8_0) repacked for `QuantKernels`.
+///
+/// Quantized matrices are multiplied without dequantizing: fp32 activations times the
+/// integer codes, scaled per 32-column block. Results equal an fp32 product with the
+/// dequantized weights up to summation order. `@unchecked Sendable` is safe: the storage
+/// is written only in `init` and freed in `deinit`.
+package final class WeightMatrix: @unchecked Sendable {
+    /// How the elements are stored.
+    package enum Format: String, Sendable {
+        case f32, q4_1, q8_0
+    }
+
+    /// Output rows.
+    package let rows: Int
+    /// Input columns.
+    package let columns: Int
+    /// Storage format.
+    package let format: Format
+    private let dense: FloatTensor?
+    private let packed: UnsafeMutableRawPointer?
+    private let blocks: Int
+    private let quads: Int
+
+    /// Wraps an fp32 tensor of shape `[rows, columns]`.
+    package init(dense tensor: FloatTensor) {
+        self.rows = tensor.rows
+        self.columns = tensor.columns
+        self.format = .f32
+        self.dense = tensor
+        self.packed = nil
+        self.blocks = 0
+        self.quads = 0
+    }
+
+    /// Repacks ggml-encoded rows (`rows × columns/32` blocks of Q4_1 or Q8_0, row-major) for
+    /// the quantized kernels. `columns` must be a multiple of 32 and `bytes` exactly the size
+    /// of the encoded matrix (the caller checked both).
+    package init(ggml format: Format, rows: Int, columns: Int, bytes: UnsafeRawBufferPointer) {
+        precondition(format != .f32 && columns % 32 == 0 && rows > 0)
+        let blocks = columns / 32
+        let quads = (rows + 3) / 4
+        let sourceBlock = format == .q4_1 ? 20 : 34
+        precondition(bytes.count == rows * blocks * sourceBlock, "WeightMatrix: \(bytes.count) bytes for \(rows)x\(columns) \(format)")
+        let quadBlock = format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
+        let packed = UnsafeMutableRawPointer.allocate(byteCount: quads * blocks * quadBlock, alignment: 64)
+        packed.initializeMemory(as: UInt8.self, repeating: 0, count: quads * blocks * quadBlock)
+        let src = bytes.baseAddress!
+        for q in 0..<quads {
+            for b in 0..<blocks {
+                let dst = packed + (q * blocks + b) * quadBlock
+                for r in 0..<4 where q * 4 + r < rows {
+                    let block = src + ((q * 4 + r) * blocks + b) * sourceBlock
+                    let d = Self.half(block, 0)
+                    dst.storeBytes(of: d, toByteOffset: 4 * r, as: Float.self)
+                    if format == .q4_1 {
+                        dst.storeBytes(of: Self.half(block, 2), toByteOffset: 16 + 4 * r, as: Float.self)
+                        let qs = block + 4
+                        for i in 0..<4 {
+                            var word: UInt32 = 0
+                            for k in 0..<8 {
+                                let e = 4 * k + i
+                                let byte = qs.load(fromByteOffset: e % 16, as: UInt8.self)
+                                let nibble = e < 16 ? byte & 0x0F : byte >> 4
+                                word |= UInt32(nibble) << (4 * k)
+                            }
+                            dst.storeBytes(of: word.littleEndian, toByteOffset: 32 + 4 * (4 * r + i), as: UInt32.self)
+                        }
+                    } else {
+                        let qs = block + 2
+                        for h in 0..<2 {
+                            for i in 0..<4 {
+                                var word: UInt32 = 0
+                                for k in 0..<4 {
+                                    let v = Int(qs.load(fromByteOffset: 16 * h + 4 * k + i, as: Int8.self)) + 128
+                                    word |= UInt32(v) << (8 * k)
+                                }
+                                dst.storeBytes(
+                                    of: word.littleEndian, toByteOffset: 16 + 64 * h + 4 * (4 * r + i), as: UInt32.self)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.rows = rows
+        self.columns = columns
+        self.format = format
+        self.dense = nil
+        self.packed = packed
+        self.blocks = blocks
+        self.quads = quads
+    }
+
+    deinit {
+        self.packed?.deallocate()
+    }
+
+    /// `[rows, columns]`.
+    package var shape: [Int] { [self.rows, self.columns] }
+
+    /// Bytes the weights occupy in memory.
+    package var byteCount: Int {
+        switch self.format {
+        case .f32: self.rows * self.columns * 4
+        case .q4_1: self.quads * self.blocks * QuantKernels.q41QuadBlockBytes
+        case .q8_0: self.quads * self.blocks * QuantKernels.q80QuadBlockBytes
+        }
+    }
+
+    private static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
+        halfToFloat(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))
+    }
+
+    /// Floats of scratch `matmul` needs for `batch` input rows.
+    package func scratchCount(batch: Int) -> Int {
+        self.format == .f32 ? 0 : batch * (QuantKernels.expandedCount(columns: self.columns) + self.blocks)
+    }
+
+    /// `y[t][o] = W[o] · x[t]` for `t < batch`; `x` is `[batch, columns]`, `y` is
+    /// `[batch, rows]`; `scratch` holds at least `scratchCount(batch:)` floats. Splits the
+    /// rows across `threads` when the product is large enough to pay for it.
+    package func matmul(
+        _ x: UnsafePointer<Float>, batch: Int, _ y: UnsafeMutablePointer<Float>, threads: Int,
+        scratch: UnsafeMutablePointer<Float>
+    ) {
+        guard let packed = self.packed else {
+            Kernels.matmul(self.dense!.pointer, rows: self.rows, cols: self.columns, x, batch: batch, y, threads: threads)
+            return
+        }
+        let xqCount = QuantKernels.expandedCount(columns: self.columns)
+        for t in 0..<batch {
+            QuantKernels.expand(
+                x + t * self.columns, columns: self.columns, scratch + t * xqCount, scratch + batch * xqCount + t * self.blocks)
+        }
+        let p = QuantPointers(w: UnsafeRawPointer(packed), scratch: UnsafePointer(scratch), y: y)
+        let work = self.rows * self.columns * batch
+        let chunks = threads > 1 && work >= 1 << 16 ? min(threads, self.quads) : 1
+        if chunks == 1 {
+            self.run(p, 0..<self.quads, batch: batch)
+        } else {
+            let quads = self.quads
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                self.run(p, (quads * c / chunks)..<(quads * (c + 1) / chunks), batch: batch)
+            }
+        }
+    }
+
+    private func run(_ p: QuantPointers, _ range: Range<Int>, batch: Int) {
+        let xqCount = QuantKernels.expandedCount(columns: self.columns)
+        // Quads in slices of 16 so a slice of weights stays in cache across the batch.
+        var lo = range.lowerBound
+        while lo < range.upperBound {
+            let hi = min(lo + 16, range.upperBound)
+            var t = 0
+            while t + 4 <= batch {
+                let xq = p.scratch + t * xqCount
+                let y = p.y + t * self.rows
+                if self.format == .q4_1 {
+                    let xsum = p.scratch + batch * xqCount + t * self.blocks
+                    QuantKernels.q41x4(
+                        p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
+                        yStride: self.rows)
+                } else {
+                    QuantKernels.q80x4(
+                        p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, y, yStride: self.rows)
+                }
+                t += 4
+            }
+            while t < batch {
+                let xq = p.scratch + t * xqCount
+                let y = p.y + t * self.rows
+                if self.format == .q4_1 {
+                    let xsum = p.scratch + batch * xqCount + t * self.blocks
+                    QuantKernels.q41(p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
+                } else {
+                    QuantKernels.q80(p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
+                }
+                t += 1
+            }
+            lo = hi
+        }
+    }
+
+    /// Writes row `r` as fp32 into `out` (`columns` floats): the embedding lookup.
+    package func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(r >= 0 && r < self.rows)
+        guard let packed = self.packed else {
+            out.update(from: self.dense!.pointer + r * self.columns, count: self.columns)
+            return
+        }
+        let q = r / 4
+        let rr = r % 4
+        let quadBlock = self.format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
+        for b in 0..<self.blocks {
+            let block = UnsafeRawPointer(packed + (q * self.blocks + b) * quadBlock)
+            let d = block.load(fromByteOffset: 4 * rr, as: Float.self)
+            let o = out + 32 * b
+            if self.format == .q4_1 {
+                let m = block.load(fromByteOffset: 16 + 4 * rr, as: Float.self)
+                for i in 0..<4 {
+                    let word = UInt32(littleEndian: block.load(fromByteOffset: 32 + 4 * (4 * rr + i), as: UInt32.self))
+                    for k in 0..<8 { o[4 * k + i] = Float((word >> (4 * k)) & 0xF) * d + m }
+                }
+            } else {
+                for h in 0..<2 {
+                    for i in 0..<4 {
+                        let word = UInt32(littleEndian: block.load(fromByteOffset: 16 + 64 * h + 4 * (4 * rr + i), as: UInt32.self))
+                        for k in 0..<4 { o[16 * h + 4 * k + i] = Float(Int((word >> (8 * k)) & 0xFF) - 128) * d }
+                    }
+                }
+            }
+        }
+    }
+
+    /// All elements as fp32, row-major (tests and tools).
+    package var values: [Float] {
+        if let dense = self.dense { return dense.values }
+        var out = [Float](repeating: 0, count: self.rows * self.columns)
+        out.withUnsafeMutableBufferPointer { buffer in
+            for r in 0..<self.rows { self.copyRow(r, into: buffer.baseAddress! + r * self.columns) }
+        }
+        return out
+    }
+}
+
+/// Raw pointers handed to `concurrentPerform` chunks.
+///
+/// `@unchecked Sendable` is safe: `matmul` keeps the buffers alive for the whole
+/// (synchronous) `concurrentPerform`; chunks only read `w` and `scratch` and write
+/// disjoint output rows of `y`.
+private struct QuantPointers: @unchecked Sendable {
+    let w: UnsafeRawPointer
+    let scratch: UnsafePointer<Float>
+    let y: UnsafeMutablePointer<Float>
+}

@@ -1,0 +1,99 @@
+import Foundation
+import LorikeetGGUF
+import Testing
+
+@testable import LorikeetEngine
+
+@Suite("LoRA on GGUF weights against a numpy reference")
+struct GGUFLoRATests {
+    /// Runs Tests/Fixtures/gguf_lora_reference.py (cached by script and tokens) and returns its directory.
+    static func reference(tokens: [UInt32]) throws -> URL {
+        let root = URL(fileURLWithPath: Fixture.repoRoot)
+        let script = root.appendingPathComponent("Tests/Fixtures/gguf_lora_reference.py")
+        var key = Array(try Data(contentsOf: script))
+        key += Array(tokens.map(String.init).joined(separator: ",").utf8)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in key { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let dir = ModelLocator().cacheDirectory.appendingPathComponent("test-fixtures/gguf-lora-\(String(hash, radix: 16))")
+        if FileManager.default.fileExists(atPath: dir.appendingPathComponent("info.json").path) { return dir }
+        let python = root.appendingPathComponent(".venv/bin/python")
+        guard FileManager.default.isExecutableFile(atPath: python.path) else {
+            throw Fixture.Failure(
+                description: "\(python.path) is missing: run bin/test (it creates .venv from Tests/Fixtures/requirements.txt)")
+        }
+        let tmp = dir.deletingLastPathComponent().appendingPathComponent(dir.lastPathComponent + ".tmp-\(getpid())")
+        try? FileManager.default.removeItem(at: tmp)
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        let process = Process()
+        process.executableURL = python
+        process.arguments = [script.path, ModelLocator().defaultModelURL.path, tmp.path] + tokens.map(String.init)
+        let pipe = Pipe()
+        process.standardError = pipe
+        try process.run()
+        let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw Fixture.Failure(description: "gguf_lora_reference.py failed: \(String(decoding: stderr, as: UTF8.self))")
+        }
+        if rename(tmp.path, dir.path) != 0 { try? FileManager.default.removeItem(at: tmp) }
+        return dir
+    }
+
+    static func floats(_ url: URL) throws -> [Float] {
+        let data = try Data(contentsOf: url)
+        return data.withUnsafeBytes { raw in
+            (0..<(data.count / 4)).map {
+                Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)))
+            }
+        }
+    }
+
+    /// max |a - b| / max |b|.
+    static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+        var diff: Float = 0
+        var scale: Float = 0
+        for (x, y) in zip(a, b) {
+            diff = max(diff, abs(x - y))
+            scale = max(scale, abs(y))
+        }
+        return diff / scale
+    }
+
+    @Test("a q/k/v/o_proj adapter changes the logits exactly as the dequantized numpy model says")
+    func adapterMatchesNumpy() throws {
+        let core = try SmolLM.engine()
+        let tokens = core.tokenizer.encode("The quick brown fox jumps over")
+        #expect(tokens.count == 6)
+        let dir = try Self.reference(tokens: tokens)
+        let refBase = try Self.floats(dir.appendingPathComponent("base_logits.f32"))
+        let refLoRA = try Self.floats(dir.appendingPathComponent("lora_logits.f32"))
+        #expect(refBase.count == 49152 && refLoRA.count == 49152)
+
+        _ = try core.adapters.add(name: "gguf-qkvo", intId: 41, path: dir.appendingPathComponent("adapter").path, epoch: 1)
+        defer { try? core.adapters.remove(intId: 41, epoch: 1) }
+        let adapter = try core.adapters.weightsForRequest(41).weights
+        #expect(adapter.rank == 4 && adapter.scaling == 2)
+        #expect(adapter.targetedModules == [.qProj, .kProj, .vProj, .oProj])
+
+        let base = core.model.lastLogits(tokens)
+        let lora = core.model.lastLogits(tokens, adapter: adapter)
+        let baseError = Self.relativeError(base, refBase)
+        let loraError = Self.relativeError(lora, refLoRA)
+        // The adapter's own effect, and how well the engine reproduces it.
+        let refDelta = zip(refLoRA, refBase).map { $0 - $1 }
+        let delta = zip(lora, base).map { $0 - $1 }
+        let deltaError = Self.relativeError(delta, refDelta)
+        let effect = Self.relativeError(refLoRA, refBase)
+        print(
+            "GGUF LoRA: base rel. error \(baseError), adapter rel. error \(loraError), delta rel. error \(deltaError), adapter effect \(effect)"
+        )
+        #expect(baseError < 1e-2)
+        #expect(loraError < 1e-2)
+        #expect(deltaError < 2e-2)
+        #expect(effect > 0.1, "the adapter must change the logits meaningfully")
+        let argmax = { (v: [Float]) in v.indices.max { v[$0] < v[$1] }! }
+        #expect(argmax(base) == argmax(refBase))
+        #expect(argmax(lora) == argmax(refLoRA))
+        #expect(deltaError * 100 < effect, "the reproduced effect must dwarf the numerical error")
+    }
+}
