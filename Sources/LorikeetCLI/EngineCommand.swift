@@ -19,7 +19,7 @@ struct EngineCommand: ParsableCommand {
         discussion: "Exit code 78: the model cannot be loaded or the socket cannot be bound."
     )
 
-    @Option(help: "Model directory with config.json + model.safetensors.") var model: String?
+    @Option(help: "Model: a directory (config.json + model.safetensors) or a .gguf file; default: SmolLM2-135M-Instruct, downloaded on first use.") var model: String?
     @Option(help: "Unix socket path to serve on (mode 0600).") var socket: String
     @Option(help: "Maximum adapters used by running requests at once.") var maxLoras = 4
     @Option(help: "Maximum adapters cached in memory (at least --max-loras).") var maxCpuLoras: Int?
@@ -41,10 +41,6 @@ struct EngineCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         var logger = Logger(label: "lorikeet.engine")
         logger[metadataKey: "pid"] = "\(getpid())"
-        guard let model else {
-            logger.critical("no --model given: the built-in engine needs a model directory (config.json + model.safetensors)")
-            throw ExitCode(LorikeetExitCode.cannotBoot)
-        }
         ParentWatch.attach(parentPID: self.parentPid)
         if let parentPid { Self.watchParent(parentPid, logger: logger) }
         let options = EngineOptions(
@@ -52,7 +48,8 @@ struct EngineCommand: ParsableCommand {
             maxBatchSize: self.maxBatchSize)
         let core: EngineCore
         do {
-            core = try EngineCore(modelDirectory: model, options: options)
+            // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
+            core = try EngineCore.open(modelPath: self.model, options: options)
         } catch {
             logger.critical("cannot load the model: \(error.message)")
             throw ExitCode(LorikeetExitCode.cannotBoot)

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 import Synchronization
 
 /// Shared by the integration suites: the repository paths, the tiny-Llama fixture

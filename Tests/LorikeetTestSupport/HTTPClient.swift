@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// A minimal blocking HTTP/1.1 client for tests: one request per fresh TCP connection to
 /// 127.0.0.1 (so the kernel spreads requests across SO_REUSEPORT workers), raw bytes in,

@@ -35,7 +35,7 @@ public final class ServerUnderTest: @unchecked Sendable {
         env["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES"] = fixture
         for (key, value) in environment { env[key] = value }
         process.environment = env
-        FileManager.default.createFile(atPath: self.logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: self.logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: self.logPath)
         process.standardOutput = log
         process.standardError = log

@@ -158,8 +158,14 @@ public final class WorkerServer: Sendable {
         }
         guard case .quiesce(let quiescer, let serverChannel, let drained) = action else { return }
         self.logger.info("draining HTTP connections", metadata: ["drain.grace": "\(grace)"])
-        let quiesced = serverChannel.eventLoop.makePromise(of: Void.self)
-        quiescer.initiateShutdown(promise: quiesced)
+        // Stop accepting first, then give connections accepted just before that a moment
+        // to send their request: quiescing closes connections with no request in flight,
+        // and a request that is still on the wire would otherwise be reset.
+        serverChannel.close(promise: nil)
+        serverChannel.eventLoop.scheduleTask(in: .milliseconds(300)) {
+            let quiesced = serverChannel.eventLoop.makePromise(of: Void.self)
+            quiescer.initiateShutdown(promise: quiesced)
+        }
         let forceClose = serverChannel.eventLoop.scheduleTask(in: TimeAmount(grace)) {
             let open = self.state.withLock { Array($0.children.values) }
             if !open.isEmpty {
