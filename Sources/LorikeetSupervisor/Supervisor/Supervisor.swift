@@ -176,6 +176,7 @@ public final class Supervisor {
     }
 
     func workerExited(_ worker: WorkerProcess, _ exit: ProcessExit) {
+        let pid = worker.pid
         worker.process = nil
         worker.killTimer?.close()
         worker.killTimer = nil
@@ -187,7 +188,7 @@ public final class Supervisor {
         self.logger.log(
             level: worker.retiring || self.stopping != nil ? .info : .error,
             "worker \(exit)",
-            metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "uptime.ms": "\(uptime)"])
+            metadata: ["worker.slot": "\(worker.slot)", "pid": "\(pid)", "uptime.ms": "\(uptime)"])
         if let slot {
             if slot.current === worker {
                 slot.current = nil
