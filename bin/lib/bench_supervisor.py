@@ -152,6 +152,7 @@ def bench_workers(workers, fixture):
             server.wait_ready()
         # failed requests per rolling restart under load
         counts = {"ok": 0, "failed": 0}
+        reasons = []
         running = [True]
 
         def loop():
@@ -159,8 +160,11 @@ def bench_workers(workers, fixture):
                 try:
                     status, _ = request(server.port, "POST", "/v1/completions", {"model": "b0", "prompt": "x", "max_tokens": 1})
                     counts["ok" if status == 200 else "failed"] += 1
-                except Exception:
+                    if status != 200:
+                        reasons.append(f"HTTP {status}")
+                except Exception as error:
                     counts["failed"] += 1
+                    reasons.append(repr(error))
 
         threads = [threading.Thread(target=loop) for _ in range(4)]
         for t in threads:
@@ -189,6 +193,7 @@ def bench_workers(workers, fixture):
             "roll_ms": roll_ms,
             "roll_requests": counts["ok"] + counts["failed"],
             "roll_failed": counts["failed"],
+            "roll_reasons": sorted(set(reasons)),
         }
     finally:
         server.stop()
@@ -202,7 +207,8 @@ def main():
     subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={PROTO_OUT}", *files], check=True)
     for package in ("lorikeet", "lorikeet/v1"):
         open(os.path.join(PROTO_OUT, package, "__init__.py"), "a").close()
-    rows = [bench_workers(n, fixture) for n in (2, 4, 8)]
+    counts = [int(n) for n in os.environ.get("LORIKEET_BENCH_WORKERS", "2 4 8").split()]
+    rows = [bench_workers(n, fixture) for n in counts]
     header = ["workers", "load p50 ms", "engine add p50 ms", "commit overhead ms", "stale reads after 200",
               "respawn->ready ms", "HUP roll ms", "requests during roll", "failed"]
     print("| " + " | ".join(header) + " |")
@@ -210,6 +216,9 @@ def main():
     for r in rows:
         print(f"| {r['workers']} | {r['load_p50_ms']:.1f} | {r['engine_add_p50_ms']:.1f} | {r['commit_overhead_p50_ms']:.1f} | "
               f"{r['stale_reads']}/{r['reads']} | {r['respawn_to_ready_ms']:.0f} | {r['roll_ms']:.0f} | {r['roll_requests']} | {r['roll_failed']} |")
+    for r in rows:
+        if r["roll_reasons"]:
+            print(f"rolling restart failures at {r['workers']} workers: {', '.join(r['roll_reasons'])}")
 
 
 if __name__ == "__main__":

@@ -158,13 +158,19 @@ public final class WorkerServer: Sendable {
         }
         guard case .quiesce(let quiescer, let serverChannel, let drained) = action else { return }
         self.logger.info("draining HTTP connections", metadata: ["drain.grace": "\(grace)"])
-        // Stop accepting first, then give connections accepted just before that a moment
-        // to send their request: quiescing closes connections with no request in flight,
-        // and a request that is still on the wire would otherwise be reset.
-        serverChannel.close(promise: nil)
-        serverChannel.eventLoop.scheduleTask(in: .milliseconds(300)) {
-            let quiesced = serverChannel.eventLoop.makePromise(of: Void.self)
-            quiescer.initiateShutdown(promise: quiesced)
+        // Stop calling accept() first (connections keep queueing in the kernel, where an
+        // inherited listener's next owner picks them up), let the connections already
+        // accepted reach the HTTP handler, then close the listener and quiesce: closing a
+        // listener mid-accept, or quiescing a connection whose request is still on the
+        // wire, would reset a client.
+        serverChannel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in
+            serverChannel.eventLoop.scheduleTask(in: .milliseconds(100)) {
+                serverChannel.close(promise: nil)
+            }
+            serverChannel.eventLoop.scheduleTask(in: .milliseconds(400)) {
+                let quiesced = serverChannel.eventLoop.makePromise(of: Void.self)
+                quiescer.initiateShutdown(promise: quiesced)
+            }
         }
         let forceClose = serverChannel.eventLoop.scheduleTask(in: TimeAmount(grace)) {
             let open = self.state.withLock { Array($0.children.values) }
