@@ -32,6 +32,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
     var workerArg: [String] = []
     @Option(help: "Seconds in-flight requests may run on after SIGTERM.") var drainGraceSeconds: UInt64 = 30
+    @Option(help: "A worker silent this long (ms) gets SIGABRT, then SIGKILL.") var heartbeatTimeoutMs: UInt64 = 15_000
 
     func run() throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
@@ -54,6 +55,7 @@ struct ServeCommand: ParsableCommand {
         )
         var configuration = base
         configuration.drainGraceMs = self.drainGraceSeconds * 1000
+        configuration.heartbeatTimeoutMs = max(self.heartbeatTimeoutMs, 1000)
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration: configuration, logger: logger)

@@ -275,4 +275,34 @@ struct ServeTests {
         #expect(status == 78, "exit status \(String(describing: status))\n\(server.log.suffix(2000))")
         #expect(server.log.contains("cannot boot"))
     }
+
+    @Test("SIGTTIN adds a worker, SIGTTOU removes one; the table follows and requests succeed")
+    func scaling() throws {
+        let server = try ServerUnderTest(workers: 2)
+        defer { server.stop() }
+        #expect(try Self.load(server, "scaled").status == 200)
+        server.signal(SIGTTIN)
+        try server.waitUntilReady(workers: 3)
+        #expect(try Self.modelViews(server, connections: 24) == [["scaled", "tiny"]])
+        server.signal(SIGTTOU)
+        try Self.waitFor("scale down to 2") { try server.workerList().count == 2 }
+        try server.waitUntilReady(workers: 2)
+        for _ in 0..<20 { #expect(try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("scaled")).status == 200) }
+    }
+
+    @Test("a worker that stops answering heartbeats is killed and replaced")
+    func hungWorker() throws {
+        let server = try ServerUnderTest(workers: 2, extraArguments: ["--heartbeat-timeout-ms", "1500"])
+        defer { server.stop() }
+        let follower = try server.workerList().first { ($0["role"] as? String) == "follower" }
+        let pid = Int32(follower?["pid"] as? Int ?? 0)
+        #expect(pid > 0)
+        kill(pid, SIGSTOP)
+        defer { kill(pid, SIGKILL) }
+        try Self.waitFor("the hung worker replaced", timeout: 30) {
+            try server.workerList().filter { ($0["state"] as? String) == "ready" && ($0["pid"] as? Int) != Int(pid) }.count == 2
+        }
+        #expect(!Self.isAlive(pid))
+        #expect(server.log.contains("no heartbeat"))
+    }
 }
