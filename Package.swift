@@ -118,6 +118,7 @@ let package = Package(
             dependencies: [
                 "LorikeetWorker",
                 "LorikeetProto",
+                "LorikeetTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -139,7 +140,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LorikeetEngineTests",
-            dependencies: ["LorikeetEngine", "LorikeetGGUF"],
+            dependencies: ["LorikeetEngine", "LorikeetGGUF", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
 
@@ -157,7 +158,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LorikeetEngineServerTests",
-            dependencies: ["LorikeetEngineServer", "LorikeetEngine", "LorikeetProto"],
+            dependencies: ["LorikeetEngineServer", "LorikeetEngine", "LorikeetProto", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
     ]

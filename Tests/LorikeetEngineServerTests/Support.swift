@@ -1,6 +1,7 @@
 import Foundation
 import LorikeetProto
 import Synchronization
+import LorikeetTestSupport
 import Testing
 
 /// The fixture of `Tests/Fixtures/make_tiny_llama.py`, generated once per script version
@@ -10,38 +11,8 @@ enum ServerFixture {
 
     static let repoRoot = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    private static let cached = Mutex<String?>(nil)
 
-    static func directory() throws -> String {
-        try self.cached.withLock { cached in
-            if let dir = cached { return dir }
-            let script = self.repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
-            guard let source = FileManager.default.contents(atPath: script) else { throw Failure(description: "missing \(script)") }
-            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in source {
-                hash ^= UInt64(b)
-                hash &*= 0x100_0000_01b3
-            }
-            let dir = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
-            if !FileManager.default.fileExists(atPath: dir + "/reference.json") {
-                let python = self.repoRoot + "/.venv/bin/python"
-                guard FileManager.default.isExecutableFile(atPath: python) else {
-                    throw Failure(description: "Python venv missing at \(python): run bin/test (it creates .venv)")
-                }
-                let tmp = dir + ".tmp-\(getpid())"
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: python)
-                p.arguments = [script, tmp]
-                p.standardOutput = FileHandle.nullDevice
-                try p.run()
-                p.waitUntilExit()
-                guard p.terminationStatus == 0 else { throw Failure(description: "fixture script failed") }
-                if rename(tmp, dir) != 0 { try? FileManager.default.removeItem(atPath: tmp) }
-            }
-            cached = dir
-            return dir
-        }
-    }
+    static func directory() throws -> String { try TestEnvironment.fixtureDirectory() }
 
     struct Reference: Decodable {
         struct Case: Decodable {

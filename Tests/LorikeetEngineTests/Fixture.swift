@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
@@ -12,58 +13,11 @@ enum Fixture {
         var description: String
     }
 
-    /// Repository root, found from this file's path.
-    static let repoRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    /// Repository root.
+    static var repoRoot: String { TestEnvironment.repoRoot }
 
-    private static let cached = Mutex<String?>(nil)
-
-    /// The fixture directory (model/, adapters/, broken/, reference.json).
-    static func directory() throws -> String {
-        try self.cached.withLock { cached in
-            if let dir = cached { return dir }
-            let dir = try self.generate()
-            cached = dir
-            return dir
-        }
-    }
-
-    private static func generate() throws -> String {
-        let script = self.repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
-        let python = self.repoRoot + "/.venv/bin/python"
-        guard let source = FileManager.default.contents(atPath: script) else {
-            throw Failure(description: "fixture script missing at \(script)")
-        }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        for b in source {
-            hash ^= UInt64(b)
-            hash &*= 0x100_0000_01b3
-        }
-        let dir = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
-        if FileManager.default.fileExists(atPath: dir + "/reference.json") { return dir }
-        guard FileManager.default.isExecutableFile(atPath: python) else {
-            throw Failure(
-                description: "Python venv missing at \(python): run bin/test (it creates .venv with numpy and safetensors), "
-                    + "or: python3 -m venv .venv && .venv/bin/pip install numpy safetensors")
-        }
-        let tmp = dir + ".tmp-\(getpid())"
-        try? FileManager.default.removeItem(atPath: tmp)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [script, tmp]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Failure(description: "fixture script failed: \(String(decoding: output, as: UTF8.self))")
-        }
-        // Another process may have won the race; either copy is identical.
-        if rename(tmp, dir) != 0 { try? FileManager.default.removeItem(atPath: tmp) }
-        return dir
-    }
+    /// The fixture directory (model/, adapters/, broken/, reference.json), shared by every suite.
+    static func directory() throws -> String { try TestEnvironment.fixtureDirectory() }
 
     struct Reference: Decodable {
         struct Case: Decodable {

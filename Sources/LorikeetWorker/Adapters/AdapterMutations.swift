@@ -358,63 +358,21 @@ public final class LocalTableCommitter: TableCommitter {
 
     /// The table persisted in `directory`, or nil when there is none yet.
     public static func loadPersisted(directory: String) throws(Status) -> AdapterTable? {
-        let path = directory + "/" + Self.fileName
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 {
-            if errno == ENOENT { return nil }
-            throw Self.systemError("open \(path)")
-        }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw Self.systemError("read \(path)")
-            }
-            if count == 0 { break }
-            bytes.append(contentsOf: chunk[0..<count])
-        }
         do {
-            return try AdapterTable(serializedBytes: bytes)
+            let store = try StateStore(directory: directory, fileName: Self.fileName)
+            guard access(store.path, F_OK) == 0 else { return nil }
+            return try store.load()
         } catch {
-            throw Status(code: .internal, message: "state file \(path) is corrupt: \(error)")
+            throw Status(code: .internal, message: "\(error)")
         }
     }
 
     /// Writes `table` durably: temp file, fsync, rename over `adapters.pb`, fsync the directory.
     public static func persist(_ table: AdapterTable, directory: String) throws(Status) {
-        let path = directory + "/" + Self.fileName
-        let temporary = path + ".tmp"
-        let bytes = table.serializedBytes()
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Self.systemError("open \(temporary)") }
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                let failure = Self.systemError("write \(temporary)")
-                close(fd)
-                throw failure
-            }
-            offset += written
+        do {
+            try StateStore(directory: directory, fileName: Self.fileName).save(table)
+        } catch {
+            throw Status(code: .internal, message: "cannot persist the adapter table: \(error)")
         }
-        guard fsync(fd) == 0 else {
-            let failure = Self.systemError("fsync \(temporary)")
-            close(fd)
-            throw failure
-        }
-        close(fd)
-        guard rename(temporary, path) == 0 else { throw Self.systemError("rename \(temporary)") }
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard directoryFD >= 0 else { throw Self.systemError("open \(directory)") }
-        defer { close(directoryFD) }
-        guard fsync(directoryFD) == 0 else { throw Self.systemError("fsync \(directory)") }
-    }
-
-    private static func systemError(_ what: String) -> Status {
-        Status(code: .internal, message: "\(what) failed: \(String(cString: strerror(errno)))")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetTestSupport
 import Synchronization
 
 /// The built-in engine as a real process (`lorikeet engine`), on the tiny-Llama fixture
@@ -24,29 +25,7 @@ enum RealEngine {
         return help.status == 0 && help.output.contains("--socket")
     }()
 
-    private static let fixtureCache = Mutex<String?>(nil)
-
-    static func fixture() throws -> String {
-        try Self.fixtureCache.withLock { cached in
-            if let cached { return cached }
-            let script = Self.repoRoot + "/Tests/Fixtures/make_tiny_llama.py"
-            guard let source = FileManager.default.contents(atPath: script) else { throw Failure("no \(script)") }
-            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-            for byte in source {
-                hash ^= UInt64(byte)
-                hash &*= 0x100_0000_01b3
-            }
-            let directory = "/tmp/lorikeet-fixtures-" + String(hash, radix: 16)
-            if !FileManager.default.fileExists(atPath: directory + "/reference.json") {
-                let temporary = directory + ".tmp-\(getpid())"
-                let (status, output) = try Self.run(Self.python, [script, temporary])
-                guard status == 0 else { throw Failure("fixture script failed: \(output)") }
-                if rename(temporary, directory) != 0 { try? FileManager.default.removeItem(atPath: temporary) }
-            }
-            cached = directory
-            return directory
-        }
-    }
+    static func fixture() throws -> String { try TestEnvironment.fixtureDirectory() }
 
     @discardableResult
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (

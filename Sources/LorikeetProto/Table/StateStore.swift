@@ -1,5 +1,4 @@
 import Glibc
-public import LorikeetProto
 
 /// Why the state file could not be read or written.
 public enum StateStoreError: Error, CustomStringConvertible {
@@ -19,13 +18,15 @@ public enum StateStoreError: Error, CustomStringConvertible {
 
 /// The committed adapter table on disk: one protobuf `AdapterTable`, replaced
 /// atomically (write temp, fsync, rename, fsync directory) before any change is
-/// acknowledged.
+/// acknowledged. The supervisor keeps `adapters.table`; a standalone worker `adapters.pb`.
 public struct StateStore: Sendable {
     public let directory: String
-    public var path: String { self.directory + "/adapters.table" }
+    public let fileName: String
+    public var path: String { self.directory + "/" + self.fileName }
 
-    public init(directory: String) throws(StateStoreError) {
+    public init(directory: String, fileName: String = "adapters.table") throws(StateStoreError) {
         self.directory = directory
+        self.fileName = fileName
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw .io(path: directory, call: "mkdir", errno: errno)
         }
