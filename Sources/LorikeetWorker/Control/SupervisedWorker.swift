@@ -30,6 +30,7 @@ public final class SupervisedWorkerService: Service {
         var role: RoleAssignment?
         var reconcileTask: Task<Void, Never>?
         var serving = false
+        var reportedReady = false
     }
 
     private enum BootEvent {
@@ -83,6 +84,7 @@ public final class SupervisedWorkerService: Service {
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
         if self.mutator.leading { await self.reconcileEngine() }
+        self.state.withLock { $0.reportedReady = true }
         self.link.send(.ready(Ready(tableVersion: self.replica.version)))
         self.logger.info("prepared; waiting for the supervisor's go", metadata: ["table.version": "\(self.replica.version)"])
         while let event = await iterator.next() {
@@ -100,8 +102,7 @@ public final class SupervisedWorkerService: Service {
             case .drain:
                 return
             case .snapshotAndRole:
-                // A newer snapshot replaced the table before we served: report again.
-                self.link.send(.ready(Ready(tableVersion: self.replica.version)))
+                break
             }
         }
     }
@@ -126,6 +127,11 @@ public final class SupervisedWorkerService: Service {
         switch envelope.body {
         case .snapshot(let snapshot):
             self.replica.apply(snapshot: snapshot.table)
+            let reportAgain = self.state.withLock { $0.reportedReady && !$0.serving }
+            if reportAgain {
+                // The supervisor found our Ready stale (a commit crossed it): report the new version.
+                self.link.send(.ready(Ready(tableVersion: self.replica.version)))
+            }
             self.bootProgress(snapshot: true, role: nil)
         case .change(let change):
             do {
