@@ -436,6 +436,9 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     /// replica leaves the rotation. Nil when the listing failed.
     @discardableResult
     private func list(_ replica: UpstreamReplica) async -> [ListedModel]? {
+        // Taken before the listing: an adapter committed while it is in flight must not
+        // count as missing (the leader loaded it on every healthy replica before the commit).
+        let expected = self.table.snapshot().adapters.map(\.name)
         let models: [ListedModel]
         do {
             models = try await self.models(of: replica)
@@ -452,7 +455,6 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
         for model in models where model.parent != nil {
             held[self.adapterName(fromUpstream: model.id, base: base)] = model.root ?? ""
         }
-        let expected = self.table.snapshot().adapters.map(\.name)
         let missing = Set(expected.filter { held[$0] == nil })
         let (wasMissing, _) = replica.state.withLock { state -> (Set<String>, Void) in
             let before = state.missing
