@@ -649,15 +649,26 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
             // SGLang has no in-place reload: unload, then load.
             if case .refused(let status) = await self.unload(name, on: replica) { return .refused(status) }
         }
-        var members: [(String, JSONValue)] = [("lora_name", .string(name)), ("lora_path", .string(path))]
-        if replace, self.configuration.kind == .vllm { members.append(("load_inplace", .bool(true))) }
-        return await self.adapterCall(self.configuration.kind.loadPath, .object(members), on: replica, treatNotFoundAsDone: false)
+        return await self.adapterCall(
+            self.configuration.kind.loadPath, Self.loadBody(name, path: path, replace: replace, kind: self.configuration.kind),
+            on: replica, treatNotFoundAsDone: false)
     }
 
     func unload(_ name: String, on replica: UpstreamReplica) async -> Outcome {
-        await self.adapterCall(
-            self.configuration.kind.unloadPath, .object([("lora_name", .string(name))]), on: replica, treatNotFoundAsDone: true)
+        await self.adapterCall(self.configuration.kind.unloadPath, Self.unloadBody(name), on: replica, treatNotFoundAsDone: true)
     }
+
+    /// vLLM `LoadLoRAAdapterRequest {lora_name, lora_path, load_inplace}`; SGLang
+    /// `LoadLoRAAdapterReqInput {lora_name, lora_path}` (no in-place reload).
+    static func loadBody(_ name: String, path: String, replace: Bool, kind: UpstreamKind) -> JSONValue {
+        var members: [(String, JSONValue)] = [("lora_name", .string(name)), ("lora_path", .string(path))]
+        if replace, kind == .vllm { members.append(("load_inplace", .bool(true))) }
+        return .object(members)
+    }
+
+    /// vLLM `UnloadLoRAAdapterRequest {lora_name, lora_int_id?}` (their ids are not ours:
+    /// by name only); SGLang `UnloadLoRAAdapterReqInput {lora_name}`.
+    static func unloadBody(_ name: String) -> JSONValue { .object([("lora_name", .string(name))]) }
 
     private func adapterCall(_ path: String, _ body: JSONValue, on replica: UpstreamReplica, treatNotFoundAsDone: Bool) async -> Outcome {
         let response: UpstreamResponse
