@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import LorikeetSupervisor
+import LorikeetWorker
 
 /// `lorikeet serve`: the supervisor with the engine and N workers.
 struct ServeCommand: ParsableCommand {
@@ -33,6 +34,21 @@ struct ServeCommand: ParsableCommand {
     var workerArg: [String] = []
     @Option(help: "Seconds in-flight requests may run on after SIGTERM.") var drainGraceSeconds: UInt64 = 30
     @Option(help: "A worker silent this long (ms) gets SIGABRT, then SIGKILL.") var heartbeatTimeoutMs: UInt64 = 15_000
+    @Option(
+        name: .customLong("upstream"),
+        help: "Serve in front of this vLLM / SGLang server (http://host:port; repeatable); no built-in engine is started.")
+    var upstreams: [String] = []
+    @Option(name: .customLong("upstream-kind"), help: "What the upstream servers are: vllm or sglang.") var upstreamKind = "vllm"
+
+    func validate() throws {
+        guard UpstreamKind(rawValue: self.upstreamKind) != nil else { throw ValidationError("--upstream-kind must be vllm or sglang") }
+        for upstream in self.upstreams {
+            do { _ = try UpstreamEndpoint(parsing: upstream) } catch { throw ValidationError("--upstream: \(error)") }
+        }
+        if !self.upstreams.isEmpty, self.model != nil || self.maxLoras != nil || self.maxCpuLoras != nil || self.threads != nil {
+            throw ValidationError("--model, --max-loras, --max-cpu-loras and --threads configure the built-in engine; not with --upstream")
+        }
+    }
 
     func run() throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
@@ -47,6 +63,8 @@ struct ServeCommand: ParsableCommand {
         for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
         for module in self.loraModules { workerArguments += ["--lora-modules", module] }
         if let apiKey { workerArguments += ["--api-key", apiKey] }
+        for upstream in self.upstreams { workerArguments += ["--upstream", upstream] }
+        if !self.upstreams.isEmpty { workerArguments += ["--upstream-kind", self.upstreamKind] }
         workerArguments += self.workerArg
         guard self.workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         let base = SupervisorConfiguration(
@@ -56,6 +74,7 @@ struct ServeCommand: ParsableCommand {
         var configuration = base
         configuration.drainGraceMs = self.drainGraceSeconds * 1000
         configuration.heartbeatTimeoutMs = max(self.heartbeatTimeoutMs, 1000)
+        configuration.spawnEngine = self.upstreams.isEmpty
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration: configuration, logger: logger)

@@ -14,8 +14,14 @@ struct WorkerCommand: AsyncParsableCommand {
         abstract: "Serve the OpenAI-compatible HTTP API in front of an engine process."
     )
 
-    @Option(name: .customLong("engine-socket"), help: "Unix socket of the engine process.")
-    var engineSocket: String
+    @Option(name: .customLong("engine-socket"), help: "Unix socket of the engine process (not with --upstream).")
+    var engineSocket: String?
+
+    @Option(name: .customLong("upstream"), help: "Serve in front of this vLLM / SGLang server (http://host:port; repeatable) instead of an engine socket.")
+    var upstreams: [String] = []
+
+    @Option(name: .customLong("upstream-kind"), help: "What the upstream servers are: vllm or sglang.")
+    var upstreamKind: String = "vllm"
 
     @Option(help: "Address to bind when no --listen-fd is given.")
     var host: String = "127.0.0.1"
@@ -60,6 +66,13 @@ struct WorkerCommand: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func validate() throws {
+        guard self.engineSocket != nil || !self.upstreams.isEmpty else {
+            throw ValidationError("give --engine-socket or at least one --upstream")
+        }
+        guard UpstreamKind(rawValue: self.upstreamKind) != nil else { throw ValidationError("--upstream-kind must be vllm or sglang") }
+        for upstream in self.upstreams {
+            do { _ = try UpstreamEndpoint(parsing: upstream) } catch { throw ValidationError("--upstream: \(error)") }
+        }
         guard self.maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
         for module in self.loraModules {
@@ -84,13 +97,20 @@ struct WorkerCommand: AsyncParsableCommand {
         if self.slot >= 0 { logger[metadataKey: "worker.slot"] = "\(self.slot)" }
 
         var configuration = WorkerConfiguration(
-            engineSocket: self.engineSocket,
+            engineSocket: self.engineSocket ?? "",
             listen: self.listenFD.map { .inheritedFD($0) } ?? .address(host: self.host, port: self.port),
             servedModelNames: self.servedModelNames,
             loraModules: try self.loraModules.map { text throws(Status) in try LoraModule(parsing: text) },
             apiKey: self.apiKey, stateDirectory: self.stateDirectory, maxBodyBytes: self.maxBodyBytes,
             drainGrace: .milliseconds(self.drainGraceMs), workerSlot: self.slot, version: LorikeetVersion.string)
         configuration.applyEnvironment(ProcessInfo.processInfo.environment)
+        if !self.upstreams.isEmpty {
+            let environment = ProcessInfo.processInfo.environment
+            configuration.upstream = UpstreamConfiguration(
+                endpoints: try self.upstreams.map { text throws(UpstreamError) in try UpstreamEndpoint(parsing: text) },
+                kind: UpstreamKind(rawValue: self.upstreamKind) ?? .vllm,
+                apiKey: environment["LORIKEET_UPSTREAM_API_KEY"].flatMap { $0.isEmpty ? nil : $0 })
+        }
         for ignored in configuration.pathPolicy.ignoredPrefixes {
             logger.warning("allowed LoRA path prefix does not exist or is not absolute; ignored", metadata: ["prefix": "\(ignored)"])
         }

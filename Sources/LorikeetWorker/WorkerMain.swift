@@ -72,6 +72,9 @@ public struct WorkerConfiguration: Sendable {
     public var idleTimeout: Duration
     public var workerSlot: Int32
     public var version: String
+    /// `--upstream URL` (repeatable): serve in front of vLLM / SGLang replicas instead of
+    /// the engine socket (see `UpstreamBackend`).
+    public var upstream: UpstreamConfiguration? = nil
 
     public init(
         engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
@@ -154,10 +157,10 @@ public final class WorkerService: Service {
         self.configuration = configuration
         self.logger = logger
         self.onReady = onReady
-        let engine = engine ?? EngineClient(socketPath: configuration.engineSocket, logger: logger)
-        self.engine = engine
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
         self.replica = replica
+        let engine = engine ?? configuration.makeEngine(table: replica, logger: logger)
+        self.engine = engine
         let mutator: any AdapterMutator
         switch authority {
         case .standalone:
@@ -196,6 +199,7 @@ public final class WorkerService: Service {
             leader.setEpoch(max(health.maxEpoch + 1, 1))
             try await self.restoreTable(leader: leader)
             try await self.loadStartupModules(leader: leader)
+            if self.engine is any ReplicatedEngineBackend { self.startUpstreamReconcileLoop(leader: leader) }
         }
         self.logger.info(
             "worker ready",

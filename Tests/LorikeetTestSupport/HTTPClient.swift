@@ -90,8 +90,27 @@ public enum TestHTTP {
             headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
         var body = String(text[split.upperBound...])
-        if headers["transfer-encoding"]?.lowercased() == "chunked" { body = self.dechunk(body) }
+        if headers["transfer-encoding"]?.lowercased() == "chunked" {
+            // On bytes: a chunk boundary may split a multi-byte character.
+            let headEnd = Array(text[..<split.upperBound].utf8).count
+            body = String(decoding: self.dechunk(Array(bytes[min(headEnd, bytes.count)...])), as: UTF8.self)
+        }
         return Response(status: status, headers: headers, body: body)
+    }
+
+    static func dechunk(_ bytes: [UInt8]) -> [UInt8] {
+        var result: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            guard let lineEnd = (index..<bytes.count - 1).first(where: { bytes[$0] == 13 && bytes[$0 + 1] == 10 }) else { break }
+            let sizeText = String(decoding: bytes[index..<lineEnd], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
+            guard let size = Int(sizeText, radix: 16), size > 0 else { break }
+            let start = lineEnd + 2
+            let end = min(start + size, bytes.count)
+            result += bytes[start..<end]
+            index = end + 2
+        }
+        return result
     }
 
     static func dechunk(_ body: String) -> String {

@@ -15,7 +15,7 @@ public final class ServerUnderTest: @unchecked Sendable {
     /// Starts the server and waits until `workers` workers are ready.
     public init(
         workers: Int, stateDirectory: String? = nil, extraArguments: [String] = [], environment: [String: String] = [:],
-        waitReady: Bool = true
+        waitReady: Bool = true, upstreams: [String] = []
     ) throws {
         let fixture = try TestEnvironment.fixtureDirectory()
         self.workers = workers
@@ -25,11 +25,13 @@ public final class ServerUnderTest: @unchecked Sendable {
         self.adapterDirectory = fixture + "/adapters"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try TestEnvironment.lorikeetBinary)
+        // With upstreams (replicas in front of which it serves), no built-in engine.
+        let engine = upstreams.isEmpty ? ["--model", fixture + "/model"] : upstreams.flatMap { ["--upstream", $0] }
         process.arguments =
             [
                 "serve", "--workers", "\(workers)", "--port", "\(self.port)", "--state-dir", self.stateDirectory,
-                "--model", fixture + "/model", "--served-model-name", "tiny",
-            ] + extraArguments
+                "--served-model-name", "tiny",
+            ] + engine + extraArguments
         var env = ProcessInfo.processInfo.environment
         env["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
         env["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES"] = fixture

@@ -12,6 +12,9 @@ public struct SupervisorConfiguration: Sendable {
     /// Extra arguments for every `lorikeet worker` (served names, api key, ...).
     public var workerArguments: [String]
     public var engineSocketPath: String
+    /// Spawn the built-in engine (`lorikeet engine`). Off when the workers serve in front
+    /// of upstream replicas (`--upstream`).
+    public var spawnEngine = true
     /// The admin socket; default `<state dir>/admin.sock`.
     public var adminSocketPath: String?
     /// Version reported by status calls.

@@ -69,7 +69,11 @@ public final class Supervisor {
         self.logger.info("listening on \(self.configuration.host):\(port) with \(self.configuration.workers) worker slots")
         self.installSignals()
         try self.startAdminServer()
-        self.startEngine()
+        if self.configuration.spawnEngine {
+            self.startEngine()
+        } else {
+            self.engineState = "upstream"
+        }
         for slot in self.slots { self.spawnWorker(in: slot) }
         let heartbeat = UVTimer(loop: self.loop)
         heartbeat.start(timeoutMs: self.configuration.heartbeatIntervalMs, repeatMs: self.configuration.heartbeatIntervalMs) {

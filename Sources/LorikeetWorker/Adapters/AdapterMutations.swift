@@ -261,8 +261,10 @@ public final class LeaderMutationService: AdapterMutator {
     public struct Reconciliation: Sendable {
         public var added: [String] = []
         public var removed: [UInt64] = []
+        /// Adapters removed by name (upstream replicas: `name@replica`).
+        public var removedNames: [String] = []
         public var failed: [String] = []
-        public var isEmpty: Bool { self.added.isEmpty && self.removed.isEmpty && self.failed.isEmpty }
+        public var isEmpty: Bool { self.added.isEmpty && self.removed.isEmpty && self.removedNames.isEmpty && self.failed.isEmpty }
     }
 
     /// Makes the engine hold exactly the committed table: re-adds adapters it lacks (an
@@ -284,6 +286,8 @@ public final class LeaderMutationService: AdapterMutator {
     private func reconcileSerialized() async throws(Status) -> Reconciliation {
         var outcome = Reconciliation()
         let table = self.replica.snapshot()
+        // Upstream replicas each hold their own adapters: reconciled one by one.
+        if let replicated = self.engine as? any ReplicatedEngineBackend { return try await replicated.reconcile(with: table) }
         let held = try await self.engine.listAdapters()
         let epoch = self.epoch
         for adapter in held where !table.adapters.contains(where: { $0.intID == adapter.intID && $0.path == adapter.path }) {

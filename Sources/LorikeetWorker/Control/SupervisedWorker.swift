@@ -44,10 +44,10 @@ public final class SupervisedWorkerService: Service {
         self.logger = logger
         let link = SupervisorLink(fd: controlFD, logger: logger)
         self.link = link
-        let engine = EngineClient(socketPath: configuration.engineSocket, logger: logger)
-        self.engine = engine
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
         self.replica = replica
+        let engine = configuration.makeEngine(table: replica, logger: logger)
+        self.engine = engine
         let leader = LeaderMutationService(
             engine: engine, replica: replica, committer: SupervisorCommitter(link: link), pathPolicy: configuration.pathPolicy,
             epoch: 0, logger: logger)
@@ -77,6 +77,13 @@ public final class SupervisedWorkerService: Service {
                 exit(1)
             })
         self.link.send(.hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
+        if let upstream = self.engine as? UpstreamBackend {
+            // A replica back in rotation is reconciled at once, not at the next tick.
+            upstream.onReplicaRecovered { [weak self] _ in
+                guard let self, self.mutator.leading else { return }
+                Task { await self.reconcileEngine() }
+            }
+        }
         var iterator = self.events.makeAsyncIterator()
         guard case .snapshotAndRole = await iterator.next() else { return }
         let info = try await self.waitForEngine()

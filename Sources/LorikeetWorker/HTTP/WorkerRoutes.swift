@@ -79,7 +79,7 @@ public final class WorkerStats: Sendable {
 /// Every failure is OpenAI's error envelope with the right status code.
 public final class WorkerRoutes: Sendable {
     private let engine: any EngineBackend
-    private let replica: AdapterTableReplica
+    let replica: AdapterTableReplica
     private let mutator: any AdapterMutator
     private let configuration: RouteConfiguration
     private let logger: Logger
@@ -194,14 +194,15 @@ public final class WorkerRoutes: Sendable {
         case "/v1/models":
             try Self.require(method, .get, path)
             return self.models()
-        case "/v1/completions":
+        case "/v1/completions", "/v1/chat/completions":
             try Self.require(method, .post, path)
-            let body = try await self.readJSON(&request)
-            return try await self.generate(body, route: .completions, requestID: requestID, logger: logger)
-        case "/v1/chat/completions":
-            try Self.require(method, .post, path)
-            let body = try await self.readJSON(&request)
-            return try await self.generate(body, route: .chatCompletions, requestID: requestID, logger: logger)
+            let bytes = try await self.readBody(&request)
+            let body = try RequestValidation.object(bytes)
+            if let upstream = self.engine as? any PassthroughBackend {
+                return try await self.forward(bytes, body, path: path, to: upstream, requestID: requestID, logger: logger)
+            }
+            let route: GenerationRoute = path == "/v1/completions" ? .completions : .chatCompletions
+            return try await self.generate(body, route: route, requestID: requestID, logger: logger)
         case "/v1/load_lora_adapter" where self.configuration.allowRuntimeLoraUpdating:
             try Self.require(method, .post, path)
             let body = try await self.readJSON(&request)
@@ -261,6 +262,10 @@ public final class WorkerRoutes: Sendable {
     }
 
     private func readJSON(_ request: inout Request) async throws -> JSONValue {
+        try RequestValidation.object(try await self.readBody(&request))
+    }
+
+    private func readBody(_ request: inout Request) async throws -> [UInt8] {
         let limit = self.configuration.maxBodyBytes
         let tooLarge = APIError(
             status: .contentTooLarge, kind: .invalidRequest,
@@ -283,7 +288,7 @@ public final class WorkerRoutes: Sendable {
         } catch is NIOTooManyBytesError {
             throw tooLarge
         }
-        return try RequestValidation.object(Array(buffer.readableBytesView))
+        return Array(buffer.readableBytesView)
     }
 
     // MARK: Routes

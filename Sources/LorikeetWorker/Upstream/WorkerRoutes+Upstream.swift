@@ -1,0 +1,77 @@
+import HTTPTypes
+import HummingbirdCore
+import Logging
+import LorikeetProto
+import NIOCore
+
+extension WorkerRoutes {
+    /// The upstream answer's replica, for clients and tests (`X-Lorikeet-Upstream`).
+    static let upstreamHeader = HTTPField.Name("X-Lorikeet-Upstream")!
+
+    /// Completions and chat completions in front of upstream replicas: `model` is resolved
+    /// against our adapter table (404 for a name it does not hold, exactly as with the
+    /// built-in engine), then the client's body goes to a replica (with `model` in the
+    /// replica's naming) and the replica's answer comes back unchanged: a JSON body whole,
+    /// an SSE stream chunk by chunk as the replica flushes it. A client that disconnects
+    /// mid-stream closes the upstream request, which makes the replica abort it.
+    func forward(
+        _ bytes: [UInt8], _ body: JSONValue, path: String, to upstream: any PassthroughBackend, requestID: String,
+        logger: Logger
+    ) async throws -> Reply {
+        let model: String
+        switch body["model"] {
+        case .string(let name)?: model = name
+        case nil, .null?: model = self.replica.baseModels.first ?? ""
+        case let other?: throw RequestValidation.wrongType("model", expected: "a string", got: other)
+        }
+        guard let resolved = self.replica.resolve(model: model) else { throw APIError.modelNotFound(model) }
+        var logger = logger
+        if let adapter = resolved.adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name)" }
+        let response = try await upstream.forward(
+            ForwardedRequest(
+                path: path, body: bytes, json: body, baseModel: resolved.base, adapter: resolved.adapter, requestID: requestID))
+        var headers = HTTPFields()
+        headers[.contentType] = response.contentType
+        headers[Self.upstreamHeader] = response.replica
+        let status = HTTPResponse.Status(code: response.status)
+        guard response.contentType.lowercased().hasPrefix("text/event-stream") else {
+            var whole = ByteBuffer()
+            do {
+                while var chunk = try await response.next() { whole.writeBuffer(&chunk) }
+            } catch {
+                throw APIError(status: .badGateway, kind: .serverError, message: "upstream \(response.replica) failed mid-response: \(error)")
+            }
+            return Reply(status: status, headers: headers, body: ResponseBody(byteBuffer: whole))
+        }
+        headers[.cacheControl] = "no-cache"
+        let streamLogger = logger
+        let streamed = ResponseBody { writer in
+            while true {
+                let chunk: ByteBuffer?
+                do {
+                    chunk = try await response.next()
+                } catch {
+                    // The replica failed mid-stream: tell the client in the stream, as vLLM does.
+                    streamLogger.warning("upstream failed mid-stream", metadata: ["upstream": "\(response.replica)", "error": "\(error)"])
+                    let failure = APIError(
+                        status: .badGateway, kind: .serverError, message: "upstream \(response.replica) failed mid-stream: \(error)")
+                    var event = ByteBuffer(string: "data: ")
+                    event.writeBytes(JSONWriter.encode(failure.json))
+                    event.writeString("\n\n")
+                    try? await writer.write(event)
+                    break
+                }
+                guard let chunk else { break }
+                do {
+                    try await writer.write(chunk)
+                } catch {
+                    streamLogger.info("client disconnected mid-stream; closing the upstream request", metadata: ["upstream": "\(response.replica)"])
+                    response.cancel()
+                    throw error
+                }
+            }
+            try await writer.finish(nil)
+        }
+        return Reply(status: status, headers: headers, body: streamed)
+    }
+}
