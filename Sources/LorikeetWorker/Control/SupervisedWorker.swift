@@ -31,6 +31,7 @@ public final class SupervisedWorkerService: Service {
         var reconcileTask: Task<Void, Never>?
         var serving = false
         var reportedReady = false
+        var lastReconcileFailures: [String] = []
     }
 
     private enum BootEvent {
@@ -209,7 +210,12 @@ public final class SupervisedWorkerService: Service {
     private func reconcileEngine() async {
         do {
             let outcome = try await self.leader.reconcileEngine()
-            if !outcome.isEmpty {
+            // Adapters that keep failing to load are reported when the set changes, not every second.
+            let failedChanged = self.state.withLock { state -> Bool in
+                defer { state.lastReconcileFailures = outcome.failed }
+                return state.lastReconcileFailures != outcome.failed
+            }
+            if !outcome.added.isEmpty || !outcome.removed.isEmpty || (failedChanged && !outcome.failed.isEmpty) {
                 self.logger.notice(
                     "engine reconciled with the committed table",
                     metadata: ["added": "\(outcome.added)", "removed": "\(outcome.removed)", "failed": "\(outcome.failed)"])
