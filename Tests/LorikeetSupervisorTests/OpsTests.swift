@@ -172,11 +172,12 @@ extension ServeTests {
         }
     }
 
-    @Test("sd_notify: READY=1 once every worker is ready, STOPPING=1 on TERM; the Python admin client and ctl metrics work")
+    @Test("sd_notify: READY=1 once every worker is ready, WATCHDOG=1, STOPPING=1 on TERM; the Python admin client and ctl metrics work")
     func systemdNotifyAndClients() throws {
         let directory = TestEnvironment.temporaryDirectory("lk-notify")
         let listener = try DatagramListener(path: directory + "/notify.sock")
-        let server = try ServerUnderTest(workers: 2, environment: ["NOTIFY_SOCKET": listener.path], waitReady: false)
+        let server = try ServerUnderTest(
+            workers: 2, environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000"], waitReady: false)
         defer { server.stop() }
         let ready = try listener.receive(until: "READY=1", timeoutSeconds: 120)
         #expect(ready.contains("STATUS=2/2 workers ready"), "\(ready)")
@@ -199,6 +200,8 @@ extension ServeTests {
         #expect(samples.first { $0.name == "lorikeet_leader_epoch" }?.value ?? 0 >= 1)
         #expect(samples.filter { $0.name == "lorikeet_worker_state" && $0.labels["state"] == "ready" && $0.value == 1 }.count == 2)
 
+        // WATCHDOG_USEC=0.4 s: WATCHDOG=1 every 0.2 s while the loop turns.
+        #expect(try listener.receive(until: "WATCHDOG=1", timeoutSeconds: 5).contains("WATCHDOG=1"))
         server.signal(SIGTERM)
         let stopping = try listener.receive(until: "STOPPING=1", timeoutSeconds: 30)
         #expect(stopping.contains("STOPPING=1"))

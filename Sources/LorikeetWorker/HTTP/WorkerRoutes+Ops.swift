@@ -65,7 +65,8 @@ extension WorkerRoutes {
     /// refuses the whole call (400) before anything runs.
     static func batchOperations(_ body: JSONValue, slot: Int32, caller: String) throws(APIError) -> [BatchOperation] {
         guard let itemsValue = body["items"] else {
-            throw APIError.invalidRequest("'items' is required: an array of {\"load\": {...}} or {\"unload\": {...}} objects.", param: "items")
+            throw APIError.invalidRequest(
+                "'items' is required: an array of {\"load\": {...}} or {\"unload\": {...}} objects.", param: "items")
         }
         guard case .array(let items) = itemsValue else {
             throw RequestValidation.wrongType("items", expected: "array", got: itemsValue)
