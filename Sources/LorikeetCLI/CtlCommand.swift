@@ -11,7 +11,7 @@ struct CtlCommand: ParsableCommand {
         abstract: "Operate a running server through its admin socket.",
         subcommands: [
             CtlStatus.self, CtlWorkers.self, CtlAdapters.self, CtlLoad.self, CtlUnload.self, CtlBatch.self, CtlRestart.self,
-            CtlScale.self, CtlDrain.self, CtlStop.self,
+            CtlScale.self, CtlDrain.self, CtlStop.self, CtlMetrics.self,
         ]
     )
 }
@@ -25,16 +25,33 @@ struct CtlOptions: ParsableArguments {
 
     var socketPath: String { self.socket ?? (self.stateDir + "/admin.sock") }
 
-    /// Sends one request and returns the reply body.
+    /// Why an admin call did not get a reply: a message and the exit code it maps to.
+    struct CallFailure: Error {
+        var message: String
+        var code: Int32
+    }
+
+    /// Sends one request and returns the reply body; prints and exits on failure.
     func call(_ body: AdminEnvelope.Body) throws -> AdminEnvelope.Body {
+        switch self.attempt(body) {
+        case .success(let reply): return reply
+        case .failure(let failure): Self.fail(failure.message, code: failure.code)
+        }
+    }
+
+    /// Sends one request; the reply body, or why there is none.
+    func attempt(_ body: AdminEnvelope.Body) -> Result<AdminEnvelope.Body, CallFailure> {
         let fd: Int32
         do {
             fd = try UnixSocket.connect(path: self.socketPath)
         } catch {
             if case .system(_, let code) = error, code == EACCES {
-                Self.fail("permission denied on \(self.socketPath): run as the server's user or root", code: 4)
+                return .failure(CallFailure(message: "permission denied on \(self.socketPath): run as the server's user or root", code: 4))
             }
-            Self.fail("cannot reach the supervisor at \(self.socketPath): \(error) (is `lorikeet serve` running with this --state-dir?)", code: 3)
+            return .failure(
+                CallFailure(
+                    message: "cannot reach the supervisor at \(self.socketPath): \(error) (is `lorikeet serve` running with this --state-dir?)",
+                    code: 3))
         }
         var timeout = timeval(tv_sec: Int(self.timeout), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -43,11 +60,11 @@ struct CtlOptions: ParsableArguments {
         do {
             try connection.send(AdminEnvelope(callID: 1, body: body))
             guard let reply = try connection.receive() else {
-                Self.fail("the supervisor closed the connection (peer refused? see the server log)", code: 4)
+                return .failure(CallFailure(message: "the supervisor closed the connection (peer refused? see the server log)", code: 4))
             }
-            return reply.body ?? .result(CallResult())
+            return .success(reply.body ?? .result(CallResult()))
         } catch {
-            Self.fail("admin call failed: \(error)", code: 3)
+            return .failure(CallFailure(message: "admin call failed: \(error)", code: 3))
         }
     }
 

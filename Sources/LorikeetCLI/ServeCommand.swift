@@ -29,7 +29,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Adapter to load at start: name=path or JSON {\"name\",\"path\",\"base_model_name\"} (repeatable).")
     var loraModules: [String] = []
     @Option(help: "Require this bearer token on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY).") var apiKey: String?
-    @Option(help: "Log format: text or json.") var logFormat = "text"
+    @Option(help: "Log format: text or json (one JSON object per line, for every process).") var logFormat = "text"
+    @Option(help: "Admin socket path (default: <state dir>/admin.sock).") var adminSocket: String?
     @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
     var workerArg: [String] = []
     @Option(help: "Seconds in-flight requests may run on after SIGTERM.") var drainGraceSeconds: UInt64 = 30
@@ -53,7 +54,8 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
         let logger = Logger(label: "lorikeet.supervisor")
-        var engineArguments: [String] = []
+        guard ["text", "json"].contains(self.logFormat) else { throw ValidationError("--log-format must be text or json") }
+        var engineArguments: [String] = ["--log-format", self.logFormat]
         if let model { engineArguments += ["--model", Self.absolute(model)] }
         if let maxLoras { engineArguments += ["--max-loras", "\(maxLoras)"] }
         if let maxCpuLoras { engineArguments += ["--max-cpu-loras", "\(maxCpuLoras)"] }
@@ -75,6 +77,8 @@ struct ServeCommand: ParsableCommand {
         configuration.drainGraceMs = self.drainGraceSeconds * 1000
         configuration.heartbeatTimeoutMs = max(self.heartbeatTimeoutMs, 1000)
         configuration.spawnEngine = self.upstreams.isEmpty
+        configuration.environment = ProcessInfo.processInfo.environment
+        configuration.adminSocketPath = self.adminSocket.map(Self.absolute)
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration: configuration, logger: logger)
@@ -105,11 +109,13 @@ struct ServeCommand: ParsableCommand {
     }
 }
 
-/// Process-wide logging setup for every subcommand.
+/// Process-wide logging setup for every subcommand: text, or one JSON object per line
+/// (`--log-format json`) on stderr.
 enum LoggingBootstrap {
     static func bootstrap(format: String) {
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler: any LogHandler =
+                format == "json" ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
             handler.logLevel = .info
             return handler
         }

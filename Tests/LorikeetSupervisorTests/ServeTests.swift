@@ -181,9 +181,10 @@ struct ServeTests {
         // Every acknowledged load survived; ids are unique.
         #expect(acknowledged.isSubset(of: Set(table.keys)), "lost acknowledged loads: \(acknowledged.subtracting(table.keys))")
         #expect(Set(table.values).count == table.count)
-        // 0 = the caller's own connection was on the killed leader: it got an error, and
-        // the table says whether its load happened (checked below with the rest).
-        #expect(results.values.allSatisfy { [0, 200, 503, 500, 409, 400].contains($0) }, "\(results)")
+        // 0 = connection reset: the client's connection was accepted by the killed leader
+        // itself (its loads go through the supervisor like everyone's); at most one per client.
+        #expect(results.values.allSatisfy { [200, 503, 500, 409, 400, 0].contains($0) }, "\(results)")
+        #expect(results.values.filter { $0 == 0 }.count <= 3, "\(results)")
         // Every worker and the engine hold exactly the committed table.
         let views = try Self.modelViews(server, connections: 30)
         #expect(views == [(Array(table.keys) + ["tiny"]).sorted()])

@@ -74,12 +74,17 @@ public enum UnixSocket {
 
     /// The uid of the process at the other end (SO_PEERCRED).
     public static func peerUID(_ fd: Int32) throws(TransportError) -> UInt32 {
+        try Self.peerCredentials(fd).uid
+    }
+
+    /// The peer's uid and pid of a connected Unix socket (SO_PEERCRED).
+    public static func peerCredentials(_ fd: Int32) throws(TransportError) -> (uid: UInt32, pid: Int32) {
         var uid: uid_t = 0
         var pid: pid_t = 0
         guard lorikeet_peer_credentials(fd, &uid, &pid) == 0 else {
             throw .system(call: "getsockopt(SO_PEERCRED)", errno: errno)
         }
-        return uid
+        return (uid, pid)
     }
 
     private static func address(_ path: String) throws(TransportError) -> sockaddr_un {

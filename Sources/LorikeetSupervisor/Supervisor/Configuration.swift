@@ -17,6 +17,10 @@ public struct SupervisorConfiguration: Sendable {
     public var spawnEngine = true
     /// The admin socket; default `<state dir>/admin.sock`.
     public var adminSocketPath: String?
+    /// The audit log; default `<state dir>/audit.log`.
+    public var auditLogPath: String?
+    /// The environment read for `NOTIFY_SOCKET` and `WATCHDOG_USEC` (systemd).
+    public var environment: [String: String] = [:]
     /// Version reported by status calls.
     public var version = "0.1.0"
 

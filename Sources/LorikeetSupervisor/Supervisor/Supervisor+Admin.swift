@@ -7,8 +7,13 @@ final class AdminConnection {
     let pipe: UVPipe
     var decoder = MessageDecoder<AdminEnvelope>(maximumFrameSize: 16 * 1024 * 1024)
     var closed = false
+    /// The peer's credentials, for the audit log's `caller`.
+    let caller: String
 
-    init(pipe: UVPipe) { self.pipe = pipe }
+    init(pipe: UVPipe, caller: String) {
+        self.pipe = pipe
+        self.caller = caller
+    }
 
     func send(_ body: AdminEnvelope.Body, callID: UInt64) {
         guard !self.closed else { return }
@@ -28,20 +33,21 @@ extension Supervisor {
     }
 
     func adminConnected(_ pipe: UVPipe) {
-        let uid: UInt32
+        let credentials: (uid: UInt32, pid: Int32)
         do {
-            uid = try UnixSocket.peerUID(pipe.fileDescriptor)
+            credentials = try UnixSocket.peerCredentials(pipe.fileDescriptor)
         } catch {
             self.logger.warning("admin connection refused: \(error)")
             pipe.close()
             return
         }
+        let uid = credentials.uid
         guard uid == 0 || uid == getuid() else {
             self.logger.warning("admin connection refused: peer uid \(uid) is neither root nor \(getuid())")
             pipe.close()
             return
         }
-        let connection = AdminConnection(pipe: pipe)
+        let connection = AdminConnection(pipe: pipe, caller: "uid=\(credentials.uid) pid=\(credentials.pid)")
         pipe.startReading(
             onData: { [unowned self] bytes in
                 connection.decoder.feed(bytes)
@@ -74,12 +80,14 @@ extension Supervisor {
             connection.send(.adapterTable(self.table), callID: callID)
         case .load(var request):
             request.originSlot = -1
+            request.caller = connection.caller
             self.route(.load(request), callID: callID, origin: nil) { reply in connection.send(.mutationReply(reply), callID: callID) }
         case .unload(var request):
             request.originSlot = -1
+            request.caller = connection.caller
             self.route(.unload(request), callID: callID, origin: nil) { reply in connection.send(.mutationReply(reply), callID: callID) }
         case .batch(let batch):
-            self.runBatch(batch.items[...], results: []) { results in
+            self.runBatch(batch.items[...], results: [], caller: connection.caller) { results in
                 connection.send(.batchReply(BatchReply(results: results)), callID: callID)
             }
         case .rollingRestart:
@@ -118,20 +126,26 @@ extension Supervisor {
 
     /// Batch items run one after another, each with its own result (not all-or-nothing:
     /// a refused item does not undo the ones before it).
-    func runBatch(_ items: ArraySlice<BatchItem>, results: [AdapterMutationReply], done: @escaping ([AdapterMutationReply]) -> Void) {
+    func runBatch(
+        _ items: ArraySlice<BatchItem>, results: [AdapterMutationReply], caller: String,
+        done: @escaping ([AdapterMutationReply]) -> Void
+    ) {
         guard let item = items.first else { return done(results) }
         let callID = self.nextCallID
         self.nextCallID += 1
         let next: (AdapterMutationReply) -> Void = { [unowned self] reply in
-            self.runBatch(items.dropFirst(), results: results + [reply], done: done)
+            self.runBatch(items.dropFirst(), results: results + [reply], caller: caller, done: done)
         }
+        let index = results.count
         switch item {
         case .load(var request):
             request.originSlot = -1
-            self.route(.load(request), callID: callID, origin: nil, reply: next)
+            request.caller = caller
+            self.route(.load(request), callID: callID, origin: nil, batchIndex: index, reply: next)
         case .unload(var request):
             request.originSlot = -1
-            self.route(.unload(request), callID: callID, origin: nil, reply: next)
+            request.caller = caller
+            self.route(.unload(request), callID: callID, origin: nil, batchIndex: index, reply: next)
         }
     }
 

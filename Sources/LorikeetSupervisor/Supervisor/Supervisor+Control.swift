@@ -4,6 +4,10 @@ import LorikeetProto
 
 /// A load/unload that arrived at a follower, forwarded to the leader.
 struct RoutedMutation {
+    /// What was asked (for the audit log: name, path, origin slot, caller).
+    let mutation: Supervisor.Mutation
+    /// Position in an admin batch, if any (audit field).
+    let batchIndex: Int?
     let origin: WorkerProcess?
     let originCallID: UInt64
     /// Admin-socket callers get the reply through this closure instead.
@@ -154,6 +158,7 @@ extension Supervisor {
         worker.state = .ready
         worker.send(.ready(Ready(tableVersion: self.table.version)))
         self.logger.info("worker ready", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "role": "\(worker.role)"])
+        self.notifySystemd()
         self.rollingStep()
     }
 
@@ -173,18 +178,24 @@ extension Supervisor {
         case unload(UnloadAdapterRequest)
     }
 
-    func route(_ mutation: Mutation, callID: UInt64, origin: WorkerProcess?, reply: ((AdapterMutationReply) -> Void)?) {
+    func route(
+        _ mutation: Mutation, callID: UInt64, origin: WorkerProcess?, batchIndex: Int? = nil,
+        reply: ((AdapterMutationReply) -> Void)?
+    ) {
         guard let leader = self.leader, leader.hasHello, leader.process != nil, self.stopping == nil else {
             let status = Status(
                 code: .unavailable, message: self.stopping != nil ? "the server is shutting down" : "no leader is available yet; retry")
-            if let reply { reply(AdapterMutationReply(status: status)) } else {
-                origin?.send(.mutationReply(AdapterMutationReply(status: status)), callID: callID)
+            let refusal = AdapterMutationReply(status: status, tableVersion: self.table.version)
+            self.recordAudit(mutation, batchIndex: batchIndex, refusal)
+            if let reply { reply(refusal) } else {
+                origin?.send(.mutationReply(refusal), callID: callID)
             }
             return
         }
         let routedID = self.nextCallID
         self.nextCallID += 1
-        self.pendingRoutes[routedID] = RoutedMutation(origin: origin, originCallID: callID, reply: reply, leader: leader)
+        self.pendingRoutes[routedID] = RoutedMutation(
+            mutation: mutation, batchIndex: batchIndex, origin: origin, originCallID: callID, reply: reply, leader: leader)
         switch mutation {
         case .load(let request): leader.send(.load(request), callID: routedID)
         case .unload(let request): leader.send(.unload(request), callID: routedID)
@@ -197,6 +208,7 @@ extension Supervisor {
     }
 
     func answer(_ route: RoutedMutation, _ reply: AdapterMutationReply) {
+        self.recordAudit(route.mutation, batchIndex: route.batchIndex, reply)
         if let callback = route.reply {
             callback(reply)
         } else if let origin = route.origin, origin.process != nil {
@@ -291,5 +303,49 @@ extension Supervisor {
             // The leader died after the commit became durable: the caller's change happened.
             self.answer(route, reply)
         }
+    }
+}
+
+extension Supervisor {
+    // MARK: - Audit
+
+    /// Appends the outcome of one load/unload to the audit log (every routed mutation
+    /// ends here exactly once: answered by the leader, settled after the leader died,
+    /// failed at shutdown, or refused for want of a leader).
+    func recordAudit(_ mutation: Mutation, batchIndex: Int?, _ reply: AdapterMutationReply) {
+        let entry: AuditEntry
+        let now = Int64(self.wallClockMs)
+        switch mutation {
+        case .load(let request):
+            entry = AuditEntry(
+                timeUnixMs: now, action: "load", name: request.name, id: reply.adapter?.intID ?? 0,
+                path: reply.adapter?.path ?? request.path, slot: request.originSlot, caller: request.caller, batchIndex: batchIndex,
+                status: reply.status, tableVersion: reply.tableVersion)
+        case .unload(let request):
+            entry = AuditEntry(
+                timeUnixMs: now, action: "unload", name: request.name, id: reply.adapter?.intID ?? request.intID,
+                path: reply.adapter?.path ?? "", slot: request.originSlot, caller: request.caller, batchIndex: batchIndex,
+                status: reply.status, tableVersion: reply.tableVersion)
+        }
+        if !self.audit.record(entry) {
+            self.logger.error("cannot write the audit log", metadata: ["path": "\(self.audit.path)", "errno": "\(errno)"])
+        }
+    }
+
+    /// SIGUSR1: reopen the audit log (after a rename-style rotation).
+    func reopenAuditLog() {
+        do {
+            try self.audit.reopen()
+            self.logger.info("audit log reopened", metadata: ["path": "\(self.audit.path)"])
+        } catch {
+            self.logger.error("cannot reopen the audit log: \(error)")
+        }
+    }
+
+    /// Wall-clock time in Unix ms (the loop's clock is monotonic).
+    var wallClockMs: UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
     }
 }

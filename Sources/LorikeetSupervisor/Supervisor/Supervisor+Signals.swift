@@ -19,6 +19,7 @@ extension Supervisor {
             (SIGHUP, { $0.startRollingRestart() }),
             (SIGTTIN, { $0.addSlot() }),
             (SIGTTOU, { $0.removeLastSlot() }),
+            (SIGUSR1, { $0.reopenAuditLog() }),
         ]
         for (number, handler) in handlers {
             let watcher = UVSignal(loop: self.loop)

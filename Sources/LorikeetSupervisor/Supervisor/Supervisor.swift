@@ -35,9 +35,15 @@ public final class Supervisor {
     var rolling: RollingRestart?
     var signals: [UVSignal] = []
     var heartbeatTimer: UVTimer?
+    var watchdogTimer: UVTimer?
     var adminServer: UVPipeServer?
     var stopTimer: UVTimer?
     let startedAtMs: UInt64
+    /// `<state-dir>/audit.log`: one JSON line per adapter change, failures included.
+    let audit: AuditLog
+    /// `sd_notify` when started by systemd (`NOTIFY_SOCKET`).
+    let notifier: SystemdNotifier?
+    var announcedReady = false
 
     /// Port actually bound (useful with port 0).
     public private(set) var boundPort: UInt16 = 0
@@ -47,6 +53,8 @@ public final class Supervisor {
         self.logger = logger
         self.store = try StateStore(directory: configuration.stateDirectory)
         self.table = try self.store.load()
+        self.audit = try AuditLog(path: configuration.auditLogPath ?? configuration.stateDirectory + "/audit.log")
+        self.notifier = SystemdNotifier(environment: configuration.environment, logger: logger)
         self.startedAtMs = self.loop.nowMs
     }
 
@@ -80,6 +88,17 @@ public final class Supervisor {
             [unowned self] in self.heartbeatTick()
         }
         self.heartbeatTimer = heartbeat
+        if let notifier = self.notifier {
+            notifier.status("starting \(self.slots.count) workers")
+            if notifier.watchdogIntervalMs > 0 {
+                let watchdog = UVTimer(loop: self.loop)
+                watchdog.start(timeoutMs: notifier.watchdogIntervalMs, repeatMs: notifier.watchdogIntervalMs) { [unowned self] in
+                    // The loop turning is what the watchdog checks; a stuck loop stops these.
+                    if self.stopping == nil { self.notifier?.send(["WATCHDOG=1"]) }
+                }
+                self.watchdogTimer = watchdog
+            }
+        }
         self.loop.run()
         self.loop.closeAll()
         for slot in self.slots { close(slot.listenerFD) }
@@ -280,6 +299,24 @@ public final class Supervisor {
             }
             if worker.hasHello { worker.send(.heartbeat(Heartbeat(seq: self.heartbeatSeq))) }
         }
+        self.notifySystemd()
+    }
+
+    /// systemd: `READY=1` the first time every slot serves, then `STATUS=` on changes.
+    func notifySystemd() {
+        guard let notifier = self.notifier, self.stopping == nil else { return }
+        let active = self.slots.filter { !$0.removing }
+        let ready = active.filter { $0.current?.state == .ready }.count
+        let leader = self.leader.map { "leader slot \($0.slot)" } ?? "no leader"
+        let summary =
+            "\(ready)/\(active.count) workers ready, \(leader), epoch \(self.epoch), table version \(self.table.version), "
+            + "\(self.table.adapters.count) adapters, engine \(self.engineState)"
+        if !self.announcedReady && ready == active.count && ready > 0 {
+            self.announcedReady = true
+            notifier.send(["READY=1", "STATUS=" + summary, "MAINPID=\(getpid())"])
+            self.logger.info("notified systemd: ready")
+        }
+        notifier.status(summary)
     }
 
     // MARK: - Stopping
@@ -299,6 +336,7 @@ public final class Supervisor {
             return self.stop(.fast)
         }
         self.stopping = mode
+        self.notifier?.send(["STOPPING=1", "STATUS=stopping (\(mode == .fast ? "fast" : "graceful drain"))"])
         self.rolling = nil
         for slot in self.slots {
             slot.restartTimer?.close()
@@ -347,6 +385,7 @@ public final class Supervisor {
             return
         }
         self.heartbeatTimer?.close()
+        self.watchdogTimer?.close()
         self.stopTimer?.close()
         self.adminServer?.close()
         unlink(self.adminSocketPath)

@@ -165,7 +165,14 @@ public final class RoutedMutator: AdapterMutator {
     }
 }
 
-/// Sends each mutation to the leader logic when this worker leads, else routes it.
+/// Tracks whether this worker leads; every HTTP mutation is routed through the
+/// supervisor, the leader's own included.
+///
+/// Routing the leader's own calls too (two socketpair hops, well under a millisecond
+/// against an engine load of milliseconds or more) gives the supervisor one place that
+/// sees every load/unload and its outcome, refusals included: the audit log
+/// (`<state-dir>/audit.log`) is written there. It also means a worker that still believes
+/// it leads after a promotion elsewhere cannot answer on its own.
 public final class RoleAwareMutator: AdapterMutator {
     private let leader: LeaderMutationService
     private let routed: RoutedMutator
@@ -180,10 +187,10 @@ public final class RoleAwareMutator: AdapterMutator {
     public var leading: Bool { self.isLeader.load(ordering: .acquiring) }
 
     public func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
-        self.leading ? await self.leader.load(request) : await self.routed.load(request)
+        await self.routed.load(request)
     }
 
     public func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
-        self.leading ? await self.leader.unload(request) : await self.routed.unload(request)
+        await self.routed.unload(request)
     }
 }

@@ -74,19 +74,23 @@ public final class WorkerStats: Sendable {
 ///   with `data: {...}` events and `data: [DONE]`),
 /// - `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter` (only when runtime
 ///   updating is enabled; otherwise 404),
-/// - `GET /health` (200 / 503), `GET /version`.
+/// - `GET /health` (200 / 503), `GET /version`,
+/// - beyond vLLM (`WorkerRoutes+Ops.swift`): `GET /v1/lora_adapters`,
+///   `POST /v1/lora_adapters/batch`, `GET /metrics`.
 ///
 /// Every failure is OpenAI's error envelope with the right status code.
 public final class WorkerRoutes: Sendable {
-    private let engine: any EngineBackend
+    let engine: any EngineBackend
     let replica: AdapterTableReplica
-    private let mutator: any AdapterMutator
-    private let configuration: RouteConfiguration
+    let mutator: any AdapterMutator
+    let configuration: RouteConfiguration
     private let logger: Logger
     private let dates = DateCache()
     private let startedAt: Int64
     private let maxModelLength: Atomic<UInt32>
     public let stats = WorkerStats()
+    /// `GET /metrics` and the per-adapter usage of `GET /v1/lora_adapters`.
+    public let metrics: WorkerMetrics
 
     public init(
         engine: any EngineBackend, replica: AdapterTableReplica, mutator: any AdapterMutator,
@@ -94,7 +98,9 @@ public final class WorkerRoutes: Sendable {
     ) {
         self.engine = engine
         self.replica = replica
-        self.mutator = mutator
+        let metrics = WorkerMetrics(slot: configuration.workerSlot)
+        self.metrics = metrics
+        self.mutator = MeteredMutator(inner: mutator, metrics: metrics)
         self.configuration = configuration
         self.logger = logger
         self.startedAt = LeaderMutationService.nowUnixMs() / 1000
@@ -138,7 +144,12 @@ public final class WorkerRoutes: Sendable {
 
     func respond(to request: Request, writer: consuming ResponseWriter, channel: any Channel) async throws {
         self.stats.begin()
-        defer { self.stats.end() }
+        let record = RequestRecord(path: request.uri.path)
+        var answeredStatus = 0
+        defer {
+            self.stats.end()
+            self.metrics.requestFinished(record, status: answeredStatus, duration: .now - record.start)
+        }
         // The engine request id is always generated here (unique per worker); a client's
         // X-Request-Id is only echoed and logged.
         let requestID = Self.makeID()
@@ -155,7 +166,9 @@ public final class WorkerRoutes: Sendable {
         }
         var reply: Reply
         do {
-            reply = try await self.route(&request, requestID: requestID, channel: channel, logger: logger)
+            reply = try await RequestRecord.$current.withValue(record) {
+                try await self.route(&request, requestID: requestID, channel: channel, logger: logger)
+            }
         } catch let error as APIError {
             reply = .error(error)
             if error.status == .contentTooLarge || error.status == .requestTimeout { reply.closeConnection = true }
@@ -174,6 +187,7 @@ public final class WorkerRoutes: Sendable {
         if reply.closeConnection { reply.headers[.connection] = "close" }
         if let length = reply.body.contentLength { reply.headers[.contentLength] = String(length) }
         let close = reply.closeConnection
+        answeredStatus = reply.status.code
         try await writer.write(response: HTTPResponse(status: reply.status, headerFields: reply.headers), body: reply.body)
         if close { channel.close(mode: .all, promise: nil) }
     }
@@ -211,6 +225,16 @@ public final class WorkerRoutes: Sendable {
             try Self.require(method, .post, path)
             let body = try await self.readJSON(&request)
             return try await self.unloadAdapter(body, caller: Self.caller(channel))
+        case "/v1/lora_adapters":
+            try Self.require(method, .get, path)
+            return self.listAdapters()
+        case "/v1/lora_adapters/batch" where self.configuration.allowRuntimeLoraUpdating:
+            try Self.require(method, .post, path)
+            let body = try await self.readJSON(&request)
+            return try await self.batchAdapters(body, caller: Self.caller(channel))
+        case "/metrics":
+            try Self.require(method, .get, path)
+            return await self.metricsExposition()
         default:
             throw APIError.routeNotFound(method, path)
         }
@@ -224,8 +248,11 @@ public final class WorkerRoutes: Sendable {
         }
     }
 
-    private static func caller(_ channel: any Channel) -> String {
-        channel.remoteAddress.map { "\($0)" } ?? ""
+    /// The client's `ip:port` (`[ip6]:port`), for the audit log.
+    static func caller(_ channel: any Channel) -> String {
+        guard let address = channel.remoteAddress else { return "" }
+        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
     static let requestIDHeader = HTTPField.Name("X-Request-Id")!
@@ -365,6 +392,8 @@ public final class WorkerRoutes: Sendable {
         let parameters = try RequestValidation.generation(body, route: route)
         let model = parameters.model ?? self.replica.baseModels.first ?? ""
         guard let resolved = self.replica.resolve(model: model) else { throw APIError.modelNotFound(model) }
+        let record = RequestRecord.current
+        record?.resolved(model: model, adapterID: resolved.adapter?.intID)
         var logger = logger
         if let adapter = resolved.adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name)" }
         var request = GenerateRequest(requestID: requestID, sampling: parameters.sampling)
@@ -397,10 +426,11 @@ public final class WorkerRoutes: Sendable {
         } catch {
             throw Self.apiError(error)
         }
+        record?.firstToken()
         if parameters.stream {
             return self.streamReply(
                 first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage,
-                requestID: requestID, logger: logger)
+                requestID: requestID, record: record, logger: logger)
         }
         var text = ""
         var tokens: [UInt32] = []
@@ -419,6 +449,7 @@ public final class WorkerRoutes: Sendable {
             }
         }
         let counted = usage ?? Usage(promptTokens: 0, completionTokens: UInt32(tokens.count))
+        record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens)
         return .json(.ok, shape.final(text: text, tokens: tokens, finishReason: finishReason, usage: counted))
     }
 
@@ -430,7 +461,7 @@ public final class WorkerRoutes: Sendable {
 
     private func streamReply(
         first: GenerateChunk?, iterator: ChunkIterator, shape: ResponseShape, includeUsage: Bool, requestID: String,
-        logger: Logger
+        record: RequestRecord?, logger: Logger
     ) -> Reply {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
@@ -464,8 +495,9 @@ public final class WorkerRoutes: Sendable {
                         next = nil
                     }
                 }
+                let counted = usage ?? Usage(promptTokens: 0, completionTokens: completionTokens)
+                record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens)
                 if includeUsage {
-                    let counted = usage ?? Usage(promptTokens: 0, completionTokens: completionTokens)
                     try await writer.write(Self.event(shape.usageChunk(counted)))
                 }
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))

@@ -1,0 +1,181 @@
+import CoreMetrics
+public import Prometheus
+import Synchronization
+
+/// Requests and tokens one adapter has been used for on this worker (`GET /v1/lora_adapters`).
+public struct AdapterUsage: Sendable, Equatable {
+    public var requests: UInt64 = 0
+    public var promptTokens: UInt64 = 0
+    public var completionTokens: UInt64 = 0
+    public init() {}
+}
+
+/// This worker's figures for `GET /metrics`: instruments made with swift-metrics types over
+/// a `PrometheusMetricsFactory` that this object owns (no global `MetricsSystem`
+/// bootstrap, so several workers can live in one test process), rendered by
+/// swift-prometheus's registry.
+///
+/// Series (all counters end in `_total`; durations are histograms in seconds):
+/// - `lorikeet_http_requests_total{route,status,model}`; `model` is the resolved base model
+///   or adapter name, empty when the request named none or an unknown one,
+/// - `lorikeet_http_request_duration_seconds{route}` (until the last byte, streams included),
+/// - `lorikeet_time_to_first_token_seconds{route,model}`,
+/// - `lorikeet_adapter_requests_total{adapter}`, `lorikeet_adapter_prompt_tokens_total{adapter}`,
+///   `lorikeet_adapter_completion_tokens_total{adapter}` (generation requests per adapter),
+/// - `lorikeet_model_requests_total{model}` and token counters for base-model requests,
+/// - `lorikeet_adapter_mutations_total{action,code}`, `lorikeet_adapter_mutation_duration_seconds{action}`
+///   (load/unload calls received by this worker, whatever worker led them),
+/// - gauges set at scrape time: `lorikeet_adapter_table_version`, `lorikeet_adapters_loaded`,
+///   `lorikeet_engine_up`, `lorikeet_requests_in_flight`, `lorikeet_worker_info{slot,version}`.
+public final class WorkerMetrics: Sendable {
+    /// The registry `GET /metrics` renders.
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let slot: Int32
+    private let usage = Mutex<[UInt64: AdapterUsage]>([:])
+
+    static let latencyBuckets: [Duration] = [
+        .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+        .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30), .seconds(60),
+    ]
+
+    public init(slot: Int32 = -1) {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = Self.latencyBuckets
+        self.registry = registry
+        self.factory = factory
+        self.slot = slot
+    }
+
+    /// Route label: the known paths, anything else is `other` (bounded cardinality).
+    static func routeLabel(_ path: String) -> String {
+        switch path {
+        case "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
+            "/v1/lora_adapters", "/v1/lora_adapters/batch", "/health", "/version", "/metrics":
+            return path
+        default:
+            return "other"
+        }
+    }
+
+    /// One HTTP request answered (status is what was sent; duration until the last byte).
+    func requestFinished(_ record: RequestRecord, status: Int, duration: Duration) {
+        let route = Self.routeLabel(record.path)
+        let snapshot = record.snapshot
+        Counter(
+            label: "lorikeet_http_requests_total",
+            dimensions: [("route", route), ("status", "\(status)"), ("model", snapshot.model)], factory: self.factory
+        ).increment()
+        CoreMetrics.Timer(label: "lorikeet_http_request_duration_seconds", dimensions: [("route", route)], factory: self.factory)
+            .recordNanoseconds(duration.nanoseconds)
+        if let firstToken = snapshot.firstToken {
+            CoreMetrics.Timer(
+                label: "lorikeet_time_to_first_token_seconds", dimensions: [("route", route), ("model", snapshot.model)],
+                factory: self.factory
+            ).recordNanoseconds(firstToken.nanoseconds)
+        }
+        guard snapshot.generated else { return }
+        let (prefix, labelName, labelValue) =
+            snapshot.adapterID != nil
+            ? ("lorikeet_adapter", "adapter", snapshot.model) : ("lorikeet_model", "model", snapshot.model)
+        let dimensions = [(labelName, labelValue)]
+        Counter(label: prefix + "_requests_total", dimensions: dimensions, factory: self.factory).increment()
+        Counter(label: prefix + "_prompt_tokens_total", dimensions: dimensions, factory: self.factory)
+            .increment(by: Int64(snapshot.promptTokens))
+        Counter(label: prefix + "_completion_tokens_total", dimensions: dimensions, factory: self.factory)
+            .increment(by: Int64(snapshot.completionTokens))
+        if let id = snapshot.adapterID {
+            self.usage.withLock { usage in
+                usage[id, default: AdapterUsage()].requests += 1
+                usage[id, default: AdapterUsage()].promptTokens += UInt64(snapshot.promptTokens)
+                usage[id, default: AdapterUsage()].completionTokens += UInt64(snapshot.completionTokens)
+            }
+        }
+    }
+
+    /// One load or unload call answered by this worker.
+    func adapterMutation(action: String, code: String, duration: Duration) {
+        Counter(label: "lorikeet_adapter_mutations_total", dimensions: [("action", action), ("code", code)], factory: self.factory)
+            .increment()
+        CoreMetrics.Timer(label: "lorikeet_adapter_mutation_duration_seconds", dimensions: [("action", action)], factory: self.factory)
+            .recordNanoseconds(duration.nanoseconds)
+    }
+
+    /// Requests and tokens served with the adapter of this `lora_int_id` (ids are never
+    /// reused, so a reloaded name starts again from zero only if it got a new id).
+    public func usage(adapterID: UInt64) -> AdapterUsage {
+        self.usage.withLock { $0[adapterID] ?? AdapterUsage() }
+    }
+
+    /// The Prometheus text exposition, after setting the scrape-time gauges.
+    func exposition(tableVersion: UInt64, adapters: Int, engineUp: Bool, inFlight: UInt32, version: String) -> [UInt8] {
+        Gauge(label: "lorikeet_adapter_table_version", factory: self.factory).record(Double(tableVersion))
+        Gauge(label: "lorikeet_adapters_loaded", factory: self.factory).record(Double(adapters))
+        Gauge(label: "lorikeet_engine_up", factory: self.factory).record(engineUp ? 1 : 0)
+        Gauge(label: "lorikeet_requests_in_flight", factory: self.factory).record(Double(inFlight))
+        Gauge(label: "lorikeet_worker_info", dimensions: [("slot", "\(self.slot)"), ("version", version)], factory: self.factory)
+            .record(1)
+        var buffer: [UInt8] = []
+        self.registry.emit(into: &buffer)
+        return buffer
+    }
+}
+
+/// What one HTTP request did, filled in as it goes (route, resolved model, adapter,
+/// first token, tokens) and read once when it is answered.
+///
+/// Reached through `RequestRecord.current` (a task local the responder sets), so the
+/// generation code records without new parameters.
+final class RequestRecord: Sendable {
+    struct Snapshot {
+        var model = ""
+        var adapterID: UInt64?
+        var generated = false
+        var firstToken: Duration?
+        var promptTokens: UInt32 = 0
+        var completionTokens: UInt32 = 0
+    }
+
+    @TaskLocal static var current: RequestRecord?
+
+    let path: String
+    let start = ContinuousClock.now
+    private let state = Mutex(Snapshot())
+
+    init(path: String) { self.path = path }
+
+    var snapshot: Snapshot { self.state.withLock { $0 } }
+
+    /// The request named a model that resolved to this base model or adapter.
+    func resolved(model: String, adapterID: UInt64?) {
+        self.state.withLock {
+            $0.model = model
+            $0.adapterID = adapterID
+        }
+    }
+
+    /// The engine produced its first chunk.
+    func firstToken() {
+        let elapsed = ContinuousClock.now - self.start
+        self.state.withLock { if $0.firstToken == nil { $0.firstToken = elapsed } }
+    }
+
+    /// The generation finished with these token counts.
+    func tokens(prompt: UInt32, completion: UInt32) {
+        self.state.withLock {
+            $0.generated = true
+            $0.promptTokens = prompt
+            $0.completionTokens = completion
+        }
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds (saturating), for swift-metrics' `Timer.recordNanoseconds`.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = self.components
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max : scaled + attoseconds / 1_000_000_000
+    }
+}
