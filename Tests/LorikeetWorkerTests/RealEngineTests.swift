@@ -125,7 +125,7 @@ struct RealEngineTests {
         let probe = EngineClient(socketPath: engine.socket, logger: WorkerHarness.logger)
         try await WorkerHarness.withWorker(configuration) { port, _ in
             // Several long streams at once keep the engine busy long enough to observe.
-            let streams = 3
+            let streams = 8
             let connections = try await offPool { () throws -> [TestHTTPConnection] in
                 var connections: [TestHTTPConnection] = []
                 for _ in 0..<streams {
@@ -150,7 +150,7 @@ struct RealEngineTests {
                 running = try await probe.health().runningRequests
             }
             #expect(running == 0)
-            // Without the abort, 230 tokens x 3 streams would still be running here.
+            // Without the abort, 230 tokens x 8 streams would still be running here.
             #expect(runningBefore > 0, "the engine finished before the disconnect; the test did not observe an abort")
             _ = connections
         }
