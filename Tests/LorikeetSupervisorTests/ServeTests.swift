@@ -162,21 +162,23 @@ struct ServeTests {
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                for index in 0..<10 {
+                for index in 0..<40 {
                     let name = "burst\(client)-\(index)"
                     let status = (try? Self.load(server, name).status) ?? 0
                     outcomes.withLock { $0[name] = status }
                 }
             }
         }
-        usleep(300_000)
+        usleep(100_000)
+        let loadedBeforeKill = outcomes.withLock { $0.count }
         kill(leader, SIGKILL)
         group.wait()
         try Self.waitFor("a new leader") { try Self.leaderPID(server) != leader }
         try server.waitUntilReady(workers: 3)
         let results = outcomes.withLock { $0 }
         let acknowledged = Set(results.filter { $0.value == 200 }.keys)
-        print("kill -9 leader: \(acknowledged.count) loads acknowledged, \(results.count - acknowledged.count) reported failed")
+        print("kill -9 leader after \(loadedBeforeKill) of \(results.count) loads: \(acknowledged.count) acknowledged, \(results.count - acknowledged.count) reported failed")
+        #expect(loadedBeforeKill < results.count, "the kill came after the burst; nothing was in flight")
         let table = try Self.table(server)
         // Every acknowledged load survived; ids are unique.
         #expect(acknowledged.isSubset(of: Set(table.keys)), "lost acknowledged loads: \(acknowledged.subtracting(table.keys))")
