@@ -19,6 +19,7 @@ import argparse
 import collections
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -506,15 +507,21 @@ class Drill:
               + ", ".join(f"{k}: {v}" for k, v in self.mutations.most_common() if k.endswith("ok")))
         print("\n== failures seen (expected under faults unless a check below fails), with reasons")
         reasons = collections.Counter()
+        state = self.server.state
+
+        def normal(text):
+            text = text.replace(state, "<state>")
+            return re.sub(r"'d\d+'|`d\d+`|\bd\d+\b", "<adapter>", text)
+
         for _, _, model, status, reason in self.requests:
             if status == 200:
                 continue
             unloaded = model in self.adapters and self.adapters[model].unload_acked
             kind = "unloaded adapter" if unloaded else ("base" if model == "tiny" else "adapter")
-            reasons[f"{kind} request -> {status or 'no answer'}: {reason[:80]}"] += 1
+            reasons[f"{kind} request -> {status or 'no answer'}: {normal(reason)[:90]}"] += 1
         for k, v in self.mutations.most_common():
             if not k.endswith("ok"):
-                reasons[f"mutation {k}"] += v
+                reasons[f"mutation {normal(k)}"] += v
         for line, count in reasons.most_common(25):
             print(f"  {count:6d}  {line}")
         if not reasons:
