@@ -151,7 +151,10 @@ class Drill:
         adapter.load_sent = time.time()
         adapter.via = self.rng.choice(["http", "http", "ctl"])
         unknown_before = False
-        for attempt in range(8):
+        give_up = time.time() + 30
+        for attempt in range(1000):
+            if attempt and time.time() > give_up:
+                break
             if adapter.via == "http":
                 status, reason = self.http_mutation("/v1/load_lora_adapter",
                                                     {"lora_name": adapter.name, "lora_path": adapter.path})
@@ -191,7 +194,8 @@ class Drill:
         adapter.unload_sent = time.time()
         via = self.rng.choice(["http", "http", "ctl"])
         unknown_before = False
-        for _ in range(10):
+        give_up = time.time() + 30
+        while time.time() < give_up:
             if via == "http":
                 status, reason = self.http_mutation("/v1/unload_lora_adapter", {"lora_name": adapter.name})
             else:
@@ -513,11 +517,12 @@ class Drill:
             text = text.replace(state, "<state>")
             return re.sub(r"'d\d+'|`d\d+`|\bd\d+\b", "<adapter>", text)
 
-        for _, _, model, status, reason in self.requests:
+        for start, _, model, status, reason in self.requests:
             if status == 200:
                 continue
-            unloaded = model in self.adapters and self.adapters[model].unload_acked
-            kind = "unloaded adapter" if unloaded else ("base" if model == "tiny" else "adapter")
+            a = self.adapters.get(model)
+            unloaded = a is not None and a.unload_acked is not None and start > a.unload_acked
+            kind = "unloaded-adapter" if unloaded else ("base" if model == "tiny" else "adapter")
             reasons[f"{kind} request -> {status or 'no answer'}: {normal(reason)[:90]}"] += 1
         for k, v in self.mutations.most_common():
             if not k.endswith("ok"):
