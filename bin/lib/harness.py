@@ -4,6 +4,7 @@ with protoc into a temp dir, as Tests/Fixtures/proto_interop.py does).
 
 Loopback only; every process is started and stopped by pid.
 """
+import atexit
 import http.client
 import json
 import os
@@ -26,6 +27,7 @@ def proto():
     global _proto_dir
     if _proto_dir is None:
         _proto_dir = tempfile.mkdtemp(prefix="lk-proto-")
+        atexit.register(shutil.rmtree, _proto_dir, True)
         files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "admin", "engine")]
         subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={_proto_dir}", *files], check=True)
         for package in ("lorikeet", "lorikeet/v1"):
