@@ -1,4 +1,6 @@
-// Fuzz entry points for the byte-level decoders.
+// Fuzz entry points for the byte-level decoders: the three channel envelopes (this file),
+// HTTP JSON bodies (FuzzHTTP.swift), safetensors and adapter configs
+// (FuzzEngineFormats.swift), GGUF files (FuzzGGUF.swift).
 //
 // Built normally this is a corpus replayer: `lorikeet-fuzz TARGET FILE...` runs each
 // file through the target (CI replays the committed seed corpora this way).
@@ -16,9 +18,17 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
     case "frames-control": return decodeAll(bytes, as: ControlEnvelope.self)
     case "frames-admin": return decodeAll(bytes, as: AdminEnvelope.self)
     case "frames-engine": return decodeAll(bytes, as: EngineEnvelope.self)
+    case "http-json": fuzzHTTPJSON(bytes)
+    case "safetensors": fuzzSafetensors(bytes)
+    case "lora-config": fuzzLoRAConfig(bytes)
+    case "gguf": fuzzGGUF(bytes)
     default: return false
     }
+    return true
 }
+
+/// Every target, in the order bin/fuzz runs them.
+let fuzzTargets = ["frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf"]
 
 /// Feeds the bytes in two pieces (split point from the first byte) through the frame
 /// and envelope decoder; re-encodes what decodes and checks it decodes again equal.
@@ -71,7 +81,7 @@ struct FuzzReplay {
     static func main() {
         let arguments = CommandLine.arguments
         if arguments.count < 3 {
-            print("usage: lorikeet-fuzz TARGET FILE... (targets: frames-control, frames-admin, frames-engine)")
+            print("usage: lorikeet-fuzz TARGET FILE... (targets: \(fuzzTargets.joined(separator: ", ")))")
             exit(2)
         }
         var replayed = 0

@@ -216,7 +216,7 @@ package enum AdapterLoader {
         }
     }
 
-    private static func buildWeights(
+    package static func buildWeights(
         _ file: SafetensorsFile, config: AdapterConfig, path: String, model: LlamaConfig
     ) throws(AdapterLoadError) -> LoRAWeights {
         guard !file.tensors.isEmpty else { throw .noTensors(path: path) }
