@@ -185,9 +185,9 @@ public final class SupervisedWorkerService: Service {
             let before = state.haveSnapshot && state.role != nil
             if snapshot { state.haveSnapshot = true }
             if let role { state.role = role }
-            // Also after boot completed: a newer snapshot (the supervisor's answer to a Ready
-            // that a commit raced) must make the worker report Ready again.
-            return state.haveSnapshot && state.role != nil && (!before || snapshot)
+            // (A newer snapshot after Ready — the supervisor's answer to a Ready that a commit
+            // raced — is re-reported directly in `handle`.)
+            return !before && state.haveSnapshot && state.role != nil
         }
         if complete { self.eventSink.yield(.snapshotAndRole) }
     }
