@@ -323,7 +323,7 @@ struct RouteTests {
         let engine = try FakeEngine(tokenDelay: .milliseconds(20))
         defer { engine.stop() }
         try await WorkerHarness.withWorker(WorkerHarness.configuration(engine: engine)) { port, _ in
-            try await offPool {
+            let connection = try await offPool { () throws -> TestHTTPConnection in
                 let connection = try TestHTTPConnection(port: port)
                 connection.sendRequest(
                     "POST", "/v1/completions", headers: [("Content-Type", "application/json")],
@@ -332,9 +332,10 @@ struct RouteTests {
                 #expect(head.status == 200)
                 _ = try connection.readChunk()
                 _ = try connection.readChunk()
+                return connection
             }
             #expect(engine.runningCount == 1)
-            // The connection is closed when the closure's TestHTTPConnection is released.
+            connection.disconnect()
             let deadline = ContinuousClock.now + .seconds(5)
             while engine.runningCount > 0, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(20))

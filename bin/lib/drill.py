@@ -410,13 +410,24 @@ class Drill:
                "one view, equal to the table" if len(views) == 1 else f"{len(views)} different views")
 
         # The engine's adapter list over the engine socket.
-        try:
-            engine = self.server.engine()
-            listed = engine.adapters()
-            engine.close()
-        except Exception as e:
-            listed = None
-            record(False, "engine adapter list readable", f"{type(e).__name__}: {e}")
+        # After an engine restart the leader re-adds the table within a reconcile period
+        # (1 s): wait for the engine to converge (bounded) before comparing.
+        listed, converge_start = None, time.time()
+        while True:
+            try:
+                engine = self.server.engine()
+                listed = engine.adapters()
+                engine.close()
+            except Exception as e:
+                listed = None
+                error = f"{type(e).__name__}: {e}"
+            if (listed is not None and dict(listed) == table_ids) or time.time() - converge_start > 20:
+                break
+            time.sleep(0.2)
+        if listed is None:
+            record(False, "engine adapter list readable", error)
+        else:
+            log(f"engine converged to the committed table {time.time() - converge_start:.1f} s after the drill")
         if listed is not None:
             engine_names = {n for n, _ in listed}
             engine_ids = [i for _, i in listed]
