@@ -42,7 +42,6 @@ struct EngineCommand: ParsableCommand {
         var logger = Logger(label: "lorikeet.engine")
         logger[metadataKey: "pid"] = "\(getpid())"
         ParentWatch.attach(parentPID: self.parentPid)
-        if let parentPid { Self.watchParent(parentPid, logger: logger) }
         let options = EngineOptions(
             maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank, threads: self.threads,
             maxBatchSize: self.maxBatchSize)
@@ -82,20 +81,5 @@ struct EngineCommand: ParsableCommand {
             logger.critical("accept failed: \(error)")
             throw ExitCode(1)
         }
-    }
-
-    /// Exits when the parent process is gone (the supervisor was killed with SIGKILL).
-    static func watchParent(_ pid: Int32, logger: Logger) {
-        let thread = Thread {
-            while true {
-                sleep(1)
-                if getppid() != pid {
-                    logger.warning("supervisor \(pid) is gone; exiting")
-                    Glibc.exit(0)
-                }
-            }
-        }
-        thread.name = "lorikeet-engine-parent-watch"
-        thread.start()
     }
 }

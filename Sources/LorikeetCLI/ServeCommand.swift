@@ -34,6 +34,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
     var workerArg: [String] = []
     @Option(help: "Seconds in-flight requests may run on after SIGTERM.") var drainGraceSeconds: UInt64 = 30
+    @Option(help: "Exit (stopping every child) when this process is gone, e.g. the test runner or a wrapper.")
+    var parentPid: Int32?
     @Option(help: "A worker silent this long (ms) gets SIGABRT, then SIGKILL.") var heartbeatTimeoutMs: UInt64 = 15_000
     @Option(
         name: .customLong("upstream"),
@@ -53,6 +55,7 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
+        ParentWatch.attach(parentPID: self.parentPid)
         let logger = Logger(label: "lorikeet.supervisor")
         guard ["text", "json"].contains(self.logFormat) else { throw ValidationError("--log-format must be text or json") }
         var engineArguments: [String] = ["--log-format", self.logFormat]

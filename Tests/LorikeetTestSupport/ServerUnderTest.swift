@@ -30,10 +30,11 @@ public final class ServerUnderTest: @unchecked Sendable {
         process.arguments =
             [
                 "serve", "--workers", "\(workers)", "--port", "\(self.port)", "--state-dir", self.stateDirectory,
-                "--served-model-name", "tiny",
+                "--served-model-name", "tiny", "--parent-pid", "\(getpid())",
             ] + engine + extraArguments
         var env = ProcessInfo.processInfo.environment
         env["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
+        env["LORIKEET_PARENT_WATCH"] = "poll"
         env["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES"] = fixture
         for (key, value) in environment { env[key] = value }
         process.environment = env

@@ -30,7 +30,7 @@ struct RealEngineTests {
         let engine = try EngineProcess()
         let worker = try ChildProcess(
             [
-                "worker", "--engine-socket", engine.socket, "--port", "0", "--served-model-name", "tiny",
+                "worker", "--engine-socket", engine.socket, "--port", "0", "--parent-pid", "\(getpid())", "--served-model-name", "tiny",
                 "--state-dir", engine.directory + "/state", "--api-key", "sk-e2e",
             ],
             environment: [

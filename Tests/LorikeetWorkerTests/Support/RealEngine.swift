@@ -95,7 +95,7 @@ final class EngineProcess: Sendable {
         self.directory = makeTemporaryDirectory("lk-real")
         self.socket = self.directory + "/engine.sock"
         self.child = try ChildProcess(
-            ["engine", "--model", fixture + "/model", "--socket", self.socket, "--max-lora-rank", "64"],
+            ["engine", "--model", fixture + "/model", "--socket", self.socket, "--max-lora-rank", "64", "--parent-pid", "\(getpid())"],
             logPath: self.directory + "/engine.log")
         let deadline = ContinuousClock.now + .seconds(30)
         while !FileManager.default.fileExists(atPath: self.socket) {
