@@ -114,6 +114,24 @@ public struct WorkerConfiguration: Sendable {
     }
 }
 
+extension WorkerConfiguration {
+    /// The routes and the HTTP server of a worker, standalone or supervised alike.
+    func makeHTTP(
+        engine: any EngineBackend, replica: AdapterTableReplica, mutator: any AdapterMutator, logger: Logger
+    ) -> (WorkerRoutes, WorkerServer) {
+        let routes = WorkerRoutes(
+            engine: engine, replica: replica, mutator: mutator,
+            configuration: RouteConfiguration(
+                apiKey: self.apiKey, maxBodyBytes: self.maxBodyBytes, allowRuntimeLoraUpdating: self.allowRuntimeLoraUpdating,
+                serverName: "lorikeet", version: self.version, workerSlot: self.workerSlot),
+            logger: logger)
+        let server = WorkerServer(
+            configuration: HTTPServerConfiguration(listen: self.listen, idleTimeout: self.idleTimeout),
+            responder: routes.responder, logger: logger)
+        return (routes, server)
+    }
+}
+
 /// Who owns the adapter table a worker serves.
 public enum AdapterAuthority: Sendable {
     /// The worker is its own leader: `LeaderMutationService` + `LocalTableCommitter`
@@ -175,17 +193,7 @@ public final class WorkerService: Service {
             mutator = makeMutator(engine, replica)
         }
         self.mutator = mutator
-        let routes = WorkerRoutes(
-            engine: engine, replica: replica, mutator: mutator,
-            configuration: RouteConfiguration(
-                apiKey: configuration.apiKey, maxBodyBytes: configuration.maxBodyBytes,
-                allowRuntimeLoraUpdating: configuration.allowRuntimeLoraUpdating, serverName: "lorikeet",
-                version: configuration.version, workerSlot: configuration.workerSlot),
-            logger: logger)
-        self.routes = routes
-        self.server = WorkerServer(
-            configuration: HTTPServerConfiguration(listen: configuration.listen, idleTimeout: configuration.idleTimeout),
-            responder: routes.responder, logger: logger)
+        (self.routes, self.server) = configuration.makeHTTP(engine: engine, replica: replica, mutator: mutator, logger: logger)
     }
 
     public func run() async throws {

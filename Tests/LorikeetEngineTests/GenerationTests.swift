@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetGGUF
 import Synchronization
 import Testing
 
@@ -216,17 +217,17 @@ struct GenerationTests {
     }
 
     @Test func detokenizerNeverSplitsACodePoint() {
-        var d = IncrementalDetokenizer()
+        var d = UTF8StreamDecoder()
         let bytes = Array("aé€😀".utf8)  // 1 + 2 + 3 + 4 bytes
         var out: [String] = []
         for b in bytes { out.append(d.append([b])) }
         #expect(out.joined() == "aé€😀")
         #expect(out.filter { !$0.isEmpty } == ["a", "é", "€", "😀"])
-        #expect(d.flush() == "")
-        var bad = IncrementalDetokenizer()
+        #expect(d.finish() == "")
+        var bad = UTF8StreamDecoder()
         #expect(bad.append([0xF0, 0x9F]) == "")
-        #expect(bad.flush() == "\u{FFFD}")
-        var cont = IncrementalDetokenizer()
+        #expect(bad.finish() == "\u{FFFD}")
+        var cont = UTF8StreamDecoder()
         #expect(cont.append([0x80, 0x41]) == "\u{FFFD}A")
     }
 

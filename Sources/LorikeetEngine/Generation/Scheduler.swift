@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetGGUF
 import Synchronization
 
 /// Runs all generation on one dedicated thread (never the Swift concurrency pool).
@@ -123,7 +124,7 @@ package final class Scheduler: Sendable {
         let cache: KVCache
         let maxNew: Int
         var sampler: Sampler
-        var detokenizer = IncrementalDetokenizer()
+        var detokenizer = UTF8StreamDecoder()
         var stopper: StopStringMatcher
         /// Tokens fed to the model so far (prompt, then generated).
         var fed = 0
@@ -262,7 +263,7 @@ package final class Scheduler: Sendable {
         let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIds.contains(token)
         if isEOS || s.params.stopTokenIds.contains(token) {
             s.finished = true
-            let tail = s.detokenizer.flush()
+            let tail = s.detokenizer.finish()
             let (text, _) = s.stopper.feed(tail)
             return GenerationEvent(
                 requestId: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
@@ -274,7 +275,7 @@ package final class Scheduler: Sendable {
         }
         if s.generated.count >= s.maxNew {
             s.finished = true
-            let (tail, stoppedInTail) = s.stopper.feed(s.detokenizer.flush())
+            let (tail, stoppedInTail) = s.stopper.feed(s.detokenizer.finish())
             let text = emit + tail + (stoppedInTail ? "" : s.stopper.flush())
             return GenerationEvent(
                 requestId: s.id, tokens: [token], text: text, finishReason: stoppedInTail ? .stop : .length, usage: s.usage)

@@ -85,59 +85,6 @@ package struct ByteTokenizer: EngineTokenizer {
     }
 }
 
-/// Turns a stream of token bytes into text without ever splitting a UTF-8 sequence:
-/// bytes of an incomplete code point are held back until it completes. Invalid bytes
-/// become U+FFFD.
-package struct IncrementalDetokenizer: Sendable {
-    private var pending: [UInt8] = []
-
-    /// Creates an empty detokenizer.
-    package init() {}
-
-    /// Appends bytes and returns the text that is now complete.
-    package mutating func append(_ bytes: [UInt8]) -> String {
-        self.pending += bytes
-        let complete = Self.completePrefixLength(self.pending)
-        guard complete > 0 else { return "" }
-        let text = String(decoding: self.pending[0..<complete], as: UTF8.self)
-        self.pending.removeFirst(complete)
-        return text
-    }
-
-    /// Returns whatever is held back (as U+FFFD for an incomplete sequence) and resets.
-    package mutating func flush() -> String {
-        defer { self.pending = [] }
-        return self.pending.isEmpty ? "" : String(decoding: self.pending, as: UTF8.self)
-    }
-
-    /// Length of the longest prefix that does not end inside a possibly valid, unfinished
-    /// UTF-8 sequence.
-    static func completePrefixLength(_ bytes: [UInt8]) -> Int {
-        let n = bytes.count
-        // Look back at most 3 bytes for the start of the last sequence.
-        var i = n - 1
-        while i >= 0 && i >= n - 4 {
-            let b = bytes[i]
-            if b & 0xC0 != 0x80 {  // A lead byte or ASCII.
-                let need: Int
-                if b < 0x80 {
-                    need = 1
-                } else if b & 0xE0 == 0xC0 {
-                    need = 2
-                } else if b & 0xF0 == 0xE0 {
-                    need = 3
-                } else if b & 0xF8 == 0xF0 {
-                    need = 4
-                } else {
-                    need = 1  // Invalid lead byte: emit it (as U+FFFD).
-                }
-                return n - i >= need ? n : i
-            }
-            i -= 1
-        }
-        return n  // Only continuation bytes: invalid, emit.
-    }
-}
 
 /// Finds stop strings in streamed text. Text that might be the start of a stop string is
 /// held back; the stop string itself (and everything after it) is never emitted.

@@ -60,11 +60,12 @@ package enum Kernels {
         }
         // The pointers are only read (w, x) or written at disjoint rows (y) by each chunk,
         // and concurrentPerform returns after every chunk finished.
-        let p = MatmulPointers(w: w, x: x, y: y)
+        let p = ProductPointers(weights: UnsafeRawPointer(w), input: x, output: y)
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let lo = rows * c / chunks
             let hi = rows * (c + 1) / chunks
-            Kernels.matmulRows(p.w, lo..<hi, rows: rows, cols: cols, p.x, batch: batch, p.y)
+            Kernels.matmulRows(
+                p.weights.assumingMemoryBound(to: Float.self), lo..<hi, rows: rows, cols: cols, p.input, batch: batch, p.output)
         }
     }
 
@@ -119,13 +120,14 @@ package enum Kernels {
     }
 }
 
-/// Raw pointers handed to `concurrentPerform` chunks.
+/// Raw pointers handed to the `concurrentPerform` chunks of a matrix product (fp32 and
+/// quantized weights alike).
 ///
-/// `@unchecked Sendable` is safe: `matmul` keeps the buffers alive for the whole
-/// (synchronous) `concurrentPerform`, chunks only read `w`/`x`, and each chunk writes a
-/// disjoint set of output rows of `y`.
-private struct MatmulPointers: @unchecked Sendable {
-    let w: UnsafePointer<Float>
-    let x: UnsafePointer<Float>
-    let y: UnsafeMutablePointer<Float>
+/// `@unchecked Sendable` is safe: the caller keeps every buffer alive for the whole
+/// (synchronous) `concurrentPerform`; chunks only read `weights` and `input`, and each
+/// chunk writes a disjoint set of rows of `output`.
+struct ProductPointers: @unchecked Sendable {
+    let weights: UnsafeRawPointer
+    let input: UnsafePointer<Float>
+    let output: UnsafeMutablePointer<Float>
 }

@@ -137,7 +137,7 @@ package final class WeightMatrix: @unchecked Sendable {
             QuantKernels.expand(
                 x + t * self.columns, columns: self.columns, scratch + t * xqCount, scratch + batch * xqCount + t * self.blocks)
         }
-        let p = QuantPointers(w: UnsafeRawPointer(packed), scratch: UnsafePointer(scratch), y: y)
+        let p = ProductPointers(weights: UnsafeRawPointer(packed), input: UnsafePointer(scratch), output: y)
         let work = self.rows * self.columns * batch
         let chunks = threads > 1 && work >= 1 << 16 ? min(threads, self.quads) : 1
         if chunks == 1 {
@@ -150,7 +150,7 @@ package final class WeightMatrix: @unchecked Sendable {
         }
     }
 
-    private func run(_ p: QuantPointers, _ range: Range<Int>, batch: Int) {
+    private func run(_ p: ProductPointers, _ range: Range<Int>, batch: Int) {
         let xqCount = QuantKernels.expandedCount(columns: self.columns)
         // Quads in slices of 16 so a slice of weights stays in cache across the batch.
         var lo = range.lowerBound
@@ -158,27 +158,27 @@ package final class WeightMatrix: @unchecked Sendable {
             let hi = min(lo + 16, range.upperBound)
             var t = 0
             while t + 4 <= batch {
-                let xq = p.scratch + t * xqCount
-                let y = p.y + t * self.rows
+                let xq = p.input + t * xqCount
+                let y = p.output + t * self.rows
                 if self.format == .q4_1 {
-                    let xsum = p.scratch + batch * xqCount + t * self.blocks
+                    let xsum = p.input + batch * xqCount + t * self.blocks
                     QuantKernels.q41x4(
-                        p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
+                        p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
                         yStride: self.rows)
                 } else {
                     QuantKernels.q80x4(
-                        p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, y, yStride: self.rows)
+                        p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, y, yStride: self.rows)
                 }
                 t += 4
             }
             while t < batch {
-                let xq = p.scratch + t * xqCount
-                let y = p.y + t * self.rows
+                let xq = p.input + t * xqCount
+                let y = p.output + t * self.rows
                 if self.format == .q4_1 {
-                    let xsum = p.scratch + batch * xqCount + t * self.blocks
-                    QuantKernels.q41(p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
+                    let xsum = p.input + batch * xqCount + t * self.blocks
+                    QuantKernels.q41(p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
                 } else {
-                    QuantKernels.q80(p.w, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
+                    QuantKernels.q80(p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
                 }
                 t += 1
             }
@@ -228,13 +228,3 @@ package final class WeightMatrix: @unchecked Sendable {
     }
 }
 
-/// Raw pointers handed to `concurrentPerform` chunks.
-///
-/// `@unchecked Sendable` is safe: `matmul` keeps the buffers alive for the whole
-/// (synchronous) `concurrentPerform`; chunks only read `w` and `scratch` and write
-/// disjoint output rows of `y`.
-private struct QuantPointers: @unchecked Sendable {
-    let w: UnsafeRawPointer
-    let scratch: UnsafePointer<Float>
-    let y: UnsafeMutablePointer<Float>
-}

@@ -15,33 +15,54 @@ public enum TableRules {
     }
 
     /// Applies a proposed change to `table`, enforcing that ids are never reused:
-    /// a new name needs an id >= the table's next id; a reload keeps its id.
+    /// a new name needs an id >= the table's next id; a reload keeps its id. The result is
+    /// at the next version.
     public static func apply(_ change: TableChange, to table: AdapterTable) -> Result<AdapterTable, Status> {
-        var next = table
-        for name in change.removes {
-            guard let index = next.adapters.firstIndex(where: { $0.name == name }) else {
-                return .failure(Status(code: .notFound, message: "cannot remove \(name): not in the committed table"))
-            }
-            next.adapters.remove(at: index)
+        var ids = Dictionary(table.adapters.map { ($0.name, $0.intID) }, uniquingKeysWith: { first, _ in first })
+        for name in change.removes where ids.removeValue(forKey: name) == nil {
+            return .failure(Status(code: .notFound, message: "cannot remove \(name): not in the committed table"))
         }
         var nextID = max(table.nextIntID, 1)
         for record in change.upserts {
-            if let index = next.adapters.firstIndex(where: { $0.name == record.name }) {
-                guard next.adapters[index].intID == record.intID else {
-                    return .failure(Status(code: .failedPrecondition, message: "reload of \(record.name) must keep id \(next.adapters[index].intID)"))
+            if let id = ids[record.name] {
+                guard id == record.intID else {
+                    return .failure(Status(code: .failedPrecondition, message: "reload of \(record.name) must keep id \(id)"))
                 }
-                next.adapters[index] = record
             } else {
                 guard record.intID >= nextID else {
-                    return .failure(Status(code: .failedPrecondition, message: "id \(record.intID) for \(record.name) was already used (next id is \(nextID))"))
+                    return .failure(
+                        Status(code: .failedPrecondition, message: "id \(record.intID) for \(record.name) was already used (next id is \(nextID))"))
                 }
-                next.adapters.append(record)
                 nextID = record.intID + 1
             }
+            ids[record.name] = record.intID
         }
-        next.nextIntID = max(nextID, change.nextIntID)
-        next.version = table.version + 1
+        var committed = change
+        committed.version = table.version + 1
+        committed.nextIntID = max(nextID, change.nextIntID)
+        let next = table.applying(committed)
         if let problem = inconsistency(in: next) { return .failure(Status(code: .failedPrecondition, message: problem)) }
         return .success(next)
+    }
+}
+
+extension AdapterTable {
+    /// This table with a committed change applied: removes, then upserts by name; the
+    /// version becomes the change's, and the next id never goes back. (No validation:
+    /// `TableRules.apply` validates proposals; replicas apply what was committed.)
+    public func applying(_ change: TableChange) -> AdapterTable {
+        var next = self
+        let removed = Set(change.removes)
+        next.adapters.removeAll { removed.contains($0.name) }
+        for record in change.upserts {
+            if let index = next.adapters.firstIndex(where: { $0.name == record.name }) {
+                next.adapters[index] = record
+            } else {
+                next.adapters.append(record)
+            }
+        }
+        next.version = change.version
+        next.nextIntID = max(next.nextIntID, change.nextIntID)
+        return next
     }
 }

@@ -351,7 +351,8 @@ public final class LocalTableCommitter: TableCommitter {
                     code: .failedPrecondition,
                     message: "table moved: change based on version \(baseVersion), table is at \(table.version)")
             }
-            let next = AdapterTableReplica.applying(change, to: table)
+            // The same rules the supervisor enforces: ids never reused, reloads keep theirs.
+            let next = try TableRules.apply(change, to: table).get()
             if let directory = self.stateDirectory {
                 try Self.persist(next, directory: directory)
             }

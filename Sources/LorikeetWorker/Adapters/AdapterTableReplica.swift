@@ -71,7 +71,7 @@ public final class AdapterTableReplica: Sendable {
         let gap: UInt64? = self.state.withLock { state in
             if change.version <= state.table.version { return nil }
             guard change.version == state.table.version + 1 else { return state.table.version }
-            state.table = Self.applying(change, to: state.table)
+            state.table = state.table.applying(change)
             state.reindex()
             return nil
         }
@@ -81,22 +81,5 @@ public final class AdapterTableReplica: Sendable {
                 message: "table change \(change.version) does not follow the replica's version \(held); a snapshot is needed"
             )
         }
-    }
-
-    /// `table` with `change` applied (version taken from the change).
-    public static func applying(_ change: TableChange, to table: AdapterTable) -> AdapterTable {
-        var next = table
-        let removed = Set(change.removes)
-        next.adapters.removeAll { removed.contains($0.name) }
-        for record in change.upserts {
-            if let index = next.adapters.firstIndex(where: { $0.name == record.name }) {
-                next.adapters[index] = record
-            } else {
-                next.adapters.append(record)
-            }
-        }
-        next.version = change.version
-        next.nextIntID = max(next.nextIntID, change.nextIntID)
-        return next
     }
 }

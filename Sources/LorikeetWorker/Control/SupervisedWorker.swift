@@ -17,7 +17,13 @@ public final class SupervisedWorkerService: Service {
     public let engine: any EngineBackend
     public let replica: AdapterTableReplica
     public let leader: LeaderMutationService
-    public let mutator: RoleAwareMutator
+    /// Every HTTP load/unload, the leader's own included, goes through the supervisor, which
+    /// routes it to the leader logic. Routing the leader's own calls too (two socketpair
+    /// hops, well under a millisecond against an engine load) gives the supervisor one place
+    /// that sees every mutation and its outcome (the audit log), and a worker that still
+    /// believes it leads after a promotion elsewhere cannot answer on its own.
+    public let mutator: RoutedMutator
+    private let leading = Atomic<Bool>(false)
     public let routes: WorkerRoutes
     public let server: WorkerServer
     private let logger: Logger
@@ -53,19 +59,9 @@ public final class SupervisedWorkerService: Service {
             engine: engine, replica: replica, committer: SupervisorCommitter(link: link), pathPolicy: configuration.pathPolicy,
             epoch: 0, logger: logger)
         self.leader = leader
-        let mutator = RoleAwareMutator(leader: leader, routed: RoutedMutator(link: link, slot: configuration.workerSlot))
+        let mutator = RoutedMutator(link: link, slot: configuration.workerSlot)
         self.mutator = mutator
-        let routes = WorkerRoutes(
-            engine: engine, replica: replica, mutator: mutator,
-            configuration: RouteConfiguration(
-                apiKey: configuration.apiKey, maxBodyBytes: configuration.maxBodyBytes,
-                allowRuntimeLoraUpdating: configuration.allowRuntimeLoraUpdating, serverName: "lorikeet",
-                version: configuration.version, workerSlot: configuration.workerSlot),
-            logger: logger)
-        self.routes = routes
-        self.server = WorkerServer(
-            configuration: HTTPServerConfiguration(listen: configuration.listen, idleTimeout: configuration.idleTimeout),
-            responder: routes.responder, logger: logger)
+        (self.routes, self.server) = configuration.makeHTTP(engine: engine, replica: replica, mutator: mutator, logger: logger)
         (self.events, self.eventSink) = AsyncStream.makeStream(of: BootEvent.self)
     }
 
@@ -81,7 +77,7 @@ public final class SupervisedWorkerService: Service {
         if let upstream = self.engine as? UpstreamBackend {
             // A replica back in rotation is reconciled at once, not at the next tick.
             upstream.onReplicaRecovered { [weak self] _ in
-                guard let self, self.mutator.leading else { return }
+                guard let self, self.leading.load(ordering: .acquiring) else { return }
                 Task { await self.reconcileEngine() }
             }
         }
@@ -91,7 +87,7 @@ public final class SupervisedWorkerService: Service {
         let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
-        if self.mutator.leading { await self.reconcileEngine() }
+        if self.leading.load(ordering: .acquiring) { await self.reconcileEngine() }
         self.state.withLock { $0.reportedReady = true }
         self.link.send(.ready(Ready(tableVersion: self.replica.version)))
         self.logger.info("prepared; waiting for the supervisor's go", metadata: ["table.version": "\(self.replica.version)"])
@@ -151,8 +147,8 @@ public final class SupervisedWorkerService: Service {
             }
         case .role(let role):
             self.leader.setEpoch(role.epoch)
-            let wasLeading = self.mutator.leading
-            self.mutator.setLeader(role.role == .leader)
+            let wasLeading = self.leading.load(ordering: .acquiring)
+            self.leading.store(role.role == .leader, ordering: .releasing)
             self.logger.notice("role assigned", metadata: ["role": "\(role.role)", "epoch": "\(role.epoch)"])
             self.bootProgress(snapshot: false, role: role)
             if role.role == .leader && !wasLeading { self.startReconcileLoop() }
@@ -199,7 +195,7 @@ public final class SupervisedWorkerService: Service {
         let task = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
-                guard self.mutator.leading else { return }
+                guard self.leading.load(ordering: .acquiring) else { return }
                 await self.reconcileEngine()
             }
         }

@@ -164,33 +164,3 @@ public final class RoutedMutator: AdapterMutator {
         return reply
     }
 }
-
-/// Tracks whether this worker leads; every HTTP mutation is routed through the
-/// supervisor, the leader's own included.
-///
-/// Routing the leader's own calls too (two socketpair hops, well under a millisecond
-/// against an engine load of milliseconds or more) gives the supervisor one place that
-/// sees every load/unload and its outcome, refusals included: the audit log
-/// (`<state-dir>/audit.log`) is written there. It also means a worker that still believes
-/// it leads after a promotion elsewhere cannot answer on its own.
-public final class RoleAwareMutator: AdapterMutator {
-    private let leader: LeaderMutationService
-    private let routed: RoutedMutator
-    private let isLeader = Atomic<Bool>(false)
-
-    public init(leader: LeaderMutationService, routed: RoutedMutator) {
-        self.leader = leader
-        self.routed = routed
-    }
-
-    public func setLeader(_ leading: Bool) { self.isLeader.store(leading, ordering: .releasing) }
-    public var leading: Bool { self.isLeader.load(ordering: .acquiring) }
-
-    public func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
-        await self.routed.load(request)
-    }
-
-    public func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
-        await self.routed.unload(request)
-    }
-}

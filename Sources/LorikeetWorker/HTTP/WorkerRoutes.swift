@@ -415,7 +415,7 @@ public final class WorkerRoutes: Sendable {
             created: LeaderMutationService.nowUnixMs() / 1000, model: model, returnTokenIDs: parameters.returnTokenIDs)
         // Wait for the first chunk before answering, so that an engine refusal is a proper
         // HTTP error and not an error event inside a 200 stream.
-        let iterator = ChunkIterator(stream.makeAsyncIterator())
+        let iterator = SequentialIterator(stream.makeAsyncIterator())
         let first: GenerateChunk?
         do {
             first = try await iterator.next()
@@ -460,7 +460,7 @@ public final class WorkerRoutes: Sendable {
     }
 
     private func streamReply(
-        first: GenerateChunk?, iterator: ChunkIterator, shape: ResponseShape, includeUsage: Bool, requestID: String,
+        first: GenerateChunk?, iterator: SequentialIterator<GenerateChunk>, shape: ResponseShape, includeUsage: Bool, requestID: String,
         record: RequestRecord?, logger: Logger
     ) -> Reply {
         var headers = HTTPFields()
@@ -525,27 +525,6 @@ public final class WorkerRoutes: Sendable {
         buffer.writeString("\n\n")
         return buffer
     }
-}
-
-/// Hands a stream iterator from the responder to the response-body closure.
-///
-/// `@unchecked Sendable` is safe because the iterator is used by one task at a time, in
-/// sequence: the responder calls `next()` for the first chunk, then returns a body
-/// closure that `ResponseWriter.write(response:body:)` runs inline in that same task;
-/// nothing else holds a reference.
-final class ChunkIterator: @unchecked Sendable {
-    private var iterator: AsyncThrowingStream<GenerateChunk, any Error>.AsyncIterator?
-
-    init(_ iterator: AsyncThrowingStream<GenerateChunk, any Error>.AsyncIterator) { self.iterator = iterator }
-
-    func next() async throws -> GenerateChunk? {
-        guard var iterator = self.iterator else { return nil }
-        defer { self.iterator = iterator }
-        return try await iterator.next()
-    }
-
-    /// Drops the iterator; the stream's termination handler aborts the engine request.
-    func cancel() { self.iterator = nil }
 }
 
 /// The JSON shapes of completion and chat completion responses and chunks (OpenAI's, as

@@ -193,7 +193,7 @@ public final class UpstreamHTTPClient: Sendable {
             channel.close(promise: nil)
             throw error as? UpstreamError ?? UpstreamError.transport("\(self.endpoint): \(error)", sent: false)
         }
-        let iterator = ResponsePartIterator(parts.makeAsyncIterator())
+        let iterator = SequentialIterator(parts.makeAsyncIterator())
         let first: HTTPClientResponsePart?
         do {
             first = try await iterator.next()
@@ -262,15 +262,16 @@ public struct UpstreamResponse: Sendable {
 
 /// The body of a response, read by one task at a time, in order.
 ///
-/// `@unchecked Sendable`: the iterator is only touched by the single task that reads the
-/// body (the response is handed from the request task to the response-writer closure,
-/// which runs inline in that task); `cancel()` only closes the channel (thread-safe).
+/// `@unchecked Sendable` is safe: `iterator` and `onEnd` are only touched by the single
+/// task that reads the body, one call at a time (the response is handed from the request
+/// task to the response-writer closure, which runs inline in that task); `cancel()` runs
+/// in that same task, and `channel.close` is thread-safe.
 public final class UpstreamResponseBody: @unchecked Sendable {
-    private var iterator: ResponsePartIterator?
+    private var iterator: SequentialIterator<HTTPClientResponsePart>?
     private let channel: any Channel
     private var onEnd: (@Sendable () -> Void)?
 
-    init(iterator: ResponsePartIterator, channel: any Channel, onEnd: @escaping @Sendable () -> Void) {
+    init(iterator: SequentialIterator<HTTPClientResponsePart>, channel: any Channel, onEnd: @escaping @Sendable () -> Void) {
         self.iterator = iterator
         self.channel = channel
         self.onEnd = onEnd
@@ -315,13 +316,6 @@ public final class UpstreamResponseBody: @unchecked Sendable {
     deinit {
         if self.iterator != nil { self.channel.close(promise: nil) }
     }
-}
-
-/// `@unchecked Sendable` for the same reason as `UpstreamResponseBody`: one reader at a time.
-final class ResponsePartIterator: @unchecked Sendable {
-    private var iterator: AsyncThrowingStream<HTTPClientResponsePart, any Error>.AsyncIterator
-    init(_ iterator: AsyncThrowingStream<HTTPClientResponsePart, any Error>.AsyncIterator) { self.iterator = iterator }
-    func next() async throws -> HTTPClientResponsePart? { try await self.iterator.next() }
 }
 
 /// Feeds the response parts of the request in flight to its stream; fails it when the
