@@ -98,15 +98,15 @@ struct TokenizerUnitTests {
         #expect(tok.stopTokenIDs == [0, 2])
     }
 
-    @Test("a long piece (100k bytes) encodes in n log n, not n^2")
+    /// A quadratic merge loop would take hours on this piece; the time limit turns a hang
+    /// into a failure without making the test a speed claim.
+    @Test("a long piece (100k bytes) encodes and round-trips", .timeLimit(.minutes(2)))
     func longPiece() throws {
         let tok = try Self.tiny()
         let text = String(repeating: "hello", count: 20_000)
-        let clock = ContinuousClock()
-        var ids: [Int] = []
-        let elapsed = clock.measure { ids = tok.encode(text) }
+        let ids = tok.encode(text)
         #expect(tok.decode(ids) == text)
-        #expect(elapsed < .seconds(20))
+        #expect(ids.count < text.utf8.count)
     }
 
     @Test("bad vocabularies are typed errors")
