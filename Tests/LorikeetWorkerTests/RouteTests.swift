@@ -352,7 +352,12 @@ struct RouteTests {
         defer { engine.stop() }
         try await WorkerHarness.withWorker(WorkerHarness.configuration(engine: engine)) { port, service in
             async let slow = TestHTTP.post(port: port, "/v1/completions", #"{"prompt":"x","max_tokens":15}"#)
-            try await Task.sleep(for: .milliseconds(100))
+            // Drain once the request is in flight (reached the engine), however loaded the machine is.
+            let inFlight = ContinuousClock.now + .seconds(20)
+            while engine.runningCount == 0, ContinuousClock.now < inFlight {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(engine.runningCount == 1)
             await service.drain(grace: .seconds(5))
             let response = try await slow
             #expect(response.status == 200)
