@@ -348,16 +348,17 @@ struct RouteTests {
 
     @Test("drain lets requests in flight finish, then stops accepting")
     func drain() async throws {
-        let engine = try FakeEngine(tokenDelay: .milliseconds(20))
+        let engine = try FakeEngine(tokenDelay: .milliseconds(50))
         defer { engine.stop() }
         try await WorkerHarness.withWorker(WorkerHarness.configuration(engine: engine)) { port, service in
             async let slow = TestHTTP.post(port: port, "/v1/completions", #"{"prompt":"x","max_tokens":15}"#)
-            // Drain once the request is in flight (reached the engine), however loaded the machine is.
-            let inFlight = ContinuousClock.now + .seconds(20)
-            while engine.runningCount == 0, ContinuousClock.now < inFlight {
+            // Drain once the request has reached the engine (it then streams for about 750 ms),
+            // however loaded the machine is.
+            let reached = ContinuousClock.now + .seconds(20)
+            while engine.state.withLock({ $0.generateRequests.isEmpty }), ContinuousClock.now < reached {
                 try await Task.sleep(for: .milliseconds(5))
             }
-            #expect(engine.runningCount == 1)
+            #expect(engine.state.withLock { $0.generateRequests.count } == 1)
             await service.drain(grace: .seconds(5))
             let response = try await slow
             #expect(response.status == 200)
