@@ -86,10 +86,12 @@ public final class LeaderMutationService: AdapterMutator {
     private let logger: Logger
     private let serializer = AsyncSerializer()
     private let currentEpoch: Atomic<UInt64>
+    /// Only touched inside `serializer`.
+    private let backoff: Mutex<ReconcileBackoff>
 
     public init(
         engine: any EngineBackend, replica: AdapterTableReplica, committer: any TableCommitter, pathPolicy: PathPolicy,
-        epoch: UInt64, logger: Logger
+        epoch: UInt64, logger: Logger, reconcileBackoff: ReconcileBackoff = ReconcileBackoff()
     ) {
         self.engine = engine
         self.replica = replica
@@ -97,6 +99,7 @@ public final class LeaderMutationService: AdapterMutator {
         self.pathPolicy = pathPolicy
         self.logger = logger
         self.currentEpoch = Atomic(epoch)
+        self.backoff = Mutex(reconcileBackoff)
     }
 
     /// The fencing epoch sent with every engine mutation.
@@ -271,7 +274,8 @@ public final class LeaderMutationService: AdapterMutator {
     /// engine restart comes back empty) and removes adapters no committed entry names (a
     /// leader that died between the engine call and the commit). Runs between mutations,
     /// never inside one. Adapters that no longer load are reported in `failed` and stay
-    /// in the table (requests for them get an error until they load again).
+    /// in the table (requests for them get an error until they load again); they are
+    /// retried with exponential backoff (`ReconcileBackoff`), not on every pass.
     public func reconcileEngine() async throws(Status) -> Reconciliation {
         let result: Result<Reconciliation, Status> = await self.serializer.run {
             do throws(Status) {
@@ -295,7 +299,16 @@ public final class LeaderMutationService: AdapterMutator {
             try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: adapter.intID))
             outcome.removed.append(adapter.intID)
         }
-        for record in table.adapters where !held.contains(where: { $0.intID == record.intID && $0.path == record.path }) {
+        let missing = table.adapters.filter { record in
+            !held.contains(where: { $0.intID == record.intID && $0.path == record.path })
+        }
+        self.backoff.withLock { $0.retain(only: Set(missing.map { ReconcileBackoff.Key(intID: $0.intID, path: $0.path) })) }
+        for record in missing {
+            let key = ReconcileBackoff.Key(intID: record.intID, path: record.path)
+            if let lastError = self.backoff.withLock({ $0.waiting(key, now: .now) }) {
+                outcome.failed.append("\(record.name): \(lastError)")
+                continue
+            }
             do {
                 try await self.engine.addAdapter(
                     AddAdapterRequest(
@@ -305,6 +318,10 @@ public final class LeaderMutationService: AdapterMutator {
             } catch where error.code == .failedPrecondition || error.code == .unavailable {
                 throw error
             } catch {
+                let wait = self.backoff.withLock { $0.recordFailure(key, error: error.message, now: .now) }
+                self.logger.debug(
+                    "committed adapter does not load; retrying later",
+                    metadata: ["adapter.name": "\(record.name)", "error": "\(error.message)", "retry.in": "\(wait)"])
                 outcome.failed.append("\(record.name): \(error.message)")
             }
         }

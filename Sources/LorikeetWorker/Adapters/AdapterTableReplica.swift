@@ -11,8 +11,11 @@ public final class AdapterTableReplica: Sendable {
         var table: AdapterTable
         var byName: [String: Int]
         var baseModels: [String]
+        /// Bumped on every change of what `listing()` returns.
+        var generation: UInt64 = 0
 
         mutating func reindex() {
+            self.generation &+= 1
             self.byName = [:]
             for (index, adapter) in self.table.adapters.enumerated() { self.byName[adapter.name] = index }
         }
@@ -37,7 +40,12 @@ public final class AdapterTableReplica: Sendable {
     public var baseModels: [String] { self.state.withLock { $0.baseModels } }
 
     /// Sets the served base-model names (once the engine's model name is known).
-    public func setBaseModels(_ names: [String]) { self.state.withLock { $0.baseModels = names } }
+    public func setBaseModels(_ names: [String]) {
+        self.state.withLock { state in
+            state.baseModels = names
+            state.generation &+= 1
+        }
+    }
 
     /// Resolves a request's `model` against one snapshot: a base-model name gives
     /// `(name, nil)`; an adapter name gives `(its base model, the adapter)`; else nil.
@@ -52,8 +60,9 @@ public final class AdapterTableReplica: Sendable {
     }
 
     /// Base models and adapters of one snapshot, for `GET /v1/models`.
-    public func listing() -> (baseModels: [String], adapters: [AdapterRecord]) {
-        self.state.withLock { ($0.baseModels, $0.table.adapters) }
+    /// `generation` changes whenever the base models or the table do (a cache key).
+    public func listing() -> (baseModels: [String], adapters: [AdapterRecord], generation: UInt64) {
+        self.state.withLock { ($0.baseModels, $0.table.adapters, $0.generation) }
     }
 
     /// Replaces the table with a snapshot (control channel `TableSnapshot`, or a restore).

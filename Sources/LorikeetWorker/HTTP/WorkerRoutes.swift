@@ -88,6 +88,8 @@ public final class WorkerRoutes: Sendable {
     private let dates = DateCache()
     private let startedAt: Int64
     private let maxModelLength: Atomic<UInt32>
+    /// The last `/v1/models` body and what it was built from.
+    private let modelListing: Mutex<(key: ModelListingKey, body: ByteBuffer)?>
     public let stats = WorkerStats()
     /// `GET /metrics` and the per-adapter usage of `GET /v1/lora_adapters`.
     public let metrics: WorkerMetrics
@@ -105,6 +107,7 @@ public final class WorkerRoutes: Sendable {
         self.logger = logger
         self.startedAt = LeaderMutationService.nowUnixMs() / 1000
         self.maxModelLength = Atomic(configuration.maxModelLength)
+        self.modelListing = Mutex(nil)
     }
 
     /// Sets the context length `/v1/models` reports (known once the engine answered).
@@ -124,9 +127,13 @@ public final class WorkerRoutes: Sendable {
         var closeConnection = false
 
         static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Reply {
+            .json(status, encoded: ByteBuffer(bytes: JSONWriter.encode(value)))
+        }
+
+        static func json(_ status: HTTPResponse.Status, encoded body: ByteBuffer) -> Reply {
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
-            return Reply(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(value))))
+            return Reply(status: status, headers: headers, body: ResponseBody(byteBuffer: body))
         }
 
         static func text(_ status: HTTPResponse.Status, _ text: String) -> Reply {
@@ -332,16 +339,36 @@ public final class WorkerRoutes: Sendable {
         }
     }
 
+    /// What `/v1/models` depends on besides the start time: its body is encoded once per key.
+    struct ModelListingKey: Equatable {
+        var replicaGeneration: UInt64
+        var baseModels: [String]
+        var maxModelLength: UInt32
+    }
+
+    /// `GET /v1/models`, encoded once per replica change (clients poll it; with a thousand
+    /// adapters encoding it on every request would cost more than serving it).
     private func models() -> Reply {
-        let (baseModels, adapters) = self.replica.listing()
+        let (baseModels, adapters, generation) = self.replica.listing()
+        let key = ModelListingKey(
+            replicaGeneration: generation, baseModels: baseModels, maxModelLength: self.maxModelLength.load(ordering: .relaxed))
+        if let cached = self.modelListing.withLock({ $0?.key == key ? $0?.body : nil }) {
+            return .json(.ok, encoded: cached)
+        }
+        let body = ByteBuffer(bytes: JSONWriter.encode(self.modelListing(key: key, adapters: adapters)))
+        self.modelListing.withLock { $0 = (key, body) }
+        return .json(.ok, encoded: body)
+    }
+
+    private func modelListing(key: ModelListingKey, adapters: [AdapterRecord]) -> JSONValue {
+        let baseModels = key.baseModels
         var data: [JSONValue] = []
         for name in baseModels {
             var members: [(String, JSONValue)] = [
                 ("id", .string(name)), ("object", .string("model")), ("created", .int(self.startedAt)),
                 ("owned_by", .string("lorikeet")), ("root", .string(name)), ("parent", .null),
             ]
-            let maxModelLength = self.maxModelLength.load(ordering: .relaxed)
-            if maxModelLength > 0 { members.append(("max_model_len", .int(Int64(maxModelLength)))) }
+            if key.maxModelLength > 0 { members.append(("max_model_len", .int(Int64(key.maxModelLength)))) }
             data.append(.object(members))
         }
         for adapter in adapters {
@@ -353,7 +380,7 @@ public final class WorkerRoutes: Sendable {
                     ("parent", .string(adapter.baseModel.isEmpty ? (baseModels.first ?? "") : adapter.baseModel)),
                 ]))
         }
-        return .json(.ok, .object([("object", .string("list")), ("data", .array(data))]))
+        return .object([("object", .string("list")), ("data", .array(data))])
     }
 
     private func loadAdapter(_ body: JSONValue, caller: String) async throws -> Reply {

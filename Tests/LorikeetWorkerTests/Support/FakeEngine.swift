@@ -16,6 +16,8 @@ final class FakeEngine: Sendable {
         var generateRequests: [GenerateRequest] = []
         var connections: [FramedConnection<EngineEnvelope>] = []
         var refuseAdds = false
+        /// Every AddAdapter call received, accepted or not.
+        var addAttempts = 0
     }
 
     let path: String
@@ -81,6 +83,7 @@ final class FakeEngine: Sendable {
                 self.reply(connection, id, .adapterList(EngineAdapterList(adapters: adapters)))
             case .addAdapter(let request):
                 let outcome = self.state.withLock { state -> EngineEnvelope.Body in
+                    state.addAttempts += 1
                     if request.epoch < state.maxEpoch { return self.result(.failedPrecondition, "stale epoch \(request.epoch)") }
                     state.maxEpoch = request.epoch
                     if state.refuseAdds || request.path.contains("refuse") {
