@@ -37,6 +37,10 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Exit (stopping every child) when this process is gone, e.g. the test runner or a wrapper.")
     var parentPid: Int32?
     @Option(help: "A worker silent this long (ms) gets SIGABRT, then SIGKILL.") var heartbeatTimeoutMs: UInt64 = 15_000
+    @Option(help: "A slot whose worker dies within 10 s of starting this many times in 60 s is paused (crash-loop breaker).")
+    var crashLoopFailures = 5
+    @Option(help: "Seconds a crash-looping slot is paused before one worker is tried again (doubles per repeat, up to 10 min).")
+    var crashLoopCooldownSeconds: UInt64 = 60
     @Option(
         name: .customLong("upstream"),
         help: "Serve in front of this vLLM / SGLang server (http://host:port; repeatable); no built-in engine is started.")
@@ -79,6 +83,9 @@ struct ServeCommand: ParsableCommand {
         var configuration = base
         configuration.drainGraceMs = self.drainGraceSeconds * 1000
         configuration.heartbeatTimeoutMs = max(self.heartbeatTimeoutMs, 1000)
+        configuration.crashLoopFailures = max(self.crashLoopFailures, 1)
+        configuration.crashLoopCooldownMs = max(self.crashLoopCooldownSeconds, 1) * 1000
+        configuration.crashLoopMaximumCooldownMs = max(configuration.crashLoopMaximumCooldownMs, configuration.crashLoopCooldownMs)
         configuration.spawnEngine = self.upstreams.isEmpty
         configuration.environment = ProcessInfo.processInfo.environment
         configuration.adminSocketPath = self.adminSocket.map(Self.absolute)

@@ -272,6 +272,25 @@ struct ServeTests {
         #expect(server.log.contains("crash-looping"))
     }
 
+    @Test("a slot killed fast again and again is paused (crash-loop), then tried again after the cool-down")
+    func crashLoopPauseHeals() throws {
+        let server = try ServerUnderTest(
+            workers: 2, extraArguments: ["--crash-loop-failures", "2", "--crash-loop-cooldown-seconds", "3"])
+        defer { server.stop() }
+        func slotOne() throws -> [String: Any]? { try server.workerList().first { ($0["slot"] as? Int) == 1 } }
+        for _ in 0..<2 {
+            try Self.waitFor("slot 1 ready") { try slotOne()?["state"] as? String == "ready" }
+            guard let pid = try slotOne()?["pid"] as? Int else { throw TestEnvironment.Failure("no worker in slot 1") }
+            kill(Int32(pid), SIGKILL)
+        }
+        try Self.waitFor("slot 1 paused", timeout: 20) { try slotOne()?["state"] as? String == "crash-loop" }
+        // The other slot keeps serving meanwhile.
+        #expect(try TestHTTP.request(port: server.port, path: "/v1/models").status == 200)
+        try Self.waitFor("slot 1 back after the pause", timeout: 60) { try slotOne()?["state"] as? String == "ready" }
+        #expect(server.log.contains("pausing the slot for 3 s"))
+        #expect(server.log.contains("crash-loop pause over"))
+    }
+
     @Test("an engine that cannot boot stops the server with exit code 78 and says why")
     func cannotBoot() throws {
         let server = try ServerUnderTest(workers: 1, extraArguments: ["--model", "/nonexistent/model"], waitReady: false)

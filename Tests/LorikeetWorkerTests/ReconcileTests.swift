@@ -35,10 +35,11 @@ struct ReconcileTests {
         let client = EngineClient(socketPath: engine.path, logger: logger)
         defer { client.shutdown() }
         let replica = AdapterTableReplica(baseModels: ["tiny-llama"])
+        let clock = Mutex(ContinuousClock.now)
         let leader = LeaderMutationService(
             engine: client, replica: replica, committer: LocalTableCommitter(replica: replica, stateDirectory: nil),
             pathPolicy: PathPolicy(allowedPrefixes: [root + "/lora"]), epoch: 1, logger: logger,
-            reconcileBackoff: ReconcileBackoff(initial: .milliseconds(1500), maximum: .seconds(60)))
+            reconcileBackoff: ReconcileBackoff(initial: .seconds(30), maximum: .seconds(60)), now: { clock.withLock { $0 } })
         let reply = await leader.load(LoadAdapterRequest(name: "a", path: root + "/lora/good"))
         #expect(reply.status.code == .ok)
 
@@ -52,6 +53,7 @@ struct ReconcileTests {
         #expect(first.failed.count == 1 && first.added.isEmpty)
         // Passes inside the backoff report the failure without touching the engine.
         for _ in 0..<5 {
+            clock.withLock { $0 += .seconds(5) }
             let again = try await leader.reconcileEngine()
             #expect(again.failed == first.failed)
         }
@@ -59,7 +61,7 @@ struct ReconcileTests {
 
         // Repaired: the next attempt after the backoff loads it.
         engine.state.withLock { $0.refuseAdds = false }
-        try await Task.sleep(for: .milliseconds(1600))
+        clock.withLock { $0 += .seconds(5) }
         let repaired = try await leader.reconcileEngine()
         #expect(repaired.added == ["a"] && repaired.failed.isEmpty)
         #expect(engine.state.withLock { $0.addAttempts } == 2)

@@ -139,7 +139,9 @@ class Server:
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [binary, "serve", "--workers", str(workers), "--port", str(self.port), "--state-dir", self.state,
-             "--model", os.path.join(fixture, "model"), "--served-model-name", "tiny", *extra],
+             "--model", os.path.join(fixture, "model"), "--served-model-name", "tiny",
+             # the server (and its children) exit when this script is gone, however it ends
+             "--parent-pid", str(os.getpid()), *extra],
             env=env, stdout=self.log, stderr=self.log)
         self.workers = workers
         self.wait_ready(ready_timeout)

@@ -193,12 +193,22 @@ extension CommitReply: CMessageConvertible {
 /// Supervisor -> worker: stop accepting, finish in-flight work within `graceMs`, exit.
 public struct Drain: Sendable, Equatable {
     public var graceMs: UInt32
-    public init(graceMs: UInt32 = 0) { self.graceMs = graceMs }
+    /// No process inherits the slot's listener (scale-down): close it at once.
+    public var listenerRetired: Bool
+    public init(graceMs: UInt32 = 0, listenerRetired: Bool = false) {
+        self.graceMs = graceMs
+        self.listenerRetired = listenerRetired
+    }
 }
 
 extension Drain: CMessageConvertible {
-    func write(to writer: CMessageWriter) { writer.set("grace_ms", self.graceMs) }
-    init(from reader: CMessageReader) { self.init(graceMs: reader.uint32("grace_ms")) }
+    func write(to writer: CMessageWriter) {
+        writer.set("grace_ms", self.graceMs)
+        writer.set("listener_retired", self.listenerRetired)
+    }
+    init(from reader: CMessageReader) {
+        self.init(graceMs: reader.uint32("grace_ms"), listenerRetired: reader.bool("listener_retired"))
+    }
 }
 
 /// Supervisor -> worker: exit now.

@@ -38,10 +38,14 @@ public struct SupervisorConfiguration: Sendable {
     /// Uptime after which a process counts as stable (backoff resets).
     public var stableUptimeMs: UInt64 = 30_000
     /// A slot whose worker fails within `fastFailureMs` of starting this many times
-    /// inside `crashLoopWindowMs` is stopped (crash-loop breaker).
+    /// inside `crashLoopWindowMs` is paused (crash-loop breaker).
     public var crashLoopFailures = 5
     public var fastFailureMs: UInt64 = 10_000
     public var crashLoopWindowMs: UInt64 = 60_000
+    /// A paused slot is tried again (one worker) after this long; when that worker fails
+    /// fast too, the pause doubles, up to `crashLoopMaximumCooldownMs`.
+    public var crashLoopCooldownMs: UInt64 = 60_000
+    public var crashLoopMaximumCooldownMs: UInt64 = 600_000
 
     public init(
         executable: String, workers: Int, host: String, port: UInt16, stateDirectory: String, engineArguments: [String],

@@ -101,7 +101,7 @@ public final class Supervisor {
         }
         self.loop.run()
         self.loop.closeAll()
-        for slot in self.slots { close(slot.listenerFD) }
+        for slot in self.slots { slot.releaseListener() }
         return self.exitResult ?? SupervisorExit(code: 0, message: "stopped")
     }
 
@@ -157,7 +157,7 @@ public final class Supervisor {
 
     @discardableResult
     func spawnWorker(in slot: WorkerSlot, asReplacement: Bool = false) -> WorkerProcess? {
-        guard self.stopping == nil, !slot.tripped, !slot.removing else { return nil }
+        guard self.stopping == nil, !slot.tripped, !slot.removing, let listenerFD = slot.listenerFD else { return nil }
         let pair: (Int32, Int32)
         do {
             pair = try SupervisorSockets.controlPair()
@@ -172,7 +172,7 @@ public final class Supervisor {
              "--engine-socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())"]
             + self.configuration.workerArguments
         do {
-            worker.process = try UVProcess.spawn(loop: self.loop, arguments: arguments, extraFDs: [slot.listenerFD, pair.1]) {
+            worker.process = try UVProcess.spawn(loop: self.loop, arguments: arguments, extraFDs: [listenerFD, pair.1]) {
                 [unowned self, unowned worker] exit in self.workerExited(worker, exit)
             }
         } catch {
@@ -252,30 +252,57 @@ public final class Supervisor {
             slot.fastFailureTimes.append(self.nowMs)
             slot.fastFailureTimes.removeAll { self.nowMs - $0 > self.configuration.crashLoopWindowMs }
             slot.consecutiveFastFailures += 1
-            if slot.fastFailureTimes.count >= self.configuration.crashLoopFailures {
-                slot.tripped = true
-                let window = self.configuration.crashLoopWindowMs / 1000
-                self.logger.critical(
-                    "worker slot \(slot.index) is crash-looping (\(slot.fastFailureTimes.count) fast failures within \(window) s; last: \(exit)); the slot is stopped")
-                if self.slots.allSatisfy({ $0.tripped || $0.removing }) {
-                    self.fatal(code: LorikeetExitCode.crashLoop, "every worker slot is crash-looping; stopping (last worker \(exit))")
-                }
+            // A slot tried again after a pause that fails fast once more pauses again at once.
+            if slot.fastFailureTimes.count >= self.configuration.crashLoopFailures || slot.trips > 0 {
+                self.tripBreaker(slot, exit: exit)
                 return
             }
-        } else if uptime > self.configuration.stableUptimeMs {
-            slot.consecutiveFastFailures = 0
+        } else {
+            slot.trips = 0
+            if uptime > self.configuration.stableUptimeMs { slot.consecutiveFastFailures = 0 }
         }
         self.scheduleRestart(slot, reason: exit.description)
     }
 
+    /// Opens the crash-loop breaker of `slot`: no restarts for a cool-down (doubling with
+    /// each consecutive trip), then one worker is tried again. When every slot is paused
+    /// nothing serves, and the server stops with `LorikeetExitCode.crashLoop`.
+    func tripBreaker(_ slot: WorkerSlot, exit: ProcessExit) {
+        slot.tripped = true
+        slot.trips += 1
+        var cooldown = self.configuration.crashLoopCooldownMs
+        for _ in 1..<slot.trips where cooldown < self.configuration.crashLoopMaximumCooldownMs { cooldown *= 2 }
+        cooldown = min(cooldown, self.configuration.crashLoopMaximumCooldownMs)
+        let window = self.configuration.crashLoopWindowMs / 1000
+        self.logger.critical(
+            "worker slot \(slot.index) is crash-looping (\(slot.fastFailureTimes.count) fast failures within \(window) s; last: \(exit)); pausing the slot for \(cooldown / 1000) s"
+        )
+        if self.slots.allSatisfy({ $0.tripped || $0.removing }) {
+            self.fatal(code: LorikeetExitCode.crashLoop, "every worker slot is crash-looping; stopping (last worker \(exit))")
+            return
+        }
+        self.respawn(slot, afterMs: cooldown) { [unowned self, unowned slot] in
+            slot.tripped = false
+            slot.fastFailureTimes.removeAll()
+            self.logger.notice("worker slot \(slot.index): crash-loop pause over; trying one worker")
+        }
+    }
+
     func scheduleRestart(_ slot: WorkerSlot, reason: String) {
         let delay = slot.consecutiveFastFailures == 0 ? 0 : self.backoff(UInt32(slot.consecutiveFastFailures - 1))
+        self.respawn(slot, afterMs: delay)
+    }
+
+    /// Starts a worker in `slot` after `delay` ms (replacing any pending restart), running
+    /// `beforeSpawn` first.
+    private func respawn(_ slot: WorkerSlot, afterMs delay: UInt64, beforeSpawn: @escaping () -> Void = {}) {
         slot.restartTimer?.close()
         let timer = UVTimer(loop: self.loop)
         slot.restartTimer = timer
         timer.start(timeoutMs: delay) { [unowned self, unowned slot, unowned timer] in
             timer.close()
             if slot.restartTimer === timer { slot.restartTimer = nil }
+            beforeSpawn()
             if slot.current == nil { self.spawnWorker(in: slot) }
         }
     }
@@ -419,22 +446,29 @@ public final class Supervisor {
         }
         slot.removing = true
         slot.restartTimer?.close()
+        // No process takes this listener over: release our copy now, so the socket leaves
+        // the SO_REUSEPORT group as soon as the draining worker closes its own, instead of
+        // queueing connections for the whole drain only to reset them. (Connections that
+        // land in its backlog meanwhile are reset unless net.ipv4.tcp_migrate_req = 1.)
+        slot.releaseListener()
         self.logger.info("scaling down: draining slot \(slot.index)")
         let workers = [slot.current, slot.replacement].compactMap { $0 }
         if workers.isEmpty { self.removeSlot(slot) }
-        for worker in workers { self.drain(worker) }
+        for worker in workers { self.drain(worker, listenerRetired: true) }
     }
 
     func removeSlot(_ slot: WorkerSlot) {
-        close(slot.listenerFD)
+        slot.releaseListener()
         self.slots.removeAll { $0 === slot }
         self.logger.info("slot \(slot.index) removed (\(self.slots.count) slots)")
     }
 
-    func drain(_ worker: WorkerProcess) {
+    /// Drains `worker`; `listenerRetired` when no successor inherits its slot's listener.
+    func drain(_ worker: WorkerProcess, listenerRetired: Bool = false) {
         worker.retiring = true
         worker.state = .draining
-        worker.send(.drain(Drain(graceMs: UInt32(clamping: self.configuration.drainGraceMs))))
+        worker.send(
+            .drain(Drain(graceMs: UInt32(clamping: self.configuration.drainGraceMs), listenerRetired: listenerRetired)))
         let timer = UVTimer(loop: self.loop)
         worker.killTimer?.close()
         worker.killTimer = timer

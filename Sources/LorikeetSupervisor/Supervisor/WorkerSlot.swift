@@ -1,3 +1,4 @@
+import Glibc
 import LorikeetProto
 
 /// Lifecycle of one worker process as the supervisor sees it.
@@ -49,7 +50,8 @@ final class WorkerProcess {
 /// A worker slot: a listening socket kept for the slot's life and the process filling it.
 final class WorkerSlot {
     let index: Int
-    let listenerFD: Int32
+    /// The slot's listening socket; nil once released (the slot is being removed).
+    private(set) var listenerFD: Int32?
     var current: WorkerProcess?
     /// The replacement being prepared during a rolling restart.
     var replacement: WorkerProcess?
@@ -57,7 +59,11 @@ final class WorkerSlot {
     var lastExit = ""
     var consecutiveFastFailures = 0
     var fastFailureTimes: [UInt64] = []
+    /// The crash-loop breaker is open: no restarts until the cool-down ends.
     var tripped = false
+    /// The breaker opened this many times in a row (the cool-down doubles each time);
+    /// reset by a worker that outlives the fast-failure time.
+    var trips = 0
     /// The slot is being removed (scale down): no restarts.
     var removing = false
     var restartTimer: UVTimer?
@@ -65,5 +71,13 @@ final class WorkerSlot {
     init(index: Int, listenerFD: Int32) {
         self.index = index
         self.listenerFD = listenerFD
+    }
+
+    /// Closes the supervisor's copy of the listening socket. When the slot's worker has
+    /// closed its copy too, the kernel stops routing new connections to it.
+    func releaseListener() {
+        guard let fd = self.listenerFD else { return }
+        close(fd)
+        self.listenerFD = nil
     }
 }

@@ -88,10 +88,12 @@ public final class LeaderMutationService: AdapterMutator {
     private let currentEpoch: Atomic<UInt64>
     /// Only touched inside `serializer`.
     private let backoff: Mutex<ReconcileBackoff>
+    private let now: @Sendable () -> ContinuousClock.Instant
 
     public init(
         engine: any EngineBackend, replica: AdapterTableReplica, committer: any TableCommitter, pathPolicy: PathPolicy,
-        epoch: UInt64, logger: Logger, reconcileBackoff: ReconcileBackoff = ReconcileBackoff()
+        epoch: UInt64, logger: Logger, reconcileBackoff: ReconcileBackoff = ReconcileBackoff(),
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
     ) {
         self.engine = engine
         self.replica = replica
@@ -100,6 +102,7 @@ public final class LeaderMutationService: AdapterMutator {
         self.logger = logger
         self.currentEpoch = Atomic(epoch)
         self.backoff = Mutex(reconcileBackoff)
+        self.now = now
     }
 
     /// The fencing epoch sent with every engine mutation.
@@ -305,7 +308,7 @@ public final class LeaderMutationService: AdapterMutator {
         self.backoff.withLock { $0.retain(only: Set(missing.map { ReconcileBackoff.Key(intID: $0.intID, path: $0.path) })) }
         for record in missing {
             let key = ReconcileBackoff.Key(intID: record.intID, path: record.path)
-            if let lastError = self.backoff.withLock({ $0.waiting(key, now: .now) }) {
+            if let lastError = self.backoff.withLock({ $0.waiting(key, now: self.now()) }) {
                 outcome.failed.append("\(record.name): \(lastError)")
                 continue
             }
@@ -318,7 +321,7 @@ public final class LeaderMutationService: AdapterMutator {
             } catch where error.code == .failedPrecondition || error.code == .unavailable {
                 throw error
             } catch {
-                let wait = self.backoff.withLock { $0.recordFailure(key, error: error.message, now: .now) }
+                let wait = self.backoff.withLock { $0.recordFailure(key, error: error.message, now: self.now()) }
                 self.logger.debug(
                     "committed adapter does not load; retrying later",
                     metadata: ["adapter.name": "\(record.name)", "error": "\(error.message)", "retry.in": "\(wait)"])

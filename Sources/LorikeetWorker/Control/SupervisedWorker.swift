@@ -112,14 +112,15 @@ public final class SupervisedWorkerService: Service {
     }
 
     /// Stops accepting, tells the supervisor (its replacement may start accepting), then
-    /// lets requests in flight finish within `grace`.
-    private func drain(grace: Duration) {
+    /// lets requests in flight finish within `grace`. `listenerRetired`: no successor
+    /// inherits the listener (scale-down), so it closes at once.
+    private func drain(grace: Duration, listenerRetired: Bool) {
         let serving = self.state.withLock { $0.serving }
         guard serving else {
             self.eventSink.yield(.drain(grace))
             return
         }
-        self.server.beginDrain(grace: grace)
+        self.server.beginDrain(grace: grace, handOffListener: !listenerRetired)
         Task {
             await self.server.listenerClosed()
             self.link.send(.drain(Drain(graceMs: UInt32(clamping: grace.components.seconds * 1000))))
@@ -167,7 +168,7 @@ public final class SupervisedWorkerService: Service {
         case .ready:
             self.eventSink.yield(.go)
         case .drain(let drain):
-            self.drain(grace: .milliseconds(Int(drain.graceMs)))
+            self.drain(grace: .milliseconds(Int(drain.graceMs)), listenerRetired: drain.listenerRetired)
         case .shutdown:
             self.logger.notice("shutdown requested by the supervisor")
             exit(0)

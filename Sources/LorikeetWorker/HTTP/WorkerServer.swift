@@ -52,7 +52,7 @@ public final class WorkerServer: Sendable {
     private struct State {
         var phase: Phase = .idle
         var children: [ObjectIdentifier: any Channel] = [:]
-        var drainRequested: Duration?
+        var drainRequested: (grace: Duration, handOffListener: Bool?)?
     }
 
     private let configuration: HTTPServerConfiguration
@@ -112,13 +112,13 @@ public final class WorkerServer: Sendable {
         let channel = serverChannel.channel
         channel.closeFuture.whenComplete { _ in self.markListenerClosed() }
         let drained = channel.eventLoop.makePromise(of: Void.self)
-        let pendingDrain = self.state.withLock { state -> Duration? in
+        let pendingDrain = self.state.withLock { state -> (grace: Duration, handOffListener: Bool?)? in
             state.phase = .running(serverChannel: channel, quiescer: quiescer, drained: drained)
             return state.drainRequested
         }
         self.boundAddress.withLock { $0 = channel.localAddress }
         logger.info("HTTP server listening", metadata: ["http.address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
-        if let pendingDrain { self.beginDrain(grace: pendingDrain) }
+        if let pendingDrain { self.beginDrain(grace: pendingDrain.grace, handOffListener: pendingDrain.handOffListener) }
 
         await onReady(channel.localAddress)
         await withDiscardingTaskGroup { group in
@@ -139,7 +139,14 @@ public final class WorkerServer: Sendable {
 
     /// Starts a graceful drain and returns at once (usable from synchronous handlers).
     /// Connections still open after `grace` are closed.
-    public func beginDrain(grace: Duration) {
+    ///
+    /// - Parameter handOffListener: whether another process keeps the listening socket
+    ///   open and will accept what queues on it (a supervised slot whose successor takes
+    ///   over). Then accepts pause first, so queued connections wait in the kernel for the
+    ///   successor. Otherwise (nil with a listener this process bound itself, or a retired
+    ///   slot) the listener is closed at once, so the kernel stops queueing connections on
+    ///   a socket nobody will accept from. Nil: hand off when the listener was inherited.
+    public func beginDrain(grace: Duration, handOffListener: Bool? = nil) {
         enum Action {
             case none
             case quiesce(ServerQuiescingHelper, any Channel, EventLoopPromise<Void>)
@@ -147,7 +154,7 @@ public final class WorkerServer: Sendable {
         let action = self.state.withLock { state -> Action in
             switch state.phase {
             case .idle:
-                state.drainRequested = grace
+                state.drainRequested = (grace, handOffListener)
                 return .none
             case .running(let serverChannel, let quiescer, let drained):
                 state.phase = .draining(drained: drained)
@@ -157,20 +164,34 @@ public final class WorkerServer: Sendable {
             }
         }
         guard case .quiesce(let quiescer, let serverChannel, let drained) = action else { return }
-        self.logger.info("draining HTTP connections", metadata: ["drain.grace": "\(grace)"])
-        // Stop calling accept() first (connections keep queueing in the kernel, where an
-        // inherited listener's next owner picks them up), let the connections already
-        // accepted reach the HTTP handler, then close the listener and quiesce: closing a
-        // listener mid-accept, or quiescing a connection whose request is still on the
-        // wire, would reset a client.
-        serverChannel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in
-            serverChannel.eventLoop.scheduleTask(in: .milliseconds(100)) {
+        let handOff: Bool
+        if let handOffListener {
+            handOff = handOffListener
+        } else if case .inheritedFD = self.configuration.listen {
+            handOff = true
+        } else {
+            handOff = false
+        }
+        self.logger.info("draining HTTP connections", metadata: ["drain.grace": "\(grace)", "drain.hand_off": "\(handOff)"])
+        // Handing off: stop calling accept() first (connections keep queueing in the kernel,
+        // where the listener's next owner picks them up) and let the connections already
+        // accepted reach the HTTP handler before the listener closes. Not handing off: keep
+        // accepting up to the close, which comes at once. Either way quiesce a little
+        // later: quiescing a connection whose request is still on the wire would reset a
+        // client.
+        let closeListener: @Sendable () -> Void = {
+            serverChannel.eventLoop.scheduleTask(in: .milliseconds(handOff ? 100 : 0)) {
                 serverChannel.close(promise: nil)
             }
             serverChannel.eventLoop.scheduleTask(in: .milliseconds(400)) {
                 let quiesced = serverChannel.eventLoop.makePromise(of: Void.self)
                 quiescer.initiateShutdown(promise: quiesced)
             }
+        }
+        if handOff {
+            serverChannel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in closeListener() }
+        } else {
+            serverChannel.eventLoop.execute(closeListener)
         }
         let forceClose = serverChannel.eventLoop.scheduleTask(in: TimeAmount(grace)) {
             let open = self.state.withLock { Array($0.children.values) }

@@ -1045,7 +1045,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__commit_reply__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__commit_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__drain__field_descriptors[1] =
+static const ProtobufCFieldDescriptor lorikeet__v1__drain__field_descriptors[2] =
 {
   {
     "grace_ms",
@@ -1059,14 +1059,27 @@ static const ProtobufCFieldDescriptor lorikeet__v1__drain__field_descriptors[1] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "listener_retired",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__Drain, listener_retired),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__drain__field_indices_by_name[] = {
   0,   /* field[0] = grace_ms */
+  1,   /* field[1] = listener_retired */
 };
 static const ProtobufCIntRange lorikeet__v1__drain__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__drain__descriptor =
 {
@@ -1076,7 +1089,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__drain__descriptor =
   "Lorikeet__V1__Drain",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__Drain),
-  1,
+  2,
   lorikeet__v1__drain__field_descriptors,
   lorikeet__v1__drain__field_indices_by_name,
   1,  lorikeet__v1__drain__number_ranges,

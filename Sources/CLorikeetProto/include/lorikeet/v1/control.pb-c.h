@@ -180,15 +180,21 @@ struct  Lorikeet__V1__CommitReply
 
 /*
  * Supervisor -> worker: stop accepting, finish in-flight work within grace_ms, exit.
+ * (Worker -> supervisor, the same message says "my listener is closed".)
  */
 struct  Lorikeet__V1__Drain
 {
   ProtobufCMessage base;
   uint32_t grace_ms;
+  /*
+   * No process inherits this slot's listener (scale-down): close it at once, accepting
+   * until then, rather than pausing accepts so queued connections wait for a successor.
+   */
+  protobuf_c_boolean listener_retired;
 };
 #define LORIKEET__V1__DRAIN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__drain__descriptor) \
-    , 0 }
+    , 0, 0 }
 
 
 /*
