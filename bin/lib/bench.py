@@ -195,10 +195,13 @@ class Bench:
         if out.returncode != 0:
             raise RuntimeError(f"bench_supervisor.py failed: {out.stderr[-2000:]}")
         table = "\n".join(l for l in out.stdout.splitlines() if l.startswith("|"))
-        self.emit("Supervisor: load latency, read-your-writes, respawn-to-ready, rolling restart (bin/bench-supervisor)",
+        migrate = next((l for l in out.stdout.splitlines() if l.startswith("net.ipv4.tcp_migrate_req")), "")
+        self.emit("Supervisor: load latency, read-your-writes, respawn-to-ready, rolling restart, scale-down "
+                  "(bin/bench-supervisor)",
                   "15 loads per worker count; after each 200, 3 x N fresh connections must resolve the adapter; "
-                  "respawn = kill -9 of a follower until its slot is ready (median of 3); roll = SIGHUP under "
-                  "4 request loops.\n\n" + table)
+                  "respawn = kill -9 of a follower until its slot is ready (median of 3); roll = SIGHUP, then "
+                  f"TTOU = one worker fewer, each under 4 request loops (fresh connection per request; {migrate})."
+                  "\n\n" + table)
 
     # ---- respawn of the leader and the engine
 
