@@ -1,7 +1,8 @@
 import Foundation
 
-/// When to try again to re-add a committed adapter the engine refused during
-/// reconciliation (its files were deleted or corrupted after the load was acknowledged).
+/// When to try again to re-add a committed adapter the engine (or an upstream replica)
+/// refused during reconciliation (its files were deleted or corrupted after the load was
+/// acknowledged, or a replica's host lacks them).
 ///
 /// The first retry comes after `initial`, each later one after twice the previous wait, up
 /// to `maximum`; an adapter that loads again, leaves the table or changes path starts

@@ -137,6 +137,8 @@ final class UpstreamReplica: Sendable {
         /// Adapters the last listing showed (name -> path).
         var held: [String: String] = [:]
         var served: UInt64 = 0
+        /// Committed adapters this replica refused during reconciliation, retried with backoff.
+        var refusals = ReconcileBackoff()
     }
 
     let client: UpstreamHTTPClient
@@ -734,10 +736,21 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
                     outcome.failed.append("unload \(name)@\(replica.name)")
                 }
             }
-            for record in table.adapters {
+            // A replica that does not report paths (empty root) is trusted on the name.
+            let pending = table.adapters.filter { record in
+                guard let heldPath = held[record.name] else { return true }
+                return !(heldPath.isEmpty || heldPath == record.path)
+            }
+            replica.state.withLock {
+                $0.refusals.retain(only: Set(pending.map { ReconcileBackoff.Key(intID: $0.intID, path: $0.path) }))
+            }
+            for record in pending {
                 let heldPath = held[record.name]
-                // A replica that does not report paths (empty root) is trusted on the name.
-                if let heldPath, heldPath.isEmpty || heldPath == record.path { continue }
+                let key = ReconcileBackoff.Key(intID: record.intID, path: record.path)
+                if let lastError = replica.state.withLock({ $0.refusals.waiting(key, now: .now) }) {
+                    outcome.failed.append("\(record.name)@\(replica.name): \(lastError)")
+                    continue
+                }
                 switch await self.load(record.name, path: record.path, replace: heldPath != nil, on: replica) {
                 case .accepted:
                     outcome.added.append("\(record.name)@\(replica.name)")
@@ -746,6 +759,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
                         state.missing.remove(record.name)
                     }
                 case .refused(let status):
+                    replica.state.withLock { _ = $0.refusals.recordFailure(key, error: status.message, now: .now) }
                     outcome.failed.append("\(record.name)@\(replica.name): \(status.message)")
                 case .unreachable(let reason):
                     self.markUnhealthy(replica, reason: reason)
