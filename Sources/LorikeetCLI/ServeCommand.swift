@@ -19,6 +19,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0 = any free port, printed at start).") var port: UInt16 = 8000
     @Option(help: "Directory for the adapter table, engine socket and logs.") var stateDir = "./lorikeet-state"
+    @Option(help: "Serve each worker's own GET /metrics on port BASE + slot (scrape every slot; default: off).")
+    var metricsPortBase: UInt16?
     @Option(help: "Model directory (config.json + model.safetensors) or GGUF file; default: SmolLM2-135M-Instruct.")
     var model: String?
     @Option(help: "Maximum adapters active at once in the engine.") var maxLoras: Int?
@@ -55,6 +57,15 @@ struct ServeCommand: ParsableCommand {
         if !self.upstreams.isEmpty, self.model != nil || self.maxLoras != nil || self.maxCpuLoras != nil || self.threads != nil {
             throw ValidationError("--model, --max-loras, --max-cpu-loras and --threads configure the built-in engine; not with --upstream")
         }
+        if let base = self.metricsPortBase {
+            let ports = Int(base)..<(Int(base) + self.workers)
+            guard base > 0, ports.upperBound <= 65536 else {
+                throw ValidationError("--metrics-port-base: ports \(ports.lowerBound)...\(ports.upperBound - 1) are not all valid")
+            }
+            guard !ports.contains(Int(self.port)) else {
+                throw ValidationError("--metrics-port-base: the metrics ports \(ports.lowerBound)...\(ports.upperBound - 1) include --port \(self.port)")
+            }
+        }
     }
 
     func run() throws {
@@ -74,6 +85,7 @@ struct ServeCommand: ParsableCommand {
         if let apiKey { workerArguments += ["--api-key", apiKey] }
         for upstream in self.upstreams { workerArguments += ["--upstream", upstream] }
         if !self.upstreams.isEmpty { workerArguments += ["--upstream-kind", self.upstreamKind] }
+        if let base = self.metricsPortBase { workerArguments += ["--metrics-port-base", "\(base)", "--metrics-host", self.host] }
         workerArguments += self.workerArg
         guard self.workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         let base = SupervisorConfiguration(

@@ -56,6 +56,14 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Supervised mode: this worker's slot number.")
     var slot: Int32 = -1
 
+    @Option(
+        name: .customLong("metrics-port-base"),
+        help: "Also serve this worker's GET /metrics on its own port: this port plus the slot number (standalone: this port).")
+    var metricsPortBase: Int?
+
+    @Option(name: .customLong("metrics-host"), help: "Address of the metrics port (default: --host).")
+    var metricsHost: String?
+
     @Option(name: .customLong("parent-pid"), help: "Supervised mode: exit when this process (the supervisor) is gone.")
     var parentPid: Int32?
 
@@ -75,6 +83,11 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         guard self.maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
+        if let base = self.metricsPortBase {
+            guard (1...65535).contains(base + Int(max(self.slot, 0))) else {
+                throw ValidationError("--metrics-port-base plus the slot must be a port (1...65535)")
+            }
+        }
         for module in self.loraModules {
             do { _ = try LoraModule(parsing: module) } catch { throw ValidationError(error.message) }
         }
@@ -104,6 +117,9 @@ struct WorkerCommand: AsyncParsableCommand {
             apiKey: self.apiKey, stateDirectory: self.stateDirectory, maxBodyBytes: self.maxBodyBytes,
             drainGrace: .milliseconds(self.drainGraceMs), workerSlot: self.slot, version: LorikeetVersion.string)
         configuration.applyEnvironment(ProcessInfo.processInfo.environment)
+        if let base = self.metricsPortBase {
+            configuration.metricsListen = .address(host: self.metricsHost ?? self.host, port: base + Int(max(self.slot, 0)))
+        }
         if !self.upstreams.isEmpty {
             let environment = ProcessInfo.processInfo.environment
             configuration.upstream = UpstreamConfiguration(

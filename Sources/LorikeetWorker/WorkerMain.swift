@@ -75,6 +75,9 @@ public struct WorkerConfiguration: Sendable {
     /// `--upstream URL` (repeatable): serve in front of vLLM / SGLang replicas instead of
     /// the engine socket (see `UpstreamBackend`).
     public var upstream: UpstreamConfiguration? = nil
+    /// A second listener serving only this worker's `GET /metrics` (plus `/health` and
+    /// `/version`), so every slot can be scraped on its own port (`--metrics-port-base`).
+    public var metricsListen: HTTPListenTarget? = nil
 
     public init(
         engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
@@ -118,7 +121,7 @@ extension WorkerConfiguration {
     /// The routes and the HTTP server of a worker, standalone or supervised alike.
     func makeHTTP(
         engine: any EngineBackend, replica: AdapterTableReplica, mutator: any AdapterMutator, logger: Logger
-    ) -> (WorkerRoutes, WorkerServer) {
+    ) -> (WorkerRoutes, WorkerServer, metrics: WorkerServer?) {
         let routes = WorkerRoutes(
             engine: engine, replica: replica, mutator: mutator,
             configuration: RouteConfiguration(
@@ -128,7 +131,14 @@ extension WorkerConfiguration {
         let server = WorkerServer(
             configuration: HTTPServerConfiguration(listen: self.listen, idleTimeout: self.idleTimeout),
             responder: routes.responder, logger: logger)
-        return (routes, server)
+        let metrics = self.metricsListen.map { listen in
+            var logger = logger
+            logger[metadataKey: "http.listener"] = "metrics"
+            return WorkerServer(
+                configuration: HTTPServerConfiguration(listen: listen, idleTimeout: self.idleTimeout, backlog: 64, reusePort: true),
+                responder: routes.metricsResponder, logger: logger)
+        }
+        return (routes, server, metrics)
     }
 }
 
@@ -162,6 +172,8 @@ public final class WorkerService: Service {
     public let mutator: any AdapterMutator
     public let routes: WorkerRoutes
     public let server: WorkerServer
+    /// The per-worker metrics listener, when configured.
+    public let metricsServer: WorkerServer?
     private let logger: Logger
     private let onReady: @Sendable (SocketAddress?) async -> Void
 
@@ -193,7 +205,8 @@ public final class WorkerService: Service {
             mutator = makeMutator(engine, replica)
         }
         self.mutator = mutator
-        (self.routes, self.server) = configuration.makeHTTP(engine: engine, replica: replica, mutator: mutator, logger: logger)
+        (self.routes, self.server, self.metricsServer) = configuration.makeHTTP(
+            engine: engine, replica: replica, mutator: mutator, logger: logger)
     }
 
     public func run() async throws {
@@ -217,7 +230,7 @@ public final class WorkerService: Service {
             ])
         let grace = self.configuration.drainGrace
         try await withGracefulShutdownHandler {
-            try await self.server.run(onReady: self.onReady)
+            try await self.server.run(alongside: self.metricsServer, logger: self.logger, onReady: self.onReady)
         } onGracefulShutdown: {
             self.server.beginDrain(grace: grace)
         }

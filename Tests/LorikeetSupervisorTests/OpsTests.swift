@@ -151,6 +151,53 @@ extension ServeTests {
         #expect(ttft == 3)
     }
 
+    @Test("--metrics-port-base: every slot's own /metrics on base + slot, through a kill -9 and a rolling restart")
+    func perSlotMetricsPorts() throws {
+        let base = TestEnvironment.freePorts(consecutive: 2)
+        let server = try ServerUnderTest(workers: 2, extraArguments: ["--metrics-port-base", "\(base)"])
+        defer { server.stop() }
+        func scrapeReports(slot: Int) -> Bool {
+            guard let response = try? TestHTTP.request(port: base + UInt16(slot), path: "/metrics", timeoutSeconds: 10),
+                response.status == 200
+            else { return false }
+            return response.body.contains(#"lorikeet_worker_info{"#) && response.body.contains(#"slot="\#(slot)""#)
+        }
+        for slot in 0..<2 {
+            #expect(scrapeReports(slot: slot), "slot \(slot) on port \(Int(base) + slot)")
+            let scrape = try TestHTTP.request(port: base + UInt16(slot), path: "/metrics")
+            #expect(try Self.parsePrometheus(scrape.body).contains { $0.name == "lorikeet_engine_up" && $0.value == 1 })
+            // Only metrics, health and version there: the API stays on the service port.
+            #expect(try TestHTTP.request(port: base + UInt16(slot), path: "/v1/models").status == 404)
+            #expect(try TestHTTP.request(port: base + UInt16(slot), path: "/health").status == 200)
+        }
+        // A respawned worker takes its slot's metrics port back.
+        let victim = try server.workerList().first { ($0["slot"] as? Int) == 1 }
+        kill(Int32(victim?["pid"] as? Int ?? 0), SIGKILL)
+        try ServeTests.waitFor("slot 1 respawned and scraped") {
+            try server.workerList().contains { ($0["slot"] as? Int) == 1 && ($0["pid"] as? Int) != (victim?["pid"] as? Int) && ($0["state"] as? String) == "ready" }
+                && scrapeReports(slot: 1)
+        }
+        // A rolling restart: the replacement binds the port while the old worker drains (SO_REUSEPORT).
+        let before = Set(try server.workerList().compactMap { $0["pid"] as? Int })
+        server.signal(SIGHUP)
+        try ServeTests.waitFor("every slot replaced and scraped", timeout: 120) {
+            let now = try server.workerList()
+            return now.count == 2 && now.allSatisfy { ($0["state"] as? String) == "ready" && !before.contains($0["pid"] as? Int ?? 0) }
+                && scrapeReports(slot: 0) && scrapeReports(slot: 1)
+        }
+    }
+
+    @Test("--metrics-port-base that overlaps --port is refused before anything starts")
+    func metricsPortOverlap() throws {
+        let port = TestEnvironment.freePort()
+        let (status, output) = try TestEnvironment.runProcess(
+            try TestEnvironment.lorikeetBinary,
+            ["serve", "--workers", "2", "--port", "\(port)", "--metrics-port-base", "\(port - 1)", "--state-dir",
+             TestEnvironment.temporaryDirectory("lk-overlap")])
+        #expect(status != 0)
+        #expect(output.contains("include --port \(port)"), "\(output)")
+    }
+
     struct Sample {
         var name: String
         var labels: [String: String]

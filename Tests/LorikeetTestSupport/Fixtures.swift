@@ -83,16 +83,39 @@ public enum TestEnvironment {
     }
 
     /// A TCP port that was free a moment ago on 127.0.0.1.
-    public static func freePort() -> UInt16 {
+    public static func freePort() -> UInt16 { self.freePorts(consecutive: 1) }
+
+    /// The first of `count` consecutive TCP ports that were all free a moment ago on 127.0.0.1.
+    public static func freePorts(consecutive count: Int) -> UInt16 {
+        while true {
+            var held: [Int32] = []
+            defer { held.forEach { close($0) } }
+            guard let (fd, first) = self.bindLoopback(port: 0) else { continue }
+            held.append(fd)
+            for offset in 1..<max(count, 1) {
+                guard Int(first) + offset <= 65535, let (next, _) = self.bindLoopback(port: first + UInt16(offset)) else { break }
+                held.append(next)
+            }
+            if held.count == max(count, 1) { return first }
+        }
+    }
+
+    /// A TCP socket bound to 127.0.0.1:`port` (0 = any) and the port it got; nil when taken.
+    private static func bindLoopback(port: UInt16) -> (Int32, UInt16)? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        address.sin_port = port.bigEndian
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            close(fd)
+            return nil
+        }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return UInt16(bigEndian: address.sin_port)
+        return (fd, UInt16(bigEndian: address.sin_port))
     }
 }

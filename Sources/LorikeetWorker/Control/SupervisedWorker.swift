@@ -26,6 +26,8 @@ public final class SupervisedWorkerService: Service {
     private let leading = Atomic<Bool>(false)
     public let routes: WorkerRoutes
     public let server: WorkerServer
+    /// The per-worker metrics listener, when configured.
+    public let metricsServer: WorkerServer?
     private let logger: Logger
     private let state = Mutex(BootState())
     private let events: AsyncStream<BootEvent>
@@ -61,7 +63,8 @@ public final class SupervisedWorkerService: Service {
         self.leader = leader
         let mutator = RoutedMutator(link: link, slot: configuration.workerSlot)
         self.mutator = mutator
-        (self.routes, self.server) = configuration.makeHTTP(engine: engine, replica: replica, mutator: mutator, logger: logger)
+        (self.routes, self.server, self.metricsServer) = configuration.makeHTTP(
+            engine: engine, replica: replica, mutator: mutator, logger: logger)
         (self.events, self.eventSink) = AsyncStream.makeStream(of: BootEvent.self)
     }
 
@@ -97,7 +100,7 @@ public final class SupervisedWorkerService: Service {
                 self.state.withLock { $0.serving = true }
                 let grace = self.configuration.drainGrace
                 try await withGracefulShutdownHandler {
-                    try await self.server.run()
+                    try await self.server.run(alongside: self.metricsServer, logger: self.logger)
                 } onGracefulShutdown: {
                     self.server.beginDrain(grace: grace)
                 }

@@ -118,6 +118,17 @@ public final class WorkerRoutes: Sendable {
         { request, writer, channel in try await self.respond(to: request, writer: writer, channel: channel) }
     }
 
+    /// Paths the metrics listener (`WorkerConfiguration.metricsListen`) answers.
+    static let metricsListenerPaths: Set<String> = ["/metrics", "/health", "/version"]
+
+    /// The responder of the metrics listener: `GET /metrics`, `/health` and `/version` of
+    /// this worker only; everything else is 404 there.
+    public var metricsResponder: WorkerServer.Responder {
+        { request, writer, channel in
+            try await self.respond(to: request, writer: writer, channel: channel, only: Self.metricsListenerPaths)
+        }
+    }
+
     /// What a route answers: a head and a body (a buffer, or a streaming closure).
     struct Reply {
         var status: HTTPResponse.Status
@@ -149,7 +160,9 @@ public final class WorkerRoutes: Sendable {
         }
     }
 
-    func respond(to request: Request, writer: consuming ResponseWriter, channel: any Channel) async throws {
+    func respond(
+        to request: Request, writer: consuming ResponseWriter, channel: any Channel, only allowedPaths: Set<String>? = nil
+    ) async throws {
         self.stats.begin()
         let record = RequestRecord(path: request.uri.path)
         var answeredStatus = 0
@@ -174,7 +187,10 @@ public final class WorkerRoutes: Sendable {
         var reply: Reply
         do {
             reply = try await RequestRecord.$current.withValue(record) {
-                try await self.route(&request, requestID: requestID, channel: channel, logger: logger)
+                if let allowedPaths, !allowedPaths.contains(request.uri.path) {
+                    throw APIError.routeNotFound(request.method, request.uri.path)
+                }
+                return try await self.route(&request, requestID: requestID, channel: channel, logger: logger)
             }
         } catch let error as APIError {
             reply = .error(error)

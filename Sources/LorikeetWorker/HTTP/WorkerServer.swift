@@ -5,6 +5,10 @@ import NIOExtras
 public import NIOPosix
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Where the worker's HTTP listener comes from.
 public enum HTTPListenTarget: Sendable, Equatable {
     /// A listening TCP socket inherited from the supervisor (`--listen-fd 3`), already
@@ -21,11 +25,15 @@ public struct HTTPServerConfiguration: Sendable {
     public var idleTimeout: Duration
     /// `listen(2)` backlog when binding here.
     public var backlog: Int32
+    /// Bind with `SO_REUSEPORT`, so a successor can bind the same address while this
+    /// process drains (the per-slot metrics listener during a rolling restart).
+    public var reusePort: Bool
 
-    public init(listen: HTTPListenTarget, idleTimeout: Duration = .seconds(75), backlog: Int32 = 1024) {
+    public init(listen: HTTPListenTarget, idleTimeout: Duration = .seconds(75), backlog: Int32 = 1024, reusePort: Bool = false) {
         self.listen = listen
         self.idleTimeout = idleTimeout
         self.backlog = backlog
+        self.reusePort = reusePort
     }
 }
 
@@ -90,6 +98,7 @@ public final class WorkerServer: Sendable {
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(ChannelOptions.backlog, value: self.configuration.backlog)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_REUSEPORT), value: self.configuration.reusePort ? 1 : 0)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -244,6 +253,34 @@ public final class WorkerServer: Sendable {
         self.state.withLock { $0.children[id] = channel }
         channel.closeFuture.whenComplete { _ in
             _ = self.state.withLock { $0.children.removeValue(forKey: id) }
+        }
+    }
+}
+
+extension WorkerServer {
+    /// Runs `self` with `companion` (the metrics listener) beside it: both serve until
+    /// `self` has drained, then the companion drains too. A companion that cannot bind is
+    /// logged and skipped; the main listener keeps serving.
+    public func run(
+        alongside companion: WorkerServer?, logger: Logger, onReady: @Sendable (SocketAddress?) async -> Void = { _ in }
+    ) async throws {
+        guard let companion else { return try await self.run(onReady: onReady) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    try await companion.run()
+                } catch {
+                    logger.error("metrics listener failed; serving without it", metadata: ["error": "\(error)"])
+                }
+            }
+            do {
+                try await self.run(onReady: onReady)
+            } catch {
+                await companion.drain(grace: .seconds(1))
+                throw error
+            }
+            await companion.drain(grace: .seconds(1))
+            try await group.waitForAll()
         }
     }
 }
