@@ -95,16 +95,20 @@ public final class WorkerServer: Sendable {
             responder: self.responder,
             configuration: .init(idleTimeout: TimeAmount(self.configuration.idleTimeout))
         )
-        let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
+        var bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(ChannelOptions.backlog, value: self.configuration.backlog)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_REUSEPORT), value: self.configuration.reusePort ? 1 : 0)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(quiescer.makeServerChannelHandler(channel: channel))
                 }
             }
+        // Only ever set, never cleared: clearing SO_REUSEPORT on an inherited slot listener
+        // would take it out of the kernel's spreading (every connection went to the other slot).
+        if self.configuration.reusePort {
+            bootstrap = bootstrap.serverChannelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_REUSEPORT), value: 1)
+        }
         let logger = self.logger
         let setup: @Sendable (any Channel) -> EventLoopFuture<HTTP1Channel.Value> = { channel in
             self.track(channel)
