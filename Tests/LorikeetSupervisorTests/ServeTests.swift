@@ -213,6 +213,52 @@ struct ServeTests {
         #expect(try Self.engineAdapters(server) == ["survivor": 1])
     }
 
+    @Test("an adapter whose files break after its load stays committed, is reported unavailable, and comes back when repaired")
+    func brokenAdapterReportedThenRestored() throws {
+        let root = TestEnvironment.temporaryDirectory("lk-broken-lora")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let adapter = root + "/fragile"
+        let fixture = try TestEnvironment.fixtureDirectory()
+        try FileManager.default.copyItem(atPath: fixture + "/adapters/plain", toPath: adapter)
+        let base = TestEnvironment.freePorts(consecutive: 2)
+        let server = try ServerUnderTest(
+            workers: 2, extraArguments: ["--metrics-port-base", "\(base)"],
+            environment: ["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES": root])
+        defer { server.stop() }
+        #expect(try TestHTTP.post(port: server.port, "/v1/load_lora_adapter", ["lora_name": "fragile", "lora_path": adapter]).status == 200)
+        func leaderUnavailable() throws -> Double? {
+            let leader = try server.workerList().first { ($0["role"] as? String) == "leader" }
+            guard let slot = leader?["slot"] as? Int else { return nil }
+            let scrape = try TestHTTP.request(port: base + UInt16(slot), path: "/metrics")
+            return try Self.parsePrometheus(scrape.body).first { $0.name == "lorikeet_adapters_unavailable" }?.value
+        }
+
+        // The weights go bad on disk, then the engine restarts empty: the leader cannot re-add it.
+        let weights = adapter + "/adapter_model.safetensors"
+        try FileManager.default.moveItem(atPath: weights, toPath: root + "/saved.safetensors")
+        try Data("not a safetensors file".utf8).write(to: URL(fileURLWithPath: weights))
+        let engine = try #require(server.childPIDs().first { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains("engine")
+        })
+        kill(engine, SIGKILL)
+        try Self.waitFor("leader reports the adapter unavailable") { try leaderUnavailable() == 1 }
+        // Still committed and listed on every worker (not silently dropped); requests for it fail clearly.
+        let models = try TestHTTP.request(port: server.port, path: "/v1/models")
+        #expect(models.body.contains(#""id":"fragile""#))
+        let refused = try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("fragile"))
+        #expect(refused.status == 503, "\(refused.status) \(refused.body)")
+        #expect(try Self.engineAdapters(server).isEmpty)
+
+        // Repaired on disk: the next retry (backoff 1 s, 2 s, ...) restores it without a reload call.
+        try FileManager.default.removeItem(atPath: weights)
+        try FileManager.default.moveItem(atPath: root + "/saved.safetensors", toPath: weights)
+        try Self.waitFor("adapter served again", timeout: 90) {
+            try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("fragile")).status == 200
+        }
+        try Self.waitFor("leader reports nothing unavailable") { try leaderUnavailable() == 0 }
+        #expect(try Self.engineAdapters(server) == ["fragile": 1])
+    }
+
     @Test("kill -9 the supervisor: every child is gone within 2 s")
     func killSupervisor() throws {
         let server = try ServerUnderTest(workers: 2)

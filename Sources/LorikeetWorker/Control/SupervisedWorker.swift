@@ -212,6 +212,7 @@ public final class SupervisedWorkerService: Service {
     private func reconcileEngine() async {
         do {
             let outcome = try await self.leader.reconcileEngine()
+            self.routes.metrics.reconciled(unavailable: outcome.failed.count)
             // Adapters that keep failing to load are reported when the set changes, not every second.
             let failedChanged = self.state.withLock { state -> Bool in
                 defer { state.lastReconcileFailures = outcome.failed }

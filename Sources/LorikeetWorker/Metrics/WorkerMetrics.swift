@@ -102,6 +102,12 @@ public final class WorkerMetrics: Sendable {
             .recordNanoseconds(duration.nanoseconds)
     }
 
+    /// After a reconciliation (leader only): committed adapters the engine, or an upstream
+    /// replica, refused to load again (`lorikeet_adapters_unavailable`; 0 = all restored).
+    public func reconciled(unavailable: Int) {
+        Gauge(label: "lorikeet_adapters_unavailable", factory: self.factory).record(Double(unavailable))
+    }
+
     /// Requests and tokens served with the adapter of this `lora_int_id` (ids are never
     /// reused, so a reloaded name starts again from zero only if it got a new id).
     public func usage(adapterID: UInt64) -> AdapterUsage {

@@ -20,9 +20,11 @@ extension WorkerService {
     func startUpstreamReconcileLoop(leader: LeaderMutationService) {
         guard let upstream = self.engine as? UpstreamBackend else { return }
         let logger = Logger(label: "lorikeet.worker.upstream")
+        let metrics = self.routes.metrics
         @Sendable func reconcile() async {
             do {
                 let outcome = try await leader.reconcileEngine()
+                metrics.reconciled(unavailable: outcome.failed.count)
                 if !outcome.isEmpty {
                     logger.notice(
                         "upstream replicas reconciled with the table",
