@@ -464,8 +464,14 @@ public final class WorkerRoutes: Sendable {
             first = try await iterator.next()
         } catch let status as Status where status.code == .notFound && request.adapter != nil {
             // The adapter is committed (we resolved it) but the engine does not hold it:
-            // the engine restarted and the leader is re-adding the table. Retryable.
-            throw APIError(Status(code: .unavailable, message: "The adapter '\(model)' is being restored in the engine; retry shortly."))
+            // the engine restarted and the leader is re-adding the table (or its files no
+            // longer load and the leader retries with backoff). Retryable either way.
+            throw APIError(
+                Status(
+                    code: .unavailable,
+                    message:
+                        "The adapter '\(model)' is being restored in the engine; retry shortly. (If this persists, its files no longer load: see the leader's log and lorikeet_adapters_unavailable.)"
+                ))
         } catch {
             throw Self.apiError(error)
         }
