@@ -122,10 +122,9 @@ package enum Kernels {
 
 /// Raw pointers handed to the `concurrentPerform` chunks of a matrix product (fp32 and
 /// quantized weights alike).
-///
-/// `@unchecked Sendable` is safe: the caller keeps every buffer alive for the whole
-/// (synchronous) `concurrentPerform`; chunks only read `weights` and `input`, and each
-/// chunk writes a disjoint set of rows of `output`.
+// Unchecked Sendable is safe: the caller keeps every buffer alive for the whole
+// (synchronous) `concurrentPerform`; chunks only read `weights` and `input`, and each chunk
+// writes a disjoint set of rows of `output`.
 struct ProductPointers: @unchecked Sendable {
     let weights: UnsafeRawPointer
     let input: UnsafePointer<Float>

@@ -1,10 +1,9 @@
 /// An async stream iterator handed from the task that starts reading a response to a
 /// closure that goes on reading it later (an HTTP response-body writer).
-///
-/// `@unchecked Sendable` is safe because the iterator is used by one task at a time, in
-/// sequence: the creating task calls `next()` for the first element, then hands this object
-/// to a body closure that the response writer runs inline in that same task; no two calls
-/// to `next()` or `cancel()` ever overlap, and nothing else holds a reference.
+// Unchecked Sendable is safe: the iterator is used by one task at a time, in sequence.
+// The creating task calls `next()` for the first element, then hands this object to a body
+// closure that the response writer runs inline in that same task; no two calls to `next()`
+// or `cancel()` ever overlap, and nothing else holds a reference.
 final class SequentialIterator<Element: Sendable>: @unchecked Sendable {
     private var iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator?
 

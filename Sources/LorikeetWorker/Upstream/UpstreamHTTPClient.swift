@@ -261,11 +261,10 @@ public struct UpstreamResponse: Sendable {
 }
 
 /// The body of a response, read by one task at a time, in order.
-///
-/// `@unchecked Sendable` is safe: `iterator` and `onEnd` are only touched by the single
-/// task that reads the body, one call at a time (the response is handed from the request
-/// task to the response-writer closure, which runs inline in that task); `cancel()` runs
-/// in that same task, and `channel.close` is thread-safe.
+// Unchecked Sendable is safe: `iterator` and `onEnd` are only touched by the single task
+// that reads the body, one call at a time (the response is handed from the request task to
+// the response-writer closure, which runs inline in that task); `cancel()` runs in that
+// same task, and `channel.close` is thread-safe.
 public final class UpstreamResponseBody: @unchecked Sendable {
     private var iterator: SequentialIterator<HTTPClientResponsePart>?
     private let channel: any Channel
