@@ -305,13 +305,9 @@ public final class LeaderMutationService: AdapterMutator {
         let missing = table.adapters.filter { record in
             !held.contains(where: { $0.intID == record.intID && $0.path == record.path })
         }
-        self.backoff.withLock { $0.retain(only: Set(missing.map { ReconcileBackoff.Key(intID: $0.intID, path: $0.path) })) }
-        for record in missing {
-            let key = ReconcileBackoff.Key(intID: record.intID, path: record.path)
-            if let lastError = self.backoff.withLock({ $0.waiting(key, now: self.now()) }) {
-                outcome.failed.append("\(record.name): \(lastError)")
-                continue
-            }
+        let (due, waiting) = self.backoff.withLock { $0.schedule(missing, now: self.now()) }
+        outcome.failed += waiting.map { "\($0.record.name): \($0.lastError)" }
+        for record in due {
             do {
                 try await self.engine.addAdapter(
                     AddAdapterRequest(
@@ -321,7 +317,7 @@ public final class LeaderMutationService: AdapterMutator {
             } catch where error.code == .failedPrecondition || error.code == .unavailable {
                 throw error
             } catch {
-                let wait = self.backoff.withLock { $0.recordFailure(key, error: error.message, now: self.now()) }
+                let wait = self.backoff.withLock { $0.recordFailure(.init(record), error: error.message, now: self.now()) }
                 self.logger.debug(
                     "committed adapter does not load; retrying later",
                     metadata: ["adapter.name": "\(record.name)", "error": "\(error.message)", "retry.in": "\(wait)"])

@@ -1,4 +1,5 @@
 import Foundation
+public import LorikeetProto
 
 /// When to try again to re-add a committed adapter the engine (or an upstream replica)
 /// refused during reconciliation (its files were deleted or corrupted after the load was
@@ -13,6 +14,14 @@ public struct ReconcileBackoff: Sendable {
     public struct Key: Hashable, Sendable {
         public var intID: UInt64
         public var path: String
+
+        /// The key of a committed record.
+        public init(_ record: AdapterRecord) { self.init(intID: record.intID, path: record.path) }
+
+        public init(intID: UInt64, path: String) {
+            self.intID = intID
+            self.path = path
+        }
     }
 
     private struct Entry: Sendable {
@@ -28,6 +37,25 @@ public struct ReconcileBackoff: Sendable {
     public init(initial: Duration = .seconds(1), maximum: Duration = .seconds(60)) {
         self.initial = initial
         self.maximum = maximum
+    }
+
+    /// Splits the committed records the engine (or a replica) lacks into those to try now
+    /// and those still waiting after a refusal (with the refusal), and forgets every other
+    /// entry (loaded again, unloaded, or moved).
+    public mutating func schedule(
+        _ pending: [AdapterRecord], now: ContinuousClock.Instant
+    ) -> (due: [AdapterRecord], waiting: [(record: AdapterRecord, lastError: String)]) {
+        self.retain(only: Set(pending.map(Key.init)))
+        var due: [AdapterRecord] = []
+        var waiting: [(record: AdapterRecord, lastError: String)] = []
+        for record in pending {
+            if let lastError = self.waiting(Key(record), now: now) {
+                waiting.append((record, lastError))
+            } else {
+                due.append(record)
+            }
+        }
+        return (due, waiting)
     }
 
     /// The last error of `key` when it is still waiting for its next attempt at `now`,

@@ -355,10 +355,10 @@ public final class WorkerRoutes: Sendable {
         }
     }
 
-    /// What `/v1/models` depends on besides the start time: its body is encoded once per key.
+    /// What `/v1/models` depends on besides the start time (the replica's generation
+    /// covers its table and base models): its body is encoded once per key.
     struct ModelListingKey: Equatable {
         var replicaGeneration: UInt64
-        var baseModels: [String]
         var maxModelLength: UInt32
     }
 
@@ -366,25 +366,24 @@ public final class WorkerRoutes: Sendable {
     /// adapters encoding it on every request would cost more than serving it).
     private func models() -> Reply {
         let (baseModels, adapters, generation) = self.replica.listing()
-        let key = ModelListingKey(
-            replicaGeneration: generation, baseModels: baseModels, maxModelLength: self.maxModelLength.load(ordering: .relaxed))
+        let key = ModelListingKey(replicaGeneration: generation, maxModelLength: self.maxModelLength.load(ordering: .relaxed))
         if let cached = self.modelListing.withLock({ $0?.key == key ? $0?.body : nil }) {
             return .json(.ok, encoded: cached)
         }
-        let body = ByteBuffer(bytes: JSONWriter.encode(self.modelListing(key: key, adapters: adapters)))
+        let body = ByteBuffer(
+            bytes: JSONWriter.encode(self.modelListing(baseModels: baseModels, adapters: adapters, maxModelLength: key.maxModelLength)))
         self.modelListing.withLock { $0 = (key, body) }
         return .json(.ok, encoded: body)
     }
 
-    private func modelListing(key: ModelListingKey, adapters: [AdapterRecord]) -> JSONValue {
-        let baseModels = key.baseModels
+    private func modelListing(baseModels: [String], adapters: [AdapterRecord], maxModelLength: UInt32) -> JSONValue {
         var data: [JSONValue] = []
         for name in baseModels {
             var members: [(String, JSONValue)] = [
                 ("id", .string(name)), ("object", .string("model")), ("created", .int(self.startedAt)),
                 ("owned_by", .string("lorikeet")), ("root", .string(name)), ("parent", .null),
             ]
-            if key.maxModelLength > 0 { members.append(("max_model_len", .int(Int64(key.maxModelLength)))) }
+            if maxModelLength > 0 { members.append(("max_model_len", .int(Int64(maxModelLength)))) }
             data.append(.object(members))
         }
         for adapter in adapters {

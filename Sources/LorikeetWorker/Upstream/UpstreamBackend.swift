@@ -741,16 +741,10 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
                 guard let heldPath = held[record.name] else { return true }
                 return !(heldPath.isEmpty || heldPath == record.path)
             }
-            replica.state.withLock {
-                $0.refusals.retain(only: Set(pending.map { ReconcileBackoff.Key(intID: $0.intID, path: $0.path) }))
-            }
-            for record in pending {
+            let (due, waiting) = replica.state.withLock { $0.refusals.schedule(pending, now: .now) }
+            outcome.failed += waiting.map { "\($0.record.name)@\(replica.name): \($0.lastError)" }
+            for record in due {
                 let heldPath = held[record.name]
-                let key = ReconcileBackoff.Key(intID: record.intID, path: record.path)
-                if let lastError = replica.state.withLock({ $0.refusals.waiting(key, now: .now) }) {
-                    outcome.failed.append("\(record.name)@\(replica.name): \(lastError)")
-                    continue
-                }
                 switch await self.load(record.name, path: record.path, replace: heldPath != nil, on: replica) {
                 case .accepted:
                     outcome.added.append("\(record.name)@\(replica.name)")
@@ -759,7 +753,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
                         state.missing.remove(record.name)
                     }
                 case .refused(let status):
-                    replica.state.withLock { _ = $0.refusals.recordFailure(key, error: status.message, now: .now) }
+                    replica.state.withLock { _ = $0.refusals.recordFailure(.init(record), error: status.message, now: .now) }
                     outcome.failed.append("\(record.name)@\(replica.name): \(status.message)")
                 case .unreachable(let reason):
                     self.markUnhealthy(replica, reason: reason)

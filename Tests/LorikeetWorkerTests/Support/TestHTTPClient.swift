@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetTestSupport
 
 @testable import LorikeetWorker
 
@@ -44,13 +45,7 @@ final class TestHTTPConnection: @unchecked Sendable {
         self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let result = TestEnvironment.withLoopbackAddress(port: UInt16(port)) { connect(self.fd, $0, $1) }
         // On failure deinit closes the fd (the object is fully initialized here).
         guard result == 0 else { throw TestHTTPError.connect(errno) }
     }
