@@ -78,6 +78,11 @@ public struct WorkerConfiguration: Sendable {
     /// A second listener serving only this worker's `GET /metrics` (plus `/health` and
     /// `/version`), so every slot can be scraped on its own port (`--metrics-port-base`).
     public var metricsListen: HTTPListenTarget? = nil
+    /// `--allowed-hosts`: extra `Host` names a loopback-bound server accepts (DNS
+    /// rebinding defence; see `RouteConfiguration.allowedHosts`).
+    public var allowedHosts: [String] = []
+    /// `--max-adapters`: adapters the committed table may hold (the leader refuses more).
+    public var maxAdapters: Int = Limits.defaultMaxAdapters
 
     public init(
         engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
@@ -126,7 +131,8 @@ extension WorkerConfiguration {
             engine: engine, replica: replica, mutator: mutator,
             configuration: RouteConfiguration(
                 apiKey: self.apiKey, maxBodyBytes: self.maxBodyBytes, allowRuntimeLoraUpdating: self.allowRuntimeLoraUpdating,
-                serverName: "lorikeet", version: self.version, workerSlot: self.workerSlot),
+                serverName: "lorikeet", version: self.version, workerSlot: self.workerSlot, allowedHosts: self.allowedHosts,
+                maxAdapters: self.maxAdapters),
             logger: logger)
         let server = WorkerServer(
             configuration: HTTPServerConfiguration(listen: self.listen, idleTimeout: self.idleTimeout),

@@ -29,8 +29,8 @@ public enum FrameError: Error, Equatable, Sendable, CustomStringConvertible {
 public enum Frame {
     /// Bytes before the payload.
     public static let headerSize = 5
-    /// Default maximum payload size: 4 MiB.
-    public static let defaultMaximumSize = 4 * 1024 * 1024
+    /// Default maximum payload size of every channel (`Limits.channelFrameBytes`).
+    public static let defaultMaximumSize = Limits.channelFrameBytes
 
     /// The frame carrying `payload`.
     public static func encode(_ payload: [UInt8]) -> [UInt8] {

@@ -6,61 +6,61 @@
 /// are chosen so that no request that passes the edge can produce a frame larger than
 /// the channel it travels on (`Limits.check()` proves the arithmetic at startup and in
 /// the tests).
-package enum Limits {
+public enum Limits {
     // MARK: Channels
 
     /// Largest frame payload on the control channel (supervisor <-> worker), the engine
     /// channel (worker <-> engine) and the admin socket (ops <-> supervisor).
-    package static let channelFrameBytes = 16 * 1024 * 1024
+    public static let channelFrameBytes = 16 * 1024 * 1024
 
     // MARK: HTTP
 
     /// Default `--max-body-bytes`.
-    package static let defaultBodyBytes = 8 * 1024 * 1024
+    public static let defaultBodyBytes = 8 * 1024 * 1024
     /// Largest `--max-body-bytes` an operator may set: a body this large, lowered into an
     /// engine request, still fits a frame with room for the envelope.
-    package static let maxBodyBytesCeiling = 12 * 1024 * 1024
+    public static let maxBodyBytesCeiling = 12 * 1024 * 1024
 
     // MARK: Adapters
 
     /// `lora_name` (and `model` naming an adapter), in UTF-8 bytes.
-    package static let adapterNameBytes = 256
+    public static let adapterNameBytes = 256
     /// `lora_path`, in UTF-8 bytes (Linux `PATH_MAX`).
-    package static let adapterPathBytes = 4096
+    public static let adapterPathBytes = 4096
     /// `base_model_name`, in UTF-8 bytes.
-    package static let baseModelNameBytes = 256
+    public static let baseModelNameBytes = 256
     /// Default `--max-adapters`: adapters in the committed table.
-    package static let defaultMaxAdapters = 1024
+    public static let defaultMaxAdapters = 1024
     /// Largest `--max-adapters`: the whole table at its largest still fits one frame.
-    package static let maxAdaptersCeiling = 2048
+    public static let maxAdaptersCeiling = 2048
     /// Operations in one `POST /v1/lora_adapters/batch` or admin batch.
-    package static let batchOperations = 256
+    public static let batchOperations = 256
     /// Worst-case encoded size of one committed adapter record (name, path, base model,
     /// ids, timestamps and protobuf tags).
-    package static let adapterRecordBytes = adapterNameBytes + adapterPathBytes + baseModelNameBytes + 128
+    public static let adapterRecordBytes = adapterNameBytes + adapterPathBytes + baseModelNameBytes + 128
     /// Largest persisted table file: the table at `maxAdaptersCeiling`, plus its header.
-    package static let tableFileBytes = maxAdaptersCeiling * adapterRecordBytes + 4096
+    public static let tableFileBytes = maxAdaptersCeiling * adapterRecordBytes + 4096
 
     // MARK: Generation
 
     /// Bytes of prompt text in one request (`prompt`, or all `messages` contents together).
-    package static let promptBytes = 8 * 1024 * 1024
+    public static let promptBytes = 8 * 1024 * 1024
     /// Token ids in `prompt` given as tokens.
-    package static let promptTokens = 1_000_000
+    public static let promptTokens = 1_000_000
     /// Entries of `messages`.
-    package static let messages = 4096
+    public static let messages = 4096
     /// Entries of `stop`.
-    package static let stopSequences = 16
+    public static let stopSequences = 16
     /// UTF-8 bytes of one `stop` entry.
-    package static let stopSequenceBytes = 256
+    public static let stopSequenceBytes = 256
     /// Entries of `stop_token_ids`.
-    package static let stopTokenIDs = 256
+    public static let stopTokenIDs = 256
 
     // MARK: Echoes
 
     /// A client-supplied value repeated in a log line, audit record or error message is
     /// cut to this many bytes (with a marker).
-    package static let echoBytes = 256
+    public static let echoBytes = 256
 
     /// Whether the limits above are consistent; the reason when they are not. Checked by
     /// the tests and by `lorikeet serve` at startup (a build that breaks the arithmetic

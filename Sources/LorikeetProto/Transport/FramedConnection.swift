@@ -9,18 +9,27 @@ public final class FramedConnection<Message: WireMessage>: Sendable {
     private let writeLock = Mutex<Void>(())
     private let decoder: Mutex<MessageDecoder<Message>>
     private let isClosed = Atomic<Bool>(false)
+    /// Largest payload accepted and sent (the channel's limit, the same at both ends).
+    public let maximumFrameSize: Int
 
     /// Takes ownership of `fd`.
     public init(fd: Int32, maximumFrameSize: Int = Frame.defaultMaximumSize) {
         self.fd = fd
+        self.maximumFrameSize = maximumFrameSize
         self.decoder = Mutex(MessageDecoder(maximumFrameSize: maximumFrameSize))
     }
 
     deinit { Glibc.close(self.fd) }
 
-    /// Sends one message as one frame.
+    /// Sends one message as one frame. A message larger than the channel's limit is not
+    /// sent at all (`.frame(.frameTooLarge)`): the peer would have to drop the connection,
+    /// so the error belongs to this message alone and the connection stays usable.
     public func send(_ message: Message) throws(TransportError) {
-        let bytes = Frame.encode(message)
+        let payload = message.serializedBytes()
+        guard payload.count <= self.maximumFrameSize else {
+            throw .frame(.frameTooLarge(length: UInt32(clamping: payload.count), maximum: self.maximumFrameSize))
+        }
+        let bytes = Frame.encode(payload)
         let result: TransportError? = self.writeLock.withLock { _ in
             var offset = 0
             while offset < bytes.count {

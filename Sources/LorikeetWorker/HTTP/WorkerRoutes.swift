@@ -23,12 +23,22 @@ public struct RouteConfiguration: Sendable {
     public var maxModelLength: UInt32
     /// This worker's slot (audit field of routed mutations); -1 when standalone.
     public var workerSlot: Int32
+    /// Host names (besides loopback names and addresses) accepted in the `Host` header of
+    /// a request that arrived on a loopback address: a page in a browser cannot reach a
+    /// loopback server through DNS rebinding. Servers behind a proxy list its name here
+    /// (`--allowed-hosts`); `*` turns the check off.
+    public var allowedHosts: [String]
+    /// Adapters the committed table may hold (`--max-adapters`).
+    public var maxAdapters: Int
 
     public init(
-        apiKey: String? = nil, maxBodyBytes: Int = 8 * 1024 * 1024, bodyReadTimeout: Duration = .seconds(30),
+        apiKey: String? = nil, maxBodyBytes: Int = Limits.defaultBodyBytes, bodyReadTimeout: Duration = .seconds(30),
         allowRuntimeLoraUpdating: Bool = false, serverName: String = "lorikeet", version: String = "0.0.0",
-        maxModelLength: UInt32 = 0, workerSlot: Int32 = -1
+        maxModelLength: UInt32 = 0, workerSlot: Int32 = -1, allowedHosts: [String] = [],
+        maxAdapters: Int = Limits.defaultMaxAdapters
     ) {
+        self.allowedHosts = allowedHosts
+        self.maxAdapters = maxAdapters
         self.apiKey = apiKey
         self.maxBodyBytes = maxBodyBytes
         self.bodyReadTimeout = bodyReadTimeout
