@@ -203,7 +203,7 @@ public final class WorkerService: Service {
             let leader = LeaderMutationService(
                 engine: engine, replica: replica,
                 committer: LocalTableCommitter(replica: replica, stateDirectory: configuration.stateDirectory),
-                pathPolicy: configuration.pathPolicy, epoch: 1, logger: logger)
+                pathPolicy: configuration.pathPolicy, epoch: 1, logger: logger, maxAdapters: configuration.maxAdapters)
             self.leader = leader
             mutator = leader
         case .supervised(let makeMutator):

@@ -203,7 +203,7 @@ struct UpstreamTests {
             "model": "tiny", "prompt": "hello", "max_tokens": 240, "ignore_eos": true, "stream": true,
         ] as [String: Any])
         let request =
-            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
+            "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
             + String(decoding: body, as: UTF8.self)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #expect(fd >= 0)

@@ -94,7 +94,7 @@ struct RouteTests {
                 let connection = try TestHTTPConnection(port: port)
                 let body = #"{"prompt":"x","max_tokens":1}"#
                 connection.send(
-                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                    "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
                         + "X-Request-Id: client-7\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
                 let interim = try connection.readHead().status
                 connection.send(body)
@@ -161,7 +161,7 @@ struct RouteTests {
             let chunkedBody = String(repeating: "1000\r\n" + String(repeating: " ", count: 4096) + "\r\n", count: 3) + "0\r\n\r\n"
             let chunked = try await TestHTTP.raw(
                 port: port,
-                Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\(chunkedBody)".utf8))
+                Array("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\(chunkedBody)".utf8))
             #expect(chunked.status == 413)
             // Not HTTP at all.
             let garbage = try await TestHTTP.raw(port: port, Array("\u{01}\u{02} nonsense\r\n\r\n".utf8))

@@ -89,12 +89,16 @@ public final class LeaderMutationService: AdapterMutator {
     /// Only touched inside `serializer`.
     private let backoff: Mutex<ReconcileBackoff>
     private let now: @Sendable () -> ContinuousClock.Instant
+    /// Adapters the committed table may hold (`--max-adapters`).
+    private let maxAdapters: Int
 
     public init(
         engine: any EngineBackend, replica: AdapterTableReplica, committer: any TableCommitter, pathPolicy: PathPolicy,
         epoch: UInt64, logger: Logger, reconcileBackoff: ReconcileBackoff = ReconcileBackoff(),
+        maxAdapters: Int = Limits.defaultMaxAdapters,
         now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
     ) {
+        self.maxAdapters = maxAdapters
         self.engine = engine
         self.replica = replica
         self.committer = committer
@@ -124,13 +128,15 @@ public final class LeaderMutationService: AdapterMutator {
     /// only has to resolve to a directory, without the allowed-prefix policy.
     public func load(_ request: LoadAdapterRequest, trustedPath: Bool) async -> AdapterMutationReply {
         var logger = self.logger
-        logger[metadataKey: "adapter.name"] = "\(request.name)"
-        guard !request.name.isEmpty else {
-            return Self.failure(.invalidArgument, "'lora_name' must not be empty.", param: "lora_name")
+        logger[metadataKey: "adapter.name"] = "\(request.name.echoed())"
+        do {
+            try AdapterRequestRules.check(request)
+        } catch {
+            return AdapterMutationReply(status: error, tableVersion: self.replica.version)
         }
         let path: String
         do {
-            path = try trustedPath ? Self.trusted(request.path) : self.pathPolicy.canonicalize(request.path)
+            path = try trustedPath ? Self.trusted(request.path) : self.pathPolicy.canonicalize(request.path, logger: logger)
         } catch {
             logger.info("adapter path refused", metadata: ["reason": "\(error.message)"])
             return AdapterMutationReply(status: error, tableVersion: self.replica.version)
@@ -142,7 +148,7 @@ public final class LeaderMutationService: AdapterMutator {
 
     private static func trusted(_ path: String) throws(Status) -> String {
         guard !path.utf8.contains(0), let canonical = PathPolicy.realPath(path) else {
-            throw Status(code: .invalidArgument, message: "'\(path)' does not exist.", param: "lora_path")
+            throw Status(code: .invalidArgument, message: "'\(path.echoed())' does not exist.", param: "lora_path")
         }
         return canonical
     }
@@ -164,6 +170,12 @@ public final class LeaderMutationService: AdapterMutator {
         if existing != nil, !request.loadInplace {
             return Self.failure(
                 .alreadyExists, Self.alreadyLoadedMessage(request.name), param: "lora_name", version: table.version)
+        }
+        if existing == nil, table.adapters.count >= self.maxAdapters {
+            return Self.failure(
+                .failedPrecondition,
+                "The adapter table is full (\(table.adapters.count) adapters; the server's --max-adapters is \(self.maxAdapters)). Unload an adapter first.",
+                param: "lora_name", version: table.version)
         }
         let intID = existing?.intID ?? max(table.nextIntID, 1)
         let nextIntID = existing == nil ? intID + 1 : max(table.nextIntID, intID + 1)
@@ -197,9 +209,11 @@ public final class LeaderMutationService: AdapterMutator {
 
     public func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
         var logger = self.logger
-        logger[metadataKey: "adapter.name"] = "\(request.name)"
-        guard !request.name.isEmpty else {
-            return Self.failure(.invalidArgument, "'lora_name' must not be empty.", param: "lora_name")
+        logger[metadataKey: "adapter.name"] = "\(request.name.echoed())"
+        do {
+            try AdapterRequestRules.check(request)
+        } catch {
+            return AdapterMutationReply(status: error, tableVersion: self.replica.version)
         }
         return await self.serializer.run {
             await self.unloadSerialized(request, logger: logger)

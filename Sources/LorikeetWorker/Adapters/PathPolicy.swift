@@ -1,4 +1,5 @@
 import Glibc
+public import Logging
 public import LorikeetProto
 
 /// Where runtime-loaded adapters may come from (issue 5 item 4; vLLM's
@@ -18,6 +19,10 @@ public struct PathPolicy: Sendable, Equatable {
     public let allowedPrefixes: [String]
     /// Prefixes given but unusable (nonexistent), for a startup warning.
     public let ignoredPrefixes: [String]
+    /// The usable prefixes as given (lexically normalized, not resolved): a path is first
+    /// checked against these and the canonical ones without touching the disk, so a client
+    /// cannot probe what exists outside the allowed directories.
+    public let givenPrefixes: [String]
 
     /// Longest accepted `lora_path`, in bytes (Linux `PATH_MAX` including the NUL).
     public static let maximumPathBytes = 4095
@@ -33,15 +38,18 @@ public struct PathPolicy: Sendable, Equatable {
     public init(allowedPrefixes: [String]) {
         var allowed: [String] = []
         var ignored: [String] = []
+        var given: [String] = []
         for prefix in allowedPrefixes where !prefix.isEmpty {
             if prefix.hasPrefix("/"), !prefix.utf8.contains(0), let canonical = Self.realPath(prefix) {
                 if !allowed.contains(canonical) { allowed.append(canonical) }
+                if let normalized = Self.lexicallyNormalized(prefix), !given.contains(normalized) { given.append(normalized) }
             } else {
                 ignored.append(prefix)
             }
         }
         self.allowedPrefixes = allowed
         self.ignoredPrefixes = ignored
+        self.givenPrefixes = given
     }
 
     /// The policy from the environment (`LORIKEET_…` wins over `VLLM_…`).
@@ -65,17 +73,28 @@ public struct PathPolicy: Sendable, Equatable {
 
     /// The canonical directory for a runtime `lora_path`, or an INVALID_ARGUMENT status
     /// naming `param` (`lora_path`).
-    public func canonicalize(_ value: String, param: String = "lora_path") throws(Status) -> String {
-        func refuse(_ message: String) -> Status { Status(code: .invalidArgument, message: message, param: param) }
+    ///
+    /// What the client is told is deliberately coarse — "not allowed", "not found", "not an
+    /// adapter directory" — and never repeats where a symlink points or which files exist;
+    /// the details go to `logger`. The path is checked lexically against the prefixes
+    /// before the disk is touched, so nothing outside them can be probed.
+    public func canonicalize(_ value: String, param: String = "lora_path", logger: Logger? = nil) throws(Status) -> String {
+        func refuse(_ message: String, detail: String? = nil) -> Status {
+            if let detail {
+                logger?.info(
+                    "adapter path refused",
+                    metadata: ["adapter.path": "\(value.echoed(limit: 1024))", "reason": "\(detail)"])
+            }
+            return Status(code: .invalidArgument, message: message, param: param)
+        }
         guard !value.isEmpty else { throw refuse("'\(param)' must not be empty.") }
         guard !value.utf8.contains(0) else { throw refuse("'\(param)' contains a NUL byte.") }
         guard value.utf8.count <= Self.maximumPathBytes else {
             throw refuse("'\(param)' is longer than \(Self.maximumPathBytes) bytes.")
         }
-        let shown = Self.shown(value)
         guard Self.isLocalPath(value) else {
             throw refuse(
-                "'\(shown)' is not a local path and loading adapters from a model hub is not supported; "
+                "'\(value.echoed())' is not a local path and loading adapters from a model hub is not supported; "
                     + "give an absolute path to the adapter directory."
             )
         }
@@ -85,25 +104,45 @@ public struct PathPolicy: Sendable, Equatable {
                     + "(or VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES) to the directories adapters may be loaded from."
             )
         }
-        guard value.hasPrefix("/") else { throw refuse("'\(shown)' must be an absolute path.") }
+        guard value.hasPrefix("/") else { throw refuse("'\(param)' must be an absolute path.") }
         guard value.split(separator: "/").allSatisfy({ $0.utf8.count <= Self.maximumComponentBytes }) else {
-            throw refuse("'\(shown)' has a path component longer than \(Self.maximumComponentBytes) bytes.")
+            throw refuse("'\(param)' has a path component longer than \(Self.maximumComponentBytes) bytes.")
+        }
+        let notAllowed = "'\(param)' is not allowed: adapters load only from the server's allowed path prefixes."
+        guard let lexical = Self.lexicallyNormalized(value) else {
+            throw refuse(notAllowed, detail: "'..' leaves the root")
+        }
+        guard (self.givenPrefixes + self.allowedPrefixes).contains(where: { Self.isUnder(lexical, prefix: $0) }) else {
+            throw refuse(notAllowed, detail: "not under an allowed prefix (\(self.allowedPrefixes.joined(separator: ":")))")
         }
         guard let canonical = Self.realPath(value) else {
             let reason = String(cString: strerror(errno))
-            throw refuse("'\(shown)' cannot be resolved: \(reason).")
+            throw refuse("'\(param)' was not found.", detail: "cannot be resolved: \(reason)")
         }
         guard self.allowedPrefixes.contains(where: { Self.isUnder(canonical, prefix: $0) }) else {
-            throw refuse(
-                "'\(shown)' resolves to '\(Self.shown(canonical))', which is not under an allowed path prefix "
-                    + "(\(self.allowedPrefixes.joined(separator: ":")))."
-            )
+            throw refuse(notAllowed, detail: "resolves to '\(canonical.echoed(limit: 1024))', outside the allowed prefixes")
         }
         var info = stat()
         guard stat(canonical, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-            throw refuse("'\(shown)' is not a directory.")
+            throw refuse("'\(param)' is not an adapter directory.", detail: "'\(canonical.echoed(limit: 1024))' is not a directory")
         }
         return canonical
+    }
+
+    /// `path` with `.` and empty components dropped and `..` applied lexically (no
+    /// symlinks resolved); nil when `..` would climb above `/`.
+    static func lexicallyNormalized(_ path: String) -> String? {
+        var components: [Substring] = []
+        for component in path.split(separator: "/") {
+            switch component {
+            case ".": continue
+            case "..":
+                guard !components.isEmpty else { return nil }
+                components.removeLast()
+            default: components.append(component)
+            }
+        }
+        return "/" + components.joined(separator: "/")
     }
 
     /// Whether `path` equals `prefix` or lies below it, comparing whole components.
@@ -118,10 +157,5 @@ public struct PathPolicy: Sendable, Equatable {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
-    }
-
-    /// A path shortened for an error message.
-    static func shown(_ value: String) -> String {
-        value.count > 200 ? String(value.prefix(200)) + "…" : value
     }
 }

@@ -59,7 +59,7 @@ public final class SupervisedWorkerService: Service {
         self.engine = engine
         let leader = LeaderMutationService(
             engine: engine, replica: replica, committer: SupervisorCommitter(link: link), pathPolicy: configuration.pathPolicy,
-            epoch: 0, logger: logger)
+            epoch: 0, logger: logger, maxAdapters: configuration.maxAdapters)
         self.leader = leader
         let mutator = RoutedMutator(link: link, slot: configuration.workerSlot)
         self.mutator = mutator

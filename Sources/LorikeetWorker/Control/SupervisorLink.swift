@@ -69,6 +69,10 @@ public final class SupervisorLink: Sendable {
     public func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) {
         do {
             try self.connection.send(ControlEnvelope(callID: callID, body: body))
+        } catch .frame(let frameError) {
+            // Too large to send: nothing was written, the channel is intact. Only this
+            // message is lost; its caller times out or gets the error reply it sends next.
+            self.logger.error("message too large for the control channel; not sent", metadata: ["error": "\(frameError)"])
         } catch {
             self.logger.error("cannot write to the supervisor", metadata: ["error": "\(error)"])
             self.connection.close()

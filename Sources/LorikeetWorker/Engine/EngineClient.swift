@@ -220,6 +220,13 @@ public final class EngineClient: EngineBackend {
             do {
                 try connection.send(envelope(id))
                 return id
+            } catch .frame(.frameTooLarge(let length, let maximum)) {
+                // Nothing was written: this request alone is refused, the connection (and
+                // every other stream on it) carries on.
+                _ = self.state.withLock { $0.pending.removeValue(forKey: id) }
+                throw Status(
+                    code: .invalidArgument,
+                    message: "The request is too large for the engine channel (\(length) bytes encoded; the limit is \(maximum)).")
             } catch {
                 lastError = "\(error)"
                 _ = self.state.withLock { $0.pending.removeValue(forKey: id) }

@@ -42,14 +42,14 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     /// 404 `model_not_found` for a `model` that is neither a base model nor a loaded adapter.
     public static func modelNotFound(_ model: String, param: String = "model") -> APIError {
         APIError(
-            status: .notFound, kind: .modelNotFound, message: "The model `\(model)` does not exist.", param: param,
+            status: .notFound, kind: .modelNotFound, message: "The model `\(model.echoed())` does not exist.", param: param,
             code: "model_not_found"
         )
     }
 
     /// 404 for an unknown route (also the answer for the adapter routes when runtime updating is off).
     public static func routeNotFound(_ method: HTTPRequest.Method, _ path: String) -> APIError {
-        APIError(status: .notFound, kind: .invalidRequest, message: "No route for \(method) \(path)", code: "not_found")
+        APIError(status: .notFound, kind: .invalidRequest, message: "No route for \(method) \(path.echoed(limit: 128))", code: "not_found")
     }
 
     /// Maps a channel `Status` (engine, leader, supervisor) to an HTTP error.

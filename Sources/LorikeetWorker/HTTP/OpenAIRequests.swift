@@ -153,7 +153,8 @@ package enum RequestValidation {
         sampling.stop = try Self.stop(body)
         if let ignoreEOS = try Self.optionalBool(body, "ignore_eos") { sampling.ignoreEOS = ignoreEOS }
         if let stopTokenIDs = body["stop_token_ids"], stopTokenIDs != .null {
-            sampling.stopTokenIDs = try Self.tokenArray(stopTokenIDs, field: "stop_token_ids", allowEmpty: true)
+            sampling.stopTokenIDs = try Self.tokenArray(
+                stopTokenIDs, field: "stop_token_ids", allowEmpty: true, limit: Limits.stopTokenIDs)
         }
 
         if let n = try Self.optionalInt(body, "n", in: Int64.min...Int64.max), n != 1 {
@@ -194,15 +195,26 @@ package enum RequestValidation {
 
     static func stop(_ body: JSONValue) throws(APIError) -> [String] {
         guard let value = body["stop"], value != .null else { return [] }
+        func checked(_ text: String, _ field: String) throws(APIError) -> String {
+            guard text.utf8.count <= Limits.stopSequenceBytes else {
+                throw APIError.invalidRequest(
+                    "'\(field)' is \(text.utf8.count) bytes long; the limit is \(Limits.stopSequenceBytes) bytes.", param: "stop")
+            }
+            return text
+        }
         switch value {
-        case .string(let text): return text.isEmpty ? [] : [text]
+        case .string(let text): return text.isEmpty ? [] : [try checked(text, "stop")]
         case .array(let elements):
+            guard elements.count <= Limits.stopSequences else {
+                throw APIError.invalidRequest(
+                    "'stop' has \(elements.count) entries; the limit is \(Limits.stopSequences).", param: "stop")
+            }
             var stops: [String] = []
             for (index, element) in elements.enumerated() {
                 guard case .string(let text) = element else {
                     throw Self.wrongType("stop[\(index)]", expected: "a string", got: element)
                 }
-                if !text.isEmpty { stops.append(text) }
+                if !text.isEmpty { stops.append(try checked(text, "stop[\(index)]")) }
             }
             return stops
         default:
@@ -210,11 +222,16 @@ package enum RequestValidation {
         }
     }
 
-    static func tokenArray(_ value: JSONValue, field: String, allowEmpty: Bool) throws(APIError) -> [UInt32] {
+    static func tokenArray(
+        _ value: JSONValue, field: String, allowEmpty: Bool, limit: Int = Limits.promptTokens
+    ) throws(APIError) -> [UInt32] {
         guard case .array(let elements) = value else {
             throw Self.wrongType(field, expected: "an array of token ids", got: value)
         }
         if !allowEmpty, elements.isEmpty { throw APIError.invalidRequest("'\(field)' must not be empty.", param: field) }
+        guard elements.count <= limit else {
+            throw APIError.invalidRequest("'\(field)' has \(elements.count) token ids; the limit is \(limit).", param: field)
+        }
         var tokens: [UInt32] = []
         tokens.reserveCapacity(elements.count)
         for (index, element) in elements.enumerated() {
@@ -231,9 +248,16 @@ package enum RequestValidation {
         guard let value = body["prompt"], value != .null else {
             throw APIError.invalidRequest("'prompt' is a required property.", param: "prompt")
         }
+        func checked(_ text: String) throws(APIError) -> PromptInput {
+            guard text.utf8.count <= Limits.promptBytes else {
+                throw APIError.invalidRequest(
+                    "'prompt' is \(text.utf8.count) bytes long; the limit is \(Limits.promptBytes) bytes.", param: "prompt")
+            }
+            return .text(text)
+        }
         switch value {
         case .string(let text):
-            return .text(text)
+            return try checked(text)
         case .array(let elements):
             if elements.isEmpty { throw APIError.invalidRequest("'prompt' must not be empty.", param: "prompt") }
             if case .int = elements[0] { return .tokens(try Self.tokenArray(value, field: "prompt", allowEmpty: false)) }
@@ -242,7 +266,7 @@ package enum RequestValidation {
                     "Only one prompt per request is supported, got \(elements.count).", param: "prompt")
             }
             switch elements[0] {
-            case .string(let text): return .text(text)
+            case .string(let text): return try checked(text)
             case .array: return .tokens(try Self.tokenArray(elements[0], field: "prompt", allowEmpty: false))
             default:
                 throw Self.wrongType("prompt", expected: "a string or an array of token ids", got: elements[0])
@@ -264,7 +288,12 @@ package enum RequestValidation {
             throw Self.wrongType("messages", expected: "an array", got: value)
         }
         guard !elements.isEmpty else { throw APIError.invalidRequest("'messages' must not be empty.", param: "messages") }
+        guard elements.count <= Limits.messages else {
+            throw APIError.invalidRequest(
+                "'messages' has \(elements.count) entries; the limit is \(Limits.messages).", param: "messages")
+        }
         var messages: [ChatMessage] = []
+        var totalBytes = 0
         for (index, element) in elements.enumerated() {
             let field = "messages[\(index)]"
             guard case .object = element else { throw Self.wrongType(field, expected: "an object", got: element) }
@@ -276,7 +305,7 @@ package enum RequestValidation {
             }
             guard Self.roles.contains(role) else {
                 throw APIError.invalidRequest(
-                    "'\(field).role' must be one of system, developer, user, assistant, tool; got '\(role)'.",
+                    "'\(field).role' must be one of system, developer, user, assistant, tool; got '\(role.echoed(limit: 32))'.",
                     param: "\(field).role")
             }
             let content: String
@@ -302,6 +331,11 @@ package enum RequestValidation {
                 content = text
             case let other?:
                 throw Self.wrongType("\(field).content", expected: "a string or an array of text parts", got: other)
+            }
+            totalBytes += content.utf8.count
+            guard totalBytes <= Limits.promptBytes else {
+                throw APIError.invalidRequest(
+                    "The contents of 'messages' exceed the limit of \(Limits.promptBytes) bytes.", param: "messages")
             }
             messages.append(ChatMessage(role: role, content: content))
         }

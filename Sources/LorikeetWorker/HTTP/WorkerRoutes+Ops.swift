@@ -16,7 +16,7 @@ import NIOCore
 ///   usually have none; bind the port to a trusted network).
 extension WorkerRoutes {
     /// Largest number of items one batch call may carry.
-    static let maximumBatchItems = 256
+    static let maximumBatchItems = Limits.batchOperations
 
     func listAdapters() -> Reply {
         let table = self.replica.snapshot()
@@ -82,7 +82,7 @@ extension WorkerRoutes {
             }
             let (kind, fields) = members[0]
             guard case .object = fields else {
-                throw APIError.invalidRequest("\(param).\(kind) must be an object.", param: param)
+                throw APIError.invalidRequest("\(param).\(kind.echoed(limit: 32)) must be an object.", param: param)
             }
             do throws(APIError) {
                 switch kind {
@@ -104,12 +104,23 @@ extension WorkerRoutes {
                                 name: try RequestValidation.string(fields, "lora_name"), intID: UInt64(intID ?? 0),
                                 originSlot: slot, caller: caller)))
                 default:
-                    throw APIError.invalidRequest("\(param) must be {\"load\": {...}} or {\"unload\": {...}}, not '\(kind)'.", param: param)
+                    throw APIError.invalidRequest("\(param) must be {\"load\": {...}} or {\"unload\": {...}}, not '\(kind.echoed(limit: 32))'.", param: param)
                 }
             } catch {
                 var error = error
                 if let field = error.param, !field.hasPrefix("items") { error.param = "\(param).\(kind).\(field)" }
                 throw error
+            }
+            do throws(Status) {
+                switch operations.last {
+                case .load(let request)?: try AdapterRequestRules.check(request)
+                case .unload(let request)?: try AdapterRequestRules.check(request)
+                case nil: break
+                }
+            } catch {
+                var status = error
+                status.param = "\(param).\(kind).\(status.param)"
+                throw APIError(status)
             }
         }
         return operations
@@ -158,7 +169,7 @@ extension WorkerRoutes {
         }
         let table = self.replica.snapshot()
         let bytes = self.metrics.exposition(
-            tableVersion: table.version, adapters: table.adapters.count, engineUp: engineUp, inFlight: self.stats.inFlight,
+            tableVersion: table.version, adapters: table.adapters, engineUp: engineUp, inFlight: self.stats.inFlight,
             version: self.configuration.version)
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"

@@ -1,7 +1,7 @@
 import HTTPTypes
 import HummingbirdCore
 public import Logging
-import LorikeetProto
+public import LorikeetProto
 import NIOCore
 import Synchronization
 
@@ -230,7 +230,24 @@ public final class WorkerRoutes: Sendable {
     private func route(_ request: inout Request, requestID: String, channel: any Channel, logger: Logger) async throws -> Reply {
         let path = request.uri.path
         let method = request.method
+        if let local = channel.localAddress, Self.isLoopback(local),
+            !RequestGuards.hostAllowed(request.head.authority, allowed: self.configuration.allowedHosts)
+        {
+            let host = (request.head.authority ?? "").echoed(limit: 100)
+            throw APIError(
+                status: .forbidden, kind: .invalidRequest,
+                message:
+                    "Host '\(host)' is not allowed: this server listens on a loopback address and answers only loopback host names. "
+                    + "Add the name with --allowed-hosts if a proxy forwards it.",
+                code: "host_not_allowed")
+        }
         if path.hasPrefix("/v1/") { try self.authorize(request) }
+        if method == .post, Self.jsonRoutes.contains(path), !RequestGuards.isJSON(request.headers[.contentType]) {
+            throw APIError(
+                status: .unsupportedMediaType, kind: .invalidRequest,
+                message: "The request body must be JSON with 'Content-Type: application/json'.",
+                code: "unsupported_media_type")
+        }
         switch path {
         case "/health":
             try Self.require(method, .get, path)
@@ -273,6 +290,25 @@ public final class WorkerRoutes: Sendable {
         }
     }
 
+    /// POST routes whose body is JSON (415 for any other media type).
+    static let jsonRoutes: Set<String> = [
+        "/v1/completions", "/v1/chat/completions", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
+        "/v1/lora_adapters/batch",
+    ]
+
+    /// Whether a local address is loopback (127.0.0.0/8, ::1, or a Unix socket).
+    static func isLoopback(_ address: SocketAddress) -> Bool {
+        switch address {
+        case .v4:
+            return address.ipAddress?.hasPrefix("127.") ?? false
+        case .v6:
+            guard let ip = address.ipAddress else { return false }
+            return ip == "::1" || ip.hasPrefix("::ffff:127.")
+        case .unixDomainSocket:
+            return true
+        }
+    }
+
     private static func require(_ method: HTTPRequest.Method, _ expected: HTTPRequest.Method, _ path: String) throws(APIError) {
         guard method == expected else {
             throw APIError(
@@ -300,9 +336,7 @@ public final class WorkerRoutes: Sendable {
 
     private func authorize(_ request: Request) throws(APIError) {
         guard let key = self.configuration.apiKey, !key.isEmpty else { return }
-        let header = request.headers[.authorization] ?? ""
-        let prefix = "Bearer "
-        let presented = header.hasPrefix(prefix) ? String(header.dropFirst(prefix.count)) : ""
+        let presented = RequestGuards.bearerToken(request.headers[.authorization])
         guard Self.constantTimeEquals(Array(presented.utf8), Array(key.utf8)) else {
             throw APIError(
                 status: .unauthorized, kind: .authentication, message: "Invalid or missing API key.", code: "invalid_api_key")
@@ -415,10 +449,15 @@ public final class WorkerRoutes: Sendable {
         _ = try RequestValidation.optionalBool(body, "is_3d_lora_weight")
         let base = try RequestValidation.optionalString(body, "base_model_name") ?? ""
         let pinned = try RequestValidation.optionalBool(body, "pinned") ?? false
-        let reply = await self.mutator.load(
-            LoadAdapterRequest(
-                name: name, path: path, loadInplace: inplace, pinned: pinned, baseModel: base,
-                originSlot: self.configuration.workerSlot, caller: caller))
+        let request = LoadAdapterRequest(
+            name: name, path: path, loadInplace: inplace, pinned: pinned, baseModel: base,
+            originSlot: self.configuration.workerSlot, caller: caller)
+        do {
+            try AdapterRequestRules.check(request)
+        } catch {
+            throw APIError(error)
+        }
+        let reply = await self.mutator.load(request)
         guard reply.status.isOK else { throw APIError(reply.status) }
         return .text(.ok, "Success: LoRA adapter '\(name)' added successfully.")
     }
@@ -429,9 +468,14 @@ public final class WorkerRoutes: Sendable {
         if let intID, intID <= 0 {
             throw APIError.invalidRequest("'lora_int_id' must be a positive integer, got \(intID).", param: "lora_int_id")
         }
-        let reply = await self.mutator.unload(
-            UnloadAdapterRequest(
-                name: name, intID: UInt64(intID ?? 0), originSlot: self.configuration.workerSlot, caller: caller))
+        let request = UnloadAdapterRequest(
+            name: name, intID: UInt64(intID ?? 0), originSlot: self.configuration.workerSlot, caller: caller)
+        do {
+            try AdapterRequestRules.check(request)
+        } catch {
+            throw APIError(error)
+        }
+        let reply = await self.mutator.unload(request)
         guard reply.status.isOK else { throw APIError(reply.status) }
         return .text(.ok, "Success: LoRA adapter '\(name)' removed successfully.")
     }
@@ -447,7 +491,7 @@ public final class WorkerRoutes: Sendable {
         let record = RequestRecord.current
         record?.resolved(model: model, adapterID: resolved.adapter?.intID)
         var logger = logger
-        if let adapter = resolved.adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name)" }
+        if let adapter = resolved.adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name.echoed())" }
         var request = GenerateRequest(requestID: requestID, sampling: parameters.sampling)
         switch parameters.prompt {
         case .text(let text): request.promptText = text

@@ -1,4 +1,5 @@
 import CoreMetrics
+import LorikeetProto
 public import Prometheus
 import Synchronization
 
@@ -33,6 +34,9 @@ public final class WorkerMetrics: Sendable {
     private let factory: PrometheusMetricsFactory
     private let slot: Int32
     private let usage = Mutex<[UInt64: AdapterUsage]>([:])
+    /// Adapter names with `lorikeet_adapter_*` series; pruned at scrape time when the
+    /// adapter left the table, so unloaded (or hostile) names do not accumulate series.
+    private let adapterSeries = Mutex<Set<String>>([])
 
     static let latencyBuckets: [Duration] = [
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
@@ -86,11 +90,31 @@ public final class WorkerMetrics: Sendable {
         Counter(label: prefix + "_completion_tokens_total", dimensions: dimensions, factory: self.factory)
             .increment(by: Int64(snapshot.completionTokens))
         if let id = snapshot.adapterID {
+            self.adapterSeries.withLock { _ = $0.insert(snapshot.model) }
             self.usage.withLock { usage in
                 usage[id, default: AdapterUsage()].requests += 1
                 usage[id, default: AdapterUsage()].promptTokens += UInt64(snapshot.promptTokens)
                 usage[id, default: AdapterUsage()].completionTokens += UInt64(snapshot.completionTokens)
             }
+        }
+    }
+
+    /// Removes the per-adapter series and usage of adapters no longer in the table.
+    func pruneAdapterSeries(keeping adapters: [AdapterRecord]) {
+        let names = Set(adapters.map(\.name))
+        let ids = Set(adapters.map(\.intID))
+        let gone = self.adapterSeries.withLock { series -> Set<String> in
+            let gone = series.subtracting(names)
+            series.subtract(gone)
+            return gone
+        }
+        for name in gone {
+            for suffix in ["_requests_total", "_prompt_tokens_total", "_completion_tokens_total"] {
+                Counter(label: "lorikeet_adapter" + suffix, dimensions: [("adapter", name)], factory: self.factory).destroy()
+            }
+        }
+        self.usage.withLock { usage in
+            for id in usage.keys where !ids.contains(id) { usage[id] = nil }
         }
     }
 
@@ -115,9 +139,10 @@ public final class WorkerMetrics: Sendable {
     }
 
     /// The Prometheus text exposition, after setting the scrape-time gauges.
-    func exposition(tableVersion: UInt64, adapters: Int, engineUp: Bool, inFlight: UInt32, version: String) -> [UInt8] {
+    func exposition(tableVersion: UInt64, adapters: [AdapterRecord], engineUp: Bool, inFlight: UInt32, version: String) -> [UInt8] {
+        self.pruneAdapterSeries(keeping: adapters)
         Gauge(label: "lorikeet_adapter_table_version", factory: self.factory).record(Double(tableVersion))
-        Gauge(label: "lorikeet_adapters_loaded", factory: self.factory).record(Double(adapters))
+        Gauge(label: "lorikeet_adapters_loaded", factory: self.factory).record(Double(adapters.count))
         Gauge(label: "lorikeet_engine_up", factory: self.factory).record(engineUp ? 1 : 0)
         Gauge(label: "lorikeet_requests_in_flight", factory: self.factory).record(Double(inFlight))
         Gauge(label: "lorikeet_worker_info", dimensions: [("slot", "\(self.slot)"), ("version", version)], factory: self.factory)
