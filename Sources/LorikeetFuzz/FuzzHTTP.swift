@@ -1,5 +1,6 @@
 // Fuzz target `http-json`: the worker's JSON parser and request validation, as the HTTP
 // routes run them on a request body.
+import LorikeetProto
 import LorikeetWorker
 
 /// Parses `bytes` as a request body and validates it for every route that takes a body.
@@ -23,18 +24,53 @@ func fuzzHTTPJSON(_ bytes: [UInt8]) {
     }
     for route in [GenerationRoute.completions, .chatCompletions] {
         do {
-            _ = try RequestValidation.generation(body, route: route)
+            let parameters = try RequestValidation.generation(body, route: route)
+            // Limits design: whatever passes the edge fits the engine channel's frame.
+            var request = GenerateRequest(requestID: "0123456789abcdef", sampling: parameters.sampling)
+            switch parameters.prompt {
+            case .text(let text): request.promptText = text
+            case .tokens(let tokens): request.promptTokens = tokens
+            case .messages(let messages): request.messages = messages
+            }
+            let size = EngineEnvelope(callID: .max, body: .generate(request)).serializedBytes().count
+            if bytes.count <= Limits.maxBodyBytesCeiling, size > Limits.channelFrameBytes {
+                fatalError("a \(bytes.count)-byte body passed validation but lowers to a \(size)-byte engine frame")
+            }
         } catch {
             _ = JSONWriter.encode(error.json)
         }
     }
-    // POST /v1/load_lora_adapter and /v1/unload_lora_adapter field checks.
-    _ = try? RequestValidation.string(body, "lora_name")
-    _ = try? RequestValidation.string(body, "lora_path")
+    // POST /v1/load_lora_adapter and /v1/unload_lora_adapter field checks, as the route runs them.
+    if let name = try? RequestValidation.string(body, "lora_name"), let path = try? RequestValidation.string(body, "lora_path") {
+        let base = (try? RequestValidation.optionalString(body, "base_model_name")) ?? nil
+        let request = LoadAdapterRequest(name: name, path: path, baseModel: base ?? "")
+        if (try? AdapterRequestRules.check(request)) != nil {
+            let size = ControlEnvelope(callID: .max, body: .load(request)).serializedBytes().count
+            if size > Limits.adapterRecordBytes * 2 { fatalError("a load request that passed the rules encodes to \(size) bytes") }
+            fuzzPathPolicy(path)
+        }
+    }
     _ = try? RequestValidation.optionalBool(body, "load_inplace")
     _ = try? RequestValidation.optionalBool(body, "pinned")
-    _ = try? RequestValidation.optionalString(body, "base_model_name")
     _ = try? RequestValidation.optionalInt(body, "lora_int_id", in: Int64.min...Int64.max)
+    _ = try? WorkerRoutes.batchOperations(body, slot: 0, caller: "fuzz")
+}
+
+/// Path canonicalization under a real prefix (`/tmp`): whatever it accepts is a canonical
+/// directory under the prefix, and what it refuses is refused with a message that repeats
+/// no path (the client must not learn what exists or where a symlink points).
+func fuzzPathPolicy(_ path: String) {
+    let policy = PathPolicy(allowedPrefixes: ["/tmp"])
+    do {
+        let canonical = try policy.canonicalize(path)
+        guard policy.allowedPrefixes.contains(where: { PathPolicy.isUnder(canonical, prefix: $0) }) else {
+            fatalError("canonicalize accepted \(canonical), outside \(policy.allowedPrefixes)")
+        }
+    } catch {
+        if error.message.contains("/tmp") && !path.isEmpty && error.message.utf8.count > 400 {
+            fatalError("path error repeats too much: \(error.message)")
+        }
+    }
 }
 
 /// Equality up to number spelling: the writer prints integral doubles as integers.

@@ -1,6 +1,6 @@
 import HTTPTypes
 import HummingbirdCore
-import LorikeetProto
+package import LorikeetProto
 import NIOCore
 
 /// Routes beyond vLLM's, for operators (mounted by `WorkerRoutes.route`):
@@ -42,7 +42,7 @@ extension WorkerRoutes {
     }
 
     /// One parsed batch item.
-    enum BatchOperation {
+    package enum BatchOperation {
         case load(LoadAdapterRequest)
         case unload(UnloadAdapterRequest)
 
@@ -63,7 +63,7 @@ extension WorkerRoutes {
 
     /// Parses `{"items": [{"load": {...}} | {"unload": {...}}, ...]}`; any malformed item
     /// refuses the whole call (400) before anything runs.
-    static func batchOperations(_ body: JSONValue, slot: Int32, caller: String) throws(APIError) -> [BatchOperation] {
+    package static func batchOperations(_ body: JSONValue, slot: Int32, caller: String) throws(APIError) -> [BatchOperation] {
         guard let itemsValue = body["items"] else {
             throw APIError.invalidRequest(
                 "'items' is required: an array of {\"load\": {...}} or {\"unload\": {...}} objects.", param: "items")
