@@ -71,21 +71,22 @@ package final class SecureDirectory: Sendable {
 
 /// File access that cannot be raced with symlink swaps and cannot hang on special files.
 ///
-/// Adapter directories are opened by a walk (`openDirectory`): the allowed prefix is
-/// opened, then every further component with `openat(dirfd, name, O_NOFOLLOW |
-/// O_DIRECTORY)`, so no component of the path can be a symbolic link, whatever is
-/// swapped in while the walk runs; `.`, `..` and empty components are refused before
-/// anything is opened. Files inside are opened with `openat(O_NOFOLLOW | O_NONBLOCK)`
+/// Adapter directories are opened by a walk (`openDirectory`): once the path is known
+/// (by its components alone) to lie under an allowed prefix, every component from `/` on
+/// is opened with `openat(dirfd, name, O_NOFOLLOW | O_DIRECTORY)`, so no component of
+/// the path can be a symbolic link, whatever is swapped in while the walk runs; `.`,
+/// `..` and empty components are refused before anything is opened. Files inside are opened with `openat(O_NOFOLLOW | O_NONBLOCK)`
 /// after an `fstatat` that refuses anything but a regular file (so a FIFO never blocks
 /// and a device is never opened), checked again with `fstat` on the descriptor (same
 /// inode, regular, size within the limit) before a byte is read.
 package enum SecureFile {
-    /// Opens the directory `path` by walking from the longest allowed prefix that
-    /// contains it (whole components: `/data/lora-evil` is not under `/data/lora`).
+    /// Opens the directory `path` if it lies under one of `allowedPrefixes` (whole
+    /// components: `/data/lora-evil` is not under `/data/lora`), by a walk from `/`
+    /// through the prefix to the directory in which no component may be a symlink.
     ///
-    /// `allowedPrefixes` are canonical (see `AdapterPathPrefixes`). With no prefixes
-    /// the walk starts at `/`: every component must then be a real directory (no
-    /// symlinks), which is what the engine required before prefixes were enforced here.
+    /// `allowedPrefixes` are canonical (see `AdapterPathPrefixes`). With no prefixes any
+    /// path is walked the same way: every component must be a real directory, which is
+    /// what the engine required before prefixes were enforced here.
     package static func openDirectory(_ path: String, allowedPrefixes: [String]) throws(SecureFileError) -> SecureDirectory {
         guard !path.utf8.contains(0) else { throw .notAllowed(detail: "the path contains a NUL byte") }
         guard path.hasPrefix("/") else { throw .notAllowed(detail: "'\(path.engineEchoed())' is not absolute") }
@@ -96,26 +97,27 @@ package enum SecureFile {
         for component in components where component.isEmpty || component == "." || component == ".." {
             throw .notAllowed(detail: "'\(path.engineEchoed())' has an empty, '.' or '..' component")
         }
-        let roots = allowedPrefixes.isEmpty ? ["/"] : allowedPrefixes
-        var best: (prefix: String, depth: Int)?
-        for prefix in roots {
-            let prefixComponents = prefix == "/" ? [] : prefix.split(separator: "/", omittingEmptySubsequences: true)
-            guard prefixComponents.count <= components.count,
-                zip(prefixComponents, components).allSatisfy({ $0 == $1 })
-            else { continue }
-            if best == nil || prefixComponents.count > best!.depth { best = (prefix, prefixComponents.count) }
+        // Which prefix holds the path is decided on the components alone, before anything
+        // is opened: nothing outside the prefixes is ever probed.
+        if !allowedPrefixes.isEmpty {
+            let inside = allowedPrefixes.contains { prefix in
+                let prefixComponents = prefix.split(separator: "/", omittingEmptySubsequences: true)
+                return prefixComponents.count <= components.count && zip(prefixComponents, components).allSatisfy { $0 == $1 }
+            }
+            guard inside else {
+                throw .notAllowed(
+                    detail: "'\(path.engineEchoed())' is not under an allowed prefix (\(allowedPrefixes.joined(separator: ":")))")
+            }
         }
-        guard let best else {
-            throw .notAllowed(detail: "'\(path.engineEchoed())' is not under an allowed prefix (\(allowedPrefixes.joined(separator: ":")))")
-        }
-        // The prefix itself is the operator's (canonicalized at startup): opened by name.
-        var fd = open(best.prefix, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        // Then the walk starts at `/`, prefix components included (the prefixes are
+        // canonical, so they have no symlinks either; one swapped in later is refused).
+        var fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
-            throw .notAllowed(detail: "cannot open the allowed prefix \(best.prefix): \(errnoString(e))")
+            throw .io(file: "adapter directory", detail: "open /: \(errnoString(e))")
         }
-        var reached = best.prefix == "/" ? "" : best.prefix
-        for component in components.dropFirst(best.depth) {
+        var reached = ""
+        for component in components {
             let name = String(component)
             let next = openat(fd, name, O_RDONLY | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
             let e = errno
