@@ -18,8 +18,8 @@ import Synchronization
 /// Nothing that reads adapter files runs on a reader thread or the scheduler thread:
 /// `add_adapter`, `remove_adapter`, `pin_adapter` and `list_adapters` run one at a time,
 /// in arrival order, on the adapter queue (so mutations stay serialized and a list sees
-/// every mutation sent before it), and a `generate` whose adapter was evicted is submitted
-/// from the reload queue. Meanwhile `generate`, `abort` and `health` on the same
+/// every mutation sent before it), and a `generate` whose adapter was evicted (or whose
+/// prompt is large enough to take a while to tokenize) is submitted from another queue. Meanwhile `generate`, `abort` and `health` on the same
 /// connection are answered; replies carry `call_id`, so they may complete out of order.
 ///
 /// Call mapping (each reply carries the request's `call_id`):
@@ -41,8 +41,12 @@ package final class EngineServer: Sendable {
     private let nextConnectionID = Atomic<UInt64>(1)
     /// Adapter mutations and lists, one at a time in arrival order.
     private let adapterQueue = DispatchQueue(label: "lorikeet.engine.adapters")
-    /// Submissions that first reload an evicted adapter from disk.
-    private let reloadQueue = DispatchQueue(label: "lorikeet.engine.adapter-reload", attributes: .concurrent)
+    /// Submissions that do slow work first: reload an evicted adapter from disk, or
+    /// tokenize a prompt larger than `deferredPromptBytes`.
+    private let submitQueue = DispatchQueue(label: "lorikeet.engine.deferred-submit", attributes: .concurrent)
+    /// Prompts (text, or all messages' contents) above this size are tokenized off the
+    /// connection's reader thread.
+    package static let deferredPromptBytes = 256 * 1024
 
     /// Creates a server for `core`.
     package init(core: EngineCore, logger: Logger) {
@@ -266,9 +270,11 @@ package final class EngineServer: Sendable {
                 topP: s.topP == 0 ? 1 : s.topP, topK: Int(s.topK), seed: s.seed, stop: s.stop,
                 stopTokenIds: s.stopTokenIDs, ignoreEOS: s.ignoreEOS))
         c.track(g.requestID)
-        if let adapterId, self.core.adapters.needsReload(adapterId) {
-            // Reading the adapter again takes file I/O: not on this reader thread.
-            self.reloadQueue.async {
+        let promptBytes = g.promptText.utf8.count + g.messages.reduce(0) { $0 + $1.content.utf8.count }
+        if promptBytes > Self.deferredPromptBytes || adapterId.map({ self.core.adapters.needsReload($0) }) == true {
+            // Reading the adapter again (file I/O) or tokenizing megabytes: not on this
+            // reader thread, so the connection's other calls are served meanwhile.
+            self.submitQueue.async {
                 guard !c.shouldAbort(g.requestID) else {
                     c.untrack(g.requestID)
                     c.enqueue(EngineEnvelope(callID: callID, body: .chunk(GenerateChunk(requestID: g.requestID, finishReason: "abort"))))
@@ -328,7 +334,7 @@ final class EngineConnection: Sendable {
     private let outbound = Mutex(Outbound())
     private let ready = DispatchSemaphore(value: 0)
     /// Requests in flight (for aborting them on disconnect) and the ids aborted while
-    /// their submission was still pending on the reload queue.
+    /// their submission was still pending on the deferred-submit queue.
     private let requests = Mutex<(running: Set<String>, aborted: Set<String>)>(([], []))
 
     init(id: UInt64, transport: FramedConnection<EngineEnvelope>, logger: Logger) {

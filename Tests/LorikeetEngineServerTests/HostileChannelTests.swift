@@ -134,13 +134,17 @@ struct HostileChannelTests {
     }
 
     /// Only a broken frame closes the connection; a frame over the old 4 MiB limit but
-    /// under `Limits.channelFrameBytes` is read (and refused for its content, above).
+    /// under `Limits.channelFrameBytes` is read, its prompt tokenized without holding up
+    /// the connection's other calls.
     @Test func brokenFramesCloseButLargeFramesDoNot() throws {
         let (server, _, client) = try Self.fixtureServer()
         let big = try client.send(.generate(GenerateRequest(requestID: "big", promptText: String(repeating: "a", count: 6 << 20))))
-        // 6 MiB is under the prompt limit: it is tokenized and refused by the context length.
+        let health = try client.send(.health)
+        // 6 MiB is under the prompt limit: it is tokenized (off the reader thread, so the
+        // health call behind it is answered first) and refused by the context length.
         let refused = try #require(client.stream(big))
         #expect(refused.last?.status.code == .invalidArgument)
+        #expect(try #require(client.firstSequence(health)) < (client.firstSequence(big) ?? 0), "health waited for the tokenizer")
         #expect(!client.isClosed)
         // A frame whose length is over the channel limit closes the connection.
         let length = UInt32(Limits.channelFrameBytes + 1)
