@@ -42,9 +42,17 @@ struct EngineCommand: ParsableCommand {
         var logger = Logger(label: "lorikeet.engine")
         logger[metadataKey: "pid"] = "\(getpid())"
         ParentWatch.attach(parentPID: self.parentPid)
+        // The same allowed prefixes as the workers (the supervisor's environment is
+        // inherited): the engine re-checks every adapter directory against them itself.
+        let prefixes = AdapterPathPrefixes.fromEnvironment(ProcessInfo.processInfo.environment)
+        if !prefixes.ignored.isEmpty {
+            logger.warning(
+                "ignoring adapter path prefixes that are not absolute or do not exist",
+                metadata: ["prefixes": "\(prefixes.ignored.map { $0.echoed() })"])
+        }
         let options = EngineOptions(
             maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank, threads: self.threads,
-            maxBatchSize: self.maxBatchSize)
+            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: prefixes.allowed)
         let core: EngineCore
         do {
             // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
@@ -73,6 +81,7 @@ struct EngineCommand: ParsableCommand {
                 "socket": "\(self.socket)", "model": "\(core.info.modelName)", "vocab": "\(core.info.vocabSize)",
                 "max_loras": "\(options.adapters.maxLoras)", "max_cpu_loras": "\(options.adapters.maxCpuLoras)",
                 "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)",
+                "adapter_prefixes": "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
             ])
         let server = EngineServer(core: core, logger: logger)
         do {

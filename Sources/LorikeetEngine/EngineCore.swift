@@ -14,9 +14,11 @@ package struct EngineOptions: Sendable, Equatable {
     /// Creates options.
     package init(
         maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16, threads: Int = 1, maxBatchSize: Int = 32,
-        modelName: String? = nil
+        modelName: String? = nil, allowedAdapterPathPrefixes: [String] = []
     ) {
-        self.adapters = AdapterStore.Options(maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank)
+        self.adapters = AdapterStore.Options(
+            maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank,
+            allowedPathPrefixes: allowedAdapterPathPrefixes)
         self.threads = max(1, threads)
         self.maxBatchSize = max(1, maxBatchSize)
         self.modelName = modelName

@@ -60,11 +60,19 @@ package struct EngineError: Error, Equatable, CustomStringConvertible, Sendable 
     package var code: Code
     /// A human-readable message, suitable for an API error body.
     package var message: String
+    /// What the client must not see but the operator needs (paths outside the request,
+    /// symlink targets, errno): the engine server logs it. Not part of equality.
+    package var logDetail: String?
 
-    /// Creates an error with a code and a message.
-    package init(_ code: Code, _ message: String) {
+    /// Creates an error with a code, a message and (for the log only) a detail.
+    package init(_ code: Code, _ message: String, logDetail: String? = nil) {
         self.code = code
         self.message = message
+        self.logDetail = logDetail
+    }
+
+    package static func == (lhs: EngineError, rhs: EngineError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message
     }
 
     package var description: String { "\(self.code): \(self.message)" }

@@ -1,6 +1,7 @@
 // Fuzz entry points for the byte-level decoders: the three channel envelopes (this file),
 // HTTP JSON bodies (FuzzHTTP.swift), safetensors and adapter configs
-// (FuzzEngineFormats.swift), GGUF files (FuzzGGUF.swift).
+// (FuzzEngineFormats.swift), GGUF files (FuzzGGUF.swift), adapter paths and target_modules
+// regexes (FuzzAdapterFiles.swift).
 //
 // Built normally this is a corpus replayer: `lorikeet-fuzz TARGET FILE...` runs each
 // file through the target (CI replays the committed seed corpora this way).
@@ -22,13 +23,15 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
     case "safetensors": fuzzSafetensors(bytes)
     case "lora-config": fuzzLoRAConfig(bytes)
     case "gguf": fuzzGGUF(bytes)
+    case "adapter-path": fuzzAdapterPath(bytes)
+    case "target-modules": fuzzTargetModules(bytes)
     default: return false
     }
     return true
 }
 
 /// Every target, in the order bin/fuzz runs them.
-let fuzzTargets = ["frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf"]
+let fuzzTargets = ["frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf", "adapter-path", "target-modules"]
 
 /// Feeds the bytes in two pieces (split point from the first byte) through the frame
 /// and envelope decoder; re-encodes what decodes and checks it decodes again equal.

@@ -26,12 +26,20 @@ package final class AdapterStore: Sendable {
         package var maxCpuLoras: Int
         /// Largest accepted rank.
         package var maxLoraRank: Int
+        /// Canonical directories adapters may be loaded from (`AdapterPathPrefixes`): every
+        /// adapter directory is opened by a walk from one of them. Empty: the walk starts
+        /// at `/` (no symlinked component, no `..`), the behaviour before the engine read
+        /// the prefixes. That is safe because only the leader sends paths, and the worker
+        /// refuses every runtime local path when no prefix is configured; paths it sends
+        /// then are the operator's `--lora-modules`.
+        package var allowedPathPrefixes: [String]
 
         /// Creates options; `maxCpuLoras` is raised to at least `maxLoras` (as vLLM does).
-        package init(maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16) {
+        package init(maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16, allowedPathPrefixes: [String] = []) {
             self.maxLoras = max(1, maxLoras)
             self.maxCpuLoras = max(self.maxLoras, maxCpuLoras ?? self.maxLoras)
             self.maxLoraRank = max(1, maxLoraRank)
+            self.allowedPathPrefixes = allowedPathPrefixes
         }
     }
 
@@ -148,7 +156,7 @@ package final class AdapterStore: Sendable {
                 return state.entries[intId]
             }
             if let existing, !replace {
-                if existing.name == name && (existing.path == path || SecureFile.resolvedPath(path) == existing.path) {
+                if existing.name == name && existing.path == Self.normalized(path) {
                     if pinned && !existing.pinned { try self.setPinned(intId, true) }
                     return .alreadyLoaded
                 }
@@ -302,11 +310,30 @@ package final class AdapterStore: Sendable {
         }
     }
 
+    /// Whether a request on `intId` would read the adapter's files first (it is
+    /// registered but its weights were evicted): the engine server then submits it off
+    /// the connection's reader thread.
+    package func needsReload(_ intId: UInt64) -> Bool {
+        self.state.withLock { state in
+            guard let e = state.entries[intId] else { return false }
+            return e.weights == nil
+        }
+    }
+
     // MARK: Helpers
+
+    /// `path` without trailing slashes (how loaded paths are stored).
+    private static func normalized(_ path: String) -> String {
+        var p = Substring(path)
+        while p.count > 1 && p.hasSuffix("/") { p.removeLast() }
+        return String(p)
+    }
 
     private func loadFiles(_ path: String) throws(EngineError) -> LoadedAdapter {
         do {
-            return try AdapterLoader.load(path: path, model: self.model, maxLoraRank: self.options.maxLoraRank)
+            return try AdapterLoader.load(
+                path: path, model: self.model, maxLoraRank: self.options.maxLoraRank,
+                allowedPrefixes: self.options.allowedPathPrefixes)
         } catch {
             throw error.engineError
         }

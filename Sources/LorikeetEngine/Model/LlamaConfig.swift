@@ -19,7 +19,7 @@ package enum ModelLoadError: Error, Equatable, CustomStringConvertible, Sendable
 
     package var description: String {
         switch self {
-        case .file(let e): "cannot read model: \(e)"
+        case .file(let e): "cannot read model: \(e.fullDescription)"
         case .invalidJSON(let m): "config.json is not valid JSON: \(m)"
         case .invalidConfig(let field, let reason): "config.json field '\(field)' \(reason)"
         case .unsupportedArchitecture(let a): "unsupported model architecture '\(a)'; only Llama-style models are supported"
