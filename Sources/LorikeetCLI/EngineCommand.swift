@@ -28,6 +28,11 @@ struct EngineCommand: ParsableCommand {
     @Option(help: "Sequences stepped together at most.") var maxBatchSize = 32
     @Option(help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
     @Option(help: "Log format: text or json.") var logFormat = "text"
+    @Option(
+        help: ArgumentHelp(
+            "An operator-trusted adapter directory (repeatable; `serve` passes each --lora-modules path): allowed besides the runtime prefixes.",
+            valueName: "dir")
+    ) var trustedAdapterDir: [String] = []
 
     func run() throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
@@ -50,9 +55,16 @@ struct EngineCommand: ParsableCommand {
                 "ignoring adapter path prefixes that are not absolute or do not exist",
                 metadata: ["prefixes": "\(prefixes.ignored.map { $0.echoed() })"])
         }
+        // Startup adapters (--lora-modules) are the operator's: allowed whether or not they
+        // lie under the runtime prefixes. Each is one more allowed prefix for the walk.
+        let trusted = AdapterPathPrefixes(self.trustedAdapterDir)
+        if !trusted.ignored.isEmpty {
+            logger.warning("ignoring trusted adapter directories that do not exist", metadata: ["dirs": "\(trusted.ignored.map { $0.echoed() })"])
+        }
+        let allowedPrefixes = prefixes.allowed + trusted.allowed.filter { !prefixes.allowed.contains($0) }
         let options = EngineOptions(
             maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank, threads: self.threads,
-            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: prefixes.allowed)
+            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: allowedPrefixes)
         let core: EngineCore
         do {
             // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
@@ -85,7 +97,7 @@ struct EngineCommand: ParsableCommand {
             ])
         let server = EngineServer(core: core, logger: logger)
         do {
-            try server.serve(listener: listener)
+            try server.serve(listener: listener, supervisor: self.parentPid)
         } catch {
             logger.critical("accept failed: \(error)")
             throw ExitCode(1)

@@ -60,15 +60,35 @@ package final class EngineServer: Sendable {
     /// Each peer's credentials are checked first (`SO_PEERCRED`): a process running as
     /// another user than `allowedUID` (default: this process's) is disconnected at once,
     /// with a log line, before a byte is read.
-    package func serve(listener: Int32, allowedUID: UInt32 = getuid()) throws(TransportError) {
+    ///
+    /// With `supervisor` (the supervisor's pid, when the engine is supervised), only a
+    /// peer in the supervisor's lineage — the supervisor itself or a process it spawned (a
+    /// worker) — may raise the leader epoch: any other same-user process (a stray script,
+    /// a test tool) can still list, generate and mutate at the current epoch, but cannot
+    /// fence the real leader out by jumping the epoch.
+    package func serve(listener: Int32, allowedUID: UInt32 = getuid(), supervisor: Int32? = nil) throws(TransportError) {
         while true {
             let fd = try UnixSocket.accept(listener: listener)
             guard self.peerIsAllowed(fd, allowedUID: allowedUID) else {
                 close(fd)
                 continue
             }
-            self.start(FramedConnection<EngineEnvelope>(fd: fd))
+            var mayRaiseEpoch = true
+            if let supervisor {
+                let peer = (try? UnixSocket.peerCredentials(fd))?.pid ?? -1
+                mayRaiseEpoch = peer == supervisor || Self.parentPID(of: peer) == supervisor
+            }
+            self.start(FramedConnection<EngineEnvelope>(fd: fd), mayRaiseEpoch: mayRaiseEpoch)
         }
+    }
+
+    /// The parent pid of `pid` (from `/proc/<pid>/stat`), or nil.
+    static func parentPID(of pid: Int32) -> Int32? {
+        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
     }
 
     /// Whether the process at the other end of `fd` runs as `allowedUID` (logs why not).
@@ -90,9 +110,9 @@ package final class EngineServer: Sendable {
 
     /// Serves one already-connected socket on new threads (also the in-process twin for
     /// tests: pass one end of a `socketpair`).
-    package func start(_ transport: FramedConnection<EngineEnvelope>) {
+    package func start(_ transport: FramedConnection<EngineEnvelope>, mayRaiseEpoch: Bool = true) {
         let id = self.nextConnectionID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let connection = EngineConnection(id: id, transport: transport, logger: self.logger)
+        let connection = EngineConnection(id: id, transport: transport, logger: self.logger, mayRaiseEpoch: mayRaiseEpoch)
         self.connections.withLock { $0[id] = connection }
         connection.startWriter()
         let thread = Thread { [self] in
@@ -108,6 +128,18 @@ package final class EngineServer: Sendable {
     /// Closes every connection (their requests are aborted).
     package func closeAll() {
         for c in self.connections.withLock({ Array($0.values) }) { c.close() }
+    }
+
+    /// FAILED_PRECONDITION when a peer outside the supervisor's lineage tries to raise the
+    /// leader epoch; nil otherwise.
+    private func epochJumpRefusal(_ epoch: UInt64, _ connection: EngineConnection) -> Status? {
+        guard !connection.mayRaiseEpoch, epoch > self.core.adapters.maxEpoch else { return nil }
+        self.logger.warning(
+            "refused an epoch raise from a process outside the supervisor's lineage",
+            metadata: ["connection.id": "\(connection.id)", "epoch": "\(epoch)", "epoch.current": "\(self.core.adapters.maxEpoch)"])
+        return Status(
+            code: .failedPrecondition,
+            message: "epoch \(epoch) is newer than the current leader epoch; only the supervisor's workers may raise it")
     }
 
     private func readLoop(_ connection: EngineConnection) {
@@ -167,7 +199,7 @@ package final class EngineServer: Sendable {
             self.core.abort(a.requestID)
             result(.ok)
         case .addAdapter(let a):
-            if let problem = EngineRequestLimits.problem(a) {
+            if let problem = EngineRequestLimits.problem(a) ?? self.epochJumpRefusal(a.epoch, c) {
                 result(problem)
                 return
             }
@@ -177,11 +209,19 @@ package final class EngineServer: Sendable {
                 return .result(CallResult(status: .ok))
             }
         case .removeAdapter(let r):
+            if let problem = self.epochJumpRefusal(r.epoch, c) {
+                result(problem)
+                return
+            }
             self.onAdapterQueue(callID: callID, deadline: deadline, c) { () throws(EngineError) -> EngineEnvelope.Body in
                 try self.core.adapters.remove(intId: r.intID, epoch: r.epoch)
                 return .result(CallResult(status: .ok))
             }
         case .pinAdapter(let p):
+            if let problem = self.epochJumpRefusal(p.epoch, c) {
+                result(problem)
+                return
+            }
             self.onAdapterQueue(callID: callID, deadline: deadline, c) { () throws(EngineError) -> EngineEnvelope.Body in
                 try self.core.adapters.pin(intId: p.intID, pinned: p.pinned, epoch: p.epoch)
                 return .result(CallResult(status: .ok))
@@ -337,7 +377,11 @@ final class EngineConnection: Sendable {
     /// their submission was still pending on the deferred-submit queue.
     private let requests = Mutex<(running: Set<String>, aborted: Set<String>)>(([], []))
 
-    init(id: UInt64, transport: FramedConnection<EngineEnvelope>, logger: Logger) {
+    /// Whether this peer may send a leader epoch newer than any seen (see `serve`).
+    let mayRaiseEpoch: Bool
+
+    init(id: UInt64, transport: FramedConnection<EngineEnvelope>, logger: Logger, mayRaiseEpoch: Bool = true) {
+        self.mayRaiseEpoch = mayRaiseEpoch
         self.id = id
         self.transport = transport
         self.logger = logger

@@ -90,6 +90,11 @@ struct HostileHTTPTests {
             Self.expectError(
                 try Self.post(server, "/v1/completions", ["prompt": "hi", "model": String(repeating: "m", count: 100_000)]),
                 status: 404, param: "model")
+            // NUL would be cut at the C boundary of the channel: refused instead of truncated.
+            Self.expectError(try Self.post(server, "/v1/completions", ["prompt": "keep\u{0}cut"]), status: 400, param: "prompt")
+            Self.expectError(
+                try Self.post(server, "/v1/chat/completions", ["messages": [["role": "user", "content": "a\u{0}b"]]]),
+                status: 400, param: "messages[0].content")
             let body = String(repeating: "p", count: 9 * 1024 * 1024)
             Self.expectError(try Self.post(server, "/v1/completions", ["prompt": body]), status: 413)
             for _ in 0..<2 {
@@ -166,5 +171,28 @@ struct HostileHTTPTests {
         #expect(try TestHTTP.request(port: server.port, path: "/metrics").body.contains(series))
         #expect(try ServeTests.unload(server, "metered").status == 200)
         #expect(!(try TestHTTP.request(port: server.port, path: "/metrics").body.contains(series)))
+    }
+
+    @Test("a same-user process outside the supervisor's lineage cannot raise the engine's epoch (fencing the leader out)")
+    func epochJumpFromOutsideRefused() throws {
+        let server = try ServerUnderTest(workers: 2)
+        defer { server.stop() }
+        let connection = FramedConnection<EngineEnvelope>(fd: try UnixSocket.connect(path: server.stateDirectory + "/engine.sock"))
+        defer { connection.close() }
+        try connection.send(EngineEnvelope(callID: 1, body: .health))
+        guard case .healthReply(let health) = try connection.receive()?.body else { throw TestEnvironment.Failure("no health reply") }
+        try connection.send(
+            EngineEnvelope(
+                callID: 2,
+                body: .addAdapter(
+                    AddAdapterRequest(epoch: health.maxEpoch + 1000, name: "fence", intID: 999, path: server.adapterDirectory + "/plain"))))
+        guard case .result(let result) = try connection.receive()?.body else { throw TestEnvironment.Failure("no result") }
+        #expect(result.status.code == .failedPrecondition, "\(result.status)")
+        try connection.send(EngineEnvelope(callID: 3, body: .health))
+        guard case .healthReply(let after) = try connection.receive()?.body else { throw TestEnvironment.Failure("no health reply") }
+        #expect(after.maxEpoch == health.maxEpoch)
+        // The real leader still mutates.
+        #expect(try ServeTests.load(server, "after-fence").status == 200)
+        #expect(try ServeTests.table(server) == ["after-fence": 1])
     }
 }

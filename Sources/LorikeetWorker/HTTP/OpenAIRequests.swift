@@ -193,9 +193,18 @@ package enum RequestValidation {
             returnTokenIDs: returnTokenIDs)
     }
 
+    /// The channels carry text as C strings (protobuf-c), which end at the first NUL: a
+    /// prompt with U+0000 would be cut silently, so it is refused instead.
+    static func refuseNUL(_ text: String, param: String) throws(APIError) {
+        guard !text.utf8.contains(0) else {
+            throw APIError.invalidRequest("'\(param)' must not contain the NUL character (U+0000).", param: param)
+        }
+    }
+
     static func stop(_ body: JSONValue) throws(APIError) -> [String] {
         guard let value = body["stop"], value != .null else { return [] }
         func checked(_ text: String, _ field: String) throws(APIError) -> String {
+            try Self.refuseNUL(text, param: "stop")
             guard text.utf8.count <= Limits.stopSequenceBytes else {
                 throw APIError.invalidRequest(
                     "'\(field)' is \(text.utf8.count) bytes long; the limit is \(Limits.stopSequenceBytes) bytes.", param: "stop")
@@ -249,6 +258,7 @@ package enum RequestValidation {
             throw APIError.invalidRequest("'prompt' is a required property.", param: "prompt")
         }
         func checked(_ text: String) throws(APIError) -> PromptInput {
+            try Self.refuseNUL(text, param: "prompt")
             guard text.utf8.count <= Limits.promptBytes else {
                 throw APIError.invalidRequest(
                     "'prompt' is \(text.utf8.count) bytes long; the limit is \(Limits.promptBytes) bytes.", param: "prompt")
@@ -332,6 +342,7 @@ package enum RequestValidation {
             case let other?:
                 throw Self.wrongType("\(field).content", expected: "a string or an array of text parts", got: other)
             }
+            try Self.refuseNUL(content, param: "\(field).content")
             totalBytes += content.utf8.count
             guard totalBytes <= Limits.promptBytes else {
                 throw APIError.invalidRequest(
