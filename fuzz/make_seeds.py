@@ -1,7 +1,10 @@
-"""Writes the seed corpora of the frame fuzz targets (fuzz/corpus/<target>/).
+"""Writes the seed corpora of the frame fuzz targets (fuzz/corpus/<target>/), and the
+http-json seeds at and just over the request limits (seed-limit-*; the other http-json
+seeds come from make_format_seeds.py).
 
 Run with the repo's venv: .venv/bin/python fuzz/make_seeds.py
 """
+import json
 import os
 import struct
 import subprocess
@@ -53,3 +56,42 @@ with tempfile.TemporaryDirectory() as out:
         with open(os.path.join(directory, "seed-garbage"), "wb") as f:
             f.write(b"\x00\x00\x00\x00\x03\xff\xff\xff\x07\xff\xff\xff\xff")
     print("seeds written")
+
+# --- http-json: request bodies at and just over the limits of Sources/LorikeetProto/Limits
+# (issue 12), so the fuzzer starts next to every boundary: names, paths, base model names,
+# stops, stop token ids, messages, batch items, nesting depth, forbidden characters.
+NAME, PATH, STOPS, STOP_BYTES, STOP_IDS, MESSAGES, BATCH = 256, 4096, 16, 256, 256, 4096, 256
+DEPTH = 64  # JSONParser.maximumDepth
+plain = "/data/lora/plain"
+# a path of exactly `n` bytes made of 255-byte components (NAME_MAX)
+long_path = lambda n: ("/" + "/".join(["p" * 255] * (n // 256) + ["q" * (n - 256 * (n // 256) - 1)]))[:n]  # noqa: E731
+limits = {
+    "seed-limit-at": {"lora_name": "n" * NAME, "lora_path": long_path(PATH - 1), "base_model_name": "b" * NAME,
+                      "load_inplace": True, "pinned": False},
+    # Limits.adapterPathBytes (4096) is one more than PathPolicy.maximumPathBytes (4095)
+    "seed-limit-path-4096": {"lora_name": "p", "lora_path": long_path(PATH)},
+    "seed-limit-over": {"lora_name": "\u00e9" * (NAME // 2) + "n", "lora_path": long_path(PATH + 1),
+                        "base_model_name": "b" * (NAME + 1)},
+    "seed-limit-chars": {"lora_name": "a\u0000b\n\u202e\u2028\u061c\u0085\u007f", "lora_path": plain + "\u0000/../x",
+                         "base_model_name": "\u2066tiny\u2069", "lora_int_id": 9223372036854775807},
+    "seed-limit-stops-at": {"model": "tiny", "prompt": "hi", "max_tokens": 1, "stop": ["\u00e9" * (STOP_BYTES // 2)] * STOPS,
+                            "stop_token_ids": list(range(STOP_IDS)), "n": 1},
+    "seed-limit-stops": {"model": "m" * (NAME + 1), "prompt": "hi", "max_tokens": 1,
+                         "stop": ["s" * STOP_BYTES] * STOPS + ["\u00e9" * (STOP_BYTES // 2) + "x"],
+                         "stop_token_ids": list(range(STOP_IDS + 1))},
+    "seed-limit-messages": {"model": "tiny", "messages": [{}] * (MESSAGES + 1), "stop": [], "stop_token_ids": []},
+    "seed-limit-batch": {"items": [{"load": {"lora_name": f"b{i}", "lora_path": plain}} for i in range(BATCH)]
+                         + [{"unload": {"lora_name": "x\u202e"}}]},
+}
+directory = os.path.join(ROOT, "fuzz", "corpus", "http-json")
+os.makedirs(directory, exist_ok=True)
+for name, body in limits.items():
+    with open(os.path.join(directory, name), "wb") as f:
+        f.write(json.dumps(body, separators=(",", ":")).encode())
+# nesting at and one over the parser's depth limit, inside a request (object + array + depth)
+for name, depth in (("seed-limit-depth-at", DEPTH - 2), ("seed-limit-depth-over", DEPTH - 1)):
+    with open(os.path.join(directory, name), "wb") as f:
+        f.write(b'{"messages":[' + b"[" * depth + b"]" * depth + b'],"model":"tiny"}')
+for name in os.listdir(directory):
+    assert os.path.getsize(os.path.join(directory, name)) < 64 * 1024, name
+print("http-json limit seeds written")

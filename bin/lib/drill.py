@@ -11,17 +11,32 @@ for a fixed time while
     waiting after each for the server to be whole again (every slot ready, a base
     request answered; a slot paused by the crash-loop breaker, here for 5 s, is waited for).
 
-Then it checks the invariants (see CHECKS below), prints what it did, the failures seen
+With --hostile, a hostile client (class Hostile) also sends, at a steady rate, every
+class of request the server must refuse with its own 4xx (issue 12: oversized names, paths,
+batches, bodies, stops, messages, prompts; bad characters; text/plain; a foreign Host;
+paths out of the prefix; malformed JSON), raw TCP garbage and garbage admin-socket frames,
+and holds slowloris connections; then three more checks: every hostile request got its
+expected answer (a 5xx or reset only when an overlapping chaos action explains it), no
+process restart or shared channel closed that the chaos loop did not cause (server log
+against the pids it killed), and no failed legitimate request that a chaos action does not
+explain.
+
+Then it checks the invariants (see Drill.check), prints what it did, the failures seen
 with their reasons, and `N passed, N failed`; exits 1 when a check failed.
-Usage: drill.py BINARY FIXTURE SECONDS [--seed N]
+Usage: drill.py BINARY FIXTURE SECONDS [--seed N] [--hostile]
 """
 import argparse
 import collections
+import json
 import os
 import random
 import re
+import shutil
 import signal
+import socket
+import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -65,7 +80,7 @@ class Adapter:
 
 
 class Drill:
-    def __init__(self, binary, fixture, seconds, seed):
+    def __init__(self, binary, fixture, seconds, seed, hostile=False):
         self.binary = binary
         self.fixture = fixture
         self.seconds = seconds
@@ -86,6 +101,9 @@ class Drill:
         self.anomalies = []                # answers that contradict the committed outcome
         self.last_reason = ""
         self.next_ids = []                 # (time, next_id, table version) from the monitor
+        self.chaos_windows = []            # (kind, start, healed at) of every chaos action
+        self.chaos_killed = set()          # pids the chaos loop kill -9ed
+        self.hostile = Hostile(self, seed) if hostile else None
 
     # ---- client loops
 
@@ -292,12 +310,14 @@ class Drill:
                     continue
                 victim = self.rng.choice(victims)
                 detail = f"pid {victim['pid']} slot {victim['slot']}"
+                self.chaos_killed.add(victim["pid"])
                 os.kill(victim["pid"], signal.SIGKILL)
             elif kind == "kill-engine":
                 pid = self.server.engine_pid()
                 if pid is None:
                     continue
                 detail = f"pid {pid}"
+                self.chaos_killed.add(pid)
                 os.kill(pid, signal.SIGKILL)
             elif kind == "hup":
                 before = {w["pid"] for w in workers}
@@ -314,6 +334,7 @@ class Drill:
             healed = self.heal(before)
             took = time.time() - start
             self.actions.append((kind, detail, took, healed))
+            self.chaos_windows.append((kind, start, time.time()))
             paused = f" (crash-loop breaker paused slot {sorted(self.paused_slots)})" if self.paused_slots else ""
             log(f"chaos {kind} {detail}: {'whole again' if healed else 'NOT whole'} after {took:.1f} s{paused}")
             if not healed:
@@ -327,16 +348,22 @@ class Drill:
     # ---- the run
 
     def run(self):
-        log(f"starting lorikeet serve --workers 4 ({self.binary}), seed {self.seed}, {self.seconds} s")
+        log(f"starting lorikeet serve --workers 4 ({self.binary}), seed {self.seed}, {self.seconds} s"
+            + (", with a hostile client" if self.hostile else ""))
         # Kills every ~2.5 s over 3-5 slots can trip a slot's crash-loop breaker (5 deaths
         # within 10 s of starting, in 60 s): a 5 s pause instead of the default 60 s keeps
         # that in a short drill while still exercising the pause and the retry after it.
         self.server = harness.Server(self.binary, self.fixture, 4,
                                      extra=["--max-loras", "8", "--max-cpu-loras", "64", "--max-lora-rank", "64",
-                                            "--crash-loop-cooldown-seconds", "5"])
+                                            "--crash-loop-cooldown-seconds", "5"],
+                                     environment={"LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES":
+                                                  f"{self.fixture}:{self.hostile.allowed}"} if self.hostile else None)
         log(f"ready on 127.0.0.1:{self.server.port}, state {self.server.state}")
         threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(3)]
         threads += [threading.Thread(target=self.mutator, daemon=True), threading.Thread(target=self.monitor, daemon=True)]
+        if self.hostile:
+            threads += [threading.Thread(target=self.hostile.loop, daemon=True),
+                        threading.Thread(target=self.hostile.slowloris, daemon=True)]
         chaos = threading.Thread(target=self.chaos, daemon=True)
         for t in threads + [chaos]:
             t.start()
@@ -350,12 +377,16 @@ class Drill:
         log("load and chaos stopped; waiting for the server to be whole")
         final_heal = self.server.process.poll() is None and self.heal()
         results = self.check(final_heal)
+        if self.hostile:
+            results += self.check_hostile()
         self.report(results)
         failed = sum(1 for ok, _, _ in results if not ok)
         code = self.server.stop(keep_state=failed > 0)
         if failed:
             print(f"server state and log kept in {self.server.state}")
         print(f"server exit code after SIGINT: {code}")
+        if self.hostile:
+            self.hostile.cleanup()
         print(f"{len(results) - failed} passed, {failed} failed")
         return 1 if failed else 0
 
@@ -510,6 +541,148 @@ class Drill:
                f"{1 + len(expected)} models" + (f"; failures {failures[:3]}" if failures else ""))
         return results
 
+    def chaos_cause(self, start, end, status, reason):
+        """The chaos action that explains a failed request over [start, end] (None when none
+        does): one that overlapped it (from 0.5 s before the action to CHAOS_MARGIN s after
+        it healed) and can cause that failure: an engine error needs an engine kill; a
+        connection closed without an answer needs a worker that died or retired (a kill,
+        HUP, TTOU); any other 5xx (the leader away) any action."""
+        text = (reason or "").lower()
+        if "timeout" in text:
+            return None   # a request that hung: no fault explains that (and it spans many actions)
+        if status is None:
+            kinds = {"kill-follower", "kill-leader", "hup", "ttou"}
+        elif "engine" in text:
+            kinds = {"kill-engine"}
+        else:
+            kinds = None
+        for kind, begun, healed in self.chaos_windows:
+            if (kinds is None or kind in kinds) and start <= healed + CHAOS_MARGIN and end >= begun - 0.5:
+                return f"{kind} at {begun - log.start:.1f}s"
+        return None
+
+    def legitimate(self, end, model):
+        """Whether a request ending at `end` must succeed: for the base model, or for an
+        adapter whose unload had not been sent (nor acknowledged) before it ended."""
+        a = self.adapters.get(model)
+        return a is None or not ((a.unload_sent is not None and a.unload_sent < end)
+                                 or (a.unload_acked is not None and a.unload_acked < end))
+
+    def legit_failures(self):
+        """Legitimate requests that failed without a chaos action that explains it."""
+        failed = []
+        for start, end, model, status, reason in self.requests:
+            if status == 200 or not self.legitimate(end, model):
+                continue
+            if not self.chaos_cause(start, end, status, reason):
+                failed.append((start, model, status, reason))
+        return failed
+
+    def unexplained_exits(self):
+        """Process exits and closed shared channels in the server log the chaos loop did not
+        cause: a worker exit logged at error level (not a retirement) whose pid was not kill
+        -9ed by chaos, a `killing worker` decision about any other pid, engine restarts beyond
+        the engine kills, a control channel the supervisor closed on an error, and an engine
+        connection the engine closed for any reason but its peer going away (a worker's death
+        is judged by the exit lines)."""
+        pattern = re.compile(r"^\S+ (\w+) lorikeet\.(\w+): (.*)\[Lorikeet\w+\] (.*)$")
+        unexplained, engine_exits = [], []
+        with open(self.server.log_path, errors="replace") as f:
+            for line in f:
+                match = pattern.match(line.rstrip("\n"))
+                if not match:
+                    continue
+                level, process, metadata, message = match.groups()
+                if process == "engine" and message.startswith("closing engine connection") \
+                        and not re.search(r"reset by peer|Broken pipe|truncated|connection closed", message):
+                    unexplained.append(f"engine: {message[:120]}")
+                if process != "supervisor":
+                    continue
+                if message.startswith("closing control channel"):
+                    unexplained.append(f"{metadata.strip()}: {message[:120]}")
+                pid = re.search(r"\bpid=(\d+)", metadata)
+                pid = int(pid.group(1)) if pid else None
+                if message.startswith("killing worker") and pid not in self.chaos_killed:
+                    unexplained.append(f"pid {pid}: {message[:120]}")
+                elif re.match(r"worker (killed by signal|exited with status)", message):
+                    if level != "info" and pid not in self.chaos_killed:
+                        unexplained.append(f"pid {pid}: {message[:120]}")
+                elif message.startswith("engine ") and "restarting" in message:
+                    engine_exits.append(message[:120])
+        kills = sum(1 for a in self.actions if a[0] == "kill-engine")
+        if len(engine_exits) > kills:
+            unexplained += [f"engine: {m}" for m in engine_exits[kills:]]
+        return unexplained, len(engine_exits)
+
+    def hostile_cause(self, start, end, outcome):
+        """chaos_cause for a hostile result (outcome "no answer (…)" or "5xx: message")."""
+        return self.chaos_cause(start, end, None if outcome.startswith("no answer") else 500, outcome)
+
+    def check_hostile(self):
+        results = []
+        hostile = self.hostile
+        wrong = [(n, o) for n, s, e, o, ok in hostile.results if ok is False]
+        unexcused = [(n, o) for n, s, e, o, ok in hostile.results if ok is None and not self.hostile_cause(s, e, o)]
+        excused = sum(1 for n, s, e, o, ok in hostile.results if ok is None and self.hostile_cause(s, e, o))
+        results.append((bool(hostile.results) and not wrong and not unexcused,
+                        "every hostile request got its expected 4xx (garbage: 400 or close), a 5xx or reset only when a chaos action explains it",
+                        f"{len(hostile.results)} sent in {len({r[0] for r in hostile.results})} classes, "
+                        f"{excused} 5xx/resets explained by chaos"
+                        + (f"; {len(wrong)} wrong answers, e.g. {wrong[:3]}" if wrong else "")
+                        + (f"; {len(unexcused)} 5xx/resets outside chaos, e.g. {unexcused[:3]}" if unexcused else "")))
+        unexplained, engine_restarts = self.unexplained_exits()
+        killed_workers = sum(1 for a in self.actions if a[0] in ("kill-follower", "kill-leader"))
+        results.append((not unexplained, "no process restart or shared channel closed that the chaos loop did not cause (none by clients)",
+                        f"{killed_workers} worker and {engine_restarts} engine restarts, all after chaos kills"
+                        if not unexplained else f"{len(unexplained)} unexplained: {unexplained[:4]}"))
+        failed = self.legit_failures()
+        legit = sum(1 for _, e, m, _, _ in self.requests if self.legitimate(e, m))
+        results.append((not failed, "no failed legitimate request that a chaos action does not explain",
+                        f"{legit} legitimate requests"
+                        + (f"; {len(failed)} failed, e.g. "
+                           + "; ".join(f"{m} -> {st or 'no answer'} {r[:60]} at {t - log.start:.1f}s" for t, m, st, r in failed[:3])
+                           if failed else "")))
+        return results
+
+    def report_hostile(self):
+        hostile = self.hostile
+        print("\n== hostile traffic (class: sent, outcomes)")
+        by_class = collections.defaultdict(collections.Counter)
+        for name, start, end, outcome, ok in hostile.results:
+            cause = None if ok is not None else self.hostile_cause(start, end, outcome)
+            tag = "" if ok else (" [WRONG]" if ok is False else f" [{cause}]" if cause else " [NOT explained by chaos]")
+            by_class[name][outcome + tag] += 1
+        for name, _ in hostile.classes:
+            outcomes = by_class.get(name, {})
+            print(f"  {name:40s} {sum(outcomes.values()):5d}: "
+                  + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1])))
+        lifetimes = sorted(hostile.slow_lifetimes)
+        print(f"  {'slowloris (partial headers, 1 line/' + str(SLOWLORIS_TRICKLE) + ' s)':40s} "
+              f"{hostile.slow['opened']:5d}: " + ", ".join(f"{k} x{v}" for k, v in hostile.slow.items() if k != "opened")
+              + (f"; lifetime median {lifetimes[len(lifetimes) // 2]:.0f} s, max {lifetimes[-1]:.0f} s" if lifetimes else ""))
+        covered, cursor = 0.0, 0.0
+        for _, begun, healed in sorted(self.chaos_windows, key=lambda w: w[1]):
+            lo, hi = max(begun - 0.5, cursor), healed + CHAOS_MARGIN
+            covered += max(0.0, hi - lo)
+            cursor = max(cursor, hi)
+        print(f"  chaos windows (action start - 0.5 s to healed + {CHAOS_MARGIN:.0f} s) cover "
+              f"{100 * covered / max(1.0, self.seconds):.0f}% of the run; an engine error is excused only by an "
+              f"engine kill ({sum(1 for w in self.chaos_windows if w[0] == 'kill-engine')}), a reset only by a worker "
+              f"kill/HUP/TTOU")
+        causes = collections.Counter()
+        for start, end, model, status, reason in self.requests:
+            if status == 200 or not self.legitimate(end, model):
+                continue
+            cause = self.chaos_cause(start, end, status, reason)
+            causes[cause.split(" at ")[0] if cause else "NOT explained"] += 1
+        print("  legitimate failures by the chaos action that explains them: "
+              + (", ".join(f"{k}: {v}" for k, v in causes.most_common()) or "none"))
+        legit = [e - s for s, e, m, st, _ in self.requests if st == 200]
+        legit.sort()
+        if legit:
+            print(f"  legitimate 200s: {len(legit)}, latency median {legit[len(legit) // 2] * 1000:.0f} ms, "
+                  f"p99 {legit[int(len(legit) * 0.99)] * 1000:.0f} ms, max {legit[-1] * 1000:.0f} ms")
+
     def report(self, results):
         print("\n== what the drill did")
         counts = collections.Counter(a[0] for a in self.actions)
@@ -549,9 +722,315 @@ class Drill:
             print(f"  {count:6d}  {line}")
         if not reasons:
             print("  none")
+        if self.hostile:
+            self.report_hostile()
         print("\n== checks")
         for ok, name, detail in results:
             print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
+
+
+# ---- --hostile: a client that keeps sending what the server must refuse cleanly
+
+HOSTILE_INTERVAL = 0.25     # one hostile request (or raw/admin probe) every this many seconds
+SLOWLORIS_CONNECTIONS = 16  # connections kept open with never-finished headers
+SLOWLORIS_TRICKLE = 2.0     # seconds between the header lines each of them sends
+CHAOS_MARGIN = 2.0          # seconds after a chaos action healed in which a 5xx or reset is still the fault's
+MIB = 1024 * 1024
+
+
+def raw_http(port, method, path, body=b"", headers=None, timeout=60, chunked=False):
+    """One request on a fresh connection with full control of the bytes: returns
+    (status or None, response body, transport error name or "")."""
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json", "Connection": "close",
+               **(headers or {})}
+    if chunked:
+        headers["Transfer-Encoding"] = "chunked"
+    elif body or method == "POST":
+        headers["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    error = ""
+    try:
+        try:
+            sock.sendall(head.encode())
+            if chunked:
+                for offset in range(0, len(body), 256 * 1024):
+                    part = body[offset:offset + 256 * 1024]
+                    sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+                sock.sendall(b"0\r\n\r\n")
+            else:
+                sock.sendall(body)
+        except OSError as e:   # the server may answer (413) and close before the body is all sent
+            error = type(e).__name__
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as e:
+            if not data:
+                return None, b"", type(e).__name__
+        match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+        if not match:
+            return None, data[:200], error or "no HTTP answer"
+        return int(match.group(1)), data.split(b"\r\n\r\n", 1)[-1], ""
+    finally:
+        sock.close()
+
+
+class Hostile:
+    """The hostile client of `--hostile`: every class of request the server must refuse with
+    its own 4xx (issue 12), one every HOSTILE_INTERVAL s in shuffled rounds, plus raw TCP
+    garbage, garbage frames on the admin socket, and slowloris connections (own thread).
+    Every answer is judged against the class's expectation; a 5xx or a connection reset is
+    excused only when it overlapped a chaos action (see Drill.chaos_windows)."""
+
+    def __init__(self, drill, seed):
+        self.drill = drill
+        self.rng = random.Random(seed * 7 + 1)
+        self.results = []          # (class, start, end, outcome, ok: True/False/None=transport or 5xx)
+        self.slow = collections.Counter()
+        self.slow_lifetimes = []
+        # An extra allowed prefix holding a symlink to a real adapter outside it, and a
+        # copy of that adapter next to it (reachable with `..`): following either would load.
+        self.private = tempfile.mkdtemp(prefix="lk-drill-hostile-")
+        self.allowed = os.path.join(self.private, "allowed")
+        self.outside = os.path.join(self.private, "outside")
+        os.makedirs(self.allowed)
+        shutil.copytree(os.path.join(drill.fixture, "adapters", "plain"), os.path.join(self.outside, "plain"))
+        os.symlink(os.path.join(self.outside, "plain"), os.path.join(self.allowed, "escape"))
+        self.classes = self.build()
+
+    def cleanup(self):
+        shutil.rmtree(self.private, ignore_errors=True)
+
+    def build(self):
+        """(class name, sender) pairs; a sender returns (outcome text, ok)."""
+        plain = os.path.join(self.drill.fixture, "adapters", "plain")
+        huge = "n" * (5 * MIB)
+        enc = lambda value: json.dumps(value).encode()  # noqa: E731
+        load, unload = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
+        bodies = {
+            "huge-name": enc({"lora_name": huge, "lora_path": plain}),
+            "huge-path": enc({"lora_name": "hostile-path", "lora_path": plain + "/" + huge}),
+            "huge-unload": enc({"lora_name": huge}),
+            "batch": enc({"items": [{"load": {"lora_name": f"hostile-b{i}", "lora_path": plain}} for i in range(300)]}),
+            "over-limit": enc({"lora_name": "x" * (9 * MIB), "lora_path": plain}),
+            "stops": enc({"model": "tiny", "prompt": "hi", "max_tokens": 1, "stop": [f"stop{i}" for i in range(1000)]}),
+            "long-stop": enc({"model": "tiny", "prompt": "hi", "max_tokens": 1, "stop": ["s" * 10_000]}),
+            "messages": enc({"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}] * 5000}),
+            "stop-ids": enc({"model": "tiny", "prompt": "hi", "max_tokens": 1, "stop_token_ids": [1] * 1000}),
+            "prompt": enc({"model": "tiny", "prompt": "a " * (2 * MIB), "max_tokens": 1}),
+        }
+        bad_names = ["hostile\u0000nul", "hostile\nforged", "hostile\u202etxt"]
+        bad_paths = [  # (label, path): each must be refused as "not allowed"
+            ("/etc", "/etc"),
+            ("..", self.allowed + "/../outside/plain"),       # `..` out of the prefix, to a real adapter
+            ("../..", self.allowed + "/../../etc"),
+            ("symlink", os.path.join(self.allowed, "escape")),  # symlink inside the prefix -> that adapter
+        ]
+        wrong = [(load, b'{"lora_name": "x", "lora_path": '), (load, b"[1, 2"), (load, b"\xff\xfe{}"),
+                 (load, enc({"lora_name": 5, "lora_path": plain})), (load, enc({"lora_name": "x", "lora_path": ["a"]})),
+                 (unload, enc({"lora_name": None})), (load, enc("just a string")),
+                 ("/v1/completions", enc({"model": "tiny", "prompt": "x", "max_tokens": "many"})),
+                 ("/v1/chat/completions", enc({"model": "tiny", "messages": "not a list"}))]
+        turns = collections.Counter()
+
+        def turn(items):   # each list's variants in turn
+            turns[id(items)] += 1
+            return items[turns[id(items)] % len(items)]
+
+        def http(path, body, status, param=None, word=None, **kw):
+            return lambda: self.judge(raw_http(self.drill.server.port, "POST", path, body, **kw), status, param, word)
+
+        def bad_name():
+            body = enc({"lora_name": turn(bad_names), "lora_path": plain})
+            return self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_name")
+
+        def bad_path():
+            label, path = turn(bad_paths)
+            body = enc({"lora_name": f"hostile-p{turns[id(bad_paths)]}", "lora_path": path})
+            outcome, ok = self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_path", "not allowed")
+            return f"{outcome} ({label})", ok
+
+        def missing_path():
+            body = enc({"lora_name": "hostile-missing", "lora_path": os.path.join(self.allowed, "missing", "x")})
+            return self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_path", "not found")
+
+        def malformed():
+            path, body = turn(wrong)
+            return self.judge(raw_http(self.drill.server.port, "POST", path, body), 400)
+
+        return [
+            ("load 5 MiB lora_name", http(load, bodies["huge-name"], 400, "lora_name")),
+            ("load 5 MiB lora_path", http(load, bodies["huge-path"], 400, "lora_path")),
+            ("unload 5 MiB lora_name", http(unload, bodies["huge-unload"], 400, "lora_name")),
+            ("name with NUL/newline/U+202E", bad_name),
+            ("NUL in lora_path", http(load, enc({"lora_name": "hostile-nul", "lora_path": plain + "\u0000/../x"}),
+                                      400, "lora_path")),
+            ("batch of 300 items", http("/v1/lora_adapters/batch", bodies["batch"], 400, "items")),
+            ("body over 8 MiB", http(load, bodies["over-limit"], 413)),
+            ("body over 8 MiB, chunked", http(load, bodies["over-limit"], 413, chunked=True)),
+            ("stop with 1000 entries", http("/v1/completions", bodies["stops"], 400, "stop")),
+            ("stop with a 10 kB entry", http("/v1/completions", bodies["long-stop"], 400, "stop")),
+            ("5000 messages", http("/v1/chat/completions", bodies["messages"], 400, "messages")),
+            ("1000 stop_token_ids", http("/v1/completions", bodies["stop-ids"], 400, "stop_token_ids")),
+            ("4 MiB prompt", http("/v1/completions", bodies["prompt"], 400, word="context length")),
+            ("Content-Type: text/plain", http(load, enc({"lora_name": "hostile-csrf", "lora_path": plain}), 415,
+                                              headers={"Content-Type": "text/plain"})),
+            ("Host: evil.example", http(load, enc({"lora_name": "hostile-rebind", "lora_path": plain}), 403,
+                                        headers={"Host": "evil.example"})),
+            ("path outside the prefix / .. / symlink", bad_path),
+            ("missing path under the prefix", missing_path),
+            ("malformed JSON, wrong types", malformed),
+            ("raw TCP garbage, then close", self.garbage),
+            ("admin socket garbage frame", self.admin_garbage),
+        ]
+
+    def judge(self, answer, status, param=None, word=None):
+        got, body, error = answer
+        if got is None:
+            return f"no answer ({error})", False if "Timeout" in error else None
+        try:
+            err = json.loads(body)["error"]
+            message, got_param = err.get("message", ""), err.get("param")
+        except Exception:
+            message, got_param = None, None
+        if got >= 500:
+            return f"{got}: {(message or body[:60].decode(errors='replace'))[:60]}", None
+        if got != status:
+            return f"{got} instead of {status}: {(message or '')[:60]}", False
+        if message is None:
+            return f"{got} without an OpenAI error envelope", False
+        if param is not None and got_param != param:
+            return f"{got} with param {got_param!r} instead of {param!r}", False
+        if word is not None and word not in message:
+            return f"{got} without '{word}': {message[:60]}", False
+        if len(body) >= 4096:
+            return f"{got} echoing {len(body)} bytes", False
+        return f"{got}" + (f" {param}" if param else "") + (f" '{word}'" if word else ""), True
+
+    def garbage(self):
+        """Random bytes (sometimes after a plausible request line), our side closed: the server
+        answers 400 or closes; it must not hang on the connection."""
+        data = bytes(self.rng.getrandbits(8) for _ in range(self.rng.randint(1, 4096)))
+        if self.rng.random() < 0.5:
+            data = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999999999999\r\n" + data
+        sock = socket.create_connection(("127.0.0.1", self.drill.server.port), timeout=10)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except TimeoutError:
+            return "still open 10 s after our close", False
+        except OSError as e:
+            return f"reset ({type(e).__name__})", True   # an answer and close with our bytes unread
+        finally:
+            sock.close()
+        match = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+        if not answer:
+            return "closed without an answer", True
+        if match and match.group(1).startswith(b"4"):
+            return f"answered {match.group(1).decode()}, closed", True
+        return f"answered {answer[:40]!r}", False if not match or not match.group(1).startswith(b"5") else None
+
+    def admin_garbage(self):
+        """A garbage frame on the admin socket: the supervisor closes the connection, says nothing."""
+        frames = [("length over the limit", b"\x00\xff\xff\xff\xff" + b"x" * 64),
+                  ("not protobuf", b"\x00\x00\x00\x00\x08\xff\xff\xff\xff\xff\xff\xff\xff"),
+                  ("compressed flag", b"\x01\x00\x00\x00\x02ab"),
+                  ("random bytes", bytes(self.rng.getrandbits(8) for _ in range(self.rng.randint(5, 512))))]
+        label, data = frames[self.rng.randrange(len(frames))]
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(10)
+        try:
+            sock.connect(os.path.join(self.drill.server.state, "admin.sock"))
+            if data[0] == 0 and len(data) >= 5 and struct.unpack(">I", data[1:5])[0] + 5 > len(data) \
+                    and struct.unpack(">I", data[1:5])[0] <= 16 * MIB:
+                data = b"\x01" + data[1:]   # a random frame that would wait for more bytes: make it invalid at once
+            sock.sendall(data)
+            answer = sock.recv(65536)
+        except TimeoutError:
+            return f"still open after 10 s ({label})", False
+        except OSError as e:
+            return f"reset ({type(e).__name__}) ({label})", True
+        finally:
+            sock.close()
+        return (f"closed ({label})", True) if not answer else (f"answered {len(answer)} bytes ({label})", False)
+
+    def loop(self):
+        plan = []
+        next_at = time.time()
+        while self.drill.running:
+            if not plan:
+                plan = self.classes[:]
+                self.rng.shuffle(plan)
+            name, send = plan.pop()
+            start = time.time()
+            try:
+                outcome, ok = send()
+            except Exception as e:
+                outcome, ok = f"no answer ({type(e).__name__})", None
+            end = time.time()
+            with self.drill.lock:
+                self.results.append((name, start, end, outcome, ok))
+            next_at = max(next_at + HOSTILE_INTERVAL, end)
+            while self.drill.running and time.time() < next_at:
+                time.sleep(0.02)
+
+    def slowloris(self):
+        """Keeps SLOWLORIS_CONNECTIONS connections sending one header line every
+        SLOWLORIS_TRICKLE s and never finishing; records how the server ends them."""
+        open_ = []   # (socket, opened at, next line at)
+        line = 0
+        while self.drill.running:
+            now = time.time()
+            while len(open_) < SLOWLORIS_CONNECTIONS:
+                try:
+                    sock = socket.create_connection(("127.0.0.1", self.drill.server.port), timeout=2)
+                    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                    sock.setblocking(False)
+                    open_.append((sock, now, now + SLOWLORIS_TRICKLE))
+                    self.slow["opened"] += 1
+                except OSError as e:
+                    self.slow[f"connect failed ({type(e).__name__})"] += 1
+                    break
+            keep = []
+            for sock, opened, due in open_:
+                ended = None
+                try:
+                    data = sock.recv(4096)
+                    ended = "answered and closed by the server" if data else "closed by the server"
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    ended = f"reset ({type(e).__name__})"
+                if ended is None and now >= due:
+                    line += 1
+                    try:
+                        sock.send(b"X-Slow-%d: a\r\n" % line)
+                        due = now + SLOWLORIS_TRICKLE
+                    except OSError as e:
+                        ended = f"reset ({type(e).__name__})"
+                if ended:
+                    self.slow[ended] += 1
+                    self.slow_lifetimes.append(now - opened)
+                    sock.close()
+                else:
+                    keep.append((sock, opened, due))
+            open_ = keep
+            time.sleep(0.1)
+        for sock, opened, _ in open_:
+            self.slow["still open at the end (closed by us)"] += 1
+            self.slow_lifetimes.append(time.time() - opened)
+            sock.close()
 
 
 def main():
@@ -560,8 +1039,9 @@ def main():
     parser.add_argument("fixture")
     parser.add_argument("seconds", type=float)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    parser.add_argument("--hostile", action="store_true", help="mix a hostile client into the drill")
     args = parser.parse_args()
-    drill = Drill(args.binary, args.fixture, args.seconds, args.seed)
+    drill = Drill(args.binary, args.fixture, args.seconds, args.seed, hostile=args.hostile)
     try:
         sys.exit(drill.run())
     except Exception:
@@ -569,6 +1049,8 @@ def main():
         if getattr(drill, "server", None):
             print(f"server log: {drill.server.log_path}")
             drill.server.stop(keep_state=True)
+        if drill.hostile:
+            drill.hostile.cleanup()
         print("0 passed, 1 failed")
         sys.exit(1)
 

@@ -129,12 +129,14 @@ def fixture_dir(python=sys.executable):
 class Server:
     """`lorikeet serve` on the fixture model, runtime adapters allowed under the fixture dir."""
 
-    def __init__(self, binary, fixture, workers, extra=(), ready_timeout=180):
+    def __init__(self, binary, fixture, workers, extra=(), ready_timeout=180, environment=None):
+        """`environment` adds (or overrides) environment variables of the server, e.g. more allowed prefixes."""
         self.binary = binary
         self.state = tempfile.mkdtemp(prefix="lk-serve-")
         self.port = free_port()
         env = dict(os.environ, LORIKEET_ALLOW_RUNTIME_LORA_UPDATING="true",
                    LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES=fixture)
+        env.update(environment or {})
         self.log_path = os.path.join(self.state, "server.log")
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
