@@ -19,7 +19,7 @@ func fuzzHTTPJSON(_ bytes: [UInt8]) {
     do {
         body = try RequestValidation.object(bytes)
     } catch {
-        _ = JSONWriter.encode(error.json)  // the 400 the client would get
+        boundedEcho(error)  // the 400 the client would get
         return
     }
     for route in [GenerationRoute.completions, .chatCompletions] {
@@ -37,7 +37,7 @@ func fuzzHTTPJSON(_ bytes: [UInt8]) {
                 fatalError("a \(bytes.count)-byte body passed validation but lowers to a \(size)-byte engine frame")
             }
         } catch {
-            _ = JSONWriter.encode(error.json)
+            boundedEcho(error)
         }
     }
     // POST /v1/load_lora_adapter and /v1/unload_lora_adapter field checks, as the route runs them.
@@ -50,10 +50,37 @@ func fuzzHTTPJSON(_ bytes: [UInt8]) {
             fuzzPathPolicy(path)
         }
     }
+    if let name = try? RequestValidation.string(body, "lora_name") {
+        let request = UnloadAdapterRequest(name: name)
+        if (try? AdapterRequestRules.check(request)) != nil {
+            let size = ControlEnvelope(callID: .max, body: .unload(request)).serializedBytes().count
+            if size > Limits.adapterNameBytes + 256 { fatalError("an unload request that passed the rules encodes to \(size) bytes") }
+        }
+    }
     _ = try? RequestValidation.optionalBool(body, "load_inplace")
     _ = try? RequestValidation.optionalBool(body, "pinned")
     _ = try? RequestValidation.optionalInt(body, "lora_int_id", in: Int64.min...Int64.max)
-    _ = try? WorkerRoutes.batchOperations(body, slot: 0, caller: "fuzz")
+    do {
+        let operations = try WorkerRoutes.batchOperations(body, slot: 0, caller: "fuzz")
+        if operations.count > Limits.batchOperations { fatalError("a batch of \(operations.count) operations passed") }
+        for operation in operations {
+            let envelope: ControlEnvelope
+            switch operation {
+            case .load(let request): envelope = ControlEnvelope(callID: .max, body: .load(request))
+            case .unload(let request): envelope = ControlEnvelope(callID: .max, body: .unload(request))
+            }
+            let size = envelope.serializedBytes().count
+            if size > 2 * Limits.adapterRecordBytes { fatalError("a batch item that passed encodes to \(size) bytes") }
+        }
+    } catch {
+        boundedEcho(error)
+    }
+}
+
+/// The 400 a client gets never repeats unbounded input.
+func boundedEcho(_ error: APIError) {
+    let size = JSONWriter.encode(error.json).count
+    if size >= 4096 { fatalError("an error body of \(size) bytes: \(error.message.prefix(200))") }
 }
 
 /// Path canonicalization under a real prefix (`/tmp`): whatever it accepts is a canonical

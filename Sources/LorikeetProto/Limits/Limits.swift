@@ -25,8 +25,8 @@ public enum Limits {
 
     /// `lora_name` (and `model` naming an adapter), in UTF-8 bytes.
     public static let adapterNameBytes = 256
-    /// `lora_path`, in UTF-8 bytes (Linux `PATH_MAX`).
-    public static let adapterPathBytes = 4096
+    /// `lora_path`, in UTF-8 bytes (Linux `PATH_MAX`, 4096, less its terminating NUL).
+    public static let adapterPathBytes = 4095
     /// `base_model_name`, in UTF-8 bytes.
     public static let baseModelNameBytes = 256
     /// Default `--max-adapters`: adapters in the committed table.

@@ -25,7 +25,7 @@ public struct PathPolicy: Sendable, Equatable {
     public let givenPrefixes: [String]
 
     /// Longest accepted `lora_path`, in bytes (Linux `PATH_MAX` including the NUL).
-    public static let maximumPathBytes = 4095
+    public static let maximumPathBytes = Limits.adapterPathBytes
     /// Longest accepted path component, in bytes (`NAME_MAX`).
     public static let maximumComponentBytes = 255
 
