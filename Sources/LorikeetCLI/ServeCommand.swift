@@ -91,6 +91,9 @@ struct ServeCommand: ParsableCommand {
         guard ["text", "json"].contains(self.logFormat) else { throw ValidationError("--log-format must be text or json") }
         if let reason = Limits.inconsistency() { SecurityOptions.refuse("this build's limits are inconsistent: \(reason)") }
         let environment = ProcessInfo.processInfo.environment
+        if self.apiKey != nil {
+            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
+        }
         var apiKey = self.apiKey
         if let path = self.apiKeyFile {
             do {

@@ -124,6 +124,9 @@ struct WorkerCommand: AsyncParsableCommand {
         logger[metadataKey: "worker.pid"] = "\(getpid())"
         if self.slot >= 0 { logger[metadataKey: "worker.slot"] = "\(self.slot)" }
 
+        if self.apiKey != nil {
+            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
+        }
         var apiKey = self.apiKey
         if let path = self.apiKeyFile {
             do {

@@ -40,6 +40,11 @@ extension ServeTests {
         return (process.terminationStatus, (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
     }
 
+    static func modeBits(_ path: String) -> mode_t {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info.st_mode & 0o7777 : 0
+    }
+
     static func modificationTime(_ path: String) -> timespec {
         var info = stat()
         _ = lstat(path, &info)
@@ -278,8 +283,10 @@ extension ServeTests {
     @Test("kill -9 the supervisor with the parent watch at its default: stopped children die of PR_SET_PDEATHSIG alone")
     func killSupervisorDeathSignal() throws {
         let fixture = try TestEnvironment.fixtureDirectory()
-        let stateDirectory = TestEnvironment.temporaryDirectory("lk-pdeathsig")
-        defer { try? FileManager.default.removeItem(atPath: stateDirectory) }
+        let parent = TestEnvironment.temporaryDirectory("lk-pdeathsig")
+        defer { try? FileManager.default.removeItem(atPath: parent) }
+        // Missing: the server creates it.
+        let stateDirectory = parent + "/state"
         let port = TestEnvironment.freePort()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try TestEnvironment.lorikeetBinary)
@@ -292,7 +299,7 @@ extension ServeTests {
         var environment = ProcessInfo.processInfo.environment
         environment["LORIKEET_PARENT_WATCH"] = nil
         process.environment = environment
-        let logPath = stateDirectory + "/server.log"
+        let logPath = parent + "/server.log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardOutput = FileHandle(forWritingAtPath: logPath)
         process.standardError = FileHandle(forWritingAtPath: logPath)
@@ -326,6 +333,11 @@ extension ServeTests {
         }
         children = childPIDs()
         #expect(children.count == 3, "engine + 2 workers expected: \(children)")
+        // Created private, with no chmod afterwards (umask 077 in the supervisor, umask ~mode around bind).
+        #expect(Self.modeBits(stateDirectory) == 0o700)
+        for file in ["admin.sock", "engine.sock", "audit.log"] {
+            #expect(Self.modeBits(stateDirectory + "/" + file) == 0o600, "\(file): \(String(Self.modeBits(stateDirectory + "/" + file), radix: 8))")
+        }
         for pid in children {
             #expect(!Self.procFile(pid, "environ").contains { $0.hasPrefix("LORIKEET_PARENT_WATCH=") })
         }
