@@ -171,9 +171,18 @@ extension ServeTests {
         // The same 3 MB unload through HTTP: refused at the edge or inside, the worker lives.
         let http = try TestHTTP.post(port: server.port, "/v1/unload_lora_adapter", ["lora_name": huge])
         #expect(http.status == 400, "\(http.status) \(http.body.prefix(300))")
+        // Issue 12's worker killer: loads whose name and path are ~7 MiB (under the 8 MiB body limit), many times.
+        for index in 0..<4 {
+            let big = String(repeating: "L", count: 7 * 1024 * 1024 - 200)
+            let body = index % 2 == 0 ? ["lora_name": big, "lora_path": server.adapterDirectory + "/plain"] : ["lora_name": "n", "lora_path": "/" + big]
+            let response = try TestHTTP.post(port: server.port, "/v1/load_lora_adapter", body)
+            #expect(response.status == 400, "\(response.status) \(response.body.prefix(300))")
+        }
 
         let audit = (try? Data(contentsOf: URL(fileURLWithPath: server.stateDirectory + "/audit.log"))) ?? Data()
-        #expect(audit.count < 8192, "the audit log grew to \(audit.count) bytes")
+        // Every line is bounded: name and caller 256 bytes, path 4 KiB (the path limit), message 1 KiB.
+        #expect(audit.count < 64 * 1024, "the audit log grew to \(audit.count) bytes")
+        for line in audit.split(separator: UInt8(ascii: "\n")) { #expect(line.count < 6 * 1024, "an audit line of \(line.count) bytes") }
         let lines = try Self.auditLines(server)
         let refusedUnload = lines.first { $0["action"] as? String == "unload" && ($0["code"] as? String) == "INVALID_ARGUMENT" }
         let refusedName = refusedUnload?["name"] as? String ?? ""
