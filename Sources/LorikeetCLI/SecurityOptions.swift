@@ -112,7 +112,8 @@ enum SecurityOptions {
     static func checkBodyBytes(_ value: Int) throws(ValidationError) {
         guard value > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard value <= Limits.maxBodyBytesCeiling else {
-            throw ValidationError("--max-body-bytes must be at most \(Limits.maxBodyBytesCeiling) (a larger body cannot fit an engine frame)")
+            throw ValidationError(
+                "--max-body-bytes must be at most \(Limits.maxBodyBytesCeiling) (a larger body cannot fit an engine frame)")
         }
     }
 

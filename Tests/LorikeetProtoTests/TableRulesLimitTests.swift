@@ -16,10 +16,15 @@ struct TableRulesLimitTests {
         (AdapterRecord(name: "bidi\u{202E}txt", intID: 3, path: "/x"), "lora_name"),
         (AdapterRecord(name: "x", intID: 3, path: "/" + String(repeating: "p", count: Limits.adapterPathBytes)), "lora_path"),
         (AdapterRecord(name: "x", intID: 3, path: "/dir\u{0}/../etc"), "lora_path"),
-        (AdapterRecord(name: "x", intID: 3, path: "/x", baseModel: String(repeating: "m", count: Limits.baseModelNameBytes + 1)), "base_model_name"),
+        (
+            AdapterRecord(name: "x", intID: 3, path: "/x", baseModel: String(repeating: "m", count: Limits.baseModelNameBytes + 1)),
+            "base_model_name"
+        ),
     ]
 
-    @Test("a record over a byte limit or with control/bidi characters is refused (INVALID_ARGUMENT, param set)", arguments: Self.badRecords.indices)
+    @Test(
+        "a record over a byte limit or with control/bidi characters is refused (INVALID_ARGUMENT, param set)",
+        arguments: Self.badRecords.indices)
     func badRecord(_ index: Int) {
         let (record, param) = Self.badRecords[index]
         guard case .failure(let status) = TableRules.apply(TableChange(upserts: [record]), to: Self.table) else {
@@ -67,7 +72,8 @@ struct TableRulesLimitTests {
             adapters.append(
                 AdapterRecord(
                     name: String(repeating: "n", count: Limits.adapterNameBytes - suffix.count) + suffix, intID: UInt64.max - UInt64(index),
-                    path: "/" + String(repeating: "p", count: Limits.adapterPathBytes - 1), baseModel: String(repeating: "m", count: Limits.baseModelNameBytes),
+                    path: "/" + String(repeating: "p", count: Limits.adapterPathBytes - 1),
+                    baseModel: String(repeating: "m", count: Limits.baseModelNameBytes),
                     loadInplace: true, pinned: true, loadedAtUnixMs: Int64.min))
         }
         let table = AdapterTable(version: UInt64.max, adapters: adapters, nextIntID: UInt64.max)

@@ -63,7 +63,9 @@ extension ServeTests {
         let symlinked = try Self.refusedStart(stateDirectory: link)
         #expect(symlinked.status == 78, "exit \(String(describing: symlinked.status)):\n\(symlinked.log)")
         let symlinkLines = symlinked.log.split(separator: "\n").filter { $0.contains("state directory") }
-        #expect(symlinkLines.count == 1 && symlinkLines[0].contains("is a symlink") && symlinkLines[0].contains("--state-dir"), "\(symlinked.log)")
+        #expect(
+            symlinkLines.count == 1 && symlinkLines[0].contains("is a symlink") && symlinkLines[0].contains("--state-dir"),
+            "\(symlinked.log)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: real).isEmpty, "serve wrote through the symlink")
 
         for mode: mode_t in [0o777, 0o770] {
@@ -73,7 +75,8 @@ extension ServeTests {
             let refused = try Self.refusedStart(stateDirectory: open)
             #expect(refused.status == 78, "mode \(String(mode, radix: 8)): exit \(String(describing: refused.status)):\n\(refused.log)")
             let lines = refused.log.split(separator: "\n").filter { $0.contains("state directory") }
-            #expect(lines.count == 1 && lines[0].contains("writable by group or others") && lines[0].contains("chmod 700"), "\(refused.log)")
+            #expect(
+                lines.count == 1 && lines[0].contains("writable by group or others") && lines[0].contains("chmod 700"), "\(refused.log)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: open).isEmpty, "serve created files in an untrusted directory")
         }
     }
@@ -82,7 +85,12 @@ extension ServeTests {
         "a 0-byte, corrupt or foreign table file stops serve with exit 78 and a message; the file is left untouched",
         arguments: [
             ("empty", [] as [UInt8], "empty (0 bytes)"),
-            ("bad checksum", Array(TableFile.encode(AdapterTable(version: 3, adapters: [AdapterRecord(name: "a", intID: 1, path: "/a")], nextIntID: 2)).dropLast(1)) + [0x99], "checksum mismatch"),
+            (
+                "bad checksum",
+                Array(
+                    TableFile.encode(AdapterTable(version: 3, adapters: [AdapterRecord(name: "a", intID: 1, path: "/a")], nextIntID: 2))
+                        .dropLast(1)) + [0x99], "checksum mismatch"
+            ),
             ("foreign", Array("not a table\n".utf8), "not a Lorikeet adapter table"),
         ])
     func corruptTableRefused(_ label: String, _ bytes: [UInt8], _ reason: String) throws {
@@ -106,7 +114,8 @@ extension ServeTests {
         let directory = TestEnvironment.temporaryDirectory("lk-legacy")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let fixture = try TestEnvironment.fixtureDirectory()
-        let legacy = AdapterTable(version: 4, adapters: [AdapterRecord(name: "old", intID: 3, path: fixture + "/adapters/plain")], nextIntID: 4)
+        let legacy = AdapterTable(
+            version: 4, adapters: [AdapterRecord(name: "old", intID: 3, path: fixture + "/adapters/plain")], nextIntID: 4)
         #expect(FileManager.default.createFile(atPath: directory + "/adapters.table", contents: Data(legacy.serializedBytes())))
         let server = try ServerUnderTest(workers: 1, stateDirectory: directory)
         defer { server.stop() }
@@ -129,7 +138,9 @@ extension ServeTests {
         return reply?.body
     }
 
-    @Test("hostile admin requests (3 MB names, newlines, bidi, 257-item batch) are refused alone; the audit log stays small; nothing restarts")
+    @Test(
+        "hostile admin requests (3 MB names, newlines, bidi, 257-item batch) are refused alone; the audit log stays small; nothing restarts"
+    )
     func hostileAdminRequests() throws {
         let server = try ServerUnderTest(workers: 2)
         defer { server.stop() }
@@ -147,14 +158,18 @@ extension ServeTests {
 
         // (A NUL cannot be tested here: protobuf-c strings are C strings, so the codec cuts the name at the NUL.)
         for name in ["x\n{\"forged\":1}", "bidi\u{202E}gnp.exe"] {
-            guard case .mutationReply(let control) = try Self.admin(server, .load(LoadAdapterRequest(name: name, path: server.adapterDirectory + "/plain")))
+            guard
+                case .mutationReply(let control) = try Self.admin(
+                    server, .load(LoadAdapterRequest(name: name, path: server.adapterDirectory + "/plain")))
             else {
                 Issue.record("no reply to a name with control characters")
                 return
             }
             #expect(control.status.code == .invalidArgument && control.status.param == "lora_name", "\(control.status)")
         }
-        guard case .mutationReply(let longPath) = try Self.admin(server, .load(LoadAdapterRequest(name: "p", path: "/" + String(repeating: "d", count: 5000))))
+        guard
+            case .mutationReply(let longPath) = try Self.admin(
+                server, .load(LoadAdapterRequest(name: "p", path: "/" + String(repeating: "d", count: 5000))))
         else {
             Issue.record("no reply to a 5000-byte path")
             return
@@ -174,7 +189,9 @@ extension ServeTests {
         // Issue 12's worker killer: loads whose name and path are ~7 MiB (under the 8 MiB body limit), many times.
         for index in 0..<4 {
             let big = String(repeating: "L", count: 7 * 1024 * 1024 - 200)
-            let body = index % 2 == 0 ? ["lora_name": big, "lora_path": server.adapterDirectory + "/plain"] : ["lora_name": "n", "lora_path": "/" + big]
+            let body =
+                index % 2 == 0
+                ? ["lora_name": big, "lora_path": server.adapterDirectory + "/plain"] : ["lora_name": "n", "lora_path": "/" + big]
             let response = try TestHTTP.post(port: server.port, "/v1/load_lora_adapter", body)
             #expect(response.status == 400, "\(response.status) \(response.body.prefix(300))")
         }
@@ -222,7 +239,8 @@ extension ServeTests {
     @Test("--max-adapters out of range, --max-body-bytes over the ceiling: refused before anything starts")
     func limitFlagsValidated() throws {
         let binary = try TestEnvironment.lorikeetBinary
-        let (tooMany, tooManyOutput) = try TestEnvironment.runProcess(binary, ["serve", "--max-adapters", "\(Limits.maxAdaptersCeiling + 1)"])
+        let (tooMany, tooManyOutput) = try TestEnvironment.runProcess(
+            binary, ["serve", "--max-adapters", "\(Limits.maxAdaptersCeiling + 1)"])
         #expect(tooMany == 64 && tooManyOutput.contains("--max-adapters must be 1...\(Limits.maxAdaptersCeiling)"), "\(tooManyOutput)")
         let (envTooMany, envOutput) = try TestEnvironment.runProcess(binary, ["serve"], environment: ["LORIKEET_MAX_ADAPTERS": "0"])
         #expect(envTooMany == 64 && envOutput.contains("--max-adapters"), "\(envOutput)")
@@ -326,7 +344,8 @@ extension ServeTests {
         func childPIDs() -> [Int32] {
             guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
             return entries.compactMap { Int32($0) }.filter { pid in
-                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
+                else {
                     return false
                 }
                 let fields = stat[stat.index(after: close)...].split(separator: " ")
@@ -337,7 +356,9 @@ extension ServeTests {
             children = childPIDs()
             let (status, output) = try TestEnvironment.runProcess(
                 try TestEnvironment.lorikeetBinary, ["ctl", "status", "--state-dir", stateDirectory, "--json"])
-            guard status == 0, let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else { return false }
+            guard status == 0, let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else {
+                return false
+            }
             return object["ready_workers"] as? Int == 2
         }
         children = childPIDs()
@@ -345,7 +366,9 @@ extension ServeTests {
         // Created private, with no chmod afterwards (umask 077 in the supervisor, umask ~mode around bind).
         #expect(Self.modeBits(stateDirectory) == 0o700)
         for file in ["admin.sock", "engine.sock", "audit.log"] {
-            #expect(Self.modeBits(stateDirectory + "/" + file) == 0o600, "\(file): \(String(Self.modeBits(stateDirectory + "/" + file), radix: 8))")
+            #expect(
+                Self.modeBits(stateDirectory + "/" + file) == 0o600,
+                "\(file): \(String(Self.modeBits(stateDirectory + "/" + file), radix: 8))")
         }
         for pid in children {
             #expect(!Self.procFile(pid, "environ").contains { $0.hasPrefix("LORIKEET_PARENT_WATCH=") })

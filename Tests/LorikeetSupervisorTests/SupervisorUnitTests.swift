@@ -1,7 +1,8 @@
 import Foundation
 import LorikeetProto
-@testable import LorikeetSupervisor
 import Testing
+
+@testable import LorikeetSupervisor
 
 /// Supervisor rules as pure functions: the crash-loop breaker's notion of a boot
 /// failure, bounded audit lines, the inner re-check of routed mutations, child environments.
@@ -48,7 +49,10 @@ struct SupervisorUnitTests {
             (Supervisor.Mutation.unload(UnloadAdapterRequest(name: "")), "lora_name"),
             (Supervisor.Mutation.load(LoadAdapterRequest(name: "a\u{0}b", path: "/p")), "lora_name"),
             (Supervisor.Mutation.load(LoadAdapterRequest(name: "a", path: "/p\n")), "lora_path"),
-            (Supervisor.Mutation.load(LoadAdapterRequest(name: "a", path: "/p", baseModel: String(repeating: "m", count: 300))), "base_model_name"),
+            (
+                Supervisor.Mutation.load(LoadAdapterRequest(name: "a", path: "/p", baseModel: String(repeating: "m", count: 300))),
+                "base_model_name"
+            ),
         ])
     func routedMutationProblems(_ mutation: Supervisor.Mutation, _ param: String) {
         let problem = Supervisor.problem(in: mutation)

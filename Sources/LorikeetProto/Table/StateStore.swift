@@ -104,7 +104,8 @@ public struct StateStore: Sendable {
         guard fstat(fd, &info) == 0 else { throw .io(path: self.path, call: "fstat", errno: errno) }
         guard info.st_mode & S_IFMT == S_IFREG else { throw .corrupt(path: self.path, reason: "it is not a regular file") }
         guard Int(info.st_size) <= TableFile.maximumSize else {
-            throw .corrupt(path: self.path, reason: TableFileError.tooLarge(bytes: Int(info.st_size), maximum: TableFile.maximumSize).description)
+            throw .corrupt(
+                path: self.path, reason: TableFileError.tooLarge(bytes: Int(info.st_size), maximum: TableFile.maximumSize).description)
         }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65_536)
@@ -118,7 +119,8 @@ public struct StateStore: Sendable {
             bytes += chunk[0..<count]
             // The file grew after fstat: still never read more than the limit (plus one byte to tell).
             if bytes.count > TableFile.maximumSize {
-                throw .corrupt(path: self.path, reason: TableFileError.tooLarge(bytes: bytes.count, maximum: TableFile.maximumSize).description)
+                throw .corrupt(
+                    path: self.path, reason: TableFileError.tooLarge(bytes: bytes.count, maximum: TableFile.maximumSize).description)
             }
         }
         do {
@@ -133,7 +135,8 @@ public struct StateStore: Sendable {
     public func save(_ table: AdapterTable) throws(StateStoreError) {
         let bytes = TableFile.encode(table)
         guard bytes.count <= TableFile.maximumSize else {
-            throw .corrupt(path: self.path, reason: "the table to write is \(bytes.count) bytes; the limit is \(TableFile.maximumSize) bytes")
+            throw .corrupt(
+                path: self.path, reason: "the table to write is \(bytes.count) bytes; the limit is \(TableFile.maximumSize) bytes")
         }
         let temporary = self.temporaryPath
         // A stale temp file (a crash mid-save), or anything planted under its name: unlink
