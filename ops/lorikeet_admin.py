@@ -28,7 +28,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PROTO_DIR = os.path.join(os.path.dirname(HERE), "proto")
-MAX_FRAME = 64 * 1024 * 1024
+# The admin channel's frame limit (Limits.channelFrameBytes): the supervisor drops a
+# connection that sends a larger frame, and never sends one.
+MAX_FRAME = 16 * 1024 * 1024
 
 
 def compile_protos(proto_dir, out_dir):
@@ -67,7 +69,10 @@ def call(admin_pb2, path, envelope, timeout):
     except OSError as error:
         fail(f"cannot reach the supervisor at {path}: {error}", 3)
     with sock:
-        sock.sendall(frame(envelope.SerializeToString()))
+        payload = envelope.SerializeToString()
+        if len(payload) > MAX_FRAME:
+            fail(f"the request is {len(payload)} bytes; the admin channel's limit is {MAX_FRAME} bytes", 1)
+        sock.sendall(frame(payload))
         header = read_exact(sock, 5)
         if header is None:
             fail("the supervisor closed the connection (peer refused? see the server log)", 4)

@@ -55,7 +55,9 @@ struct CtlOptions: ParsableArguments {
         }
         var timeout = timeval(tv_sec: Int(self.timeout), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let connection = FramedConnection<AdminEnvelope>(fd: fd, maximumFrameSize: 64 * 1024 * 1024)
+        // The supervisor's limit: a request over it fails here, with a message, instead of
+        // being sent and dropping the connection.
+        let connection = FramedConnection<AdminEnvelope>(fd: fd, maximumFrameSize: Limits.channelFrameBytes)
         defer { connection.close() }
         do {
             try connection.send(AdminEnvelope(callID: 1, body: body))

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import LorikeetProto
 import LorikeetSupervisor
 import LorikeetWorker
 
@@ -30,7 +31,17 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Name the base model is served under (repeatable).") var servedModelName: [String] = []
     @Option(help: "Adapter to load at start: name=path or JSON {\"name\",\"path\",\"base_model_name\"} (repeatable).")
     var loraModules: [String] = []
-    @Option(help: "Require this bearer token on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY).") var apiKey: String?
+    @Option(
+        help: "Require this bearer token on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY). Visible in ps: prefer --api-key-file.")
+    var apiKey: String?
+    @Option(help: "Read the bearer token from this file (one line; should be mode 0600). Workers get it in their environment, never in argv.")
+    var apiKeyFile: String?
+    @Option(help: "Extra Host names accepted on a loopback bind, comma-separated (behind a proxy; or LORIKEET_ALLOWED_HOSTS).")
+    var allowedHosts: String?
+    @Option(help: "Most adapters the committed table may hold (or LORIKEET_MAX_ADAPTERS; default 1024, at most 2048).")
+    var maxAdapters: Int?
+    @Option(help: "Largest accepted request body in bytes (413 above; at most 12 MiB; default 8 MiB).")
+    var maxBodyBytes: Int?
     @Option(help: "Log format: text or json (one JSON object per line, for every process).") var logFormat = "text"
     @Option(help: "Admin socket path (default: <state dir>/admin.sock).") var adminSocket: String?
     @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
@@ -50,6 +61,11 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("upstream-kind"), help: "What the upstream servers are: vllm or sglang.") var upstreamKind = "vllm"
 
     func validate() throws {
+        if self.apiKey != nil && self.apiKeyFile != nil { throw ValidationError("give --api-key or --api-key-file, not both") }
+        if let maxBodyBytes { try SecurityOptions.checkBodyBytes(maxBodyBytes) }
+        let environment = ProcessInfo.processInfo.environment
+        _ = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
+        _ = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
         guard UpstreamKind(rawValue: self.upstreamKind) != nil else { throw ValidationError("--upstream-kind must be vllm or sglang") }
         for upstream in self.upstreams {
             do { _ = try UpstreamEndpoint(parsing: upstream) } catch { throw ValidationError("--upstream: \(error)") }
@@ -73,6 +89,29 @@ struct ServeCommand: ParsableCommand {
         ParentWatch.attach(parentPID: self.parentPid)
         let logger = Logger(label: "lorikeet.supervisor")
         guard ["text", "json"].contains(self.logFormat) else { throw ValidationError("--log-format must be text or json") }
+        if let reason = Limits.inconsistency() { SecurityOptions.refuse("this build's limits are inconsistent: \(reason)") }
+        let environment = ProcessInfo.processInfo.environment
+        if self.apiKey != nil {
+            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
+        }
+        var apiKey = self.apiKey
+        if let path = self.apiKeyFile {
+            do {
+                let (key, warning) = try SecurityOptions.readAPIKeyFile(path)
+                if let warning { logger.warning("\(warning)") }
+                apiKey = key
+            } catch {
+                SecurityOptions.refuse(error.description)
+            }
+        }
+        let maxAdapters = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
+        let allowedHosts = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
+        let keyed = apiKey != nil || [environment["LORIKEET_API_KEY"], environment["VLLM_API_KEY"]].contains { !($0 ?? "").isEmpty }
+        if !SecurityOptions.isLoopback(self.host) && RouteConfiguration.runtimeLoraUpdatingEnabled(environment) && !keyed {
+            logger.warning(
+                "listening on \(self.host) (not loopback) with runtime LoRA updating on and no API key: anyone who can reach the port can load and unload adapters; set --api-key-file or bind 127.0.0.1"
+            )
+        }
         var engineArguments: [String] = ["--log-format", self.logFormat]
         if let model { engineArguments += ["--model", Self.absolute(model)] }
         if let maxLoras { engineArguments += ["--max-loras", "\(maxLoras)"] }
@@ -82,7 +121,10 @@ struct ServeCommand: ParsableCommand {
         var workerArguments: [String] = ["--log-format", self.logFormat]
         for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
         for module in self.loraModules { workerArguments += ["--lora-modules", module] }
-        if let apiKey { workerArguments += ["--api-key", apiKey] }
+        // The API key travels in the workers' environment (LORIKEET_API_KEY), never in argv.
+        workerArguments += ["--max-adapters", "\(maxAdapters)"]
+        if !allowedHosts.isEmpty { workerArguments += ["--allowed-hosts", allowedHosts.joined(separator: ",")] }
+        if let maxBodyBytes { workerArguments += ["--max-body-bytes", "\(maxBodyBytes)"] }
         for upstream in self.upstreams { workerArguments += ["--upstream", upstream] }
         if !self.upstreams.isEmpty { workerArguments += ["--upstream-kind", self.upstreamKind] }
         if let base = self.metricsPortBase { workerArguments += ["--metrics-port-base", "\(base)", "--metrics-host", self.host] }
@@ -99,7 +141,9 @@ struct ServeCommand: ParsableCommand {
         configuration.crashLoopCooldownMs = max(self.crashLoopCooldownSeconds, 1) * 1000
         configuration.crashLoopMaximumCooldownMs = max(configuration.crashLoopMaximumCooldownMs, configuration.crashLoopCooldownMs)
         configuration.spawnEngine = self.upstreams.isEmpty
-        configuration.environment = ProcessInfo.processInfo.environment
+        configuration.environment = environment
+        configuration.maxAdapters = maxAdapters
+        if let apiKey { configuration.workerEnvironment["LORIKEET_API_KEY"] = apiKey }
         configuration.adminSocketPath = self.adminSocket.map(Self.absolute)
         let supervisor: Supervisor
         do {

@@ -41,11 +41,22 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY).")
     var apiKey: String?
 
+    @Option(name: .customLong("api-key-file"), help: "Read the bearer token from this file (one line; should be mode 0600).")
+    var apiKeyFile: String?
+
+    @Option(
+        name: .customLong("allowed-hosts"),
+        help: "Extra Host names accepted on a loopback bind, comma-separated (behind a proxy; or LORIKEET_ALLOWED_HOSTS).")
+    var allowedHosts: String?
+
+    @Option(name: .customLong("max-adapters"), help: "Most adapters the table may hold (or LORIKEET_MAX_ADAPTERS; default 1024, at most 2048).")
+    var maxAdapters: Int?
+
     @Option(name: .customLong("state-dir"), help: "Directory where the standalone worker persists its adapter table.")
     var stateDirectory: String?
 
     @Option(name: .customLong("max-body-bytes"), help: "Largest accepted request body (413 above).")
-    var maxBodyBytes: Int = 8 * 1024 * 1024
+    var maxBodyBytes: Int = Limits.defaultBodyBytes
 
     @Option(name: .customLong("drain-grace-ms"), help: "How long requests in flight may finish after SIGTERM.")
     var drainGraceMs: Int = 30_000
@@ -81,7 +92,11 @@ struct WorkerCommand: AsyncParsableCommand {
         for upstream in self.upstreams {
             do { _ = try UpstreamEndpoint(parsing: upstream) } catch { throw ValidationError("--upstream: \(error)") }
         }
-        guard self.maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
+        try SecurityOptions.checkBodyBytes(self.maxBodyBytes)
+        if self.apiKey != nil && self.apiKeyFile != nil { throw ValidationError("give --api-key or --api-key-file, not both") }
+        let environment = ProcessInfo.processInfo.environment
+        _ = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
+        _ = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
         if let base = self.metricsPortBase {
             guard (1...65535).contains(base + Int(max(self.slot, 0))) else {
@@ -109,14 +124,32 @@ struct WorkerCommand: AsyncParsableCommand {
         logger[metadataKey: "worker.pid"] = "\(getpid())"
         if self.slot >= 0 { logger[metadataKey: "worker.slot"] = "\(self.slot)" }
 
+        if self.apiKey != nil {
+            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
+        }
+        var apiKey = self.apiKey
+        if let path = self.apiKeyFile {
+            do {
+                let (key, warning) = try SecurityOptions.readAPIKeyFile(path)
+                if let warning { logger.warning("\(warning)") }
+                apiKey = key
+            } catch {
+                SecurityOptions.refuse(error.description)
+            }
+        }
+        let environment = ProcessInfo.processInfo.environment
         var configuration = WorkerConfiguration(
             engineSocket: self.engineSocket ?? "",
             listen: self.listenFD.map { .inheritedFD($0) } ?? .address(host: self.host, port: self.port),
             servedModelNames: self.servedModelNames,
             loraModules: try self.loraModules.map { text throws(Status) in try LoraModule(parsing: text) },
-            apiKey: self.apiKey, stateDirectory: self.stateDirectory, maxBodyBytes: self.maxBodyBytes,
+            apiKey: apiKey, stateDirectory: self.stateDirectory, maxBodyBytes: self.maxBodyBytes,
             drainGrace: .milliseconds(self.drainGraceMs), workerSlot: self.slot, version: LorikeetVersion.string)
-        configuration.applyEnvironment(ProcessInfo.processInfo.environment)
+        // A key from the flag or the file wins; else LORIKEET_API_KEY / VLLM_API_KEY (how
+        // `lorikeet serve` hands it over: in the environment, never in argv).
+        configuration.applyEnvironment(environment)
+        configuration.allowedHosts = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
+        configuration.maxAdapters = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
         if let base = self.metricsPortBase {
             configuration.metricsListen = .address(host: self.metricsHost ?? self.host, port: base + Int(max(self.slot, 0)))
         }

@@ -318,21 +318,48 @@ struct ServeTests {
         #expect(server.log.contains("crash-looping"))
     }
 
-    @Test("a slot killed fast again and again is paused (crash-loop), then tried again after the cool-down")
+    @Test(
+        "crash-loop breaker: ready workers killed fast never trip it; workers killed while booting do, and the slot heals after the cool-down"
+    )
     func crashLoopPauseHeals() throws {
         let server = try ServerUnderTest(
             workers: 2, extraArguments: ["--crash-loop-failures", "2", "--crash-loop-cooldown-seconds", "3"])
         defer { server.stop() }
         func slotOne() throws -> [String: Any]? { try server.workerList().first { ($0["slot"] as? Int) == 1 } }
-        for _ in 0..<2 {
+        // Workers that had been Ready (what a client could crash) are restarted, never paused.
+        for _ in 0..<3 {
             try Self.waitFor("slot 1 ready") { try slotOne()?["state"] as? String == "ready" }
             guard let pid = try slotOne()?["pid"] as? Int else { throw TestEnvironment.Failure("no worker in slot 1") }
             kill(Int32(pid), SIGKILL)
+            try Self.waitFor("slot 1 replaced") { (try slotOne()?["pid"] as? Int).map { $0 != pid } == true }
         }
-        try Self.waitFor("slot 1 paused", timeout: 20) { try slotOne()?["state"] as? String == "crash-loop" }
-        // The other slot keeps serving meanwhile.
-        #expect(try TestHTTP.request(port: server.port, path: "/v1/models").status == 200)
+        try Self.waitFor("slot 1 ready again") { try slotOne()?["state"] as? String == "ready" }
+        #expect(!server.log.contains("crash-looping"), "ready workers tripped the breaker")
+        #expect(server.log.contains("does not count toward the crash-loop breaker (it had been ready)"))
+
+        // Real boot failures: with the engine stopped, a new worker cannot get Ready; kill it while it boots.
+        let engine = server.childPIDs().filter { pid in
+            !((try? server.workerList().compactMap { $0["pid"] as? Int }) ?? []).contains(Int(pid))
+        }
+        #expect(engine.count == 1)
+        for pid in engine { kill(pid, SIGSTOP) }
+        defer { for pid in engine { kill(pid, SIGCONT) } }
+        guard let readyPID = try slotOne()?["pid"] as? Int else { throw TestEnvironment.Failure("no worker in slot 1") }
+        kill(Int32(readyPID), SIGKILL)
+        var killed: Set<Int> = [readyPID]
+        try Self.waitFor("slot 1 paused", timeout: 30) {
+            let slot = try slotOne()
+            if slot?["state"] as? String == "crash-loop" { return true }
+            if let pid = slot?["pid"] as? Int, pid > 0, !killed.contains(pid), ["starting", "booting"].contains(slot?["state"] as? String ?? "") {
+                killed.insert(pid)
+                kill(Int32(pid), SIGKILL)
+            }
+            return false
+        }
+        #expect(try server.workerList().first { ($0["slot"] as? Int) == 0 }?["state"] as? String == "ready", "slot 0 was disturbed")
+        for pid in engine { kill(pid, SIGCONT) }
         try Self.waitFor("slot 1 back after the pause", timeout: 60) { try slotOne()?["state"] as? String == "ready" }
+        #expect(try TestHTTP.request(port: server.port, path: "/v1/models").status == 200)
         #expect(server.log.contains("pausing the slot for 3 s"))
         #expect(server.log.contains("crash-loop pause over"))
     }

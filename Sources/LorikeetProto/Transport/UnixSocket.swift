@@ -7,6 +7,8 @@ public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible 
     case pathTooLong(String)
     case closed
     case frame(FrameError)
+    /// Something other than a stale socket of ours is where a socket should be created.
+    case notASocket(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -14,30 +16,75 @@ public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible 
         case .pathTooLong(let path): return "socket path is longer than 107 bytes: \(path)"
         case .closed: return "connection closed"
         case .frame(let error): return "bad frame: \(error)"
+        case .notASocket(let path, let reason): return "\(path) \(reason); remove it or choose another path"
         }
     }
 }
 
 /// Unix-domain stream socket helpers (all fds are close-on-exec).
 public enum UnixSocket {
-    /// Binds and listens on `path` (replacing a stale socket file) with the given mode.
+    /// Binds and listens on `path` with the given mode.
+    ///
+    /// The socket file gets its mode at creation: `bind` runs under `umask(~mode)` (never a
+    /// `chmod` after `bind`, which would leave a window in which anyone could connect).
+    /// umask is process-wide: the mask is restored right after `bind`, and callers bind at
+    /// startup, before other threads create files (a thread that did would only get a
+    /// stricter mode). A stale socket at `path` is removed first, but only when it is a
+    /// socket owned by this uid (`removeStaleSocket`).
     public static func listen(path: String, mode: UInt32 = 0o600, backlog: Int32 = 128) throws(TransportError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
         do {
             var address = try Self.address(path)
-            unlink(path)
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            try Self.removeStaleSocket(path: path)
+            let bound = Self.withUmask(for: mode) {
+                withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
             }
             guard bound == 0 else { throw TransportError.system(call: "bind \(path)", errno: errno) }
-            guard chmod(path, mode) == 0 else { throw TransportError.system(call: "chmod \(path)", errno: errno) }
             guard Glibc.listen(fd, backlog) == 0 else { throw TransportError.system(call: "listen", errno: errno) }
             return fd
         } catch {
             close(fd)
             throw error as! TransportError
         }
+    }
+
+    /// Runs `body` (a `bind`) with the umask that gives a new socket file exactly `mode`
+    /// (`~mode & 0o777`), then restores the previous umask; errno is that of `body`.
+    public static func withUmask<Result>(for mode: UInt32, _ body: () -> Result) -> Result {
+        let previous = umask(mode_t(~mode & 0o777))
+        let result = body()
+        let code = errno
+        umask(previous)
+        errno = code
+        return result
+    }
+
+    /// Makes room for a new socket at `path`: nothing there is fine; a socket owned by this
+    /// uid (a previous run's) is unlinked; anything else (a regular file, a directory, a
+    /// symlink, someone else's socket) is left alone and refused. `lstat` never follows
+    /// a symlink, and `unlink` removes the name itself.
+    public static func removeStaleSocket(path: String) throws(TransportError) {
+        var info = stat()
+        if lstat(path, &info) != 0 {
+            if errno == ENOENT { return }
+            throw .system(call: "lstat \(path)", errno: errno)
+        }
+        guard info.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path: path, reason: "exists and is not a socket") }
+        guard info.st_uid == geteuid() else {
+            throw .notASocket(path: path, reason: "is a socket owned by uid \(info.st_uid), not by this process")
+        }
+        if unlink(path) != 0 && errno != ENOENT { throw .system(call: "unlink \(path)", errno: errno) }
+    }
+
+    /// Removes the socket at `path` when it is one this uid owns (at shutdown); leaves
+    /// anything else.
+    public static func unlinkOwnSocket(path: String) {
+        var info = stat()
+        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, info.st_uid == geteuid() else { return }
+        unlink(path)
     }
 
     /// Connects to the socket at `path`.

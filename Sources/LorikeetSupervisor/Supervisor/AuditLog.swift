@@ -22,22 +22,29 @@ struct AuditEntry: Equatable {
     var status: Status
     var tableVersion: UInt64
 
-    /// The JSON line, without the newline.
+    /// A path is kept whole up to `Limits.adapterPathBytes` (every valid path fits).
+    static let pathEchoBytes = Limits.adapterPathBytes
+    /// Status messages may quote a (truncated) client value; bounded all the same.
+    static let messageEchoBytes = 1024
+
+    /// The JSON line, without the newline. Every field a client supplied (name, path,
+    /// caller, and the message, which may quote them) is cut with `String.echoed`, so a
+    /// refused multi-megabyte request writes a line of a few KiB at most.
     var json: String {
         var fields: [(String, String)] = [
             ("time", Self.quote(Self.timestamp(self.timeUnixMs))),
             ("action", Self.quote(self.action)),
-            ("name", Self.quote(self.name)),
+            ("name", Self.quote(self.name.echoed())),
             ("id", "\(self.id)"),
-            ("path", Self.quote(self.path)),
+            ("path", Self.quote(self.path.echoed(limit: Self.pathEchoBytes))),
             ("via", Self.quote(self.slot < 0 ? "admin" : "worker")),
             ("slot", "\(self.slot)"),
-            ("caller", Self.quote(self.caller)),
+            ("caller", Self.quote(self.caller.echoed())),
         ]
         if let batchIndex { fields.append(("batch", "\(batchIndex)")) }
         fields += [
             ("code", Self.quote(self.status.code.description)),
-            ("message", Self.quote(self.status.message)),
+            ("message", Self.quote(self.status.message.echoed(limit: Self.messageEchoBytes))),
             ("table_version", "\(self.tableVersion)"),
         ]
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
@@ -87,8 +94,23 @@ final class AuditLog {
 
     init(path: String) throws(StateStoreError) {
         self.path = path
-        self.fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        if self.fd < 0 { throw .io(path: path, call: "open", errno: errno) }
+        self.fd = try Self.open(path)
+    }
+
+    /// Opens for appending without following a symlink (`O_NOFOLLOW`), without blocking
+    /// on a FIFO planted in its place (`O_NONBLOCK`), and only when it is a regular file.
+    static func open(_ path: String) throws(StateStoreError) -> Int32 {
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o640)
+        if fd < 0 {
+            if errno == ELOOP { throw .corrupt(path: path, reason: "the audit log is a symlink") }
+            throw .io(path: path, call: "open", errno: errno)
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw .corrupt(path: path, reason: "the audit log is not a regular file")
+        }
+        return fd
     }
 
     deinit { if self.fd >= 0 { close(self.fd) } }
@@ -111,8 +133,7 @@ final class AuditLog {
 
     /// Reopens the path (after log rotation moved the file away).
     func reopen() throws(StateStoreError) {
-        let fd = open(self.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        if fd < 0 { throw .io(path: self.path, call: "open", errno: errno) }
+        let fd = try Self.open(self.path)
         close(self.fd)
         self.fd = fd
     }

@@ -1,3 +1,5 @@
+import LorikeetProto
+
 /// Everything `lorikeet serve` needs to run the supervisor.
 public struct SupervisorConfiguration: Sendable {
     /// Path of the `lorikeet` binary to spawn for the engine and the workers.
@@ -21,6 +23,14 @@ public struct SupervisorConfiguration: Sendable {
     public var auditLogPath: String?
     /// The environment read for `NOTIFY_SOCKET` and `WATCHDOG_USEC` (systemd).
     public var environment: [String: String] = [:]
+    /// Variables set (or replaced) in every worker's environment, on top of the
+    /// supervisor's own: secrets such as `LORIKEET_API_KEY` travel here, never in argv
+    /// (`/proc/<pid>/cmdline` is readable by every local user; `environ` only by the owner).
+    public var workerEnvironment: [String: String] = [:]
+    /// Variables removed from the engine's environment (secrets the engine has no use for).
+    public var engineEnvironmentRemovals: Set<String> = ["LORIKEET_API_KEY", "VLLM_API_KEY", "LORIKEET_UPSTREAM_API_KEY"]
+    /// `--max-adapters`: a commit that would grow the table beyond this is refused.
+    public var maxAdapters = Limits.defaultMaxAdapters
     /// Version reported by status calls.
     public var version = "0.1.0"
 

@@ -5,7 +5,7 @@ import LorikeetProto
 /// One connected admin client (`lorikeet ctl`, scripts, any protobuf client).
 final class AdminConnection {
     let pipe: UVPipe
-    var decoder = MessageDecoder<AdminEnvelope>(maximumFrameSize: 16 * 1024 * 1024)
+    var decoder = MessageDecoder<AdminEnvelope>(maximumFrameSize: Limits.channelFrameBytes)
     var closed = false
     /// The peer's credentials, for the audit log's `caller`.
     let caller: String
@@ -15,9 +15,24 @@ final class AdminConnection {
         self.caller = caller
     }
 
+    /// Sends one reply. A reply whose frame would exceed `Limits.channelFrameBytes` (the
+    /// client's decoder limit) is replaced by a small error of the same kind
+    /// (FAILED_PRECONDITION) so the client gets an answer and the connection stays usable.
     func send(_ body: AdminEnvelope.Body, callID: UInt64) {
         guard !self.closed else { return }
-        self.pipe.write(Frame.encode(AdminEnvelope(callID: callID, body: body)))
+        let payload = AdminEnvelope(callID: callID, body: body).serializedBytes()
+        guard payload.count <= Limits.channelFrameBytes else {
+            let status = Status(
+                code: .failedPrecondition,
+                message: "the reply is \(payload.count) bytes, more than the admin channel's limit of \(Limits.channelFrameBytes) bytes")
+            if case .mutationReply = body {
+                self.send(.mutationReply(AdapterMutationReply(status: status)), callID: callID)
+            } else {
+                self.send(.result(CallResult(status: status)), callID: callID)
+            }
+            return
+        }
+        self.pipe.write(Frame.encode(payload))
     }
 }
 
@@ -87,6 +102,12 @@ extension Supervisor {
             request.caller = connection.caller
             self.route(.unload(request), callID: callID, origin: nil) { reply in connection.send(.mutationReply(reply), callID: callID) }
         case .batch(let batch):
+            guard batch.items.count <= Limits.batchOperations else {
+                return result(
+                    Status(
+                        code: .invalidArgument,
+                        message: "a batch has \(batch.items.count) items; the limit is \(Limits.batchOperations)", param: "items"))
+            }
             self.runBatch(batch.items[...], results: [], caller: connection.caller) { results in
                 connection.send(.batchReply(BatchReply(results: results)), callID: callID)
             }

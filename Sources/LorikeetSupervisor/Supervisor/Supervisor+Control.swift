@@ -30,17 +30,30 @@ struct PendingCommit {
 extension Supervisor {
     // MARK: - Control channel I/O
 
+    /// Bytes from a worker's control channel. A well-framed payload that is not a
+    /// `ControlEnvelope` is dropped on its own (logged; the stream is still in step and
+    /// the channel stays). A framing error (bad flag, a length over
+    /// `Limits.channelFrameBytes`) leaves the stream out of step: the channel is closed and
+    /// the worker killed, marked as a protocol kill, which never counts toward the
+    /// crash-loop breaker. No client request can cause either: workers refuse to send a
+    /// frame over the limit (`FramedConnection.send`), and every field is bounded first.
     func controlBytes(_ bytes: [UInt8], from worker: WorkerProcess) {
         worker.decoder.feed(bytes)
-        while true {
+        while worker.control != nil {
             let envelope: ControlEnvelope?
             do {
                 envelope = try worker.decoder.next()
+            } catch .invalidMessage(let error) {
+                self.logger.error(
+                    "dropped a control frame that is not a control message: \(error)",
+                    metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)"])
+                continue
             } catch {
                 self.logger.error(
                     "closing control channel: \(error)", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)"])
                 worker.control?.close()
                 worker.control = nil
+                worker.killedForProtocol = true
                 self.terminate(worker, reason: "sent a bad control frame")
                 return
             }
@@ -144,6 +157,7 @@ extension Supervisor {
             return
         }
         worker.state = .prepared
+        worker.becameReady = true
         if let slot = self.slots.first(where: { $0.index == worker.slot }), slot.replacement === worker, let old = slot.current {
             // Rolling restart: the old process stops accepting first; then the new one starts.
             self.logger.info("replacement prepared; draining the old worker", metadata: ["worker.slot": "\(worker.slot)"])
@@ -156,6 +170,7 @@ extension Supervisor {
 
     func startServing(_ worker: WorkerProcess) {
         worker.state = .ready
+        worker.becameReady = true
         worker.send(.ready(Ready(tableVersion: self.table.version)))
         self.logger.info("worker ready", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "role": "\(worker.role)"])
         self.notifySystemd()
@@ -178,27 +193,71 @@ extension Supervisor {
         case unload(UnloadAdapterRequest)
     }
 
+    /// Why `mutation` is refused before it reaches the leader, or nil: the inner re-check
+    /// of the limits the HTTP edge (and the admin handler) enforce (`TextRules`,
+    /// `Limits.adapterNameBytes`, `adapterPathBytes`, `baseModelNameBytes`).
+    static func problem(in mutation: Mutation) -> Status? {
+        func check(_ value: String, _ field: String, _ limit: Int, allowEmpty: Bool = false) -> Status? {
+            TextRules.problem(value, field: field, maxBytes: limit, allowEmpty: allowEmpty).map {
+                Status(code: .invalidArgument, message: $0, param: field)
+            }
+        }
+        switch mutation {
+        case .load(let request):
+            return check(request.name, "lora_name", Limits.adapterNameBytes)
+                ?? check(request.path, "lora_path", Limits.adapterPathBytes, allowEmpty: true)
+                ?? check(request.baseModel, "base_model_name", Limits.baseModelNameBytes, allowEmpty: true)
+        case .unload(let request):
+            return check(request.name, "lora_name", Limits.adapterNameBytes)
+        }
+    }
+
     func route(
         _ mutation: Mutation, callID: UInt64, origin: WorkerProcess?, batchIndex: Int? = nil,
         reply: ((AdapterMutationReply) -> Void)?
     ) {
-        guard let leader = self.leader, leader.hasHello, leader.process != nil, self.stopping == nil else {
-            let status = Status(
-                code: .unavailable, message: self.stopping != nil ? "the server is shutting down" : "no leader is available yet; retry")
+        func refuse(_ status: Status) {
             let refusal = AdapterMutationReply(status: status, tableVersion: self.table.version)
             self.recordAudit(mutation, batchIndex: batchIndex, refusal)
             if let reply { reply(refusal) } else {
                 origin?.send(.mutationReply(refusal), callID: callID)
             }
-            return
+        }
+        if let problem = Self.problem(in: mutation) {
+            self.logger.warning(
+                "adapter request refused: \(problem.message)", metadata: ["worker.slot": "\(origin.map { "\($0.slot)" } ?? "admin")"])
+            return refuse(problem)
+        }
+        guard let leader = self.leader, leader.hasHello, leader.process != nil, self.stopping == nil else {
+            return refuse(
+                Status(code: .unavailable, message: self.stopping != nil ? "the server is shutting down" : "no leader is available yet; retry"))
+        }
+        // The caller field comes from the forwarding worker or the admin peer: bounded like any echo.
+        var mutation = mutation
+        switch mutation {
+        case .load(var request):
+            request.caller = request.caller.echoed()
+            mutation = .load(request)
+        case .unload(var request):
+            request.caller = request.caller.echoed()
+            mutation = .unload(request)
         }
         let routedID = self.nextCallID
         self.nextCallID += 1
         self.pendingRoutes[routedID] = RoutedMutation(
             mutation: mutation, batchIndex: batchIndex, origin: origin, originCallID: callID, reply: reply, leader: leader)
+        let sent: Bool
         switch mutation {
-        case .load(let request): leader.send(.load(request), callID: routedID)
-        case .unload(let request): leader.send(.unload(request), callID: routedID)
+        case .load(let request): sent = leader.send(.load(request), callID: routedID)
+        case .unload(let request): sent = leader.send(.unload(request), callID: routedID)
+        }
+        if !sent, let route = self.pendingRoutes.removeValue(forKey: routedID) {
+            // Cannot happen with the fields bounded above; if it does, this call fails alone.
+            self.answer(
+                route,
+                AdapterMutationReply(
+                    status: Status(code: .invalidArgument, message: "the request is larger than the control channel's limit"),
+                    tableVersion: self.table.version))
         }
     }
 
@@ -238,9 +297,17 @@ extension Supervisor {
             return refuse(.aborted, "the change is based on table version \(request.baseVersion), current is \(self.table.version)")
         }
         let next: AdapterTable
-        switch TableRules.apply(request.change, to: self.table) {
+        switch TableRules.apply(request.change, to: self.table, maxAdapters: self.configuration.maxAdapters) {
         case .failure(let status): return refuse(status.code, status.message)
         case .success(let table): next = table
+        }
+        // Every worker gets this table (snapshot) or this change: both must fit a frame, or
+        // the change would cut workers off. Bounded by the limits above; checked all the same.
+        let snapshotBytes = ControlEnvelope(callID: UInt64.max, body: .snapshot(TableSnapshot(table: next))).serializedBytes().count
+        guard snapshotBytes <= Limits.channelFrameBytes, TableFile.encode(next).count <= TableFile.maximumSize else {
+            return refuse(
+                .failedPrecondition,
+                "the adapter table would be \(snapshotBytes) bytes, more than a control frame (\(Limits.channelFrameBytes) bytes) or the state file limit (\(TableFile.maximumSize) bytes)")
         }
         do {
             try self.store.save(next)

@@ -48,11 +48,32 @@ public final class Supervisor {
     /// Port actually bound (useful with port 0).
     public private(set) var boundPort: UInt16 = 0
 
+    /// Checks and opens the state directory: created 0700 when missing; a symlink, a
+    /// directory of another uid or one writable by group/others is refused
+    /// (`StateStoreError.untrustedDirectory`); so is a table file that is empty,
+    /// truncated, foreign, of another format version, with a bad checksum or too large
+    /// (`.corrupt`). Callers exit with `LorikeetExitCode.cannotBoot` on any of these.
+    ///
+    /// Sets the process umask to 077 for the supervisor's whole life (umask is
+    /// process-wide; the children inherit it): every file and socket it or its children
+    /// create is private from creation, with no chmod afterwards.
     public init(configuration: SupervisorConfiguration, logger: Logger) throws {
+        umask(0o077)
         self.configuration = configuration
         self.logger = logger
         self.store = try StateStore(directory: configuration.stateDirectory)
-        self.table = try self.store.load()
+        let (table, format) = try self.store.loadWithFormat()
+        self.table = table
+        if format == .legacy {
+            logger.notice(
+                "the adapter table file has the legacy format (no header); it is rewritten in format \(TableFile.formatVersion) on the next change",
+                metadata: ["path": "\(self.store.path)", "table.version": "\(table.version)", "adapters": "\(table.adapters.count)"])
+        }
+        if table.adapters.count > configuration.maxAdapters {
+            logger.warning(
+                "the committed table holds more adapters than --max-adapters; loads are refused until it shrinks",
+                metadata: ["adapters": "\(table.adapters.count)", "max_adapters": "\(configuration.maxAdapters)"])
+        }
         self.audit = try AuditLog(path: configuration.auditLogPath ?? configuration.stateDirectory + "/audit.log")
         self.notifier = SystemdNotifier(environment: configuration.environment, logger: logger)
         self.startedAtMs = self.loop.nowMs
@@ -120,7 +141,8 @@ public final class Supervisor {
             + ["--socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())"]
         do {
             self.engineStartedAtMs = self.nowMs
-            self.engine = try UVProcess.spawn(loop: self.loop, arguments: arguments) { [unowned self] exit in
+            let environment = ChildEnvironment.make(removing: self.configuration.engineEnvironmentRemovals)
+            self.engine = try UVProcess.spawn(loop: self.loop, arguments: arguments, environment: environment) { [unowned self] exit in
                 self.engineExited(exit)
             }
             self.engineState = "running"
@@ -172,7 +194,10 @@ public final class Supervisor {
              "--engine-socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())"]
             + self.configuration.workerArguments
         do {
-            worker.process = try UVProcess.spawn(loop: self.loop, arguments: arguments, extraFDs: [listenerFD, pair.1]) {
+            let environment = ChildEnvironment.make(setting: self.configuration.workerEnvironment)
+            worker.process = try UVProcess.spawn(
+                loop: self.loop, arguments: arguments, environment: environment, extraFDs: [listenerFD, pair.1]
+            ) {
                 [unowned self, unowned worker] exit in self.workerExited(worker, exit)
             }
         } catch {
@@ -248,20 +273,41 @@ public final class Supervisor {
             return
         }
         slot.restarts += 1
+        if worker.becameReady { slot.trips = 0 }
         if uptime < self.configuration.fastFailureMs {
-            slot.fastFailureTimes.append(self.nowMs)
-            slot.fastFailureTimes.removeAll { self.nowMs - $0 > self.configuration.crashLoopWindowMs }
             slot.consecutiveFastFailures += 1
-            // A slot tried again after a pause that fails fast once more pauses again at once.
-            if slot.fastFailureTimes.count >= self.configuration.crashLoopFailures || slot.trips > 0 {
-                self.tripBreaker(slot, exit: exit)
-                return
+            if Self.isBootFailure(worker, uptimeMs: uptime, fastFailureMs: self.configuration.fastFailureMs) {
+                slot.fastFailureTimes.append(self.nowMs)
+                slot.fastFailureTimes.removeAll { self.nowMs - $0 > self.configuration.crashLoopWindowMs }
+                // A slot tried again after a pause that fails at boot once more pauses again at once.
+                if slot.fastFailureTimes.count >= self.configuration.crashLoopFailures || slot.trips > 0 {
+                    self.tripBreaker(slot, exit: exit)
+                    return
+                }
+            } else {
+                self.logger.notice(
+                    "worker exit does not count toward the crash-loop breaker (\(worker.killedForProtocol ? "killed for a protocol error" : "it had been ready"))",
+                    metadata: ["worker.slot": "\(worker.slot)", "pid": "\(pid)"])
             }
         } else {
             slot.trips = 0
             if uptime > self.configuration.stableUptimeMs { slot.consecutiveFastFailures = 0 }
         }
         self.scheduleRestart(slot, reason: exit.description)
+    }
+
+    /// The crash-loop breaker's rule: an exit is a *boot failure*, and counts toward
+    /// `--crash-loop-failures` (within `crashLoopWindowMs`), only when the worker
+    /// - exited within `fastFailureMs` of being spawned,
+    /// - never reported Ready (neither prepared for a rolling restart nor serving), and
+    /// - was not killed by the supervisor for a protocol error (a bad control frame).
+    ///
+    /// A worker that served and then died — whatever a client sent it, a `kill -9`, an
+    /// OOM kill — is restarted (with backoff when it keeps dying fast), but never trips
+    /// the breaker: only a slot that cannot boot is paused, and only when every slot
+    /// cannot boot does the server stop with `LorikeetExitCode.crashLoop`.
+    static func isBootFailure(_ worker: WorkerProcess, uptimeMs: UInt64, fastFailureMs: UInt64) -> Bool {
+        uptimeMs < fastFailureMs && !worker.becameReady && !worker.killedForProtocol
     }
 
     /// Opens the crash-loop breaker of `slot`: no restarts for a cool-down (doubling with
@@ -415,7 +461,7 @@ public final class Supervisor {
         self.watchdogTimer?.close()
         self.stopTimer?.close()
         self.adminServer?.close()
-        unlink(self.adminSocketPath)
+        UnixSocket.unlinkOwnSocket(path: self.adminSocketPath)
         for signal in self.signals { signal.close() }
         for slot in self.slots { slot.restartTimer?.close() }
         self.logger.info("all processes stopped")

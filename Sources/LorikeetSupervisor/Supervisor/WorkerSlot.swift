@@ -21,7 +21,7 @@ final class WorkerProcess {
     let generation: Int
     var process: UVProcess?
     var control: UVPipe?
-    var decoder = MessageDecoder<ControlEnvelope>()
+    var decoder = MessageDecoder<ControlEnvelope>(maximumFrameSize: Limits.channelFrameBytes)
     var state: WorkerState = .starting
     var role: WorkerRole = .follower
     let startedAtMs: UInt64
@@ -31,6 +31,12 @@ final class WorkerProcess {
     /// is expected and the slot is not restarted for it.
     var retiring = false
     var killTimer: UVTimer?
+    /// Reported Ready (prepared or serving) at least once: it booted, so its exit is never
+    /// a boot failure for the crash-loop breaker.
+    var becameReady = false
+    /// The supervisor killed it for breaking the control protocol (a frame that cannot be
+    /// framed): not a boot failure either.
+    var killedForProtocol = false
 
     init(slot: Int, generation: Int, nowMs: UInt64) {
         self.slot = slot
@@ -42,8 +48,27 @@ final class WorkerProcess {
     var pid: Int32 { self.process?.pid ?? 0 }
     var hasHello: Bool { self.state != .starting }
 
-    func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) {
-        self.control?.write(Frame.encode(ControlEnvelope(callID: callID, body: body)))
+    /// Sends one control message. A message whose frame would exceed the channel's limit
+    /// (`Limits.channelFrameBytes`, the worker's decoder limit) is not sent: the worker
+    /// would have to drop the channel. A reply is replaced by a small error reply to the
+    /// same call (FAILED_PRECONDITION); for anything else the caller is told (false) and
+    /// answers its own caller.
+    @discardableResult
+    func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) -> Bool {
+        let payload = ControlEnvelope(callID: callID, body: body).serializedBytes()
+        guard payload.count <= Limits.channelFrameBytes else {
+            let status = Status(
+                code: .failedPrecondition,
+                message: "the reply is \(payload.count) bytes, more than the control channel's limit of \(Limits.channelFrameBytes) bytes")
+            switch body {
+            case .mutationReply: self.send(.mutationReply(AdapterMutationReply(status: status)), callID: callID)
+            case .commitReply: self.send(.commitReply(CommitReply(status: status)), callID: callID)
+            default: break
+            }
+            return false
+        }
+        self.control?.write(Frame.encode(payload))
+        return true
     }
 }
 

@@ -1,5 +1,6 @@
 import CLibUV
 import Glibc
+import LorikeetProto
 
 /// A byte stream over a Unix socket fd (a control socketpair end or an accepted admin
 /// connection). Reads are delivered as byte arrays; writes copy their bytes.
@@ -98,21 +99,26 @@ final class UVPipeServer: UVHandle {
     private let loop: UVLoop
     private var onConnection: ((UVPipe) -> Void)?
 
-    init(loop: UVLoop, path: String, mode: mode_t) throws(UVError) {
+    /// Binds `path` with `mode` set at creation (bind under `umask(~mode)`, no chmod
+    /// after bind), after removing a stale socket of ours there; anything else at `path`
+    /// (a file, a symlink, someone else's socket) is refused (`UnixSocket.removeStaleSocket`).
+    init(loop: UVLoop, path: String, mode: mode_t) throws(any Error) {
         self.loop = loop
         super.init(type: UV_NAMED_PIPE)
         uv_pipe_init(loop.loop, self.raw.assumingMemoryBound(to: uv_pipe_t.self), 0)
         self.register()
-        unlink(path)
-        let bound = uv_pipe_bind(self.raw.assumingMemoryBound(to: uv_pipe_t.self), path)
+        do {
+            try UnixSocket.removeStaleSocket(path: path)
+        } catch {
+            self.close()
+            throw error
+        }
+        let bound = UnixSocket.withUmask(for: UInt32(mode)) {
+            uv_pipe_bind(self.raw.assumingMemoryBound(to: uv_pipe_t.self), path)
+        }
         if bound < 0 {
             self.close()
             throw UVError(code: bound, call: "bind \(path)")
-        }
-        if chmod(path, mode) != 0 {
-            let code = errno
-            self.close()
-            throw UVError(code: -code, call: "chmod \(path)")
         }
     }
 

@@ -82,3 +82,24 @@ final class UVProcess: UVHandle {
         uv_process_kill(self.raw.assumingMemoryBound(to: uv_process_t.self), signal)
     }
 }
+
+/// Environments for children: the supervisor's own, with some variables replaced or removed.
+enum ChildEnvironment {
+    /// `KEY=VALUE` strings of this process's environment, with `setting` applied on top and
+    /// the names in `removing` left out.
+    static func make(setting: [String: String] = [:], removing: Set<String> = []) -> [String] {
+        var result: [String] = []
+        var index = 0
+        while let entry = environ[index] {
+            index += 1
+            let text = String(cString: entry)
+            let name = text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? text
+            if setting[name] != nil || removing.contains(name) { continue }
+            result.append(text)
+        }
+        for (name, value) in setting.sorted(by: { $0.key < $1.key }) where !removing.contains(name) {
+            result.append(name + "=" + value)
+        }
+        return result
+    }
+}
