@@ -120,7 +120,14 @@ struct ServeCommand: ParsableCommand {
         if let threads { engineArguments += ["--threads", "\(threads)"] }
         var workerArguments: [String] = ["--log-format", self.logFormat]
         for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
-        for module in self.loraModules { workerArguments += ["--lora-modules", module] }
+        for module in self.loraModules {
+            workerArguments += ["--lora-modules", module]
+            // The operator's startup adapters are allowed in the engine whether or not they
+            // lie under the runtime prefixes (the engine re-checks every directory it opens).
+            if let parsed = try? LoraModule(parsing: module), let directory = PathPolicy.realPath(parsed.path) {
+                engineArguments += ["--trusted-adapter-dir", directory]
+            }
+        }
         // The API key travels in the workers' environment (LORIKEET_API_KEY), never in argv.
         workerArguments += ["--max-adapters", "\(maxAdapters)"]
         if !allowedHosts.isEmpty { workerArguments += ["--allowed-hosts", allowedHosts.joined(separator: ",")] }

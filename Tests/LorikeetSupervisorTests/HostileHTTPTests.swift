@@ -195,4 +195,20 @@ struct HostileHTTPTests {
         #expect(try ServeTests.load(server, "after-fence").status == 200)
         #expect(try ServeTests.table(server) == ["after-fence": 1])
     }
+
+    @Test("an operator's --lora-modules adapter outside the runtime prefixes loads at startup; the same directory at runtime is not allowed")
+    func startupAdapterOutsidePrefixes() throws {
+        let outside = TestEnvironment.temporaryDirectory("lk-startup")
+        defer { try? FileManager.default.removeItem(atPath: outside) }
+        let fixture = try TestEnvironment.fixtureDirectory()
+        try FileManager.default.copyItem(atPath: fixture + "/adapters/plain", toPath: outside + "/plain")
+        let server = try ServerUnderTest(workers: 1, extraArguments: ["--lora-modules", "startup=\(outside)/plain"])
+        defer { server.stop() }
+        try ServeTests.waitFor("the startup adapter in the table", timeout: 30) { try ServeTests.table(server)["startup"] != nil }
+        let response = try Self.post(server, "/v1/completions", ["model": "startup", "prompt": "hi", "max_tokens": 1])
+        #expect(response.status == 200, "\(response.body)\n\(server.log.suffix(2000))")
+        Self.expectError(
+            try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "runtime", "lora_path": outside + "/plain"]),
+            status: 400, param: "lora_path")
+    }
 }

@@ -40,6 +40,8 @@ public final class SupervisedWorkerService: Service {
         var serving = false
         var reportedReady = false
         var lastReconcileFailures: [String] = []
+        /// `--lora-modules` were made part of the committed table (once per process).
+        var startupModulesDone = false
     }
 
     private enum BootEvent {
@@ -201,11 +203,43 @@ public final class SupervisedWorkerService: Service {
                 try? await Task.sleep(for: .seconds(1))
                 guard self.leading.load(ordering: .acquiring) else { return }
                 await self.reconcileEngine()
+                let startupDue = self.state.withLock { state -> Bool in
+                    guard state.serving, !state.startupModulesDone else { return false }
+                    state.startupModulesDone = true
+                    return true
+                }
+                if startupDue { await self.loadStartupModules() }
             }
         }
         self.state.withLock { state in
             state.reconcileTask?.cancel()
             state.reconcileTask = task
+        }
+    }
+
+    /// As leader, once serving: the operator's `--lora-modules` become part of the
+    /// committed table (through the same commit path as any load, so every worker serves
+    /// them), unless the table already holds them at the same path. Paths are trusted (no
+    /// allowed-prefix policy; `serve` tells the engine too).
+    private func loadStartupModules() async {
+        for module in self.configuration.loraModules {
+            guard let canonical = PathPolicy.realPath(module.path) else {
+                self.logger.error("--lora-modules: the path does not exist", metadata: ["adapter.name": "\(module.name.echoed())"])
+                continue
+            }
+            if let adapter = self.replica.resolve(model: module.name)?.adapter, adapter.path == canonical { continue }
+            let reply = await self.leader.load(
+                LoadAdapterRequest(
+                    name: module.name, path: canonical, loadInplace: true, baseModel: module.baseModelName ?? "",
+                    originSlot: self.configuration.workerSlot, caller: "--lora-modules"),
+                trustedPath: true)
+            if reply.status.isOK {
+                self.logger.info("--lora-modules adapter loaded", metadata: ["adapter.name": "\(module.name.echoed())"])
+            } else {
+                self.logger.error(
+                    "--lora-modules adapter refused",
+                    metadata: ["adapter.name": "\(module.name.echoed())", "reason": "\(reply.status.message)"])
+            }
         }
     }
 
