@@ -45,10 +45,13 @@ let package = Package(
             dependencies: ["CProtobufC"],
             cSettings: [.headerSearchPath("include")]
         ),
+        // Every boundary limit and the text rules for names and paths (docs/LIMITS.md);
+        // no dependencies, so the engine checks the same numbers as the channels.
+        .target(name: "LorikeetLimits", swiftSettings: upcoming),
         // Protocol: message types, protobuf-c codec, framing. Knows no HTTP, no libuv.
         .target(
             name: "LorikeetProto",
-            dependencies: ["CLorikeetProto", "CLorikeetSys"],
+            dependencies: ["CLorikeetProto", "CLorikeetSys", "LorikeetLimits"],
             swiftSettings: upcoming
         ),
         // The libuv supervisor: the only importer of CLibUV.
@@ -141,7 +144,7 @@ let package = Package(
         // it (e.g. `haswell`, or `generic` for a portable build).
         .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
-        .target(name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetKernels"], swiftSettings: upcoming),
+        .target(name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetKernels", "LorikeetLimits"], swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
             dependencies: ["LorikeetEngine"],

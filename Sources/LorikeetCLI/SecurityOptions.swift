@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import LorikeetProto
 import LorikeetSupervisor
 
@@ -69,6 +70,22 @@ enum SecurityOptions {
     /// `--allowed-hosts NAME[,NAME...]`, else `LORIKEET_ALLOWED_HOSTS`: names split on
     /// commas, trimmed; each non-empty, at most `hostNameBytes`, without whitespace or
     /// control characters.
+    /// The API key from `--api-key` (with a warning: argv is visible to every local user)
+    /// or `--api-key-file` (refused with exit 78 when unusable); nil when neither is given.
+    static func apiKey(flag: String?, file: String?, logger: Logger) -> String? {
+        if flag != nil {
+            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
+        }
+        guard let file else { return flag }
+        do {
+            let (key, warning) = try Self.readAPIKeyFile(file)
+            if let warning { logger.warning("\(warning)") }
+            return key
+        } catch {
+            Self.refuse(error.description)
+        }
+    }
+
     static func allowedHosts(flag: String?, environment: [String: String]) throws(ValidationError) -> [String] {
         guard let text = flag ?? environment["LORIKEET_ALLOWED_HOSTS"] else { return [] }
         let source = flag != nil ? "--allowed-hosts" : "LORIKEET_ALLOWED_HOSTS"

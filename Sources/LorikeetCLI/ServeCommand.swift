@@ -91,19 +91,7 @@ struct ServeCommand: ParsableCommand {
         guard ["text", "json"].contains(self.logFormat) else { throw ValidationError("--log-format must be text or json") }
         if let reason = Limits.inconsistency() { SecurityOptions.refuse("this build's limits are inconsistent: \(reason)") }
         let environment = ProcessInfo.processInfo.environment
-        if self.apiKey != nil {
-            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
-        }
-        var apiKey = self.apiKey
-        if let path = self.apiKeyFile {
-            do {
-                let (key, warning) = try SecurityOptions.readAPIKeyFile(path)
-                if let warning { logger.warning("\(warning)") }
-                apiKey = key
-            } catch {
-                SecurityOptions.refuse(error.description)
-            }
-        }
+        let apiKey = SecurityOptions.apiKey(flag: self.apiKey, file: self.apiKeyFile, logger: logger)
         let maxAdapters = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
         let allowedHosts = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
         let keyed = apiKey != nil || [environment["LORIKEET_API_KEY"], environment["VLLM_API_KEY"]].contains { !($0 ?? "").isEmpty }

@@ -124,19 +124,7 @@ struct WorkerCommand: AsyncParsableCommand {
         logger[metadataKey: "worker.pid"] = "\(getpid())"
         if self.slot >= 0 { logger[metadataKey: "worker.slot"] = "\(self.slot)" }
 
-        if self.apiKey != nil {
-            logger.warning("--api-key is visible to every local user (ps, /proc/<pid>/cmdline); prefer --api-key-file or LORIKEET_API_KEY")
-        }
-        var apiKey = self.apiKey
-        if let path = self.apiKeyFile {
-            do {
-                let (key, warning) = try SecurityOptions.readAPIKeyFile(path)
-                if let warning { logger.warning("\(warning)") }
-                apiKey = key
-            } catch {
-                SecurityOptions.refuse(error.description)
-            }
-        }
+        let apiKey = SecurityOptions.apiKey(flag: self.apiKey, file: self.apiKeyFile, logger: logger)
         let environment = ProcessInfo.processInfo.environment
         var configuration = WorkerConfiguration(
             engineSocket: self.engineSocket ?? "",

@@ -183,7 +183,7 @@ struct HostileChannelTests {
                 }
                 #expect(h.status.isOK)
             } else {
-                for _ in 0..<300 where !client.isClosed { usleep(10_000) }
+                for _ in 0..<3000 where !client.isClosed { usleep(10_000) }
                 #expect(client.isClosed, "a foreign uid must be disconnected")
                 #expect(call.map { client.firstSequence($0) } ?? nil == nil)
             }

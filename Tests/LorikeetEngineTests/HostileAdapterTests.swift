@@ -174,7 +174,9 @@ struct HostileAdapterTests {
             }
             #expect(store.list().isEmpty)
         }
-        #expect(Date().timeIntervalSince(started) < 5, "the load must not block or read a huge file")
+        // A bound against hangs (a FIFO blocks forever, a backtracking regex is exponential), not a
+        // speed claim: generous enough for a loaded CI machine running debug builds.
+        #expect(Date().timeIntervalSince(started) < 60, "the load must not block or read a huge file")
     }
 
     /// Without prefixes the walk starts at `/`: real directories load, a symlinked
@@ -274,7 +276,7 @@ struct HostileAdapterTests {
             #expect(error.description.contains(c.message ?? "-"), "\(error.description)")
             #expect(error.description.utf8.count < 4096)
         }
-        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(Date().timeIntervalSince(started) < 60, "a bound against hangs, not a speed claim")
     }
 
     /// `lora_alpha: 1e300` used to load and make every completion empty: now the load is
@@ -373,7 +375,7 @@ struct TargetModulePatternTests {
         let text = String(repeating: "a", count: 5_000) + "!"
         let started = Date()
         #expect(matcher.fullMatch(text) == false)
-        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(Date().timeIntervalSince(started) < 60, "a bound against hangs, not a speed claim")
     }
 
     @Test(arguments: ["(?=a)", "(?i)a", "(a)\\1", "\\bq", "a++", "(a", "a)", "*a", "[a", "[z-a]", "a{5,2}", "a{1000}"])

@@ -385,10 +385,10 @@ extension ServeTests {
         // (Not process.waitUntilExit(): Foundation may miss the exit once this process
         // adopts orphans; the supervisor is gone the moment it is a zombie.)
         let supervisorPID = process.processIdentifier
-        let supervisorDeadline = Date().addingTimeInterval(5)
+        let supervisorDeadline = Date().addingTimeInterval(20)
         while Self.isAlive(supervisorPID) && Date() < supervisorDeadline { usleep(10_000) }
         var endedBy: [Int32: Int32] = [:]
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(20)
         while Date() < deadline && endedBy.count < children.count {
             for pid in children where endedBy[pid] == nil {
                 var status: Int32 = 0

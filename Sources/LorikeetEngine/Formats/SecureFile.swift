@@ -1,3 +1,4 @@
+import LorikeetLimits
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -89,13 +90,13 @@ package enum SecureFile {
     /// what the engine required before prefixes were enforced here.
     package static func openDirectory(_ path: String, allowedPrefixes: [String]) throws(SecureFileError) -> SecureDirectory {
         guard !path.utf8.contains(0) else { throw .notAllowed(detail: "the path contains a NUL byte") }
-        guard path.hasPrefix("/") else { throw .notAllowed(detail: "'\(path.engineEchoed())' is not absolute") }
+        guard path.hasPrefix("/") else { throw .notAllowed(detail: "'\(path.echoed())' is not absolute") }
         var trimmed = Substring(path)
         while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
         let components: [Substring] =
             trimmed == "/" ? [] : Array(trimmed.split(separator: "/", omittingEmptySubsequences: false).dropFirst())
         for component in components where component.isEmpty || component == "." || component == ".." {
-            throw .notAllowed(detail: "'\(path.engineEchoed())' has an empty, '.' or '..' component")
+            throw .notAllowed(detail: "'\(path.echoed())' has an empty, '.' or '..' component")
         }
         // Which prefix holds the path is decided on the components alone, before anything
         // is opened: nothing outside the prefixes is ever probed.
@@ -106,7 +107,7 @@ package enum SecureFile {
             }
             guard inside else {
                 throw .notAllowed(
-                    detail: "'\(path.engineEchoed())' is not under an allowed prefix (\(allowedPrefixes.joined(separator: ":")))")
+                    detail: "'\(path.echoed())' is not under an allowed prefix (\(allowedPrefixes.joined(separator: ":")))")
             }
         }
         // Then the walk starts at `/`, prefix components included (the prefixes are
@@ -125,11 +126,11 @@ package enum SecureFile {
             reached += "/" + name
             guard next >= 0 else {
                 switch e {
-                case ENOENT: throw .notFound(file: nil, detail: "\(reached.engineEchoed()) does not exist")
+                case ENOENT: throw .notFound(file: nil, detail: "\(reached.echoed()) does not exist")
                 case ELOOP, ENOTDIR:
-                    throw .notAllowed(detail: "\(reached.engineEchoed()) is a symbolic link or not a directory")
-                case EACCES: throw .notAllowed(detail: "\(reached.engineEchoed()): permission denied")
-                default: throw .io(file: "adapter directory", detail: "openat \(reached.engineEchoed()): \(errnoString(e))")
+                    throw .notAllowed(detail: "\(reached.echoed()) is a symbolic link or not a directory")
+                case EACCES: throw .notAllowed(detail: "\(reached.echoed()): permission denied")
+                default: throw .io(file: "adapter directory", detail: "openat \(reached.echoed()): \(errnoString(e))")
                 }
             }
             fd = next
@@ -142,7 +143,7 @@ package enum SecureFile {
     package static func read(_ name: String, in directory: SecureDirectory, limit: Int) throws(SecureFileError) -> [UInt8] {
         let shown = directory.path + "/" + name
         guard !name.isEmpty, name != ".", name != "..", !name.utf8.contains(UInt8(ascii: "/")), !name.utf8.contains(0) else {
-            throw .notAllowed(detail: "'\(name.engineEchoed())' is not a file name")
+            throw .notAllowed(detail: "'\(name.echoed())' is not a file name")
         }
         var before = stat()
         guard fstatat(directory.fd, name, &before, AT_SYMLINK_NOFOLLOW) == 0 else {
@@ -282,21 +283,3 @@ package struct AdapterPathPrefixes: Sendable, Equatable {
     }
 }
 
-extension String {
-    /// This string cut to at most `limit` UTF-8 bytes with a marker, for error messages
-    /// and log lines (the engine's copy of `LorikeetProto`'s `echoed()`, which this module
-    /// does not import).
-    package func engineEchoed(limit: Int = 256) -> String {
-        let count = self.utf8.count
-        guard count > limit else { return self }
-        var kept = 0
-        var end = self.startIndex
-        for character in self {
-            let size = character.utf8.count
-            if kept + size > limit { break }
-            kept += size
-            end = self.index(after: end)
-        }
-        return String(self[..<end]) + "…(\(count) bytes)"
-    }
-}

@@ -1,3 +1,4 @@
+import LorikeetLimits
 import Foundation
 
 /// Why a PEFT LoRA adapter was refused. Messages use vLLM's wording where vLLM has one
@@ -40,32 +41,32 @@ package enum AdapterLoadError: Error, Equatable, CustomStringConvertible, Sendab
     package var description: String {
         switch self {
         case .file(let e): "cannot load LoRA adapter: \(e)"
-        case .invalidConfig(let path, let reason): "invalid adapter_config.json in \(path.engineEchoed()): \(reason)"
+        case .invalidConfig(let path, let reason): "invalid adapter_config.json in \(path.echoed()): \(reason)"
         case .rankTooLarge(let rank, let max): "LoRA rank \(rank) is greater than max_lora_rank \(max)."
         case .dora: "This engine does not yet support DoRA (use_dora is true)."
         case .modulesToSave(let m): "This engine only supports modules_to_save being None (got \(Self.shown(m)))."
         case .bias(let b):
-            "Adapter bias cannot be used without bias_enabled (bias is \"\(b.engineEchoed(limit: 64))\"; only \"none\" is supported)."
+            "Adapter bias cannot be used without bias_enabled (bias is \"\(b.echoed(limit: 64))\"; only \"none\" is supported)."
         case .unexpectedModules(let path, let expected, let received):
-            "While loading \(path.engineEchoed()), expected target modules in \(expected) but received \(Self.shown(received)). Please verify that the loaded LoRA module is correct"
+            "While loading \(path.echoed()), expected target modules in \(expected) but received \(Self.shown(received)). Please verify that the loaded LoRA module is correct"
         case .unsupportedPattern(let reason):
             "target_modules is a regular expression this engine cannot match safely: \(reason). Supported: literals, '.', "
                 + "[classes], \\d \\w \\s, groups, '|', '*', '+', '?', {m,n} and the anchors '^' and '$'; or give a list of module names."
         case .weightsTooLarge(let size, let limit, let rank):
             "adapter_model.safetensors is \(size) bytes; a rank-\(rank) adapter of this model's target modules needs at most \(limit) bytes"
         case .safetensors(let e): "adapter_model.safetensors: \(e)"
-        case .noTensors(let path): "adapter_model.safetensors in \(path.engineEchoed()) contains no LoRA tensors"
+        case .noTensors(let path): "adapter_model.safetensors in \(path.echoed()) contains no LoRA tensors"
         case .shapeMismatch(let t, let expected, let actual):
-            "LoRA tensor '\(t.engineEchoed(limit: 128))' has shape \(actual), expected \(expected) for this model"
-        case .nonFinite(let t): "LoRA tensor '\(t.engineEchoed(limit: 128))' contains NaN or infinite values"
-        case .duplicateTensor(let t): "LoRA tensor '\(t.engineEchoed(limit: 128))' appears twice (with and without the base_model.model. prefix)"
-        case .incompletePair(let m): "LoRA module '\(m.engineEchoed(limit: 128))' needs both lora_A and lora_B weights"
+            "LoRA tensor '\(t.echoed(limit: 128))' has shape \(actual), expected \(expected) for this model"
+        case .nonFinite(let t): "LoRA tensor '\(t.echoed(limit: 128))' contains NaN or infinite values"
+        case .duplicateTensor(let t): "LoRA tensor '\(t.echoed(limit: 128))' appears twice (with and without the base_model.model. prefix)"
+        case .incompletePair(let m): "LoRA module '\(m.echoed(limit: 128))' needs both lora_A and lora_B weights"
         }
     }
 
     /// A list from an adapter file, bounded for a message: the first 16 entries, each cut.
     private static func shown(_ items: [String]) -> String {
-        let head = items.prefix(16).map { $0.engineEchoed(limit: 64) }
+        let head = items.prefix(16).map { $0.echoed(limit: 64) }
         let more = items.count > 16 ? " and \(items.count - 16) more" : ""
         return "\(head)\(more)"
     }
@@ -187,14 +188,14 @@ package enum AdapterLoader {
         }
         let root: [String: JSONValue]
         switch JSONValue.parse(Data(bytes)) {
-        case .failure(let f): throw .invalidConfig(path: path, reason: "not valid JSON: \(f.message.engineEchoed())")
+        case .failure(let f): throw .invalidConfig(path: path, reason: "not valid JSON: \(f.message.echoed())")
         case .success(let v):
             guard let o = v.objectValue else { throw .invalidConfig(path: path, reason: "not a JSON object") }
             root = o
         }
         if let type = root["peft_type"]?.stringValue, type != "LORA" {
             throw .invalidConfig(
-                path: path, reason: "peft_type is \(type.engineEchoed(limit: 64)); only LORA adapters are supported")
+                path: path, reason: "peft_type is \(type.echoed(limit: 64)); only LORA adapters are supported")
         }
         guard let rank = root["r"]?.nonNegativeInt, rank > 0 else {
             throw .invalidConfig(path: path, reason: "'r' must be a positive integer")
@@ -252,7 +253,7 @@ package enum AdapterLoader {
         case .bool(let b): "\(b)"
         case .integer(let i): "\(i)"
         case .number(let d): "\(d)"
-        case .string(let s): "\"\(s.engineEchoed(limit: 64))\""
+        case .string(let s): "\"\(s.echoed(limit: 64))\""
         case .array(let a): "an array of \(a.count)"
         case .object(let o): "an object of \(o.count) members"
         }
