@@ -46,6 +46,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Admin socket path (default: <state dir>/admin.sock).") var adminSocket: String?
     @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
     var workerArg: [String] = []
+    @Option(help: ArgumentHelp("An admin connection whose partial frame is not complete this long (ms) is closed.", visibility: .hidden))
+    var adminFrameTimeoutMs: UInt64 = 10_000
     @Option(help: "Seconds in-flight requests may run on after SIGTERM.") var drainGraceSeconds: UInt64 = 30
     @Option(help: "Exit (stopping every child) when this process is gone, e.g. the test runner or a wrapper.")
     var parentPid: Int32?
@@ -140,6 +142,7 @@ struct ServeCommand: ParsableCommand {
         configuration.maxAdapters = maxAdapters
         if let apiKey { configuration.workerEnvironment["LORIKEET_API_KEY"] = apiKey }
         configuration.adminSocketPath = self.adminSocket.map(Self.absolute)
+        configuration.adminFrameTimeoutMs = max(self.adminFrameTimeoutMs, 100)
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration: configuration, logger: logger)

@@ -19,6 +19,12 @@ public struct SupervisorConfiguration: Sendable {
     public var spawnEngine = true
     /// The admin socket; default `<state dir>/admin.sock`.
     public var adminSocketPath: String?
+    /// An admin connection whose pending partial frame is not complete this long after its
+    /// first byte arrived is closed (a client that sends half a frame and stalls).
+    public var adminFrameTimeoutMs: UInt64 = 10_000
+    /// Admin connections open at once. At the limit a new connection closes the one idle
+    /// longest (no call in flight), or is itself closed when every one is busy.
+    public var maxAdminConnections = 64
     /// The audit log; default `<state dir>/audit.log`.
     public var auditLogPath: String?
     /// The environment read for `NOTIFY_SOCKET` and `WATCHDOG_USEC` (systemd).

@@ -23,15 +23,24 @@ public struct HTTPServerConfiguration: Sendable {
     public var listen: HTTPListenTarget
     /// An idle keep-alive connection is closed after this long.
     public var idleTimeout: Duration
+    /// Once the first byte of a request arrives, its whole head (request line and
+    /// headers) must arrive within this long, or the connection is closed unanswered
+    /// (slowloris). The body is not covered; an idle keep-alive connection waits for the
+    /// idle timeout, as the clock starts with a byte.
+    public var headTimeout: Duration
     /// `listen(2)` backlog when binding here.
     public var backlog: Int32
     /// Bind with `SO_REUSEPORT`, so a successor can bind the same address while this
     /// process drains (the per-slot metrics listener during a rolling restart).
     public var reusePort: Bool
 
-    public init(listen: HTTPListenTarget, idleTimeout: Duration = .seconds(75), backlog: Int32 = 1024, reusePort: Bool = false) {
+    public init(
+        listen: HTTPListenTarget, idleTimeout: Duration = .seconds(75), headTimeout: Duration = .seconds(30), backlog: Int32 = 1024,
+        reusePort: Bool = false
+    ) {
         self.listen = listen
         self.idleTimeout = idleTimeout
+        self.headTimeout = headTimeout
         self.backlog = backlog
         self.reusePort = reusePort
     }
@@ -110,9 +119,13 @@ public final class WorkerServer: Sendable {
             bootstrap = bootstrap.serverChannelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_REUSEPORT), value: 1)
         }
         let logger = self.logger
+        let headTimeout = TimeAmount(self.configuration.headTimeout)
         let setup: @Sendable (any Channel) -> EventLoopFuture<HTTP1Channel.Value> = { channel in
             self.track(channel)
-            return http1.setup(channel: channel, logger: logger)
+            return http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
+                try RequestHeadDeadline.install(on: channel, timeout: headTimeout, logger: logger)
+                return value
+            }
         }
         let serverChannel: NIOAsyncChannel<HTTP1Channel.Value, Never>
         switch self.configuration.listen {
