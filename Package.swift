@@ -131,6 +131,7 @@ let package = Package(
                 "LorikeetWorker",
                 "LorikeetProto",
                 "LorikeetTestSupport",
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
