@@ -33,7 +33,7 @@ extension Supervisor {
 
     /// Replaces every worker, one slot at a time.
     func startRollingRestart() {
-        guard self.stopping == nil else { return }
+        guard self.machine.isRunning else { return }
         if self.rolling != nil {
             self.logger.warning("a rolling restart is already in progress")
             return
@@ -45,7 +45,7 @@ extension Supervisor {
 
     /// Advances the roll: called when a worker becomes ready and when one exits.
     func rollingStep() {
-        guard var rolling = self.rolling, self.stopping == nil else { return }
+        guard var rolling = self.rolling, self.machine.isRunning else { return }
         if let current = rolling.currentSlot {
             guard let slot = self.slots.first(where: { $0.index == current }) else {
                 rolling.currentSlot = nil
@@ -73,14 +73,15 @@ extension Supervisor {
         let timer = UVTimer(loop: self.loop)
         rolling.timer = timer
         self.rolling = rolling
-        guard let replacement = self.spawnWorker(in: slot, asReplacement: true) else {
+        guard let replacement = self.spawnWorker(in: slot.index, asReplacement: true) else {
             self.abortRollingRestart("cannot spawn a replacement for slot \(index)")
             return
         }
-        timer.start(timeoutMs: self.configuration.rollingReadyTimeoutMs) { [unowned self, weak replacement] in
-            guard let replacement, replacement.state != .ready else { return }
+        let id = replacement.id
+        timer.start(timeoutMs: self.configuration.rollingReadyTimeoutMs) { [unowned self] in
+            guard let replacement = self.workers[id], self.machine.workers[id]?.state != .ready else { return }
             self.abortRollingRestart("the replacement for slot \(index) was not ready within \(self.configuration.rollingReadyTimeoutMs) ms")
-            replacement.retiring = true
+            self.machine.retire(id)
             replacement.process?.kill(SIGKILL)
         }
     }
@@ -91,11 +92,11 @@ extension Supervisor {
         self.rolling = nil
     }
 
-    func rollingWorkerExited(_ worker: WorkerProcess) {
-        guard let rolling = self.rolling, rolling.currentSlot == worker.slot else { return }
-        if !worker.retiring {
+    func rollingWorkerExited(slot: Int, _ disposition: WorkerDisposition) {
+        guard let rolling = self.rolling, rolling.currentSlot == slot else { return }
+        if disposition != .retiring {
             // The replacement (or the old worker) crashed mid-roll.
-            self.abortRollingRestart("worker in slot \(worker.slot) exited during the roll")
+            self.abortRollingRestart("worker in slot \(slot) exited during the roll")
         }
     }
 }

@@ -1,0 +1,66 @@
+import Glibc
+import Logging
+import LorikeetProto
+
+extension Supervisor {
+    /// Performs the state machine's actions, in order. Actions may report new events to
+    /// the machine (a failed spawn, an opened slot); the machine is never borrowed while
+    /// an action runs.
+    func perform(_ actions: [SupervisorStateMachine.Action]) {
+        for action in actions { self.perform(action) }
+    }
+
+    private func perform(_ action: SupervisorStateMachine.Action) {
+        switch action {
+        case .spawnWorker(let id, let slot):
+            self.launchWorker(id, in: slot)
+        case .startRestartTimer(let slot, let delayMs):
+            self.startRestartTimer(slot, delayMs: delayMs)
+        case .cancelRestartTimer(let slot):
+            self.slotHandles[slot]?.restartTimer?.close()
+            self.slotHandles[slot]?.restartTimer = nil
+        case .sendSnapshot(let id):
+            self.workers[id]?.send(.snapshot(TableSnapshot(table: self.table)))
+        case .sendRole(let id, let role, let epoch):
+            self.workers[id]?.send(.role(RoleAssignment(role: role, epoch: epoch, engineSocket: self.configuration.engineSocketPath)))
+        case .startServing(let id):
+            guard let worker = self.workers[id] else { return }
+            worker.send(.ready(Ready(tableVersion: self.table.version)))
+            let role = self.machine.workers[id]?.role ?? .follower
+            self.logger.info("worker ready", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "role": "\(role)"])
+            self.notifySystemd()
+            self.rollingStep()
+        case .drain(let id, let listenerRetired):
+            guard let worker = self.workers[id] else { return }
+            self.sendDrain(worker, listenerRetired: listenerRetired)
+        case .terminate(let id, let reason):
+            guard let worker = self.workers[id] else { return }
+            self.terminate(worker, reason: reason)
+        case .settleRoutes(let leader):
+            guard let worker = self.workers[leader] else { return }
+            self.settleRoutes(of: worker)
+        case .rollingWorkerExited(let slot, let disposition):
+            self.rollingWorkerExited(slot: slot, disposition)
+        case .openSlot(let index):
+            self.openSlot(index)
+        case .releaseListener(let slot):
+            self.slotHandles[slot]?.releaseListener()
+        case .removeSlot(let index):
+            self.slotHandles.removeValue(forKey: index)?.releaseListener()
+            self.logger.info("slot \(index) removed (\(self.machine.slots.count) slots)")
+        case .beginStop(let mode):
+            self.beginStop(mode)
+        case .spawnEngine:
+            self.spawnEngine()
+        case .startEngineTimer(let delayMs):
+            UVTimer.after(self.loop, ms: delayMs) { [unowned self] in self.startEngine() }
+        case .checkStopped:
+            self.checkStopped()
+        case .fatal(let code, let message):
+            self.fatal(code: code, message)
+        case .log(let level, let message, var metadata, let id):
+            if let id, let worker = self.workers[id] { metadata["pid"] = "\(worker.pid)" }
+            self.logger.log(level: level, "\(message)", metadata: metadata)
+        }
+    }
+}
