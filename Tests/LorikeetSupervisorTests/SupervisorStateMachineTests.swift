@@ -48,7 +48,7 @@ struct SupervisorStateMachineTests {
     /// Hello then Ready with the current table: the worker serves.
     static func serve(_ machine: inout Machine, _ id: WorkerID) {
         _ = machine.hello(id, Hello(pid: 1, version: "test"))
-        _ = machine.ready(id, tableIsCurrent: true)
+        _ = machine.ready(id, tableIsCurrent: true, now: 0)
     }
 
     /// Crashes slot `index`'s worker after `uptime` ms and, unless that paused the slot,
@@ -318,17 +318,130 @@ struct SupervisorStateMachineTests {
         Self.serve(&machine, ids[0])
         let replacement = Self.spawned(machine.spawn(inSlot: 0, asReplacement: true, now: 1_000))[0]
         _ = machine.hello(replacement, Hello(pid: 2, version: "t"))
-        #expect(machine.ready(replacement, tableIsCurrent: false).count == 1, "a stale table gets the snapshot again")
-        let prepared = machine.ready(replacement, tableIsCurrent: true)
+        #expect(machine.ready(replacement, tableIsCurrent: false, now: 0).count == 1, "a stale table gets the snapshot again")
+        let prepared = machine.ready(replacement, tableIsCurrent: true, now: 0)
         #expect(prepared.contains { if case .drain(ids[0], listenerRetired: false) = $0 { true } else { false } })
         #expect(machine.workers[replacement]?.state == .prepared)
-        let handover = machine.stoppedAccepting(ids[0])
+        let handover = machine.stoppedAccepting(ids[0], now: 1_500)
         #expect(handover.contains { if case .startServing(replacement) = $0 { true } else { false } })
         #expect(machine.slot(0)?.current == replacement && machine.slot(0)?.replacement == ids[0])
         // The drained worker's exit is expected: no restart, no breaker.
         let exit = machine.childExited(ids[0], ProcessExit(status: 0, signal: 0), now: 2_000)
         #expect(Self.restartDelay(exit) == nil)
-        #expect(exit.contains { if case .rollingWorkerExited(0, .retiring) = $0 { true } else { false } })
+        #expect(machine.leader == replacement && machine.epoch == 2)
+    }
+
+    @Test("SIGHUP replaces every slot in turn: replacement prepared, old drained, replacement serves, next slot")
+    func rollingRestartCompletes() {
+        var (machine, ids) = Self.booted(slots: 2)
+        for id in ids { Self.serve(&machine, id) }
+        var actions = machine.startRollingRestart(now: 1_000)
+        for index in 0..<2 {
+            let replacement = Self.spawned(actions)
+            #expect(replacement.count == 1 && machine.slot(index)?.replacement == replacement.first)
+            #expect(machine.rolling?.currentSlot == index)
+            #expect(actions.contains { if case .startRollingTimer(replacement[0], 120_000) = $0 { true } else { false } })
+            _ = machine.hello(replacement[0], Hello(pid: 9, version: "t"))
+            _ = machine.ready(replacement[0], tableIsCurrent: true, now: 2_000)
+            actions = machine.stoppedAccepting(ids[index], now: 2_100)
+            #expect(actions.contains { if case .startServing(replacement[0]) = $0 { true } else { false } })
+            #expect(actions.contains { if case .cancelRollingTimer = $0 { true } else { false } })
+            _ = machine.childExited(ids[index], ProcessExit(status: 0, signal: 0), now: 3_000)
+        }
+        #expect(Self.logs(actions).contains("rolling restart complete"))
+        #expect(machine.rolling == nil)
+        #expect(machine.slots.allSatisfy { $0.replacement == nil && $0.restarts == 0 })
+    }
+
+    @Test("rolling restart: a replacement that never becomes ready is killed, the roll aborts, the old worker keeps serving")
+    func rollingReplacementNeverReady() {
+        var (machine, ids) = Self.booted(slots: 2)
+        for id in ids { Self.serve(&machine, id) }
+        let started = machine.startRollingRestart(now: 1_000)
+        let replacement = Self.spawned(started)[0]
+        #expect(Self.logs(machine.startRollingRestart(now: 1_001)) == ["a rolling restart is already in progress"])
+        _ = machine.hello(replacement, Hello(pid: 9, version: "t"))
+        // 120 s later it still has not reported Ready.
+        let fired = machine.rollingTimerFired(replacement)
+        #expect(fired.contains { if case .kill(replacement) = $0 { true } else { false } })
+        #expect(Self.logs(fired).contains { $0.hasPrefix("rolling restart aborted: the replacement for slot 0 was not ready within 120000 ms") })
+        #expect(machine.rolling == nil)
+        // Its exit is expected: no restart, no breaker count; slot 0 keeps its old worker.
+        let exit = machine.childExited(replacement, ProcessExit(status: 0, signal: 9), now: 121_000)
+        #expect(Self.restartDelay(exit) == nil)
+        #expect(machine.slot(0)?.current == ids[0] && machine.slot(0)?.replacement == nil)
+        #expect(machine.workers[ids[0]]?.state == .ready && machine.slot(0)?.fastFailureTimes.isEmpty == true)
+        // A late timer for a replacement that already serves does nothing.
+        #expect(machine.rollingTimerFired(ids[1]).isEmpty)
+    }
+
+    @Test("rolling restart: a replacement that crashes aborts the roll and counts like any boot failure")
+    func rollingReplacementCrashes() {
+        var (machine, ids) = Self.booted(slots: 2)
+        for id in ids { Self.serve(&machine, id) }
+        let replacement = Self.spawned(machine.startRollingRestart(now: 1_000))[0]
+        let exit = machine.childExited(replacement, Self.crash, now: 1_050)
+        #expect(Self.logs(exit).contains { $0.contains("rolling restart aborted: worker in slot 0 exited during the roll") })
+        #expect(machine.rolling == nil && machine.slot(0)?.fastFailureTimes.count == 1)
+        #expect(machine.slot(0)?.current == ids[0])
+    }
+
+    // MARK: - Commit fan-out
+
+    static func change(_ version: UInt64) -> TableChange {
+        TableChange(version: version, upserts: [], removes: [], nextIntID: 1)
+    }
+
+    @Test("a commit waits for an ack from every worker that said hello; the leader answers when all acked")
+    func fanOutAllAck() {
+        var (machine, ids) = Self.booted(slots: 3)
+        for id in ids[0..<2] { Self.serve(&machine, id) }  // ids[2] never says hello
+        #expect(machine.commitRefusal(from: ids[1], epoch: 1)?.code == .failedPrecondition, "a follower cannot commit")
+        #expect(machine.commitRefusal(from: ids[0], epoch: 0)?.code == .failedPrecondition, "an old epoch cannot commit")
+        #expect(machine.commitRefusal(from: ids[0], epoch: 1) == nil)
+        let sent = machine.commitDurable(callID: 7, leader: ids[0], change: Self.change(2), adapter: nil)
+        let receivers = sent.compactMap { if case .sendChange(let id, _) = $0 { id } else { nil } }
+        #expect(receivers == [ids[0], ids[1]])
+        #expect(sent.contains { if case .startCommitTimer(2, 5_000) = $0 { true } else { false } })
+        #expect(machine.commitRefusal(from: ids[0], epoch: 1)?.code == .aborted, "one commit at a time")
+        #expect(machine.changeAcked(by: ids[0], version: 2).isEmpty)
+        #expect(machine.changeAcked(by: ids[1], version: 1).isEmpty, "an older version is no ack")
+        let done = machine.changeAcked(by: ids[1], version: 2)
+        guard case .commitFinished(7, 2, nil, .leader(ids[0])) = done.first else {
+            Issue.record("not finished: \(done)")
+            return
+        }
+        #expect(machine.fanOut == nil)
+    }
+
+    @Test("a worker that never acks within 5 s is restarted and the commit completes without it")
+    func fanOutWorkerNeverAcks() {
+        var (machine, ids) = Self.booted(slots: 3)
+        for id in ids { Self.serve(&machine, id) }
+        _ = machine.commitDurable(callID: 9, leader: ids[0], change: Self.change(4), adapter: nil)
+        _ = machine.changeAcked(by: ids[0], version: 4)
+        _ = machine.changeAcked(by: ids[2], version: 4)
+        #expect(machine.fanOut?.waiting == [ids[1]])
+        #expect(machine.commitTimerFired(version: 3).isEmpty, "a stale timer does nothing")
+        let fired = machine.commitTimerFired(version: 4)
+        #expect(fired.contains { if case .terminate(ids[1], let reason) = $0 { reason == "did not apply table version 4 within 5000 ms" } else { false } })
+        #expect(fired.contains { if case .commitFinished(9, 4, _, .leader(ids[0])) = $0 { true } else { false } })
+        #expect(machine.fanOut == nil)
+    }
+
+    @Test("a worker whose control channel closed is not waited for; a leader that dies mid-fan-out leaves the answer to the supervisor")
+    func fanOutChannelClosedAndLeaderGone() {
+        var (machine, ids) = Self.booted(slots: 3)
+        for id in ids { Self.serve(&machine, id) }
+        _ = machine.controlClosed(ids[2], reason: "control channel closed")
+        let sent = machine.commitDurable(callID: 11, leader: ids[0], change: Self.change(5), adapter: nil)
+        #expect(sent.compactMap { if case .sendChange(let id, _) = $0 { id } else { nil } } == [ids[0], ids[1]])
+        _ = machine.changeAcked(by: ids[1], version: 5)
+        let exit = machine.childExited(ids[0], Self.killed, now: 60_000)
+        let finished = exit.firstIndex { if case .commitFinished(11, 5, _, .caller) = $0 { true } else { false } }
+        let settled = exit.firstIndex { if case .settleRoutes(ids[0]) = $0 { true } else { false } }
+        #expect(finished != nil && settled != nil && finished! < settled!, "the commit is answered before the leader's routes are settled")
+        #expect(machine.leader == ids[1] && machine.epoch == 2)
     }
 
     @Test("a second SIGTERM stops fast; the stop cancels restart timers")

@@ -10,8 +10,8 @@ import LorikeetProto
 /// (`Supervisor`) to perform, in order. The libuv layer turns process exits, control
 /// messages, timers and signals into events, and never decides anything these rules cover.
 ///
-/// Still in the libuv layer (issue 13): the commit fan-out, routed mutations, rolling
-/// restart progress, heartbeat bookkeeping, and the stop sequence's timers.
+/// Still in the libuv layer (issue 13): validating and persisting a commit, routed
+/// mutations, heartbeat bookkeeping, and the stop sequence's timers.
 struct SupervisorStateMachine {
     /// The numbers the rules use (from `SupervisorConfiguration`).
     struct Configuration: Sendable {
@@ -23,6 +23,8 @@ struct SupervisorStateMachine {
         var initialBackoffMs: UInt64
         var maximumBackoffMs: UInt64
         var stableUptimeMs: UInt64
+        var commitAckTimeoutMs: UInt64
+        var rollingReadyTimeoutMs: UInt64
 
         init(_ configuration: SupervisorConfiguration) {
             self.crashLoopFailures = configuration.crashLoopFailures
@@ -33,6 +35,8 @@ struct SupervisorStateMachine {
             self.initialBackoffMs = configuration.initialBackoffMs
             self.maximumBackoffMs = configuration.maximumBackoffMs
             self.stableUptimeMs = configuration.stableUptimeMs
+            self.commitAckTimeoutMs = configuration.commitAckTimeoutMs
+            self.rollingReadyTimeoutMs = configuration.rollingReadyTimeoutMs
         }
     }
 
@@ -78,6 +82,7 @@ struct SupervisorStateMachine {
         var boot: BootRecord = .unproven
         var termination: Termination = .notRequested
         var disposition: WorkerDisposition = .wanted
+        var channel: ChannelState = .open
 
         var hasHello: Bool { self.state != .starting }
     }
@@ -108,8 +113,7 @@ struct SupervisorStateMachine {
         /// Send the current table snapshot.
         case sendSnapshot(WorkerID)
         case sendRole(WorkerID, WorkerRole, epoch: UInt64)
-        /// The worker is now serving: send Ready with the current table version, tell
-        /// systemd, advance a rolling restart.
+        /// The worker is now serving: send Ready with the current table version, tell systemd.
         case startServing(WorkerID)
         /// Send Drain and arm the kill timer.
         case drain(WorkerID, listenerRetired: Bool)
@@ -117,8 +121,6 @@ struct SupervisorStateMachine {
         case terminate(WorkerID, reason: String)
         /// The leader exited: settle the mutations routed to it.
         case settleRoutes(leader: WorkerID)
-        /// A worker exited while a rolling restart may be running.
-        case rollingWorkerExited(slot: Int, WorkerDisposition)
         /// Open a listening socket for a new slot; on success report ``slotOpened(_:now:)``.
         case openSlot(Int)
         /// Close the supervisor's copy of the slot's listening socket.
@@ -133,6 +135,18 @@ struct SupervisorStateMachine {
         case checkStopped
         /// Stop the server fast with this exit code.
         case fatal(code: Int32, message: String)
+        /// Send SIGKILL.
+        case kill(WorkerID)
+        /// Send a committed change to a worker (it acks with the version).
+        case sendChange(WorkerID, TableChange)
+        /// (Re)start the commit fan-out timer; when it fires, report ``commitTimerFired(version:)``.
+        case startCommitTimer(version: UInt64, delayMs: UInt64)
+        /// Every worker acked (or is gone or was restarted): close the timer and answer.
+        case commitFinished(callID: UInt64, version: UInt64, adapter: AdapterRecord?, replyTo: CommitReplyTarget)
+        /// Start the rolling restart's timer for a replacement; when it fires, report
+        /// ``rollingTimerFired(_:)``.
+        case startRollingTimer(WorkerID, delayMs: UInt64)
+        case cancelRollingTimer
         /// Log; `worker` (if any) adds the worker's pid to the metadata.
         case log(Logger.Level, String, Logger.Metadata, worker: WorkerID?)
     }
@@ -144,6 +158,11 @@ struct SupervisorStateMachine {
     /// Raised on every promotion; the engine refuses mutations from older epochs.
     private(set) var epoch: UInt64 = 0
     private(set) var lifecycle: Lifecycle = .running
+    /// The commit being fanned out, if any (one at a time).
+    var fanOut: CommitFanOut?
+    /// The rolling restart in progress, if any (settable for the admin `drain-worker`
+    /// call, which rolls one slot).
+    var rolling: RollingRestart?
     private(set) var engine: EngineState = .starting
     private(set) var engineRestarts: UInt32 = 0
     private var engineStartedAtMs: UInt64 = 0
@@ -214,9 +233,13 @@ struct SupervisorStateMachine {
     /// The process for `id` could not be spawned: forget it and try again later.
     mutating func spawnFailed(_ id: WorkerID, now: UInt64) -> [Action] {
         guard let worker = self.workers.removeValue(forKey: id), let position = self.position(of: worker.slot) else { return [] }
+        var actions: [Action] = []
         if self.slots[position].current == id { self.slots[position].current = nil }
-        if self.slots[position].replacement == id { self.slots[position].replacement = nil }
-        return self.scheduleRestart(position)
+        if self.slots[position].replacement == id {
+            self.slots[position].replacement = nil
+            if self.rolling?.currentSlot == worker.slot { actions += self.abortRollingRestart("cannot spawn a replacement for slot \(worker.slot)") }
+        }
+        return actions + self.scheduleRestart(position)
     }
 
     /// A slot's restart timer fired: end a crash-loop pause, then refill the slot.
@@ -291,7 +314,7 @@ struct SupervisorStateMachine {
 
     /// The worker reports Ready; `tableIsCurrent` when it applied the current table
     /// version (otherwise it gets the snapshot again and reports again).
-    mutating func ready(_ id: WorkerID, tableIsCurrent: Bool) -> [Action] {
+    mutating func ready(_ id: WorkerID, tableIsCurrent: Bool, now: UInt64) -> [Action] {
         guard let worker = self.workers[id], worker.state == .booting else { return [] }
         guard tableIsCurrent else { return [.sendSnapshot(id)] }
         self.workers[id]?.state = .prepared
@@ -302,17 +325,17 @@ struct SupervisorStateMachine {
             if self.workers[old]?.state == .draining { return [log] }
             return [log] + self.drain(old)
         }
-        return self.startServing(id)
+        return self.startServing(id, now: now)
     }
 
     /// The draining worker confirms it stopped accepting: its replacement takes the slot.
-    mutating func stoppedAccepting(_ id: WorkerID) -> [Action] {
+    mutating func stoppedAccepting(_ id: WorkerID, now: UInt64) -> [Action] {
         guard let slotIndex = self.workers[id]?.slot, let position = self.position(of: slotIndex),
             self.slots[position].current == id, let replacement = self.slots[position].replacement
         else { return [] }
         self.slots[position].current = replacement
         self.slots[position].replacement = id
-        return self.workers[replacement]?.state == .prepared ? self.startServing(replacement) : []
+        return self.workers[replacement]?.state == .prepared ? self.startServing(replacement, now: now) : []
     }
 
     /// Drain `id`; `listenerRetired` when no successor inherits its slot's listener.
@@ -333,11 +356,13 @@ struct SupervisorStateMachine {
     mutating func protocolViolation(_ id: WorkerID) -> [Action] {
         guard self.workers[id] != nil else { return [] }
         self.workers[id]?.termination = .protocolViolation
+        self.workers[id]?.channel = .closed
         return [.terminate(id, reason: "sent a bad control frame")]
     }
 
     /// The worker's control channel closed.
     mutating func controlClosed(_ id: WorkerID, reason: String) -> [Action] {
+        self.workers[id]?.channel = .closed
         guard let worker = self.workers[id], worker.disposition == .wanted, self.isRunning else { return [] }
         return [.terminate(id, reason: reason)]
     }
@@ -358,18 +383,22 @@ struct SupervisorStateMachine {
                 if let replacement = self.slots[position].replacement {
                     self.slots[position].current = replacement
                     self.slots[position].replacement = nil
-                    if self.workers[replacement]?.state == .prepared { actions += self.startServing(replacement) }
+                    if self.workers[replacement]?.state == .prepared { actions += self.startServing(replacement, now: now) }
                 }
             }
             if self.slots[position].replacement == id { self.slots[position].replacement = nil }
             self.slots[position].lastExit = exit.description
         }
+        actions += self.commitParticipantGone(id)
         if self.leader == id {
             self.leader = nil
             actions.append(.settleRoutes(leader: id))
             if self.isRunning { actions += self.electLeader() }
         }
-        actions.append(.rollingWorkerExited(slot: worker.slot, worker.disposition))
+        if self.rolling?.currentSlot == worker.slot && worker.disposition != .retiring {
+            // The replacement (or the old worker) crashed mid-roll.
+            actions += self.abortRollingRestart("worker in slot \(worker.slot) exited during the roll")
+        }
         guard self.isRunning else { return actions + [.checkStopped] }
         guard let position = self.position(of: worker.slot) else { return actions }
         if self.slots[position].state == .removing {
@@ -412,10 +441,10 @@ struct SupervisorStateMachine {
         return actions + self.scheduleRestart(position)
     }
 
-    private mutating func startServing(_ id: WorkerID) -> [Action] {
+    private mutating func startServing(_ id: WorkerID, now: UInt64) -> [Action] {
         self.workers[id]?.state = .ready
         self.workers[id]?.boot = .booted
-        return [.startServing(id)]
+        return [.startServing(id)] + self.rollingStep(now: now)
     }
 
     private func scheduleRestart(_ position: Int) -> [Action] {
@@ -514,10 +543,12 @@ struct SupervisorStateMachine {
             break
         }
         self.lifecycle = .stopping(mode)
+        let rollingTimer: [Action] = self.rolling == nil ? [] : [.cancelRollingTimer]
+        self.rolling = nil
         if mode == .graceful {
             for id in self.allWorkers { self.workers[id]?.state = .draining }
         }
-        return self.slots.map { .cancelRestartTimer(slot: $0.index) } + [.beginStop(mode)]
+        return rollingTimer + self.slots.map { .cancelRestartTimer(slot: $0.index) } + [.beginStop(mode)]
     }
 }
 
@@ -556,6 +587,9 @@ enum Termination: Sendable, Equatable {
     /// Killed for breaking the control protocol: never a boot failure.
     case protocolViolation
 }
+
+/// Whether a worker's control channel is still open (a change can reach it).
+enum ChannelState: Sendable, Equatable { case open, closed }
 
 /// Whether the supervisor wants a worker to keep running.
 enum WorkerDisposition: Sendable, Equatable {

@@ -29,7 +29,6 @@ extension Supervisor {
             let role = self.machine.workers[id]?.role ?? .follower
             self.logger.info("worker ready", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "role": "\(role)"])
             self.notifySystemd()
-            self.rollingStep()
         case .drain(let id, let listenerRetired):
             guard let worker = self.workers[id] else { return }
             self.sendDrain(worker, listenerRetired: listenerRetired)
@@ -39,8 +38,6 @@ extension Supervisor {
         case .settleRoutes(let leader):
             guard let worker = self.workers[leader] else { return }
             self.settleRoutes(of: worker)
-        case .rollingWorkerExited(let slot, let disposition):
-            self.rollingWorkerExited(slot: slot, disposition)
         case .openSlot(let index):
             self.openSlot(index)
         case .releaseListener(let slot):
@@ -58,6 +55,27 @@ extension Supervisor {
             self.checkStopped()
         case .fatal(let code, let message):
             self.fatal(code: code, message)
+        case .kill(let id):
+            self.workers[id]?.process?.kill(SIGKILL)
+        case .sendChange(let id, let change):
+            self.workers[id]?.send(.change(change))
+        case .startCommitTimer(let version, let delayMs):
+            self.commitTimer?.close()
+            let timer = UVTimer(loop: self.loop)
+            self.commitTimer = timer
+            timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.commitTimerFired(version: version)) }
+        case .commitFinished(let callID, let version, let adapter, let target):
+            self.commitTimer?.close()
+            self.commitTimer = nil
+            self.commitFinished(callID: callID, version: version, adapter: adapter, replyTo: target)
+        case .startRollingTimer(let id, let delayMs):
+            self.rollingTimer?.close()
+            let timer = UVTimer(loop: self.loop)
+            self.rollingTimer = timer
+            timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.rollingTimerFired(id)) }
+        case .cancelRollingTimer:
+            self.rollingTimer?.close()
+            self.rollingTimer = nil
         case .log(let level, let message, var metadata, let id):
             if let id, let worker = self.workers[id] { metadata["pid"] = "\(worker.pid)" }
             self.logger.log(level: level, "\(message)", metadata: metadata)

@@ -17,16 +17,6 @@ struct RoutedMutation {
     var committed: AdapterMutationReply?
 }
 
-/// A commit being fanned out: durable already; waiting for every worker's ack.
-struct PendingCommit {
-    let callID: UInt64
-    let leader: WorkerProcess
-    let version: UInt64
-    let upserts: [AdapterRecord]
-    var waiting: [ObjectIdentifier: WorkerProcess]
-    let timer: UVTimer
-}
-
 extension Supervisor {
     // MARK: - Control channel I/O
 
@@ -75,11 +65,11 @@ extension Supervisor {
         case .hello(let hello):
             self.perform(self.machine.hello(worker.id, hello))
         case .ready(let ready):
-            self.perform(self.machine.ready(worker.id, tableIsCurrent: ready.tableVersion == self.table.version))
+            self.perform(self.machine.ready(worker.id, tableIsCurrent: ready.tableVersion == self.table.version, now: self.nowMs))
         case .heartbeat(let beat):
             worker.requestsServed = beat.requestsServed
         case .changeAck(let ack):
-            self.changeAcked(by: worker, version: ack.version)
+            self.perform(self.machine.changeAcked(by: worker.id, version: ack.version))
         case .load(let request):
             self.route(.load(request), callID: envelope.callID, origin: worker, reply: nil)
         case .unload(let request):
@@ -90,7 +80,7 @@ extension Supervisor {
             self.commit(commit, callID: envelope.callID, from: worker)
         case .drain:
             // The worker confirms it stopped accepting connections.
-            self.perform(self.machine.stoppedAccepting(worker.id))
+            self.perform(self.machine.stoppedAccepting(worker.id, now: self.nowMs))
         case .role, .snapshot, .change, .commitReply, .shutdown, .none:
             self.logger.warning(
                 "unexpected control message from a worker", metadata: ["worker.slot": "\(worker.slot)", "call.id": "\(envelope.callID)"])
@@ -104,10 +94,10 @@ extension Supervisor {
     func settleRoutes(of old: WorkerProcess) {
         for (callID, route) in self.pendingRoutes where route.leader === old {
             // A mutation committed before the death still succeeded; anything else did not happen.
-            if let committed = route.committed, self.pendingCommit?.callID != callID {
+            if let committed = route.committed, self.machine.fanOut?.callID != callID {
                 self.answer(route, committed)
                 self.pendingRoutes[callID] = nil
-            } else if route.committed == nil && self.pendingCommit?.callID != callID {
+            } else if route.committed == nil && self.machine.fanOut?.callID != callID {
                 self.answer(
                     route,
                     AdapterMutationReply(
@@ -220,10 +210,9 @@ extension Supervisor {
             self.logger.warning("commit refused: \(message)", metadata: ["worker.slot": "\(worker.slot)"])
             worker.send(.commitReply(CommitReply(status: Status(code: code, message: message), version: self.table.version)), callID: callID)
         }
-        guard self.leader === worker, request.epoch == self.epoch else {
-            return refuse(.failedPrecondition, "epoch \(request.epoch) is not the current leader epoch \(self.epoch)")
+        if let refusal = self.machine.commitRefusal(from: worker.id, epoch: request.epoch) {
+            return refuse(refusal.code, refusal.message)
         }
-        guard self.pendingCommit == nil else { return refuse(.aborted, "another commit is in progress") }
         guard request.baseVersion == self.table.version else {
             return refuse(.aborted, "the change is based on table version \(request.baseVersion), current is \(self.table.version)")
         }
@@ -253,53 +242,23 @@ extension Supervisor {
             ])
         let change = TableChange(
             version: next.version, upserts: request.change.upserts, removes: request.change.removes, nextIntID: next.nextIntID)
-        var waiting: [ObjectIdentifier: WorkerProcess] = [:]
-        for other in self.allWorkers where self.hasHello(other) && other.control != nil && other.process != nil {
-            other.send(.change(change))
-            waiting[ObjectIdentifier(other)] = other
-        }
-        let timer = UVTimer(loop: self.loop)
-        self.pendingCommit = PendingCommit(
-            callID: callID, leader: worker, version: next.version, upserts: request.change.upserts, waiting: waiting, timer: timer)
-        timer.start(timeoutMs: self.configuration.commitAckTimeoutMs) { [unowned self] in
-            guard let pending = self.pendingCommit, pending.version == next.version else { return }
-            for late in pending.waiting.values {
-                self.terminate(late, reason: "did not apply table version \(next.version) within \(self.configuration.commitAckTimeoutMs) ms")
-            }
-            self.pendingCommit?.waiting = [:]
-            self.finishCommitIfAcked()
-        }
-        self.finishCommitIfAcked()
+        self.perform(
+            self.machine.commitDurable(callID: callID, leader: worker.id, change: change, adapter: request.change.upserts.first))
     }
 
-    func changeAcked(by worker: WorkerProcess, version: UInt64) {
-        guard var pending = self.pendingCommit, version >= pending.version else { return }
-        pending.waiting[ObjectIdentifier(worker)] = nil
-        self.pendingCommit = pending
-        self.finishCommitIfAcked()
-    }
-
-    func commitParticipantGone(_ worker: WorkerProcess) {
-        guard var pending = self.pendingCommit else { return }
-        pending.waiting[ObjectIdentifier(worker)] = nil
-        self.pendingCommit = pending
-        self.finishCommitIfAcked()
-    }
-
-    func finishCommitIfAcked() {
-        guard let pending = self.pendingCommit, pending.waiting.isEmpty else { return }
-        self.pendingCommit = nil
-        pending.timer.close()
-        let reply = AdapterMutationReply(status: .ok, adapter: pending.upserts.first, tableVersion: pending.version)
-        if var route = self.pendingRoutes[pending.callID] {
+    /// The `commitFinished` action: the route's answer is recorded; the leader answers its
+    /// caller, or, when the leader is gone, the supervisor answers (the change happened).
+    func commitFinished(callID: UInt64, version: UInt64, adapter: AdapterRecord?, replyTo target: CommitReplyTarget) {
+        let reply = AdapterMutationReply(status: .ok, adapter: adapter, tableVersion: version)
+        if var route = self.pendingRoutes[callID] {
             route.committed = reply
-            self.pendingRoutes[pending.callID] = route
+            self.pendingRoutes[callID] = route
         }
-        if pending.leader.process != nil && self.leader === pending.leader {
-            pending.leader.send(.commitReply(CommitReply(status: .ok, version: pending.version)), callID: pending.callID)
-        } else if let route = self.pendingRoutes.removeValue(forKey: pending.callID) {
-            // The leader died after the commit became durable: the caller's change happened.
-            self.answer(route, reply)
+        switch target {
+        case .leader(let id):
+            self.workers[id]?.send(.commitReply(CommitReply(status: .ok, version: version)), callID: callID)
+        case .caller:
+            if let route = self.pendingRoutes.removeValue(forKey: callID) { self.answer(route, reply) }
         }
     }
 }

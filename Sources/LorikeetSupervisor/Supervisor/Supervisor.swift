@@ -11,9 +11,10 @@ public struct SupervisorExit: Sendable {
 /// The libuv supervisor: spawns the engine and the workers, restarts them, names the
 /// leader (fenced by an epoch), and owns the committed adapter table.
 ///
-/// The decisions about slots, the crash-loop breaker, leadership and engine restarts
-/// are `SupervisorStateMachine`'s: this class turns libuv callbacks into its events and
-/// performs the actions it returns (`Supervisor+Actions.swift`).
+/// The decisions about slots, the crash-loop breaker, leadership, engine restarts, the
+/// commit fan-out and rolling restarts are `SupervisorStateMachine`'s: this class turns
+/// libuv callbacks into its events and performs the actions it returns
+/// (`Supervisor+Actions.swift`).
 ///
 /// Single-threaded: everything runs on the libuv loop of the calling thread.
 public final class Supervisor {
@@ -30,10 +31,10 @@ public final class Supervisor {
     var engine: UVProcess?
     var nextCallID: UInt64 = 1
     var pendingRoutes: [UInt64: RoutedMutation] = [:]
-    var pendingCommit: PendingCommit?
     var heartbeatSeq: UInt64 = 0
     var exitResult: SupervisorExit?
-    var rolling: RollingRestart?
+    var commitTimer: UVTimer?
+    var rollingTimer: UVTimer?
     var signals: [UVSignal] = []
     var heartbeatTimer: UVTimer?
     var watchdogTimer: UVTimer?
@@ -142,6 +143,12 @@ public final class Supervisor {
     /// The current leader epoch.
     var epoch: UInt64 { self.machine.epoch }
 
+    /// The rolling restart in progress (the admin `drain-worker` call sets a one-slot roll).
+    var rolling: RollingRestart? {
+        get { self.machine.rolling }
+        set { self.machine.rolling = newValue }
+    }
+
     /// The engine's state as `status` reports it.
     var engineState: String { self.machine.engine.rawValue }
 
@@ -238,6 +245,7 @@ public final class Supervisor {
                 onEnd: { [unowned self, unowned worker] error in self.controlClosed(worker, error) })
         } catch {
             close(pair.0)
+            self.perform(self.machine.controlClosed(id, reason: "cannot open its control channel: \(error)"))
             worker.process?.kill(SIGKILL)
         }
         self.logger.info("worker started", metadata: ["worker.slot": "\(index)", "pid": "\(worker.pid)"])
@@ -249,7 +257,6 @@ public final class Supervisor {
         worker.killTimer = nil
         worker.control?.close()
         worker.control = nil
-        self.commitParticipantGone(worker)
         self.perform(self.machine.childExited(worker.id, exit, now: self.nowMs))
         self.workers[worker.id] = nil
     }
@@ -323,7 +330,6 @@ public final class Supervisor {
     /// The `beginStop` action: drain or shut down every worker and arm the stop timer.
     func beginStop(_ mode: StopMode) {
         self.notifier?.send(["STOPPING=1", "STATUS=stopping (\(mode == .fast ? "fast" : "graceful drain"))"])
-        self.rolling = nil
         self.failPendingMutations(Status(code: .unavailable, message: "the server is shutting down"))
         switch mode {
         case .graceful:
