@@ -364,7 +364,8 @@ struct SupervisorStateMachineTests {
         // 120 s later it still has not reported Ready.
         let fired = machine.rollingTimerFired(replacement)
         #expect(fired.contains { if case .kill(replacement) = $0 { true } else { false } })
-        #expect(Self.logs(fired).contains { $0.hasPrefix("rolling restart aborted: the replacement for slot 0 was not ready within 120000 ms") })
+        let aborted = "rolling restart aborted: the replacement for slot 0 was not ready within 120000 ms"
+        #expect(Self.logs(fired).contains { $0.hasPrefix(aborted) })
         #expect(machine.rolling == nil)
         // Its exit is expected: no restart, no breaker count; slot 0 keeps its old worker.
         let exit = machine.childExited(replacement, ProcessExit(status: 0, signal: 9), now: 121_000)
@@ -424,7 +425,8 @@ struct SupervisorStateMachineTests {
         #expect(machine.fanOut?.waiting == [ids[1]])
         #expect(machine.commitTimerFired(version: 3).isEmpty, "a stale timer does nothing")
         let fired = machine.commitTimerFired(version: 4)
-        #expect(fired.contains { if case .terminate(ids[1], let reason) = $0 { reason == "did not apply table version 4 within 5000 ms" } else { false } })
+        let late = "did not apply table version 4 within 5000 ms"
+        #expect(fired.contains { if case .terminate(ids[1], let reason) = $0 { reason == late } else { false } })
         #expect(fired.contains { if case .commitFinished(9, 4, _, .leader(ids[0])) = $0 { true } else { false } })
         #expect(machine.fanOut == nil)
     }
@@ -455,6 +457,21 @@ struct SupervisorStateMachineTests {
         #expect(machine.lifecycle == .stopping(.fast))
         #expect(machine.stop(.fast).isEmpty)
         #expect(machine.spawn(inSlot: 0, now: 0).isEmpty)
+    }
+
+    @Test("heartbeats: a worker silent past the timeout is terminated, the others that said hello get the next sequence")
+    func heartbeats() {
+        var (machine, ids) = Self.booted(slots: 3)
+        Self.serve(&machine, ids[0])
+        Self.serve(&machine, ids[1])  // ids[2] never says hello
+        machine.messageReceived(from: ids[0], now: 14_000)
+        let first = machine.heartbeatTimerFired(now: 15_500)
+        #expect(first.contains { if case .sendHeartbeat(ids[0], 1) = $0 { true } else { false } })
+        #expect(first.contains { if case .terminate(ids[1], "no heartbeat for 15500 ms") = $0 { true } else { false } })
+        #expect(first.contains { if case .terminate(ids[2], _) = $0 { true } else { false } })
+        #expect(first.count == 3)
+        let second = machine.heartbeatTimerFired(now: 16_000)
+        #expect(second.contains { if case .sendHeartbeat(ids[0], 2) = $0 { true } else { false } })
     }
 
     // MARK: - Engine

@@ -11,7 +11,7 @@ import LorikeetProto
 /// messages, timers and signals into events, and never decides anything these rules cover.
 ///
 /// Still in the libuv layer (issue 13): validating and persisting a commit, routed
-/// mutations, heartbeat bookkeeping, and the stop sequence's timers.
+/// mutations and admin calls, and the stop sequence's timers.
 struct SupervisorStateMachine {
     /// The numbers the rules use (from `SupervisorConfiguration`).
     struct Configuration: Sendable {
@@ -25,6 +25,7 @@ struct SupervisorStateMachine {
         var stableUptimeMs: UInt64
         var commitAckTimeoutMs: UInt64
         var rollingReadyTimeoutMs: UInt64
+        var heartbeatTimeoutMs: UInt64
 
         init(_ configuration: SupervisorConfiguration) {
             self.crashLoopFailures = configuration.crashLoopFailures
@@ -37,6 +38,7 @@ struct SupervisorStateMachine {
             self.stableUptimeMs = configuration.stableUptimeMs
             self.commitAckTimeoutMs = configuration.commitAckTimeoutMs
             self.rollingReadyTimeoutMs = configuration.rollingReadyTimeoutMs
+            self.heartbeatTimeoutMs = configuration.heartbeatTimeoutMs
         }
     }
 
@@ -83,6 +85,15 @@ struct SupervisorStateMachine {
         var termination: Termination = .notRequested
         var disposition: WorkerDisposition = .wanted
         var channel: ChannelState = .open
+        /// When the worker last sent anything on its control channel.
+        var lastHeartbeatMs: UInt64
+
+        init(id: WorkerID, slot: Int, startedAtMs: UInt64) {
+            self.id = id
+            self.slot = slot
+            self.startedAtMs = startedAtMs
+            self.lastHeartbeatMs = startedAtMs
+        }
 
         var hasHello: Bool { self.state != .starting }
     }
@@ -135,6 +146,8 @@ struct SupervisorStateMachine {
         case checkStopped
         /// Stop the server fast with this exit code.
         case fatal(code: Int32, message: String)
+        /// Send a heartbeat with this sequence number.
+        case sendHeartbeat(WorkerID, seq: UInt64)
         /// Send SIGKILL.
         case kill(WorkerID)
         /// Send a committed change to a worker (it acks with the version).
@@ -167,6 +180,7 @@ struct SupervisorStateMachine {
     private(set) var engineRestarts: UInt32 = 0
     private var engineStartedAtMs: UInt64 = 0
     private var generation = 0
+    private var heartbeatSeq: UInt64 = 0
 
     init(configuration: Configuration) {
         self.configuration = configuration
@@ -237,7 +251,9 @@ struct SupervisorStateMachine {
         if self.slots[position].current == id { self.slots[position].current = nil }
         if self.slots[position].replacement == id {
             self.slots[position].replacement = nil
-            if self.rolling?.currentSlot == worker.slot { actions += self.abortRollingRestart("cannot spawn a replacement for slot \(worker.slot)") }
+            if self.rolling?.currentSlot == worker.slot {
+                actions += self.abortRollingRestart("cannot spawn a replacement for slot \(worker.slot)")
+            }
         }
         return actions + self.scheduleRestart(position)
     }
@@ -293,6 +309,28 @@ struct SupervisorStateMachine {
     }
 
     // MARK: - Worker lifecycle
+
+    /// Any control message from the worker (it is alive).
+    mutating func messageReceived(from id: WorkerID, now: UInt64) {
+        self.workers[id]?.lastHeartbeatMs = now
+    }
+
+    /// The heartbeat timer fired: a worker silent for longer than the heartbeat timeout
+    /// is terminated; every other worker that said hello gets a heartbeat.
+    mutating func heartbeatTimerFired(now: UInt64) -> [Action] {
+        self.heartbeatSeq += 1
+        var actions: [Action] = []
+        for id in self.allWorkers {
+            guard let worker = self.workers[id] else { continue }
+            let silence = now - worker.lastHeartbeatMs
+            if silence > self.configuration.heartbeatTimeoutMs {
+                actions.append(.terminate(id, reason: "no heartbeat for \(silence) ms"))
+            } else if worker.hasHello {
+                actions.append(.sendHeartbeat(id, seq: self.heartbeatSeq))
+            }
+        }
+        return actions
+    }
 
     /// The worker's first control message.
     mutating func hello(_ id: WorkerID, _ hello: Hello) -> [Action] {
@@ -468,7 +506,8 @@ struct SupervisorStateMachine {
             [:], worker: nil)
         if self.slots.allSatisfy({ $0.state != .active }) {
             return [
-                log, .fatal(code: LorikeetExitCode.crashLoop, message: "every worker slot is crash-looping; stopping (last worker \(exit))"),
+                log,
+                .fatal(code: LorikeetExitCode.crashLoop, message: "every worker slot is crash-looping; stopping (last worker \(exit))"),
             ]
         }
         return [log, .startRestartTimer(slot: slot.index, delayMs: cooldown)]

@@ -55,6 +55,8 @@ extension Supervisor {
             self.checkStopped()
         case .fatal(let code, let message):
             self.fatal(code: code, message)
+        case .sendHeartbeat(let id, let seq):
+            self.workers[id]?.send(.heartbeat(Heartbeat(seq: seq)))
         case .kill(let id):
             self.workers[id]?.process?.kill(SIGKILL)
         case .sendChange(let id, let change):

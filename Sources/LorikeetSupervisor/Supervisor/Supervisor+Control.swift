@@ -60,7 +60,7 @@ extension Supervisor {
     }
 
     func handle(_ envelope: ControlEnvelope, from worker: WorkerProcess) {
-        worker.lastHeartbeatMs = self.nowMs
+        self.machine.messageReceived(from: worker.id, now: self.nowMs)
         switch envelope.body {
         case .hello(let hello):
             self.perform(self.machine.hello(worker.id, hello))

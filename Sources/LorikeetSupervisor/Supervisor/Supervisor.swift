@@ -31,7 +31,6 @@ public final class Supervisor {
     var engine: UVProcess?
     var nextCallID: UInt64 = 1
     var pendingRoutes: [UInt64: RoutedMutation] = [:]
-    var heartbeatSeq: UInt64 = 0
     var exitResult: SupervisorExit?
     var commitTimer: UVTimer?
     var rollingTimer: UVTimer?
@@ -165,7 +164,7 @@ public final class Supervisor {
         guard let worker = self.machine.workers[id], let process = self.workers[id] else { return nil }
         return WorkerView(
             id: id, slot: worker.slot, pid: process.pid, state: worker.state, role: worker.role, disposition: worker.disposition,
-            lastHeartbeatMs: process.lastHeartbeatMs, requestsServed: process.requestsServed)
+            lastHeartbeatMs: worker.lastHeartbeatMs, requestsServed: process.requestsServed)
     }
 
     /// The worker said Hello (it has a role and a snapshot).
@@ -217,7 +216,7 @@ public final class Supervisor {
             self.logger.error("cannot create a control channel: \(error)")
             return self.perform(self.machine.spawnFailed(id, now: self.nowMs))
         }
-        let worker = WorkerProcess(id: id, slot: index, nowMs: self.nowMs)
+        let worker = WorkerProcess(id: id, slot: index)
         let arguments =
             [self.configuration.executable, "worker", "--listen-fd", "3", "--control-fd", "4", "--slot", "\(index)",
              "--engine-socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())"]
@@ -285,14 +284,7 @@ public final class Supervisor {
     }
 
     func heartbeatTick() {
-        self.heartbeatSeq += 1
-        for worker in self.allWorkers where worker.process != nil {
-            if self.nowMs - worker.lastHeartbeatMs > self.configuration.heartbeatTimeoutMs {
-                self.terminate(worker, reason: "no heartbeat for \(self.nowMs - worker.lastHeartbeatMs) ms")
-                continue
-            }
-            if self.hasHello(worker) { worker.send(.heartbeat(Heartbeat(seq: self.heartbeatSeq))) }
-        }
+        self.perform(self.machine.heartbeatTimerFired(now: self.nowMs))
         self.notifySystemd()
     }
 

@@ -14,14 +14,12 @@ final class WorkerProcess {
     private(set) var pid: Int32 = 0
     var control: UVPipe?
     var decoder = MessageDecoder<ControlEnvelope>(maximumFrameSize: Limits.channelFrameBytes)
-    var lastHeartbeatMs: UInt64
     var requestsServed: UInt64 = 0
     var killTimer: UVTimer?
 
-    init(id: WorkerID, slot: Int, nowMs: UInt64) {
+    init(id: WorkerID, slot: Int) {
         self.id = id
         self.slot = slot
-        self.lastHeartbeatMs = nowMs
     }
 
     /// Sends one control message. A message whose frame would exceed the channel's limit
