@@ -264,8 +264,11 @@ struct SupervisorStateMachineTests {
         _ = machine.stop(.graceful)
         let exit = machine.childExited(ids[0], Self.crash, now: 10)
         #expect(machine.leader == nil && machine.epoch == 1)
-        #expect(exit.contains { if case .checkStopped = $0 { true } else { false } })
         #expect(Self.restartDelay(exit) == nil)
+        #expect(!exit.contains { if case .leaveLoop = $0 { true } else { false } }, "slot 1's worker is still there")
+        let last = machine.childExited(ids[1], Self.crash, now: 20)
+        #expect(machine.leader == nil && Self.restartDelay(last) == nil)
+        #expect(last.contains { if case .leaveLoop = $0 { true } else { false } })
     }
 
     // MARK: - Scaling
@@ -448,15 +451,28 @@ struct SupervisorStateMachineTests {
 
     @Test("a second SIGTERM stops fast; the stop cancels restart timers")
     func stopping() {
-        var (machine, _) = Self.booted(slots: 2)
+        var (machine, ids) = Self.booted(slots: 2)
+        _ = machine.startEngine(now: 0)
+        machine.engineSpawned()
         let graceful = machine.stop(.graceful)
         #expect(graceful.filter { if case .cancelRestartTimer = $0 { true } else { false } }.count == 2)
+        #expect(graceful.filter { if case .shutdown(_, .graceful) = $0 { true } else { false } }.count == 2)
+        #expect(graceful.contains { if case .startStopTimer(31_000) = $0 { true } else { false } }, "drain grace + 1 s")
         #expect(machine.allWorkers.allSatisfy { machine.workers[$0]?.state == .draining })
+        #expect(Self.logs(machine.stopTimerFired()) == ["grace period over; killing what is left"])
         let second = machine.stop(.graceful)
         #expect(Self.logs(second) == ["second SIGTERM: stopping fast"])
+        #expect(second.filter { if case .shutdown(_, .fast) = $0 { true } else { false } }.count == 2)
+        #expect(second.contains { if case .startStopTimer(2_000) = $0 { true } else { false } })
         #expect(machine.lifecycle == .stopping(.fast))
         #expect(machine.stop(.fast).isEmpty)
         #expect(machine.spawn(inSlot: 0, now: 0).isEmpty)
+        // Workers first, then the engine, then the loop ends.
+        _ = machine.childExited(ids[0], Self.killed, now: 100)
+        let workersGone = machine.childExited(ids[1], Self.killed, now: 100)
+        #expect(workersGone.contains { if case .terminateEngine = $0 { true } else { false } })
+        let engineGone = machine.engineExited(ProcessExit(status: 0, signal: 15), now: 200)
+        #expect(engineGone.count == 1 && engineGone.contains { if case .leaveLoop = $0 { true } else { false } })
     }
 
     @Test("heartbeats: a worker silent past the timeout is terminated, the others that said hello get the next sequence")

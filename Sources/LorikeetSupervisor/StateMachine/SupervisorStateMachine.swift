@@ -11,7 +11,7 @@ import LorikeetProto
 /// messages, timers and signals into events, and never decides anything these rules cover.
 ///
 /// Still in the libuv layer (issue 13): validating and persisting a commit, routed
-/// mutations and admin calls, and the stop sequence's timers.
+/// mutations, admin calls, and systemd notifications.
 struct SupervisorStateMachine {
     /// The numbers the rules use (from `SupervisorConfiguration`).
     struct Configuration: Sendable {
@@ -26,6 +26,7 @@ struct SupervisorStateMachine {
         var commitAckTimeoutMs: UInt64
         var rollingReadyTimeoutMs: UInt64
         var heartbeatTimeoutMs: UInt64
+        var drainGraceMs: UInt64
 
         init(_ configuration: SupervisorConfiguration) {
             self.crashLoopFailures = configuration.crashLoopFailures
@@ -39,6 +40,7 @@ struct SupervisorStateMachine {
             self.commitAckTimeoutMs = configuration.commitAckTimeoutMs
             self.rollingReadyTimeoutMs = configuration.rollingReadyTimeoutMs
             self.heartbeatTimeoutMs = configuration.heartbeatTimeoutMs
+            self.drainGraceMs = configuration.drainGraceMs
         }
     }
 
@@ -138,12 +140,20 @@ struct SupervisorStateMachine {
         case releaseListener(slot: Int)
         /// The slot is gone (its listener is released; log it).
         case removeSlot(Int)
-        /// Begin stopping in `mode` (drain or shut down every worker, arm the stop timer).
+        /// Begin stopping in `mode`: tell systemd, fail the pending mutations, log.
         case beginStop(StopMode)
+        /// Graceful: send Drain with the grace period. Fast: send Shutdown, then SIGTERM.
+        case shutdown(WorkerID, StopMode)
+        /// Arm the stop timer; when it fires, report ``stopTimerFired()``.
+        case startStopTimer(delayMs: UInt64)
+        /// SIGKILL every process left (workers and engine).
+        case killEverything
+        /// SIGTERM the engine (every worker is gone).
+        case terminateEngine
+        /// Every process is gone: close the handles and leave the loop.
+        case leaveLoop
         case spawnEngine
         case startEngineTimer(delayMs: UInt64)
-        /// Once every process is gone, leave the loop.
-        case checkStopped
         /// Stop the server fast with this exit code.
         case fatal(code: Int32, message: String)
         /// Send a heartbeat with this sequence number.
@@ -437,7 +447,7 @@ struct SupervisorStateMachine {
             // The replacement (or the old worker) crashed mid-roll.
             actions += self.abortRollingRestart("worker in slot \(worker.slot) exited during the roll")
         }
-        guard self.isRunning else { return actions + [.checkStopped] }
+        guard self.isRunning else { return actions + self.checkStopped() }
         guard let position = self.position(of: worker.slot) else { return actions }
         if self.slots[position].state == .removing {
             if self.slots[position].workers.isEmpty {
@@ -556,7 +566,7 @@ struct SupervisorStateMachine {
 
     mutating func engineExited(_ exit: ProcessExit, now: UInt64) -> [Action] {
         self.engine = .down
-        guard self.isRunning else { return [.checkStopped] }
+        guard self.isRunning else { return self.checkStopped() }
         if exit.status == Int64(LorikeetExitCode.cannotBoot) {
             return [.fatal(code: LorikeetExitCode.cannotBoot, message: "the engine cannot boot (\(exit)); see its message above")]
         }
@@ -587,7 +597,24 @@ struct SupervisorStateMachine {
         if mode == .graceful {
             for id in self.allWorkers { self.workers[id]?.state = .draining }
         }
-        return rollingTimer + self.slots.map { .cancelRestartTimer(slot: $0.index) } + [.beginStop(mode)]
+        let workers: [Action] = self.allWorkers.map { .shutdown($0, mode) }
+        let grace = mode == .graceful ? self.configuration.drainGraceMs + 1000 : 2000
+        return rollingTimer + self.slots.map { .cancelRestartTimer(slot: $0.index) } + [.beginStop(mode)] + workers
+            + [.startStopTimer(delayMs: grace)] + self.checkStopped()
+    }
+
+    /// The stop timer fired: whatever is left is killed.
+    func stopTimerFired() -> [Action] {
+        let log: [Action] =
+            self.lifecycle == .stopping(.graceful) ? [.log(.warning, "grace period over; killing what is left", [:], worker: nil)] : []
+        return log + [.killEverything]
+    }
+
+    /// While stopping: once every worker is gone, stop the engine; once it is gone too,
+    /// leave the loop.
+    func checkStopped() -> [Action] {
+        guard !self.isRunning, self.workers.isEmpty else { return [] }
+        return self.engine == .running ? [.terminateEngine] : [.leaveLoop]
     }
 }
 

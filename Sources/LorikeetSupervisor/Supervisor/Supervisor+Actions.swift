@@ -51,8 +51,20 @@ extension Supervisor {
             self.spawnEngine()
         case .startEngineTimer(let delayMs):
             UVTimer.after(self.loop, ms: delayMs) { [unowned self] in self.startEngine() }
-        case .checkStopped:
-            self.checkStopped()
+        case .shutdown(let id, let mode):
+            guard let worker = self.workers[id] else { return }
+            self.shutdown(worker, mode)
+        case .startStopTimer(let delayMs):
+            self.stopTimer?.close()
+            let timer = UVTimer(loop: self.loop)
+            self.stopTimer = timer
+            timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.stopTimerFired()) }
+        case .killEverything:
+            self.killEverything(SIGKILL)
+        case .terminateEngine:
+            self.engine?.kill(SIGTERM)
+        case .leaveLoop:
+            self.leaveLoop()
         case .fatal(let code, let message):
             self.fatal(code: code, message)
         case .sendHeartbeat(let id, let seq):

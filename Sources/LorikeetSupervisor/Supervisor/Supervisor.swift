@@ -319,35 +319,25 @@ public final class Supervisor {
         self.perform(self.machine.stop(mode))
     }
 
-    /// The `beginStop` action: drain or shut down every worker and arm the stop timer.
+    /// The `beginStop` action: tell systemd, fail the pending mutations, log.
     func beginStop(_ mode: StopMode) {
         self.notifier?.send(["STOPPING=1", "STATUS=stopping (\(mode == .fast ? "fast" : "graceful drain"))"])
         self.failPendingMutations(Status(code: .unavailable, message: "the server is shutting down"))
         switch mode {
-        case .graceful:
-            self.logger.info("draining workers (grace \(self.configuration.drainGraceMs) ms)")
-            for worker in self.allWorkers {
-                worker.send(.drain(Drain(graceMs: UInt32(clamping: self.configuration.drainGraceMs))))
-            }
-            self.stopTimer?.close()
-            let timer = UVTimer(loop: self.loop)
-            self.stopTimer = timer
-            timer.start(timeoutMs: self.configuration.drainGraceMs + 1000) { [unowned self] in
-                self.logger.warning("grace period over; killing what is left")
-                self.killEverything(SIGKILL)
-            }
-        case .fast:
-            self.logger.info("stopping fast")
-            for worker in self.allWorkers {
-                worker.send(.shutdown(Shutdown(fast: true)))
-                worker.process?.kill(SIGTERM)
-            }
-            self.stopTimer?.close()
-            let timer = UVTimer(loop: self.loop)
-            self.stopTimer = timer
-            timer.start(timeoutMs: 2000) { [unowned self] in self.killEverything(SIGKILL) }
+        case .graceful: self.logger.info("draining workers (grace \(self.configuration.drainGraceMs) ms)")
+        case .fast: self.logger.info("stopping fast")
         }
-        self.checkStopped()
+    }
+
+    /// The `shutdown` action for one worker.
+    func shutdown(_ worker: WorkerProcess, _ mode: StopMode) {
+        switch mode {
+        case .graceful:
+            worker.send(.drain(Drain(graceMs: UInt32(clamping: self.configuration.drainGraceMs))))
+        case .fast:
+            worker.send(.shutdown(Shutdown(fast: true)))
+            worker.process?.kill(SIGTERM)
+        }
     }
 
     func killEverything(_ signal: Int32) {
@@ -355,14 +345,8 @@ public final class Supervisor {
         self.engine?.kill(signal)
     }
 
-    /// Once every worker is gone, stop the engine; once it is gone too, leave the loop.
-    func checkStopped() {
-        guard !self.machine.isRunning else { return }
-        if self.allWorkers.contains(where: { $0.process != nil }) { return }
-        if let engine = self.engine {
-            engine.kill(SIGTERM)
-            return
-        }
+    /// The `leaveLoop` action: every process is gone.
+    func leaveLoop() {
         self.heartbeatTimer?.close()
         self.watchdogTimer?.close()
         self.stopTimer?.close()
