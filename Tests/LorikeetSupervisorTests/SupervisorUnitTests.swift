@@ -10,16 +10,17 @@ import Testing
 struct SupervisorUnitTests {
     @Test("boot failure = fast exit, never Ready, not a protocol kill")
     func bootFailureRule() {
+        typealias Machine = SupervisorStateMachine
         let fast: UInt64 = 10_000
-        let booting = WorkerProcess(slot: 0, generation: 1, nowMs: 0)
-        #expect(Supervisor.isBootFailure(booting, uptimeMs: 500, fastFailureMs: fast))
-        #expect(!Supervisor.isBootFailure(booting, uptimeMs: 20_000, fastFailureMs: fast))
-        let served = WorkerProcess(slot: 0, generation: 2, nowMs: 0)
-        served.becameReady = true
-        #expect(!Supervisor.isBootFailure(served, uptimeMs: 500, fastFailureMs: fast), "a worker that had been Ready counted")
-        let protocolKill = WorkerProcess(slot: 0, generation: 3, nowMs: 0)
-        protocolKill.killedForProtocol = true
-        #expect(!Supervisor.isBootFailure(protocolKill, uptimeMs: 500, fastFailureMs: fast), "a protocol kill counted")
+        let booting = Machine.Worker(id: WorkerID(generation: 1), slot: 0, startedAtMs: 0)
+        #expect(Machine.isBootFailure(booting, uptimeMs: 500, fastFailureMs: fast))
+        #expect(!Machine.isBootFailure(booting, uptimeMs: 20_000, fastFailureMs: fast))
+        var served = Machine.Worker(id: WorkerID(generation: 2), slot: 0, startedAtMs: 0)
+        served.boot = .booted
+        #expect(!Machine.isBootFailure(served, uptimeMs: 500, fastFailureMs: fast), "a worker that had been Ready counted")
+        var protocolKill = Machine.Worker(id: WorkerID(generation: 3), slot: 0, startedAtMs: 0)
+        protocolKill.termination = .protocolViolation
+        #expect(!Machine.isBootFailure(protocolKill, uptimeMs: 500, fastFailureMs: fast), "a protocol kill counted")
     }
 
     @Test("an audit line for a 3 MB name, path and caller stays a few KiB and is valid JSON")

@@ -17,16 +17,6 @@ struct RoutedMutation {
     var committed: AdapterMutationReply?
 }
 
-/// A commit being fanned out: durable already; waiting for every worker's ack.
-struct PendingCommit {
-    let callID: UInt64
-    let leader: WorkerProcess
-    let version: UInt64
-    let upserts: [AdapterRecord]
-    var waiting: [ObjectIdentifier: WorkerProcess]
-    let timer: UVTimer
-}
-
 extension Supervisor {
     // MARK: - Control channel I/O
 
@@ -53,8 +43,7 @@ extension Supervisor {
                     "closing control channel: \(error)", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)"])
                 worker.control?.close()
                 worker.control = nil
-                worker.killedForProtocol = true
-                self.terminate(worker, reason: "sent a bad control frame")
+                self.perform(self.machine.protocolViolation(worker.id))
                 return
             }
             guard let envelope else { return }
@@ -65,22 +54,22 @@ extension Supervisor {
     func controlClosed(_ worker: WorkerProcess, _ error: UVError?) {
         worker.control?.close()
         worker.control = nil
-        if worker.process != nil && !worker.retiring && self.stopping == nil {
-            self.terminate(worker, reason: "control channel closed\(error.map { " (\($0))" } ?? "")")
+        if worker.process != nil {
+            self.perform(self.machine.controlClosed(worker.id, reason: "control channel closed\(error.map { " (\($0))" } ?? "")"))
         }
     }
 
     func handle(_ envelope: ControlEnvelope, from worker: WorkerProcess) {
-        worker.lastHeartbeatMs = self.nowMs
+        self.machine.messageReceived(from: worker.id, now: self.nowMs)
         switch envelope.body {
         case .hello(let hello):
-            self.workerHello(worker, hello)
+            self.perform(self.machine.hello(worker.id, hello))
         case .ready(let ready):
-            self.workerPrepared(worker, ready)
+            self.perform(self.machine.ready(worker.id, tableIsCurrent: ready.tableVersion == self.table.version, now: self.nowMs))
         case .heartbeat(let beat):
             worker.requestsServed = beat.requestsServed
         case .changeAck(let ack):
-            self.changeAcked(by: worker, version: ack.version)
+            self.perform(self.machine.changeAcked(by: worker.id, version: ack.version))
         case .load(let request):
             self.route(.load(request), callID: envelope.callID, origin: worker, reply: nil)
         case .unload(let request):
@@ -91,47 +80,24 @@ extension Supervisor {
             self.commit(commit, callID: envelope.callID, from: worker)
         case .drain:
             // The worker confirms it stopped accepting connections.
-            self.workerStoppedAccepting(worker)
+            self.perform(self.machine.stoppedAccepting(worker.id, now: self.nowMs))
         case .role, .snapshot, .change, .commitReply, .shutdown, .none:
             self.logger.warning(
                 "unexpected control message from a worker", metadata: ["worker.slot": "\(worker.slot)", "call.id": "\(envelope.callID)"])
         }
     }
 
-    // MARK: - Boot and leadership
+    // MARK: - Leadership
 
-    func workerHello(_ worker: WorkerProcess, _ hello: Hello) {
-        guard worker.state == .starting else { return }
-        worker.state = .booting
-        self.logger.info("worker hello", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(hello.pid)", "version": "\(hello.version)"])
-        worker.send(.snapshot(TableSnapshot(table: self.table)))
-        if self.leader == nil && self.stopping == nil {
-            self.promote(worker)
-        } else {
-            worker.role = .follower
-            worker.send(.role(RoleAssignment(role: .follower, epoch: self.epoch, engineSocket: self.configuration.engineSocketPath)))
-        }
-    }
-
-    /// Names `worker` leader with a new epoch and tells everyone.
-    func promote(_ worker: WorkerProcess) {
-        self.epoch += 1
-        self.leader = worker
-        for other in self.allWorkers where other.hasHello {
-            other.role = other === worker ? .leader : .follower
-            other.send(.role(RoleAssignment(role: other.role, epoch: self.epoch, engineSocket: self.configuration.engineSocketPath)))
-        }
-        self.logger.notice("leader elected", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "epoch": "\(self.epoch)"])
-    }
-
-    /// The leader exited: settle its in-flight mutations and promote another worker.
-    func leaderGone(_ old: WorkerProcess) {
+    /// The leader exited: settle its in-flight mutations (the state machine promotes
+    /// another worker).
+    func settleRoutes(of old: WorkerProcess) {
         for (callID, route) in self.pendingRoutes where route.leader === old {
             // A mutation committed before the death still succeeded; anything else did not happen.
-            if let committed = route.committed, self.pendingCommit?.callID != callID {
+            if let committed = route.committed, self.machine.fanOut?.callID != callID {
                 self.answer(route, committed)
                 self.pendingRoutes[callID] = nil
-            } else if route.committed == nil && self.pendingCommit?.callID != callID {
+            } else if route.committed == nil && self.machine.fanOut?.callID != callID {
                 self.answer(
                     route,
                     AdapterMutationReply(
@@ -139,51 +105,6 @@ extension Supervisor {
                 self.pendingRoutes[callID] = nil
             }
         }
-        guard self.stopping == nil else { return }
-        let candidates = self.allWorkers.filter { $0.process != nil && !$0.retiring && $0.hasHello }
-        let best = candidates.first { $0.state == .ready } ?? candidates.first
-        if let best {
-            self.promote(best)
-        } else {
-            self.logger.warning("no worker can lead yet; the next worker to say hello becomes leader")
-        }
-    }
-
-    func workerPrepared(_ worker: WorkerProcess, _ ready: Ready) {
-        guard worker.state == .booting else { return }
-        if ready.tableVersion != self.table.version {
-            // A change raced the snapshot: send the current table; the worker reports again.
-            worker.send(.snapshot(TableSnapshot(table: self.table)))
-            return
-        }
-        worker.state = .prepared
-        worker.becameReady = true
-        if let slot = self.slots.first(where: { $0.index == worker.slot }), slot.replacement === worker, let old = slot.current {
-            // Rolling restart: the old process stops accepting first; then the new one starts.
-            self.logger.info("replacement prepared; draining the old worker", metadata: ["worker.slot": "\(worker.slot)"])
-            if old.state == .draining { return }
-            self.drain(old)
-            return
-        }
-        self.startServing(worker)
-    }
-
-    func startServing(_ worker: WorkerProcess) {
-        worker.state = .ready
-        worker.becameReady = true
-        worker.send(.ready(Ready(tableVersion: self.table.version)))
-        self.logger.info("worker ready", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)", "role": "\(worker.role)"])
-        self.notifySystemd()
-        self.rollingStep()
-    }
-
-    func workerStoppedAccepting(_ worker: WorkerProcess) {
-        guard let slot = self.slots.first(where: { $0.index == worker.slot }), slot.current === worker,
-            let replacement = slot.replacement
-        else { return }
-        slot.current = replacement
-        slot.replacement = worker
-        if replacement.state == .prepared { self.startServing(replacement) }
     }
 
     // MARK: - Mutations routed to the leader
@@ -228,9 +149,9 @@ extension Supervisor {
                 "adapter request refused: \(problem.message)", metadata: ["worker.slot": "\(origin.map { "\($0.slot)" } ?? "admin")"])
             return refuse(problem)
         }
-        guard let leader = self.leader, leader.hasHello, leader.process != nil, self.stopping == nil else {
+        guard let leader = self.leader, self.hasHello(leader), leader.process != nil, self.machine.isRunning else {
             return refuse(
-                Status(code: .unavailable, message: self.stopping != nil ? "the server is shutting down" : "no leader is available yet; retry"))
+                Status(code: .unavailable, message: !self.machine.isRunning ? "the server is shutting down" : "no leader is available yet; retry"))
         }
         // The caller field comes from the forwarding worker or the admin peer: bounded like any echo.
         var mutation = mutation
@@ -289,10 +210,9 @@ extension Supervisor {
             self.logger.warning("commit refused: \(message)", metadata: ["worker.slot": "\(worker.slot)"])
             worker.send(.commitReply(CommitReply(status: Status(code: code, message: message), version: self.table.version)), callID: callID)
         }
-        guard self.leader === worker, request.epoch == self.epoch else {
-            return refuse(.failedPrecondition, "epoch \(request.epoch) is not the current leader epoch \(self.epoch)")
+        if let refusal = self.machine.commitRefusal(from: worker.id, epoch: request.epoch) {
+            return refuse(refusal.code, refusal.message)
         }
-        guard self.pendingCommit == nil else { return refuse(.aborted, "another commit is in progress") }
         guard request.baseVersion == self.table.version else {
             return refuse(.aborted, "the change is based on table version \(request.baseVersion), current is \(self.table.version)")
         }
@@ -322,53 +242,23 @@ extension Supervisor {
             ])
         let change = TableChange(
             version: next.version, upserts: request.change.upserts, removes: request.change.removes, nextIntID: next.nextIntID)
-        var waiting: [ObjectIdentifier: WorkerProcess] = [:]
-        for other in self.allWorkers where other.hasHello && other.control != nil && other.process != nil {
-            other.send(.change(change))
-            waiting[ObjectIdentifier(other)] = other
-        }
-        let timer = UVTimer(loop: self.loop)
-        self.pendingCommit = PendingCommit(
-            callID: callID, leader: worker, version: next.version, upserts: request.change.upserts, waiting: waiting, timer: timer)
-        timer.start(timeoutMs: self.configuration.commitAckTimeoutMs) { [unowned self] in
-            guard let pending = self.pendingCommit, pending.version == next.version else { return }
-            for late in pending.waiting.values {
-                self.terminate(late, reason: "did not apply table version \(next.version) within \(self.configuration.commitAckTimeoutMs) ms")
-            }
-            self.pendingCommit?.waiting = [:]
-            self.finishCommitIfAcked()
-        }
-        self.finishCommitIfAcked()
+        self.perform(
+            self.machine.commitDurable(callID: callID, leader: worker.id, change: change, adapter: request.change.upserts.first))
     }
 
-    func changeAcked(by worker: WorkerProcess, version: UInt64) {
-        guard var pending = self.pendingCommit, version >= pending.version else { return }
-        pending.waiting[ObjectIdentifier(worker)] = nil
-        self.pendingCommit = pending
-        self.finishCommitIfAcked()
-    }
-
-    func commitParticipantGone(_ worker: WorkerProcess) {
-        guard var pending = self.pendingCommit else { return }
-        pending.waiting[ObjectIdentifier(worker)] = nil
-        self.pendingCommit = pending
-        self.finishCommitIfAcked()
-    }
-
-    func finishCommitIfAcked() {
-        guard let pending = self.pendingCommit, pending.waiting.isEmpty else { return }
-        self.pendingCommit = nil
-        pending.timer.close()
-        let reply = AdapterMutationReply(status: .ok, adapter: pending.upserts.first, tableVersion: pending.version)
-        if var route = self.pendingRoutes[pending.callID] {
+    /// The `commitFinished` action: the route's answer is recorded; the leader answers its
+    /// caller, or, when the leader is gone, the supervisor answers (the change happened).
+    func commitFinished(callID: UInt64, version: UInt64, adapter: AdapterRecord?, replyTo target: CommitReplyTarget) {
+        let reply = AdapterMutationReply(status: .ok, adapter: adapter, tableVersion: version)
+        if var route = self.pendingRoutes[callID] {
             route.committed = reply
-            self.pendingRoutes[pending.callID] = route
+            self.pendingRoutes[callID] = route
         }
-        if pending.leader.process != nil && self.leader === pending.leader {
-            pending.leader.send(.commitReply(CommitReply(status: .ok, version: pending.version)), callID: pending.callID)
-        } else if let route = self.pendingRoutes.removeValue(forKey: pending.callID) {
-            // The leader died after the commit became durable: the caller's change happened.
-            self.answer(route, reply)
+        switch target {
+        case .leader(let id):
+            self.workers[id]?.send(.commitReply(CommitReply(status: .ok, version: version)), callID: callID)
+        case .caller:
+            if let route = self.pendingRoutes.removeValue(forKey: callID) { self.answer(route, reply) }
         }
     }
 }

@@ -1,52 +1,26 @@
 import Glibc
 import LorikeetProto
 
-/// Lifecycle of one worker process as the supervisor sees it.
-enum WorkerState: String {
-    /// Spawned; no Hello yet.
-    case starting
-    /// Hello received; role and snapshot sent; booting.
-    case booting
-    /// Applied the table and prepared to serve; waiting for the go (rolling restart).
-    case prepared
-    /// Serving HTTP.
-    case ready
-    /// Told to drain; finishing in-flight work.
-    case draining
-}
-
-/// One worker process and its control channel.
+/// The libuv side of one worker process: its process handle, control channel and
+/// timers. Its lifecycle (state, role, whether it booted, whether it is retiring) lives
+/// in `SupervisorStateMachine.Worker` under the same ``WorkerID``.
 final class WorkerProcess {
+    let id: WorkerID
     let slot: Int
-    let generation: Int
-    var process: UVProcess?
+    var process: UVProcess? {
+        didSet { if let process { self.pid = process.pid } }
+    }
+    /// The process id (kept after the process exits, for the exit's log line).
+    private(set) var pid: Int32 = 0
     var control: UVPipe?
     var decoder = MessageDecoder<ControlEnvelope>(maximumFrameSize: Limits.channelFrameBytes)
-    var state: WorkerState = .starting
-    var role: WorkerRole = .follower
-    let startedAtMs: UInt64
-    var lastHeartbeatMs: UInt64
     var requestsServed: UInt64 = 0
-    /// Set when the supervisor wants this process gone (drain, roll, scale down): its exit
-    /// is expected and the slot is not restarted for it.
-    var retiring = false
     var killTimer: UVTimer?
-    /// Reported Ready (prepared or serving) at least once: it booted, so its exit is never
-    /// a boot failure for the crash-loop breaker.
-    var becameReady = false
-    /// The supervisor killed it for breaking the control protocol (a frame that cannot be
-    /// framed): not a boot failure either.
-    var killedForProtocol = false
 
-    init(slot: Int, generation: Int, nowMs: UInt64) {
+    init(id: WorkerID, slot: Int) {
+        self.id = id
         self.slot = slot
-        self.generation = generation
-        self.startedAtMs = nowMs
-        self.lastHeartbeatMs = nowMs
     }
-
-    var pid: Int32 { self.process?.pid ?? 0 }
-    var hasHello: Bool { self.state != .starting }
 
     /// Sends one control message. A message whose frame would exceed the channel's limit
     /// (`Limits.channelFrameBytes`, the worker's decoder limit) is not sent: the worker
@@ -72,25 +46,12 @@ final class WorkerProcess {
     }
 }
 
-/// A worker slot: a listening socket kept for the slot's life and the process filling it.
-final class WorkerSlot {
+/// The libuv side of a worker slot: the listening socket kept for the slot's life and
+/// the restart timer. Its lifecycle lives in `SupervisorStateMachine.Slot`.
+final class SlotHandles {
     let index: Int
     /// The slot's listening socket; nil once released (the slot is being removed).
     private(set) var listenerFD: Int32?
-    var current: WorkerProcess?
-    /// The replacement being prepared during a rolling restart.
-    var replacement: WorkerProcess?
-    var restarts: UInt32 = 0
-    var lastExit = ""
-    var consecutiveFastFailures = 0
-    var fastFailureTimes: [UInt64] = []
-    /// The crash-loop breaker is open: no restarts until the cool-down ends.
-    var tripped = false
-    /// The breaker opened this many times in a row (the cool-down doubles each time);
-    /// reset by a worker that outlives the fast-failure time.
-    var trips = 0
-    /// The slot is being removed (scale down): no restarts.
-    var removing = false
     var restartTimer: UVTimer?
 
     init(index: Int, listenerFD: Int32) {
@@ -105,4 +66,34 @@ final class WorkerSlot {
         close(fd)
         self.listenerFD = nil
     }
+}
+
+/// A read-only view of one slot for status replies and rolling restarts: the state
+/// machine's slot joined with its processes.
+struct WorkerSlot {
+    let index: Int
+    let state: SupervisorStateMachine.SlotState
+    let current: WorkerView?
+    let replacement: WorkerView?
+    let restarts: UInt32
+    let lastExit: String
+
+    /// The crash-loop breaker has paused the slot.
+    var tripped: Bool { self.state == .paused }
+    /// The slot is being removed (scale down).
+    var removing: Bool { self.state == .removing }
+}
+
+/// A read-only view of one worker: the state machine's worker joined with its process.
+struct WorkerView {
+    let id: WorkerID
+    let slot: Int
+    let pid: Int32
+    let state: WorkerState
+    let role: WorkerRole
+    let disposition: WorkerDisposition
+    let lastHeartbeatMs: UInt64
+    let requestsServed: UInt64
+
+    var retiring: Bool { self.disposition == .retiring }
 }

@@ -1,16 +1,6 @@
 import CLibUV
 import Glibc
 
-/// How a child process ended.
-struct ProcessExit: Equatable, CustomStringConvertible {
-    let status: Int64
-    let signal: Int32
-
-    var description: String {
-        self.signal != 0 ? "killed by signal \(self.signal)" : "exited with status \(self.status)"
-    }
-}
-
 /// A child process spawned through libuv; `onExit` runs on the loop when it ends
 /// (libuv reaps it; nothing else may call waitpid).
 final class UVProcess: UVHandle {
