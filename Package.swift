@@ -48,6 +48,9 @@ let package = Package(
         // Every boundary limit and the text rules for names and paths (docs/LIMITS.md);
         // no dependencies, so the engine checks the same numbers as the channels.
         .target(name: "LorikeetLimits", swiftSettings: upcoming),
+        // The one JSON value type with its strict parser and compact writer: request and
+        // response bodies in the worker, config files and safetensors headers in the engine.
+        .target(name: "LorikeetJSON", swiftSettings: upcoming),
         // Protocol: message types, protobuf-c codec, framing. Knows no HTTP, no libuv.
         .target(
             name: "LorikeetProto",
@@ -68,7 +71,7 @@ let package = Package(
         .target(
             name: "LorikeetWorker",
             dependencies: [
-                "LorikeetProto",
+                "LorikeetProto", "LorikeetJSON",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -110,7 +113,7 @@ let package = Package(
         // Fuzz entry points: replay corpus files normally, libFuzzer with -DFUZZING.
         .executableTarget(
             name: "LorikeetFuzz",
-            dependencies: ["LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF"],
+            dependencies: ["LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF", "LorikeetJSON"],
             swiftSettings: upcoming
         ),
         // Shared by the integration suites: fixture, HTTP client, server-under-test harness.
@@ -120,6 +123,7 @@ let package = Package(
             dependencies: ["LorikeetSupervisor", "LorikeetProto", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
+        .testTarget(name: "LorikeetJSONTests", dependencies: ["LorikeetJSON"], swiftSettings: upcoming),
         .testTarget(
             name: "LorikeetProtoTests",
             dependencies: ["LorikeetProto"],
@@ -129,6 +133,7 @@ let package = Package(
             name: "LorikeetWorkerTests",
             dependencies: [
                 "LorikeetWorker",
+                "LorikeetJSON",
                 "LorikeetProto",
                 "LorikeetTestSupport",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -145,7 +150,9 @@ let package = Package(
         // it (e.g. `haswell`, or `generic` for a portable build).
         .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
-        .target(name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetKernels", "LorikeetLimits"], swiftSettings: upcoming),
+        .target(
+            name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetJSON", "LorikeetKernels", "LorikeetLimits"],
+            swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
             dependencies: ["LorikeetEngine"],

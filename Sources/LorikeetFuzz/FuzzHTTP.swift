@@ -1,5 +1,6 @@
 // Fuzz target `http-json`: the worker's JSON parser and request validation, as the HTTP
 // routes run them on a request body.
+import LorikeetJSON
 import LorikeetProto
 import LorikeetWorker
 

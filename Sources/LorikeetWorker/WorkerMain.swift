@@ -1,5 +1,6 @@
 import Foundation
 public import Logging
+import LorikeetJSON
 public import LorikeetProto
 public import NIOCore
 public import ServiceLifecycle

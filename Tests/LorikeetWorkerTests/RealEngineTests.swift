@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import LorikeetJSON
 import LorikeetProto
 import Testing
 

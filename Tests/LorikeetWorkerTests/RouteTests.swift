@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetJSON
 import LorikeetTestSupport
 import LorikeetProto
 import Synchronization

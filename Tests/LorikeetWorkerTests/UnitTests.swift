@@ -1,35 +1,10 @@
 import Foundation
 import HTTPTypes
+import LorikeetJSON
 import LorikeetProto
 import Testing
 
 @testable import LorikeetWorker
-
-@Suite("JSON parsing and writing")
-struct JSONTests {
-    @Test(
-        "malformed documents are refused",
-        arguments: ["", "{", "{\"a\":}", "[1,]", "{\"a\":1}x", "tru", "\"\\u12\"", "01", "1.", "\"\u{01}\"", "{'a':1}", "NaN"])
-    func malformed(_ text: String) {
-        #expect(throws: JSONParseError.self) { try JSONParser.parse(Array(text.utf8)) }
-    }
-
-    @Test("values round-trip and keep integers exact")
-    func roundTrip() throws {
-        let text = #"{"a":[1,-2,3.5,true,false,null],"b":"x\"\n\u00e9\ud83d\ude00","c":{"d":18446744073709551615,"e":9007199254740993}}"#
-        let value = try JSONParser.parse(Array(text.utf8))
-        #expect(value["c"]?["e"] == .int(9_007_199_254_740_993))
-        #expect(value["b"] == .string("x\"\né😀"))
-        let again = try JSONParser.parse(JSONWriter.encode(value))
-        #expect(again == value)
-    }
-
-    @Test("nesting is bounded")
-    func depth() {
-        let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
-        #expect(throws: JSONParseError.self) { try JSONParser.parse(Array(deep.utf8)) }
-    }
-}
 
 @Suite("Request validation names the param")
 struct ValidationTests {

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import LorikeetJSON
 import LorikeetProto
 import NIOCore
 import Testing

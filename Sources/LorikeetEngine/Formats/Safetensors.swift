@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetJSON
 
 /// Element type of a safetensors tensor. Only the float types the engine computes with
 /// are accepted; everything else is refused with `SafetensorsError.unsupportedDType`.
@@ -105,13 +106,14 @@ package struct SafetensorsFile: Sendable {
             throw .headerLengthOutOfBounds(headerLength: headerLength, fileSize: bytes.count)
         }
         let headerEnd = 8 + Int(headerLength)
-        let header: [String: JSONValue]
-        switch JSONValue.parse(Data(bytes[8..<headerEnd])) {
-        case .failure(let failure): throw .invalidHeader("not JSON (\(failure.message))")
-        case .success(let value):
-            guard let object = value.objectValue else { throw .invalidHeader("not a JSON object") }
-            header = object
+        let parsed: JSONValue
+        do {
+            parsed = try JSONParser.parse(Array(bytes[8..<headerEnd]))
+        } catch {
+            throw .invalidHeader("not JSON (\(error))")
         }
+        // Duplicate names: the last entry counts, as in the reference implementation's serde map.
+        guard let header = parsed.objectValue else { throw .invalidHeader("not a JSON object") }
         let dataSize = bytes.count - headerEnd
 
         var tensors: [String: TensorInfo] = [:]

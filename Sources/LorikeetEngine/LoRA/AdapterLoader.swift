@@ -1,3 +1,4 @@
+import LorikeetJSON
 import LorikeetLimits
 import Foundation
 
@@ -186,13 +187,16 @@ package enum AdapterLoader {
         guard bytes.count <= self.maxConfigBytes else {
             throw .invalidConfig(path: path, reason: "the file is \(bytes.count) bytes; the limit is \(self.maxConfigBytes)")
         }
-        let root: [String: JSONValue]
-        switch JSONValue.parse(Data(bytes)) {
-        case .failure(let f): throw .invalidConfig(path: path, reason: "not valid JSON: \(f.message.echoed())")
-        case .success(let v):
-            guard let o = v.objectValue else { throw .invalidConfig(path: path, reason: "not a JSON object") }
-            root = o
+        let parsed: JSONValue
+        do {
+            parsed = try JSONParser.parse(bytes)
+        } catch {
+            // Name the field when the syntax error is inside one ('lora_alpha': 1e400).
+            let member = error.member.map { " in '\($0.echoed(limit: 64))'" } ?? ""
+            throw .invalidConfig(path: path, reason: "not valid JSON: \(error)\(member)")
         }
+        // Duplicate keys: the last one counts, as with PEFT's json.load.
+        guard let root = parsed.objectValue else { throw .invalidConfig(path: path, reason: "not a JSON object") }
         if let type = root["peft_type"]?.stringValue, type != "LORA" {
             throw .invalidConfig(
                 path: path, reason: "peft_type is \(type.echoed(limit: 64)); only LORA adapters are supported")
@@ -251,8 +255,8 @@ package enum AdapterLoader {
         switch value {
         case .null: "null"
         case .bool(let b): "\(b)"
-        case .integer(let i): "\(i)"
-        case .number(let d): "\(d)"
+        case .int(let i): "\(i)"
+        case .double(let d): "\(d)"
         case .string(let s): "\"\(s.echoed(limit: 64))\""
         case .array(let a): "an array of \(a.count)"
         case .object(let o): "an object of \(o.count) members"

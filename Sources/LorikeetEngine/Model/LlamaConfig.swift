@@ -1,4 +1,6 @@
 package import Foundation
+import LorikeetJSON
+import LorikeetLimits
 
 /// Why a model could not be loaded.
 package enum ModelLoadError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -123,13 +125,15 @@ package struct LlamaConfig: Sendable, Equatable {
 
     /// Parses a Hugging Face `config.json`.
     package init(json data: Data) throws(ModelLoadError) {
-        let root: [String: JSONValue]
-        switch JSONValue.parse(data) {
-        case .failure(let f): throw .invalidJSON(f.message)
-        case .success(let v):
-            guard let o = v.objectValue else { throw .invalidJSON("top level is not an object") }
-            root = o
+        let parsed: JSONValue
+        do {
+            parsed = try JSONParser.parse(Array(data))
+        } catch {
+            let member = error.member.map { " in '\($0.echoed(limit: 64))'" } ?? ""
+            throw .invalidJSON("\(error)\(member)")
         }
+        // Duplicate keys: the last one counts, as with Transformers' json.load.
+        guard let root = parsed.objectValue else { throw .invalidJSON("top level is not an object") }
         if case .array(let archs) = root["architectures"] {
             let names = archs.compactMap(\.stringValue)
             let supported = ["LlamaForCausalLM", "MistralForCausalLM"]

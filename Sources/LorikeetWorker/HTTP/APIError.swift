@@ -1,4 +1,5 @@
 public import HTTPTypes
+package import LorikeetJSON
 public import LorikeetProto
 
 /// An error that reaches an HTTP client, rendered as OpenAI's error envelope

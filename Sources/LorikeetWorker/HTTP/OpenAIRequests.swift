@@ -1,3 +1,4 @@
+package import LorikeetJSON
 package import LorikeetProto
 
 /// The prompt of a generation, as the engine channel takes it.

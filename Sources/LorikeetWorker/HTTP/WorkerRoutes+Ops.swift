@@ -1,5 +1,6 @@
 import HTTPTypes
 import HummingbirdCore
+package import LorikeetJSON
 package import LorikeetProto
 import NIOCore
 

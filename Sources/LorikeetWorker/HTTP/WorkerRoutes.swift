@@ -1,6 +1,7 @@
 import HTTPTypes
 import HummingbirdCore
 public import Logging
+import LorikeetJSON
 public import LorikeetProto
 import NIOCore
 import Synchronization

@@ -1,5 +1,6 @@
 import HTTPTypes
 public import Logging
+package import LorikeetJSON
 public import LorikeetProto
 public import NIOCore
 import NIOHTTP1

@@ -1,6 +1,7 @@
 import HTTPTypes
 import HummingbirdCore
 import Logging
+import LorikeetJSON
 import LorikeetProto
 import NIOCore
 

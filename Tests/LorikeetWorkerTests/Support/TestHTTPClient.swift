@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetJSON
 import LorikeetTestSupport
 
 @testable import LorikeetWorker

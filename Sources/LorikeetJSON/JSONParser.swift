@@ -1,63 +1,34 @@
-/// A parsed JSON value. Requests are parsed into this first so that every field can be
-/// validated by hand and each error names its `param` (OpenAI error envelope), which a
-/// `Decodable` type cannot do for wrong types and missing fields in one pass.
-///
-/// Numbers keep their spelling class: integers that fit `Int64` stay exact (seeds,
-/// token ids), everything else is a `Double`.
-package enum JSONValue: Sendable, Equatable {
-    case null
-    case bool(Bool)
-    case int(Int64)
-    case double(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([(String, JSONValue)])
-
-    package static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
-        switch (lhs, rhs) {
-        case (.null, .null): return true
-        case (.bool(let a), .bool(let b)): return a == b
-        case (.int(let a), .int(let b)): return a == b
-        case (.double(let a), .double(let b)): return a == b
-        case (.string(let a), .string(let b)): return a == b
-        case (.array(let a), .array(let b)): return a == b
-        case (.object(let a), .object(let b)):
-            return a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
-        default: return false
-        }
-    }
-
-    /// The member `key` of an object (last one wins on duplicates, as in most parsers).
-    package subscript(key: String) -> JSONValue? {
-        guard case .object(let members) = self else { return nil }
-        return members.last(where: { $0.0 == key })?.1
-    }
-
-    /// JSON type name used in error messages.
-    package var typeName: String {
-        switch self {
-        case .null: "null"
-        case .bool: "boolean"
-        case .int, .double: "number"
-        case .string: "string"
-        case .array: "array"
-        case .object: "object"
-        }
-    }
-}
-
-/// Why a body is not JSON; carries the byte offset for the error message.
+/// Why a document is not JSON; carries the byte offset for the error message.
 package struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Byte offset of the failure in the document.
     package var offset: Int
+    /// What is wrong there, e.g. "number out of range".
     package var reason: String
+    /// The name of the innermost object member whose value holds the failure (nil when it
+    /// is in no member's value), so a loader can name the field (`'lora_alpha'`) in its
+    /// own error. Taken from the input: bound it before showing it. Not in `description`.
+    package var member: String? = nil
+
+    package init(offset: Int, reason: String, member: String? = nil) {
+        self.offset = offset
+        self.reason = reason
+        self.member = member
+    }
+
     package var description: String { "\(self.reason) at byte \(self.offset)" }
 }
 
 /// A strict RFC 8259 parser with a nesting limit (hostile bodies cannot exhaust the stack).
+///
+/// Refused: trailing data, leading zeros, `NaN`/`Infinity`, comments, single quotes, raw
+/// control characters and invalid UTF-8 in strings, unpaired surrogate escapes, numbers
+/// that overflow a `Double` (`1e400`). Duplicate object keys are kept (see `JSONValue`).
 package struct JSONParser {
     private let bytes: [UInt8]
     private var index = 0
     private var depth = 0
+    /// Deepest nesting of arrays and objects accepted. Request bodies need a handful of
+    /// levels, safetensors headers three, Hugging Face `config.json` files about four.
     package static let maximumDepth = 64
 
     /// Parses one JSON document; trailing non-whitespace is an error.
@@ -140,7 +111,15 @@ package struct JSONParser {
             }
             self.index += 1
             self.skipWhitespace()
-            members.append((key, try self.parseValue()))
+            let value: JSONValue
+            do {
+                value = try self.parseValue()
+            } catch {
+                var error = error
+                if error.member == nil { error.member = key }
+                throw error
+            }
+            members.append((key, value))
             self.skipWhitespace()
             guard self.index < self.bytes.count else { throw self.error("unexpected end of input") }
             if self.bytes[self.index] == UInt8(ascii: ",") {
@@ -289,73 +268,5 @@ package struct JSONParser {
         if isInteger, let value = Int64(text) { return .int(value) }
         guard let value = Double(text), value.isFinite else { throw self.error("number out of range") }
         return .double(value)
-    }
-}
-
-/// Compact JSON writer (no whitespace), used for every response body and SSE chunk.
-package struct JSONWriter {
-    package private(set) var bytes: [UInt8] = []
-
-    package init(reservingCapacity capacity: Int = 256) { self.bytes.reserveCapacity(capacity) }
-
-    package mutating func write(_ value: JSONValue) {
-        switch value {
-        case .null: self.raw("null")
-        case .bool(let flag): self.raw(flag ? "true" : "false")
-        case .int(let number): self.raw(String(number))
-        case .double(let number):
-            if number.isFinite {
-                if number == number.rounded(), abs(number) < 1e15 { self.raw(String(Int64(number))) } else { self.raw("\(number)") }
-            } else {
-                self.raw("null")
-            }
-        case .string(let text): self.string(text)
-        case .array(let elements):
-            self.bytes.append(UInt8(ascii: "["))
-            for (offset, element) in elements.enumerated() {
-                if offset > 0 { self.bytes.append(UInt8(ascii: ",")) }
-                self.write(element)
-            }
-            self.bytes.append(UInt8(ascii: "]"))
-        case .object(let members):
-            self.bytes.append(UInt8(ascii: "{"))
-            for (offset, member) in members.enumerated() {
-                if offset > 0 { self.bytes.append(UInt8(ascii: ",")) }
-                self.string(member.0)
-                self.bytes.append(UInt8(ascii: ":"))
-                self.write(member.1)
-            }
-            self.bytes.append(UInt8(ascii: "}"))
-        }
-    }
-
-    private mutating func raw(_ text: String) { self.bytes.append(contentsOf: text.utf8) }
-
-    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
-
-    private mutating func string(_ text: String) {
-        self.bytes.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): self.raw("\\\"")
-            case UInt8(ascii: "\\"): self.raw("\\\\")
-            case 0x0A: self.raw("\\n")
-            case 0x0D: self.raw("\\r")
-            case 0x09: self.raw("\\t")
-            case 0x00..<0x20:
-                self.raw("\\u00")
-                self.bytes.append(Self.hex[Int(byte >> 4)])
-                self.bytes.append(Self.hex[Int(byte & 0xF)])
-            default: self.bytes.append(byte)
-            }
-        }
-        self.bytes.append(UInt8(ascii: "\""))
-    }
-
-    /// The serialization of one value.
-    package static func encode(_ value: JSONValue) -> [UInt8] {
-        var writer = JSONWriter()
-        writer.write(value)
-        return writer.bytes
     }
 }
