@@ -113,7 +113,7 @@ let package = Package(
         // Fuzz entry points: replay corpus files normally, libFuzzer with -DFUZZING.
         .executableTarget(
             name: "LorikeetFuzz",
-            dependencies: ["LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF", "LorikeetJSON"],
+            dependencies: ["LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF", "LorikeetJSON", "LorikeetSupervisor"],
             swiftSettings: upcoming
         ),
         // Shared by the integration suites: fixture, HTTP client, server-under-test harness.

@@ -39,6 +39,12 @@ with tempfile.TemporaryDirectory() as out:
             admin_pb2.AdminEnvelope(call_id=2, batch=admin_pb2.BatchRequest(items=[admin_pb2.BatchItem(load=common_pb2.LoadAdapterRequest(name="a", path="/p"))])),
             admin_pb2.AdminEnvelope(call_id=3, worker_list=admin_pb2.WorkerList(workers=[admin_pb2.WorkerInfo(slot=1, pid=2, state="ready")])),
         ],
+        "admin-requests": [
+            admin_pb2.AdminEnvelope(call_id=1, load=common_pb2.LoadAdapterRequest(name="n" * 3000, path="/p" + "q" * 5000, caller="c" * 3000)),
+            admin_pb2.AdminEnvelope(call_id=2, unload=common_pb2.UnloadAdapterRequest(name="line\nforged\u202etxt\"quote\\")),
+            admin_pb2.AdminEnvelope(call_id=3, batch=admin_pb2.BatchRequest(items=[admin_pb2.BatchItem(load=common_pb2.LoadAdapterRequest(name=f"b{i}", path="/p", base_model="\x7f" * 300)) for i in range(20)])),
+            admin_pb2.AdminEnvelope(call_id=4, load=common_pb2.LoadAdapterRequest(name="ok", path="/data/lora/ok", base_model="base")),
+        ],
         "frames-engine": [
             engine_pb2.EngineEnvelope(call_id=1, generate=engine_pb2.GenerateRequest(request_id="r", prompt_tokens=[1, 2, 3], sampling=engine_pb2.SamplingParams(max_tokens=4, stop=["x"]), adapter=engine_pb2.AdapterRef(name="a", int_id=1))),
             engine_pb2.EngineEnvelope(call_id=1, chunk=engine_pb2.GenerateChunk(request_id="r", tokens=[5], text="hi", finish_reason="stop", usage=engine_pb2.Usage(prompt_tokens=3, completion_tokens=1))),

@@ -23,6 +23,7 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
     case "safetensors": fuzzSafetensors(bytes)
     case "lora-config": fuzzLoRAConfig(bytes)
     case "gguf": fuzzGGUF(bytes)
+    case "admin-requests": fuzzAdminRequests(bytes)
     case "adapter-path": fuzzAdapterPath(bytes)
     case "target-modules": fuzzTargetModules(bytes)
     default: return false
@@ -31,7 +32,7 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
 }
 
 /// Every target, in the order bin/fuzz runs them.
-let fuzzTargets = ["frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf", "adapter-path", "target-modules"]
+let fuzzTargets = ["frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf", "adapter-path", "target-modules", "admin-requests"]
 
 /// Feeds the bytes in two pieces (split point from the first byte) through the frame
 /// and envelope decoder; re-encodes what decodes and checks it decodes again equal.

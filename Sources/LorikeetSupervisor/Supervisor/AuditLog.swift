@@ -10,7 +10,7 @@ import LorikeetProto
 /// that received the HTTP call, -1 for admin), `caller` (the HTTP peer address, or the
 /// admin peer's uid and pid), `batch` (index within a batch, absent otherwise), `code`
 /// (gRPC code name, `OK` on success), `message`, `table_version` (after the change).
-struct AuditEntry: Equatable {
+package struct AuditEntry: Equatable {
     var timeUnixMs: Int64
     var action: String
     var name: String
@@ -30,7 +30,7 @@ struct AuditEntry: Equatable {
     /// The JSON line, without the newline. Every field a client supplied (name, path,
     /// caller, and the message, which may quote them) is cut with `String.echoed`, so a
     /// refused multi-megabyte request writes a line of a few KiB at most.
-    var json: String {
+    package var json: String {
         var fields: [(String, String)] = [
             ("time", Self.quote(Self.timestamp(self.timeUnixMs))),
             ("action", Self.quote(self.action)),

@@ -1,6 +1,6 @@
 import Glibc
 import Logging
-import LorikeetProto
+package import LorikeetProto
 
 /// A load/unload that arrived at a follower, forwarded to the leader.
 struct RoutedMutation {
@@ -109,7 +109,7 @@ extension Supervisor {
 
     // MARK: - Mutations routed to the leader
 
-    enum Mutation {
+    package enum Mutation {
         case load(LoadAdapterRequest)
         case unload(UnloadAdapterRequest)
     }
@@ -117,7 +117,7 @@ extension Supervisor {
     /// Why `mutation` is refused before it reaches the leader, or nil: the inner re-check
     /// of the limits the HTTP edge (and the admin handler) enforce (`TextRules`,
     /// `Limits.adapterNameBytes`, `adapterPathBytes`, `baseModelNameBytes`).
-    static func problem(in mutation: Mutation) -> Status? {
+    package static func problem(in mutation: Mutation) -> Status? {
         func check(_ value: String, _ field: String, _ limit: Int, allowEmpty: Bool = false) -> Status? {
             TextRules.problem(value, field: field, maxBytes: limit, allowEmpty: allowEmpty).map {
                 Status(code: .invalidArgument, message: $0, param: field)
@@ -270,22 +270,27 @@ extension Supervisor {
     /// ends here exactly once: answered by the leader, settled after the leader died,
     /// failed at shutdown, or refused for want of a leader).
     func recordAudit(_ mutation: Mutation, batchIndex: Int?, _ reply: AdapterMutationReply) {
-        let entry: AuditEntry
-        let now = Int64(self.wallClockMs)
+        let entry = Self.auditEntry(mutation, batchIndex: batchIndex, reply, now: Int64(self.wallClockMs))
+        if !self.audit.record(entry) {
+            self.logger.error("cannot write the audit log", metadata: ["path": "\(self.audit.path)", "errno": "\(errno)"])
+        }
+    }
+
+    /// The audit record of one mutation's outcome (pure: the fuzz target checks its size).
+    package static func auditEntry(
+        _ mutation: Mutation, batchIndex: Int?, _ reply: AdapterMutationReply, now: Int64
+    ) -> AuditEntry {
         switch mutation {
         case .load(let request):
-            entry = AuditEntry(
+            return AuditEntry(
                 timeUnixMs: now, action: "load", name: request.name, id: reply.adapter?.intID ?? 0,
                 path: reply.adapter?.path ?? request.path, slot: request.originSlot, caller: request.caller, batchIndex: batchIndex,
                 status: reply.status, tableVersion: reply.tableVersion)
         case .unload(let request):
-            entry = AuditEntry(
+            return AuditEntry(
                 timeUnixMs: now, action: "unload", name: request.name, id: reply.adapter?.intID ?? request.intID,
                 path: reply.adapter?.path ?? "", slot: request.originSlot, caller: request.caller, batchIndex: batchIndex,
                 status: reply.status, tableVersion: reply.tableVersion)
-        }
-        if !self.audit.record(entry) {
-            self.logger.error("cannot write the audit log", metadata: ["path": "\(self.audit.path)", "errno": "\(errno)"])
         }
     }
 
