@@ -51,10 +51,10 @@ let package = Package(
             dependencies: ["CLorikeetProto", "CLorikeetSys"],
             swiftSettings: upcoming
         ),
-        // The framed channels on SwiftNIO: frame codec (and, next, the one multiplexed call
-        // client). Apart from LorikeetProto so that the protocol module stays free of NIO (the
-        // libuv supervisor and `lorikeet ctl` use it), and apart from the worker so the engine
-        // server can share it.
+        // The framed channels on SwiftNIO: frame codec and the one multiplexed call client
+        // (request ids, deadlines, cancellation, back pressure). Apart from LorikeetProto so
+        // that the protocol module stays free of NIO (the libuv supervisor and `lorikeet ctl`
+        // use it), and apart from the worker so the engine server can share it.
         .target(
             name: "LorikeetChannels",
             dependencies: [
