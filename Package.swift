@@ -79,7 +79,7 @@ let package = Package(
         .target(
             name: "LorikeetWorker",
             dependencies: [
-                "LorikeetProto",
+                "LorikeetProto", "LorikeetChannels",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
