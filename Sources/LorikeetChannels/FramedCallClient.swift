@@ -65,12 +65,14 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
 
     private enum Kind {
         case unary(CheckedContinuation<Message, any Error>)
-        case stream(ReplyStream.Source, isFinal: @Sendable (Message) -> Bool, onAbandoned: @Sendable (Message) -> Void)
+        /// The request is kept for `finishStreams` and `onAbandoned` (unary calls keep none).
+        case stream(
+            ReplyStream.Source, request: Message, isFinal: @Sendable (Message) -> Bool, onAbandoned: @Sendable (Message) -> Void
+        )
     }
 
     private struct Pending {
         var connectionID: UInt64
-        var request: Message
         var kind: Kind
         var deadline: Scheduled<Void>?
     }
@@ -174,8 +176,8 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
                 didTerminate: { [weak self] in self?.abandoned(stream: id) }))
         self.state.withLock { state in
             state.pending[id] = Pending(
-                connectionID: connection.id, request: request,
-                kind: .stream(produced.source, isFinal: isFinal, onAbandoned: onAbandoned))
+                connectionID: connection.id,
+                kind: .stream(produced.source, request: request, isFinal: isFinal, onAbandoned: onAbandoned))
         }
         do {
             try await connection.channel.writeAndFlush(request)
@@ -195,7 +197,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     public func finishStreams(where matches: (Message) -> Bool) -> Int {
         let finished = self.state.withLock { state -> [Pending] in
             let ids = state.pending.compactMap { entry -> UInt64? in
-                guard case .stream = entry.value.kind, matches(entry.value.request) else { return nil }
+                guard case .stream(_, let request, _, _) = entry.value.kind, matches(request) else { return nil }
                 return entry.key
             }
             return ids.compactMap { id in
@@ -205,7 +207,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
         }
         for pending in finished {
             pending.deadline?.cancel()
-            if case .stream(let source, _, _) = pending.kind { source.finish() }
+            if case .stream(let source, _, _, _) = pending.kind { source.finish() }
         }
         if !finished.isEmpty { self.syncAutoRead() }
         return finished.count
@@ -253,17 +255,20 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
         case .wait(let connecting):
             future = connecting
         case .start(let id, let promise):
-            promise.futureResult.whenComplete { result in
-                let stale = self.state.withLock { state -> (any Channel)? in
+            // Published on the channel's own event loop, where `channelInactive` also runs:
+            // a connection that closes right away is either never published or seen closing.
+            self.makeChannel(connectionID: id).map { channel -> Connection in
+                let connection = Connection(id: id, channel: channel)
+                let stale = self.state.withLock { state -> Bool in
                     state.connecting = nil
-                    guard case .success(let connection) = result else { return nil }
-                    if state.isShutDown || !connection.channel.isActive { return connection.channel }
+                    if state.isShutDown || !channel.isActive { return true }
                     state.connection = connection
-                    return nil
+                    return false
                 }
-                stale?.close(promise: nil)
-            }
-            self.makeChannel(connectionID: id).map { Connection(id: id, channel: $0) }.cascade(to: promise)
+                if stale { channel.close(promise: nil) }
+                return connection
+            }.cascade(to: promise)
+            promise.futureResult.whenFailure { _ in self.state.withLock { $0.connecting = nil } }
             future = promise.futureResult
         }
         do {
@@ -311,8 +316,11 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
         if case FrameError.frameTooLarge(let length, let maximum) = error {
             return .messageTooLarge(length: length, maximum: maximum)
         }
-        // The connection is unusable: close it, so every call on it fails and the next
-        // one reconnects.
+        // The connection is unusable: forget and close it, so every call on it fails and the
+        // next one reconnects.
+        self.state.withLock { state in
+            if state.connection?.id == connection.id { state.connection = nil }
+        }
         connection.channel.close(promise: nil)
         return .connectionLost(Self.writeFailurePrefix + "\(error)")
     }
@@ -327,7 +335,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
             return try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Message, any Error>) in
                     self.state.withLock { state in
-                        state.pending[id] = Pending(connectionID: connection.id, request: request, kind: .unary(continuation))
+                        state.pending[id] = Pending(connectionID: connection.id, kind: .unary(continuation))
                     }
                     if Task.isCancelled {
                         self.fail(call: id, with: .cancelled)
@@ -365,10 +373,10 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
         switch (pending.kind, result) {
         case (.unary(let continuation), .success(let reply)): continuation.resume(returning: reply)
         case (.unary(let continuation), .failure(let error)): continuation.resume(throwing: error)
-        case (.stream(let source, _, _), .success(let reply)):
+        case (.stream(let source, _, _, _), .success(let reply)):
             _ = source.yield(reply)
             source.finish()
-        case (.stream(let source, _, _), .failure(let error)): source.finish(error)
+        case (.stream(let source, _, _, _), .failure(let error)): source.finish(error)
         }
     }
 
@@ -396,7 +404,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
             case .unary:
                 state.pending[id] = nil
                 return .reply(pending)
-            case .stream(let source, let isFinal, _):
+            case .stream(let source, _, let isFinal, _):
                 guard isFinal(message) else { return .element(source, id) }
                 state.pending[id] = nil
                 return .last(pending, wasPaused: state.pausedStreams.remove(id) != nil)
@@ -445,11 +453,11 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
             state.pausedStreams.remove(id)
             return state.pending.removeValue(forKey: id)
         }
-        guard let pending, case .stream(let source, _, let onAbandoned) = pending.kind else { return }
+        guard let pending, case .stream(let source, let request, _, let onAbandoned) = pending.kind else { return }
         pending.deadline?.cancel()
         source.finish()
         self.syncAutoRead()
-        onAbandoned(pending.request)
+        onAbandoned(request)
     }
 
     private func connectionLost(_ connectionID: UInt64, reason: String) {

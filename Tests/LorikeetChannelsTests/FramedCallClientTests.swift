@@ -212,6 +212,48 @@ import Testing
         _ = try await client.call(EngineEnvelope(body: .health), timeout: .seconds(5))
     }
 
+    /// A Unix-socket peer that drops the first connection on its second call: that call
+    /// fails with `.connectionLost`, and the next call reconnects.
+    @Test func connectionLossFailsInFlightAndTheNextCallReconnects() async throws {
+        let path = "/tmp/lorikeet-channels-test-\(getpid()).sock"
+        let listener = try UnixSocket.listen(path: path)
+        defer {
+            // Wakes the accepting thread (EINVAL), then releases the socket.
+            shutdown(listener, Int32(SHUT_RDWR))
+            Glibc.close(listener)
+            unlink(path)
+        }
+        let accepted = Atomic<Int>(0)
+        let thread = Thread {
+            while let fd = try? UnixSocket.accept(listener: listener) {
+                let number = accepted.add(1, ordering: .relaxed).newValue
+                let connection = FramedConnection<EngineEnvelope>(fd: fd)
+                var calls = 0
+                while let envelope = try? connection.receive() {
+                    calls += 1
+                    if number == 1 && calls == 2 {
+                        connection.close()
+                        break
+                    }
+                    try? connection.send(EngineEnvelope(callID: envelope.callID, body: .result(CallResult(status: .ok))))
+                }
+            }
+        }
+        thread.start()
+        let client = FramedCallClient<EngineEnvelope>(endpoint: .unixSocket(path: path), logger: Self.logger)
+        defer { client.shutdown() }
+        _ = try await client.call(EngineEnvelope(body: .health), timeout: .seconds(5))
+        let error = await #expect(throws: FramedCallError.self) {
+            try await client.call(EngineEnvelope(body: .health), timeout: .seconds(5))
+        }
+        guard case .connectionLost? = error else {
+            Issue.record("got \(String(describing: error))")
+            return
+        }
+        _ = try await client.call(EngineEnvelope(body: .health), timeout: .seconds(5))
+        #expect(accepted.load(ordering: .relaxed) == 2)
+    }
+
     @Test func unreachablePeerIsUnavailable() async throws {
         let client = FramedCallClient<EngineEnvelope>(endpoint: .unixSocket(path: "/nonexistent/engine.sock"), logger: Self.logger)
         let error = await #expect(throws: FramedCallError.self) {
