@@ -117,11 +117,13 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
         self.state = Mutex(State(nextCallID: configuration.firstCallID))
     }
 
-    deinit {
-        self.state.withLock { $0.connection?.channel.close(promise: nil) }
-    }
-
     /// Closes the connection; calls in flight and later calls fail with `.unavailable`.
+    ///
+    /// There is deliberately no `deinit` that closes the channel: the last reference can
+    /// be released inside an event loop's task lock (NIO releases a cancelled scheduled
+    /// task's closure under it), and a close there re-enters that lock (EDEADLK, a crash in
+    /// debug builds). An abandoned client's connection stays open until the process exits
+    /// or the peer closes it; the handler holds the client weakly.
     public func shutdown() {
         let (connection, failed) = self.state.withLock { state -> (Connection?, [Pending]) in
             state.isShutDown = true
@@ -342,8 +344,8 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
                         return
                     }
                     if let timeout {
-                        let scheduled = connection.channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
-                            self.fail(call: id, with: .deadlineExceeded(timeout))
+                        let scheduled = connection.channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) { [weak self] () -> Void in
+                            self?.fail(call: id, with: .deadlineExceeded(timeout))
                         }
                         let stillPending = self.state.withLock { state -> Bool in
                             guard state.pending[id] != nil else { return false }
