@@ -109,9 +109,9 @@ import Testing
     /// an adopted socket is not reconnected.
     @Test func badInboundFrameFailsEverythingInFlight() async throws {
         let lost = Mutex<[String]>([])
-        let (client, _) = try Self.pair(onLost: { reason in lost.withLock { $0.append(reason) } }) { _, peer in
-            peer.sendRaw([7, 0, 0, 0, 0])
-        }
+        let (client, _) = try Self.pair(
+            onLost: { reason in lost.withLock { $0.append(reason) } },
+            script: { _, peer in peer.sendRaw([7, 0, 0, 0, 0]) })
         let error = await #expect(throws: FramedCallError.self) {
             try await client.call(EngineEnvelope(body: .health), timeout: .seconds(5))
         }
