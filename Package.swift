@@ -57,6 +57,20 @@ let package = Package(
             dependencies: ["CLorikeetProto", "CLorikeetSys", "LorikeetLimits"],
             swiftSettings: upcoming
         ),
+        // The framed channels on SwiftNIO: frame codec and the one multiplexed call client
+        // (request ids, deadlines, cancellation, back pressure). Apart from LorikeetProto so
+        // that the protocol module stays free of NIO (the libuv supervisor and `lorikeet ctl`
+        // use it), and apart from the worker so the engine server can share it.
+        .target(
+            name: "LorikeetChannels",
+            dependencies: [
+                "LorikeetProto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
         // The libuv supervisor: the only importer of CLibUV.
         .target(
             name: "LorikeetSupervisor",
@@ -71,7 +85,7 @@ let package = Package(
         .target(
             name: "LorikeetWorker",
             dependencies: [
-                "LorikeetProto", "LorikeetJSON",
+                "LorikeetProto", "LorikeetJSON", "LorikeetChannels",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -127,6 +141,17 @@ let package = Package(
         .testTarget(
             name: "LorikeetProtoTests",
             dependencies: ["LorikeetProto"],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "LorikeetChannelsTests",
+            dependencies: [
+                "LorikeetChannels", "LorikeetProto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: upcoming
         ),
         .testTarget(

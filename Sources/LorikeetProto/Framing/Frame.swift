@@ -51,6 +51,18 @@ public enum Frame {
     public static func encode(_ message: some WireMessage) -> [UInt8] {
         Self.encode(message.serializedBytes())
     }
+
+    /// Checks a frame header (the flag byte and the big-endian length that follows it) and
+    /// returns the payload length. Shared by every decoder of the format (the blocking
+    /// `FrameDecoder` here, the SwiftNIO decoder in `LorikeetChannels`), so the rules live
+    /// in one place: flag 0 only, length at most `maximumFrameSize`.
+    public static func payloadLength(flag: UInt8, length: UInt32, maximumFrameSize: Int) throws(FrameError) -> Int {
+        guard flag == 0 else { throw .unsupportedFlag(flag) }
+        guard UInt64(length) <= UInt64(maximumFrameSize) else {
+            throw .frameTooLarge(length: length, maximum: maximumFrameSize)
+        }
+        return Int(length)
+    }
 }
 
 /// Incremental frame decoder: feed it bytes as they arrive (frames may be split
@@ -82,14 +94,15 @@ public struct FrameDecoder: Sendable {
         if let failed = self.failed { throw failed }
         guard self.bufferedByteCount >= Frame.headerSize else { return nil }
         let start = self.readIndex
-        let flag = self.buffer[start]
-        guard flag == 0 else { return try self.fail(.unsupportedFlag(flag)) }
         var length: UInt32 = 0
         for offset in 1...4 { length = length << 8 | UInt32(self.buffer[start + offset]) }
-        guard UInt64(length) <= UInt64(self.maximumFrameSize) else {
-            return try self.fail(.frameTooLarge(length: length, maximum: self.maximumFrameSize))
+        let payloadLength: Int
+        do {
+            payloadLength = try Frame.payloadLength(flag: self.buffer[start], length: length, maximumFrameSize: self.maximumFrameSize)
+        } catch {
+            return try self.fail(error)
         }
-        let total = Frame.headerSize + Int(length)
+        let total = Frame.headerSize + payloadLength
         guard self.bufferedByteCount >= total else { return nil }
         let payload = Array(self.buffer[(start + Frame.headerSize)..<(start + total)])
         self.readIndex += total

@@ -71,7 +71,7 @@ public final class SupervisedWorkerService: Service {
     }
 
     public func run() async throws {
-        self.link.start(
+        await self.link.start(
             onMessage: { [self] envelope in self.handle(envelope) },
             onLost: { [logger] reason in
                 // Without the supervisor there is no table owner and no one to restart us.

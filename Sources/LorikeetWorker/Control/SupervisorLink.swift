@@ -1,114 +1,95 @@
-import Foundation
 public import Logging
+import LorikeetChannels
 public import LorikeetProto
 import Synchronization
 
 /// The worker's end of the supervisor's control channel (a socketpair inherited as
 /// `--control-fd`, normally fd 4).
 ///
-/// A dedicated reader thread receives `ControlEnvelope` frames: replies to this worker's
-/// calls resume their waiters by `call_id`; everything else goes to `onMessage`. Sends
-/// may come from any thread. When the supervisor goes away (EOF) or sends garbage,
-/// `onLost` runs once: a supervised worker cannot continue without its supervisor.
+/// A `FramedCallClient` on SwiftNIO adopts the socket (no threads of its own): replies to
+/// this worker's calls resume their waiters by `call_id`; everything else goes to
+/// `onMessage`, on the event loop, in arrival order. Sends may come from any thread and
+/// never block. When the supervisor goes away (EOF) or sends garbage, `onLost` runs once:
+/// a supervised worker cannot continue without its supervisor.
 public final class SupervisorLink: Sendable {
     /// The call id of the routed mutation the current task is serving, so the leader's
     /// commit carries it and the supervisor can settle the caller if the leader dies.
     @TaskLocal public static var routedCallID: UInt64?
 
-    private let connection: FramedConnection<ControlEnvelope>
+    private let client: FramedCallClient<ControlEnvelope>
     private let logger: Logger
-    private let state = Mutex(State())
+    private let handlers: Handlers
 
-    private struct State {
-        /// The worker's own call ids live in the upper half so they never collide with
-        /// the ids the supervisor uses for calls it routes here.
-        var nextCallID: UInt64 = 1 << 63
-        var waiting: [UInt64: CheckedContinuation<ControlEnvelope.Body?, Never>] = [:]
-        var lost = false
+    /// Where inbound messages and the channel's end go, set by `start`.
+    private final class Handlers: Sendable {
+        private struct State {
+            var onMessage: (@Sendable (ControlEnvelope) -> Void)?
+            var onLost: (@Sendable (String) -> Void)?
+            var lost = false
+        }
+        private let state = Mutex(State())
+
+        func set(onMessage: @escaping @Sendable (ControlEnvelope) -> Void, onLost: @escaping @Sendable (String) -> Void) {
+            self.state.withLock {
+                $0.onMessage = onMessage
+                $0.onLost = onLost
+            }
+        }
+
+        func message(_ envelope: ControlEnvelope) {
+            self.state.withLock { $0.onMessage }?(envelope)
+        }
+
+        func lost(_ reason: String) {
+            let onLost = self.state.withLock { state -> (@Sendable (String) -> Void)? in
+                defer { state.lost = true }
+                return state.lost ? nil : state.onLost
+            }
+            onLost?(reason)
+        }
     }
 
     public init(fd: Int32, logger: Logger) {
-        self.connection = FramedConnection(fd: fd)
+        let handlers = Handlers()
+        self.handlers = handlers
         self.logger = logger
+        // The worker's own call ids live in the upper half so they never collide with the
+        // ids the supervisor uses for calls it routes here.
+        self.client = FramedCallClient(
+            endpoint: .connectedSocket(fd: fd), configuration: .init(firstCallID: 1 << 63), logger: logger,
+            onUnsolicited: { handlers.message($0) },
+            onConnectionLost: { reason in handlers.lost("control channel ended: \(reason)") })
     }
 
-    /// Starts the reader thread. `onMessage` runs on it for every message that is not a
-    /// reply to one of our calls; `onLost` runs once when the channel ends.
-    public func start(onMessage: @escaping @Sendable (ControlEnvelope) -> Void, onLost: @escaping @Sendable (String) -> Void) {
-        let thread = Thread { [self] in
-            var reason = "the supervisor closed the control channel"
-            while true {
-                let envelope: ControlEnvelope?
-                do {
-                    envelope = try self.connection.receive()
-                } catch {
-                    reason = "control channel failed: \(error)"
-                    break
-                }
-                guard let envelope else { break }
-                let waiter = self.state.withLock { $0.waiting.removeValue(forKey: envelope.callID) }
-                if let waiter {
-                    waiter.resume(returning: envelope.body)
-                } else {
-                    onMessage(envelope)
-                }
-            }
-            let waiters = self.state.withLock { state -> [CheckedContinuation<ControlEnvelope.Body?, Never>] in
-                state.lost = true
-                defer { state.waiting = [:] }
-                return Array(state.waiting.values)
-            }
-            for waiter in waiters { waiter.resume(returning: nil) }
-            onLost(reason)
-        }
-        thread.name = "lorikeet-control"
-        thread.start()
-    }
-
-    /// Sends a one-way message (or a reply, with the caller's `callID`).
-    public func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) {
+    /// Adopts the socket. `onMessage` runs for every message that is not a reply to one of
+    /// our calls; `onLost` runs once when the channel ends (or cannot be adopted).
+    public func start(onMessage: @escaping @Sendable (ControlEnvelope) -> Void, onLost: @escaping @Sendable (String) -> Void) async {
+        self.handlers.set(onMessage: onMessage, onLost: onLost)
         do {
-            try self.connection.send(ControlEnvelope(callID: callID, body: body))
-        } catch .frame(let frameError) {
-            // Too large to send: nothing was written, the channel is intact. Only this
-            // message is lost; its caller times out or gets the error reply it sends next.
-            self.logger.error("message too large for the control channel; not sent", metadata: ["error": "\(frameError)"])
+            try await self.client.connect()
         } catch {
-            self.logger.error("cannot write to the supervisor", metadata: ["error": "\(error)"])
-            self.connection.close()
+            self.handlers.lost("cannot use the control channel: \(error)")
+        }
+    }
+
+    /// Sends a one-way message (or a reply, with the caller's `callID`). Never blocks.
+    public func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) {
+        self.client.post(ControlEnvelope(callID: callID, body: body)) { [logger] error in
+            if case .messageTooLarge = error {
+                // Too large to send: nothing was written, the channel is intact. Only this
+                // message is lost; its caller times out or gets the error reply it sends next.
+                logger.error("message too large for the control channel; not sent", metadata: ["error": "\(error)"])
+            } else {
+                // The client closed the channel: `onLost` follows.
+                logger.error("cannot write to the supervisor", metadata: ["error": "\(error)"])
+            }
         }
     }
 
     /// Sends a call and waits for the reply with the same call id; nil if the channel
     /// ended or the timeout passed first.
     public func call(_ body: ControlEnvelope.Body, callID: UInt64? = nil, timeout: Duration) async -> ControlEnvelope.Body? {
-        let id = callID ?? self.state.withLock { state in
-            defer { state.nextCallID &+= 1 }
-            return state.nextCallID
-        }
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
-            let waiter = self.state.withLock { $0.waiting.removeValue(forKey: id) }
-            waiter?.resume(returning: nil)
-        }
-        defer { timer.cancel() }
-        return await withCheckedContinuation { continuation in
-            let lost = self.state.withLock { state -> Bool in
-                if state.lost { return true }
-                state.waiting[id] = continuation
-                return false
-            }
-            if lost {
-                continuation.resume(returning: nil)
-                return
-            }
-            do {
-                try self.connection.send(ControlEnvelope(callID: id, body: body))
-            } catch {
-                let waiter = self.state.withLock { $0.waiting.removeValue(forKey: id) }
-                waiter?.resume(returning: nil)
-            }
-        }
+        try? await self.client.call(ControlEnvelope(body: body), callID: callID, timeout: timeout).body
     }
 }
 
@@ -163,7 +144,8 @@ public final class RoutedMutator: AdapterMutator {
     private static func reply(_ body: ControlEnvelope.Body?) -> AdapterMutationReply {
         guard case .mutationReply(let reply) = body else {
             return AdapterMutationReply(
-                status: Status(code: .unavailable, message: "no reply from the adapter leader; the outcome is unknown, list adapters to check"))
+                status: Status(
+                    code: .unavailable, message: "no reply from the adapter leader; the outcome is unknown, list adapters to check"))
         }
         return reply
     }
