@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Loads adapters through the admin socket in one batch (per-item results, in order).
+# Loads adapters through the admin socket in batches of at most 256 items (the admin
+# limit, docs/LIMITS.md), in order, with per-item results.
 #
 # Usage: ops/load-adapters.sh [--state-dir DIR] [--unload-missing] SOURCE
 #   SOURCE is a directory (every subdirectory holding adapter_config.json is loaded
@@ -52,4 +53,12 @@ if [[ "$batch" == "[]" ]]; then
     echo "nothing to do: every adapter is already loaded"
     exit 0
 fi
-echo "$batch" | "$lorikeet" ctl batch - --state-dir "$state_dir"
+# One `ctl batch` per 256 items; the exit status is the worst of them.
+status=0
+while IFS= read -r chunk; do
+    echo "$chunk" | "$lorikeet" ctl batch - --state-dir "$state_dir" || { code=$?; ((code > status)) && status=$code; }
+done < <(python3 -c 'import json, sys
+items = json.loads(sys.stdin.read())
+for start in range(0, len(items), 256):
+    print(json.dumps(items[start:start + 256]))' <<<"$batch")
+exit "$status"
