@@ -182,10 +182,9 @@ public final class EngineClient: EngineBackend {
 
 /// The iterator of one generation's replies, shared with the `AsyncThrowingStream` that
 /// wraps it.
-///
-/// `@unchecked Sendable`: `AsyncThrowingStream(unfolding:)` calls its closure for one
-/// consumer, one call at a time, so `next()` never runs concurrently with itself; the
-/// iterator is touched nowhere else.
+// Unchecked Sendable is safe: `AsyncThrowingStream(unfolding:)` calls its closure for one
+// consumer, one call at a time, so `next()` never runs concurrently with itself; the
+// iterator is touched nowhere else.
 private final class ReplyIterator: @unchecked Sendable {
     private var iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator
 
