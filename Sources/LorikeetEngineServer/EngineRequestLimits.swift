@@ -58,15 +58,9 @@ package enum EngineRequestLimits {
         return nil
     }
 
-    /// Why `request` may not run, or nil: the name and path follow `TextRules` (length,
-    /// no NUL or other control characters, no bidirectional formatting characters).
+    /// Why `request` may not run, or nil: the shared `AdapterFieldRules` on its name and
+    /// path (an empty path is refused by the secure walk that opens it).
     package static func problem(_ request: AddAdapterRequest) -> Status? {
-        if let problem = TextRules.problem(request.name, field: "lora_name", maxBytes: Limits.adapterNameBytes) {
-            return Status(code: .invalidArgument, message: problem, param: "lora_name")
-        }
-        if let problem = TextRules.problem(request.path, field: "lora_path", maxBytes: Limits.adapterPathBytes) {
-            return Status(code: .invalidArgument, message: problem, param: "lora_path")
-        }
-        return nil
+        AdapterFieldRules.problem(name: request.name, path: request.path)
     }
 }

@@ -14,27 +14,12 @@ public enum TableRules {
         return nil
     }
 
-    /// Why `record` may not be committed (name, path or base model name too long, empty
-    /// name, or control/bidi characters: `TextRules`), or nil. Never repeats the value.
-    public static func recordProblem(_ record: AdapterRecord) -> Status? {
-        if let problem = TextRules.problem(record.name, field: "lora_name", maxBytes: Limits.adapterNameBytes) {
-            return Status(code: .invalidArgument, message: problem, param: "lora_name")
-        }
-        if let problem = TextRules.problem(record.path, field: "lora_path", maxBytes: Limits.adapterPathBytes, allowEmpty: true) {
-            return Status(code: .invalidArgument, message: problem, param: "lora_path")
-        }
-        if let problem = TextRules.problem(record.baseModel, field: "base_model_name", maxBytes: Limits.baseModelNameBytes, allowEmpty: true) {
-            return Status(code: .invalidArgument, message: problem, param: "base_model_name")
-        }
-        return nil
-    }
-
     /// Applies a proposed change to `table`, enforcing that ids are never reused:
     /// a new name needs an id >= the table's next id; a reload keeps its id. The result is
     /// at the next version.
     ///
     /// Also the inner re-check of the limits the HTTP edge enforces: every upserted record
-    /// passes `recordProblem` (`INVALID_ARGUMENT`), removed names are within the name
+    /// passes `AdapterFieldRules` (`INVALID_ARGUMENT`), removed names are within the name
     /// limit, and a change that grows the table beyond `maxAdapters` is refused
     /// (`FAILED_PRECONDITION`; a table already above it, after the operator lowered
     /// `--max-adapters`, may still shrink or reload in place).
@@ -42,12 +27,10 @@ public enum TableRules {
         _ change: TableChange, to table: AdapterTable, maxAdapters: Int = Limits.maxAdaptersCeiling
     ) -> Result<AdapterTable, Status> {
         for record in change.upserts {
-            if let problem = self.recordProblem(record) { return .failure(problem) }
+            if let problem = record.fieldProblem { return .failure(problem) }
         }
         for name in change.removes {
-            if let problem = TextRules.problem(name, field: "lora_name", maxBytes: Limits.adapterNameBytes) {
-                return .failure(Status(code: .invalidArgument, message: problem, param: "lora_name"))
-            }
+            if let problem = AdapterFieldRules.problem(name: name) { return .failure(problem) }
         }
         var ids = Dictionary(table.adapters.map { ($0.name, $0.intID) }, uniquingKeysWith: { first, _ in first })
         for name in change.removes where ids.removeValue(forKey: name) == nil {

@@ -118,18 +118,9 @@ extension Supervisor {
     /// of the limits the HTTP edge (and the admin handler) enforce (`TextRules`,
     /// `Limits.adapterNameBytes`, `adapterPathBytes`, `baseModelNameBytes`).
     package static func problem(in mutation: Mutation) -> Status? {
-        func check(_ value: String, _ field: String, _ limit: Int, allowEmpty: Bool = false) -> Status? {
-            TextRules.problem(value, field: field, maxBytes: limit, allowEmpty: allowEmpty).map {
-                Status(code: .invalidArgument, message: $0, param: field)
-            }
-        }
         switch mutation {
-        case .load(let request):
-            return check(request.name, "lora_name", Limits.adapterNameBytes)
-                ?? check(request.path, "lora_path", Limits.adapterPathBytes, allowEmpty: true)
-                ?? check(request.baseModel, "base_model_name", Limits.baseModelNameBytes, allowEmpty: true)
-        case .unload(let request):
-            return check(request.name, "lora_name", Limits.adapterNameBytes)
+        case .load(let request): request.fieldProblem
+        case .unload(let request): request.fieldProblem
         }
     }
 
