@@ -27,13 +27,25 @@ package struct JSONParser {
     private let bytes: [UInt8]
     private var index = 0
     private var depth = 0
+    private var valuesLeft = 0
+    private var maximumValues = 0
     /// Deepest nesting of arrays and objects accepted. Request bodies need a handful of
     /// levels, safetensors headers three, Hugging Face `config.json` files about four.
     package static let maximumDepth = 64
 
-    /// Parses one JSON document; trailing non-whitespace is an error.
-    package static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
+    /// Default `maximumValues`: far above any config or header, and it keeps a hostile
+    /// document's tree (about 40 bytes per value) within tens of MiB.
+    package static let defaultMaximumValues = 2_000_000
+
+    /// Parses one JSON document; trailing non-whitespace is an error, and so is a document
+    /// of more than `maximumValues` values (an 8 MiB body of `[0,0,...]` would otherwise
+    /// become a tree of 4 million values, 25 times its size).
+    package static func parse(
+        _ bytes: [UInt8], maximumValues: Int = Self.defaultMaximumValues
+    ) throws(JSONParseError) -> JSONValue {
         var parser = JSONParser(bytes: bytes)
+        parser.valuesLeft = maximumValues
+        parser.maximumValues = maximumValues
         parser.skipWhitespace()
         let value = try parser.parseValue()
         parser.skipWhitespace()
@@ -56,6 +68,8 @@ package struct JSONParser {
 
     private mutating func parseValue() throws(JSONParseError) -> JSONValue {
         guard self.index < self.bytes.count else { throw self.error("unexpected end of input") }
+        self.valuesLeft -= 1
+        guard self.valuesLeft >= 0 else { throw self.error("more than \(self.maximumValues) values") }
         switch self.bytes[self.index] {
         case UInt8(ascii: "{"): return try self.parseObject()
         case UInt8(ascii: "["): return try self.parseArray()

@@ -47,6 +47,9 @@ public enum Limits {
     public static let promptBytes = 8 * 1024 * 1024
     /// Token ids in `prompt` given as tokens.
     public static let promptTokens = 1_000_000
+    /// JSON values in one request body (every number, string, array and object counts):
+    /// a prompt of `promptTokens` ids plus room for everything else. Bounds the parsed tree.
+    public static let jsonValues = promptTokens + 65_536
     /// Entries of `messages`.
     public static let messages = 4096
     /// Entries of `stop`.

@@ -13,6 +13,22 @@ struct JSONTests {
         #expect(throws: JSONParseError.self) { try JSONParser.parse(Array(text.utf8)) }
     }
 
+    @Test("a document of more values than the limit is refused; at the limit it parses")
+    func valueLimit() throws {
+        let array = Array(("[" + Array(repeating: "0", count: 99).joined(separator: ",") + "]").utf8)
+        #expect(throws: JSONParseError.self) { try JSONParser.parse(array, maximumValues: 99) }
+        do {
+            _ = try JSONParser.parse(array, maximumValues: 99)
+        } catch {
+            #expect(error.reason.contains("more than 99 values"))
+        }
+        guard case .array(let values) = try JSONParser.parse(array, maximumValues: 100) else {
+            Issue.record("not an array")
+            return
+        }
+        #expect(values.count == 99)
+    }
+
     @Test("invalid UTF-8 in a string is refused")
     func invalidUTF8() {
         #expect(throws: JSONParseError.self) { try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]) }

@@ -95,6 +95,11 @@ struct HostileHTTPTests {
             Self.expectError(
                 try Self.post(server, "/v1/chat/completions", ["messages": [["role": "user", "content": "a\u{0}b"]]]),
                 status: 400, param: "messages[0].content")
+            // 4 million tiny values in a legal 8 MiB body: refused before they become a tree
+            // 25 times the body's size.
+            let values = "{\"prompt\":\"x\",\"extra\":[" + Array(repeating: "0", count: 3_000_000).joined(separator: ",") + "]}"
+            Self.expectError(
+                try TestHTTP.request(port: server.port, method: "POST", path: "/v1/completions", body: values), status: 400)
             let body = String(repeating: "p", count: 9 * 1024 * 1024)
             Self.expectError(try Self.post(server, "/v1/completions", ["prompt": body]), status: 413)
             for _ in 0..<2 {

@@ -47,7 +47,7 @@ package enum RequestValidation {
     package static func object(_ body: [UInt8]) throws(APIError) -> JSONValue {
         let value: JSONValue
         do {
-            value = try JSONParser.parse(body)
+            value = try JSONParser.parse(body, maximumValues: Limits.jsonValues)
         } catch {
             throw APIError.invalidRequest("The request body is not valid JSON: \(error).")
         }
