@@ -23,9 +23,6 @@ public struct PathPolicy: Sendable, Equatable {
     /// checked against these and the canonical ones without touching the disk, so a client
     /// cannot probe what exists outside the allowed directories.
     public let givenPrefixes: [String]
-
-    /// Longest accepted `lora_path`, in bytes (Linux `PATH_MAX` including the NUL).
-    public static let maximumPathBytes = Limits.adapterPathBytes
     /// Longest accepted path component, in bytes (`NAME_MAX`).
     public static let maximumComponentBytes = 255
 
@@ -89,8 +86,8 @@ public struct PathPolicy: Sendable, Equatable {
         }
         guard !value.isEmpty else { throw refuse("'\(param)' must not be empty.") }
         guard !value.utf8.contains(0) else { throw refuse("'\(param)' contains a NUL byte.") }
-        guard value.utf8.count <= Self.maximumPathBytes else {
-            throw refuse("'\(param)' is longer than \(Self.maximumPathBytes) bytes.")
+        guard value.utf8.count <= Limits.adapterPathBytes else {
+            throw refuse("'\(param)' is longer than \(Limits.adapterPathBytes) bytes.")
         }
         guard Self.isLocalPath(value) else {
             throw refuse(

@@ -16,8 +16,6 @@ import NIOCore
 /// - `GET /metrics` — Prometheus text exposition of this worker (no API key: scrapers
 ///   usually have none; bind the port to a trusted network).
 extension WorkerRoutes {
-    /// Largest number of items one batch call may carry.
-    static let maximumBatchItems = Limits.batchOperations
 
     func listAdapters() -> Reply {
         let table = self.replica.snapshot()
@@ -72,8 +70,8 @@ extension WorkerRoutes {
         guard case .array(let items) = itemsValue else {
             throw RequestValidation.wrongType("items", expected: "array", got: itemsValue)
         }
-        guard !items.isEmpty, items.count <= Self.maximumBatchItems else {
-            throw APIError.invalidRequest("'items' must hold 1 to \(Self.maximumBatchItems) items, got \(items.count).", param: "items")
+        guard !items.isEmpty, items.count <= Limits.batchOperations else {
+            throw APIError.invalidRequest("'items' must hold 1 to \(Limits.batchOperations) items, got \(items.count).", param: "items")
         }
         var operations: [BatchOperation] = []
         for (index, item) in items.enumerated() {
