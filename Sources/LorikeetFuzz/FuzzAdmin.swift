@@ -17,7 +17,7 @@ func fuzzAdminRequests(_ bytes: [UInt8]) {
         } catch {
             return
         }
-        var mutations: [(Supervisor.Mutation, Int?)] = []
+        var mutations: [(AdapterMutation, Int?)] = []
         switch envelope.body {
         case .load(let request): mutations = [(.load(request), nil)]
         case .unload(let request): mutations = [(.unload(request), nil)]
@@ -31,7 +31,7 @@ func fuzzAdminRequests(_ bytes: [UInt8]) {
         default: break
         }
         for (mutation, index) in mutations {
-            let status = Supervisor.problem(in: mutation) ?? .ok
+            let status = mutation.problem ?? .ok
             let line = Supervisor.auditEntry(
                 mutation, batchIndex: index, AdapterMutationReply(status: status, tableVersion: 1), now: 0
             ).json

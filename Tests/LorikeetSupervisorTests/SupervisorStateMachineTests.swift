@@ -230,7 +230,6 @@ struct SupervisorStateMachineTests {
         Self.serve(&machine, ids[2])
 
         let exit = machine.childExited(ids[0], Self.killed, now: 60_000)
-        #expect(exit.contains { if case .settleRoutes(ids[0]) = $0 { true } else { false } })
         #expect(machine.leader == ids[2], "a ready worker is preferred over one still booting")
         #expect(machine.epoch == 2)
         let told = Self.roles(exit)
@@ -411,7 +410,7 @@ struct SupervisorStateMachineTests {
         #expect(machine.changeAcked(by: ids[0], version: 2).isEmpty)
         #expect(machine.changeAcked(by: ids[1], version: 1).isEmpty, "an older version is no ack")
         let done = machine.changeAcked(by: ids[1], version: 2)
-        guard case .commitFinished(7, 2, nil, .leader(ids[0])) = done.first else {
+        guard done.contains(where: { if case .replyToCommit(ids[0], 7, CommitReply(status: .ok, version: 2)) = $0 { true } else { false } }) else {
             Issue.record("not finished: \(done)")
             return
         }
@@ -430,7 +429,7 @@ struct SupervisorStateMachineTests {
         let fired = machine.commitTimerFired(version: 4)
         let late = "did not apply table version 4 within 5000 ms"
         #expect(fired.contains { if case .terminate(ids[1], let reason) = $0 { reason == late } else { false } })
-        #expect(fired.contains { if case .commitFinished(9, 4, _, .leader(ids[0])) = $0 { true } else { false } })
+        #expect(fired.contains { if case .replyToCommit(ids[0], 9, CommitReply(status: .ok, version: 4)) = $0 { true } else { false } })
         #expect(machine.fanOut == nil)
     }
 
@@ -439,14 +438,19 @@ struct SupervisorStateMachineTests {
         var (machine, ids) = Self.booted(slots: 3)
         for id in ids { Self.serve(&machine, id) }
         _ = machine.controlClosed(ids[2], reason: "control channel closed")
-        let sent = machine.commitDurable(callID: 11, leader: ids[0], change: Self.change(5), adapter: nil)
+        let routeID = Self.forwarded(machine.mutationRequested(Self.load("a"), origin: .worker(ids[1], callID: 40)))!
+        #expect(Self.persisted(machine.commitRequested(Self.commit(loading: "a", id: 1), callID: routeID, from: ids[0])) == 1)
+        let sent = machine.tablePersisted(callID: routeID, failure: nil)
         #expect(sent.compactMap { if case .sendChange(let id, _) = $0 { id } else { nil } } == [ids[0], ids[1]])
-        _ = machine.changeAcked(by: ids[1], version: 5)
+        #expect(machine.table.version == 1 && machine.table.adapters.map(\.name) == ["a"])
+        _ = machine.changeAcked(by: ids[1], version: 1)
         let exit = machine.childExited(ids[0], Self.killed, now: 60_000)
-        let finished = exit.firstIndex { if case .commitFinished(11, 5, _, .caller) = $0 { true } else { false } }
-        let settled = exit.firstIndex { if case .settleRoutes(ids[0]) = $0 { true } else { false } }
-        #expect(finished != nil && settled != nil && finished! < settled!, "the commit is answered before the leader's routes are settled")
+        let answers = Self.answers(exit)
+        #expect(answers.count == 1, "answered once: \(answers)")
+        #expect(answers.first?.origin == .worker(ids[1], callID: 40) && answers.first?.reply.status.isOK == true)
+        #expect(answers.first?.reply.adapter?.name == "a" && answers.first?.reply.tableVersion == 1)
         #expect(machine.leader == ids[1] && machine.epoch == 2)
+        #expect(machine.routes.isEmpty)
     }
 
     @Test("a second SIGTERM stops fast; the stop cancels restart timers")

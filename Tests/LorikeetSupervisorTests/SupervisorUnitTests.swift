@@ -46,24 +46,24 @@ struct SupervisorUnitTests {
     @Test(
         "routed mutations are re-checked before they reach the leader",
         arguments: [
-            (Supervisor.Mutation.unload(UnloadAdapterRequest(name: String(repeating: "x", count: 257))), "lora_name"),
-            (Supervisor.Mutation.unload(UnloadAdapterRequest(name: "")), "lora_name"),
-            (Supervisor.Mutation.load(LoadAdapterRequest(name: "a\u{0}b", path: "/p")), "lora_name"),
-            (Supervisor.Mutation.load(LoadAdapterRequest(name: "a", path: "/p\n")), "lora_path"),
+            (AdapterMutation.unload(UnloadAdapterRequest(name: String(repeating: "x", count: 257))), "lora_name"),
+            (AdapterMutation.unload(UnloadAdapterRequest(name: "")), "lora_name"),
+            (AdapterMutation.load(LoadAdapterRequest(name: "a\u{0}b", path: "/p")), "lora_name"),
+            (AdapterMutation.load(LoadAdapterRequest(name: "a", path: "/p\n")), "lora_path"),
             (
-                Supervisor.Mutation.load(LoadAdapterRequest(name: "a", path: "/p", baseModel: String(repeating: "m", count: 300))),
+                AdapterMutation.load(LoadAdapterRequest(name: "a", path: "/p", baseModel: String(repeating: "m", count: 300))),
                 "base_model_name"
             ),
         ])
-    func routedMutationProblems(_ mutation: Supervisor.Mutation, _ param: String) {
-        let problem = Supervisor.problem(in: mutation)
+    func routedMutationProblems(_ mutation: AdapterMutation, _ param: String) {
+        let problem = mutation.problem
         #expect(problem?.code == .invalidArgument && problem?.param == param, "\(String(describing: problem))")
     }
 
     @Test("a well-formed mutation passes the re-check")
     func routedMutationAccepted() {
-        #expect(Supervisor.problem(in: .load(LoadAdapterRequest(name: "ok-name_1.2", path: "/srv/lora/x"))) == nil)
-        #expect(Supervisor.problem(in: .unload(UnloadAdapterRequest(name: "ok"))) == nil)
+        #expect(AdapterMutation.load(LoadAdapterRequest(name: "ok-name_1.2", path: "/srv/lora/x")).problem == nil)
+        #expect(AdapterMutation.unload(UnloadAdapterRequest(name: "ok")).problem == nil)
     }
 
     @Test("child environments: variables set on top, removed names gone, the rest inherited")

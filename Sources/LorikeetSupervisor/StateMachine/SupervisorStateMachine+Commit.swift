@@ -27,7 +27,7 @@ extension SupervisorStateMachine {
         guard self.leader == id, epoch == self.epoch else {
             return Status(code: .failedPrecondition, message: "epoch \(epoch) is not the current leader epoch \(self.epoch)")
         }
-        guard self.fanOut == nil else { return Status(code: .aborted, message: "another commit is in progress") }
+        guard self.fanOut == nil, self.persisting == nil else { return Status(code: .aborted, message: "another commit is in progress") }
         return nil
     }
 
@@ -69,6 +69,6 @@ extension SupervisorStateMachine {
         self.fanOut = nil
         let target: CommitReplyTarget =
             self.workers[fanOut.leader] != nil && self.leader == fanOut.leader ? .leader(fanOut.leader) : .caller
-        return [.commitFinished(callID: fanOut.callID, version: fanOut.version, adapter: fanOut.adapter, replyTo: target)]
+        return self.commitFinished(fanOut, replyTo: target)
     }
 }

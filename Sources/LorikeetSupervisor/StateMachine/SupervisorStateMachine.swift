@@ -10,8 +10,10 @@ import LorikeetProto
 /// (`Supervisor`) to perform, in order. The libuv layer turns process exits, control
 /// messages, timers and signals into events, and never decides anything these rules cover.
 ///
-/// Still in the libuv layer (issue 13): validating and persisting a commit, routed
-/// mutations, admin calls, and systemd notifications.
+/// It also owns the committed adapter table: loads and unloads routed to the leader
+/// (`+Mutations.swift`), the checks of a commit, when to persist it, and its fan-out
+/// (`+Commit.swift`). Still in the libuv layer: admin reads (status, lists) and systemd
+/// notifications, which decide nothing.
 struct SupervisorStateMachine {
     /// The numbers the rules use (from `SupervisorConfiguration`).
     struct Configuration: Sendable {
@@ -27,6 +29,8 @@ struct SupervisorStateMachine {
         var rollingReadyTimeoutMs: UInt64
         var heartbeatTimeoutMs: UInt64
         var drainGraceMs: UInt64
+        /// `--max-adapters`: most adapters the committed table may hold.
+        var maxAdapters: Int
 
         init(_ configuration: SupervisorConfiguration) {
             self.crashLoopFailures = configuration.crashLoopFailures
@@ -41,6 +45,7 @@ struct SupervisorStateMachine {
             self.rollingReadyTimeoutMs = configuration.rollingReadyTimeoutMs
             self.heartbeatTimeoutMs = configuration.heartbeatTimeoutMs
             self.drainGraceMs = configuration.drainGraceMs
+            self.maxAdapters = configuration.maxAdapters
         }
     }
 
@@ -132,15 +137,22 @@ struct SupervisorStateMachine {
         case drain(WorkerID, listenerRetired: Bool)
         /// SIGABRT now, SIGKILL in 2 s.
         case terminate(WorkerID, reason: String)
-        /// The leader exited: settle the mutations routed to it.
-        case settleRoutes(leader: WorkerID)
+        /// Forward a load/unload to the leader under `routeID`; if the control channel
+        /// refuses it, report ``forwardFailed(routeID:)``.
+        case forwardToLeader(WorkerID, routeID: UInt64, AdapterMutation)
+        /// Write the mutation's outcome to the audit log, then send it to its origin.
+        case answerMutation(MutationAnswer)
+        /// Answer a worker's commit request.
+        case replyToCommit(WorkerID, callID: UInt64, CommitReply)
+        /// Write `table` to the state file; report ``tablePersisted(callID:failure:)``.
+        case persistTable(AdapterTable, callID: UInt64)
         /// Open a listening socket for a new slot; on success report ``slotOpened(_:now:)``.
         case openSlot(Int)
         /// Close the supervisor's copy of the slot's listening socket.
         case releaseListener(slot: Int)
         /// The slot is gone (its listener is released; log it).
         case removeSlot(Int)
-        /// Begin stopping in `mode`: tell systemd, fail the pending mutations, log.
+        /// Begin stopping in `mode`: tell systemd, log.
         case beginStop(StopMode)
         /// Graceful: send Drain with the grace period. Fast: send Shutdown, then SIGTERM.
         case shutdown(WorkerID, StopMode)
@@ -164,8 +176,8 @@ struct SupervisorStateMachine {
         case sendChange(WorkerID, TableChange)
         /// (Re)start the commit fan-out timer; when it fires, report ``commitTimerFired(version:)``.
         case startCommitTimer(version: UInt64, delayMs: UInt64)
-        /// Every worker acked (or is gone or was restarted): close the timer and answer.
-        case commitFinished(callID: UInt64, version: UInt64, adapter: AdapterRecord?, replyTo: CommitReplyTarget)
+        /// The fan-out ended: close its timer.
+        case cancelCommitTimer
         /// Start the rolling restart's timer for a replacement; when it fires, report
         /// ``rollingTimerFired(_:)``.
         case startRollingTimer(WorkerID, delayMs: UInt64)
@@ -181,6 +193,14 @@ struct SupervisorStateMachine {
     /// Raised on every promotion; the engine refuses mutations from older epochs.
     private(set) var epoch: UInt64 = 0
     private(set) var lifecycle: Lifecycle = .running
+    /// The committed adapter table (what the state file holds).
+    var table: AdapterTable
+    /// Loads/unloads forwarded to the leader and not answered yet, by route id (the call
+    /// id the leader sees, and the id of its commit).
+    var routes: [UInt64: RoutedMutation] = [:]
+    var nextRouteID: UInt64 = 1
+    /// The commit being made durable, if any.
+    var persisting: DurableCommit?
     /// The commit being fanned out, if any (one at a time).
     var fanOut: CommitFanOut?
     /// The rolling restart in progress, if any (settable for the admin `drain-worker`
@@ -191,10 +211,16 @@ struct SupervisorStateMachine {
     private var engineStartedAtMs: UInt64 = 0
     private var generation = 0
     private var heartbeatSeq: UInt64 = 0
+    /// Slots added by ``scaleUp()`` whose listener is not open yet.
+    private(set) var openingSlots: Set<Int> = []
 
-    init(configuration: Configuration) {
+    /// A machine serving `table` (the state file's content at boot).
+    init(configuration: Configuration, table: AdapterTable = AdapterTable()) {
         self.configuration = configuration
+        self.table = table
     }
+
+    var maxAdapters: Int { self.configuration.maxAdapters }
 
     // MARK: - Queries
 
@@ -281,14 +307,31 @@ struct SupervisorStateMachine {
         return actions
     }
 
-    /// SIGTTIN (or a scale request): add one slot.
+    /// Most worker slots (SIGTTIN beyond it is logged and ignored; `scale` refuses it).
+    static let maximumSlots = 256
+
+    /// Slots that are not being removed, those being opened included.
+    var wantedSlotCount: Int { self.slots.filter { $0.state != .removing }.count + self.openingSlots.count }
+
+    /// SIGTTIN (or a scale request): add one slot, up to ``maximumSlots``.
     mutating func scaleUp() -> [Action] {
         guard self.isRunning else { return [] }
-        return [.openSlot((self.slots.map(\.index).max() ?? -1) + 1)]
+        guard self.wantedSlotCount < Self.maximumSlots else {
+            return [.log(.warning, "not scaling up: \(Self.maximumSlots) worker slots is the limit", [:], worker: nil)]
+        }
+        let index = max(self.slots.map(\.index).max() ?? -1, self.openingSlots.max() ?? -1) + 1
+        self.openingSlots.insert(index)
+        return [.openSlot(index)]
+    }
+
+    /// The listener for slot `index` could not be opened: the slot is not added.
+    mutating func slotOpenFailed(_ index: Int) {
+        self.openingSlots.remove(index)
     }
 
     /// The listener of a slot added by ``scaleUp()`` is open.
     mutating func slotOpened(_ index: Int, now: UInt64) -> [Action] {
+        self.openingSlots.remove(index)
         self.registerSlot(index)
         let log = Action.log(.info, "scaling up: slot \(index) added (\(self.slots.count) slots)", [:], worker: nil)
         return [log] + self.spawn(inSlot: index, now: now)
@@ -440,7 +483,7 @@ struct SupervisorStateMachine {
         actions += self.commitParticipantGone(id)
         if self.leader == id {
             self.leader = nil
-            actions.append(.settleRoutes(leader: id))
+            actions += self.settleRoutes(of: id)
             if self.isRunning { actions += self.electLeader() }
         }
         if self.rolling?.currentSlot == worker.slot && worker.disposition != .retiring {
@@ -599,7 +642,8 @@ struct SupervisorStateMachine {
         }
         let workers: [Action] = self.allWorkers.map { .shutdown($0, mode) }
         let grace = mode == .graceful ? self.configuration.drainGraceMs + 1000 : 2000
-        return rollingTimer + self.slots.map { .cancelRestartTimer(slot: $0.index) } + [.beginStop(mode)] + workers
+        let unanswered = self.failPendingMutations(Status(code: .unavailable, message: "the server is shutting down"))
+        return rollingTimer + self.slots.map { .cancelRestartTimer(slot: $0.index) } + [.beginStop(mode)] + unanswered + workers
             + [.startStopTimer(delayMs: grace)] + self.checkStopped()
     }
 

@@ -35,9 +35,14 @@ extension Supervisor {
         case .terminate(let id, let reason):
             guard let worker = self.workers[id] else { return }
             self.terminate(worker, reason: reason)
-        case .settleRoutes(let leader):
-            guard let worker = self.workers[leader] else { return }
-            self.settleRoutes(of: worker)
+        case .forwardToLeader(let leader, let routeID, let mutation):
+            self.forward(mutation, routeID: routeID, to: leader)
+        case .answerMutation(let answer):
+            self.deliver(answer)
+        case .replyToCommit(let id, let callID, let reply):
+            self.workers[id]?.send(.commitReply(reply), callID: callID)
+        case .persistTable(let table, let callID):
+            self.persist(table, callID: callID)
         case .openSlot(let index):
             self.openSlot(index)
         case .releaseListener(let slot):
@@ -78,10 +83,9 @@ extension Supervisor {
             let timer = UVTimer(loop: self.loop)
             self.commitTimer = timer
             timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.commitTimerFired(version: version)) }
-        case .commitFinished(let callID, let version, let adapter, let target):
+        case .cancelCommitTimer:
             self.commitTimer?.close()
             self.commitTimer = nil
-            self.commitFinished(callID: callID, version: version, adapter: adapter, replyTo: target)
         case .startRollingTimer(let id, let delayMs):
             self.rollingTimer?.close()
             let timer = UVTimer(loop: self.loop)

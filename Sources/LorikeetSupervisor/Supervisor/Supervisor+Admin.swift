@@ -177,11 +177,11 @@ extension Supervisor {
         case .load(var request):
             request.originSlot = -1
             request.caller = connection.caller
-            self.route(.load(request), callID: callID, origin: nil) { reply in connection.send(.mutationReply(reply), callID: callID) }
+            self.route(.load(request)) { reply in connection.send(.mutationReply(reply), callID: callID) }
         case .unload(var request):
             request.originSlot = -1
             request.caller = connection.caller
-            self.route(.unload(request), callID: callID, origin: nil) { reply in connection.send(.mutationReply(reply), callID: callID) }
+            self.route(.unload(request)) { reply in connection.send(.mutationReply(reply), callID: callID) }
         case .batch(let batch):
             guard batch.items.count <= Limits.batchOperations else {
                 return result(
@@ -193,37 +193,23 @@ extension Supervisor {
                 connection.send(.batchReply(BatchReply(results: results)), callID: callID)
             }
         case .rollingRestart:
-            if self.rolling != nil { return result(Status(code: .failedPrecondition, message: "a rolling restart is already running")) }
-            self.startRollingRestart()
-            result()
+            self.answerAdmin(self.machine.rollingRestartRequested(now: self.nowMs), reply: result)
         case .scale(let scale):
-            guard scale.workers >= 1, scale.workers <= 256 else {
-                return result(Status(code: .invalidArgument, message: "workers must be between 1 and 256", param: "workers"))
-            }
-            var active = self.slots.filter { !$0.removing }.count
-            while active < Int(scale.workers) {
-                self.addSlot()
-                active += 1
-            }
-            while active > Int(scale.workers) {
-                self.removeLastSlot()
-                active -= 1
-            }
-            result()
+            self.answerAdmin(self.machine.scaleRequested(to: Int(clamping: scale.workers)), reply: result)
         case .drainWorker(let drain):
-            guard let slot = self.slots.first(where: { $0.index == Int(drain.slot) && !$0.removing }) else {
-                return result(Status(code: .notFound, message: "no worker slot \(drain.slot)", param: "slot"))
-            }
-            guard self.rolling == nil else { return result(Status(code: .failedPrecondition, message: "a rolling restart is running")) }
-            self.rolling = RollingRestart(remaining: [slot.index])
-            self.rollingStep()
-            result()
+            self.answerAdmin(self.machine.drainSlotRequested(Int(clamping: drain.slot), now: self.nowMs), reply: result)
         case .stop(let stop):
             result()
             self.stop(stop.fast ? .fast : .graceful)
         case .statusReply, .workerList, .adapterTable, .mutationReply, .batchReply, .result, .none:
             result(Status(code: .invalidArgument, message: "not a request"))
         }
+    }
+
+    /// Answers an admin call with the machine's verdict, then performs its actions.
+    func answerAdmin(_ decision: (Status, [SupervisorStateMachine.Action]), reply: (Status) -> Void) {
+        reply(decision.0)
+        self.perform(decision.1)
     }
 
     /// Batch items run one after another, each with its own result (not all-or-nothing:
@@ -233,8 +219,6 @@ extension Supervisor {
         done: @escaping ([AdapterMutationReply]) -> Void
     ) {
         guard let item = items.first else { return done(results) }
-        let callID = self.nextCallID
-        self.nextCallID += 1
         let next: (AdapterMutationReply) -> Void = { [unowned self] reply in
             self.runBatch(items.dropFirst(), results: results + [reply], caller: caller, done: done)
         }
@@ -243,11 +227,11 @@ extension Supervisor {
         case .load(var request):
             request.originSlot = -1
             request.caller = caller
-            self.route(.load(request), callID: callID, origin: nil, batchIndex: index, reply: next)
+            self.route(.load(request), batchIndex: index, reply: next)
         case .unload(var request):
             request.originSlot = -1
             request.caller = caller
-            self.route(.unload(request), callID: callID, origin: nil, batchIndex: index, reply: next)
+            self.route(.unload(request), batchIndex: index, reply: next)
         }
     }
 

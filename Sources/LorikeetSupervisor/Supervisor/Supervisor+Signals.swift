@@ -27,9 +27,4 @@ extension Supervisor {
     func startRollingRestart() {
         self.perform(self.machine.startRollingRestart(now: self.nowMs))
     }
-
-    /// Advances the roll (the admin `drain-worker` call starts a one-slot roll with it).
-    func rollingStep() {
-        self.perform(self.machine.rollingStep(now: self.nowMs))
-    }
 }

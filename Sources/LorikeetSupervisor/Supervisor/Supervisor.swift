@@ -22,15 +22,16 @@ public final class Supervisor {
     let logger: Logger
     let loop = UVLoop()
     let store: StateStore
-    var table: AdapterTable
     var machine: SupervisorStateMachine
     /// The processes of the live workers, by the state machine's id.
     var workers: [WorkerID: WorkerProcess] = [:]
     /// Listening sockets and restart timers, by slot index.
     var slotHandles: [Int: SlotHandles] = [:]
     var engine: UVProcess?
-    var nextCallID: UInt64 = 1
-    var pendingRoutes: [UInt64: RoutedMutation] = [:]
+    /// Reply callbacks of admin loads/unloads (and batch items) by token
+    /// (`MutationOrigin.admin`); each is called once, by the `answerMutation` action.
+    var adminReplies: [UInt64: (AdapterMutationReply) -> Void] = [:]
+    var nextAdminToken: UInt64 = 1
     var exitResult: SupervisorExit?
     var commitTimer: UVTimer?
     var rollingTimer: UVTimer?
@@ -64,7 +65,6 @@ public final class Supervisor {
         self.logger = logger
         self.store = try StateStore(directory: configuration.stateDirectory)
         let (table, format) = try self.store.loadWithFormat()
-        self.table = table
         if format == .legacy {
             logger.notice(
                 "the adapter table file has the legacy format (no header); it is rewritten in format \(TableFile.formatVersion) on the next change",
@@ -77,7 +77,7 @@ public final class Supervisor {
         }
         self.audit = try AuditLog(path: configuration.auditLogPath ?? configuration.stateDirectory + "/audit.log")
         self.notifier = SystemdNotifier(environment: configuration.environment, logger: logger)
-        self.machine = SupervisorStateMachine(configuration: .init(configuration))
+        self.machine = SupervisorStateMachine(configuration: .init(configuration), table: table)
         self.startedAtMs = self.loop.nowMs
     }
 
@@ -131,6 +131,9 @@ public final class Supervisor {
 
     var nowMs: UInt64 { self.loop.nowMs }
 
+    /// The committed adapter table (the state machine's).
+    var table: AdapterTable { self.machine.table }
+
     /// Every live worker's process, slot by slot (current, then replacement).
     var allWorkers: [WorkerProcess] {
         self.machine.allWorkers.compactMap { self.workers[$0] }
@@ -142,11 +145,6 @@ public final class Supervisor {
     /// The current leader epoch.
     var epoch: UInt64 { self.machine.epoch }
 
-    /// The rolling restart in progress (the admin `drain-worker` call sets a one-slot roll).
-    var rolling: RollingRestart? {
-        get { self.machine.rolling }
-        set { self.machine.rolling = newValue }
-    }
 
     /// The engine's state as `status` reports it.
     var engineState: String { self.machine.engine.rawValue }
@@ -319,10 +317,9 @@ public final class Supervisor {
         self.perform(self.machine.stop(mode))
     }
 
-    /// The `beginStop` action: tell systemd, fail the pending mutations, log.
+    /// The `beginStop` action: tell systemd, log.
     func beginStop(_ mode: StopMode) {
         self.notifier?.send(["STOPPING=1", "STATUS=stopping (\(mode == .fast ? "fast" : "graceful drain"))"])
-        self.failPendingMutations(Status(code: .unavailable, message: "the server is shutting down"))
         switch mode {
         case .graceful: self.logger.info("draining workers (grace \(self.configuration.drainGraceMs) ms)")
         case .fast: self.logger.info("stopping fast")
@@ -371,6 +368,7 @@ public final class Supervisor {
             self.slotHandles[index] = SlotHandles(index: index, listenerFD: fd)
             self.perform(self.machine.slotOpened(index, now: self.nowMs))
         } catch {
+            self.machine.slotOpenFailed(index)
             self.logger.error("cannot add a worker slot: \(error)")
         }
     }
