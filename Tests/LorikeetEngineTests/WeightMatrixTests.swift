@@ -78,3 +78,51 @@ struct WeightMatrixTests {
         }
     }
 }
+
+/// A model whose layers use different block types (as some GGUF mixes do: fp32 or Q8_0
+/// in one layer, Q4_1 in another) runs safely and computes what its dequantized twin does.
+@Suite("Models with mixed block types per layer")
+struct MixedFormatModelTests {
+    static let config = try! LorikeetEngine.LlamaConfig(
+        hiddenSize: 64, intermediateSize: 128, numLayers: 3, numHeads: 4, numKVHeads: 2, vocabSize: 96,
+        maxPositionEmbeddings: 64, rmsNormEps: 1e-5, ropeTheta: 10_000, tieWordEmbeddings: false, bosTokenId: nil, eosTokenIds: [0])
+
+    /// Layer 0 and the output projection are fp32 (no scratch at all); layer 1 is Q8_0 and
+    /// layer 2 Q4_1, so only later layers need matmul scratch. `dense` builds the twin
+    /// with every matrix dequantized to fp32.
+    static func weights(dense: Bool) throws -> LlamaWeights {
+        var rng = Xoshiro256(seed: 99)
+        var seed: UInt64 = 1
+        return try LlamaWeights(config: Self.config) { (name, shape) throws -> WeightMatrix in
+            let rows = shape[0]
+            let columns = shape.count > 1 ? shape[1] : 1
+            seed += 1
+            let format: WeightMatrix.Format? =
+                name.hasPrefix("model.layers.1.") && columns > 1 ? .q8_0 : name.hasPrefix("model.layers.2.") && columns > 1 ? .q4_1 : nil
+            guard let format else {
+                let values = name.hasSuffix("norm.weight") ? [Float](repeating: 1, count: rows) : (0..<(rows * columns)).map { _ in
+                    Float(rng.nextUnit() * 0.2 - 0.1)
+                }
+                return WeightMatrix(dense: FloatTensor(shape: shape, values: values))
+            }
+            let bytes = WeightMatrixTests.randomBlocks(format, rows: rows, columns: columns, seed: seed)
+            let quantized = bytes.withUnsafeBytes { WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: $0) }
+            return dense ? WeightMatrix(dense: FloatTensor(shape: shape, values: quantized.values)) : quantized
+        }
+    }
+
+    @Test("scratch is sized for the largest layer, and the logits match the dequantized twin")
+    func mixedLayers() throws {
+        let quantized = try Self.weights(dense: false)
+        let twin = try Self.weights(dense: true)
+        #expect(quantized.layers[0].linear.allSatisfy { $0.scratchCount(batch: 1) == 0 })
+        #expect(quantized.scratchPerRow == quantized.layers.flatMap(\.linear).map { $0.scratchCount(batch: 1) }.max())
+        #expect(quantized.scratchPerRow > 0)
+        let tokens: [UInt32] = [3, 17, 42, 5, 88, 1, 60]
+        let got = LlamaModel(weights: quantized).lastLogits(tokens)
+        let expected = LlamaModel(weights: twin).lastLogits(tokens)
+        #expect(got.count == Self.config.vocabSize)
+        let worst = zip(got, expected).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? .infinity
+        #expect(worst < 1e-3, "largest relative difference \(worst)")
+    }
+}

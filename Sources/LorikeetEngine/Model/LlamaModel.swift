@@ -190,9 +190,7 @@ package final class LlamaModel: Sendable {
         let maxRank = rows.compactMap { $0.adapter?.rank }.max() ?? 0
         let loraTmp = ws.buffer(10, max(maxRank, 1))
         let w = self.weights
-        var scratchCount = w.lmHead.scratchCount(batch: n)
-        for m in w.layers.first?.linear ?? [] { scratchCount = max(scratchCount, m.scratchCount(batch: n)) }
-        let scratch = ws.buffer(12, max(scratchCount, 1))
+        let scratch = ws.buffer(12, max(w.scratchPerRow * n, 1))
 
         for (i, row) in rows.enumerated() {
             w.embedTokens.copyRow(Int(row.token), into: h + i * hidden)

@@ -89,6 +89,9 @@ package final class LlamaWeights: Sendable {
     package let finalNorm: FloatTensor
     /// `lm_head.weight` (`embed_tokens` when tied), `[vocab, hidden]`.
     package let lmHead: WeightMatrix
+    /// Floats of matmul scratch one input row needs: the most any matrix of any layer
+    /// (or the output projection) needs, since layers may use different block types.
+    package let scratchPerRow: Int
 
     /// Builds weights from fp32 tensors keyed by HF names; checks every shape.
     /// Extra tensors (e.g. `rotary_emb.inv_freq`) are ignored.
@@ -132,6 +135,7 @@ package final class LlamaWeights: Sendable {
         } else {
             self.lmHead = try tensor("lm_head.weight", [c.vocabSize, c.hiddenSize])
         }
+        self.scratchPerRow = (layers.flatMap(\.linear) + [self.lmHead]).map { $0.scratchCount(batch: 1) }.max() ?? 0
     }
 
     /// Builds weights from a parsed safetensors file (F32/F16/BF16 converted to fp32).
