@@ -147,7 +147,7 @@ struct HostileChannelTests {
         let (server, _, client) = try await Self.fixtureServer()
         let big = try client.send(.generate(GenerateRequest(requestID: "big", promptText: String(repeating: "a", count: 6 << 20))))
         let health = try client.send(.health)
-        // 6 MiB is under the prompt limit: it is tokenized (off the reader thread, so the
+        // 6 MiB is under the prompt limit: it is tokenized (off the event loop, so the
         // health call behind it is answered first) and refused by the context length.
         let refused = try #require(client.stream(big))
         #expect(refused.last?.status.code == .invalidArgument)
@@ -292,7 +292,7 @@ struct AdapterLoadingOffTheConnectionTests {
         #expect(try #require(client.firstSequence(remove)) > addReply.sequence)
     }
 
-    /// A generate whose adapter was evicted reloads it off the reader thread: a health
+    /// A generate whose adapter was evicted reloads it off the event loop: a health
     /// sent after it is answered first, and an abort sent while the reload runs ends it.
     @Test func reloadOfAnEvictedAdapterDoesNotBlockTheConnection() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lk-reload-\(UUID().uuidString)").path
