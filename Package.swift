@@ -196,7 +196,10 @@ let package = Package(
         .target(
             name: "LorikeetEngineServer",
             dependencies: [
-                "LorikeetEngine", "LorikeetProto",
+                "LorikeetEngine", "LorikeetProto", "LorikeetChannels",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming

@@ -5,6 +5,9 @@ import LorikeetEngine
 import LorikeetEngineServer
 import LorikeetProto
 import LorikeetSupervisor
+import NIOCore
+import ServiceLifecycle
+import UnixSignals
 
 #if canImport(Glibc)
     import Glibc
@@ -12,11 +15,18 @@ import LorikeetSupervisor
 
 /// `lorikeet engine`: the built-in reference engine process, serving the engine channel
 /// on a Unix socket (started by the supervisor; runnable by hand for debugging).
-struct EngineCommand: ParsableCommand {
+///
+/// The process is a `ServiceGroup` of the engine server (`EngineService`) and, when
+/// supervised, the parent watch: SIGTERM drains (stop accepting, let running generations
+/// finish within `--drain-grace-ms`, exit 0), SIGINT/SIGQUIT stop at once.
+struct EngineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "engine",
         abstract: "Run the built-in Llama engine on a Unix socket (engine channel).",
-        discussion: "Exit code 78: the model cannot be loaded or the socket cannot be bound."
+        discussion: """
+            Signals: TERM = drain (stop accepting, let running generations finish, exit 0), INT/QUIT = stop at once.
+            Exit code 78: the model cannot be loaded or the socket cannot be bound; 1: the supervisor (--parent-pid) is gone.
+            """
     )
 
     @Option(help: "Model: a directory (config.json + model.safetensors) or a .gguf file; default: SmolLM2-135M-Instruct, downloaded on first use.") var model: String?
@@ -28,25 +38,25 @@ struct EngineCommand: ParsableCommand {
     @Option(help: "Sequences stepped together at most.") var maxBatchSize = 32
     @Option(help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
     @Option(help: "Log format: text or json.") var logFormat = "text"
+    @Option(name: .customLong("drain-grace-ms"), help: "How long running generations may finish after SIGTERM (as the workers' drain).")
+    var drainGraceMs: Int = 30_000
     @Option(
         help: ArgumentHelp(
             "An operator-trusted adapter directory (repeatable; `serve` passes each --lora-modules path): allowed besides the runtime prefixes.",
             valueName: "dir")
     ) var trustedAdapterDir: [String] = []
 
-    func run() throws {
+    func run() async throws {
         LoggingBootstrap.bootstrap(format: self.logFormat)
         // A parent may have spawned us with signals blocked (Foundation's Process does,
-        // from a dispatch thread): unblock them so SIGTERM/SIGINT stop the engine.
+        // from a dispatch thread): unblock them so SIGTERM/SIGINT reach the service group.
         var none = sigset_t()
         sigemptyset(&none)
         pthread_sigmask(SIG_SETMASK, &none, nil)
-        signal(SIGTERM, SIG_DFL)
-        signal(SIGINT, SIG_DFL)
         signal(SIGPIPE, SIG_IGN)
         var logger = Logger(label: "lorikeet.engine")
         logger[metadataKey: "pid"] = "\(getpid())"
-        ParentWatch.attach(parentPID: self.parentPid)
+        if let parentPid { ParentWatch.arm(parentPID: parentPid) }
         // The same allowed prefixes as the workers (the supervisor's environment is
         // inherited): the engine re-checks every adapter directory against them itself.
         let prefixes = AdapterPathPrefixes.fromEnvironment(ProcessInfo.processInfo.environment)
@@ -95,12 +105,30 @@ struct EngineCommand: ParsableCommand {
                 "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)",
                 "adapter_prefixes": "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
             ])
-        let server = EngineServer(core: core, logger: logger)
+        let eventLoops = EngineServer.makeEventLoopGroup()
+        let server = EngineServer(core: core, logger: logger, group: eventLoops)
+        let engine = EngineService(
+            server: server, listener: listener, supervisor: self.parentPid, drainGrace: .milliseconds(self.drainGraceMs))
+        // The parent watch first: the group shuts services down in reverse order, so it
+        // keeps watching while the engine drains.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let parentPid { services.append(.init(service: ParentWatchService(parentPID: parentPid))) }
+        services.append(.init(service: engine, successTerminationBehavior: .gracefullyShutdownGroup))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services, gracefulShutdownSignals: [.sigterm], cancellationSignals: [.sigint, .sigquit], logger: logger))
+        var failure: (any Error)?
         do {
-            try server.serve(listener: listener, supervisor: self.parentPid)
+            try await group.run()
         } catch {
-            logger.critical("accept failed: \(error)")
+            failure = error
+        }
+        core.shutdown()
+        try? await eventLoops.shutdownGracefully()
+        if let failure {
+            logger.critical("engine stopped: \(failure)")
             throw ExitCode(1)
         }
+        logger.info("engine stopped")
     }
 }

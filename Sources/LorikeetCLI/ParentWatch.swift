@@ -1,20 +1,23 @@
 import CLorikeetSys
 import Foundation
 import Glibc
+import ServiceLifecycle
 
 /// Ties a child process's life to its parent (`--parent-pid`): the kernel sends SIGKILL
 /// when the parent dies (PR_SET_PDEATHSIG), a parent that died before that was armed is
-/// caught by comparing getppid() with the pid passed, and a thread re-checks getppid()
-/// every 250 ms (PR_SET_PDEATHSIG follows the parent *thread* that spawned us, so a
-/// parent that spawns from short-lived threads — test runners — sets
-/// `LORIKEET_PARENT_WATCH=poll` to rely on the check alone).
+/// caught by comparing getppid() with the pid passed, and getppid() is re-checked every
+/// 250 ms (PR_SET_PDEATHSIG follows the parent *thread* that spawned us, so a parent that
+/// spawns from short-lived threads — test runners — sets `LORIKEET_PARENT_WATCH=poll` to
+/// rely on the check alone). The check runs on a thread of its own (`attach`) or as a
+/// `Service` (`ParentWatchService`, the engine process).
 enum ParentWatch {
+    /// The polling interval of the getppid() check.
+    static let interval = Duration.milliseconds(250)
+
+    /// `arm`, then polls on a thread of its own and exits the process when the parent is gone.
     static func attach(parentPID: Int32?) {
         guard let parentPID else { return }
-        if ProcessInfo.processInfo.environment["LORIKEET_PARENT_WATCH"] != "poll" {
-            _ = lorikeet_set_parent_death_signal(SIGKILL)
-        }
-        if getppid() != parentPID { self.parentGone(parentPID) }
+        self.arm(parentPID: parentPID)
         let thread = Thread {
             while true {
                 usleep(250_000)
@@ -23,6 +26,15 @@ enum ParentWatch {
         }
         thread.name = "lorikeet-parent-watch"
         thread.start()
+    }
+
+    /// Arms PR_SET_PDEATHSIG (unless `LORIKEET_PARENT_WATCH=poll`) and exits at once if the
+    /// parent is already gone. Call before any service runs.
+    static func arm(parentPID: Int32) {
+        if ProcessInfo.processInfo.environment["LORIKEET_PARENT_WATCH"] != "poll" {
+            _ = lorikeet_set_parent_death_signal(SIGKILL)
+        }
+        if getppid() != parentPID { self.parentGone(parentPID) }
     }
 
     private static func parentGone(_ parentPID: Int32) -> Never {
@@ -37,5 +49,30 @@ enum ParentWatch {
         var set = sigset_t()
         sigemptyset(&set)
         sigprocmask(SIG_SETMASK, &set, nil)
+    }
+}
+
+/// The parent watch's getppid() check as a `Service` (after `ParentWatch.arm`): returns on
+/// graceful shutdown or cancellation, and throws `ParentGone` when the parent is gone, so
+/// the group cancels every other service and the process exits 1 — no thread of its own,
+/// no `exit()` inside a service.
+struct ParentWatchService: Service {
+    /// The supervisor went away.
+    struct ParentGone: Error, CustomStringConvertible {
+        var parentPID: Int32
+        var description: String { "parent process \(self.parentPID) is gone" }
+    }
+
+    let parentPID: Int32
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            do {
+                try await Task.sleep(for: ParentWatch.interval)
+            } catch {
+                return  // cancelled: the group is stopping
+            }
+            if getppid() != self.parentPID { throw ParentGone(parentPID: self.parentPID) }
+        }
     }
 }

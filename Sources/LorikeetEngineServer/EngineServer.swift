@@ -1,85 +1,209 @@
 import Foundation
 package import Logging
+import LorikeetChannels
 package import LorikeetEngine
 package import LorikeetProto
+package import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Serves the engine channel (`proto/lorikeet/v1/engine.proto`) for an `EngineCore`.
 ///
-/// Several clients (workers) may be connected at once. Each connection gets a reader
-/// thread, which decodes envelopes and dispatches them, and a writer thread, which owns
-/// all writes to the socket, so a slow client never blocks the scheduler thread that
-/// produces its tokens. Only a broken frame (bad flag, length over
+/// Several clients (workers) may be connected at once. Every socket is a SwiftNIO channel
+/// on the server's event loop group; each connection's pipeline is the channels' frame
+/// decoder and encoder (`LorikeetChannels`) and an `EngineChannelHandler` that dispatches
+/// decoded envelopes on the event loop. Replies go through the connection's bounded
+/// outbound queue (`EngineConnection`), so a slow client never blocks the scheduler
+/// thread that produces its tokens: one that lets `maxQueuedFrames` frames pile up is
+/// disconnected alone. Only a broken frame (bad flag, length over
 /// `Limits.channelFrameBytes`, undecodable protobuf) closes a connection (with a logged
 /// reason; its requests are aborted). A well-framed call that breaks a limit
 /// (`EngineRequestLimits`) gets INVALID_ARGUMENT for that call alone, and the other
 /// streams of the connection go on.
 ///
-/// Nothing that reads adapter files runs on a reader thread or the scheduler thread:
+/// Nothing that reads adapter files runs on the event loop or the scheduler thread:
 /// `add_adapter`, `remove_adapter`, `pin_adapter` and `list_adapters` run one at a time,
 /// in arrival order, on the adapter queue (so mutations stay serialized and a list sees
 /// every mutation sent before it), and a `generate` whose adapter was evicted (or whose
-/// prompt is large enough to take a while to tokenize) is submitted from another queue. Meanwhile `generate`, `abort` and `health` on the same
-/// connection are answered; replies carry `call_id`, so they may complete out of order.
+/// prompt is large enough to take a while to tokenize) is submitted from another queue.
+/// Meanwhile `generate`, `abort` and `health` on the same connection are answered;
+/// replies carry `call_id`, so they may complete out of order.
 ///
 /// Call mapping (each reply carries the request's `call_id`):
 /// - `generate` → a stream of `chunk`s, the last with `finish_reason`; a refused request
-///   gets one `chunk` with `finish_reason = "error"` and the status;
+///   gets one `chunk` with `finish_reason = "error"` and the status (UNAVAILABLE while
+///   the server drains);
 /// - `abort` → `result` (OK even when the request already finished);
 /// - `add_adapter` / `remove_adapter` / `pin_adapter` → `result` with the gRPC status
 ///   (FAILED_PRECONDITION for a stale epoch; DEADLINE_EXCEEDED, without applying it, for
 ///   a call whose deadline passed while it waited for the adapter queue);
 /// - `list_adapters` → `adapter_list`; `health` → `health_reply`; `model_info` →
 ///   `model_info_reply`.
+///
+/// Why a `ChannelHandler` pipeline and not `NIOAsyncChannel`: the replies are produced by
+/// the scheduler thread and dispatch queues, synchronously, and must never wait; a handler
+/// lets them hand frames to the event loop directly, with the bound counted where NIO
+/// completes each write. `NIOAsyncChannel` would add a task per connection and an async
+/// hop (and a second buffer to bound) between those threads and the socket, for no gain:
+/// inbound dispatch is non-blocking too.
 package final class EngineServer: Sendable {
-    /// Frames queued for one slow client before it is disconnected.
+    /// Frames queued for one slow client (enqueued, not yet written to its socket) before
+    /// it is disconnected.
     package static let maxQueuedFrames = 65_536
+    /// Prompts (text, or all messages' contents) above this size are tokenized off the
+    /// event loop.
+    package static let deferredPromptBytes = 256 * 1024
+
+    private enum Condition {
+        case noRequests
+        case noConnections
+    }
+
+    private enum Waiter {
+        case waiting(Condition, CheckedContinuation<Void, Never>)
+        /// Cancelled before it started waiting.
+        case cancelled
+    }
+
+    private struct State {
+        var connections: [UInt64: EngineConnection] = [:]
+        /// Requests in flight on every connection (`EngineConnection.track`).
+        var requests = 0
+        var draining = false
+        var waiters: [UInt64: Waiter] = [:]
+        var nextWaiterID: UInt64 = 0
+
+        func holds(_ condition: Condition) -> Bool {
+            switch condition {
+            case .noRequests: self.requests == 0
+            case .noConnections: self.connections.isEmpty
+            }
+        }
+
+        /// Removes and returns the waiters whose condition now holds.
+        mutating func satisfiedWaiters() -> [CheckedContinuation<Void, Never>] {
+            var ready: [CheckedContinuation<Void, Never>] = []
+            for (id, waiter) in self.waiters {
+                if case .waiting(let condition, let continuation) = waiter, self.holds(condition) {
+                    self.waiters[id] = nil
+                    ready.append(continuation)
+                }
+            }
+            return ready
+        }
+    }
 
     private let core: EngineCore
-    private let logger: Logger
-    private let connections = Mutex<[UInt64: EngineConnection]>([:])
+    let logger: Logger
+    private let group: any EventLoopGroup
+    private let maxQueuedFrames: Int
+    private let state = Mutex(State())
     private let nextConnectionID = Atomic<UInt64>(1)
     /// Adapter mutations and lists, one at a time in arrival order.
     private let adapterQueue = DispatchQueue(label: "lorikeet.engine.adapters")
     /// Submissions that do slow work first: reload an evicted adapter from disk, or
     /// tokenize a prompt larger than `deferredPromptBytes`.
     private let submitQueue = DispatchQueue(label: "lorikeet.engine.deferred-submit", attributes: .concurrent)
-    /// Prompts (text, or all messages' contents) above this size are tokenized off the
-    /// connection's reader thread.
-    package static let deferredPromptBytes = 256 * 1024
 
-    /// Creates a server for `core`.
-    package init(core: EngineCore, logger: Logger) {
+    /// Creates a server for `core` whose sockets run on `group`'s event loops.
+    package init(
+        core: EngineCore, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        maxQueuedFrames: Int = EngineServer.maxQueuedFrames
+    ) {
         self.core = core
         self.logger = logger
+        self.group = group
+        self.maxQueuedFrames = maxQueuedFrames
     }
 
-    /// Accepts connections on a listening socket until it fails (e.g. is closed).
-    /// Blocks the calling thread; connections run on threads of their own.
+    /// The engine process's event loops: one thread. The engine serves a handful of
+    /// connections (one per worker) and answers every call without blocking (slow work
+    /// goes to the adapter and deferred-submit queues, compute to the scheduler thread).
+    package static func makeEventLoopGroup() -> any EventLoopGroup {
+        MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    }
+
+    // MARK: Sockets
+
+    /// Starts accepting connections on a listening socket (NIO takes it over and closes
+    /// it); returns the listener, whose `close()` stops accepting.
     ///
-    /// Each peer's credentials are checked first (`SO_PEERCRED`): a process running as
-    /// another user than `allowedUID` (default: this process's) is disconnected at once,
-    /// with a log line, before a byte is read.
+    /// Each peer's credentials are checked first (`SO_PEERCRED`, in the child channel's
+    /// initializer, before it is registered): a process running as another user than
+    /// `allowedUID` (default: this process's) is disconnected at once, with a log line,
+    /// before a byte is read.
     ///
     /// With `supervisor` (the supervisor's pid, when the engine is supervised), only a
     /// peer in the supervisor's lineage — the supervisor itself or a process it spawned (a
     /// worker) — may raise the leader epoch: any other same-user process (a stray script,
     /// a test tool) can still list, generate and mutate at the current epoch, but cannot
     /// fence the real leader out by jumping the epoch.
-    package func serve(listener: Int32, allowedUID: UInt32 = getuid(), supervisor: Int32? = nil) throws(TransportError) {
-        while true {
-            let fd = try UnixSocket.accept(listener: listener)
-            guard self.peerIsAllowed(fd, allowedUID: allowedUID) else {
-                close(fd)
-                continue
+    package func listen(on listener: Int32, allowedUID: UInt32 = getuid(), supervisor: Int32? = nil) async throws(EngineServerError)
+        -> EngineListener
+    {
+        let bootstrap = ServerBootstrap(group: self.group)
+            .childChannelInitializer { channel in
+                self.admit(channel, allowedUID: allowedUID, supervisor: supervisor)
+            }
+        do {
+            return EngineListener(channel: try await bootstrap.withBoundSocket(listener).get())
+        } catch {
+            throw .cannotServe("\(error)")
+        }
+    }
+
+    /// Serves one already-connected socket (the in-process twin for tests: pass one end
+    /// of a `socketpair`). No peer check; the peer may raise the epoch.
+    package func start(connectedSocket fd: Int32) async throws(EngineServerError) {
+        let bootstrap = ClientBootstrap(group: self.group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try self.configure(channel, mayRaiseEpoch: true) }
+            }
+        do {
+            _ = try await bootstrap.withConnectedSocket(fd).get()
+        } catch {
+            throw .cannotServe("\(error)")
+        }
+    }
+
+    /// The child channel initializer: checks the peer, then builds the pipeline. A failed
+    /// future makes NIO close the accepted socket unregistered, so nothing is read.
+    private func admit(_ channel: any Channel, allowedUID: UInt32, supervisor: Int32?) -> EventLoopFuture<Void> {
+        guard let options = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeFailedFuture(EngineServerError.peerCredentialsUnreadable("no socket options"))
+        }
+        assert(MemoryLayout<PeerCredentials>.size == 12, "struct ucred is three 32-bit fields")
+        let credentials: EventLoopFuture<PeerCredentials> = options.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        return credentials.flatMapErrorThrowing { error in
+            self.logger.warning("refused an engine client whose credentials cannot be read: \(error)")
+            throw EngineServerError.peerCredentialsUnreadable("\(error)")
+        }.flatMapThrowing { peer in
+            guard peer.uid == allowedUID else {
+                self.logger.warning(
+                    "refused an engine client running as another user",
+                    metadata: ["peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)", "allowed.uid": "\(allowedUID)"])
+                throw EngineServerError.peerRefused(uid: peer.uid, pid: peer.pid)
             }
             var mayRaiseEpoch = true
             if let supervisor {
-                let peer = (try? UnixSocket.peerCredentials(fd))?.pid ?? -1
-                mayRaiseEpoch = peer == supervisor || Self.parentPID(of: peer) == supervisor
+                mayRaiseEpoch = peer.pid == supervisor || Self.parentPID(of: peer.pid) == supervisor
             }
-            self.start(FramedConnection<EngineEnvelope>(fd: fd), mayRaiseEpoch: mayRaiseEpoch)
+            try self.configure(channel, mayRaiseEpoch: mayRaiseEpoch)
         }
+    }
+
+    /// The pipeline of one connection: frame decoder, frame encoder, dispatcher.
+    private func configure(_ channel: any Channel, mayRaiseEpoch: Bool) throws {
+        let id = self.nextConnectionID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let connection = EngineConnection(
+            id: id, channel: channel, logger: self.logger, maxQueuedFrames: self.maxQueuedFrames, mayRaiseEpoch: mayRaiseEpoch
+        ) { [weak self] delta in self?.requestsChanged(by: delta) }
+        try channel.pipeline.syncOperations.addHandlers([
+            ByteToMessageHandler(FrameMessageDecoder<EngineEnvelope>(maximumFrameSize: Limits.channelFrameBytes)),
+            FrameMessageEncoder<EngineEnvelope>(maximumFrameSize: Limits.channelFrameBytes),
+            EngineChannelHandler(server: self, connection: connection),
+        ])
     }
 
     /// The parent pid of `pid` (from `/proc/<pid>/stat`), or nil.
@@ -91,44 +215,140 @@ package final class EngineServer: Sendable {
         return fields.count > 1 ? Int32(fields[1]) : nil
     }
 
-    /// Whether the process at the other end of `fd` runs as `allowedUID` (logs why not).
-    package func peerIsAllowed(_ fd: Int32, allowedUID: UInt32) -> Bool {
-        do {
-            let peer = try UnixSocket.peerCredentials(fd)
-            guard peer.uid == allowedUID else {
-                self.logger.warning(
-                    "refused an engine client running as another user",
-                    metadata: ["peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)", "allowed.uid": "\(allowedUID)"])
-                return false
-            }
-            return true
-        } catch {
-            self.logger.warning("refused an engine client whose credentials cannot be read: \(error)")
-            return false
-        }
-    }
-
-    /// Serves one already-connected socket on new threads (also the in-process twin for
-    /// tests: pass one end of a `socketpair`).
-    package func start(_ transport: FramedConnection<EngineEnvelope>, mayRaiseEpoch: Bool = true) {
-        let id = self.nextConnectionID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let connection = EngineConnection(id: id, transport: transport, logger: self.logger, mayRaiseEpoch: mayRaiseEpoch)
-        self.connections.withLock { $0[id] = connection }
-        connection.startWriter()
-        let thread = Thread { [self] in
-            self.readLoop(connection)
-        }
-        thread.name = "lorikeet-engine-conn-\(id)"
-        thread.start()
-    }
+    // MARK: Connections
 
     /// Number of open connections.
-    package var connectionCount: Int { self.connections.withLock { $0.count } }
+    package var connectionCount: Int { self.state.withLock { $0.connections.count } }
 
-    /// Closes every connection (their requests are aborted).
+    /// Closes every connection now (their requests are aborted).
     package func closeAll() {
-        for c in self.connections.withLock({ Array($0.values) }) { c.close() }
+        for c in self.state.withLock({ Array($0.connections.values) }) { c.close() }
     }
+
+    /// A connection became active (on its event loop).
+    func opened(_ connection: EngineConnection) {
+        self.state.withLock { $0.connections[connection.id] = connection }
+    }
+
+    /// A connection went inactive (on its event loop): its requests are aborted.
+    func closed(_ connection: EngineConnection) {
+        connection.markClosed()
+        let orphans = connection.takeRequests()
+        let ready = self.state.withLock { state in
+            state.connections[connection.id] = nil
+            return state.satisfiedWaiters()
+        }
+        for id in orphans { self.core.abort(id) }
+        if !orphans.isEmpty {
+            self.logger.info("connection closed; aborted \(orphans.count) request(s)", metadata: ["connection.id": "\(connection.id)"])
+        }
+        for continuation in ready { continuation.resume() }
+    }
+
+    private func requestsChanged(by delta: Int) {
+        let ready = self.state.withLock { state in
+            state.requests += delta
+            return state.satisfiedWaiters()
+        }
+        for continuation in ready { continuation.resume() }
+    }
+
+    // MARK: Draining
+
+    /// Whether the server is draining (new generations are refused).
+    package var isDraining: Bool { self.state.withLock { $0.draining } }
+
+    /// Refuses new generations from now on (UNAVAILABLE); requests in flight go on.
+    package func beginDrain() {
+        self.state.withLock { $0.draining = true }
+    }
+
+    /// Drains: refuses new generations, waits until every request in flight has finished,
+    /// then closes each connection once its queued frames are written; returns when no
+    /// connection is left. When `grace` runs out first (or the task is cancelled), the
+    /// connections left are closed at once and their requests aborted.
+    package func drain(grace: Duration) async {
+        self.beginDrain()
+        self.logger.info(
+            "draining: new generations are refused, running ones may finish",
+            metadata: ["requests.running": "\(self.state.withLock { $0.requests })", "grace": "\(grace)"])
+        let deadline = ContinuousClock.now.advanced(by: grace)
+        var finished = await Self.wait(until: deadline) { await self.wait(until: .noRequests) }
+        if finished {
+            for c in self.state.withLock({ Array($0.connections.values) }) { c.closeWhenWritten() }
+            finished = await Self.wait(until: deadline) { await self.wait(until: .noConnections) }
+        }
+        if !finished || Task.isCancelled {
+            let (requests, connections) = self.state.withLock { ($0.requests, $0.connections.count) }
+            self.logger.warning(
+                "drain cut short: closing the connections left, aborting their requests",
+                metadata: ["requests.running": "\(requests)", "connections": "\(connections)", "grace": "\(grace)"])
+            self.closeAll()
+            // Closed channels go inactive on their event loop right after.
+            _ = await Self.wait(until: ContinuousClock.now.advanced(by: .seconds(5))) {
+                await self.wait(until: .noConnections)
+            }
+        } else {
+            self.logger.info("drained: every generation finished and was delivered")
+        }
+    }
+
+    /// Runs `body` until it returns or `deadline` passes; true when `body` returned first.
+    private static func wait(
+        until deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async -> Void
+    ) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await body()
+                return !Task.isCancelled
+            }
+            group.addTask {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Returns once `condition` holds, or when the task is cancelled.
+    private func wait(until condition: Condition) async {
+        let id = self.state.withLock { state in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = self.state.withLock { state -> Bool in
+                    if case .cancelled = state.waiters[id] {
+                        state.waiters[id] = nil
+                        return true
+                    }
+                    if state.holds(condition) { return true }
+                    state.waiters[id] = .waiting(condition, continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let continuation = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+                switch state.waiters[id] {
+                case .waiting(_, let continuation):
+                    state.waiters[id] = nil
+                    return continuation
+                case .cancelled:
+                    return nil
+                case nil:
+                    state.waiters[id] = .cancelled
+                    return nil
+                }
+            }
+            continuation?.resume()
+        }
+    }
+
+    // MARK: Calls
 
     /// FAILED_PRECONDITION when a peer outside the supervisor's lineage tries to raise the
     /// leader epoch; nil otherwise.
@@ -142,43 +362,23 @@ package final class EngineServer: Sendable {
             message: "epoch \(epoch) is newer than the current leader epoch; only the supervisor's workers may raise it")
     }
 
-    private func readLoop(_ connection: EngineConnection) {
-        var logger = self.logger
-        logger[metadataKey: "connection.id"] = "\(connection.id)"
-        while true {
-            let envelope: EngineEnvelope?
-            do {
-                envelope = try connection.transport.receive()
-            } catch {
-                logger.warning("closing engine connection: \(error)")
-                break
-            }
-            guard let envelope else { break }
-            self.dispatch(envelope, connection)
-        }
-        connection.close()
-        self.connections.withLock { _ = $0.removeValue(forKey: connection.id) }
-        let orphans = connection.takeRequests()
-        for id in orphans { self.core.abort(id) }
-        if !orphans.isEmpty { logger.info("connection closed; aborted \(orphans.count) request(s)") }
-    }
-
     private static func deadlinePassed(_ deadlineUnixMs: UInt64) -> Bool {
         deadlineUnixMs != 0 && deadlineUnixMs < UInt64(Date().timeIntervalSince1970 * 1000)
     }
 
-    private func dispatch(_ envelope: EngineEnvelope, _ c: EngineConnection) {
+    /// Answers one inbound envelope (on the connection's event loop; never blocks).
+    func dispatch(_ envelope: EngineEnvelope, _ c: EngineConnection) {
         let callID = envelope.callID
         let deadline = envelope.deadlineUnixMs
         func reply(_ body: EngineEnvelope.Body) { c.enqueue(EngineEnvelope(callID: callID, body: body)) }
         func result(_ status: Status) { reply(.result(CallResult(status: status))) }
+        /// A generate's refusal: its one and final chunk.
+        func refuse(_ g: GenerateRequest, _ status: Status) {
+            reply(.chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: status)))
+        }
         if Self.deadlinePassed(deadline) {
             if case .generate(let g) = envelope.body {
-                reply(
-                    .chunk(
-                        GenerateChunk(
-                            requestID: g.requestID, finishReason: "error",
-                            status: Status(code: .deadlineExceeded, message: "deadline passed before the request was read"))))
+                refuse(g, Status(code: .deadlineExceeded, message: "deadline passed before the request was read"))
             } else {
                 result(Status(code: .deadlineExceeded, message: "deadline passed before the call was read"))
             }
@@ -190,7 +390,11 @@ package final class EngineServer: Sendable {
                 self.logger.info(
                     "generate refused: \(problem.message)",
                     metadata: ["connection.id": "\(c.id)", "request.id": "\(g.requestID.echoed(limit: 128))"])
-                reply(.chunk(GenerateChunk(requestID: g.requestID, finishReason: "error", status: problem)))
+                refuse(g, problem)
+                return
+            }
+            if self.isDraining {
+                refuse(g, Status(code: .unavailable, message: "the engine is shutting down"))
                 return
             }
             self.generate(g, callID: callID, c)
@@ -312,12 +516,12 @@ package final class EngineServer: Sendable {
         c.track(g.requestID)
         let promptBytes = g.promptText.utf8.count + g.messages.reduce(0) { $0 + $1.content.utf8.count }
         if promptBytes > Self.deferredPromptBytes || adapterId.map({ self.core.adapters.needsReload($0) }) == true {
-            // Reading the adapter again (file I/O) or tokenizing megabytes: not on this
-            // reader thread, so the connection's other calls are served meanwhile.
+            // Reading the adapter again (file I/O) or tokenizing megabytes: not on the
+            // event loop, so this and every other connection's calls are served meanwhile.
             self.submitQueue.async {
                 guard !c.shouldAbort(g.requestID) else {
-                    c.untrack(g.requestID)
                     c.enqueue(EngineEnvelope(callID: callID, body: .chunk(GenerateChunk(requestID: g.requestID, finishReason: "abort"))))
+                    c.untrack(g.requestID)
                     return
                 }
                 self.submit(request, callID: callID, c)
@@ -341,16 +545,18 @@ package final class EngineServer: Sendable {
                         LorikeetProto.Usage(promptTokens: UInt32($0.promptTokens), completionTokens: UInt32($0.completionTokens))
                     }
                     if let error = event.error { chunk.status = Self.status(error) }
-                    c.untrack(event.requestId)
                 }
                 c.enqueue(EngineEnvelope(callID: callID, body: .chunk(chunk)))
+                // After the last chunk is queued, so a drain that sees no request left
+                // closes the connection only behind it.
+                if event.finishReason != nil { c.untrack(event.requestId) }
             }
         } catch {
             if error.logDetail != nil { self.log(error, c) }
-            c.untrack(request.id)
             c.enqueue(
                 EngineEnvelope(
                     callID: callID, body: .chunk(GenerateChunk(requestID: request.id, finishReason: "error", status: Self.status(error)))))
+            c.untrack(request.id)
         }
     }
 
@@ -360,116 +566,53 @@ package final class EngineServer: Sendable {
     }
 }
 
-/// One client connection: its transport, its outbound queue (drained by a writer
-/// thread) and the ids of its running requests.
-final class EngineConnection: Sendable {
-    private struct Outbound {
-        var queue: [EngineEnvelope] = []
-        var closed = false
+/// A listening socket served by an `EngineServer` (a NIO server channel).
+package struct EngineListener: Sendable {
+    let channel: any Channel
+
+    /// Stops accepting (a new connection is refused); returns once the socket is closed.
+    /// Connections already accepted are not touched.
+    package func close() async {
+        try? await self.channel.close()
     }
 
-    let id: UInt64
-    let transport: FramedConnection<EngineEnvelope>
-    private let logger: Logger
-    private let outbound = Mutex(Outbound())
-    private let ready = DispatchSemaphore(value: 0)
-    /// Requests in flight (for aborting them on disconnect) and the ids aborted while
-    /// their submission was still pending on the deferred-submit queue.
-    private let requests = Mutex<(running: Set<String>, aborted: Set<String>)>(([], []))
-
-    /// Whether this peer may send a leader epoch newer than any seen (see `serve`).
-    let mayRaiseEpoch: Bool
-
-    init(id: UInt64, transport: FramedConnection<EngineEnvelope>, logger: Logger, mayRaiseEpoch: Bool = true) {
-        self.mayRaiseEpoch = mayRaiseEpoch
-        self.id = id
-        self.transport = transport
-        self.logger = logger
+    /// Starts closing the socket without waiting.
+    func startClosing() {
+        self.channel.close(promise: nil)
     }
 
-    func startWriter() {
-        let thread = Thread { [self] in self.writeLoop() }
-        thread.name = "lorikeet-engine-writer-\(self.id)"
-        thread.start()
+    /// Returns when the socket has closed, for whatever reason.
+    func closed() async {
+        try? await self.channel.closeFuture.get()
     }
+}
 
-    /// Queues a frame; never blocks. A client that lets the queue grow past the limit is
-    /// disconnected.
-    func enqueue(_ envelope: EngineEnvelope) {
-        let overflow = self.outbound.withLock { o -> Bool in
-            guard !o.closed else { return false }
-            o.queue.append(envelope)
-            return o.queue.count > EngineServer.maxQueuedFrames
-        }
-        if overflow {
-            self.logger.warning("engine client is not reading; closing", metadata: ["connection.id": "\(self.id)"])
-            self.close()
-        }
-        self.ready.signal()
-    }
+/// Why the engine server could not serve, or refused a peer.
+package enum EngineServerError: Error, Equatable, CustomStringConvertible {
+    /// NIO could not take over the listening or connected socket.
+    case cannotServe(String)
+    /// `SO_PEERCRED` could not be read for an accepted connection (it was closed).
+    case peerCredentialsUnreadable(String)
+    /// An accepted connection's peer runs as another user (it was closed unread).
+    case peerRefused(uid: UInt32, pid: Int32)
+    /// The listening socket closed while the server was not draining.
+    case listenerClosed
 
-    func close() {
-        self.outbound.withLock { $0.closed = true }
-        self.transport.close()
-        self.ready.signal()
-    }
-
-    func track(_ requestID: String) { self.requests.withLock { _ = $0.running.insert(requestID) } }
-    func untrack(_ requestID: String) {
-        self.requests.withLock {
-            _ = $0.running.remove(requestID)
-            _ = $0.aborted.remove(requestID)
+    package var description: String {
+        switch self {
+        case .cannotServe(let reason): "cannot serve the engine channel: \(reason)"
+        case .peerCredentialsUnreadable(let reason): "cannot read the peer's credentials: \(reason)"
+        case .peerRefused(let uid, let pid): "peer pid \(pid) runs as uid \(uid)"
+        case .listenerClosed: "the engine socket's listener closed"
         }
     }
-    /// Records an abort of a request of this connection (kept until it finishes).
-    func markAborted(_ requestID: String) {
-        self.requests.withLock { if $0.running.contains(requestID) { _ = $0.aborted.insert(requestID) } }
-    }
-    /// Whether a request whose submission was deferred must not run (aborted, or the
-    /// connection is gone).
-    func shouldAbort(_ requestID: String) -> Bool {
-        let closed = self.outbound.withLock { $0.closed }
-        return closed || self.requests.withLock { $0.aborted.contains(requestID) }
-    }
-    func takeRequests() -> [String] {
-        self.requests.withLock { r in
-            defer { r = ([], []) }
-            return Array(r.running)
-        }
-    }
+}
 
-    private static func tooLarge(_ body: EngineEnvelope.Body?) -> EngineEnvelope.Body {
-        let status = Status(code: .resourceExhausted, message: "the engine's reply is larger than the channel's frame limit")
-        if case .chunk(let c) = body {
-            return .chunk(GenerateChunk(requestID: c.requestID, finishReason: "error", status: status))
-        }
-        return .result(CallResult(status: status))
-    }
-
-    private func writeLoop() {
-        while true {
-            self.ready.wait()
-            let (batch, closed) = self.outbound.withLock { o -> ([EngineEnvelope], Bool) in
-                defer { o.queue = [] }
-                return (o.queue, o.closed)
-            }
-            if closed { return }
-            for envelope in batch {
-                do {
-                    try self.transport.send(envelope)
-                } catch .frame(.frameTooLarge(let length, let maximum)) {
-                    // The reply alone is too large for the channel: answer the call with
-                    // an error instead, and keep the connection.
-                    self.logger.error(
-                        "engine reply over the frame limit replaced by an error",
-                        metadata: ["connection.id": "\(self.id)", "bytes": "\(length)", "limit": "\(maximum)"])
-                    try? self.transport.send(EngineEnvelope(callID: envelope.callID, body: Self.tooLarge(envelope.body)))
-                } catch {
-                    self.logger.info("engine client went away: \(error)", metadata: ["connection.id": "\(self.id)"])
-                    self.close()
-                    return
-                }
-            }
-        }
-    }
+/// Linux's `struct ucred` (`SO_PEERCRED`): Glibc declares it only under `_GNU_SOURCE`, so
+/// Swift does not see it. Three 32-bit fields in the kernel's order; Swift lays out a
+/// struct's stored properties in declaration order, so this matches it byte for byte.
+struct PeerCredentials: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
 }

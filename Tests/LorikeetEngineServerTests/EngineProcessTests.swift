@@ -45,7 +45,7 @@ final class EngineProcessTests {
 
     deinit {
         let pid = self.process.processIdentifier
-        kill(pid, SIGTERM)
+        if self.process.isRunning { kill(pid, SIGTERM) }
         for _ in 0..<200 where self.process.isRunning { usleep(10_000) }
         if self.process.isRunning { kill(pid, SIGKILL) }
         self.process.waitUntilExit()
@@ -85,6 +85,54 @@ final class EngineProcessTests {
         }
         #expect(list.adapters.count == 3)
         #expect(list.adapters.filter(\.active).count <= 2)
+    }
+
+    /// SIGTERM drains: the listener closes at once (a new connection is refused) while the
+    /// running streams finish and are delivered whole, idle connections are closed, and
+    /// then the process exits 0.
+    @Test func sigtermDrainsRunningGenerationsThenExitsZero() throws {
+        let streaming = try TestEngineClient(path: self.socket)
+        let idle = try TestEngineClient(path: self.socket)
+        guard case .healthReply = try idle.call(.health) else {
+            Issue.record("no health reply")
+            return
+        }
+        // Three streams whose chunks echo a 1000-byte request id: about 750 KB, more than
+        // the socket buffers, so the engine cannot finish writing them (and cannot exit)
+        // before this client reads.
+        for i in 0..<3 {
+            try streaming.connection.send(EngineEnvelope(callID: UInt64(i + 1), body: .generate(BackPressureAndDrainTests.bulky(i))))
+        }
+        guard let first = try streaming.connection.receive() else {
+            Issue.record("no first chunk")
+            return
+        }
+        kill(self.process.processIdentifier, SIGTERM)
+        var refused = false
+        for _ in 0..<3000 where !refused {  // hang guard
+            if let fd = try? UnixSocket.connect(path: self.socket) {
+                close(fd)
+                usleep(10_000)
+            } else {
+                refused = true
+            }
+        }
+        #expect(refused, "the engine kept accepting connections after SIGTERM")
+        #expect(self.process.isRunning, "the engine exited before its streams were delivered")
+
+        var envelopes = [first]
+        while let envelope = try streaming.connection.receive() { envelopes.append(envelope) }
+        for callID in UInt64(1)...3 {
+            let chunks = envelopes.filter { $0.callID == callID }.compactMap { if case .chunk(let c) = $0.body { c } else { nil } }
+            #expect(chunks.last?.finishReason == "length", "stream \(callID)")
+            #expect(chunks.tokens.count == 250, "stream \(callID)")
+        }
+        #expect(try idle.connection.receive() == nil, "the idle connection is closed by the drain")
+        for _ in 0..<3000 where self.process.isRunning { usleep(10_000) }  // hang guard
+        #expect(!self.process.isRunning)
+        if !self.process.isRunning {
+            #expect(self.process.terminationReason == .exit && self.process.terminationStatus == 0)
+        }
     }
 
     @Test func abortEpochsAndRefusalsOverTheSocket() throws {

@@ -21,12 +21,19 @@ struct HostileChannelTests {
         return (fds[0], fds[1])
     }
 
-    static func fixtureServer(options: EngineOptions = EngineOptions(maxLoraRank: 32)) throws -> (EngineServer, EngineCore, MultiplexEngineClient) {
+    /// One end of a new socketpair served by `server`; returns the other end.
+    static func connect(to server: EngineServer) async throws -> Int32 {
+        let (a, b) = try Self.socketPair()
+        try await server.start(connectedSocket: a)
+        return b
+    }
+
+    static func fixtureServer(
+        options: EngineOptions = EngineOptions(maxLoraRank: 32)
+    ) async throws -> (EngineServer, EngineCore, MultiplexEngineClient) {
         let core = try EngineCore(modelDirectory: try ServerFixture.directory() + "/model", options: options)
         let server = EngineServer(core: core, logger: Logger(label: "test.engine"))
-        let (a, b) = try Self.socketPair()
-        server.start(FramedConnection(fd: a))
-        return (server, core, MultiplexEngineClient(fd: b))
+        return (server, core, MultiplexEngineClient(fd: try await Self.connect(to: server)))
     }
 
     struct GenerateCase: CustomTestStringConvertible, Sendable {
@@ -80,8 +87,8 @@ struct HostileChannelTests {
     /// for that call alone: a stream in flight on the same connection completes with the
     /// reference tokens, the connection stays open, and a normal generate after it runs.
     @Test(arguments: generateCases)
-    func refusedGenerateLeavesTheConnectionServing(_ c: GenerateCase) throws {
-        let (server, core, client) = try Self.fixtureServer()
+    func refusedGenerateLeavesTheConnectionServing(_ c: GenerateCase) async throws {
+        let (server, core, client) = try await Self.fixtureServer()
         let ref = try ServerFixture.reference()
         let long = try client.send(.generate(TestEngineClient.greedy("long", prompt: ref.promptTokens, maxTokens: 16)))
         let bad = try client.send(.generate(c.request()))
@@ -121,8 +128,8 @@ struct HostileChannelTests {
     /// An add_adapter with a name or path that breaks `TextRules` is refused for itself,
     /// while a stream on the same connection goes on.
     @Test(arguments: adapterCases)
-    func refusedAdapterCallLeavesTheConnectionServing(_ c: AdapterCase) throws {
-        let (server, core, client) = try Self.fixtureServer()
+    func refusedAdapterCallLeavesTheConnectionServing(_ c: AdapterCase) async throws {
+        let (server, core, client) = try await Self.fixtureServer()
         let ref = try ServerFixture.reference()
         let long = try client.send(.generate(TestEngineClient.greedy("long", prompt: ref.promptTokens, maxTokens: 16)))
         let add = try client.send(.addAdapter(AddAdapterRequest(epoch: 1, name: c.name, intID: 1, path: c.path)))
@@ -136,11 +143,11 @@ struct HostileChannelTests {
     /// Only a broken frame closes the connection; a frame over the old 4 MiB limit but
     /// under `Limits.channelFrameBytes` is read, its prompt tokenized without holding up
     /// the connection's other calls.
-    @Test func brokenFramesCloseButLargeFramesDoNot() throws {
-        let (server, _, client) = try Self.fixtureServer()
+    @Test func brokenFramesCloseButLargeFramesDoNot() async throws {
+        let (server, _, client) = try await Self.fixtureServer()
         let big = try client.send(.generate(GenerateRequest(requestID: "big", promptText: String(repeating: "a", count: 6 << 20))))
         let health = try client.send(.health)
-        // 6 MiB is under the prompt limit: it is tokenized (off the reader thread, so the
+        // 6 MiB is under the prompt limit: it is tokenized (off the event loop, so the
         // health call behind it is answered first) and refused by the context length.
         let refused = try #require(client.stream(big))
         #expect(refused.last?.status.code == .invalidArgument)
@@ -159,7 +166,7 @@ struct HostileChannelTests {
     /// `SO_PEERCRED`: a peer running as another uid is disconnected before anything is
     /// read; the same uid is served. (The test cannot switch users, so it asks the server
     /// to allow a different uid than its own.)
-    @Test func peerWithAnotherUIDIsClosedAtOnce() throws {
+    @Test func peerWithAnotherUIDIsClosedAtOnce() async throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("lk-peer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { unlink(scratch) }
         let core = try EngineCore(modelDirectory: try ServerFixture.directory() + "/model")
@@ -167,12 +174,7 @@ struct HostileChannelTests {
         for (allowed, served) in [(getuid() &+ 1, false), (getuid(), true)] {
             unlink(scratch)
             let listener = try UnixSocket.listen(path: scratch)
-            let done = DispatchSemaphore(value: 0)
-            let thread = Thread {
-                _ = try? server.serve(listener: listener, allowedUID: allowed)
-                done.signal()
-            }
-            thread.start()
+            let listening = try await server.listen(on: listener, allowedUID: allowed)
             let client = MultiplexEngineClient(fd: try UnixSocket.connect(path: scratch))
             let call = try? client.send(.health)
             if served {
@@ -187,9 +189,8 @@ struct HostileChannelTests {
                 #expect(client.isClosed, "a foreign uid must be disconnected")
                 #expect(call.map { client.firstSequence($0) } ?? nil == nil)
             }
-            shutdown(listener, Int32(SHUT_RDWR))
-            close(listener)
-            #expect(done.wait(timeout: .now() + 10) == .success)
+            // Closing the listener stops accepting (and completes its close future).
+            await listening.close()
             server.closeAll()
         }
     }
@@ -258,18 +259,14 @@ struct AdapterLoadingOffTheConnectionTests {
     /// While a large adapter loads, `health`, `generate` and `abort` on the SAME connection
     /// and a generate on another connection are answered before the load finishes; the
     /// adapter calls stay serialized in arrival order (add, then remove, then list).
-    @Test func callsOnTheSameConnectionAreServedDuringALoad() throws {
+    @Test func callsOnTheSameConnectionAreServedDuringALoad() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lk-large-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try LargeAdapter.write(dir + "/big")
         let core = try LargeAdapter.engine()
         let server = EngineServer(core: core, logger: Logger(label: "test.engine"))
-        let (a, b) = try HostileChannelTests.socketPair()
-        server.start(FramedConnection(fd: a))
-        let client = MultiplexEngineClient(fd: b)
-        let (c, d) = try HostileChannelTests.socketPair()
-        server.start(FramedConnection(fd: c))
-        let other = MultiplexEngineClient(fd: d)
+        let client = MultiplexEngineClient(fd: try await HostileChannelTests.connect(to: server))
+        let other = MultiplexEngineClient(fd: try await HostileChannelTests.connect(to: server))
 
         let add = try client.send(.addAdapter(AddAdapterRequest(epoch: 1, name: "big", intID: 1, path: dir + "/big")))
         let remove = try client.send(.removeAdapter(RemoveAdapterRequest(epoch: 1, intID: 1)))
@@ -295,18 +292,16 @@ struct AdapterLoadingOffTheConnectionTests {
         #expect(try #require(client.firstSequence(remove)) > addReply.sequence)
     }
 
-    /// A generate whose adapter was evicted reloads it off the reader thread: a health
+    /// A generate whose adapter was evicted reloads it off the event loop: a health
     /// sent after it is answered first, and an abort sent while the reload runs ends it.
-    @Test func reloadOfAnEvictedAdapterDoesNotBlockTheConnection() throws {
+    @Test func reloadOfAnEvictedAdapterDoesNotBlockTheConnection() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lk-reload-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try LargeAdapter.write(dir + "/big")
         try LargeAdapter.write(dir + "/small", rank: 4)
         let core = try LargeAdapter.engine(maxLoras: 1, maxCpuLoras: 1)
         let server = EngineServer(core: core, logger: Logger(label: "test.engine"))
-        let (a, b) = try HostileChannelTests.socketPair()
-        server.start(FramedConnection(fd: a))
-        let client = MultiplexEngineClient(fd: b)
+        let client = MultiplexEngineClient(fd: try await HostileChannelTests.connect(to: server))
         let addBig = try client.send(.addAdapter(AddAdapterRequest(epoch: 1, name: "big", intID: 1, path: dir + "/big")))
         #expect(client.reply(addBig, timeout: 120)?.status?.isOK == true)
         let addSmall = try client.send(.addAdapter(AddAdapterRequest(epoch: 1, name: "small", intID: 2, path: dir + "/small")))

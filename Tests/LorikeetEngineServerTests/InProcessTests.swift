@@ -13,20 +13,15 @@ import Testing
 /// The engine server over a socketpair: the in-process twin of the engine process.
 @Suite("Engine server, in process")
 struct InProcessTests {
-    static func makeServer(maxLoras: Int = 4) throws -> (EngineServer, EngineCore, TestEngineClient) {
+    static func makeServer(maxLoras: Int = 4) async throws -> (EngineServer, EngineCore, TestEngineClient) {
         let core = try EngineCore(
             modelDirectory: try ServerFixture.directory() + "/model", options: EngineOptions(maxLoras: maxLoras, maxLoraRank: 32))
         let server = EngineServer(core: core, logger: Logger(label: "test.engine"))
-        var fds: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
-            throw ServerFixture.Failure(description: "socketpair failed")
-        }
-        server.start(FramedConnection(fd: fds[0]))
-        return (server, core, TestEngineClient(fd: fds[1]))
+        return (server, core, TestEngineClient(fd: try await HostileChannelTests.connect(to: server)))
     }
 
-    @Test func infoHealthAndAdapterCalls() throws {
-        let (_, _, client) = try Self.makeServer()
+    @Test func infoHealthAndAdapterCalls() async throws {
+        let (_, _, client) = try await Self.makeServer()
         let dir = try ServerFixture.directory()
         guard case .modelInfoReply(let info) = try client.call(.modelInfo) else {
             Issue.record("no model info")
@@ -60,8 +55,8 @@ struct InProcessTests {
         #expect(try client.result(.result(CallResult())).code == .invalidArgument)
     }
 
-    @Test func generateStreamsAndRefusals() throws {
-        let (_, _, client) = try Self.makeServer()
+    @Test func generateStreamsAndRefusals() async throws {
+        let (_, _, client) = try await Self.makeServer()
         let ref = try ServerFixture.reference()
         let dir = try ServerFixture.directory()
         #expect(try client.result(.addAdapter(AddAdapterRequest(epoch: 1, name: "rank32", intID: 7, path: dir + "/adapters/rank32"))).isOK)
@@ -84,24 +79,22 @@ struct InProcessTests {
         #expect(chat.tokens.count == 3 && chat.last?.usage?.promptTokens == UInt32(1 + "<|user|>\nHi\n<|assistant|>\n".utf8.count))
     }
 
-    @Test func badFrameClosesOnlyThatConnection() throws {
-        let (server, core, client) = try Self.makeServer()
-        var fds: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
-        server.start(FramedConnection(fd: fds[0]))
+    @Test func badFrameClosesOnlyThatConnection() async throws {
+        let (server, core, client) = try await Self.makeServer()
+        let fd = try await HostileChannelTests.connect(to: server)
         // Flag byte 7 is invalid: the server must drop this connection and keep serving.
         let garbage: [UInt8] = [7, 0, 0, 0, 1, 0]
-        _ = garbage.withUnsafeBytes { send(fds[1], $0.baseAddress, $0.count, 0) }
+        _ = garbage.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
         var buf = [UInt8](repeating: 0, count: 16)
-        let n = buf.withUnsafeMutableBytes { recv(fds[1], $0.baseAddress, $0.count, 0) }
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         #expect(n == 0)  // closed by the server
-        close(fds[1])
+        close(fd)
         #expect(try client.generate(TestEngineClient.greedy("still", prompt: [256, 65], maxTokens: 2)).tokens.count == 2)
         #expect(core.runningRequests == 0)
     }
 
-    @Test func disconnectAbortsRunningRequests() throws {
-        let (server, core, client) = try Self.makeServer()
+    @Test func disconnectAbortsRunningRequests() async throws {
+        let (server, core, client) = try await Self.makeServer()
         let sawToken = DispatchSemaphore(value: 0)
         let t = Thread {
             _ = try? client.generate(
