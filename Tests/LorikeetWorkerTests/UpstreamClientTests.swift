@@ -26,9 +26,9 @@ struct UpstreamClientTests {
     }
 
     /// Polls `condition` every 100 ms; a hang guard, not a timing assertion.
-    static func waitFor(_ what: String, timeout: Duration = .seconds(60), _ condition: () -> Bool) async throws {
+    static func waitFor(_ what: String, timeout: Duration = .seconds(60), _ condition: () async -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
-        while !condition() {
+        while await !condition() {
             guard ContinuousClock.now < deadline else { throw TestHTTPError.malformed("timed out waiting for \(what)") }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -124,6 +124,7 @@ struct UpstreamClientTests {
         worker.standardOutput = FileHandle(forWritingAtPath: log)
         try worker.run()
         defer {
+            // Only after a failure: the worker is normally gone by now.
             if worker.isRunning {
                 kill(worker.processIdentifier, SIGKILL)
                 worker.waitUntilExit()
@@ -131,7 +132,10 @@ struct UpstreamClientTests {
         }
         let workerLog = { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         try await Self.waitFor("the worker to serve", timeout: .seconds(60)) {
-            worker.isRunning && (try? LorikeetTestSupport.TestHTTP.request(port: port, path: "/health", timeoutSeconds: 2).status) == 200
+            // Blocking socket code stays off the concurrency pool (2 threads here).
+            guard worker.isRunning else { return false }
+            let status = try? await offPool { try LorikeetTestSupport.TestHTTP.request(port: port, path: "/health", timeoutSeconds: 2).status }
+            return status == 200
         }
         // Four streams (one of them never read past its head), each at its first events.
         var connections: [TestHTTPConnection] = []
