@@ -86,37 +86,43 @@ package final class SupervisedWorkerService: Service {
     /// Runs until the HTTP server drained, the supervisor asked to stop, or (throwing
     /// `SupervisedWorkerError.supervisorGone`) the control channel ended. Boot, the HTTP
     /// server, the reconcile loop, routed mutations and the engine's background work are
-    /// child tasks; whatever is left of them is cancelled on the way out.
+    /// child tasks. On the way out the others are cancelled, but routed mutations run to
+    /// their answer (bounded by their commit and engine timeouts): a cancelled commit would
+    /// answer "unchanged" for a change the supervisor may have committed.
     package func run() async throws {
-        try await withThrowingDiscardingTaskGroup { group in
-            if let background = self.engine.background {
-                group.addTask { try await background.run() }
-            }
-            await self.link.start(
-                onMessage: { [self] envelope in self.handle(envelope) },
-                onLost: { [eventSink] reason in eventSink.yield(.lost(reason)) })
-            self.link.send(
-                .hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
-            if case .replicas(let replicas) = self.engine.adapters {
-                // A replica back in rotation is reconciled at once, not at the next tick.
-                replicas.onReplicaRecovered { [leading = self, trigger = self.reconcileTrigger] _ in
-                    if leading.isLeading { trigger.wake() }
+        try await withThrowingDiscardingTaskGroup { mutations in
+            try await withThrowingDiscardingTaskGroup { group in
+                if let background = self.engine.background {
+                    group.addTask { try await background.run() }
                 }
+                await self.link.start(
+                    onMessage: { [self] envelope in self.handle(envelope) },
+                    onLost: { [eventSink] reason in eventSink.yield(.lost(reason)) })
+                self.link.send(
+                    .hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
+                if case .replicas(let replicas) = self.engine.adapters {
+                    // A replica back in rotation is reconciled at once, not at the next tick.
+                    replicas.onReplicaRecovered { [self] _ in
+                        if self.isLeading { self.reconcileTrigger.wake() }
+                    }
+                }
+                // As leader: make the engine hold exactly the committed adapters every second (an
+                // engine restart comes back empty; a leader that died mid-mutation may have left
+                // an uncommitted adapter behind).
+                group.addTask {
+                    await self.reconcileTrigger.run(every: .seconds(1)) { await self.reconcileTick() }
+                }
+                try await self.handleEvents(in: &group, mutations: &mutations)
+                group.cancelAll()
             }
-            // As leader: make the engine hold exactly the committed adapters every second (an
-            // engine restart comes back empty; a leader that died mid-mutation may have left
-            // an uncommitted adapter behind).
-            group.addTask {
-                await self.reconcileTrigger.run(every: .seconds(1)) { await self.reconcileTick() }
-            }
-            try await self.handleEvents(in: &group)
-            group.cancelAll()
         }
     }
 
     private var isLeading: Bool { self.leading.load(ordering: .acquiring) }
 
-    private func handleEvents(in group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
+    private func handleEvents(
+        in group: inout ThrowingDiscardingTaskGroup<any Error>, mutations: inout ThrowingDiscardingTaskGroup<any Error>
+    ) async throws {
         var booting = false
         for await event in self.events {
             switch event {
@@ -157,7 +163,7 @@ package final class SupervisedWorkerService: Service {
                     self.link.send(.drain(Drain(graceMs: UInt32(clamping: grace.components.seconds * 1000))))
                 }
             case .routed(let envelope):
-                group.addTask { await self.serveRouted(envelope) }
+                mutations.addTask { await self.serveRouted(envelope) }
             case .shutdown:
                 self.logger.notice("shutdown requested by the supervisor")
                 self.stopServingNow()
