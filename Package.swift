@@ -90,13 +90,31 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                // The upstream HTTP client (Upstream/UpstreamHTTPClient.swift).
+                // The request-head deadline (HTTP/RequestHeadDeadline.swift).
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // Upstream mode: the HTTP/1.1 client of vLLM / SGLang replicas (NIOAsyncChannel, back
+        // pressure, pooled keep-alive connections) and the backend that routes requests over
+        // them, fans adapter changes out and reconciles each replica. It implements the
+        // worker's engine protocols (as a gRPC transport implements GRPCCore's), so it
+        // depends on the worker, and only the command layer wires the two together.
+        .target(
+            name: "LorikeetUpstream",
+            dependencies: [
+                "LorikeetWorker", "LorikeetProto", "LorikeetJSON", "LorikeetLimits",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming
         ),
@@ -114,7 +132,7 @@ let package = Package(
         .executableTarget(
             name: "LorikeetCLI",
             dependencies: [
-                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine", "CLorikeetSys", "LorikeetWorker",
+                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine", "CLorikeetSys", "LorikeetWorker", "LorikeetUpstream",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -158,6 +176,7 @@ let package = Package(
             name: "LorikeetWorkerTests",
             dependencies: [
                 "LorikeetWorker",
+                "LorikeetUpstream",
                 "LorikeetJSON",
                 "LorikeetProto",
                 "LorikeetTestSupport",

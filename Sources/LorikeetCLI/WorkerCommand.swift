@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import LorikeetProto
+import LorikeetUpstream
 import LorikeetWorker
 import NIOCore
 import ServiceLifecycle
@@ -141,27 +142,34 @@ struct WorkerCommand: AsyncParsableCommand {
         if let base = self.metricsPortBase {
             configuration.metricsListen = .address(host: self.metricsHost ?? self.host, port: base + Int(max(self.slot, 0)))
         }
+        // In front of vLLM / SGLang replicas (LorikeetUpstream) instead of the engine socket.
+        var engine: WorkerEngineFactory?
         if !self.upstreams.isEmpty {
-            let environment = ProcessInfo.processInfo.environment
-            configuration.upstream = UpstreamConfiguration(
-                endpoints: try self.upstreams.map { text throws(UpstreamError) in try UpstreamEndpoint(parsing: text) },
-                kind: UpstreamKind(rawValue: self.upstreamKind) ?? .vllm,
-                apiKey: environment["LORIKEET_UPSTREAM_API_KEY"].flatMap { $0.isEmpty ? nil : $0 })
+            engine = UpstreamBackend.workerEngine(
+                UpstreamConfiguration(
+                    endpoints: try self.upstreams.map { text throws(UpstreamURLError) in try UpstreamEndpoint(parsing: text) },
+                    kind: UpstreamKind(rawValue: self.upstreamKind) ?? .vllm,
+                    apiKey: environment["LORIKEET_UPSTREAM_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }))
         }
         for ignored in configuration.pathPolicy.ignoredPrefixes {
             logger.warning("allowed LoRA path prefix does not exist or is not absolute; ignored", metadata: ["prefix": "\(ignored)"])
         }
 
         if let controlFD = self.controlFD {
-            let worker = SupervisedWorkerService(configuration: configuration, controlFD: controlFD, logger: logger)
+            let worker = SupervisedWorkerService(configuration: configuration, controlFD: controlFD, logger: logger, engine: engine)
             let group = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup)],
                     gracefulShutdownSignals: [.sigterm], logger: logger))
-            try await group.run()
+            do {
+                try await group.run()
+            } catch is SupervisedWorkerError {
+                // Logged by the worker; the supervisor restarts the slot.
+                throw ExitCode.failure
+            }
             return
         }
-        let worker = WorkerService(configuration: configuration, logger: logger) { address in
+        let worker = WorkerService(configuration: configuration, logger: logger, engine: engine) { address in
             // The line scripts and tests wait for.
             let shown = address.map { "\($0)" } ?? "inherited fd"
             FileHandle.standardError.write(Data("lorikeet worker ready on \(shown) port \(address?.port ?? -1)\n".utf8))

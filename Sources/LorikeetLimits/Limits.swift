@@ -21,6 +21,16 @@ public enum Limits {
     /// engine request, still fits a frame with room for the envelope.
     public static let maxBodyBytesCeiling = 12 * 1024 * 1024
 
+    // MARK: Upstream replicas (upstream mode)
+
+    /// Largest response body the worker reads whole from an upstream vLLM / SGLang replica:
+    /// a non-streamed completion or chat completion (buffered before it is answered), or a
+    /// replica's `/v1/models`. A larger one closes that upstream request and is a 502; the
+    /// worker and its other requests carry on. Streamed answers pass through with back
+    /// pressure and are not limited. 32 MiB holds a 32k-token completion with 20 top
+    /// logprobs per token (about 25 MiB of JSON).
+    public static let upstreamBodyBytes = 32 * 1024 * 1024
+
     // MARK: Adapters
 
     /// `lora_name` (and `model` naming an adapter), in UTF-8 bytes.

@@ -1,25 +1,25 @@
 import Foundation
-public import Logging
+package import Logging
 import LorikeetJSON
-public import LorikeetProto
-public import NIOCore
-public import ServiceLifecycle
+package import LorikeetProto
+package import NIOCore
+import ServiceLifecycle
 
 /// A startup adapter (`--lora-modules name=path` or the JSON form
 /// `{"name", "path", "base_model_name"}`, as vLLM takes them).
-public struct LoraModule: Sendable, Equatable {
-    public var name: String
-    public var path: String
-    public var baseModelName: String?
+package struct LoraModule: Sendable, Equatable {
+    package var name: String
+    package var path: String
+    package var baseModelName: String?
 
-    public init(name: String, path: String, baseModelName: String? = nil) {
+    package init(name: String, path: String, baseModelName: String? = nil) {
         self.name = name
         self.path = path
         self.baseModelName = baseModelName
     }
 
     /// Parses `name=path` or `{"name": ..., "path": ..., "base_model_name": ...}`.
-    public init(parsing text: String) throws(Status) {
+    package init(parsing text: String) throws(Status) {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         if trimmed.hasPrefix("{") {
             let value: JSONValue
@@ -54,38 +54,35 @@ public struct LoraModule: Sendable, Equatable {
 
 /// Everything a worker process is configured with (flags of `lorikeet worker` plus the
 /// environment).
-public struct WorkerConfiguration: Sendable {
-    public var engineSocket: String
-    public var listen: HTTPListenTarget
+package struct WorkerConfiguration: Sendable {
+    package var engineSocket: String
+    package var listen: HTTPListenTarget
     /// `--served-model-name` (repeatable); empty = the engine's model name.
-    public var servedModelNames: [String]
-    public var loraModules: [LoraModule]
-    public var apiKey: String?
+    package var servedModelNames: [String]
+    package var loraModules: [LoraModule]
+    package var apiKey: String?
     /// Standalone persistence of the adapter table (`adapters.pb`); nil = in memory only.
-    public var stateDirectory: String?
-    public var maxBodyBytes: Int
-    public var allowRuntimeLoraUpdating: Bool
-    public var pathPolicy: PathPolicy
+    package var stateDirectory: String?
+    package var maxBodyBytes: Int
+    package var allowRuntimeLoraUpdating: Bool
+    package var pathPolicy: PathPolicy
     /// How long requests in flight may run on after a drain starts.
-    public var drainGrace: Duration
+    package var drainGrace: Duration
     /// How long startup waits for the engine to answer.
-    public var engineStartupTimeout: Duration
-    public var idleTimeout: Duration
-    public var workerSlot: Int32
-    public var version: String
-    /// `--upstream URL` (repeatable): serve in front of vLLM / SGLang replicas instead of
-    /// the engine socket (see `UpstreamBackend`).
-    public var upstream: UpstreamConfiguration? = nil
+    package var engineStartupTimeout: Duration
+    package var idleTimeout: Duration
+    package var workerSlot: Int32
+    package var version: String
     /// A second listener serving only this worker's `GET /metrics` (plus `/health` and
     /// `/version`), so every slot can be scraped on its own port (`--metrics-port-base`).
-    public var metricsListen: HTTPListenTarget? = nil
+    package var metricsListen: HTTPListenTarget? = nil
     /// `--allowed-hosts`: extra `Host` names a loopback-bound server accepts (DNS
     /// rebinding defence; see `RouteConfiguration.allowedHosts`).
-    public var allowedHosts: [String] = []
+    package var allowedHosts: [String] = []
     /// `--max-adapters`: adapters the committed table may hold (the leader refuses more).
-    public var maxAdapters: Int = Limits.defaultMaxAdapters
+    package var maxAdapters: Int = Limits.defaultMaxAdapters
 
-    public init(
+    package init(
         engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
         apiKey: String? = nil, stateDirectory: String? = nil, maxBodyBytes: Int = 8 * 1024 * 1024,
         allowRuntimeLoraUpdating: Bool = false, pathPolicy: PathPolicy = PathPolicy(allowedPrefixes: []),
@@ -110,7 +107,7 @@ public struct WorkerConfiguration: Sendable {
 
     /// Applies the environment: `LORIKEET_API_KEY` / `VLLM_API_KEY` (when no flag gave a
     /// key), runtime LoRA updating, allowed path prefixes.
-    public mutating func applyEnvironment(_ environment: [String: String]) {
+    package mutating func applyEnvironment(_ environment: [String: String]) {
         if self.apiKey == nil {
             self.apiKey =
                 environment["LORIKEET_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
@@ -126,10 +123,10 @@ public struct WorkerConfiguration: Sendable {
 extension WorkerConfiguration {
     /// The routes and the HTTP server of a worker, standalone or supervised alike.
     func makeHTTP(
-        engine: any EngineBackend, replica: AdapterTableReplica, mutator: any AdapterMutator, logger: Logger
+        engine: WorkerEngine, replica: AdapterTableReplica, mutator: any AdapterMutator, logger: Logger
     ) -> (WorkerRoutes, WorkerServer, metrics: WorkerServer?) {
         let routes = WorkerRoutes(
-            engine: engine, replica: replica, mutator: mutator,
+            generations: engine.generations, replica: replica, mutator: mutator,
             configuration: RouteConfiguration(
                 apiKey: self.apiKey, maxBodyBytes: self.maxBodyBytes, allowRuntimeLoraUpdating: self.allowRuntimeLoraUpdating,
                 serverName: "lorikeet", version: self.version, workerSlot: self.workerSlot, allowedHosts: self.allowedHosts,
@@ -147,10 +144,17 @@ extension WorkerConfiguration {
         }
         return (routes, server, metrics)
     }
+
+    /// The worker's engine: `factory`'s (upstream replicas), else the engine process on
+    /// `engineSocket`.
+    func makeEngine(_ factory: WorkerEngineFactory?, table: AdapterTableReplica, logger: Logger) -> WorkerEngine {
+        if let factory { return factory(table, logger) }
+        return .engineProcess(EngineClient(socketPath: self.engineSocket, logger: logger))
+    }
 }
 
 /// Who owns the adapter table a worker serves.
-public enum AdapterAuthority: Sendable {
+package enum AdapterAuthority: Sendable {
     /// The worker is its own leader: `LeaderMutationService` + `LocalTableCommitter`
     /// (persisted with `--state-dir`), table restored and `--lora-modules` loaded at start.
     case standalone
@@ -158,7 +162,7 @@ public enum AdapterAuthority: Sendable {
     /// (`apply(snapshot:)` / `apply(change:)`), and load/unload go through the mutator the
     /// factory builds (a follower's router to the leader, or a `LeaderMutationService`
     /// with a supervisor-backed `TableCommitter`). Nothing is restored or loaded at start.
-    case supervised(makeMutator: @Sendable (any EngineBackend, AdapterTableReplica) -> any AdapterMutator)
+    case supervised(makeMutator: @Sendable (WorkerEngine, AdapterTableReplica) -> any AdapterMutator)
 }
 
 /// A worker as a service: connects to the engine (waiting up to
@@ -167,28 +171,29 @@ public enum AdapterAuthority: Sendable {
 /// `--lora-modules`), then serves HTTP until a graceful shutdown (SIGTERM through the
 /// `ServiceGroup`, or `drain(grace:)`).
 ///
-/// The pieces (`engine`, `replica`, `mutator`, `routes`, `server`) are public so that the
+/// The pieces (`engine`, `replica`, `mutator`, `routes`, `server`) are visible in the package so that the
 /// control channel can drive them.
-public final class WorkerService: Service {
-    public let configuration: WorkerConfiguration
-    public let engine: any EngineBackend
-    public let replica: AdapterTableReplica
+package final class WorkerService: Service {
+    package let configuration: WorkerConfiguration
+    package let engine: WorkerEngine
+    package let replica: AdapterTableReplica
     /// The standalone leader (nil when supervised).
-    public let leader: LeaderMutationService?
+    package let leader: LeaderMutationService?
     /// What load/unload calls go to.
-    public let mutator: any AdapterMutator
-    public let routes: WorkerRoutes
-    public let server: WorkerServer
+    package let mutator: any AdapterMutator
+    package let routes: WorkerRoutes
+    package let server: WorkerServer
     /// The per-worker metrics listener, when configured.
-    public let metricsServer: WorkerServer?
+    package let metricsServer: WorkerServer?
     private let logger: Logger
     private let onReady: @Sendable (SocketAddress?) async -> Void
 
     /// - Parameters:
-    ///   - engine: defaults to an `EngineClient` on `configuration.engineSocket`.
+    ///   - engine: builds the engine (upstream replicas); nil: an `EngineClient` on
+    ///     `configuration.engineSocket`.
     ///   - onReady: called once, when the listener is serving with the restored table.
-    public init(
-        configuration: WorkerConfiguration, logger: Logger, engine: (any EngineBackend)? = nil,
+    package init(
+        configuration: WorkerConfiguration, logger: Logger, engine: WorkerEngineFactory? = nil,
         authority: AdapterAuthority = .standalone, onReady: @escaping @Sendable (SocketAddress?) async -> Void = { _ in }
     ) {
         self.configuration = configuration
@@ -196,13 +201,13 @@ public final class WorkerService: Service {
         self.onReady = onReady
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
         self.replica = replica
-        let engine = engine ?? configuration.makeEngine(table: replica, logger: logger)
+        let engine = configuration.makeEngine(engine, table: replica, logger: logger)
         self.engine = engine
         let mutator: any AdapterMutator
         switch authority {
         case .standalone:
             let leader = LeaderMutationService(
-                engine: engine, replica: replica,
+                adapters: engine.adapters, replica: replica,
                 committer: LocalTableCommitter(replica: replica, stateDirectory: configuration.stateDirectory),
                 pathPolicy: configuration.pathPolicy, epoch: 1, logger: logger, maxAdapters: configuration.maxAdapters)
             self.leader = leader
@@ -216,18 +221,44 @@ public final class WorkerService: Service {
             engine: engine, replica: replica, mutator: mutator, logger: logger)
     }
 
-    public func run() async throws {
+    /// Runs the engine's background work (upstream pools and probes) as a child task,
+    /// prepares the table, serves until drained, then stops the background work.
+    package func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            if let background = self.engine.background {
+                group.addTask { try await background.run() }
+            }
+            try await self.serve(in: &group)
+            // The HTTP server has drained: nothing uses the engine's connections any more.
+            group.cancelAll()
+        }
+    }
+
+    private func serve(in group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
+        let status = self.engine.status
         let info = try await self.waitForEngine()
         let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
         if let leader = self.leader {
             // Standalone: newest leader of this engine.
-            let health = try await self.engine.health()
+            let health = try await status.health()
             leader.setEpoch(max(health.maxEpoch + 1, 1))
             try await self.restoreTable(leader: leader)
             try await self.loadStartupModules(leader: leader)
-            if self.engine is any ReplicatedEngineBackend { self.startUpstreamReconcileLoop(leader: leader) }
+            if case .replicas(let replicas) = self.engine.adapters {
+                // Replicas restart empty: reconcile them with the table every poll, and at
+                // once when one returns to rotation.
+                let trigger = ReconcileTrigger()
+                replicas.onReplicaRecovered { _ in trigger.wake() }
+                let metrics = self.routes.metrics
+                let logger = self.logger
+                group.addTask {
+                    await trigger.run(every: replicas.reconcileInterval) {
+                        await Self.reconcileReplicas(leader: leader, metrics: metrics, logger: logger)
+                    }
+                }
+            }
         }
         self.logger.info(
             "worker ready",
@@ -243,15 +274,30 @@ public final class WorkerService: Service {
         }
     }
 
+    /// One reconciliation of the upstream replicas with the table.
+    private static func reconcileReplicas(leader: LeaderMutationService, metrics: WorkerMetrics, logger: Logger) async {
+        do {
+            let outcome = try await leader.reconcileEngine()
+            metrics.reconciled(unavailable: outcome.failed.count)
+            if !outcome.isEmpty {
+                logger.notice(
+                    "upstream replicas reconciled with the table",
+                    metadata: ["added": "\(outcome.added)", "removed": "\(outcome.removedNames)", "failed": "\(outcome.failed)"])
+            }
+        } catch {
+            logger.debug("upstream reconciliation skipped", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Drains the HTTP server (see `WorkerServer.drain(grace:)`).
-    public func drain(grace: Duration) async { await self.server.drain(grace: grace) }
+    package func drain(grace: Duration) async { await self.server.drain(grace: grace) }
 
     private func waitForEngine() async throws -> ModelInfo {
         let deadline = ContinuousClock.now + self.configuration.engineStartupTimeout
         var delay = Duration.milliseconds(50)
         while true {
             do {
-                return try await self.engine.modelInfo()
+                return try await self.engine.status.modelInfo()
             } catch {
                 if ContinuousClock.now >= deadline {
                     self.logger.error("engine did not answer at startup", metadata: ["error": "\(error)"])
@@ -269,12 +315,13 @@ public final class WorkerService: Service {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         guard let table = try LocalTableCommitter.loadPersisted(directory: directory) else { return }
         self.replica.apply(snapshot: table)
-        let held = try await self.engine.listAdapters()
+        let host = self.engine.adapters.host
+        let held = try await host.listAdapters()
         var lost: [AdapterRecord] = []
         for record in table.adapters {
             if held.contains(where: { $0.intID == record.intID && $0.path == record.path }) { continue }
             do {
-                try await self.engine.addAdapter(
+                try await host.addAdapter(
                     AddAdapterRequest(
                         epoch: leader.epoch, name: record.name, intID: record.intID, path: record.path,
                         pinned: record.pinned, replace: held.contains { $0.intID == record.intID }))

@@ -100,7 +100,7 @@ struct RealEngineTests {
                 #expect(response.errorMessage?.isEmpty == false)
             }
             #expect(service.replica.snapshot() == before)
-            let held = try await service.engine.listAdapters()
+            let held = try await service.engine.adapters.host.listAdapters()
             #expect(Set(held.map(\.intID)) == Set(before.adapters.map(\.intID)))
             // Unload then refused; ids are not reused.
             #expect(try await TestHTTP.post(port: port, "/v1/unload_lora_adapter", #"{"lora_name":"plain","lora_int_id":1}"#).status == 200)

@@ -37,7 +37,7 @@ struct ReconcileTests {
         let replica = AdapterTableReplica(baseModels: ["tiny-llama"])
         let clock = Mutex(ContinuousClock.now)
         let leader = LeaderMutationService(
-            engine: client, replica: replica, committer: LocalTableCommitter(replica: replica, stateDirectory: nil),
+            adapters: .engine(client), replica: replica, committer: LocalTableCommitter(replica: replica, stateDirectory: nil),
             pathPolicy: PathPolicy(allowedPrefixes: [root + "/lora"]), epoch: 1, logger: logger,
             reconcileBackoff: ReconcileBackoff(initial: .seconds(30), maximum: .seconds(60)), now: { clock.withLock { $0 } })
         let reply = await leader.load(LoadAdapterRequest(name: "a", path: root + "/lora/good"))

@@ -4,6 +4,8 @@ import LorikeetJSON
 import LorikeetProto
 import NIOCore
 import Testing
+
+@testable import LorikeetUpstream
 @testable import LorikeetWorker
 
 /// The shapes Lorikeet sends to and reads from upstream servers, checked against vLLM's
@@ -58,8 +60,8 @@ struct UpstreamContractTests {
         #expect(plain == UpstreamEndpoint(host: "vllm-a", port: 8000))
         #expect(try UpstreamEndpoint(parsing: "http://gw/vllm/") == UpstreamEndpoint(host: "gw", port: 80, pathPrefix: "/vllm"))
         #expect(try UpstreamEndpoint(parsing: "http://[::1]:9000") == UpstreamEndpoint(host: "::1", port: 9000))
-        #expect(throws: UpstreamError.self) { try UpstreamEndpoint(parsing: "https://x:1") }
-        #expect(throws: UpstreamError.self) { try UpstreamEndpoint(parsing: "http://x:99999") }
-        #expect(throws: UpstreamError.self) { try UpstreamEndpoint(parsing: "http://:80") }
+        #expect(throws: UpstreamURLError.self) { try UpstreamEndpoint(parsing: "https://x:1") }
+        #expect(throws: UpstreamURLError.self) { try UpstreamEndpoint(parsing: "http://x:99999") }
+        #expect(throws: UpstreamURLError.self) { try UpstreamEndpoint(parsing: "http://:80") }
     }
 }

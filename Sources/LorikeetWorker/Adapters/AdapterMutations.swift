@@ -1,5 +1,5 @@
-public import Logging
-public import LorikeetProto
+package import Logging
+package import LorikeetProto
 import Synchronization
 
 #if canImport(Glibc)
@@ -11,7 +11,7 @@ import Synchronization
 /// The leader implements it with `LeaderMutationService`; a follower implements it by
 /// routing the request to the leader over the control channel. Errors are carried in
 /// `reply.status` (gRPC code + message + param), never thrown.
-public protocol AdapterMutator: Sendable {
+package protocol AdapterMutator: Sendable {
     func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply
     func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply
 }
@@ -21,7 +21,7 @@ public protocol AdapterMutator: Sendable {
 /// Standalone: `LocalTableCommitter`. Under the supervisor: a committer that sends a
 /// `CommitRequest` and returns once the supervisor persisted the change and every ready
 /// worker acked it.
-public protocol TableCommitter: Sendable {
+package protocol TableCommitter: Sendable {
     /// Commits `change` (proposed on top of `baseVersion` by the leader of `epoch`);
     /// returns the committed table version.
     func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64
@@ -78,8 +78,10 @@ package final class AsyncSerializer: Sendable {
 /// NOT_FOUND, mismatched `lora_int_id` -> INVALID_ARGUMENT, the engine's RemoveLora, then
 /// the commit. When the commit fails after the engine accepted, the engine is rolled back
 /// so the table and the engine never diverge.
-public final class LeaderMutationService: AdapterMutator {
-    private let engine: any EngineBackend
+package final class LeaderMutationService: AdapterMutator {
+    /// How the engine hosts adapters (one engine, or replicas reconciled one by one).
+    private let hosting: AdapterHosting
+    private let engine: any AdapterHost
     private let replica: AdapterTableReplica
     private let committer: any TableCommitter
     private let pathPolicy: PathPolicy
@@ -92,14 +94,15 @@ public final class LeaderMutationService: AdapterMutator {
     /// Adapters the committed table may hold (`--max-adapters`).
     private let maxAdapters: Int
 
-    public init(
-        engine: any EngineBackend, replica: AdapterTableReplica, committer: any TableCommitter, pathPolicy: PathPolicy,
+    package init(
+        adapters hosting: AdapterHosting, replica: AdapterTableReplica, committer: any TableCommitter, pathPolicy: PathPolicy,
         epoch: UInt64, logger: Logger, reconcileBackoff: ReconcileBackoff = ReconcileBackoff(),
         maxAdapters: Int = Limits.defaultMaxAdapters,
         now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
     ) {
         self.maxAdapters = maxAdapters
-        self.engine = engine
+        self.hosting = hosting
+        self.engine = hosting.host
         self.replica = replica
         self.committer = committer
         self.pathPolicy = pathPolicy
@@ -110,23 +113,23 @@ public final class LeaderMutationService: AdapterMutator {
     }
 
     /// The fencing epoch sent with every engine mutation.
-    public var epoch: UInt64 { self.currentEpoch.load(ordering: .acquiring) }
+    package var epoch: UInt64 { self.currentEpoch.load(ordering: .acquiring) }
 
     /// Sets the fencing epoch (a new `RoleAssignment`).
-    public func setEpoch(_ epoch: UInt64) { self.currentEpoch.store(epoch, ordering: .releasing) }
+    package func setEpoch(_ epoch: UInt64) { self.currentEpoch.store(epoch, ordering: .releasing) }
 
     /// vLLM's message for a name already loaded without `load_inplace`.
-    public static func alreadyLoadedMessage(_ name: String) -> String {
+    package static func alreadyLoadedMessage(_ name: String) -> String {
         "The lora adapter '\(name)' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."
     }
 
-    public func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
+    package func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
         await self.load(request, trustedPath: false)
     }
 
     /// Loads an adapter; with `trustedPath` (operator-given `--lora-modules`) the path
     /// only has to resolve to a directory, without the allowed-prefix policy.
-    public func load(_ request: LoadAdapterRequest, trustedPath: Bool) async -> AdapterMutationReply {
+    package func load(_ request: LoadAdapterRequest, trustedPath: Bool) async -> AdapterMutationReply {
         var logger = self.logger
         logger[metadataKey: "adapter.name"] = "\(request.name.echoed())"
         do {
@@ -207,7 +210,7 @@ public final class LeaderMutationService: AdapterMutator {
         }
     }
 
-    public func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
+    package func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
         var logger = self.logger
         logger[metadataKey: "adapter.name"] = "\(request.name.echoed())"
         do {
@@ -278,13 +281,14 @@ public final class LeaderMutationService: AdapterMutator {
     }
 
     /// What a reconciliation changed in the engine.
-    public struct Reconciliation: Sendable {
-        public var added: [String] = []
-        public var removed: [UInt64] = []
+    package struct Reconciliation: Sendable {
+        package var added: [String] = []
+        package var removed: [UInt64] = []
         /// Adapters removed by name (upstream replicas: `name@replica`).
-        public var removedNames: [String] = []
-        public var failed: [String] = []
-        public var isEmpty: Bool { self.added.isEmpty && self.removed.isEmpty && self.removedNames.isEmpty && self.failed.isEmpty }
+        package var removedNames: [String] = []
+        package var failed: [String] = []
+        package init() {}
+        package var isEmpty: Bool { self.added.isEmpty && self.removed.isEmpty && self.removedNames.isEmpty && self.failed.isEmpty }
     }
 
     /// Makes the engine hold exactly the committed table: re-adds adapters it lacks (an
@@ -293,7 +297,7 @@ public final class LeaderMutationService: AdapterMutator {
     /// never inside one. Adapters that no longer load are reported in `failed` and stay
     /// in the table (requests for them get an error until they load again); they are
     /// retried with exponential backoff (`ReconcileBackoff`), not on every pass.
-    public func reconcileEngine() async throws(Status) -> Reconciliation {
+    package func reconcileEngine() async throws(Status) -> Reconciliation {
         let result: Result<Reconciliation, Status> = await self.serializer.run {
             do throws(Status) {
                 return .success(try await self.reconcileSerialized())
@@ -308,7 +312,7 @@ public final class LeaderMutationService: AdapterMutator {
         var outcome = Reconciliation()
         let table = self.replica.snapshot()
         // Upstream replicas each hold their own adapters: reconciled one by one.
-        if let replicated = self.engine as? any ReplicatedEngineBackend { return try await replicated.reconcile(with: table) }
+        if case .replicas(let replicated) = self.hosting { return try await replicated.reconcile(with: table) }
         let held = try await self.engine.listAdapters()
         let epoch = self.epoch
         for adapter in held where !table.adapters.contains(where: { $0.intID == adapter.intID && $0.path == adapter.path }) {
@@ -360,20 +364,20 @@ public final class LeaderMutationService: AdapterMutator {
 /// first persists the resulting table (`adapters.pb`, `lorikeet.v1.AdapterTable` bytes:
 /// write a temp file, fsync, rename, fsync the directory), so a restarted standalone
 /// worker keeps its adapters and ids.
-public final class LocalTableCommitter: TableCommitter {
+package final class LocalTableCommitter: TableCommitter {
     private let replica: AdapterTableReplica
     private let stateDirectory: String?
     private let lock = Mutex(())
 
     /// File name of the persisted table inside the state directory.
-    public static let fileName = "adapters.pb"
+    package static let fileName = "adapters.pb"
 
-    public init(replica: AdapterTableReplica, stateDirectory: String?) {
+    package init(replica: AdapterTableReplica, stateDirectory: String?) {
         self.replica = replica
         self.stateDirectory = stateDirectory
     }
 
-    public func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64 {
+    package func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64 {
         try self.lock.withLock { _ throws(Status) -> UInt64 in
             let table = self.replica.snapshot()
             guard table.version == baseVersion, change.version == baseVersion + 1 else {
@@ -392,7 +396,7 @@ public final class LocalTableCommitter: TableCommitter {
     }
 
     /// The table persisted in `directory`, or nil when there is none yet.
-    public static func loadPersisted(directory: String) throws(Status) -> AdapterTable? {
+    package static func loadPersisted(directory: String) throws(Status) -> AdapterTable? {
         do {
             let store = try StateStore(directory: directory, fileName: Self.fileName)
             guard access(store.path, F_OK) == 0 else { return nil }
@@ -403,7 +407,7 @@ public final class LocalTableCommitter: TableCommitter {
     }
 
     /// Writes `table` durably: temp file, fsync, rename over `adapters.pb`, fsync the directory.
-    public static func persist(_ table: AdapterTable, directory: String) throws(Status) {
+    package static func persist(_ table: AdapterTable, directory: String) throws(Status) {
         do {
             try StateStore(directory: directory, fileName: Self.fileName).save(table)
         } catch {

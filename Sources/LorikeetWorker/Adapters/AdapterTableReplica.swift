@@ -1,4 +1,4 @@
-public import LorikeetProto
+package import LorikeetProto
 import Synchronization
 
 /// The worker's replica of the committed adapter table (`lorikeet.v1.AdapterTable`),
@@ -6,7 +6,7 @@ import Synchronization
 ///
 /// Thread-safe: every read takes one consistent snapshot under a `Mutex`, so a request
 /// resolves against exactly one table version even while a change is being applied.
-public final class AdapterTableReplica: Sendable {
+package final class AdapterTableReplica: Sendable {
     private struct State {
         var table: AdapterTable
         var byName: [String: Int]
@@ -24,23 +24,23 @@ public final class AdapterTableReplica: Sendable {
     private let state: Mutex<State>
 
     /// A replica holding `table`, serving `baseModels` (the first is the default base).
-    public init(baseModels: [String] = [], table: AdapterTable = AdapterTable()) {
+    package init(baseModels: [String] = [], table: AdapterTable = AdapterTable()) {
         var state = State(table: table, byName: [:], baseModels: baseModels)
         state.reindex()
         self.state = Mutex(state)
     }
 
     /// The version of the table held.
-    public var version: UInt64 { self.state.withLock { $0.table.version } }
+    package var version: UInt64 { self.state.withLock { $0.table.version } }
 
     /// The table held.
-    public func snapshot() -> AdapterTable { self.state.withLock { $0.table } }
+    package func snapshot() -> AdapterTable { self.state.withLock { $0.table } }
 
     /// The served base-model names (`--served-model-name`, or the engine's model name).
-    public var baseModels: [String] { self.state.withLock { $0.baseModels } }
+    package var baseModels: [String] { self.state.withLock { $0.baseModels } }
 
     /// Sets the served base-model names (once the engine's model name is known).
-    public func setBaseModels(_ names: [String]) {
+    package func setBaseModels(_ names: [String]) {
         self.state.withLock { state in
             state.baseModels = names
             state.generation &+= 1
@@ -49,7 +49,7 @@ public final class AdapterTableReplica: Sendable {
 
     /// Resolves a request's `model` against one snapshot: a base-model name gives
     /// `(name, nil)`; an adapter name gives `(its base model, the adapter)`; else nil.
-    public func resolve(model: String) -> (base: String, adapter: AdapterRecord?)? {
+    package func resolve(model: String) -> (base: String, adapter: AdapterRecord?)? {
         self.state.withLock { state in
             if state.baseModels.contains(model) { return (model, nil) }
             guard let index = state.byName[model] else { return nil }
@@ -61,12 +61,12 @@ public final class AdapterTableReplica: Sendable {
 
     /// Base models and adapters of one snapshot, for `GET /v1/models`.
     /// `generation` changes whenever the base models or the table do (a cache key).
-    public func listing() -> (baseModels: [String], adapters: [AdapterRecord], generation: UInt64) {
+    package func listing() -> (baseModels: [String], adapters: [AdapterRecord], generation: UInt64) {
         self.state.withLock { ($0.baseModels, $0.table.adapters, $0.generation) }
     }
 
     /// Replaces the table with a snapshot (control channel `TableSnapshot`, or a restore).
-    public func apply(snapshot table: AdapterTable) {
+    package func apply(snapshot table: AdapterTable) {
         self.state.withLock { state in
             state.table = table
             state.reindex()
@@ -76,7 +76,7 @@ public final class AdapterTableReplica: Sendable {
     /// Applies a committed change. A change at or below the held version was already
     /// applied and is ignored (idempotent replays); a gap (version > held + 1) throws
     /// FAILED_PRECONDITION: the replica needs a snapshot.
-    public func apply(change: TableChange) throws(Status) {
+    package func apply(change: TableChange) throws(Status) {
         let gap: UInt64? = self.state.withLock { state in
             if change.version <= state.table.version { return nil }
             guard change.version == state.table.version + 1 else { return state.table.version }

@@ -1,6 +1,6 @@
 import Glibc
-public import Logging
-public import LorikeetProto
+package import Logging
+package import LorikeetProto
 
 /// Where runtime-loaded adapters may come from (issue 5 item 4; vLLM's
 /// `VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES`, made exact).
@@ -14,25 +14,25 @@ public import LorikeetProto
 ///   (`realpath`, symlinks resolved) must lie under a canonicalized prefix, compared by
 ///   whole components (`/data/lora-evil` is not under `/data/lora`).
 /// - The canonical path is what goes into the table and to the engine.
-public struct PathPolicy: Sendable, Equatable {
+package struct PathPolicy: Sendable, Equatable {
     /// Canonicalized allowed prefixes (prefixes that do not exist are dropped).
-    public let allowedPrefixes: [String]
+    package let allowedPrefixes: [String]
     /// Prefixes given but unusable (nonexistent), for a startup warning.
-    public let ignoredPrefixes: [String]
+    package let ignoredPrefixes: [String]
     /// The usable prefixes as given (lexically normalized, not resolved): a path is first
     /// checked against these and the canonical ones without touching the disk, so a client
     /// cannot probe what exists outside the allowed directories.
-    public let givenPrefixes: [String]
+    package let givenPrefixes: [String]
     /// Longest accepted path component, in bytes (`NAME_MAX`).
-    public static let maximumComponentBytes = 255
+    package static let maximumComponentBytes = 255
 
     /// Environment variables read, first set wins.
-    public static let environmentNames = [
+    package static let environmentNames = [
         "LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES", "VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES",
     ]
 
     /// A policy allowing the given prefixes (canonicalized here).
-    public init(allowedPrefixes: [String]) {
+    package init(allowedPrefixes: [String]) {
         var allowed: [String] = []
         var ignored: [String] = []
         var given: [String] = []
@@ -50,7 +50,7 @@ public struct PathPolicy: Sendable, Equatable {
     }
 
     /// The policy from the environment (`LORIKEET_…` wins over `VLLM_…`).
-    public static func fromEnvironment(_ environment: [String: String]) -> PathPolicy {
+    package static func fromEnvironment(_ environment: [String: String]) -> PathPolicy {
         for name in Self.environmentNames {
             if let value = environment[name], !value.isEmpty {
                 return PathPolicy(allowedPrefixes: value.split(separator: ":").map(String.init))
@@ -60,7 +60,7 @@ public struct PathPolicy: Sendable, Equatable {
     }
 
     /// Whether `value` names a local path rather than a hub id (see the type's comment).
-    public static func isLocalPath(_ value: String) -> Bool {
+    package static func isLocalPath(_ value: String) -> Bool {
         if value.hasPrefix("/") || value.hasPrefix("~") || value.hasPrefix(".") { return true }
         if value.split(separator: "/", omittingEmptySubsequences: false).contains("..") { return true }
         if value.utf8.contains(0) { return true }
@@ -75,7 +75,7 @@ public struct PathPolicy: Sendable, Equatable {
     /// adapter directory" — and never repeats where a symlink points or which files exist;
     /// the details go to `logger`. The path is checked lexically against the prefixes
     /// before the disk is touched, so nothing outside them can be probed.
-    public func canonicalize(_ value: String, param: String = "lora_path", logger: Logger? = nil) throws(Status) -> String {
+    package func canonicalize(_ value: String, param: String = "lora_path", logger: Logger? = nil) throws(Status) -> String {
         func refuse(_ message: String, detail: String? = nil) -> Status {
             if let detail {
                 logger?.info(
@@ -143,14 +143,14 @@ public struct PathPolicy: Sendable, Equatable {
     }
 
     /// Whether `path` equals `prefix` or lies below it, comparing whole components.
-    public static func isUnder(_ path: String, prefix: String) -> Bool {
+    package static func isUnder(_ path: String, prefix: String) -> Bool {
         if prefix == "/" { return path.hasPrefix("/") }
         if path == prefix { return true }
         return path.hasPrefix(prefix + "/")
     }
 
     /// `realpath(3)`: absolute, symlinks and `.`/`..` resolved; nil when it does not resolve.
-    public static func realPath(_ path: String) -> String? {
+    package static func realPath(_ path: String) -> String? {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)

@@ -1,5 +1,5 @@
 import Foundation
-public import LorikeetProto
+package import LorikeetProto
 
 /// When to try again to re-add a committed adapter the engine (or an upstream replica)
 /// refused during reconciliation (its files were deleted or corrupted after the load was
@@ -9,16 +9,16 @@ public import LorikeetProto
 /// to `maximum`; an adapter that loads again, leaves the table or changes path starts
 /// over. So a broken adapter costs the engine one read a minute, not one a second, while a
 /// repaired one is back within that minute (or at once on an explicit reload).
-public struct ReconcileBackoff: Sendable {
+package struct ReconcileBackoff: Sendable {
     /// One committed entry: the same id at a new path is a new attempt.
-    public struct Key: Hashable, Sendable {
-        public var intID: UInt64
-        public var path: String
+    package struct Key: Hashable, Sendable {
+        package var intID: UInt64
+        package var path: String
 
         /// The key of a committed record.
-        public init(_ record: AdapterRecord) { self.init(intID: record.intID, path: record.path) }
+        package init(_ record: AdapterRecord) { self.init(intID: record.intID, path: record.path) }
 
-        public init(intID: UInt64, path: String) {
+        package init(intID: UInt64, path: String) {
             self.intID = intID
             self.path = path
         }
@@ -30,11 +30,11 @@ public struct ReconcileBackoff: Sendable {
         var lastError: String
     }
 
-    public let initial: Duration
-    public let maximum: Duration
+    package let initial: Duration
+    package let maximum: Duration
     private var entries: [Key: Entry] = [:]
 
-    public init(initial: Duration = .seconds(1), maximum: Duration = .seconds(60)) {
+    package init(initial: Duration = .seconds(1), maximum: Duration = .seconds(60)) {
         self.initial = initial
         self.maximum = maximum
     }
@@ -42,7 +42,7 @@ public struct ReconcileBackoff: Sendable {
     /// Splits the committed records the engine (or a replica) lacks into those to try now
     /// and those still waiting after a refusal (with the refusal), and forgets every other
     /// entry (loaded again, unloaded, or moved).
-    public mutating func schedule(
+    package mutating func schedule(
         _ pending: [AdapterRecord], now: ContinuousClock.Instant
     ) -> (due: [AdapterRecord], waiting: [(record: AdapterRecord, lastError: String)]) {
         self.retain(only: Set(pending.map(Key.init)))
@@ -67,7 +67,7 @@ public struct ReconcileBackoff: Sendable {
 
     /// Records a failed attempt at `now`; returns how long until the next one.
     @discardableResult
-    mutating func recordFailure(_ key: Key, error: String, now: ContinuousClock.Instant) -> Duration {
+    package mutating func recordFailure(_ key: Key, error: String, now: ContinuousClock.Instant) -> Duration {
         let failures = (self.entries[key]?.failures ?? 0) + 1
         var wait = self.initial
         for _ in 1..<failures where wait < self.maximum { wait *= 2 }

@@ -1,7 +1,7 @@
 import Foundation
-public import Logging
+package import Logging
 import LorikeetProto
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
 
 /// A worker under the supervisor (`lorikeet worker --control-fd 4 --listen-fd 3`).
@@ -11,32 +11,32 @@ import Synchronization
 /// supervisor's go -> HTTP on the inherited listener. The replica follows every committed
 /// change (acked back), so the worker never serves a table older than an acknowledged
 /// load/unload. Loads and unloads go to the leader logic here or are routed to the leader.
-public final class SupervisedWorkerService: Service {
-    public let configuration: WorkerConfiguration
-    public let link: SupervisorLink
-    public let engine: any EngineBackend
-    public let replica: AdapterTableReplica
-    public let leader: LeaderMutationService
+package final class SupervisedWorkerService: Service {
+    package let configuration: WorkerConfiguration
+    package let link: SupervisorLink
+    package let engine: WorkerEngine
+    package let replica: AdapterTableReplica
+    package let leader: LeaderMutationService
     /// Every HTTP load/unload, the leader's own included, goes through the supervisor, which
     /// routes it to the leader logic. Routing the leader's own calls too (two socketpair
     /// hops, well under a millisecond against an engine load) gives the supervisor one place
     /// that sees every mutation and its outcome (the audit log), and a worker that still
     /// believes it leads after a promotion elsewhere cannot answer on its own.
-    public let mutator: RoutedMutator
+    package let mutator: RoutedMutator
     private let leading = Atomic<Bool>(false)
-    public let routes: WorkerRoutes
-    public let server: WorkerServer
+    package let routes: WorkerRoutes
+    package let server: WorkerServer
     /// The per-worker metrics listener, when configured.
-    public let metricsServer: WorkerServer?
+    package let metricsServer: WorkerServer?
     private let logger: Logger
     private let state = Mutex(BootState())
-    private let events: AsyncStream<BootEvent>
-    private let eventSink: AsyncStream<BootEvent>.Continuation
+    private let events: AsyncStream<Event>
+    private let eventSink: AsyncStream<Event>.Continuation
+    private let reconcileTrigger = ReconcileTrigger()
 
     private struct BootState {
         var haveSnapshot = false
         var role: RoleAssignment?
-        var reconcileTask: Task<Void, Never>?
         var serving = false
         var reportedReady = false
         var lastReconcileFailures: [String] = []
@@ -44,95 +44,174 @@ public final class SupervisedWorkerService: Service {
         var startupModulesDone = false
     }
 
-    private enum BootEvent {
+    /// What the control channel (and the HTTP server) tell `run()`, in order.
+    private enum Event {
+        /// The first snapshot and role arrived: boot may proceed.
         case snapshotAndRole
+        /// The supervisor's go: serve HTTP.
         case go
-        case drain(Duration)
+        case drain(grace: Duration, listenerRetired: Bool)
+        /// A load or unload the supervisor routed to this worker as leader.
+        case routed(ControlEnvelope)
+        /// The supervisor asked for an immediate stop.
+        case shutdown
+        /// The control channel ended.
+        case lost(String)
+        /// The HTTP server finished draining.
+        case serverStopped
     }
 
-    public init(configuration: WorkerConfiguration, controlFD: Int32, logger: Logger) {
+    /// - Parameter engine: builds the engine (upstream replicas); nil: an `EngineClient` on
+    ///   `configuration.engineSocket`.
+    package init(configuration: WorkerConfiguration, controlFD: Int32, logger: Logger, engine: WorkerEngineFactory? = nil) {
         self.configuration = configuration
         self.logger = logger
         let link = SupervisorLink(fd: controlFD, logger: logger)
         self.link = link
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
         self.replica = replica
-        let engine = configuration.makeEngine(table: replica, logger: logger)
+        let engine = configuration.makeEngine(engine, table: replica, logger: logger)
         self.engine = engine
         let leader = LeaderMutationService(
-            engine: engine, replica: replica, committer: SupervisorCommitter(link: link), pathPolicy: configuration.pathPolicy,
-            epoch: 0, logger: logger, maxAdapters: configuration.maxAdapters)
+            adapters: engine.adapters, replica: replica, committer: SupervisorCommitter(link: link),
+            pathPolicy: configuration.pathPolicy, epoch: 0, logger: logger, maxAdapters: configuration.maxAdapters)
         self.leader = leader
         let mutator = RoutedMutator(link: link, slot: configuration.workerSlot)
         self.mutator = mutator
         (self.routes, self.server, self.metricsServer) = configuration.makeHTTP(
             engine: engine, replica: replica, mutator: mutator, logger: logger)
-        (self.events, self.eventSink) = AsyncStream.makeStream(of: BootEvent.self)
+        (self.events, self.eventSink) = AsyncStream.makeStream(of: Event.self)
     }
 
-    public func run() async throws {
-        await self.link.start(
-            onMessage: { [self] envelope in self.handle(envelope) },
-            onLost: { [logger] reason in
-                // Without the supervisor there is no table owner and no one to restart us.
-                logger.critical("supervisor is gone; exiting", metadata: ["reason": "\(reason)"])
-                exit(1)
-            })
-        self.link.send(.hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
-        if let upstream = self.engine as? UpstreamBackend {
-            // A replica back in rotation is reconciled at once, not at the next tick.
-            upstream.onReplicaRecovered { [weak self] _ in
-                guard let self, self.leading.load(ordering: .acquiring) else { return }
-                Task { await self.reconcileEngine() }
+    /// Runs until the HTTP server drained, the supervisor asked to stop, or (throwing
+    /// `SupervisedWorkerError.supervisorGone`) the control channel ended. Boot, the HTTP
+    /// server, the reconcile loop, routed mutations and the engine's background work are
+    /// child tasks. On the way out the others are cancelled, but routed mutations run to
+    /// their answer (bounded by their commit and engine timeouts): a cancelled commit would
+    /// answer "unchanged" for a change the supervisor may have committed.
+    package func run() async throws {
+        try await withThrowingDiscardingTaskGroup { mutations in
+            try await withThrowingDiscardingTaskGroup { group in
+                if let background = self.engine.background {
+                    group.addTask { try await background.run() }
+                }
+                await self.link.start(
+                    onMessage: { [self] envelope in self.handle(envelope) },
+                    onLost: { [eventSink] reason in eventSink.yield(.lost(reason)) })
+                self.link.send(
+                    .hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
+                if case .replicas(let replicas) = self.engine.adapters {
+                    // A replica back in rotation is reconciled at once, not at the next tick.
+                    replicas.onReplicaRecovered { [self] _ in
+                        if self.isLeading { self.reconcileTrigger.wake() }
+                    }
+                }
+                // As leader: make the engine hold exactly the committed adapters every second (an
+                // engine restart comes back empty; a leader that died mid-mutation may have left
+                // an uncommitted adapter behind).
+                group.addTask {
+                    await self.reconcileTrigger.run(every: .seconds(1)) { await self.reconcileTick() }
+                }
+                try await self.handleEvents(in: &group, mutations: &mutations)
+                group.cancelAll()
             }
         }
-        var iterator = self.events.makeAsyncIterator()
-        guard case .snapshotAndRole = await iterator.next() else { return }
+    }
+
+    private var isLeading: Bool { self.leading.load(ordering: .acquiring) }
+
+    private func handleEvents(
+        in group: inout ThrowingDiscardingTaskGroup<any Error>, mutations: inout ThrowingDiscardingTaskGroup<any Error>
+    ) async throws {
+        var booting = false
+        for await event in self.events {
+            switch event {
+            case .snapshotAndRole:
+                guard !booting else { continue }
+                booting = true
+                group.addTask {
+                    do {
+                        try await self.boot()
+                    } catch is CancellationError {
+                        // Stopped before the engine answered.
+                    }
+                }
+            case .go:
+                let start = self.state.withLock { state -> Bool in
+                    defer { state.serving = true }
+                    return !state.serving
+                }
+                guard start else { continue }
+                let grace = self.configuration.drainGrace
+                group.addTask {
+                    try await withGracefulShutdownHandler {
+                        try await self.server.run(alongside: self.metricsServer, logger: self.logger)
+                    } onGracefulShutdown: {
+                        self.server.beginDrain(grace: grace)
+                    }
+                    self.eventSink.yield(.serverStopped)
+                }
+            case .drain(let grace, let listenerRetired):
+                guard self.state.withLock({ $0.serving }) else { return }
+                // Stop accepting, tell the supervisor once the listener is closed (its
+                // replacement may start accepting), then let requests in flight finish
+                // within `grace`. `listenerRetired`: no successor inherits the listener
+                // (scale-down), so it closes at once.
+                self.server.beginDrain(grace: grace, handOffListener: !listenerRetired)
+                group.addTask {
+                    await self.server.listenerClosed()
+                    self.link.send(.drain(Drain(graceMs: UInt32(clamping: grace.components.seconds * 1000))))
+                }
+            case .routed(let envelope):
+                mutations.addTask { await self.serveRouted(envelope) }
+            case .shutdown:
+                self.logger.notice("shutdown requested by the supervisor")
+                self.stopServingNow()
+                return
+            case .lost(let reason):
+                // Without the supervisor there is no table owner and no one to restart us.
+                self.logger.critical("supervisor is gone; exiting", metadata: ["reason": "\(reason)"])
+                self.stopServingNow()
+                throw SupervisedWorkerError.supervisorGone(reason)
+            case .serverStopped:
+                return
+            }
+        }
+        // Cancelled.
+        self.stopServingNow()
+    }
+
+    /// Closes every HTTP connection now (no grace), so the server's task ends.
+    private func stopServingNow() {
+        if self.state.withLock({ $0.serving }) { self.server.beginDrain(grace: .zero) }
+    }
+
+    /// Hello is sent; waits for the engine, reconciles it as leader, reports Ready.
+    private func boot() async throws {
         let info = try await self.waitForEngine()
         let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
-        if self.leading.load(ordering: .acquiring) { await self.reconcileEngine() }
+        if self.isLeading { await self.reconcileEngine() }
         self.state.withLock { $0.reportedReady = true }
         self.link.send(.ready(Ready(tableVersion: self.replica.version)))
         self.logger.info("prepared; waiting for the supervisor's go", metadata: ["table.version": "\(self.replica.version)"])
-        while let event = await iterator.next() {
-            switch event {
-            case .go:
-                self.state.withLock { $0.serving = true }
-                let grace = self.configuration.drainGrace
-                try await withGracefulShutdownHandler {
-                    try await self.server.run(alongside: self.metricsServer, logger: self.logger)
-                } onGracefulShutdown: {
-                    self.server.beginDrain(grace: grace)
-                }
-                self.state.withLock { $0.reconcileTask?.cancel() }
-                return
-            case .drain:
-                return
-            case .snapshotAndRole:
-                break
-            }
-        }
     }
 
-    /// Stops accepting, tells the supervisor (its replacement may start accepting), then
-    /// lets requests in flight finish within `grace`. `listenerRetired`: no successor
-    /// inherits the listener (scale-down), so it closes at once.
-    private func drain(grace: Duration, listenerRetired: Bool) {
-        let serving = self.state.withLock { $0.serving }
-        guard serving else {
-            self.eventSink.yield(.drain(grace))
+    private func serveRouted(_ envelope: ControlEnvelope) async {
+        let reply: AdapterMutationReply
+        switch envelope.body {
+        case .load(let request):
+            reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.load(request) }
+        case .unload(let request):
+            reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.unload(request) }
+        default:
             return
         }
-        self.server.beginDrain(grace: grace, handOffListener: !listenerRetired)
-        Task {
-            await self.server.listenerClosed()
-            self.link.send(.drain(Drain(graceMs: UInt32(clamping: grace.components.seconds * 1000))))
-        }
+        self.link.send(.mutationReply(reply), callID: envelope.callID)
     }
 
-    /// Handles a supervisor message on the control reader thread.
+    /// Handles a supervisor message (on the control channel's event loop; never blocks).
     private func handle(_ envelope: ControlEnvelope) {
         switch envelope.body {
         case .snapshot(let snapshot):
@@ -153,30 +232,19 @@ public final class SupervisedWorkerService: Service {
             }
         case .role(let role):
             self.leader.setEpoch(role.epoch)
-            let wasLeading = self.leading.load(ordering: .acquiring)
             self.leading.store(role.role == .leader, ordering: .releasing)
             self.logger.notice("role assigned", metadata: ["role": "\(role.role)", "epoch": "\(role.epoch)"])
             self.bootProgress(snapshot: false, role: role)
-            if role.role == .leader && !wasLeading { self.startReconcileLoop() }
         case .heartbeat(let beat):
             self.link.send(.heartbeat(Heartbeat(seq: beat.seq, requestsServed: self.routes.stats.requestsServed, inFlight: self.routes.stats.inFlight)))
-        case .load(let request):
-            Task {
-                let reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.load(request) }
-                self.link.send(.mutationReply(reply), callID: envelope.callID)
-            }
-        case .unload(let request):
-            Task {
-                let reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.unload(request) }
-                self.link.send(.mutationReply(reply), callID: envelope.callID)
-            }
+        case .load, .unload:
+            self.eventSink.yield(.routed(envelope))
         case .ready:
             self.eventSink.yield(.go)
         case .drain(let drain):
-            self.drain(grace: .milliseconds(Int(drain.graceMs)), listenerRetired: drain.listenerRetired)
+            self.eventSink.yield(.drain(grace: .milliseconds(Int(drain.graceMs)), listenerRetired: drain.listenerRetired))
         case .shutdown:
-            self.logger.notice("shutdown requested by the supervisor")
-            exit(0)
+            self.eventSink.yield(.shutdown)
         case .hello, .changeAck, .mutationReply, .commit, .commitReply, .none:
             self.logger.warning("unexpected control message", metadata: ["call.id": "\(envelope.callID)"])
         }
@@ -194,27 +262,17 @@ public final class SupervisedWorkerService: Service {
         if complete { self.eventSink.yield(.snapshotAndRole) }
     }
 
-    /// As leader: make the engine hold exactly the committed adapters now and every few
-    /// seconds (an engine restart comes back empty; a leader that died mid-mutation may
-    /// have left an uncommitted adapter behind).
-    private func startReconcileLoop() {
-        let task = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
-                guard self.leading.load(ordering: .acquiring) else { return }
-                await self.reconcileEngine()
-                let startupDue = self.state.withLock { state -> Bool in
-                    guard state.serving, !state.startupModulesDone else { return false }
-                    state.startupModulesDone = true
-                    return true
-                }
-                if startupDue { await self.loadStartupModules() }
-            }
+    /// One tick of the reconcile loop: as leader, reconcile; once serving, make the
+    /// `--lora-modules` part of the table (once).
+    private func reconcileTick() async {
+        guard self.isLeading else { return }
+        await self.reconcileEngine()
+        let startupDue = self.state.withLock { state -> Bool in
+            guard state.serving, !state.startupModulesDone else { return false }
+            state.startupModulesDone = true
+            return true
         }
-        self.state.withLock { state in
-            state.reconcileTask?.cancel()
-            state.reconcileTask = task
-        }
+        if startupDue { await self.loadStartupModules() }
     }
 
     /// As leader, once serving: the operator's `--lora-modules` become part of the
@@ -266,13 +324,26 @@ public final class SupervisedWorkerService: Service {
         var delay = Duration.milliseconds(50)
         while true {
             do {
-                return try await self.engine.modelInfo()
+                return try await self.engine.status.modelInfo()
             } catch {
                 // The engine may still be loading its model; the supervisor watches our
                 // heartbeats meanwhile, so there is no deadline here.
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(1))
             }
+        }
+    }
+}
+
+/// Why a supervised worker stopped other than on request.
+package enum SupervisedWorkerError: Error, Sendable, CustomStringConvertible {
+    /// The control channel ended (the supervisor died or sent garbage): without it there
+    /// is no table owner and no one to restart us. `lorikeet worker` exits with status 1.
+    case supervisorGone(String)
+
+    package var description: String {
+        switch self {
+        case .supervisorGone(let reason): "the supervisor is gone: \(reason)"
         }
     }
 }

@@ -1,6 +1,6 @@
-public import Logging
+package import Logging
 import LorikeetChannels
-public import LorikeetProto
+package import LorikeetProto
 import Synchronization
 
 /// The worker's end of the supervisor's control channel (a socketpair inherited as
@@ -11,10 +11,10 @@ import Synchronization
 /// `onMessage`, on the event loop, in arrival order. Sends may come from any thread and
 /// never block. When the supervisor goes away (EOF) or sends garbage, `onLost` runs once:
 /// a supervised worker cannot continue without its supervisor.
-public final class SupervisorLink: Sendable {
+package final class SupervisorLink: Sendable {
     /// The call id of the routed mutation the current task is serving, so the leader's
     /// commit carries it and the supervisor can settle the caller if the leader dies.
-    @TaskLocal public static var routedCallID: UInt64?
+    @TaskLocal package static var routedCallID: UInt64?
 
     private let client: FramedCallClient<ControlEnvelope>
     private let logger: Logger
@@ -49,7 +49,7 @@ public final class SupervisorLink: Sendable {
         }
     }
 
-    public init(fd: Int32, logger: Logger) {
+    package init(fd: Int32, logger: Logger) {
         let handlers = Handlers()
         self.handlers = handlers
         self.logger = logger
@@ -63,7 +63,7 @@ public final class SupervisorLink: Sendable {
 
     /// Adopts the socket. `onMessage` runs for every message that is not a reply to one of
     /// our calls; `onLost` runs once when the channel ends (or cannot be adopted).
-    public func start(onMessage: @escaping @Sendable (ControlEnvelope) -> Void, onLost: @escaping @Sendable (String) -> Void) async {
+    package func start(onMessage: @escaping @Sendable (ControlEnvelope) -> Void, onLost: @escaping @Sendable (String) -> Void) async {
         self.handlers.set(onMessage: onMessage, onLost: onLost)
         do {
             try await self.client.connect()
@@ -73,7 +73,7 @@ public final class SupervisorLink: Sendable {
     }
 
     /// Sends a one-way message (or a reply, with the caller's `callID`). Never blocks.
-    public func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) {
+    package func send(_ body: ControlEnvelope.Body, callID: UInt64 = 0) {
         self.client.post(ControlEnvelope(callID: callID, body: body)) { [logger] error in
             if case .messageTooLarge = error {
                 // Too large to send: nothing was written, the channel is intact. Only this
@@ -88,7 +88,7 @@ public final class SupervisorLink: Sendable {
 
     /// Sends a call and waits for the reply with the same call id; nil if the channel
     /// ended or the timeout passed first.
-    public func call(_ body: ControlEnvelope.Body, callID: UInt64? = nil, timeout: Duration) async -> ControlEnvelope.Body? {
+    package func call(_ body: ControlEnvelope.Body, callID: UInt64? = nil, timeout: Duration) async -> ControlEnvelope.Body? {
         try? await self.client.call(ControlEnvelope(body: body), callID: callID, timeout: timeout).body
     }
 }
@@ -96,16 +96,16 @@ public final class SupervisorLink: Sendable {
 /// Commits through the supervisor: it persists the change, fans it out and replies once
 /// every worker applied it (this leader's replica included: the change arrives on the
 /// control channel before the reply).
-public final class SupervisorCommitter: TableCommitter {
+package final class SupervisorCommitter: TableCommitter {
     private let link: SupervisorLink
     private let timeout: Duration
 
-    public init(link: SupervisorLink, timeout: Duration = .seconds(60)) {
+    package init(link: SupervisorLink, timeout: Duration = .seconds(60)) {
         self.link = link
         self.timeout = timeout
     }
 
-    public func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64 {
+    package func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64 {
         let request = CommitRequest(epoch: epoch, baseVersion: baseVersion, change: change)
         let reply = await self.link.call(.commit(request), callID: SupervisorLink.routedCallID, timeout: self.timeout)
         guard case .commitReply(let result) = reply else {
@@ -118,24 +118,24 @@ public final class SupervisorCommitter: TableCommitter {
 
 /// A follower's mutator: the leader does the work; the request travels through the
 /// supervisor and the reply comes back the same way.
-public final class RoutedMutator: AdapterMutator {
+package final class RoutedMutator: AdapterMutator {
     private let link: SupervisorLink
     private let slot: Int32
     private let timeout: Duration
 
-    public init(link: SupervisorLink, slot: Int32, timeout: Duration = .seconds(180)) {
+    package init(link: SupervisorLink, slot: Int32, timeout: Duration = .seconds(180)) {
         self.link = link
         self.slot = slot
         self.timeout = timeout
     }
 
-    public func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
+    package func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
         var request = request
         request.originSlot = self.slot
         return Self.reply(await self.link.call(.load(request), timeout: self.timeout))
     }
 
-    public func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
+    package func unload(_ request: UnloadAdapterRequest) async -> AdapterMutationReply {
         var request = request
         request.originSlot = self.slot
         return Self.reply(await self.link.call(.unload(request), timeout: self.timeout))

@@ -1,7 +1,7 @@
 import Foundation
-public import Logging
+package import Logging
 import LorikeetChannels
-public import LorikeetProto
+package import LorikeetProto
 import NIOCore
 
 /// Async client of the engine channel over one Unix-socket connection.
@@ -11,9 +11,9 @@ import NIOCore
 /// pressure. When the connection breaks, every call in flight on it fails with
 /// `UNAVAILABLE` and the next call reconnects; when the engine cannot be reached at all,
 /// calls fail at once with `UNAVAILABLE` (HTTP 503).
-public final class EngineClient: EngineBackend {
+package final class EngineClient: GenerationBackend, AdapterHost {
     /// Path of the engine's Unix socket.
-    public let socketPath: String
+    package let socketPath: String
     private let logger: Logger
     private let callTimeout: Duration
     private let mutationTimeout: Duration
@@ -23,7 +23,7 @@ public final class EngineClient: EngineBackend {
     /// - Parameters:
     ///   - callTimeout: deadline of health, model info and listing calls.
     ///   - mutationTimeout: deadline of adapter add/remove/pin calls (loading weights takes time).
-    public init(
+    package init(
         socketPath: String, logger: Logger, callTimeout: Duration = .seconds(10), mutationTimeout: Duration = .seconds(120)
     ) {
         self.socketPath = socketPath
@@ -34,13 +34,13 @@ public final class EngineClient: EngineBackend {
     }
 
     /// Closes the connection; calls in flight fail with UNAVAILABLE, later calls too.
-    public func shutdown() {
+    package func shutdown() {
         self.client.shutdown()
     }
 
-    // MARK: EngineBackend
+    // MARK: Generations and adapter hosting
 
-    public func generate(_ request: GenerateRequest) async throws(Status) -> AsyncThrowingStream<GenerateChunk, any Error> {
+    package func generate(_ request: GenerateRequest) async throws(Status) -> AsyncThrowingStream<GenerateChunk, any Error> {
         let replies: FramedCallClient<EngineEnvelope>.ReplyStream
         do {
             replies = try await self.client.stream(
@@ -85,7 +85,7 @@ public final class EngineClient: EngineBackend {
     }
 
     /// Aborts a generation of this client: its stream ends, and the engine is told once.
-    public func abort(requestID: String) async {
+    package func abort(requestID: String) async {
         let finished = self.client.finishStreams { envelope in
             if case .generate(let request) = envelope.body { return request.requestID == requestID }
             return false
@@ -93,33 +93,33 @@ public final class EngineClient: EngineBackend {
         if finished > 0 { self.sendAbort(requestID: requestID) }
     }
 
-    public func addAdapter(_ request: AddAdapterRequest) async throws(Status) {
+    package func addAdapter(_ request: AddAdapterRequest) async throws(Status) {
         try Self.expectResult(try await self.call(.addAdapter(request), timeout: self.mutationTimeout))
     }
 
-    public func removeAdapter(_ request: RemoveAdapterRequest) async throws(Status) {
+    package func removeAdapter(_ request: RemoveAdapterRequest) async throws(Status) {
         try Self.expectResult(try await self.call(.removeAdapter(request), timeout: self.mutationTimeout))
     }
 
-    public func pinAdapter(_ request: PinAdapterRequest) async throws(Status) {
+    package func pinAdapter(_ request: PinAdapterRequest) async throws(Status) {
         try Self.expectResult(try await self.call(.pinAdapter(request), timeout: self.mutationTimeout))
     }
 
-    public func listAdapters() async throws(Status) -> [EngineAdapter] {
+    package func listAdapters() async throws(Status) -> [EngineAdapter] {
         let reply = try await self.call(.listAdapters, timeout: self.callTimeout)
         if case .adapterList(let list) = reply { return list.adapters }
         try Self.expectResult(reply)
         throw Self.unexpected(reply, expecting: "adapter_list")
     }
 
-    public func health() async throws(Status) -> HealthReply {
+    package func health() async throws(Status) -> HealthReply {
         let reply = try await self.call(.health, timeout: self.callTimeout)
         if case .healthReply(let health) = reply { return health }
         try Self.expectResult(reply)
         throw Self.unexpected(reply, expecting: "health_reply")
     }
 
-    public func modelInfo() async throws(Status) -> ModelInfo {
+    package func modelInfo() async throws(Status) -> ModelInfo {
         let reply = try await self.call(.modelInfo, timeout: self.callTimeout)
         if case .modelInfoReply(let info) = reply { return info }
         try Self.expectResult(reply)

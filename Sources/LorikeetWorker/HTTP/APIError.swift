@@ -1,31 +1,32 @@
-public import HTTPTypes
+package import HTTPTypes
 package import LorikeetJSON
-public import LorikeetProto
+package import LorikeetProto
 
 /// An error that reaches an HTTP client, rendered as OpenAI's error envelope
 /// `{"error": {"message", "type", "param", "code"}}` with the types vLLM's Rust frontend
 /// uses: `invalid_request_error`, `model_not_found`, `server_error` (plus
 /// `authentication_error` for 401, as OpenAI does).
-public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
+package struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The envelope's `type`.
-    public struct Kind: Sendable, Hashable, CustomStringConvertible {
-        public let rawValue: String
-        public static let invalidRequest = Kind(rawValue: "invalid_request_error")
-        public static let modelNotFound = Kind(rawValue: "model_not_found")
-        public static let serverError = Kind(rawValue: "server_error")
-        public static let authentication = Kind(rawValue: "authentication_error")
-        public var description: String { self.rawValue }
+    package struct Kind: Sendable, Hashable, CustomStringConvertible {
+        package let rawValue: String
+        package init(rawValue: String) { self.rawValue = rawValue }
+        package static let invalidRequest = Kind(rawValue: "invalid_request_error")
+        package static let modelNotFound = Kind(rawValue: "model_not_found")
+        package static let serverError = Kind(rawValue: "server_error")
+        package static let authentication = Kind(rawValue: "authentication_error")
+        package var description: String { self.rawValue }
     }
 
-    public var status: HTTPResponse.Status
-    public var kind: Kind
-    public var message: String
+    package var status: HTTPResponse.Status
+    package var kind: Kind
+    package var message: String
     /// The request field at fault (`null` when none).
-    public var param: String?
+    package var param: String?
     /// A machine-readable code (`null` when none).
-    public var code: String?
+    package var code: String?
 
-    public init(status: HTTPResponse.Status, kind: Kind, message: String, param: String? = nil, code: String? = nil) {
+    package init(status: HTTPResponse.Status, kind: Kind, message: String, param: String? = nil, code: String? = nil) {
         self.status = status
         self.kind = kind
         self.message = message
@@ -33,15 +34,15 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
         self.code = code
     }
 
-    public var description: String { "\(self.status.code) \(self.kind): \(self.message)" }
+    package var description: String { "\(self.status.code) \(self.kind): \(self.message)" }
 
     /// 400 `invalid_request_error`.
-    public static func invalidRequest(_ message: String, param: String? = nil) -> APIError {
+    package static func invalidRequest(_ message: String, param: String? = nil) -> APIError {
         APIError(status: .badRequest, kind: .invalidRequest, message: message, param: param)
     }
 
     /// 404 `model_not_found` for a `model` that is neither a base model nor a loaded adapter.
-    public static func modelNotFound(_ model: String, param: String = "model") -> APIError {
+    package static func modelNotFound(_ model: String, param: String = "model") -> APIError {
         APIError(
             status: .notFound, kind: .modelNotFound, message: "The model `\(model.echoed())` does not exist.", param: param,
             code: "model_not_found"
@@ -49,12 +50,12 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     /// 404 for an unknown route (also the answer for the adapter routes when runtime updating is off).
-    public static func routeNotFound(_ method: HTTPRequest.Method, _ path: String) -> APIError {
+    package static func routeNotFound(_ method: HTTPRequest.Method, _ path: String) -> APIError {
         APIError(status: .notFound, kind: .invalidRequest, message: "No route for \(method) \(path.echoed(limit: 128))", code: "not_found")
     }
 
     /// Maps a channel `Status` (engine, leader, supervisor) to an HTTP error.
-    public init(_ status: Status) {
+    package init(_ status: Status) {
         let param = status.param.isEmpty ? nil : status.param
         switch status.code {
         case .invalidArgument, .alreadyExists, .outOfRange, .failedPrecondition:

@@ -162,7 +162,7 @@ extension WorkerRoutes {
     func metricsExposition() async -> Reply {
         let engineUp: Bool
         do throws(Status) {
-            engineUp = try await self.engine.health().status.isOK
+            engineUp = try await self.status.health().status.isOK
         } catch {
             engineUp = false
         }

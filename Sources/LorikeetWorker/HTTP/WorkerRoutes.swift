@@ -1,38 +1,38 @@
 import HTTPTypes
 import HummingbirdCore
-public import Logging
+package import Logging
 import LorikeetJSON
-public import LorikeetProto
+import LorikeetProto
 import NIOCore
 import Synchronization
 
 /// Settings of the OpenAI-compatible routes.
-public struct RouteConfiguration: Sendable {
+package struct RouteConfiguration: Sendable {
     /// `--api-key`: when set, every `/v1/*` route needs `Authorization: Bearer <key>`.
-    public var apiKey: String?
+    package var apiKey: String?
     /// Largest accepted request body (413 above); default 8 MiB.
-    public var maxBodyBytes: Int
+    package var maxBodyBytes: Int
     /// The request body must arrive within this time (408 otherwise).
-    public var bodyReadTimeout: Duration
+    package var bodyReadTimeout: Duration
     /// Mounts `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`
     /// (`LORIKEET_ALLOW_RUNTIME_LORA_UPDATING` / `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
-    public var allowRuntimeLoraUpdating: Bool
+    package var allowRuntimeLoraUpdating: Bool
     /// `Server` header and `/version`.
-    public var serverName: String
-    public var version: String
+    package var serverName: String
+    package var version: String
     /// Context length reported as `max_model_len` in `/v1/models`.
-    public var maxModelLength: UInt32
+    package var maxModelLength: UInt32
     /// This worker's slot (audit field of routed mutations); -1 when standalone.
-    public var workerSlot: Int32
+    package var workerSlot: Int32
     /// Host names (besides loopback names and addresses) accepted in the `Host` header of
     /// a request that arrived on a loopback address: a page in a browser cannot reach a
     /// loopback server through DNS rebinding. Servers behind a proxy list its name here
     /// (`--allowed-hosts`); `*` turns the check off.
-    public var allowedHosts: [String]
+    package var allowedHosts: [String]
     /// Adapters the committed table may hold (`--max-adapters`).
-    public var maxAdapters: Int
+    package var maxAdapters: Int
 
-    public init(
+    package init(
         apiKey: String? = nil, maxBodyBytes: Int = Limits.defaultBodyBytes, bodyReadTimeout: Duration = .seconds(30),
         allowRuntimeLoraUpdating: Bool = false, serverName: String = "lorikeet", version: String = "0.0.0",
         maxModelLength: UInt32 = 0, workerSlot: Int32 = -1, allowedHosts: [String] = [],
@@ -51,27 +51,27 @@ public struct RouteConfiguration: Sendable {
     }
 
     /// Whether an environment flag is `1` or `true` (any case).
-    public static func isEnabled(_ value: String?) -> Bool {
+    package static func isEnabled(_ value: String?) -> Bool {
         guard let value else { return false }
         return value == "1" || value.lowercased() == "true"
     }
 
     /// `LORIKEET_ALLOW_RUNTIME_LORA_UPDATING` or `VLLM_ALLOW_RUNTIME_LORA_UPDATING` is 1/true.
-    public static func runtimeLoraUpdatingEnabled(_ environment: [String: String]) -> Bool {
+    package static func runtimeLoraUpdatingEnabled(_ environment: [String: String]) -> Bool {
         Self.isEnabled(environment["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING"])
             || Self.isEnabled(environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"])
     }
 }
 
 /// Request counters the control channel's heartbeat reports.
-public final class WorkerStats: Sendable {
+package final class WorkerStats: Sendable {
     private let served = Atomic<UInt64>(0)
     private let running = Atomic<Int>(0)
-    public init() {}
+    package init() {}
     /// Requests answered since start.
-    public var requestsServed: UInt64 { self.served.load(ordering: .relaxed) }
+    package var requestsServed: UInt64 { self.served.load(ordering: .relaxed) }
     /// Requests being answered now.
-    public var inFlight: UInt32 { UInt32(clamping: self.running.load(ordering: .relaxed)) }
+    package var inFlight: UInt32 { UInt32(clamping: self.running.load(ordering: .relaxed)) }
     func begin() { self.running.add(1, ordering: .relaxed) }
     func end() {
         self.running.subtract(1, ordering: .relaxed)
@@ -90,8 +90,9 @@ public final class WorkerStats: Sendable {
 ///   `POST /v1/lora_adapters/batch`, `GET /metrics`.
 ///
 /// Every failure is OpenAI's error envelope with the right status code.
-public final class WorkerRoutes: Sendable {
-    let engine: any EngineBackend
+package final class WorkerRoutes: Sendable {
+    /// How completions are served, fixed at construction.
+    let generations: WorkerEngine.Generations
     let replica: AdapterTableReplica
     let mutator: any AdapterMutator
     let configuration: RouteConfiguration
@@ -101,15 +102,15 @@ public final class WorkerRoutes: Sendable {
     private let maxModelLength: Atomic<UInt32>
     /// The last `/v1/models` body and what it was built from.
     private let modelListing: Mutex<(key: ModelListingKey, body: ByteBuffer)?>
-    public let stats = WorkerStats()
+    package let stats = WorkerStats()
     /// `GET /metrics` and the per-adapter usage of `GET /v1/lora_adapters`.
-    public let metrics: WorkerMetrics
+    package let metrics: WorkerMetrics
 
-    public init(
-        engine: any EngineBackend, replica: AdapterTableReplica, mutator: any AdapterMutator,
+    package init(
+        generations: WorkerEngine.Generations, replica: AdapterTableReplica, mutator: any AdapterMutator,
         configuration: RouteConfiguration, logger: Logger
     ) {
-        self.engine = engine
+        self.generations = generations
         self.replica = replica
         let metrics = WorkerMetrics(slot: configuration.workerSlot)
         self.metrics = metrics
@@ -121,11 +122,14 @@ public final class WorkerRoutes: Sendable {
         self.modelListing = Mutex(nil)
     }
 
+    /// Health and model info of whatever serves generations.
+    var status: any EngineStatusReporting { self.generations.status }
+
     /// Sets the context length `/v1/models` reports (known once the engine answered).
-    public func setMaxModelLength(_ length: UInt32) { self.maxModelLength.store(length, ordering: .relaxed) }
+    package func setMaxModelLength(_ length: UInt32) { self.maxModelLength.store(length, ordering: .relaxed) }
 
     /// The responder to give `WorkerServer`.
-    public var responder: WorkerServer.Responder {
+    package var responder: WorkerServer.Responder {
         { request, writer, channel in try await self.respond(to: request, writer: writer, channel: channel) }
     }
 
@@ -134,7 +138,7 @@ public final class WorkerRoutes: Sendable {
 
     /// The responder of the metrics listener: `GET /metrics`, `/health` and `/version` of
     /// this worker only; everything else is 404 there.
-    public var metricsResponder: WorkerServer.Responder {
+    package var metricsResponder: WorkerServer.Responder {
         { request, writer, channel in
             try await self.respond(to: request, writer: writer, channel: channel, only: Self.metricsListenerPaths)
         }
@@ -147,6 +151,9 @@ public final class WorkerRoutes: Sendable {
         var body: ResponseBody
         /// Close the connection after this response (e.g. an unread oversized body).
         var closeConnection = false
+        /// Runs once the response was written or its write failed (a relayed upstream
+        /// answer ends its upstream request there if the body never ran).
+        var release: (@Sendable () -> Void)? = nil
 
         static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Reply {
             .json(status, encoded: ByteBuffer(bytes: JSONWriter.encode(value)))
@@ -222,6 +229,8 @@ public final class WorkerRoutes: Sendable {
         if let length = reply.body.contentLength { reply.headers[.contentLength] = String(length) }
         let close = reply.closeConnection
         answeredStatus = reply.status.code
+        let release = reply.release
+        defer { release?() }
         try await writer.write(response: HTTPResponse(status: reply.status, headerFields: reply.headers), body: reply.body)
         if close { channel.close(mode: .all, promise: nil) }
     }
@@ -263,11 +272,13 @@ public final class WorkerRoutes: Sendable {
             try Self.require(method, .post, path)
             let bytes = try await self.readBody(&request)
             let body = try RequestValidation.object(bytes)
-            if let upstream = self.engine as? any PassthroughBackend {
+            switch self.generations {
+            case .passthrough(let upstream):
                 return try await self.forward(bytes, body, path: path, to: upstream, requestID: requestID, logger: logger)
+            case .engine(let engine):
+                let route: GenerationRoute = path == "/v1/completions" ? .completions : .chatCompletions
+                return try await self.generate(body, route: route, on: engine, requestID: requestID, logger: logger)
             }
-            let route: GenerationRoute = path == "/v1/completions" ? .completions : .chatCompletions
-            return try await self.generate(body, route: route, requestID: requestID, logger: logger)
         case "/v1/load_lora_adapter" where self.configuration.allowRuntimeLoraUpdating:
             try Self.require(method, .post, path)
             let body = try await self.readJSON(&request)
@@ -390,7 +401,7 @@ public final class WorkerRoutes: Sendable {
 
     private func health() async -> Reply {
         do throws(Status) {
-            let health = try await self.engine.health()
+            let health = try await self.status.health()
             guard health.status.isOK else { throw health.status }
             return Reply(status: .ok, body: ResponseBody())
         } catch {
@@ -484,7 +495,7 @@ public final class WorkerRoutes: Sendable {
     // MARK: Generation
 
     private func generate(
-        _ body: JSONValue, route: GenerationRoute, requestID: String, logger: Logger
+        _ body: JSONValue, route: GenerationRoute, on engine: any GenerationBackend, requestID: String, logger: Logger
     ) async throws -> Reply {
         let parameters = try RequestValidation.generation(body, route: route)
         let model = parameters.model ?? self.replica.baseModels.first ?? ""
@@ -503,7 +514,7 @@ public final class WorkerRoutes: Sendable {
 
         let stream: AsyncThrowingStream<GenerateChunk, any Error>
         do {
-            stream = try await self.engine.generate(request)
+            stream = try await engine.generate(request)
         } catch {
             throw APIError(error)
         }
@@ -531,9 +542,9 @@ public final class WorkerRoutes: Sendable {
         }
         record?.firstToken()
         if parameters.stream {
-            return self.streamReply(
+            return Self.streamReply(
                 first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage,
-                requestID: requestID, record: record, logger: logger)
+                engine: engine, requestID: requestID, record: record, logger: logger)
         }
         var text = ""
         var tokens: [UInt32] = []
@@ -562,14 +573,13 @@ public final class WorkerRoutes: Sendable {
         return APIError(status: .internalServerError, kind: .serverError, message: "generation failed: \(error)")
     }
 
-    private func streamReply(
-        first: GenerateChunk?, iterator: SequentialIterator<GenerateChunk>, shape: ResponseShape, includeUsage: Bool, requestID: String,
-        record: RequestRecord?, logger: Logger
+    private static func streamReply(
+        first: GenerateChunk?, iterator: SequentialIterator<GenerateChunk>, shape: ResponseShape, includeUsage: Bool,
+        engine: any GenerationBackend, requestID: String, record: RequestRecord?, logger: Logger
     ) -> Reply {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
-        let engine = self.engine
         let body = ResponseBody { writer in
             var usage: Usage?
             var completionTokens: UInt32 = 0

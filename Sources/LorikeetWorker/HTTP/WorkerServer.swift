@@ -1,8 +1,8 @@
-public import HummingbirdCore
-public import Logging
-public import NIOCore
+package import HummingbirdCore
+package import Logging
+package import NIOCore
 import NIOExtras
-public import NIOPosix
+import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -10,7 +10,7 @@ import Synchronization
 #endif
 
 /// Where the worker's HTTP listener comes from.
-public enum HTTPListenTarget: Sendable, Equatable {
+package enum HTTPListenTarget: Sendable, Equatable {
     /// A listening TCP socket inherited from the supervisor (`--listen-fd 3`), already
     /// bound and listening (one `SO_REUSEPORT` socket per worker slot).
     case inheritedFD(Int32)
@@ -19,22 +19,22 @@ public enum HTTPListenTarget: Sendable, Equatable {
 }
 
 /// Settings of the HTTP listener and connections.
-public struct HTTPServerConfiguration: Sendable {
-    public var listen: HTTPListenTarget
+package struct HTTPServerConfiguration: Sendable {
+    package var listen: HTTPListenTarget
     /// An idle keep-alive connection is closed after this long.
-    public var idleTimeout: Duration
+    package var idleTimeout: Duration
     /// Once the first byte of a request arrives, its whole head (request line and
     /// headers) must arrive within this long, or the connection is closed unanswered
     /// (slowloris). The body is not covered; an idle keep-alive connection waits for the
     /// idle timeout, as the clock starts with a byte.
-    public var headTimeout: Duration
+    package var headTimeout: Duration
     /// `listen(2)` backlog when binding here.
-    public var backlog: Int32
+    package var backlog: Int32
     /// Bind with `SO_REUSEPORT`, so a successor can bind the same address while this
     /// process drains (the per-slot metrics listener during a rolling restart).
-    public var reusePort: Bool
+    package var reusePort: Bool
 
-    public init(
+    package init(
         listen: HTTPListenTarget, idleTimeout: Duration = .seconds(75), headTimeout: Duration = .seconds(30), backlog: Int32 = 1024,
         reusePort: Bool = false
     ) {
@@ -55,9 +55,9 @@ public struct HTTPServerConfiguration: Sendable {
 /// close, let requests in flight finish (their responses carry `Connection: close`), and
 /// force-close whatever is still open when the grace period ends. `run()` returns when
 /// every connection is closed.
-public final class WorkerServer: Sendable {
+package final class WorkerServer: Sendable {
     /// Answers one request (Hummingbird's `HTTPChannelHandler.Responder`).
-    public typealias Responder = HTTPChannelHandler.Responder
+    package typealias Responder = HTTPChannelHandler.Responder
 
     private enum Phase {
         case idle
@@ -80,7 +80,7 @@ public final class WorkerServer: Sendable {
     private let boundAddress = Mutex<SocketAddress?>(nil)
     private let listenerClosedSignal = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
-    public init(
+    package init(
         configuration: HTTPServerConfiguration, responder: @escaping Responder,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) {
@@ -91,14 +91,14 @@ public final class WorkerServer: Sendable {
     }
 
     /// The address the listener is bound to, once serving.
-    public var localAddress: SocketAddress? { self.boundAddress.withLock { $0 } }
+    package var localAddress: SocketAddress? { self.boundAddress.withLock { $0 } }
 
     /// Open HTTP connections.
-    public var connectionCount: Int { self.state.withLock { $0.children.count } }
+    package var connectionCount: Int { self.state.withLock { $0.children.count } }
 
     /// Binds (or adopts the inherited fd), calls `onReady` once the listener is serving,
     /// then serves until drained. Throws when the listener cannot be set up.
-    public func run(onReady: @Sendable (SocketAddress?) async -> Void = { _ in }) async throws {
+    package func run(onReady: @Sendable (SocketAddress?) async -> Void = { _ in }) async throws {
         let quiescer = ServerQuiescingHelper(group: self.eventLoopGroup)
         let http1 = HTTP1Channel(
             responder: self.responder,
@@ -172,7 +172,7 @@ public final class WorkerServer: Sendable {
     ///   successor. Otherwise (nil with a listener this process bound itself, or a retired
     ///   slot) the listener is closed at once, so the kernel stops queueing connections on
     ///   a socket nobody will accept from. Nil: hand off when the listener was inherited.
-    public func beginDrain(grace: Duration, handOffListener: Bool? = nil) {
+    package func beginDrain(grace: Duration, handOffListener: Bool? = nil) {
         enum Action {
             case none
             case quiesce(ServerQuiescingHelper, any Channel, EventLoopPromise<Void>)
@@ -231,7 +231,7 @@ public final class WorkerServer: Sendable {
 
     /// Drains gracefully (see `beginDrain(grace:)`) and returns when every connection is
     /// closed and `run()` is about to return.
-    public func drain(grace: Duration) async {
+    package func drain(grace: Duration) async {
         self.beginDrain(grace: grace)
         let drained: EventLoopPromise<Void>? = self.state.withLock { state in
             switch state.phase {
@@ -245,7 +245,7 @@ public final class WorkerServer: Sendable {
     /// Returns once this process no longer accepts connections (the listening channel is
     /// closed; an inherited listening socket stays open in the supervisor, so connections
     /// wait there for the next process instead of being refused).
-    public func listenerClosed() async {
+    package func listenerClosed() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let closed = self.listenerClosedSignal.withLock { state -> Bool in
                 if state.closed { return true }
@@ -278,7 +278,7 @@ extension WorkerServer {
     /// Runs `self` with `companion` (the metrics listener) beside it: both serve until
     /// `self` has drained, then the companion drains too. A companion that cannot bind is
     /// logged and skipped; the main listener keeps serving.
-    public func run(
+    package func run(
         alongside companion: WorkerServer?, logger: Logger, onReady: @Sendable (SocketAddress?) async -> Void = { _ in }
     ) async throws {
         guard let companion else { return try await self.run(onReady: onReady) }

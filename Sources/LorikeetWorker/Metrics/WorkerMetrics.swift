@@ -1,14 +1,14 @@
 import CoreMetrics
 import LorikeetProto
-public import Prometheus
+package import Prometheus
 import Synchronization
 
 /// Requests and tokens one adapter has been used for on this worker (`GET /v1/lora_adapters`).
-public struct AdapterUsage: Sendable, Equatable {
-    public var requests: UInt64 = 0
-    public var promptTokens: UInt64 = 0
-    public var completionTokens: UInt64 = 0
-    public init() {}
+package struct AdapterUsage: Sendable, Equatable {
+    package var requests: UInt64 = 0
+    package var promptTokens: UInt64 = 0
+    package var completionTokens: UInt64 = 0
+    package init() {}
 }
 
 /// This worker's figures for `GET /metrics`: instruments made with swift-metrics types over
@@ -28,9 +28,9 @@ public struct AdapterUsage: Sendable, Equatable {
 ///   (load/unload calls received by this worker, whatever worker led them),
 /// - gauges set at scrape time: `lorikeet_adapter_table_version`, `lorikeet_adapters_loaded`,
 ///   `lorikeet_engine_up`, `lorikeet_requests_in_flight`, `lorikeet_worker_info{slot,version}`.
-public final class WorkerMetrics: Sendable {
+package final class WorkerMetrics: Sendable {
     /// The registry `GET /metrics` renders.
-    public let registry: PrometheusCollectorRegistry
+    package let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory
     private let slot: Int32
     private let usage = Mutex<[UInt64: AdapterUsage]>([:])
@@ -43,7 +43,7 @@ public final class WorkerMetrics: Sendable {
         .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30), .seconds(60),
     ]
 
-    public init(slot: Int32 = -1) {
+    package init(slot: Int32 = -1) {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultDurationHistogramBuckets = Self.latencyBuckets
@@ -128,13 +128,13 @@ public final class WorkerMetrics: Sendable {
 
     /// After a reconciliation (leader only): committed adapters the engine, or an upstream
     /// replica, refused to load again (`lorikeet_adapters_unavailable`; 0 = all restored).
-    public func reconciled(unavailable: Int) {
+    package func reconciled(unavailable: Int) {
         Gauge(label: "lorikeet_adapters_unavailable", factory: self.factory).record(Double(unavailable))
     }
 
     /// Requests and tokens served with the adapter of this `lora_int_id` (ids are never
     /// reused, so a reloaded name starts again from zero only if it got a new id).
-    public func usage(adapterID: UInt64) -> AdapterUsage {
+    package func usage(adapterID: UInt64) -> AdapterUsage {
         self.usage.withLock { $0[adapterID] ?? AdapterUsage() }
     }
 

@@ -23,7 +23,7 @@ enum WorkerHarness {
     }
 
     static func withWorker<Result: Sendable>(
-        _ configuration: WorkerConfiguration, engine: (any EngineBackend)? = nil,
+        _ configuration: WorkerConfiguration, engine: WorkerEngineFactory? = nil,
         _ body: @Sendable (_ port: Int, _ service: WorkerService) async throws -> Result
     ) async throws -> Result {
         try await Self.withWorker(WorkerService(configuration: configuration, logger: Self.logger, engine: engine), body)

@@ -12,9 +12,11 @@ extension WorkerRoutes {
     /// Completions and chat completions in front of upstream replicas: `model` is resolved
     /// against our adapter table (404 for a name it does not hold, exactly as with the
     /// built-in engine), then the client's body goes to a replica (with `model` in the
-    /// replica's naming) and the replica's answer comes back unchanged: a JSON body whole,
-    /// an SSE stream chunk by chunk as the replica flushes it. A client that disconnects
-    /// mid-stream closes the upstream request, which makes the replica abort it.
+    /// replica's naming) and the replica's answer comes back unchanged: a JSON body whole
+    /// (at most `Limits.upstreamBodyBytes`, else 502), an SSE stream chunk by chunk as the
+    /// replica flushes it, read from the replica only as fast as the client takes it. A
+    /// client that disconnects mid-stream closes the upstream request, which makes the
+    /// replica abort it.
     func forward(
         _ bytes: [UInt8], _ body: JSONValue, path: String, to upstream: any PassthroughBackend, requestID: String,
         logger: Logger
@@ -36,11 +38,12 @@ extension WorkerRoutes {
         headers[Self.upstreamHeader] = response.replica
         let status = HTTPResponse.Status(code: response.status)
         guard response.contentType.lowercased().hasPrefix("text/event-stream") else {
-            var whole = ByteBuffer()
+            let whole: ByteBuffer
             do {
-                while var chunk = try await response.next() { whole.writeBuffer(&chunk) }
+                whole = try await response.collect()
             } catch {
-                throw APIError(status: .badGateway, kind: .serverError, message: "upstream \(response.replica) failed mid-response: \(error)")
+                logger.warning("upstream answer not relayed", metadata: ["upstream": "\(response.replica)", "error": "\(error.message)"])
+                throw error
             }
             return Reply(status: status, headers: headers, body: ResponseBody(byteBuffer: whole))
         }
@@ -49,15 +52,13 @@ extension WorkerRoutes {
         let streamed = ResponseBody { writer in
             while true {
                 let chunk: ByteBuffer?
-                do {
+                do throws(APIError) {
                     chunk = try await response.next()
                 } catch {
                     // The replica failed mid-stream: tell the client in the stream, as vLLM does.
-                    streamLogger.warning("upstream failed mid-stream", metadata: ["upstream": "\(response.replica)", "error": "\(error)"])
-                    let failure = APIError(
-                        status: .badGateway, kind: .serverError, message: "upstream \(response.replica) failed mid-stream: \(error)")
+                    streamLogger.warning("upstream failed mid-stream", metadata: ["upstream": "\(response.replica)", "error": "\(error.message)"])
                     var event = ByteBuffer(string: "data: ")
-                    event.writeBytes(JSONWriter.encode(failure.json))
+                    event.writeBytes(JSONWriter.encode(error.json))
                     event.writeString("\n\n")
                     try? await writer.write(event)
                     break
@@ -73,6 +74,8 @@ extension WorkerRoutes {
             }
             try await writer.finish(nil)
         }
-        return Reply(status: status, headers: headers, body: streamed)
+        // Whatever happens to the write (a client gone before the body started), the
+        // upstream request ends with it: `cancel()` after the end does nothing.
+        return Reply(status: status, headers: headers, body: streamed, release: { response.cancel() })
     }
 }

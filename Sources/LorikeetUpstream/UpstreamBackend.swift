@@ -1,117 +1,108 @@
 import HTTPTypes
-public import Logging
-package import LorikeetJSON
-public import LorikeetProto
-public import NIOCore
+package import Logging
+import LorikeetJSON
+import LorikeetLimits
+package import LorikeetProto
+package import LorikeetWorker
+import NIOCore
 import NIOHTTP1
+import ServiceLifecycle
 import Synchronization
 
-/// An engine that serves OpenAI requests over HTTP itself (upstream vLLM / SGLang
-/// replicas). `WorkerRoutes` hands such a backend the client's JSON body instead of
-/// lowering it into a `GenerateRequest`: the replicas implement the whole OpenAI surface
-/// (tools, logprobs, n, ...), so Lorikeet only resolves `model` against its adapter table,
-/// rewrites it to the replica's naming, and streams the replica's answer back unchanged.
-public protocol PassthroughBackend: EngineBackend {
-    /// Forwards one completion / chat completion. Errors are already HTTP errors (the
-    /// replica's status mapped onto our envelope, or 503 when no replica can serve it).
-    func forward(_ request: ForwardedRequest) async throws(APIError) -> ForwardedResponse
-}
-
-/// An engine made of several replicas, each holding its own adapters: the leader's
-/// reconciliation is per replica (`LeaderMutationService.reconcileEngine()` defers to it).
-public protocol ReplicatedEngineBackend: EngineBackend {
-    func reconcile(with table: AdapterTable) async throws(Status) -> LeaderMutationService.Reconciliation
-}
-
-/// A client request as the routes hand it to a `PassthroughBackend`.
-public struct ForwardedRequest: Sendable {
-    /// `/v1/completions` or `/v1/chat/completions`.
-    public var path: String
-    /// The client's body, byte for byte.
-    public var body: [UInt8]
-    /// The same body parsed (a JSON object).
-    package var json: JSONValue
-    /// The base model the request resolved to (our served name).
-    public var baseModel: String
-    /// The adapter it resolved to, if any.
-    public var adapter: AdapterRecord?
-    public var requestID: String
-}
-
-/// A replica's 2xx answer, body still arriving. `finish()` (or dropping it) releases the
-/// replica's outstanding-request slot; `cancel()` also closes the upstream request.
-public final class ForwardedResponse: Sendable {
-    public let status: Int
-    public let contentType: String
-    public let replica: String
-    private let body: UpstreamResponseBody
+/// A replica's 2xx answer as the routes read it (`ForwardedResponse`): its body still
+/// arriving from the replica, with back pressure. Reading it to the end, a failure, or
+/// `cancel()` releases the replica's outstanding-request slot, once.
+final class UpstreamForwardedResponse: ForwardedResponse {
+    let status: Int
+    let contentType: String
+    let replica: String
+    private let response: UpstreamResponse
+    private let bodyLimit: Int
     private let released = Atomic<Bool>(false)
     private let onRelease: @Sendable () -> Void
 
-    init(status: Int, contentType: String, replica: String, body: UpstreamResponseBody, onRelease: @escaping @Sendable () -> Void) {
-        self.status = status
-        self.contentType = contentType
+    init(response: UpstreamResponse, replica: String, bodyLimit: Int, onRelease: @escaping @Sendable () -> Void) {
+        self.status = response.status
+        self.contentType = response.header("Content-Type") ?? "application/json"
         self.replica = replica
-        self.body = body
+        self.response = response
+        self.bodyLimit = bodyLimit
         self.onRelease = onRelease
     }
 
-    /// The next chunk exactly as the replica sent it; nil at the end.
-    public func next() async throws(UpstreamError) -> ByteBuffer? {
+    func next() async throws(APIError) -> ByteBuffer? {
         do {
-            let chunk = try await self.body.next()
-            if chunk == nil { self.finish() }
+            let chunk = try await self.response.body.next()
+            if chunk == nil { self.release() }
             return chunk
         } catch {
-            self.finish()
-            throw error
+            self.release()
+            throw self.failure(error)
         }
     }
 
-    /// The client went away: close the upstream request (the replica aborts it).
-    public func cancel() {
-        self.body.cancel()
-        self.finish()
+    func collect() async throws(APIError) -> ByteBuffer {
+        defer { self.release() }
+        do {
+            return try await self.response.collect(limit: self.bodyLimit)
+        } catch {
+            throw self.failure(error)
+        }
     }
 
-    public func finish() {
+    func cancel() {
+        self.response.body.cancel()
+        self.release()
+    }
+
+    private func release() {
         if !self.released.exchange(true, ordering: .acquiringAndReleasing) { self.onRelease() }
     }
 
-    deinit {
-        if !self.released.load(ordering: .acquiring) {
-            self.body.cancel()
-            self.onRelease()
+    private func failure(_ error: UpstreamError) -> APIError {
+        if case .bodyTooLarge(let limit) = error {
+            return APIError(
+                status: .badGateway, kind: .serverError,
+                message:
+                    "upstream \(self.replica) answered a body larger than \(limit) bytes, more than this server buffers; "
+                    + "ask for a smaller answer or stream it ('stream': true).",
+                code: "upstream_response_too_large")
         }
+        return APIError(status: .badGateway, kind: .serverError, message: "upstream \(self.replica) failed mid-response: \(error)")
     }
 }
 
 /// Settings of the upstream backend.
-public struct UpstreamConfiguration: Sendable {
-    public var endpoints: [UpstreamEndpoint]
-    public var kind: UpstreamKind
+package struct UpstreamConfiguration: Sendable {
+    package var endpoints: [UpstreamEndpoint]
+    package var kind: UpstreamKind
     /// Bearer token the replicas require (vLLM `--api-key`), if any.
-    public var apiKey: String?
+    package var apiKey: String?
     /// How often every worker lists each healthy replica's models (`/v1/models`) to learn
     /// which adapters it holds.
-    public var pollInterval: Duration
+    package var pollInterval: Duration
     /// First and longest delay between `/health` probes of a replica out of rotation.
-    public var probeInterval: Duration
-    public var maxProbeInterval: Duration
+    package var probeInterval: Duration
+    package var maxProbeInterval: Duration
     /// A generation's response head must arrive within this time (non-streaming
     /// responses come at the end of the generation).
-    public var generationTimeout: Duration
+    package var generationTimeout: Duration
     /// Deadline of load / unload calls on a replica (loading weights takes time).
-    public var mutationTimeout: Duration
+    package var mutationTimeout: Duration
     /// Deadline of `/health` and `/v1/models` calls.
-    public var probeTimeout: Duration
+    package var probeTimeout: Duration
+    /// Largest body read whole from a replica: a non-streamed answer, or `/v1/models`
+    /// (`Limits.upstreamBodyBytes`; larger is a 502).
+    package var maxBufferedBodyBytes: Int
 
-    public init(
+    package init(
         endpoints: [UpstreamEndpoint], kind: UpstreamKind = .vllm, apiKey: String? = nil,
         pollInterval: Duration = .seconds(1), probeInterval: Duration = .milliseconds(250),
         maxProbeInterval: Duration = .seconds(5), generationTimeout: Duration = .seconds(600),
-        mutationTimeout: Duration = .seconds(120), probeTimeout: Duration = .seconds(3)
+        mutationTimeout: Duration = .seconds(120), probeTimeout: Duration = .seconds(3),
+        maxBufferedBodyBytes: Int = Limits.upstreamBodyBytes
     ) {
+        self.maxBufferedBodyBytes = maxBufferedBodyBytes
         self.endpoints = endpoints
         self.kind = kind
         self.apiKey = apiKey
@@ -149,7 +140,9 @@ final class UpstreamReplica: Sendable {
     init(client: UpstreamHTTPClient) { self.client = client }
 }
 
-/// `EngineBackend` over upstream vLLM / SGLang replicas (`--upstream URL`, repeatable).
+/// The engine of an upstream-mode worker: vLLM / SGLang replicas (`--upstream URL`,
+/// repeatable), as a `PassthroughBackend` (generations), a `ReplicatedAdapterHost`
+/// (adapters) and a `Service` (connection pools, listing and probing).
 ///
 /// - Requests: least outstanding requests over healthy replicas (ties rotate), the
 ///   client's JSON forwarded with `model` rewritten to the replica's naming, the answer
@@ -161,56 +154,75 @@ final class UpstreamReplica: Sendable {
 /// - Reconciliation (leader): each replica's `/v1/models` against the committed table;
 ///   missing adapters re-added, stray ones removed. Every worker also lists the replicas
 ///   and keeps adapter traffic off a replica that lacks the adapter.
-public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend {
-    public let configuration: UpstreamConfiguration
+/// - Lifecycle: `run()` runs each replica's connection pool, the listing every
+///   `pollInterval` and the `/health` probes of replicas out of rotation, as child tasks,
+///   until its task is cancelled (the worker does that after its HTTP server stopped).
+package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, Service {
+    package let configuration: UpstreamConfiguration
     let replicas: [UpstreamReplica]
     private let table: AdapterTableReplica
     private let logger: Logger
     private let rotation = Atomic<Int>(0)
     /// Adapter names by our `lora_int_id` (RemoveAdapterRequest carries only the id).
     private let names = Mutex<[UInt64: String]>([:])
-    private let pollTask = Mutex<Task<Void, Never>?>(nil)
+    /// Replicas (indices) newly out of rotation, for `run()` to probe.
+    private let probeRequests: AsyncStream<Int>
+    private let probeSink: AsyncStream<Int>.Continuation
     private let recovered = Mutex<(@Sendable (String) -> Void)?>(nil)
     private let driftRepairs = Atomic<UInt64>(0)
     /// Adapter loads and unloads reconciliation made on replicas since start (drift repaired).
-    public var driftRepairCount: UInt64 { self.driftRepairs.load(ordering: .relaxed) }
+    package var driftRepairCount: UInt64 { self.driftRepairs.load(ordering: .relaxed) }
 
-    public init(configuration: UpstreamConfiguration, table: AdapterTableReplica, logger: Logger) {
+    package init(configuration: UpstreamConfiguration, table: AdapterTableReplica, logger: Logger) {
         self.configuration = configuration
         self.replicas = configuration.endpoints.map { UpstreamReplica(client: UpstreamHTTPClient(endpoint: $0)) }
         self.table = table
         var logger = logger
         logger[metadataKey: "upstream.kind"] = "\(configuration.kind.rawValue)"
         self.logger = logger
+        (self.probeRequests, self.probeSink) = AsyncStream.makeStream(of: Int.self)
     }
 
-    deinit {
-        self.pollTask.withLock { $0?.cancel() }
-        for replica in self.replicas { replica.client.shutdown() }
+    /// The worker engine of `configuration`: this backend serves generations, hosts the
+    /// adapters and runs in the background.
+    package static func workerEngine(_ configuration: UpstreamConfiguration) -> WorkerEngineFactory {
+        { table, logger in
+            let backend = UpstreamBackend(configuration: configuration, table: table, logger: logger)
+            return WorkerEngine(generations: .passthrough(backend), adapters: .replicas(backend), background: backend)
+        }
     }
 
-    /// Starts listing the replicas every `pollInterval` (idempotent).
-    public func start() {
-        self.pollTask.withLock { task in
-            guard task == nil else { return }
-            task = Task { [weak self] in
+    /// Runs the connection pools, lists the replicas every `pollInterval` and probes the
+    /// ones out of rotation, until this task is cancelled.
+    package func run() async {
+        await withDiscardingTaskGroup { group in
+            for replica in self.replicas {
+                group.addTask { await replica.client.run() }
+            }
+            group.addTask {
                 while !Task.isCancelled {
-                    guard let self else { return }
                     await self.pollAll()
                     try? await Task.sleep(for: self.configuration.pollInterval)
                 }
             }
+            for await index in self.probeRequests {
+                let replica = self.replicas[index]
+                group.addTask { await self.probe(replica) }
+            }
+            // Cancelled: the children are cancelled with this task.
         }
     }
 
+    package var reconcileInterval: Duration { self.configuration.pollInterval }
+
     /// Called (with the replica's URL) when a replica comes back into rotation; the
     /// leader reconciles it at once.
-    public func onReplicaRecovered(_ handler: @escaping @Sendable (String) -> Void) {
+    package func onReplicaRecovered(_ handler: @escaping @Sendable (String) -> Void) {
         self.recovered.withLock { $0 = handler }
     }
 
     /// Per-replica state for status reports and tests.
-    public func replicaStatuses() -> [UpstreamReplicaStatus] {
+    package func replicaStatuses() -> [UpstreamReplicaStatus] {
         self.replicas.map { replica in
             replica.state.withLock {
                 UpstreamReplicaStatus(
@@ -227,7 +239,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
 
     // MARK: Forwarding
 
-    public func forward(_ request: ForwardedRequest) async throws(APIError) -> ForwardedResponse {
+    package func forward(_ request: ForwardedRequest) async throws(APIError) -> any ForwardedResponse {
         var tried: Set<ObjectIdentifier> = []
         var lastError: APIError?
         while let replica = self.pick(adapter: request.adapter?.name, excluding: tried) {
@@ -254,16 +266,17 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
                     throw APIError(
                         status: .gatewayTimeout, kind: .serverError,
                         message: "upstream \(replica.name) did not answer within \(self.configuration.generationTimeout)")
-                case .transport, .invalidURL:
+                case .transport, .bodyTooLarge:
                     self.markUnhealthy(replica, reason: "\(error)")
                     throw APIError(status: .badGateway, kind: .serverError, message: "upstream \(replica.name) failed: \(error)")
+                case .cancelled:
+                    throw APIError(status: .badGateway, kind: .serverError, message: "upstream \(replica.name): \(error)")
                 }
             }
             if (200..<300).contains(response.status) {
                 replica.state.withLock { $0.served += 1 }
-                return ForwardedResponse(
-                    status: response.status, contentType: response.header("Content-Type") ?? "application/json",
-                    replica: replica.name, body: response.body
+                return UpstreamForwardedResponse(
+                    response: response, replica: replica.name, bodyLimit: self.configuration.maxBufferedBodyBytes
                 ) { [weak self] in self?.release(replica) }
             }
             let errorBody = (try? await response.collect(limit: 1 << 20)) ?? ByteBuffer()
@@ -388,8 +401,8 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
         }
         guard startProbe else { return }
         self.logger.warning("upstream replica out of rotation", metadata: ["upstream": "\(replica.name)", "reason": "\(reason)"])
-        replica.client.shutdown()
-        Task { [weak self] in await self?.probe(replica) }
+        replica.client.closeIdleConnections()
+        if let index = self.replicas.firstIndex(where: { $0 === replica }) { self.probeSink.yield(index) }
     }
 
     /// `/health` until it answers 200, backing off; then the replica's adapters are
@@ -482,7 +495,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     private func models(of replica: UpstreamReplica) async throws(UpstreamError) -> [ListedModel] {
         let response = try await replica.client.execute(
             method: .GET, path: "/v1/models", headers: self.authHeaders, headTimeout: self.configuration.probeTimeout)
-        let body = try await response.collect(limit: 16 << 20)
+        let body = try await response.collect(limit: self.configuration.maxBufferedBodyBytes)
         guard response.status == 200 else {
             throw UpstreamError.transport("/v1/models answered \(response.status)", sent: true)
         }
@@ -501,16 +514,10 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
 
     private var healthyReplicas: [UpstreamReplica] { self.replicas.filter { $0.state.withLock { $0.healthy } } }
 
-    // MARK: EngineBackend
-
-    public func generate(_ request: GenerateRequest) async throws(Status) -> AsyncThrowingStream<GenerateChunk, any Error> {
-        throw Status(code: .unimplemented, message: "upstream replicas take OpenAI requests (forward), not engine-channel generations")
-    }
-
-    public func abort(requestID: String) async {}
+    // MARK: Status and adapter hosting
 
     /// Healthy when at least one replica is in rotation.
-    public func health() async throws(Status) -> HealthReply {
+    package func health() async throws(Status) -> HealthReply {
         let healthy = self.healthyReplicas.count
         guard healthy > 0 else { throw Status(code: .unavailable, message: "no upstream replica is reachable") }
         let running = self.replicas.reduce(0) { $0 + $1.state.withLock { $0.outstanding } }
@@ -518,7 +525,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     }
 
     /// The base model of the first replica that answers `/v1/models`.
-    public func modelInfo() async throws(Status) -> ModelInfo {
+    package func modelInfo() async throws(Status) -> ModelInfo {
         var failures: [String] = []
         for replica in self.replicas {
             guard let models = await self.list(replica) else {
@@ -535,7 +542,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     }
 
     /// Adapters every healthy replica lists (ids from the committed table).
-    public func listAdapters() async throws(Status) -> [EngineAdapter] {
+    package func listAdapters() async throws(Status) -> [EngineAdapter] {
         let healthy = self.healthyReplicas
         guard !healthy.isEmpty else { throw Status(code: .unavailable, message: "no upstream replica is reachable") }
         var common: [String: String]?
@@ -551,7 +558,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     }
 
     /// Loads on every healthy replica; all must accept, else the ones that did are rolled back.
-    public func addAdapter(_ request: AddAdapterRequest) async throws(Status) {
+    package func addAdapter(_ request: AddAdapterRequest) async throws(Status) {
         self.names.withLock { $0[request.intID] = request.name }
         let targets = self.healthyReplicas
         guard !targets.isEmpty else { throw Status(code: .unavailable, message: "no upstream replica is reachable") }
@@ -596,7 +603,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
 
     /// Unloads on every healthy replica (one that does not hold it counts as done); on a
     /// refusal the adapter is re-added where it was removed.
-    public func removeAdapter(_ request: RemoveAdapterRequest) async throws(Status) {
+    package func removeAdapter(_ request: RemoveAdapterRequest) async throws(Status) {
         let record = self.table.snapshot().adapters.first { $0.intID == request.intID }
         guard let name = record?.name ?? self.names.withLock({ $0[request.intID] }) else {
             throw Status(code: .notFound, message: "no adapter with lora_int_id \(request.intID)")
@@ -624,7 +631,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     }
 
     /// Pinning is the engine's cache policy; the replicas manage their own (no-op).
-    public func pinAdapter(_ request: PinAdapterRequest) async throws(Status) {}
+    package func pinAdapter(_ request: PinAdapterRequest) async throws(Status) {}
 
     // MARK: Adapter calls on one replica
 
@@ -683,7 +690,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
             switch error {
             case .connect, .transport(_, sent: false): return .unreachable("\(error)")
             case .timeout: return .refused(Status(code: .deadlineExceeded, message: "\(error)"))
-            case .transport, .invalidURL: return .unreachable("\(error)")
+            case .transport, .bodyTooLarge, .cancelled: return .unreachable("\(error)")
             }
         }
         let answer: ByteBuffer
@@ -721,7 +728,7 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
     /// Makes every healthy replica hold exactly the committed table: adapters it lacks
     /// (or holds from another path) are loaded, adapters no committed entry names are
     /// unloaded. Drift is logged and counted in `driftRepairs`.
-    public func reconcile(with table: AdapterTable) async throws(Status) -> LeaderMutationService.Reconciliation {
+    package func reconcile(with table: AdapterTable) async throws(Status) -> LeaderMutationService.Reconciliation {
         for adapter in table.adapters { self.names.withLock { $0[adapter.intID] = adapter.name } }
         let healthy = self.healthyReplicas
         guard !healthy.isEmpty else { throw Status(code: .unavailable, message: "no upstream replica is reachable") }
@@ -775,10 +782,10 @@ public final class UpstreamBackend: PassthroughBackend, ReplicatedEngineBackend 
 }
 
 /// One replica as `UpstreamBackend.replicaStatuses()` reports it.
-public struct UpstreamReplicaStatus: Sendable {
-    public var url: String
-    public var healthy: Bool
-    public var outstanding: Int
-    public var served: UInt64
-    public var missing: [String]
+package struct UpstreamReplicaStatus: Sendable {
+    package var url: String
+    package var healthy: Bool
+    package var outstanding: Int
+    package var served: UInt64
+    package var missing: [String]
 }
