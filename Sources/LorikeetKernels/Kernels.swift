@@ -9,12 +9,17 @@ import Dispatch
 /// fp32 compute kernels over raw pointers. Every loop here is bounds-free on purpose
 /// (checked `Array` indexing measured 2.5x slower); callers guarantee the sizes.
 ///
+/// Like `QuantKernels`, this target is always compiled with optimization and for the build
+/// machine's CPU (Package.swift), so debug builds of the engine run these at full speed.
+/// `dot` is `@inlinable`: the engine's attention and LoRA loops call it per head and per
+/// rank row, and inline it as they did when it lived in the engine.
+///
 /// Results never depend on the thread count or the batch size: each output element is
 /// always one `dot` over the same elements in the same order. That is what makes a
 /// request's tokens identical whether it runs alone or batched with others.
 package enum Kernels {
     /// Dot product with eight independent accumulators (vectorizable, fixed order).
-    @inline(__always)
+    @inlinable @inline(__always)
     package static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
         var s0: Float = 0
         var s1: Float = 0
@@ -125,8 +130,18 @@ package enum Kernels {
 // Unchecked Sendable is safe: the caller keeps every buffer alive for the whole
 // (synchronous) `concurrentPerform`; chunks only read `weights` and `input`, and each chunk
 // writes a disjoint set of rows of `output`.
-struct ProductPointers: @unchecked Sendable {
-    let weights: UnsafeRawPointer
-    let input: UnsafePointer<Float>
-    let output: UnsafeMutablePointer<Float>
+package struct ProductPointers: @unchecked Sendable {
+    /// The weights, fp32 or quantized quad blocks.
+    package let weights: UnsafeRawPointer
+    /// The activations, `[batch, columns]` (or the expanded `xq` for quantized weights).
+    package let input: UnsafePointer<Float>
+    /// The products, `[batch, rows]`.
+    package let output: UnsafeMutablePointer<Float>
+
+    /// Bundles the three pointers of one product.
+    package init(weights: UnsafeRawPointer, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+        self.weights = weights
+        self.input = input
+        self.output = output
+    }
 }
