@@ -68,7 +68,7 @@ struct EngineCommand: ParsableCommand {
         let core: EngineCore
         do {
             // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
-            core = try EngineCore.open(modelPath: self.model, options: options)
+            core = try EngineCore.open(modelOption: self.model, options: options)
         } catch {
             logger.critical("cannot load the model: \(error.message)")
             throw ExitCode(LorikeetExitCode.cannotBoot)
@@ -100,7 +100,7 @@ struct EngineCommand: ParsableCommand {
             try server.serve(listener: listener, supervisor: self.parentPid)
         } catch {
             logger.critical("accept failed: \(error)")
-            throw ExitCode(1)
+            throw ExitCode(LorikeetExitCode.failure)
         }
     }
 }
