@@ -3,6 +3,7 @@
 #elseif canImport(Darwin)
     import Darwin
 #endif
+package import LorikeetGGUF
 import LorikeetKernels
 
 /// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
