@@ -25,17 +25,7 @@ struct GGUFLoRATests {
         let tmp = dir.deletingLastPathComponent().appendingPathComponent(dir.lastPathComponent + ".tmp-\(getpid())")
         try? FileManager.default.removeItem(at: tmp)
         try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = python
-        process.arguments = [script.path, ModelDownload().defaultModelURL.path, tmp.path] + tokens.map(String.init)
-        let pipe = Pipe()
-        process.standardError = pipe
-        try process.run()
-        let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Fixture.Failure(description: "gguf_lora_reference.py failed: \(String(decoding: stderr, as: UTF8.self))")
-        }
+        try RealModel.runPython(python, script: script, [ModelDownload().defaultModelURL.path, tmp.path] + tokens.map(String.init))
         if rename(tmp.path, dir.path) != 0 { try? FileManager.default.removeItem(at: tmp) }
         return dir
     }

@@ -84,17 +84,7 @@ enum RealModel {
                     """)
             }
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let process = Process()
-            process.executableURL = python
-            process.arguments = [script.path, model.url.path, corpus.path, dir.path]
-            let pipe = Pipe()
-            process.standardError = pipe
-            try process.run()
-            let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                throw RealModelSetupError(description: "tokenizer_reference.py failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))")
-            }
+            try Self.runPython(python, script: script, [model.url.path, corpus.path, dir.path])
         }
         let object = try JSONSerialization.jsonObject(with: Data(contentsOf: json))
         guard let root = object as? [String: Any],
@@ -129,6 +119,23 @@ enum RealModel {
             reference.tensors[name] = ReferenceTensor(shape: shape, savedRows: rows, values: values)
         }
         return reference
+    }
+
+    /// Runs a reference script of Tests/Fixtures with the venv's `python`; throws with its
+    /// stderr when it fails.
+    static func runPython(_ python: URL, script: URL, _ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = python
+        process.arguments = [script.path] + arguments
+        let pipe = Pipe()
+        process.standardError = pipe
+        try process.run()
+        let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw RealModelSetupError(
+                description: "\(script.lastPathComponent) failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))")
+        }
     }
 
     /// Peak and current resident memory of this process in MiB (Linux `/proc/self/status`).
