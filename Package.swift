@@ -194,23 +194,28 @@ let package = Package(
         // it (e.g. `haswell`, or `generic` for a portable build).
         .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
+        // Model download is the command layer's (LorikeetCLI/ModelDownload.swift).
         .target(
             name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetJSON", "LorikeetKernels", "LorikeetLimits"],
             swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
-            dependencies: ["LorikeetEngine"],
+            dependencies: ["LorikeetEngine", "LorikeetGGUF"],
             swiftSettings: upcoming
         ),
         .testTarget(
             name: "LorikeetEngineTests",
-            dependencies: ["LorikeetEngine", "LorikeetGGUF", "LorikeetTestSupport"],
+            // LorikeetCLI: the real-model tests get the default model as `lorikeet engine` does.
+            dependencies: ["LorikeetEngine", "LorikeetGGUF", "LorikeetCLI", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
 
-        // Model formats: GGUF reader, dequantization, Llama tensor mapping, byte-level BPE tokenizer.
+        // Model formats: GGUF reader, dequantization, the one LlamaConfig and the Llama tensor
+        // mapping, byte-level BPE tokenizer.
         .target(name: "LorikeetGGUF", swiftSettings: upcoming),
         .testTarget(name: "LorikeetGGUFTests", dependencies: ["LorikeetGGUF"], swiftSettings: upcoming),
+        // The command layer's own code (model download).
+        .testTarget(name: "LorikeetCLITests", dependencies: ["LorikeetCLI"], swiftSettings: upcoming),
         // The engine process: serves the engine channel for an EngineCore on a Unix socket.
         .target(
             name: "LorikeetEngineServer",

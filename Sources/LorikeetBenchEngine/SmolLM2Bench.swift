@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import LorikeetEngine
+import LorikeetGGUF
 import Synchronization
 
 /// `--model smollm2`: the default model (SmolLM2-135M-Instruct Q4_1) through the whole
@@ -33,10 +34,10 @@ enum SmolLM2Bench {
         Historians still debate how quickly these changes happened and which of them mattered most.
         """
 
-    static func run(threadCounts: [Int], decodeTokens: Int, storage: WeightStorage, json: String?) throws {
+    static func run(modelFile: String, threadCounts: [Int], decodeTokens: Int, storage: WeightStorage, json: String?) throws {
         let clock = ContinuousClock()
         let start = clock.now
-        let base = try EngineCore.open(modelPath: nil, options: EngineOptions(threads: 1), storage: storage)
+        let base = try EngineCore.open(modelPath: modelFile, options: EngineOptions(threads: 1), storage: storage)
         let loadSeconds = Double((clock.now - start).components.attoseconds) / 1e18 + Double((clock.now - start).components.seconds)
         base.shutdown()
         var prompt = base.tokenizer.encode(Self.promptText)

@@ -38,7 +38,7 @@ func measure(_ core: EngineCore, adapter: UInt64?, streams: Int, tokens: Int, ta
         let prompt = [UInt32(256)] + Array("Benchmark prompt \(i): the quick brown fox".utf8).map(UInt32.init)
         try core.submit(
             GenerationRequest(
-                id: "\(tag)-\(i)", prompt: .tokens(prompt), adapterId: adapter,
+                id: "\(tag)-\(i)", prompt: .tokens(prompt), adapterID: adapter,
                 params: SamplingParams(maxTokens: tokens, ignoreEOS: true))
         ) { event in
             generated.withLock { $0 += event.tokens.count }
@@ -57,12 +57,13 @@ func row(_ a: String, _ b: String, _ c: String) -> String {
 
 do {
     if CommandLine.arguments.dropFirst().first == "--model" {
-        // lorikeet-bench-engine --model smollm2 [--threads-list 1,2] [--tokens N] [--storage quantized|float32] [--json PATH]
+        // lorikeet-bench-engine --model smollm2 --model-file PATH [--threads-list 1,2] [--tokens N] [--storage quantized|float32] [--json PATH]
         var args = Array(CommandLine.arguments.dropFirst(2))
         guard args.first == "smollm2" else { throw BenchError(description: "only --model smollm2 is supported") }
         args.removeFirst()
         var threads = [1, 2], tokens = 128, storage = WeightStorage.quantized
         var json: String?
+        var modelFile: String?
         while args.count >= 2 {
             let (flag, value) = (args[0], args[1])
             args.removeFirst(2)
@@ -73,19 +74,21 @@ do {
                 guard let s = WeightStorage(rawValue: value) else { throw BenchError(description: "bad --storage \(value)") }
                 storage = s
             case "--json": json = value
+            case "--model-file": modelFile = value
             default: throw BenchError(description: "unknown flag \(flag)")
             }
         }
         guard args.isEmpty else { throw BenchError(description: "\(args[0]) needs a value") }
-        try SmolLM2Bench.run(threadCounts: threads, decodeTokens: tokens, storage: storage, json: json)
+        guard let modelFile else { throw BenchError(description: "--model smollm2 needs --model-file PATH (bin/bench-engine passes the cached default model)") }
+        try SmolLM2Bench.run(modelFile: modelFile, threadCounts: threads, decodeTokens: tokens, storage: storage, json: json)
         exit(0)
     }
     let (dir, threads, tokens) = try parseArguments()
     let core = try EngineCore(
         modelDirectory: dir + "/model", options: EngineOptions(maxLoras: 4, maxLoraRank: 32, threads: threads))
-    _ = try core.adapters.add(name: "plain", intId: 1, path: dir + "/adapters/plain", epoch: 1)
-    _ = try core.adapters.add(name: "rslora", intId: 2, path: dir + "/adapters/rslora", epoch: 1)
-    _ = try core.adapters.add(name: "rank32", intId: 3, path: dir + "/adapters/rank32", epoch: 1)
+    _ = try core.adapters.add(name: "plain", intID: 1, path: dir + "/adapters/plain", epoch: 1)
+    _ = try core.adapters.add(name: "rslora", intID: 2, path: dir + "/adapters/rslora", epoch: 1)
+    _ = try core.adapters.add(name: "rank32", intID: 3, path: dir + "/adapters/rank32", epoch: 1)
     _ = try measure(core, adapter: nil, streams: 2, tokens: 32, tag: "warmup")
     print("fixture model: hidden 64, 2 layers, vocab 258; \(tokens) tokens per request; threads \(threads)")
     print(row("case", "tokens/s", "adapter/base"))
@@ -110,7 +113,7 @@ do {
             for i in 0..<8 {
                 try core.submit(
                     GenerationRequest(
-                        id: "mixed-\(i)", prompt: .text("Mixed \(i)"), adapterId: [nil, 1, 2, 3][i % 4],
+                        id: "mixed-\(i)", prompt: .text("Mixed \(i)"), adapterID: [nil, 1, 2, 3][i % 4],
                         params: SamplingParams(maxTokens: tokens, ignoreEOS: true))
                 ) { e in
                     count.withLock { $0 += e.tokens.count }

@@ -28,7 +28,7 @@ struct CtlOptions: ParsableArguments {
     /// Why an admin call did not get a reply: a message and the exit code it maps to.
     struct CallFailure: Error {
         var message: String
-        var code: Int32
+        var code: LorikeetExitCode
     }
 
     /// Sends one request and returns the reply body; prints and exits on failure.
@@ -46,12 +46,12 @@ struct CtlOptions: ParsableArguments {
             fd = try UnixSocket.connect(path: self.socketPath)
         } catch {
             if case .system(_, let code) = error, code == EACCES {
-                return .failure(CallFailure(message: "permission denied on \(self.socketPath): run as the server's user or root", code: 4))
+                return .failure(CallFailure(message: "permission denied on \(self.socketPath): run as the server's user or root", code: .permissionDenied))
             }
             return .failure(
                 CallFailure(
                     message: "cannot reach the supervisor at \(self.socketPath): \(error) (is `lorikeet serve` running with this --state-dir?)",
-                    code: 3))
+                    code: .unreachable))
         }
         var timeout = timeval(tv_sec: Int(self.timeout), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -62,17 +62,17 @@ struct CtlOptions: ParsableArguments {
         do {
             try connection.send(AdminEnvelope(callID: 1, body: body))
             guard let reply = try connection.receive() else {
-                return .failure(CallFailure(message: "the supervisor closed the connection (peer refused? see the server log)", code: 4))
+                return .failure(CallFailure(message: "the supervisor closed the connection (peer refused? see the server log)", code: .permissionDenied))
             }
             return .success(reply.body ?? .result(CallResult()))
         } catch {
-            return .failure(CallFailure(message: "admin call failed: \(error)", code: 3))
+            return .failure(CallFailure(message: "admin call failed: \(error)", code: .unreachable))
         }
     }
 
-    static func fail(_ message: String, code: Int32) -> Never {
+    static func fail(_ message: String, code: LorikeetExitCode) -> Never {
         FileHandle.standardError.write(Data("lorikeet ctl: \(message)\n".utf8))
-        Foundation.exit(code)
+        code.exit()
     }
 
     func printJSON(_ value: Any) {
@@ -89,7 +89,7 @@ struct CtlOptions: ParsableArguments {
         }
         if !status.isOK {
             if !self.json { FileHandle.standardError.write(Data("lorikeet ctl: \(status.code): \(status.message)\n".utf8)) }
-            Foundation.exit(1)
+            LorikeetExitCode.failure.exit()
         }
     }
 
@@ -121,8 +121,8 @@ struct CtlOptions: ParsableArguments {
 
 
 func unexpected(_ body: AdminEnvelope.Body) -> Never {
-    if case .result(let result) = body { CtlOptions.fail("\(result.status.code): \(result.status.message)", code: 1) }
-    CtlOptions.fail("unexpected reply from the supervisor", code: 3)
+    if case .result(let result) = body { CtlOptions.fail("\(result.status.code): \(result.status.message)", code: .failure) }
+    CtlOptions.fail("unexpected reply from the supervisor", code: .unreachable)
 }
 
 struct CtlStatus: ParsableCommand {
@@ -212,7 +212,7 @@ struct CtlLoad: ParsableCommand {
                 FileHandle.standardError.write(Data("lorikeet ctl: \(result.status.code): \(result.status.message)\n".utf8))
             }
         }
-        if !result.status.isOK { Foundation.exit(1) }
+        if !result.status.isOK { LorikeetExitCode.failure.exit() }
     }
 }
 
@@ -231,7 +231,7 @@ struct CtlUnload: ParsableCommand {
         } else {
             FileHandle.standardError.write(Data("lorikeet ctl: \(result.status.code): \(result.status.message)\n".utf8))
         }
-        if !result.status.isOK { Foundation.exit(1) }
+        if !result.status.isOK { LorikeetExitCode.failure.exit() }
     }
 }
 
@@ -249,7 +249,7 @@ struct CtlBatch: ParsableCommand {
     func run() throws {
         let data = self.file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : try Data(contentsOf: URL(fileURLWithPath: self.file))
         guard let items = try? JSONSerialization.jsonObject(with: data) as? [[String: [String: Any]]] else {
-            CtlOptions.fail("batch file must be a JSON array of {\"load\": {...}} / {\"unload\": {...}} objects", code: 64)
+            CtlOptions.fail("batch file must be a JSON array of {\"load\": {...}} / {\"unload\": {...}} objects", code: .usage)
         }
         var batch: [BatchItem] = []
         for (index, item) in items.enumerated() {
@@ -258,7 +258,7 @@ struct CtlBatch: ParsableCommand {
             } else if let unload = item["unload"], let name = unload["lora_name"] as? String {
                 batch.append(.unload(UnloadAdapterRequest(name: name, intID: (unload["lora_int_id"] as? NSNumber)?.uint64Value ?? 0)))
             } else {
-                CtlOptions.fail("batch item \(index) needs load {lora_name, lora_path} or unload {lora_name}", code: 64)
+                CtlOptions.fail("batch item \(index) needs load {lora_name, lora_path} or unload {lora_name}", code: .usage)
             }
         }
         let reply = try self.options.call(.batch(BatchRequest(items: batch)))
@@ -270,7 +270,7 @@ struct CtlBatch: ParsableCommand {
                 print("\(index): \(result.status.isOK ? "ok" : "\(result.status.code): \(result.status.message)")")
             }
         }
-        if results.results.contains(where: { !$0.status.isOK }) { Foundation.exit(1) }
+        if results.results.contains(where: { !$0.status.isOK }) { LorikeetExitCode.failure.exit() }
     }
 }
 

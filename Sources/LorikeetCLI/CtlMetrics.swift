@@ -33,9 +33,9 @@ struct CtlMetrics: ParsableCommand {
             print(registry.emitToString(), terminator: "")
             if case .failure(let failure) = statusResult {
                 FileHandle.standardError.write(Data("lorikeet ctl: \(failure.message)\n".utf8))
-                Foundation.exit(failure.code)
+                failure.code.exit()
             }
-            Foundation.exit(3)
+            LorikeetExitCode.unreachable.exit()
         }
         up.set(to: 1)
         Self.render(status: status, workers: list.workers, into: registry)

@@ -78,7 +78,7 @@ struct EngineCommand: AsyncParsableCommand {
         let core: EngineCore
         do {
             // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
-            core = try EngineCore.open(modelPath: self.model, options: options)
+            core = try EngineCore.open(modelOption: self.model, options: options)
         } catch {
             logger.critical("cannot load the model: \(error.message)")
             throw ExitCode(LorikeetExitCode.cannotBoot)
@@ -127,7 +127,7 @@ struct EngineCommand: AsyncParsableCommand {
         try? await eventLoops.shutdownGracefully()
         if let failure {
             logger.critical("engine stopped: \(failure)")
-            throw ExitCode(1)
+            throw ExitCode(LorikeetExitCode.failure)
         }
         logger.info("engine stopped")
     }

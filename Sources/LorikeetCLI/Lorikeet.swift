@@ -1,4 +1,5 @@
 import ArgumentParser
+import LorikeetProto
 
 /// The `lorikeet` command: every process of the server is a subcommand of one binary.
 @main
@@ -14,4 +15,11 @@ struct Lorikeet: AsyncParsableCommand {
 /// The version every process reports (control Hello, /version, admin status).
 enum LorikeetVersion {
     static let string = "0.1.0"
+}
+
+extension ExitCode {
+    /// ArgumentParser's exit code for one of Lorikeet's (`throw ExitCode(.cannotBoot)`).
+    init(_ code: LorikeetExitCode) {
+        self.init(code.rawValue)
+    }
 }

@@ -1,6 +1,7 @@
 import CLorikeetSys
 import Foundation
 import Glibc
+import LorikeetProto
 import ServiceLifecycle
 
 /// Ties a child process's life to its parent (`--parent-pid`): the kernel sends SIGKILL
@@ -40,7 +41,7 @@ enum ParentWatch {
     private static func parentGone(_ parentPID: Int32) -> Never {
         let message = Array("lorikeet: parent process \(parentPID) is gone; exiting\n".utf8)
         _ = message.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-        exit(1)
+        LorikeetExitCode.failure.exit()
     }
 
     /// Processes started through Foundation's `Process` inherit a blocked signal mask;

@@ -144,6 +144,6 @@ enum SecurityOptions {
     /// The single line printed before exiting 78 for a configuration that cannot work.
     static func refuse(_ message: String) -> Never {
         FileHandle.standardError.write(Data("lorikeet: \(message)\n".utf8))
-        exit(LorikeetExitCode.cannotBoot)
+        LorikeetExitCode.cannotBoot.exit()
     }
 }

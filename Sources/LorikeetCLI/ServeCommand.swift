@@ -157,7 +157,7 @@ struct ServeCommand: ParsableCommand {
             logger.critical("cannot start: \(error)")
             throw ExitCode(LorikeetExitCode.cannotBoot)
         }
-        if result.code != 0 {
+        if result.code != .ok {
             FileHandle.standardError.write(Data("lorikeet: \(result.message)\n".utf8))
             throw ExitCode(result.code)
         }

@@ -1,8 +1,8 @@
-public import LorikeetProto
+package import LorikeetProto
 
 /// A channel envelope that carries a `call_id`, so replies can be matched to calls
 /// (`lorikeet.v1.EngineEnvelope`, `lorikeet.v1.ControlEnvelope`).
-public protocol CallEnvelope: WireMessage {
+package protocol CallEnvelope: WireMessage {
     /// Correlates a reply with its call; 0 for one-way messages.
     var callID: UInt64 { get set }
 }
@@ -11,7 +11,7 @@ extension EngineEnvelope: CallEnvelope {}
 extension ControlEnvelope: CallEnvelope {}
 
 /// Why a framed call failed. Callers map these to their channel's status codes.
-public enum FramedCallError: Error, Equatable, Sendable, CustomStringConvertible {
+package enum FramedCallError: Error, Equatable, Sendable, CustomStringConvertible {
     /// No connection could be made (peer down, client shut down, adopted socket gone).
     case unavailable(String)
     /// The connection broke while the call was in flight (every call on it fails alike).
@@ -27,7 +27,7 @@ public enum FramedCallError: Error, Equatable, Sendable, CustomStringConvertible
     /// was ended and the peer told; the connection carries on.
     case consumerTooSlow
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .unavailable(let reason): return "unavailable: \(reason)"
         case .connectionLost(let reason): return "connection lost: \(reason)"
@@ -40,14 +40,14 @@ public enum FramedCallError: Error, Equatable, Sendable, CustomStringConvertible
 }
 
 /// Where a `FramedCallClient` connects.
-public enum FramedEndpoint: Sendable, CustomStringConvertible {
+package enum FramedEndpoint: Sendable, CustomStringConvertible {
     /// A Unix stream socket; reconnected on the next call after a loss.
     case unixSocket(path: String)
     /// An already-connected stream socket (an inherited socketpair end). Adopted once:
     /// after it closes, calls fail with `.unavailable`.
     case connectedSocket(fd: Int32)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .unixSocket(let path): return path
         case .connectedSocket(let fd): return "fd \(fd)"

@@ -1,5 +1,5 @@
-public import LorikeetProto
-public import NIOCore
+package import LorikeetProto
+package import NIOCore
 
 /// SwiftNIO decoder of the channels' frame format (`Frame`: 1 flag byte 0 + 4-byte
 /// big-endian length + one envelope), yielding parsed envelopes.
@@ -10,23 +10,23 @@ public import NIOCore
 /// `FrameError`: `ByteToMessageHandler` then fires it as an error and stops decoding, and
 /// `FramedCallHandler` closes the channel with the reason logged. A stream that ends inside
 /// a frame is `FrameError.truncated`.
-public struct FrameMessageDecoder<Message: WireMessage>: ByteToMessageDecoder {
-    public typealias InboundOut = Message
+package struct FrameMessageDecoder<Message: WireMessage>: ByteToMessageDecoder {
+    package typealias InboundOut = Message
 
     /// Largest payload accepted (`Limits.channelFrameBytes` unless a test says otherwise).
-    public let maximumFrameSize: Int
+    package let maximumFrameSize: Int
 
-    public init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
+    package init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
         self.maximumFrameSize = maximumFrameSize
     }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    package mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let message = try self.next(from: &buffer) else { return .needMoreData }
         context.fireChannelRead(NIOAny(message))
         return .continue
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+    package mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         if let message = try self.next(from: &buffer) {
             context.fireChannelRead(NIOAny(message))
             return .continue
@@ -37,7 +37,7 @@ public struct FrameMessageDecoder<Message: WireMessage>: ByteToMessageDecoder {
 
     /// The next complete message in `buffer` (consumed), or nil when more bytes are needed.
     /// Pure: usable on a plain `ByteBuffer` without a channel.
-    public func next(from buffer: inout ByteBuffer) throws(FrameError) -> Message? {
+    package func next(from buffer: inout ByteBuffer) throws(FrameError) -> Message? {
         let start = buffer.readerIndex
         guard let flag = buffer.getInteger(at: start, as: UInt8.self),
             let length = buffer.getInteger(at: start + 1, as: UInt32.self)
@@ -62,18 +62,18 @@ public struct FrameMessageDecoder<Message: WireMessage>: ByteToMessageDecoder {
 /// `MessageToByteEncoder` because `MessageToByteHandler` turns any encoding error into a
 /// permanent error state for the channel, and here an oversized message is the caller's
 /// error alone.
-public final class FrameMessageEncoder<Message: WireMessage>: ChannelOutboundHandler {
-    public typealias OutboundIn = Message
-    public typealias OutboundOut = ByteBuffer
+package final class FrameMessageEncoder<Message: WireMessage>: ChannelOutboundHandler {
+    package typealias OutboundIn = Message
+    package typealias OutboundOut = ByteBuffer
 
     /// Largest payload written (the same limit as the peer's decoder).
-    public let maximumFrameSize: Int
+    package let maximumFrameSize: Int
 
-    public init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
+    package init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
         self.maximumFrameSize = maximumFrameSize
     }
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let message = Self.unwrapOutboundIn(data)
         do {
             let frame = try Self.encode(message, maximumFrameSize: self.maximumFrameSize, allocator: context.channel.allocator)
@@ -84,7 +84,7 @@ public final class FrameMessageEncoder<Message: WireMessage>: ChannelOutboundHan
     }
 
     /// The frame carrying `message`; throws `.frameTooLarge` above the limit. Pure.
-    public static func encode(_ message: Message, maximumFrameSize: Int, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
+    package static func encode(_ message: Message, maximumFrameSize: Int, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
         let payload = message.serializedBytes()
         guard payload.count <= maximumFrameSize else {
             throw .frameTooLarge(length: UInt32(clamping: payload.count), maximum: maximumFrameSize)

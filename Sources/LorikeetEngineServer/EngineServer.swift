@@ -409,7 +409,7 @@ package final class EngineServer: Sendable {
             }
             self.onAdapterQueue(callID: callID, deadline: deadline, c) { () throws(EngineError) -> EngineEnvelope.Body in
                 _ = try self.core.adapters.add(
-                    name: a.name, intId: a.intID, path: a.path, pinned: a.pinned, replace: a.replace, epoch: a.epoch)
+                    name: a.name, intID: a.intID, path: a.path, pinned: a.pinned, replace: a.replace, epoch: a.epoch)
                 return .result(CallResult(status: .ok))
             }
         case .removeAdapter(let r):
@@ -418,7 +418,7 @@ package final class EngineServer: Sendable {
                 return
             }
             self.onAdapterQueue(callID: callID, deadline: deadline, c) { () throws(EngineError) -> EngineEnvelope.Body in
-                try self.core.adapters.remove(intId: r.intID, epoch: r.epoch)
+                try self.core.adapters.remove(intID: r.intID, epoch: r.epoch)
                 return .result(CallResult(status: .ok))
             }
         case .pinAdapter(let p):
@@ -427,7 +427,7 @@ package final class EngineServer: Sendable {
                 return
             }
             self.onAdapterQueue(callID: callID, deadline: deadline, c) { () throws(EngineError) -> EngineEnvelope.Body in
-                try self.core.adapters.pin(intId: p.intID, pinned: p.pinned, epoch: p.epoch)
+                try self.core.adapters.pin(intID: p.intID, pinned: p.pinned, epoch: p.epoch)
                 return .result(CallResult(status: .ok))
             }
         case .listAdapters:
@@ -436,7 +436,7 @@ package final class EngineServer: Sendable {
                     EngineAdapterList(
                         adapters: self.core.adapters.list().map {
                             EngineAdapter(
-                                name: $0.name, intID: $0.intId, path: $0.path, pinned: $0.pinned, active: $0.active,
+                                name: $0.name, intID: $0.intID, path: $0.path, pinned: $0.pinned, active: $0.active,
                                 rank: UInt32($0.rank))
                         }))
             }
@@ -452,7 +452,7 @@ package final class EngineServer: Sendable {
                     ModelInfo(
                         modelName: i.modelName, architecture: i.architecture, vocabSize: UInt32(i.vocabSize),
                         contextLength: UInt32(i.contextLength), maxLoras: UInt32(i.maxLoras), maxCPULoras: UInt32(i.maxCpuLoras),
-                        maxLoraRank: UInt32(i.maxLoraRank), eosTokenIDs: i.eosTokenIds)))
+                        maxLoraRank: UInt32(i.maxLoraRank), eosTokenIDs: i.eosTokenIDs)))
         case .chunk, .adapterList, .healthReply, .modelInfoReply, .result:
             result(Status(code: .invalidArgument, message: "the engine does not accept reply messages"))
         case .none:
@@ -506,16 +506,16 @@ package final class EngineServer: Sendable {
             prompt = .text(g.promptText)
         }
         let s = g.sampling
-        let adapterId = g.adapter.flatMap { $0.intID == 0 ? nil : $0.intID }
+        let adapterID = g.adapter.flatMap { $0.intID == 0 ? nil : $0.intID }
         let request = GenerationRequest(
-            id: g.requestID, prompt: prompt, adapterId: adapterId,
+            id: g.requestID, prompt: prompt, adapterID: adapterID,
             params: LorikeetEngine.SamplingParams(
                 maxTokens: Int(s.maxTokens == 0 ? 16 : s.maxTokens), temperature: s.temperature,
                 topP: s.topP == 0 ? 1 : s.topP, topK: Int(s.topK), seed: s.seed, stop: s.stop,
-                stopTokenIds: s.stopTokenIDs, ignoreEOS: s.ignoreEOS))
+                stopTokenIDs: s.stopTokenIDs, ignoreEOS: s.ignoreEOS))
         c.track(g.requestID)
         let promptBytes = g.promptText.utf8.count + g.messages.reduce(0) { $0 + $1.content.utf8.count }
-        if promptBytes > Self.deferredPromptBytes || adapterId.map({ self.core.adapters.needsReload($0) }) == true {
+        if promptBytes > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
             // Reading the adapter again (file I/O) or tokenizing megabytes: not on the
             // event loop, so this and every other connection's calls are served meanwhile.
             self.submitQueue.async {
@@ -538,7 +538,7 @@ package final class EngineServer: Sendable {
         do {
             try self.core.submit(request) { [weak c] event in
                 guard let c else { return }
-                var chunk = GenerateChunk(requestID: event.requestId, tokens: event.tokens, text: event.text)
+                var chunk = GenerateChunk(requestID: event.requestID, tokens: event.tokens, text: event.text)
                 if let reason = event.finishReason {
                     chunk.finishReason = reason.rawValue
                     chunk.usage = event.usage.map {
@@ -549,7 +549,7 @@ package final class EngineServer: Sendable {
                 c.enqueue(EngineEnvelope(callID: callID, body: .chunk(chunk)))
                 // After the last chunk is queued, so a drain that sees no request left
                 // closes the connection only behind it.
-                if event.finishReason != nil { c.untrack(event.requestId) }
+                if event.finishReason != nil { c.untrack(event.requestID) }
             }
         } catch {
             if error.logDetail != nil { self.log(error, c) }

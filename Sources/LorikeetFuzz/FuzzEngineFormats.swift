@@ -2,13 +2,14 @@
 // operator points it at (model weights, PEFT adapters).
 import Foundation
 import LorikeetEngine
+import LorikeetGGUF
 
 /// The tiny fixture model's shape (Tests/Fixtures/make_tiny_llama.py): adapters are
 /// checked against it.
 let fuzzModel: LlamaConfig? = try? LlamaConfig(
     hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, numKVHeads: 2,
     vocabSize: 258, maxPositionEmbeddings: 256, rmsNormEps: 1e-5, ropeTheta: 10_000,
-    tieWordEmbeddings: false, bosTokenId: 256, eosTokenIds: [257])
+    tieWordEmbeddings: false, bosTokenID: 256, eosTokenIDs: [257])
 
 /// A rank-8 all-linear adapter config for the fixture model.
 let fuzzAllLinear: AdapterConfig? = fuzzModel.flatMap { model in

@@ -11,6 +11,8 @@ package enum GGUFModelError: Error, Equatable, Sendable, CustomStringConvertible
     case unsupportedArchitecture(String)
     /// A metadata value is out of range or inconsistent with another.
     case invalidMetadata(key: String, reason: String)
+    /// The metadata gives hyper-parameters a Llama model cannot have.
+    case invalidConfig(LlamaConfigError)
     /// A required tensor is absent.
     case missingTensor(String)
     /// A tensor's shape is not what the config implies.
@@ -32,6 +34,8 @@ package enum GGUFModelError: Error, Equatable, Sendable, CustomStringConvertible
             return "GGUF architecture '\(arch)' is not supported; only 'llama' models load"
         case .invalidMetadata(let key, let reason):
             return "GGUF metadata '\(key)' is invalid: \(reason)"
+        case .invalidConfig(let error):
+            return "GGUF model hyper-parameter \(error)"
         case .missingTensor(let name):
             return "GGUF tensor '\(name)' is missing"
         case .unexpectedShape(let tensor, let expected, let found):

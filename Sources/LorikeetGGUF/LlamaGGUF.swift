@@ -1,37 +1,6 @@
-package import Foundation
-
-/// Hyper-parameters of a Llama-architecture model, named as in a Hugging Face `config.json`
-/// and read from GGUF `llama.*` / `tokenizer.ggml.*` metadata.
-package struct LlamaConfig: Sendable, Equatable {
-    /// `hidden_size` (`llama.embedding_length`).
-    package var hiddenSize: Int
-    /// `intermediate_size` (`llama.feed_forward_length`).
-    package var intermediateSize: Int
-    /// `num_hidden_layers` (`llama.block_count`).
-    package var numHiddenLayers: Int
-    /// `num_attention_heads` (`llama.attention.head_count`).
-    package var numAttentionHeads: Int
-    /// `num_key_value_heads` (`llama.attention.head_count_kv`, defaults to the head count).
-    package var numKeyValueHeads: Int
-    /// `head_dim` (`llama.attention.key_length`, else `llama.rope.dimension_count`, else hidden / heads).
-    package var headDim: Int
-    /// `rms_norm_eps` (`llama.attention.layer_norm_rms_epsilon`).
-    package var rmsNormEps: Float
-    /// `rope_theta` (`llama.rope.freq_base`, default 10000).
-    package var ropeTheta: Float
-    /// `vocab_size` (`llama.vocab_size`, else the token embedding's rows).
-    package var vocabSize: Int
-    /// `max_position_embeddings` (`llama.context_length`).
-    package var maxPositionEmbeddings: Int
-    /// `tie_word_embeddings`: true when the file has no separate `output.weight`.
-    package var tieWordEmbeddings: Bool
-    /// `bos_token_id` (`tokenizer.ggml.bos_token_id`), if declared.
-    package var bosTokenID: Int?
-    /// `eos_token_id` (`tokenizer.ggml.eos_token_id`), if declared.
-    package var eosTokenID: Int?
-}
-
-/// Loads a Llama GGUF file as Hugging Face–named, row-major `Float` tensors.
+/// Maps a Llama GGUF file to Hugging Face names and layout: its config, its tensor plan and
+/// the Q/K row order. The engine's `LlamaGGUF.loadWeights` (LorikeetEngine) is the one
+/// loader built on it.
 ///
 /// GGUF → HF names: `token_embd` → `model.embed_tokens`, `blk.N.attn_{q,k,v,output}` →
 /// `model.layers.N.self_attn.{q,k,v,o}_proj`, `blk.N.ffn_{gate,up,down}` →
@@ -45,39 +14,6 @@ package struct LlamaConfig: Sendable, Equatable {
 /// so the result is exactly the HF checkpoint layout: HF's `rotate_half` RoPE and PEFT LoRA
 /// adapters for `q_proj` / `k_proj` apply unchanged.
 package enum LlamaGGUF {
-    /// HF tensor name → (row-major shape, values).
-    package typealias Tensors = [String: (shape: [Int], values: [Float])]
-
-    /// Parses, maps and dequantizes the model at `url`.
-    ///
-    /// Throws `GGUFError` for an unreadable or corrupt file, `GGUFModelError` when the file is
-    /// not a loadable Llama model.
-    package static func load(contentsOf url: URL) throws -> (config: LlamaConfig, tensors: Tensors) {
-        let file = try GGUFFile(contentsOf: url)
-        return try Self.load(file)
-    }
-
-    /// Maps and dequantizes every tensor of a parsed Llama GGUF file.
-    package static func load(_ file: GGUFFile) throws(GGUFModelError) -> (config: LlamaConfig, tensors: Tensors) {
-        let config = try Self.config(from: file)
-        var tensors: Tensors = [:]
-        tensors.reserveCapacity(config.numHiddenLayers * 9 + 3)
-        for (ggufName, hfName, shape) in Self.tensorPlan(config) {
-            guard let info = file.tensor(named: ggufName) else { throw .missingTensor(ggufName) }
-            guard info.shape == shape else {
-                throw .unexpectedShape(tensor: ggufName, expected: shape, found: info.shape)
-            }
-            var values = try Self.dequantize(file, info)
-            if ggufName.hasSuffix(".attn_q.weight") {
-                Self.unpermuteQK(&values, rows: shape[0], columns: shape[1], heads: config.numAttentionHeads)
-            } else if ggufName.hasSuffix(".attn_k.weight") {
-                Self.unpermuteQK(&values, rows: shape[0], columns: shape[1], heads: config.numKeyValueHeads)
-            }
-            tensors[hfName] = (shape: shape, values: values)
-        }
-        return (config, tensors)
-    }
-
     /// Dequantizes one tensor to `Float` in its stored (GGUF) row order.
     package static func dequantize(_ file: GGUFFile, _ info: GGUFTensorInfo) throws(GGUFModelError) -> [Float] {
         guard GGUFDequantizer.supports(info.type) else {
@@ -89,7 +25,10 @@ package enum LlamaGGUF {
     }
 
     /// Reads the model hyper-parameters from `llama.*` metadata.
-    package static func config(from file: GGUFFile) throws(GGUFModelError) -> LlamaConfig {
+    ///
+    /// - Parameter stopTokenIDs: the end-of-sequence ids (for ChatML models `<|im_end|>` as
+    ///   well as EOS); when empty, `tokenizer.ggml.eos_token_id` if declared.
+    package static func config(from file: GGUFFile, stopTokenIDs: [UInt32] = []) throws(GGUFModelError) -> LlamaConfig {
         let arch = try file.string("general.architecture")
         guard arch == "llama" else { throw .unsupportedArchitecture(arch) }
         let hidden = try file.int("llama.embedding_length")
@@ -119,27 +58,31 @@ package enum LlamaGGUF {
             throw .invalidMetadata(key: "llama.block_count", reason: "block count \(layers) and feed-forward length \(intermediate) must be positive")
         }
         let ropeTheta = file["llama.rope.freq_base"] == nil ? 10000 : try file.double("llama.rope.freq_base")
-        return LlamaConfig(
-            hiddenSize: hidden,
-            intermediateSize: intermediate,
-            numHiddenLayers: layers,
-            numAttentionHeads: heads,
-            numKeyValueHeads: kvHeads,
-            headDim: headDim,
-            rmsNormEps: Float(try file.double("llama.attention.layer_norm_rms_epsilon")),
-            ropeTheta: Float(ropeTheta),
-            vocabSize: vocab,
-            maxPositionEmbeddings: try file.int("llama.context_length"),
-            tieWordEmbeddings: file.tensor(named: "output.weight") == nil,
-            bosTokenID: file["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenID: file["tokenizer.ggml.eos_token_id"]?.intValue)
+        func tokenID(_ key: String) throws(GGUFModelError) -> UInt32? {
+            guard let id = file[key]?.intValue else { return nil }
+            guard id >= 0, id <= Int(UInt32.max) else { throw .invalidMetadata(key: key, reason: "\(id) is not a token id") }
+            return UInt32(id)
+        }
+        let bos = try tokenID("tokenizer.ggml.bos_token_id")
+        let eos = try tokenID("tokenizer.ggml.eos_token_id")
+        let context = try file.int("llama.context_length")
+        let eps = Float(try file.double("llama.attention.layer_norm_rms_epsilon"))
+        do throws(LlamaConfigError) {
+            return try LlamaConfig(
+                hiddenSize: hidden, intermediateSize: intermediate, numLayers: layers, numHeads: heads,
+                numKVHeads: kvHeads, headDim: headDim, vocabSize: vocab, maxPositionEmbeddings: context,
+                rmsNormEps: eps, ropeTheta: ropeTheta, tieWordEmbeddings: file.tensor(named: "output.weight") == nil,
+                bosTokenID: bos, eosTokenIDs: stopTokenIDs.isEmpty ? (eos.map { [$0] } ?? []) : stopTokenIDs)
+        } catch {
+            throw .invalidConfig(error)
+        }
     }
 
     /// (GGUF name, HF name, expected row-major shape) for every tensor of `config`.
     package static func tensorPlan(_ config: LlamaConfig) -> [(gguf: String, hf: String, shape: [Int])] {
         let h = config.hiddenSize
-        let q = config.numAttentionHeads * config.headDim
-        let kv = config.numKeyValueHeads * config.headDim
+        let q = config.qDim
+        let kv = config.kvDim
         let f = config.intermediateSize
         var plan: [(gguf: String, hf: String, shape: [Int])] = [
             ("token_embd.weight", "model.embed_tokens.weight", [config.vocabSize, h]),
@@ -148,7 +91,7 @@ package enum LlamaGGUF {
         if !config.tieWordEmbeddings {
             plan.append(("output.weight", "lm_head.weight", [config.vocabSize, h]))
         }
-        for n in 0..<config.numHiddenLayers {
+        for n in 0..<config.numLayers {
             let b = "blk.\(n)."
             let l = "model.layers.\(n)."
             plan += [
@@ -203,56 +146,5 @@ package enum LlamaGGUF {
                 }
             }
         }
-    }
-}
-
-/// A tensor kept in its ggml encoding, row-major `[out, in]` (each row holds `in / blockSize`
-/// whole blocks), for engines that compute on quantized blocks instead of `Float`.
-package struct QuantizedTensor: Sendable {
-    /// Row-major shape, outermost first.
-    package var shape: [Int]
-    /// The ggml element type of `bytes`.
-    package var type: GGMLType
-    /// The encoded data, rows in Hugging Face order.
-    package var bytes: [UInt8]
-}
-
-extension LlamaGGUF {
-    /// Like `load(_:)`, but keeps every tensor in its ggml encoding (Q4_1, Q8_0, F32 ...).
-    ///
-    /// Q and K rows are still reordered to Hugging Face order: ggml blocks never straddle
-    /// rows, so moving a row's bytes moves the row. `GGUFDequantizer` on the result gives
-    /// exactly the values `load(_:)` returns.
-    package static func loadQuantized(_ file: GGUFFile) throws(GGUFModelError) -> (config: LlamaConfig, tensors: [String: QuantizedTensor]) {
-        let config = try Self.config(from: file)
-        var tensors: [String: QuantizedTensor] = [:]
-        for (ggufName, hfName, shape) in Self.tensorPlan(config) {
-            guard let info = file.tensor(named: ggufName) else { throw .missingTensor(ggufName) }
-            guard info.shape == shape else {
-                throw .unexpectedShape(tensor: ggufName, expected: shape, found: info.shape)
-            }
-            var bytes = file.withTensorBytes(info) { Array($0) }
-            var heads = 0
-            if ggufName.hasSuffix(".attn_q.weight") { heads = config.numAttentionHeads }
-            if ggufName.hasSuffix(".attn_k.weight") { heads = config.numKeyValueHeads }
-            if heads > 0 {
-                let rows = shape[0]
-                let rowBytes = bytes.count / rows
-                let headDim = rows / heads
-                let half = headDim / 2
-                let source = bytes
-                for h in 0..<heads {
-                    for s in 0..<2 {
-                        for i in 0..<half {
-                            let to = (h * headDim + s * half + i) * rowBytes
-                            let from = (h * headDim + 2 * i + s) * rowBytes
-                            bytes.replaceSubrange(to..<(to + rowBytes), with: source[from..<(from + rowBytes)])
-                        }
-                    }
-                }
-            }
-            tensors[hfName] = QuantizedTensor(shape: shape, type: info.type, bytes: bytes)
-        }
-        return (config, tensors)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import LorikeetEngine
+import LorikeetGGUF
 import LorikeetEngineServer
 import LorikeetProto
 import Synchronization
@@ -208,7 +209,7 @@ enum LargeAdapter {
         try! LlamaConfig(
             hiddenSize: 512, intermediateSize: 1024, numLayers: 2, numHeads: 8, numKVHeads: 8,
             vocabSize: 258, maxPositionEmbeddings: 256, rmsNormEps: 1e-5, ropeTheta: 10_000,
-            tieWordEmbeddings: false, bosTokenId: 256, eosTokenIds: [257])
+            tieWordEmbeddings: false, bosTokenID: 256, eosTokenIDs: [257])
     }()
     static let rank = 256
 

@@ -35,11 +35,11 @@ struct AdapterTests {
     @Test(arguments: refusals)
     func refusesBadAdapterAndKeepsServing(_ r: Refusal) async throws {
         let core = try Fixture.engine(maxLoraRank: r.maxLoraRank)
-        _ = try core.adapters.add(name: "plain", intId: 1, path: try Fixture.adapter("plain"), epoch: 1)
+        _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), epoch: 1)
         let before = core.adapters.list()
         let path = try Fixture.directory() + "/" + r.fixture
         do {
-            _ = try core.adapters.add(name: "bad", intId: 2, path: path, epoch: 1)
+            _ = try core.adapters.add(name: "bad", intID: 2, path: path, epoch: 1)
             Issue.record("adapter \(r.fixture) was accepted")
         } catch {
             #expect(error.code == r.code)
@@ -68,58 +68,58 @@ struct AdapterTests {
         // No prefixes configured: the walk starts at `/`, so a symlink anywhere is refused.
         let core = try Fixture.engine()
         #expect {
-            try core.adapters.add(name: "link", intId: 1, path: tmpReal + "/link", epoch: 1)
+            try core.adapters.add(name: "link", intID: 1, path: tmpReal + "/link", epoch: 1)
         } throws: { ($0 as? EngineError)?.message.contains("is not allowed") == true }
         #expect {
-            try core.adapters.add(name: "swapped", intId: 2, path: tmpReal + "/swapped", epoch: 1)
+            try core.adapters.add(name: "swapped", intID: 2, path: tmpReal + "/swapped", epoch: 1)
         } throws: { ($0 as? EngineError)?.message.contains("'adapter_model.safetensors' is not a regular file") == true }
         #expect {
-            try core.adapters.add(name: "dots", intId: 3, path: plain + "/../plain", epoch: 1)
+            try core.adapters.add(name: "dots", intID: 3, path: plain + "/../plain", epoch: 1)
         } throws: { ($0 as? EngineError)?.message.contains("is not allowed") == true }
         #expect {
-            try core.adapters.add(name: "relative", intId: 4, path: "adapters/plain", epoch: 1)
+            try core.adapters.add(name: "relative", intID: 4, path: "adapters/plain", epoch: 1)
         } throws: { ($0 as? EngineError)?.message.contains("is not allowed") == true }
         #expect(core.adapters.list().isEmpty)
-        _ = try core.adapters.add(name: "plain", intId: 5, path: plain, epoch: 1)
+        _ = try core.adapters.add(name: "plain", intID: 5, path: plain, epoch: 1)
         #expect(try await core.greedy("ok", adapter: 5).tokens == Fixture.reference().cases["plain"]!.greedy)
     }
 
     @Test func epochFencing() throws {
         let core = try Fixture.engine()
         let plain = try Fixture.adapter("plain")
-        _ = try core.adapters.add(name: "plain", intId: 1, path: plain, epoch: 5)
+        _ = try core.adapters.add(name: "plain", intID: 1, path: plain, epoch: 5)
         #expect(core.adapters.maxEpoch == 5)
         let stale = #expect(throws: EngineError.self) {
-            try core.adapters.add(name: "rslora", intId: 2, path: try Fixture.adapter("rslora"), epoch: 4)
+            try core.adapters.add(name: "rslora", intID: 2, path: try Fixture.adapter("rslora"), epoch: 4)
         }
         #expect(stale?.code == .failedPrecondition)
         #expect(stale?.message.contains("epoch 4") == true && stale?.message.contains("epoch 5") == true)
-        #expect(throws: EngineError.self) { try core.adapters.remove(intId: 1, epoch: 3) }
-        #expect(throws: EngineError.self) { try core.adapters.pin(intId: 1, pinned: true, epoch: 2) }
-        #expect(core.adapters.list().map(\.intId) == [1])
+        #expect(throws: EngineError.self) { try core.adapters.remove(intID: 1, epoch: 3) }
+        #expect(throws: EngineError.self) { try core.adapters.pin(intID: 1, pinned: true, epoch: 2) }
+        #expect(core.adapters.list().map(\.intID) == [1])
         #expect(core.adapters.list()[0].pinned == false)
         // A newer leader proceeds, and the old one stays fenced off.
-        try core.adapters.remove(intId: 1, epoch: 6)
+        try core.adapters.remove(intID: 1, epoch: 6)
         #expect(core.adapters.list().isEmpty)
-        #expect(throws: EngineError.self) { try core.adapters.add(name: "plain", intId: 1, path: plain, epoch: 5) }
-        #expect(try core.adapters.add(name: "plain", intId: 1, path: plain, epoch: 6) == .added)
+        #expect(throws: EngineError.self) { try core.adapters.add(name: "plain", intID: 1, path: plain, epoch: 5) }
+        #expect(try core.adapters.add(name: "plain", intID: 1, path: plain, epoch: 6) == .added)
     }
 
     @Test func idsAndNamesAreUniqueAndAddIsIdempotent() throws {
         let core = try Fixture.engine()
         let plain = try Fixture.adapter("plain")
         let rs = try Fixture.adapter("rslora")
-        #expect(try core.adapters.add(name: "a", intId: 1, path: plain, epoch: 1) == .added)
-        #expect(try core.adapters.add(name: "a", intId: 1, path: plain, epoch: 1) == .alreadyLoaded)
-        #expect(throws: EngineError.self) { try core.adapters.add(name: "b", intId: 1, path: rs, epoch: 1) }
-        #expect(throws: EngineError.self) { try core.adapters.add(name: "a", intId: 2, path: rs, epoch: 1) }
-        #expect(try core.adapters.add(name: "a", intId: 1, path: rs, replace: true, epoch: 1) == .replaced)
+        #expect(try core.adapters.add(name: "a", intID: 1, path: plain, epoch: 1) == .added)
+        #expect(try core.adapters.add(name: "a", intID: 1, path: plain, epoch: 1) == .alreadyLoaded)
+        #expect(throws: EngineError.self) { try core.adapters.add(name: "b", intID: 1, path: rs, epoch: 1) }
+        #expect(throws: EngineError.self) { try core.adapters.add(name: "a", intID: 2, path: rs, epoch: 1) }
+        #expect(try core.adapters.add(name: "a", intID: 1, path: rs, replace: true, epoch: 1) == .replaced)
         #expect(core.adapters.list().map(\.path) == [rs])
         #expect(core.adapters.list().map(\.rank) == [4])
         #expect(throws: EngineError(.notFound, "LoRA adapter with lora_int_id 9 is not loaded.")) {
-            try core.adapters.remove(intId: 9, epoch: 1)
+            try core.adapters.remove(intID: 9, epoch: 1)
         }
-        #expect(throws: EngineError.self) { try core.adapters.add(name: "z", intId: 0, path: plain, epoch: 1) }
+        #expect(throws: EngineError.self) { try core.adapters.add(name: "z", intID: 0, path: plain, epoch: 1) }
     }
 
     @Test func lruEvictionReloadsFromPath() async throws {
@@ -127,32 +127,32 @@ struct AdapterTests {
         // reloaded from its path when a request needs it.
         let core = try Fixture.engine(maxLoras: 1, maxCpuLoras: 2)
         let ref = try Fixture.reference()
-        _ = try core.adapters.add(name: "plain", intId: 1, path: try Fixture.adapter("plain"), epoch: 1)
-        _ = try core.adapters.add(name: "rslora", intId: 2, path: try Fixture.adapter("rslora"), epoch: 1)
+        _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), epoch: 1)
+        _ = try core.adapters.add(name: "rslora", intID: 2, path: try Fixture.adapter("rslora"), epoch: 1)
         _ = try await core.greedy("use-plain", adapter: 1, maxTokens: 2)  // plain is now the most recent
-        _ = try core.adapters.add(name: "rank32", intId: 3, path: try Fixture.adapter("rank32"), epoch: 1)
-        var cached = Dictionary(uniqueKeysWithValues: core.adapters.list().map { ($0.intId, $0.cached) })
+        _ = try core.adapters.add(name: "rank32", intID: 3, path: try Fixture.adapter("rank32"), epoch: 1)
+        var cached = Dictionary(uniqueKeysWithValues: core.adapters.list().map { ($0.intID, $0.cached) })
         #expect(cached == [1: true, 2: false, 3: true])
         #expect(try await core.greedy("reload-rslora", adapter: 2).tokens == ref.cases["rslora"]!.greedy)
-        cached = Dictionary(uniqueKeysWithValues: core.adapters.list().map { ($0.intId, $0.cached) })
+        cached = Dictionary(uniqueKeysWithValues: core.adapters.list().map { ($0.intID, $0.cached) })
         #expect(cached[2] == true)
         #expect(cached.values.filter { $0 }.count == 2)
-        let active = core.adapters.list().filter(\.active).map(\.intId)
+        let active = core.adapters.list().filter(\.active).map(\.intID)
         #expect(active == [2], "max_loras=1: only the last used adapter holds the slot")
     }
 
     @Test func pinningProtectsFromEvictionAndIsBounded() async throws {
         let core = try Fixture.engine(maxLoras: 1, maxCpuLoras: 2)
         let ref = try Fixture.reference()
-        _ = try core.adapters.add(name: "plain", intId: 1, path: try Fixture.adapter("plain"), pinned: true, epoch: 1)
-        _ = try core.adapters.add(name: "rslora", intId: 2, path: try Fixture.adapter("rslora"), epoch: 1)
-        _ = try core.adapters.add(name: "rank32", intId: 3, path: try Fixture.adapter("rank32"), epoch: 1)
-        let list = Dictionary(uniqueKeysWithValues: core.adapters.list().map { ($0.intId, $0) })
+        _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), pinned: true, epoch: 1)
+        _ = try core.adapters.add(name: "rslora", intID: 2, path: try Fixture.adapter("rslora"), epoch: 1)
+        _ = try core.adapters.add(name: "rank32", intID: 3, path: try Fixture.adapter("rank32"), epoch: 1)
+        let list = Dictionary(uniqueKeysWithValues: core.adapters.list().map { ($0.intID, $0) })
         #expect(list[1]?.cached == true && list[1]?.pinned == true && list[1]?.active == true)
         #expect(list[2]?.cached == false)  // the unpinned one was evicted instead
         // Only one active slot and it is pinned: pinning another is refused with a reason,
         // and a request for an unpinned adapter fails instead of waiting forever.
-        let pinError = #expect(throws: EngineError.self) { try core.adapters.pin(intId: 3, pinned: true, epoch: 1) }
+        let pinError = #expect(throws: EngineError.self) { try core.adapters.pin(intID: 3, pinned: true, epoch: 1) }
         #expect(pinError?.code == .resourceExhausted)
         #expect(pinError?.message.contains("already pinned") == true)
         let blocked = try await core.greedy("blocked", adapter: 3, maxTokens: 2)
@@ -160,14 +160,14 @@ struct AdapterTests {
         #expect(blocked.error?.message.contains("pinned") == true)
         #expect(try await core.greedy("pinned-ok", adapter: 1).tokens == ref.cases["plain"]!.greedy)
         // Both cache slots pinned or... unpin and the others work again.
-        try core.adapters.pin(intId: 1, pinned: false, epoch: 1)
+        try core.adapters.pin(intID: 1, pinned: false, epoch: 1)
         #expect(try await core.greedy("rank32-ok", adapter: 3).tokens == ref.cases["rank32"]!.greedy)
         // With max_cpu_loras=2, two pinned adapters fill the cache: a third add is refused.
         let core2 = try Fixture.engine(maxLoras: 2, maxCpuLoras: 2)
-        _ = try core2.adapters.add(name: "plain", intId: 1, path: try Fixture.adapter("plain"), pinned: true, epoch: 1)
-        _ = try core2.adapters.add(name: "rslora", intId: 2, path: try Fixture.adapter("rslora"), pinned: true, epoch: 1)
+        _ = try core2.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), pinned: true, epoch: 1)
+        _ = try core2.adapters.add(name: "rslora", intID: 2, path: try Fixture.adapter("rslora"), pinned: true, epoch: 1)
         let full = #expect(throws: EngineError.self) {
-            try core2.adapters.add(name: "rank32", intId: 3, path: try Fixture.adapter("rank32"), epoch: 1)
+            try core2.adapters.add(name: "rank32", intID: 3, path: try Fixture.adapter("rank32"), epoch: 1)
         }
         #expect(full?.code == .resourceExhausted)
         #expect(full?.message.contains("max_cpu_loras") == true)
@@ -183,14 +183,14 @@ struct AdapterTests {
 
     @Test func removeWhileRunningLetsTheRequestFinish() async throws {
         let core = try Fixture.engine()
-        _ = try core.adapters.add(name: "plain", intId: 1, path: try Fixture.adapter("plain"), epoch: 1)
+        _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), epoch: 1)
         let ref = try Fixture.reference()
         let started = DispatchSemaphore(value: 0)
         let done = DispatchSemaphore(value: 0)
         let tokens = Mutex<[UInt32]>([])
         try core.submit(
             GenerationRequest(
-                id: "r", prompt: .tokens(ref.promptTokens), adapterId: 1, params: SamplingParams(maxTokens: 16, ignoreEOS: true))
+                id: "r", prompt: .tokens(ref.promptTokens), adapterID: 1, params: SamplingParams(maxTokens: 16, ignoreEOS: true))
         ) { e in
             let n = tokens.withLock {
                 $0 += e.tokens
@@ -200,7 +200,7 @@ struct AdapterTests {
             if e.finishReason != nil { done.signal() }
         }
         started.wait()
-        try core.adapters.remove(intId: 1, epoch: 1)
+        try core.adapters.remove(intID: 1, epoch: 1)
         done.wait()
         #expect(tokens.withLock { $0 } == ref.cases["plain"]!.greedy)
         let after = try await core.greedy("r2", adapter: 1, maxTokens: 1)

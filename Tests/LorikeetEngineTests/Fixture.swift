@@ -90,7 +90,7 @@ extension EngineCore {
         let tokens = try prompt ?? Fixture.reference().promptTokens
         return await self.complete(
             GenerationRequest(
-                id: id, prompt: .tokens(tokens), adapterId: adapter,
+                id: id, prompt: .tokens(tokens), adapterID: adapter,
                 params: SamplingParams(maxTokens: maxTokens, ignoreEOS: true)))
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import LorikeetGGUF
 import Testing
 
+@testable import LorikeetCLI
 @testable import LorikeetEngine
 
 @Suite("LoRA on GGUF weights against a numpy reference")
@@ -14,7 +15,7 @@ struct GGUFLoRATests {
         key += Array(tokens.map(String.init).joined(separator: ",").utf8)
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in key { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
-        let dir = ModelLocator().cacheDirectory.appendingPathComponent("test-fixtures/gguf-lora-\(String(hash, radix: 16))")
+        let dir = ModelDownload().cacheDirectory.appendingPathComponent("test-fixtures/gguf-lora-\(String(hash, radix: 16))")
         if FileManager.default.fileExists(atPath: dir.appendingPathComponent("info.json").path) { return dir }
         let python = root.appendingPathComponent(".venv/bin/python")
         guard FileManager.default.isExecutableFile(atPath: python.path) else {
@@ -24,17 +25,7 @@ struct GGUFLoRATests {
         let tmp = dir.deletingLastPathComponent().appendingPathComponent(dir.lastPathComponent + ".tmp-\(getpid())")
         try? FileManager.default.removeItem(at: tmp)
         try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = python
-        process.arguments = [script.path, ModelLocator().defaultModelURL.path, tmp.path] + tokens.map(String.init)
-        let pipe = Pipe()
-        process.standardError = pipe
-        try process.run()
-        let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Fixture.Failure(description: "gguf_lora_reference.py failed: \(String(decoding: stderr, as: UTF8.self))")
-        }
+        try RealModel.runPython(python, script: script, [ModelDownload().defaultModelURL.path, tmp.path] + tokens.map(String.init))
         if rename(tmp.path, dir.path) != 0 { try? FileManager.default.removeItem(at: tmp) }
         return dir
     }
@@ -69,8 +60,8 @@ struct GGUFLoRATests {
         let refLoRA = try Self.floats(dir.appendingPathComponent("lora_logits.f32"))
         #expect(refBase.count == 49152 && refLoRA.count == 49152)
 
-        _ = try core.adapters.add(name: "gguf-qkvo", intId: 41, path: dir.appendingPathComponent("adapter").path, epoch: 1)
-        defer { try? core.adapters.remove(intId: 41, epoch: 1) }
+        _ = try core.adapters.add(name: "gguf-qkvo", intID: 41, path: dir.appendingPathComponent("adapter").path, epoch: 1)
+        defer { try? core.adapters.remove(intID: 41, epoch: 1) }
         let adapter = try core.adapters.weightsForRequest(41).weights
         #expect(adapter.rank == 4 && adapter.scaling == 2)
         #expect(adapter.targetedModules == [.qProj, .kProj, .vProj, .oProj])

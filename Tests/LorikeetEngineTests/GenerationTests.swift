@@ -16,7 +16,7 @@ struct GenerationTests {
         let lengths = [24, 6, 17, 3, 11, 30, 8, 20]
         func request(_ i: Int, _ tag: String) -> GenerationRequest {
             GenerationRequest(
-                id: "\(tag)-\(i)", prompt: .tokens(prompts[i]), adapterId: adapters[i],
+                id: "\(tag)-\(i)", prompt: .tokens(prompts[i]), adapterID: adapters[i],
                 params: SamplingParams(
                     maxTokens: lengths[i], temperature: i % 2 == 0 ? 0 : 0.9, topP: 0.9, topK: 50, seed: UInt64(i), ignoreEOS: true))
         }
@@ -30,7 +30,7 @@ struct GenerationTests {
                 let req = request(i, "mixed")
                 let (stream, cont) = AsyncStream.makeStream(of: GenerationEvent.self)
                 try? core.submit(req) { e in
-                    arrivals.withLock { $0.append(e.requestId) }
+                    arrivals.withLock { $0.append(e.requestID) }
                     cont.yield(e)
                     if e.finishReason != nil { cont.finish() }
                 }
@@ -194,7 +194,7 @@ struct GenerationTests {
         let byToken = await core.complete(
             GenerationRequest(
                 id: "stoptok", prompt: .tokens(ref.promptTokens),
-                params: SamplingParams(maxTokens: 16, stopTokenIds: [full.tokens[3]], ignoreEOS: true)))
+                params: SamplingParams(maxTokens: 16, stopTokenIDs: [full.tokens[3]], ignoreEOS: true)))
         #expect(byToken.finishReason == .stop)
         #expect(byToken.tokens == Array(full.tokens[0..<4]))
         #expect(byToken.usage?.completionTokens == 4)
@@ -239,7 +239,7 @@ struct GenerationTests {
         #expect(core.promptTokens(.chat(chat)) == [256] + rendered.utf8.map(UInt32.init))
         #expect(core.promptTokens(.text("A")) == [256, 65])
         #expect(core.promptTokens(.tokens([1, 2])) == [1, 2])
-        #expect(core.info.eosTokenIds == [257] && core.info.vocabSize == 258 && core.info.contextLength == 256)
+        #expect(core.info.eosTokenIDs == [257] && core.info.vocabSize == 258 && core.info.contextLength == 256)
     }
 
     @Test func shutdownAbortsEverything() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetGGUF
 import Testing
 
 @testable import LorikeetEngine
@@ -16,7 +17,7 @@ enum AdapterWriter {
         try LlamaConfig(
             hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, numKVHeads: 2,
             vocabSize: 258, maxPositionEmbeddings: 256, rmsNormEps: 1e-5, ropeTheta: 10_000,
-            tieWordEmbeddings: false, bosTokenId: 256, eosTokenIds: [257])
+            tieWordEmbeddings: false, bosTokenID: 256, eosTokenIDs: [257])
     }
 
     static func config(rank: Int = 4, alpha: String = "8", targets: String = #"["q_proj","v_proj"]"#, extra: String = "") -> String {
@@ -161,7 +162,7 @@ struct HostileAdapterTests {
             model: try AdapterWriter.model(), options: AdapterStore.Options(maxLoraRank: 16, allowedPathPrefixes: [root + "/allowed"]))
         let started = Date()
         do {
-            _ = try store.add(name: "a", intId: 1, path: path, epoch: 1)
+            _ = try store.add(name: "a", intID: 1, path: path, epoch: 1)
             #expect(c.code == nil, "loaded, expected \(String(describing: c.code))")
             #expect(store.list().first?.path == root + "/allowed/good")
         } catch {
@@ -184,9 +185,9 @@ struct HostileAdapterTests {
     @Test func withoutPrefixesTheWalkStartsAtRoot() throws {
         let scratch = try Self.makeTree()
         let store = AdapterStore(model: try AdapterWriter.model(), options: AdapterStore.Options(maxLoraRank: 16))
-        _ = try store.add(name: "good", intId: 1, path: scratch.path + "/outside/adapter", epoch: 1)
+        _ = try store.add(name: "good", intID: 1, path: scratch.path + "/outside/adapter", epoch: 1)
         let refused = #expect(throws: EngineError.self) {
-            try store.add(name: "swapped", intId: 2, path: scratch.path + "/allowed/swapped/inner", epoch: 1)
+            try store.add(name: "swapped", intID: 2, path: scratch.path + "/allowed/swapped/inner", epoch: 1)
         }
         #expect(refused?.message.contains(Self.notAllowed) == true)
     }
@@ -287,7 +288,7 @@ struct HostileAdapterTests {
         let weights = AdapterWriter.weights(model: model, rank: 4, modules: [.qProj, .vProj])
         try AdapterWriter.write(scratch.path + "/a", config: AdapterWriter.config(alpha: "1e300"), weights: weights)
         let core = try Fixture.engine()
-        let error = #expect(throws: EngineError.self) { try core.adapters.add(name: "a", intId: 1, path: scratch.path + "/a", epoch: 1) }
+        let error = #expect(throws: EngineError.self) { try core.adapters.add(name: "a", intID: 1, path: scratch.path + "/a", epoch: 1) }
         #expect(error?.code == .invalidArgument)
         #expect(error?.message.contains("lora_alpha") == true)
         #expect(try await core.greedy("base").tokens == Fixture.reference().cases["base"]!.greedy)
@@ -310,7 +311,7 @@ struct HostileAdapterTests {
         }
         try AdapterWriter.write(scratch.path + "/a", config: AdapterWriter.config(), weights: weights)
         let store = AdapterStore(model: model, options: AdapterStore.Options(maxLoraRank: 16))
-        let error = #expect(throws: EngineError.self) { try store.add(name: "a", intId: 1, path: scratch.path + "/a", epoch: 1) }
+        let error = #expect(throws: EngineError.self) { try store.add(name: "a", intID: 1, path: scratch.path + "/a", epoch: 1) }
         #expect(error?.code == .invalidArgument)
         #expect(error?.message == "LoRA tensor '\(poisoned)' contains NaN or infinite values")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetGGUF
 import Testing
 
 @testable import LorikeetEngine
@@ -7,12 +8,12 @@ import Testing
 @Suite("Llama forward pass vs numpy reference")
 struct ModelTests {
     /// Adapter fixture name -> int id used in these tests.
-    static let adapterIds: [String: UInt64] = ["plain": 1, "rslora": 2, "rank32": 3]
+    static let adapterIDs: [String: UInt64] = ["plain": 1, "rslora": 2, "rank32": 3]
 
     static func engineWithAdapters() throws -> EngineCore {
         let core = try Fixture.engine(maxLoraRank: 32)
-        for (name, id) in Self.adapterIds {
-            _ = try core.adapters.add(name: name, intId: id, path: try Fixture.adapter(name), epoch: 1)
+        for (name, id) in Self.adapterIDs {
+            _ = try core.adapters.add(name: name, intID: id, path: try Fixture.adapter(name), epoch: 1)
         }
         return core
     }
@@ -23,7 +24,7 @@ struct ModelTests {
         let expected = try #require(ref.cases[name])
         let core = try Self.engineWithAdapters()
         var adapter: LoRAWeights?
-        if let id = Self.adapterIds[name] {
+        if let id = Self.adapterIDs[name] {
             adapter = try core.adapters.weightsForRequest(id).weights
             #expect(abs(Double(adapter!.scaling) - expected.scale!) < 1e-6)
         }
@@ -38,7 +39,7 @@ struct ModelTests {
         let ref = try Fixture.reference()
         let expected = try #require(ref.cases[name])
         let core = try Self.engineWithAdapters()
-        let out = try await core.greedy("g-\(name)", adapter: Self.adapterIds[name], maxTokens: ref.greedySteps)
+        let out = try await core.greedy("g-\(name)", adapter: Self.adapterIDs[name], maxTokens: ref.greedySteps)
         #expect(out.tokens == expected.greedy)
         #expect(out.finishReason == .length)
         #expect(out.usage == Usage(promptTokens: ref.promptTokens.count, completionTokens: ref.greedySteps))
@@ -47,7 +48,7 @@ struct ModelTests {
     @Test func adaptersChangeTheOutput() throws {
         let ref = try Fixture.reference()
         let base = try #require(ref.cases["base"]).greedy
-        for name in Self.adapterIds.keys { #expect(try #require(ref.cases[name]).greedy != base, "\(name)") }
+        for name in Self.adapterIDs.keys { #expect(try #require(ref.cases[name]).greedy != base, "\(name)") }
     }
 
     @Test func threadedMatmulGivesIdenticalLogits() throws {
@@ -61,7 +62,7 @@ struct ModelTests {
         let json =
             #"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":10,"tie_word_embeddings":true,"eos_token_id":[1,2]}"#
         let config = try LlamaConfig(json: Data(json.utf8))
-        #expect(config.headDim == 4 && config.kvDim == 4 && config.eosTokenIds == [1, 2])
+        #expect(config.headDim == 4 && config.kvDim == 4 && config.eosTokenIDs == [1, 2])
         var tensors: [String: HostTensor] = [:]
         func add(_ name: String, _ shape: [Int]) {
             tensors[name] = HostTensor(shape: shape, values: (0..<shape.reduce(1, *)).map { Float($0 % 7) * 0.01 })

@@ -2,15 +2,17 @@ import Foundation
 import LorikeetGGUF
 import Testing
 
+@testable import LorikeetCLI
 @testable import LorikeetEngine
 
 /// The default model (SmolLM2-135M-Instruct, Q4_1 GGUF), opened once per test process
-/// through `EngineCore.open(modelPath: nil)`: downloaded into the cache on first use.
+/// as `lorikeet engine` without `--model` opens it (`EngineCore.open(modelOption: nil)`):
+/// downloaded into the cache on first use.
 enum SmolLM {
     private static let opened: Result<EngineCore, EngineError> = Result { () throws(EngineError) -> EngineCore in
         let clock = ContinuousClock()
         let start = clock.now
-        let core = try EngineCore.open(modelPath: nil, options: EngineOptions(threads: 2))
+        let core = try EngineCore.open(modelOption: nil, options: EngineOptions(threads: 2))
         print("opened the default model in \(clock.now - start)")
         return core
     }
@@ -31,9 +33,9 @@ struct SmolLMTests {
         #expect(core.model.weights.lmHead === core.model.weights.embedTokens)
         #expect(core.model.weights.embedTokens.format == .q8_0)
         #expect(core.model.weights.layers[0].linear[LinearModule.qProj.index].format == .q4_1)
-        #expect(core.info.eosTokenIds == [0, 2])
+        #expect(core.info.eosTokenIDs == [0, 2])
         #expect(core.info.modelName == "SmolLM2-135M-Instruct.Q4_1")
-        #expect(core.tokenizer.bosTokenId == 1 && !core.tokenizer.addBosToken)
+        #expect(core.tokenizer.bosTokenID == 1 && !core.tokenizer.addBosToken)
         let prompt = core.promptTokens(.chat([ChatTurn(role: "user", content: "Hi")]))
         // <|im_start|>system\n...<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n
         #expect(prompt.first == 1 && prompt.filter { $0 == 1 }.count == 3 && prompt.filter { $0 == 2 }.count == 2)

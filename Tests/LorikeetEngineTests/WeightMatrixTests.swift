@@ -83,9 +83,9 @@ struct WeightMatrixTests {
 /// in one layer, Q4_1 in another) runs safely and computes what its dequantized twin does.
 @Suite("Models with mixed block types per layer")
 struct MixedFormatModelTests {
-    static let config = try! LorikeetEngine.LlamaConfig(
+    static let config = try! LlamaConfig(
         hiddenSize: 64, intermediateSize: 128, numLayers: 3, numHeads: 4, numKVHeads: 2, vocabSize: 96,
-        maxPositionEmbeddings: 64, rmsNormEps: 1e-5, ropeTheta: 10_000, tieWordEmbeddings: false, bosTokenId: nil, eosTokenIds: [0])
+        maxPositionEmbeddings: 64, rmsNormEps: 1e-5, ropeTheta: 10_000, tieWordEmbeddings: false, bosTokenID: nil, eosTokenIDs: [0])
 
     /// Layer 0 and the output projection are fp32 (no scratch at all); layer 1 is Q8_0 and
     /// layer 2 Q4_1, so only later layers need matmul scratch. `dense` builds the twin

@@ -34,7 +34,7 @@ struct SupervisorStateMachineTests {
         actions.compactMap { if case .sendRole(let id, let role, let epoch) = $0 { (id, role, epoch) } else { nil } }
     }
 
-    static func fatalCode(_ actions: [Machine.Action]) -> Int32? {
+    static func fatalCode(_ actions: [Machine.Action]) -> LorikeetExitCode? {
         actions.compactMap { if case .fatal(let code, _) = $0 { code } else { nil } }.first
     }
 
@@ -193,7 +193,7 @@ struct SupervisorStateMachineTests {
         #expect(Self.fatalCode(last) == LorikeetExitCode.crashLoop)
 
         var (other, ids) = Self.booted(slots: 2)
-        let exit = other.childExited(ids[1], ProcessExit(status: Int64(LorikeetExitCode.cannotBoot), signal: 0), now: 10)
+        let exit = other.childExited(ids[1], ProcessExit(status: Int64(LorikeetExitCode.cannotBoot.rawValue), signal: 0), now: 10)
         #expect(Self.fatalCode(exit) == LorikeetExitCode.cannotBoot)
         #expect(Self.restartDelay(exit) == nil)
     }
@@ -512,7 +512,7 @@ struct SupervisorStateMachineTests {
         let stable = machine.engineExited(Self.crash, now: 40_000)
         #expect(stable.contains { if case .startEngineTimer(100) = $0 { true } else { false } })
         _ = machine.startEngine(now: 40_100)
-        let fatal = machine.engineExited(ProcessExit(status: Int64(LorikeetExitCode.cannotBoot), signal: 0), now: 40_200)
+        let fatal = machine.engineExited(ProcessExit(status: Int64(LorikeetExitCode.cannotBoot.rawValue), signal: 0), now: 40_200)
         #expect(Self.fatalCode(fatal) == LorikeetExitCode.cannotBoot)
     }
 }

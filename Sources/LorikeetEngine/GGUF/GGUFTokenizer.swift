@@ -14,16 +14,16 @@ package import LorikeetGGUF
 package struct GGUFTokenizer: EngineTokenizer {
     /// The wrapped tokenizer.
     package let bpe: BPETokenizer
-    package let eosTokenIds: [UInt32]
+    package let eosTokenIDs: [UInt32]
 
     /// Wraps `bpe`.
     package init(_ bpe: BPETokenizer) {
         self.bpe = bpe
-        self.eosTokenIds = bpe.stopTokenIDs.sorted().map { UInt32($0) }
+        self.eosTokenIDs = bpe.stopTokenIDs.sorted().map { UInt32($0) }
     }
 
     package var vocabSize: Int { self.bpe.vocabularySize }
-    package var bosTokenId: UInt32? { self.bpe.bosTokenID.map { UInt32($0) } }
+    package var bosTokenID: UInt32? { self.bpe.bosTokenID.map { UInt32($0) } }
     package var addBosToken: Bool { self.bpe.addBOSByDefault }
 
     package func encode(_ text: String) -> [UInt32] {

@@ -10,39 +10,33 @@ package enum WeightStorage: String, Sendable {
 }
 
 extension LlamaGGUF {
-    /// Loads a Llama GGUF file as engine weights with Hugging Face names and layout.
+    /// Loads a Llama GGUF file as engine weights with Hugging Face names and layout: the one
+    /// GGUF loader (`EngineCore.openGGUF` for serving, the tests for the reference checks).
     ///
     /// Q and K rows are un-permuted from llama.cpp's RoPE order to HF's (see
     /// `unpermuteQK`), so the engine's `rotate_half` RoPE and PEFT LoRA adapters for
     /// `q_proj` / `k_proj` apply unchanged. Tied embeddings share one matrix. The config
     /// comes from `llama.*` metadata (rope theta, RMS eps, GQA heads, head dim); the EOS
-    /// ids are `stopTokenIds` (for ChatML models, `<|im_end|>` as well as EOS).
+    /// ids are `stopTokenIDs` (for ChatML models, `<|im_end|>` as well as EOS).
     package static func loadWeights(
-        _ file: GGUFFile, storage: WeightStorage = .quantized, stopTokenIds: [UInt32]
+        _ file: GGUFFile, storage: WeightStorage = .quantized, stopTokenIDs: [UInt32]
     ) throws -> LlamaWeights {
-        let g = try Self.config(from: file)
-        let bos = g.bosTokenID.map { UInt32($0) }
-        let eos = stopTokenIds.isEmpty ? (g.eosTokenID.map { [UInt32($0)] } ?? []) : stopTokenIds
-        let config = try LlamaConfig(
-            hiddenSize: g.hiddenSize, intermediateSize: g.intermediateSize, numLayers: g.numHiddenLayers,
-            numHeads: g.numAttentionHeads, numKVHeads: g.numKeyValueHeads, headDim: g.headDim, vocabSize: g.vocabSize,
-            maxPositionEmbeddings: g.maxPositionEmbeddings, rmsNormEps: g.rmsNormEps, ropeTheta: Double(g.ropeTheta),
-            tieWordEmbeddings: g.tieWordEmbeddings, bosTokenId: bos, eosTokenIds: eos)
+        let config = try Self.config(from: file, stopTokenIDs: stopTokenIDs)
         var plan: [String: (gguf: String, shape: [Int])] = [:]
-        for entry in Self.tensorPlan(g) { plan[entry.hf] = (entry.gguf, entry.shape) }
+        for entry in Self.tensorPlan(config) { plan[entry.hf] = (entry.gguf, entry.shape) }
         return try LlamaWeights(config: config) { (name, shape) throws -> WeightMatrix in
             guard let entry = plan[name], let info = file.tensor(named: entry.gguf) else { throw GGUFModelError.missingTensor(name) }
             guard info.shape == entry.shape, entry.shape == shape else {
                 throw GGUFModelError.unexpectedShape(tensor: entry.gguf, expected: shape, found: info.shape)
             }
-            return try Self.matrix(file, info, shape: shape, storage: storage, heads: Self.qkHeads(entry.gguf, g))
+            return try Self.matrix(file, info, shape: shape, storage: storage, heads: Self.qkHeads(entry.gguf, config))
         }
     }
 
     /// Heads for the Q/K un-permutation, or 0 for other tensors.
-    private static func qkHeads(_ ggufName: String, _ g: LorikeetGGUF.LlamaConfig) -> Int {
-        if ggufName.hasSuffix(".attn_q.weight") { return g.numAttentionHeads }
-        if ggufName.hasSuffix(".attn_k.weight") { return g.numKeyValueHeads }
+    private static func qkHeads(_ ggufName: String, _ config: LlamaConfig) -> Int {
+        if ggufName.hasSuffix(".attn_q.weight") { return config.numHeads }
+        if ggufName.hasSuffix(".attn_k.weight") { return config.numKVHeads }
         return 0
     }
 

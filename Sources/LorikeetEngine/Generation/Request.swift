@@ -15,15 +15,15 @@ package struct GenerationRequest: Sendable, Equatable {
     /// The prompt.
     package var prompt: PromptInput
     /// `lora_int_id` of a registered adapter, or nil for the base model.
-    package var adapterId: UInt64?
+    package var adapterID: UInt64?
     /// Sampling parameters.
     package var params: SamplingParams
 
     /// Creates a request.
-    package init(id: String, prompt: PromptInput, adapterId: UInt64? = nil, params: SamplingParams = SamplingParams()) {
+    package init(id: String, prompt: PromptInput, adapterID: UInt64? = nil, params: SamplingParams = SamplingParams()) {
         self.id = id
         self.prompt = prompt
-        self.adapterId = adapterId
+        self.adapterID = adapterID
         self.params = params
     }
 }
@@ -34,7 +34,7 @@ package enum FinishReason: String, Sendable, Equatable {
     case stop
     /// `max_tokens` or the context length was reached.
     case length
-    /// Aborted by `abort(requestId)` or shutdown.
+    /// Aborted by `abort(requestID)` or shutdown.
     case abort
     /// The request failed; see the event's `error`.
     case error
@@ -58,7 +58,7 @@ package struct Usage: Sendable, Equatable {
 /// a request has `finishReason` and `usage` set.
 package struct GenerationEvent: Sendable, Equatable {
     /// The request this belongs to.
-    package var requestId: String
+    package var requestID: String
     /// Token ids generated since the previous event.
     package var tokens: [UInt32]
     /// Text completed since the previous event (never a partial UTF-8 sequence, never
@@ -73,10 +73,10 @@ package struct GenerationEvent: Sendable, Equatable {
 
     /// Creates an event.
     package init(
-        requestId: String, tokens: [UInt32] = [], text: String = "", finishReason: FinishReason? = nil,
+        requestID: String, tokens: [UInt32] = [], text: String = "", finishReason: FinishReason? = nil,
         usage: Usage? = nil, error: EngineError? = nil
     ) {
-        self.requestId = requestId
+        self.requestID = requestID
         self.tokens = tokens
         self.text = text
         self.finishReason = finishReason

@@ -56,14 +56,14 @@ package struct SamplingParams: Sendable, Equatable {
     /// Stop strings (not included in the output text).
     package var stop: [String]
     /// Extra ids that end generation (the token is counted but not rendered).
-    package var stopTokenIds: [UInt32]
+    package var stopTokenIDs: [UInt32]
     /// Keep going past EOS.
     package var ignoreEOS: Bool
 
     /// Creates parameters; defaults are greedy, 16 tokens.
     package init(
         maxTokens: Int = 16, temperature: Float = 0, topP: Float = 1, topK: Int = 0, seed: UInt64? = nil,
-        stop: [String] = [], stopTokenIds: [UInt32] = [], ignoreEOS: Bool = false
+        stop: [String] = [], stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -71,7 +71,7 @@ package struct SamplingParams: Sendable, Equatable {
         self.topK = topK
         self.seed = seed
         self.stop = stop
-        self.stopTokenIds = stopTokenIds
+        self.stopTokenIDs = stopTokenIDs
         self.ignoreEOS = ignoreEOS
     }
 }

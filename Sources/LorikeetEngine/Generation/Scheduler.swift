@@ -19,7 +19,7 @@ package final class Scheduler: Sendable {
     private struct Pending: Sendable {
         var id: String
         var prompt: [UInt32]
-        var adapterId: UInt64?
+        var adapterID: UInt64?
         var adapter: (weights: LoRAWeights, generation: UInt64)?
         var params: SamplingParams
         var onEvent: EventHandler
@@ -63,11 +63,11 @@ package final class Scheduler: Sendable {
     /// Queues a validated request. Throws ALREADY_EXISTS for a duplicate id and
     /// UNAVAILABLE after shutdown.
     package func submit(
-        id: String, prompt: [UInt32], adapterId: UInt64?, adapter: (weights: LoRAWeights, generation: UInt64)?,
+        id: String, prompt: [UInt32], adapterID: UInt64?, adapter: (weights: LoRAWeights, generation: UInt64)?,
         params: SamplingParams, onEvent: @escaping EventHandler
     ) throws(EngineError) {
         let pending = Pending(
-            id: id, prompt: prompt, adapterId: adapterId, adapter: adapter, params: params, onEvent: onEvent)
+            id: id, prompt: prompt, adapterID: adapterID, adapter: adapter, params: params, onEvent: onEvent)
         try self.state.withLock { state throws(EngineError) in
             guard !state.shutdown else { throw EngineError(.unavailable, "the engine is shutting down") }
             guard state.ids.insert(id).inserted else {
@@ -93,7 +93,7 @@ package final class Scheduler: Sendable {
         if let removed {
             removed.onEvent(
                 GenerationEvent(
-                    requestId: id, finishReason: .abort, usage: Usage(promptTokens: removed.prompt.count, completionTokens: 0)))
+                    requestID: id, finishReason: .abort, usage: Usage(promptTokens: removed.prompt.count, completionTokens: 0)))
         } else if found {
             self.wakeup.signal()
         }
@@ -119,7 +119,7 @@ package final class Scheduler: Sendable {
         let prompt: [UInt32]
         let params: SamplingParams
         let onEvent: EventHandler
-        let adapterId: UInt64?
+        let adapterID: UInt64?
         let adapter: LoRAWeights?
         let cache: KVCache
         let maxNew: Int
@@ -136,7 +136,7 @@ package final class Scheduler: Sendable {
             self.prompt = p.prompt
             self.params = p.params
             self.onEvent = p.onEvent
-            self.adapterId = p.adapterId
+            self.adapterID = p.adapterID
             self.adapter = adapter
             self.cache = cache
             self.maxNew = min(p.params.maxTokens, contextLength - p.prompt.count)
@@ -162,11 +162,11 @@ package final class Scheduler: Sendable {
                         stillWaiting.append(p)
                         continue
                     }
-                    guard let adapterId = p.adapterId, let held = p.adapter else {
+                    guard let adapterID = p.adapterID, let held = p.adapter else {
                         admitted.append((p, nil))
                         continue
                     }
-                    switch self.adapters.acquireSlot(adapterId, held: held.weights, generation: held.generation) {
+                    switch self.adapters.acquireSlot(adapterID, held: held.weights, generation: held.generation) {
                     case .granted(let w): admitted.append((p, w))
                     case .wait: stillWaiting.append(p)
                     case .failed(let e):
@@ -186,7 +186,7 @@ package final class Scheduler: Sendable {
             for (p, e) in failed {
                 p.onEvent(
                     GenerationEvent(
-                        requestId: p.id, finishReason: e.code == .unavailable ? .abort : .error,
+                        requestID: p.id, finishReason: e.code == .unavailable ? .abort : .error,
                         usage: Usage(promptTokens: p.prompt.count, completionTokens: 0), error: e))
             }
             for (p, w) in admitted {
@@ -195,7 +195,7 @@ package final class Scheduler: Sendable {
             }
             for s in running where aborts.contains(s.id) {
                 s.finished = true
-                finishedEvents.append((s.onEvent, GenerationEvent(requestId: s.id, finishReason: .abort, usage: s.usage)))
+                finishedEvents.append((s.onEvent, GenerationEvent(requestID: s.id, finishReason: .abort, usage: s.usage)))
             }
             self.retire(&running, &finishedEvents)
             if shutdown && running.isEmpty {
@@ -250,7 +250,7 @@ package final class Scheduler: Sendable {
         let done = running.filter(\.finished)
         guard !done.isEmpty || !events.isEmpty else { return }
         running.removeAll(where: \.finished)
-        for s in done { if let id = s.adapterId { self.adapters.releaseSlot(id) } }
+        for s in done { if let id = s.adapterID { self.adapters.releaseSlot(id) } }
         self.state.withLock { state in state.ids.subtract(done.map(\.id)) }
         for (handler, event) in events { handler(event) }
         events = []
@@ -260,26 +260,26 @@ package final class Scheduler: Sendable {
     /// it ends the sequence).
     private func accept(_ token: UInt32, _ s: Sequence) -> GenerationEvent {
         s.generated.append(token)
-        let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIds.contains(token)
-        if isEOS || s.params.stopTokenIds.contains(token) {
+        let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIDs.contains(token)
+        if isEOS || s.params.stopTokenIDs.contains(token) {
             s.finished = true
             let tail = s.detokenizer.finish()
             let (text, _) = s.stopper.feed(tail)
             return GenerationEvent(
-                requestId: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
+                requestID: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
         }
         let (emit, stopped) = s.stopper.feed(s.detokenizer.append(self.tokenizer.tokenBytes(token)))
         if stopped {
             s.finished = true
-            return GenerationEvent(requestId: s.id, tokens: [token], text: emit, finishReason: .stop, usage: s.usage)
+            return GenerationEvent(requestID: s.id, tokens: [token], text: emit, finishReason: .stop, usage: s.usage)
         }
         if s.generated.count >= s.maxNew {
             s.finished = true
             let (tail, stoppedInTail) = s.stopper.feed(s.detokenizer.finish())
             let text = emit + tail + (stoppedInTail ? "" : s.stopper.flush())
             return GenerationEvent(
-                requestId: s.id, tokens: [token], text: text, finishReason: stoppedInTail ? .stop : .length, usage: s.usage)
+                requestID: s.id, tokens: [token], text: text, finishReason: stoppedInTail ? .stop : .length, usage: s.usage)
         }
-        return GenerationEvent(requestId: s.id, tokens: [token], text: emit)
+        return GenerationEvent(requestID: s.id, tokens: [token], text: emit)
     }
 }

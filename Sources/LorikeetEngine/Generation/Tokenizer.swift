@@ -26,9 +26,9 @@ package protocol EngineTokenizer: Sendable {
     /// produce no text.
     func tokenBytes(_ id: UInt32) -> [UInt8]
     /// Ids that end generation unless `ignore_eos`.
-    var eosTokenIds: [UInt32] { get }
+    var eosTokenIDs: [UInt32] { get }
     /// The beginning-of-sequence id, if the model has one.
-    var bosTokenId: UInt32? { get }
+    var bosTokenID: UInt32? { get }
     /// Whether prompts from text start with BOS (HF `add_bos_token`).
     var addBosToken: Bool { get }
     /// The prompt text for `messages`, ending with the assistant turn opener.
@@ -39,7 +39,7 @@ extension EngineTokenizer {
     /// Prompt ids for `text`: BOS (when the model adds one) followed by `encode(text)`.
     package func encodePrompt(_ text: String) -> [UInt32] {
         var ids: [UInt32] = []
-        if self.addBosToken, let bos = self.bosTokenId { ids.append(bos) }
+        if self.addBosToken, let bos = self.bosTokenID { ids.append(bos) }
         ids += self.encode(text)
         return ids
     }
@@ -59,15 +59,15 @@ extension EngineTokenizer {
 /// where `<|role|>` is written as plain bytes.
 package struct ByteTokenizer: EngineTokenizer {
     package let vocabSize: Int
-    package let bosTokenId: UInt32?
-    package let eosTokenIds: [UInt32]
-    package var addBosToken: Bool { self.bosTokenId != nil }
+    package let bosTokenID: UInt32?
+    package let eosTokenIDs: [UInt32]
+    package var addBosToken: Bool { self.bosTokenID != nil }
 
     /// A byte tokenizer; BOS and EOS default to 256 and 257.
-    package init(vocabSize: Int = 258, bosTokenId: UInt32? = 256, eosTokenIds: [UInt32] = [257]) {
+    package init(vocabSize: Int = 258, bosTokenID: UInt32? = 256, eosTokenIDs: [UInt32] = [257]) {
         self.vocabSize = max(vocabSize, 256)
-        self.bosTokenId = bosTokenId
-        self.eosTokenIds = eosTokenIds
+        self.bosTokenID = bosTokenID
+        self.eosTokenIDs = eosTokenIDs
     }
 
     package func encode(_ text: String) -> [UInt32] {

@@ -1,3 +1,4 @@
+package import LorikeetGGUF
 import LorikeetJSON
 import LorikeetLimits
 import Foundation

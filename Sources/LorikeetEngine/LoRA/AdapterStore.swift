@@ -1,3 +1,4 @@
+package import LorikeetGGUF
 import Foundation
 import Synchronization
 
@@ -48,7 +49,7 @@ package final class AdapterStore: Sendable {
         /// Adapter name as given by the leader.
         package var name: String
         /// `lora_int_id`.
-        package var intId: UInt64
+        package var intID: UInt64
         /// Canonical directory.
         package var path: String
         /// Pinned adapters are never evicted.
@@ -128,7 +129,7 @@ package final class AdapterStore: Sendable {
         self.state.withLock { state in
             state.entries.sorted { $0.key < $1.key }.map { id, e in
                 Info(
-                    name: e.name, intId: id, path: e.path, pinned: e.pinned, active: e.active,
+                    name: e.name, intID: id, path: e.path, pinned: e.pinned, active: e.active,
                     cached: e.weights != nil, rank: e.rank, running: e.running)
             }
         }
@@ -136,33 +137,33 @@ package final class AdapterStore: Sendable {
 
     // MARK: Mutations
 
-    /// Registers (or with `replace`, reloads) the adapter at `path` under `intId`.
+    /// Registers (or with `replace`, reloads) the adapter at `path` under `intID`.
     ///
     /// Throws FAILED_PRECONDITION for a stale epoch, ALREADY_EXISTS for an id or name in
     /// use, INVALID_ARGUMENT/NOT_FOUND when the files are refused, RESOURCE_EXHAUSTED when
     /// no cache slot (or, for `pinned`, no active slot) can be freed. On failure nothing
     /// changes.
     package func add(
-        name: String, intId: UInt64, path: String, pinned: Bool = false, replace: Bool = false, epoch: UInt64
+        name: String, intID: UInt64, path: String, pinned: Bool = false, replace: Bool = false, epoch: UInt64
     ) throws(EngineError) -> AddOutcome {
         try self.mutationLock.withLock { _ throws(EngineError) -> AddOutcome in
             try self.checkEpoch(epoch, operation: "add adapter '\(name)'")
-            guard intId > 0 else { throw EngineError(.invalidArgument, "lora_int_id must be at least 1") }
+            guard intID > 0 else { throw EngineError(.invalidArgument, "lora_int_id must be at least 1") }
             guard !name.isEmpty else { throw EngineError(.invalidArgument, "adapter name must not be empty") }
             let existing: Entry? = try self.state.withLock { state throws(EngineError) -> Entry? in
-                if let (otherId, _) = state.entries.first(where: { $0.value.name == name && $0.key != intId }) {
-                    throw EngineError(.alreadyExists, "LoRA adapter '\(name)' is already loaded with lora_int_id \(otherId).")
+                if let (otherID, _) = state.entries.first(where: { $0.value.name == name && $0.key != intID }) {
+                    throw EngineError(.alreadyExists, "LoRA adapter '\(name)' is already loaded with lora_int_id \(otherID).")
                 }
-                return state.entries[intId]
+                return state.entries[intID]
             }
             if let existing, !replace {
                 if existing.name == name && existing.path == Self.normalized(path) {
-                    if pinned && !existing.pinned { try self.setPinned(intId, true) }
+                    if pinned && !existing.pinned { try self.setPinned(intID, true) }
                     return .alreadyLoaded
                 }
                 throw EngineError(
                     .alreadyExists,
-                    "lora_int_id \(intId) is already loaded as adapter '\(existing.name)' from \(existing.path); use replace to load new weights."
+                    "lora_int_id \(intID) is already loaded as adapter '\(existing.name)' from \(existing.path); use replace to load new weights."
                 )
             }
             let loaded = try self.loadFiles(path)
@@ -181,11 +182,11 @@ package final class AdapterStore: Sendable {
                 // Check and plan everything first, so a refusal leaves the table as it was.
                 var scratch = state
                 if existing?.weights == nil {
-                    try Self.makeCacheRoom(&scratch, for: intId, options: self.options, what: "load adapter '\(name)'")
+                    try Self.makeCacheRoom(&scratch, for: intID, options: self.options, what: "load adapter '\(name)'")
                 }
-                scratch.entries[intId] = entry
+                scratch.entries[intID] = entry
                 if pinned {
-                    try Self.pin(&scratch, intId, options: self.options)
+                    try Self.pin(&scratch, intID, options: self.options)
                 }
                 state = scratch
                 return existing == nil ? .added : .replaced
@@ -193,90 +194,90 @@ package final class AdapterStore: Sendable {
         }
     }
 
-    /// Unregisters `intId`. Running requests finish with the weights they started with.
-    package func remove(intId: UInt64, epoch: UInt64) throws(EngineError) {
+    /// Unregisters `intID`. Running requests finish with the weights they started with.
+    package func remove(intID: UInt64, epoch: UInt64) throws(EngineError) {
         try self.mutationLock.withLock { _ throws(EngineError) in
             try self.state.withLock { state throws(EngineError) in
-                try Self.checkEpoch(&state, epoch, operation: "remove lora_int_id \(intId)")
-                guard state.entries.removeValue(forKey: intId) != nil else {
-                    throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intId) is not loaded.")
+                try Self.checkEpoch(&state, epoch, operation: "remove lora_int_id \(intID)")
+                guard state.entries.removeValue(forKey: intID) != nil else {
+                    throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intID) is not loaded.")
                 }
             }
         }
     }
 
-    /// Pins or unpins `intId`. Pinning reloads evicted weights and takes an active slot.
-    package func pin(intId: UInt64, pinned: Bool, epoch: UInt64) throws(EngineError) {
+    /// Pins or unpins `intID`. Pinning reloads evicted weights and takes an active slot.
+    package func pin(intID: UInt64, pinned: Bool, epoch: UInt64) throws(EngineError) {
         try self.mutationLock.withLock { _ throws(EngineError) in
-            try self.checkEpoch(epoch, operation: "pin lora_int_id \(intId)")
-            try self.setPinned(intId, pinned, epoch: epoch)
+            try self.checkEpoch(epoch, operation: "pin lora_int_id \(intID)")
+            try self.setPinned(intID, pinned, epoch: epoch)
         }
     }
 
     /// Must hold the mutation lock.
-    private func setPinned(_ intId: UInt64, _ pinned: Bool, epoch: UInt64? = nil) throws(EngineError) {
+    private func setPinned(_ intID: UInt64, _ pinned: Bool, epoch: UInt64? = nil) throws(EngineError) {
         let reload: String? = try self.state.withLock { state throws(EngineError) -> String? in
-            guard let e = state.entries[intId] else {
-                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intId) is not loaded.")
+            guard let e = state.entries[intID] else {
+                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intID) is not loaded.")
             }
             return pinned && e.weights == nil ? e.path : nil
         }
         let loaded = try reload.map { (path: String) throws(EngineError) -> LoadedAdapter in try self.loadFiles(path) }
         try self.state.withLock { state throws(EngineError) in
-            if let epoch { try Self.checkEpoch(&state, epoch, operation: "pin lora_int_id \(intId)") }
-            guard state.entries[intId] != nil else {
-                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intId) is not loaded.")
+            if let epoch { try Self.checkEpoch(&state, epoch, operation: "pin lora_int_id \(intID)") }
+            guard state.entries[intID] != nil else {
+                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intID) is not loaded.")
             }
             guard pinned else {
-                state.entries[intId]!.pinned = false
+                state.entries[intID]!.pinned = false
                 return
             }
             var scratch = state
-            if scratch.entries[intId]!.weights == nil, let loaded {
-                try Self.makeCacheRoom(&scratch, for: intId, options: self.options, what: "pin lora_int_id \(intId)")
-                scratch.entries[intId]!.weights = loaded.weights
+            if scratch.entries[intID]!.weights == nil, let loaded {
+                try Self.makeCacheRoom(&scratch, for: intID, options: self.options, what: "pin lora_int_id \(intID)")
+                scratch.entries[intID]!.weights = loaded.weights
             }
-            try Self.pin(&scratch, intId, options: self.options)
+            try Self.pin(&scratch, intID, options: self.options)
             state = scratch
         }
     }
 
     // MARK: Requests
 
-    /// The weights a request on `intId` will run with, reloading them from the adapter's
+    /// The weights a request on `intID` will run with, reloading them from the adapter's
     /// path if they were evicted. May do file I/O: call it on the submitting thread, not
     /// the scheduler's. Returns the weights and the entry generation for `acquireSlot`.
-    package func weightsForRequest(_ intId: UInt64) throws(EngineError) -> (weights: LoRAWeights, generation: UInt64) {
+    package func weightsForRequest(_ intID: UInt64) throws(EngineError) -> (weights: LoRAWeights, generation: UInt64) {
         let lookup = try self.state.withLock { state throws(EngineError) -> (LoRAWeights?, String, UInt64) in
-            guard let e = state.entries[intId] else {
-                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intId) is not loaded.")
+            guard let e = state.entries[intID] else {
+                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intID) is not loaded.")
             }
-            state.entries[intId]!.lastUsed = state.nextTick()
+            state.entries[intID]!.lastUsed = state.nextTick()
             return (e.weights, e.path, e.generation)
         }
         if let weights = lookup.0 { return (weights, lookup.2) }
         let loaded = try self.loadFiles(lookup.1)
         return try self.state.withLock { state throws(EngineError) -> (LoRAWeights, UInt64) in
-            guard let e = state.entries[intId] else {
-                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intId) is not loaded.")
+            guard let e = state.entries[intID] else {
+                throw EngineError(.notFound, "LoRA adapter with lora_int_id \(intID) is not loaded.")
             }
             if let weights = e.weights { return (weights, e.generation) }  // Someone else reloaded it.
             guard e.generation == lookup.2 else { return (loaded.weights, lookup.2) }
-            try Self.makeCacheRoom(&state, for: intId, options: self.options, what: "reload adapter '\(e.name)'")
-            state.entries[intId]!.weights = loaded.weights
+            try Self.makeCacheRoom(&state, for: intID, options: self.options, what: "reload adapter '\(e.name)'")
+            state.entries[intID]!.weights = loaded.weights
             return (loaded.weights, e.generation)
         }
     }
 
     /// Takes an active slot for a request being admitted (called by the scheduler; no I/O).
     /// `held` are the weights from `weightsForRequest`.
-    package func acquireSlot(_ intId: UInt64, held: LoRAWeights, generation: UInt64) -> SlotResult {
+    package func acquireSlot(_ intID: UInt64, held: LoRAWeights, generation: UInt64) -> SlotResult {
         self.state.withLock { state in
-            guard let e = state.entries[intId] else {
-                return .failed(EngineError(.notFound, "LoRA adapter with lora_int_id \(intId) is not loaded."))
+            guard let e = state.entries[intID] else {
+                return .failed(EngineError(.notFound, "LoRA adapter with lora_int_id \(intID) is not loaded."))
             }
             if !e.active {
-                switch Self.freeActiveSlot(&state, for: intId, options: self.options) {
+                switch Self.freeActiveSlot(&state, for: intID, options: self.options) {
                 case .ok: break
                 case .busy: return .wait
                 case .allPinned:
@@ -288,34 +289,34 @@ package final class AdapterStore: Sendable {
                 }
             }
             if e.weights == nil {
-                guard (try? Self.makeCacheRoom(&state, for: intId, options: self.options, what: "")) != nil else {
+                guard (try? Self.makeCacheRoom(&state, for: intID, options: self.options, what: "")) != nil else {
                     return .wait
                 }
-                state.entries[intId]!.weights = e.generation == generation ? held : nil
-                if state.entries[intId]!.weights == nil { return .wait }
+                state.entries[intID]!.weights = e.generation == generation ? held : nil
+                if state.entries[intID]!.weights == nil { return .wait }
             }
-            state.entries[intId]!.active = true
-            state.entries[intId]!.running += 1
-            state.entries[intId]!.lastUsed = state.nextTick()
-            return .granted(state.entries[intId]!.weights!)
+            state.entries[intID]!.active = true
+            state.entries[intID]!.running += 1
+            state.entries[intID]!.lastUsed = state.nextTick()
+            return .granted(state.entries[intID]!.weights!)
         }
     }
 
     /// Releases the slot taken by `acquireSlot` (the adapter stays active until evicted).
-    package func releaseSlot(_ intId: UInt64) {
+    package func releaseSlot(_ intID: UInt64) {
         self.state.withLock { state in
-            guard state.entries[intId] != nil else { return }
-            state.entries[intId]!.running = max(0, state.entries[intId]!.running - 1)
-            state.entries[intId]!.lastUsed = state.nextTick()
+            guard state.entries[intID] != nil else { return }
+            state.entries[intID]!.running = max(0, state.entries[intID]!.running - 1)
+            state.entries[intID]!.lastUsed = state.nextTick()
         }
     }
 
-    /// Whether a request on `intId` would read the adapter's files first (it is
+    /// Whether a request on `intID` would read the adapter's files first (it is
     /// registered but its weights were evicted): the engine server then submits it off
     /// the connection's reader thread.
-    package func needsReload(_ intId: UInt64) -> Bool {
+    package func needsReload(_ intID: UInt64) -> Bool {
         self.state.withLock { state in
-            guard let e = state.entries[intId] else { return false }
+            guard let e = state.entries[intID] else { return false }
             return e.weights == nil
         }
     }
@@ -352,12 +353,12 @@ package final class AdapterStore: Sendable {
         state.maxEpoch = epoch
     }
 
-    /// Ensures there is room to cache one more adapter (besides `intId`), evicting the
+    /// Ensures there is room to cache one more adapter (besides `intID`), evicting the
     /// least recently used idle, unpinned adapter.
-    private static func makeCacheRoom(_ state: inout State, for intId: UInt64, options: Options, what: String) throws(EngineError) {
-        while state.entries.filter({ $0.key != intId && $0.value.weights != nil }).count >= options.maxCpuLoras {
+    private static func makeCacheRoom(_ state: inout State, for intID: UInt64, options: Options, what: String) throws(EngineError) {
+        while state.entries.filter({ $0.key != intID && $0.value.weights != nil }).count >= options.maxCpuLoras {
             let victim = state.entries
-                .filter { $0.key != intId && $0.value.weights != nil && !$0.value.pinned && $0.value.running == 0 }
+                .filter { $0.key != intID && $0.value.weights != nil && !$0.value.pinned && $0.value.running == 0 }
                 .min { $0.value.lastUsed < $1.value.lastUsed }
             guard let (id, _) = victim else {
                 throw EngineError(
@@ -372,8 +373,8 @@ package final class AdapterStore: Sendable {
 
     private enum SlotFree { case ok, busy, allPinned }
 
-    private static func freeActiveSlot(_ state: inout State, for intId: UInt64, options: Options) -> SlotFree {
-        let active = state.entries.filter { $0.key != intId && $0.value.active }
+    private static func freeActiveSlot(_ state: inout State, for intID: UInt64, options: Options) -> SlotFree {
+        let active = state.entries.filter { $0.key != intID && $0.value.active }
         if active.count < options.maxLoras { return .ok }
         if let (id, _) = active.filter({ !$0.value.pinned && $0.value.running == 0 }).min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
             state.entries[id]!.active = false
@@ -382,18 +383,18 @@ package final class AdapterStore: Sendable {
         return active.filter { $0.value.pinned }.count >= options.maxLoras ? .allPinned : .busy
     }
 
-    /// Pins `intId` (already cached): needs a free or idle active slot.
-    private static func pin(_ state: inout State, _ intId: UInt64, options: Options) throws(EngineError) {
-        guard let e = state.entries[intId] else { return }
+    /// Pins `intID` (already cached): needs a free or idle active slot.
+    private static func pin(_ state: inout State, _ intID: UInt64, options: Options) throws(EngineError) {
+        guard let e = state.entries[intID] else { return }
         if e.pinned { return }
-        let pinnedOthers = state.entries.filter { $0.key != intId && $0.value.pinned }.count
+        let pinnedOthers = state.entries.filter { $0.key != intID && $0.value.pinned }.count
         guard pinnedOthers < options.maxLoras else {
             throw EngineError(
                 .resourceExhausted,
                 "Cannot pin adapter '\(e.name)': all \(options.maxLoras) LoRA slots (max_loras) are already pinned.")
         }
         if !e.active {
-            switch self.freeActiveSlot(&state, for: intId, options: options) {
+            switch self.freeActiveSlot(&state, for: intID, options: options) {
             case .ok: break
             case .busy, .allPinned:
                 throw EngineError(
@@ -402,7 +403,7 @@ package final class AdapterStore: Sendable {
                 )
             }
         }
-        state.entries[intId]!.pinned = true
-        state.entries[intId]!.active = true
+        state.entries[intID]!.pinned = true
+        state.entries[intID]!.active = true
     }
 }

@@ -3,6 +3,8 @@
 #elseif canImport(Darwin)
     import Darwin
 #endif
+package import LorikeetGGUF
+import LorikeetKernels
 
 /// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
 ///
@@ -215,19 +217,11 @@ package final class LlamaModel: Sendable {
             for (i, row) in rows.enumerated() {
                 let span = row.position + 1
                 for hd in 0..<c.numHeads {
-                    let qh = q + i * qDim + hd * headDim
                     let kvOffset = (hd / group) * headDim
-                    for p in 0..<span {
-                        scores[p] = Kernels.dot(qh, row.cache.key(l, p) + kvOffset, headDim) * scale
-                    }
-                    Kernels.softmax(scores, span)
-                    let out = att + i * qDim + hd * headDim
-                    out.update(repeating: 0, count: headDim)
-                    for p in 0..<span {
-                        let s = scores[p]
-                        let vp = row.cache.value(l, p) + kvOffset
-                        for d in 0..<headDim { out[d] += s * vp[d] }
-                    }
+                    Kernels.attendHead(
+                        q + i * qDim + hd * headDim, keys: row.cache.key(l, 0) + kvOffset,
+                        values: row.cache.value(l, 0) + kvOffset, stride: kvDim, span: span, headDim: headDim,
+                        scale: scale, scores: scores, att + i * qDim + hd * headDim)
                 }
             }
             self.linear(.oProj, l, rows, att, tmp, loraTmp, scratch)
@@ -267,12 +261,9 @@ package final class LlamaModel: Sendable {
         weight.matmul(x, batch: rows.count, y, threads: self.threads, scratch: scratch)
         for (i, row) in rows.enumerated() {
             guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
-            let r = adapter.rank
-            let xi = x + i * inDim
-            let yi = y + i * outDim
-            for j in 0..<r { loraTmp[j] = Kernels.dot(pair.a.pointer + j * inDim, xi, inDim) }
-            let s = adapter.scaling
-            for o in 0..<outDim { yi[o] += s * Kernels.dot(pair.b.pointer + o * r, loraTmp, r) }
+            Kernels.addLoRA(
+                a: pair.a.pointer, b: pair.b.pointer, rank: adapter.rank, inDim: inDim, outDim: outDim,
+                scaling: adapter.scaling, x + i * inDim, tmp: loraTmp, y + i * outDim)
         }
     }
 

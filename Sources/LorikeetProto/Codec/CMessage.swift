@@ -50,19 +50,20 @@ final class CMessageWriter {
     let arena: CArena
     let descriptor: UnsafePointer<ProtobufCMessageDescriptor>
     let message: UnsafeMutableRawPointer
+    let observer: ProtoFieldObserver?
 
-    init(descriptor: UnsafePointer<ProtobufCMessageDescriptor>, arena: CArena) {
+    init(descriptor: UnsafePointer<ProtobufCMessageDescriptor>, arena: CArena, observer: ProtoFieldObserver? = nil) {
         self.arena = arena
         self.descriptor = descriptor
+        self.observer = observer
         self.message = arena.allocate(bytes: Int(descriptor.pointee.sizeof_message))
         protobuf_c_message_init(descriptor, self.message)
     }
 
-    private func field(_ name: String) -> UnsafePointer<ProtobufCFieldDescriptor> {
-        guard let field = protobuf_c_message_descriptor_get_field_by_name(self.descriptor, name) else {
-            preconditionFailure("no field \(name) in \(String(cString: self.descriptor.pointee.name))")
-        }
-        return field
+    /// The field `name`, checked to be stored as `kind` (`ProtoFieldAccess.check`); nil (and
+    /// the access skipped) only when an observer collects the mismatch.
+    private func field(_ name: String, _ kind: ProtoFieldKind, repeated: Bool = false) -> UnsafePointer<ProtobufCFieldDescriptor>? {
+        ProtoFieldAccess.lookUp(name, in: self.descriptor, kind, repeated: repeated, direction: .write, observer: self.observer)
     }
 
     private func slot<T>(_ field: UnsafePointer<ProtobufCFieldDescriptor>, _ type: T.Type) -> UnsafeMutablePointer<T> {
@@ -77,53 +78,53 @@ final class CMessageWriter {
     }
 
     func set(_ name: String, _ value: UInt64) {
-        let field = self.field(name)
+        guard let field = self.field(name, .uint64) else { return }
         self.slot(field, UInt64.self).pointee = value
     }
 
     func set(_ name: String, _ value: Int64) {
-        let field = self.field(name)
+        guard let field = self.field(name, .int64) else { return }
         self.slot(field, Int64.self).pointee = value
     }
 
     func set(_ name: String, _ value: UInt32) {
-        let field = self.field(name)
+        guard let field = self.field(name, .uint32) else { return }
         self.slot(field, UInt32.self).pointee = value
     }
 
     /// Sets an `int32` or enum field.
     func set(_ name: String, _ value: Int32) {
-        let field = self.field(name)
+        guard let field = self.field(name, .int32) else { return }
         self.slot(field, Int32.self).pointee = value
     }
 
     func set(_ name: String, _ value: Float) {
-        let field = self.field(name)
+        guard let field = self.field(name, .float) else { return }
         self.slot(field, Float.self).pointee = value
     }
 
     func set(_ name: String, _ value: Bool) {
-        let field = self.field(name)
+        guard let field = self.field(name, .bool) else { return }
         self.slot(field, protobuf_c_boolean.self).pointee = value ? 1 : 0
     }
 
     func set(_ name: String, _ value: String) {
         guard !value.isEmpty else { return }
-        let field = self.field(name)
+        guard let field = self.field(name, .string) else { return }
         self.slot(field, UnsafeMutablePointer<CChar>?.self).pointee = self.arena.duplicate(value)
         self.markOneof(field)
     }
 
     func set(_ name: String, _ value: (some CMessageConvertible)?) {
         guard let value else { return }
-        let field = self.field(name)
+        guard let field = self.field(name, .message) else { return }
         self.slot(field, UnsafeMutableRawPointer?.self).pointee = self.build(value, field: field)
         self.markOneof(field)
     }
 
     func set(_ name: String, _ values: [String]) {
         guard !values.isEmpty else { return }
-        let field = self.field(name)
+        guard let field = self.field(name, .string, repeated: true) else { return }
         let array = self.arena.allocate(bytes: MemoryLayout<UnsafeMutablePointer<CChar>?>.stride * values.count)
             .assumingMemoryBound(to: UnsafeMutablePointer<CChar>?.self)
         for (index, value) in values.enumerated() { array[index] = self.arena.duplicate(value) }
@@ -132,7 +133,7 @@ final class CMessageWriter {
 
     func set(_ name: String, _ values: [UInt32]) {
         guard !values.isEmpty else { return }
-        let field = self.field(name)
+        guard let field = self.field(name, .uint32, repeated: true) else { return }
         let array = self.arena.allocate(bytes: MemoryLayout<UInt32>.stride * values.count)
             .assumingMemoryBound(to: UInt32.self)
         for (index, value) in values.enumerated() { array[index] = value }
@@ -141,7 +142,7 @@ final class CMessageWriter {
 
     func set(_ name: String, _ values: [some CMessageConvertible]) {
         guard !values.isEmpty else { return }
-        let field = self.field(name)
+        guard let field = self.field(name, .message, repeated: true) else { return }
         let array = self.arena.allocate(bytes: MemoryLayout<UnsafeMutableRawPointer?>.stride * values.count)
             .assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
         for (index, value) in values.enumerated() { array[index] = self.build(value, field: field) }
@@ -149,15 +150,13 @@ final class CMessageWriter {
     }
 
     private func setRepeated(_ field: UnsafePointer<ProtobufCFieldDescriptor>, count: Int, array: UnsafeMutableRawPointer) {
-        precondition(field.pointee.label == PROTOBUF_C_LABEL_REPEATED, "field is not repeated")
         (self.message + Int(field.pointee.quantifier_offset)).assumingMemoryBound(to: Int.self).pointee = count
         self.slot(field, UnsafeMutableRawPointer?.self).pointee = array
     }
 
     private func build(_ value: some CMessageConvertible, field: UnsafePointer<ProtobufCFieldDescriptor>) -> UnsafeMutableRawPointer {
-        precondition(field.pointee.type == PROTOBUF_C_TYPE_MESSAGE, "field is not a message")
         let descriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
-        let writer = CMessageWriter(descriptor: descriptor, arena: self.arena)
+        let writer = CMessageWriter(descriptor: descriptor, arena: self.arena, observer: self.observer)
         value.write(to: writer)
         return writer.message
     }
@@ -167,38 +166,39 @@ final class CMessageWriter {
 final class CMessageReader {
     let descriptor: UnsafePointer<ProtobufCMessageDescriptor>
     let message: UnsafeRawPointer
+    let observer: ProtoFieldObserver?
 
-    init(descriptor: UnsafePointer<ProtobufCMessageDescriptor>, message: UnsafeRawPointer) {
+    init(descriptor: UnsafePointer<ProtobufCMessageDescriptor>, message: UnsafeRawPointer, observer: ProtoFieldObserver? = nil) {
         self.descriptor = descriptor
         self.message = message
+        self.observer = observer
     }
 
-    private func field(_ name: String) -> UnsafePointer<ProtobufCFieldDescriptor> {
-        guard let field = protobuf_c_message_descriptor_get_field_by_name(self.descriptor, name) else {
-            preconditionFailure("no field \(name) in \(String(cString: self.descriptor.pointee.name))")
-        }
-        return field
+    /// The field `name`, checked to be stored as `kind` (`ProtoFieldAccess.check`); nil (and
+    /// the access skipped) only when an observer collects the mismatch.
+    private func field(_ name: String, _ kind: ProtoFieldKind, repeated: Bool = false) -> UnsafePointer<ProtobufCFieldDescriptor>? {
+        ProtoFieldAccess.lookUp(name, in: self.descriptor, kind, repeated: repeated, direction: .read, observer: self.observer)
     }
 
-    private func value<T>(_ name: String, _ type: T.Type) -> T {
-        let field = self.field(name)
+    private func value<T>(_ name: String, _ kind: ProtoFieldKind, _ type: T.Type, default value: T) -> T {
+        guard let field = self.field(name, kind) else { return value }
         return (self.message + Int(field.pointee.offset)).assumingMemoryBound(to: T.self).pointee
     }
 
-    func uint64(_ name: String) -> UInt64 { self.value(name, UInt64.self) }
-    func int64(_ name: String) -> Int64 { self.value(name, Int64.self) }
-    func uint32(_ name: String) -> UInt32 { self.value(name, UInt32.self) }
-    func int32(_ name: String) -> Int32 { self.value(name, Int32.self) }
-    func float(_ name: String) -> Float { self.value(name, Float.self) }
-    func bool(_ name: String) -> Bool { self.value(name, protobuf_c_boolean.self) != 0 }
+    func uint64(_ name: String) -> UInt64 { self.value(name, .uint64, UInt64.self, default: 0) }
+    func int64(_ name: String) -> Int64 { self.value(name, .int64, Int64.self, default: 0) }
+    func uint32(_ name: String) -> UInt32 { self.value(name, .uint32, UInt32.self, default: 0) }
+    func int32(_ name: String) -> Int32 { self.value(name, .int32, Int32.self, default: 0) }
+    func float(_ name: String) -> Float { self.value(name, .float, Float.self, default: 0) }
+    func bool(_ name: String) -> Bool { self.value(name, .bool, protobuf_c_boolean.self, default: 0) != 0 }
 
     func string(_ name: String) -> String {
-        guard let pointer = self.value(name, UnsafePointer<CChar>?.self) else { return "" }
+        guard let pointer = self.value(name, .string, UnsafePointer<CChar>?.self, default: nil) else { return "" }
         return String(decoding: UnsafeRawBufferPointer(start: pointer, count: strlen(pointer)), as: UTF8.self)
     }
 
     func message<T: CMessageConvertible>(_ name: String, as type: T.Type = T.self) throws(ProtoDecodingError) -> T? {
-        let field = self.field(name)
+        guard let field = self.field(name, .message) else { return nil }
         guard let pointer = (self.message + Int(field.pointee.offset)).assumingMemoryBound(to: UnsafeRawPointer?.self).pointee
         else { return nil }
         return try T(from: self.subReader(field, pointer))
@@ -206,34 +206,41 @@ final class CMessageReader {
 
     /// The proto name of the oneof member that is set, given any member of the oneof.
     func oneofCase(_ anyMemberName: String) -> String? {
-        let member = self.field(anyMemberName)
+        guard let member = protobuf_c_message_descriptor_get_field_by_name(self.descriptor, anyMemberName) else {
+            preconditionFailure("no field \(anyMemberName) in \(String(cString: self.descriptor.pointee.name))")
+        }
         let caseNumber = (self.message + Int(member.pointee.quantifier_offset)).assumingMemoryBound(to: UInt32.self).pointee
         guard caseNumber != 0,
             let field = protobuf_c_message_descriptor_get_field(self.descriptor, UInt32(caseNumber))
         else { return nil }
-        return String(cString: field.pointee.name)
+        let name = String(cString: field.pointee.name)
+        // Naming the case reads the member (empty messages are read by nothing else).
+        if field.pointee.type == PROTOBUF_C_TYPE_MESSAGE { _ = self.field(name, .message) }
+        return name
     }
 
-    private func repeated<T>(_ name: String, element: T.Type) -> (UnsafePointer<ProtobufCFieldDescriptor>, UnsafeBufferPointer<T>) {
-        let field = self.field(name)
+    private func repeated<T>(
+        _ name: String, _ kind: ProtoFieldKind, element: T.Type
+    ) -> (UnsafePointer<ProtobufCFieldDescriptor>, UnsafeBufferPointer<T>)? {
+        guard let field = self.field(name, kind, repeated: true) else { return nil }
         let count = (self.message + Int(field.pointee.quantifier_offset)).assumingMemoryBound(to: Int.self).pointee
         let start = (self.message + Int(field.pointee.offset)).assumingMemoryBound(to: UnsafePointer<T>?.self).pointee
         return (field, UnsafeBufferPointer(start: count > 0 ? start : nil, count: start == nil ? 0 : count))
     }
 
     func strings(_ name: String) -> [String] {
-        self.repeated(name, element: UnsafePointer<CChar>?.self).1.map { pointer in
+        (self.repeated(name, .string, element: UnsafePointer<CChar>?.self)?.1 ?? UnsafeBufferPointer(start: nil, count: 0)).map { pointer in
             guard let pointer else { return "" }
             return String(decoding: UnsafeRawBufferPointer(start: pointer, count: strlen(pointer)), as: UTF8.self)
         }
     }
 
     func uint32s(_ name: String) -> [UInt32] {
-        Array(self.repeated(name, element: UInt32.self).1)
+        Array(self.repeated(name, .uint32, element: UInt32.self)?.1 ?? UnsafeBufferPointer(start: nil, count: 0))
     }
 
     func messages<T: CMessageConvertible>(_ name: String, as type: T.Type = T.self) throws(ProtoDecodingError) -> [T] {
-        let (field, pointers) = self.repeated(name, element: UnsafeRawPointer?.self)
+        guard let (field, pointers) = self.repeated(name, .message, element: UnsafeRawPointer?.self) else { return [] }
         var result: [T] = []
         result.reserveCapacity(pointers.count)
         for pointer in pointers {
@@ -246,16 +253,18 @@ final class CMessageReader {
     private func subReader(_ field: UnsafePointer<ProtobufCFieldDescriptor>, _ pointer: UnsafeRawPointer) -> CMessageReader {
         CMessageReader(
             descriptor: field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self),
-            message: pointer
+            message: pointer, observer: self.observer
         )
     }
 }
 
 /// Serializes and parses top-level messages through protobuf-c.
 enum CMessageCodec {
-    static func encode(_ value: some CMessageConvertible, descriptor: UnsafePointer<ProtobufCMessageDescriptor>) -> [UInt8] {
+    static func encode(
+        _ value: some CMessageConvertible, descriptor: UnsafePointer<ProtobufCMessageDescriptor>, observer: ProtoFieldObserver? = nil
+    ) -> [UInt8] {
         let arena = CArena()
-        let writer = CMessageWriter(descriptor: descriptor, arena: arena)
+        let writer = CMessageWriter(descriptor: descriptor, arena: arena, observer: observer)
         value.write(to: writer)
         let message = writer.message.assumingMemoryBound(to: ProtobufCMessage.self)
         let size = protobuf_c_message_get_packed_size(message)
@@ -267,7 +276,8 @@ enum CMessageCodec {
     static func decode<T: CMessageConvertible>(
         _ type: T.Type,
         from bytes: some Collection<UInt8>,
-        descriptor: UnsafePointer<ProtobufCMessageDescriptor>
+        descriptor: UnsafePointer<ProtobufCMessageDescriptor>,
+        observer: ProtoFieldObserver? = nil
     ) throws(ProtoDecodingError) -> T {
         let contiguous = Array(bytes)
         let unpacked = contiguous.withUnsafeBufferPointer { buffer in
@@ -277,7 +287,7 @@ enum CMessageCodec {
             throw .invalidMessage("\(contiguous.count) bytes are not a valid \(String(cString: descriptor.pointee.name))")
         }
         defer { protobuf_c_message_free_unpacked(unpacked, nil) }
-        return try T(from: CMessageReader(descriptor: descriptor, message: UnsafeRawPointer(unpacked)))
+        return try T(from: CMessageReader(descriptor: descriptor, message: UnsafeRawPointer(unpacked), observer: observer))
     }
 }
 

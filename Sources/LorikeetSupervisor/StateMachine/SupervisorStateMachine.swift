@@ -167,7 +167,7 @@ struct SupervisorStateMachine {
         case spawnEngine
         case startEngineTimer(delayMs: UInt64)
         /// Stop the server fast with this exit code.
-        case fatal(code: Int32, message: String)
+        case fatal(code: LorikeetExitCode, message: String)
         /// Send a heartbeat with this sequence number.
         case sendHeartbeat(WorkerID, seq: UInt64)
         /// Send SIGKILL.
@@ -500,11 +500,11 @@ struct SupervisorStateMachine {
             return actions
         }
         if worker.disposition == .retiring { return actions }
-        if exit.status == Int64(LorikeetExitCode.cannotBoot) && exit.signal == 0 {
+        if exit.status == Int64(LorikeetExitCode.cannotBoot.rawValue) && exit.signal == 0 {
             return actions + [
                 .fatal(
-                    code: LorikeetExitCode.cannotBoot,
-                    message: "worker slot \(worker.slot) cannot boot (exit code \(LorikeetExitCode.cannotBoot)); see its message above")
+                    code: .cannotBoot,
+                    message: "worker slot \(worker.slot) cannot boot (exit code \(LorikeetExitCode.cannotBoot.rawValue)); see its message above")
             ]
         }
         self.slots[position].restarts += 1
@@ -560,7 +560,7 @@ struct SupervisorStateMachine {
         if self.slots.allSatisfy({ $0.state != .active }) {
             return [
                 log,
-                .fatal(code: LorikeetExitCode.crashLoop, message: "every worker slot is crash-looping; stopping (last worker \(exit))"),
+                .fatal(code: .crashLoop, message: "every worker slot is crash-looping; stopping (last worker \(exit))"),
             ]
         }
         return [log, .startRestartTimer(slot: slot.index, delayMs: cooldown)]
@@ -610,8 +610,8 @@ struct SupervisorStateMachine {
     mutating func engineExited(_ exit: ProcessExit, now: UInt64) -> [Action] {
         self.engine = .down
         guard self.isRunning else { return self.checkStopped() }
-        if exit.status == Int64(LorikeetExitCode.cannotBoot) {
-            return [.fatal(code: LorikeetExitCode.cannotBoot, message: "the engine cannot boot (\(exit)); see its message above")]
+        if exit.status == Int64(LorikeetExitCode.cannotBoot.rawValue) {
+            return [.fatal(code: .cannotBoot, message: "the engine cannot boot (\(exit)); see its message above")]
         }
         self.engineRestarts += 1
         let uptime = now - self.engineStartedAtMs

@@ -1,11 +1,13 @@
 import Glibc
-public import Logging
-import LorikeetProto
+package import Logging
+package import LorikeetProto
 
 /// Why the supervisor stopped, as a process exit code and a message.
-public struct SupervisorExit: Sendable {
-    public let code: Int32
-    public let message: String
+package struct SupervisorExit: Sendable {
+    /// The exit code `lorikeet serve` ends with.
+    package let code: LorikeetExitCode
+    /// Why, for humans (printed on stderr unless the code is `.ok`).
+    package let message: String
 }
 
 /// The libuv supervisor: spawns the engine and the workers, restarts them, names the
@@ -17,7 +19,7 @@ public struct SupervisorExit: Sendable {
 /// (`Supervisor+Actions.swift`).
 ///
 /// Single-threaded: everything runs on the libuv loop of the calling thread.
-public final class Supervisor {
+package final class Supervisor {
     let configuration: SupervisorConfiguration
     let logger: Logger
     let loop = UVLoop()
@@ -48,7 +50,7 @@ public final class Supervisor {
     var announcedReady = false
 
     /// Port actually bound (useful with port 0).
-    public private(set) var boundPort: UInt16 = 0
+    package private(set) var boundPort: UInt16 = 0
 
     /// Checks and opens the state directory: created 0700 when missing; a symlink, a
     /// directory of another uid or one writable by group/others is refused
@@ -59,7 +61,7 @@ public final class Supervisor {
     /// Sets the process umask to 077 for the supervisor's whole life (umask is
     /// process-wide; the children inherit it): every file and socket it or its children
     /// create is private from creation, with no chmod afterwards.
-    public init(configuration: SupervisorConfiguration, logger: Logger) throws {
+    package init(configuration: SupervisorConfiguration, logger: Logger) throws {
         umask(0o077)
         self.configuration = configuration
         self.logger = logger
@@ -82,7 +84,7 @@ public final class Supervisor {
     }
 
     /// Runs until the server stops; returns the exit code and reason.
-    public func run() throws -> SupervisorExit {
+    package func run() throws -> SupervisorExit {
         signal(SIGPIPE, SIG_IGN)
         self.logger.info(
             "starting supervisor",
@@ -126,7 +128,7 @@ public final class Supervisor {
         self.loop.run()
         self.loop.closeAll()
         for handles in self.slotHandles.values { handles.releaseListener() }
-        return self.exitResult ?? SupervisorExit(code: 0, message: "stopped")
+        return self.exitResult ?? SupervisorExit(code: .ok, message: "stopped")
     }
 
     var nowMs: UInt64 { self.loop.nowMs }
@@ -187,7 +189,7 @@ public final class Supervisor {
             self.machine.engineSpawned()
             self.logger.info("engine started", metadata: ["pid": "\(self.engine?.pid ?? 0)"])
         } catch {
-            self.fatal(code: LorikeetExitCode.cannotBoot, "cannot start the engine: \(error)")
+            self.fatal(code: .cannotBoot, "cannot start the engine: \(error)")
         }
     }
 
@@ -307,7 +309,7 @@ public final class Supervisor {
 
     typealias StopMode = SupervisorStateMachine.StopMode
 
-    func fatal(code: Int32, _ message: String) {
+    func fatal(code: LorikeetExitCode, _ message: String) {
         self.logger.critical("\(message)")
         if self.exitResult == nil { self.exitResult = SupervisorExit(code: code, message: message) }
         self.stop(.fast)

@@ -9,6 +9,12 @@ import Dispatch
 /// fp32 compute kernels over raw pointers. Every loop here is bounds-free on purpose
 /// (checked `Array` indexing measured 2.5x slower); callers guarantee the sizes.
 ///
+/// Like `QuantKernels`, this target is always compiled with optimization and for the build
+/// machine's CPU (Package.swift), so debug builds of the engine run these at full speed.
+/// The engine calls whole loops (`attendHead`, `addLoRA`), never `dot` per element run: a
+/// call across the module boundary per 16-element dot cost 5% of decode speed on the tiny
+/// fixture model (cross-module calls are not inlined).
+///
 /// Results never depend on the thread count or the batch size: each output element is
 /// always one `dot` over the same elements in the same order. That is what makes a
 /// request's tokens identical whether it runs alone or batched with others.
@@ -82,6 +88,36 @@ package enum Kernels {
         }
     }
 
+    /// One attention head for one query: `scores[p] = q · K[p] · scale` for `p < span`, the
+    /// softmax of the scores, then `out = Σ scores[p] · V[p]`. `keys` and `values` point at
+    /// the head's elements of position 0; position `p` is `stride · p` floats further. `q`,
+    /// `out` and every key and value row hold `headDim` floats; `scores` holds `span`.
+    package static func attendHead(
+        _ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int, span: Int,
+        headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>
+    ) {
+        for p in 0..<span {
+            scores[p] = self.dot(q, keys + p * stride, headDim) * scale
+        }
+        self.softmax(scores, span)
+        out.update(repeating: 0, count: headDim)
+        for p in 0..<span {
+            let s = scores[p]
+            let vp = values + p * stride
+            for d in 0..<headDim { out[d] += s * vp[d] }
+        }
+    }
+
+    /// `y += scaling · B·(A·x)` for one row (a LoRA update): `A` is `[rank, inDim]`, `B` is
+    /// `[outDim, rank]`, both row-major; `tmp` holds `rank` floats.
+    package static func addLoRA(
+        a: UnsafePointer<Float>, b: UnsafePointer<Float>, rank: Int, inDim: Int, outDim: Int, scaling: Float,
+        _ x: UnsafePointer<Float>, tmp: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
+    ) {
+        for j in 0..<rank { tmp[j] = self.dot(a + j * inDim, x, inDim) }
+        for o in 0..<outDim { y[o] += scaling * self.dot(b + o * rank, tmp, rank) }
+    }
+
     /// `out = x / sqrt(mean(x²) + eps) * weight` over `n` elements.
     package static func rmsNorm(
         _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ n: Int, eps: Float,
@@ -125,8 +161,18 @@ package enum Kernels {
 // Unchecked Sendable is safe: the caller keeps every buffer alive for the whole
 // (synchronous) `concurrentPerform`; chunks only read `weights` and `input`, and each chunk
 // writes a disjoint set of rows of `output`.
-struct ProductPointers: @unchecked Sendable {
-    let weights: UnsafeRawPointer
-    let input: UnsafePointer<Float>
-    let output: UnsafeMutablePointer<Float>
+package struct ProductPointers: @unchecked Sendable {
+    /// The weights, fp32 or quantized quad blocks.
+    package let weights: UnsafeRawPointer
+    /// The activations, `[batch, columns]` (or the expanded `xq` for quantized weights).
+    package let input: UnsafePointer<Float>
+    /// The products, `[batch, rows]`.
+    package let output: UnsafeMutablePointer<Float>
+
+    /// Bundles the three pointers of one product.
+    package init(weights: UnsafeRawPointer, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+        self.weights = weights
+        self.input = input
+        self.output = output
+    }
 }

@@ -2,12 +2,14 @@ import Foundation
 import LorikeetGGUF
 import Testing
 
+@testable import LorikeetCLI
+
 /// Why a real-model test could not be set up; the message says how to fix it.
 struct RealModelSetupError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// The real SmolLM2-135M-Instruct GGUF, downloaded once into the cache through `ModelLocator`
+/// The real SmolLM2-135M-Instruct GGUF, downloaded once into the cache through the command's `ModelDownload`
 /// and parsed once per test process, plus the Python reference outputs (cached beside it).
 enum RealModel {
     static let repoRoot = URL(fileURLWithPath: #filePath)
@@ -22,8 +24,7 @@ enum RealModel {
 
     /// Parsed once; `static let` initialisation is thread-safe (swift_once), which is the lock.
     private static let loaded: Result<Loaded, any Error> = Result {
-        let locator = ModelLocator()
-        let url = try locator.resolveDefaultModel()
+        let url = try ModelDownload().resolveDefaultModel()
         let clock = ContinuousClock()
         let start = clock.now
         let file = try GGUFFile(contentsOf: url)
@@ -70,7 +71,7 @@ enum RealModel {
         let script = Self.fixtures.appendingPathComponent("tokenizer_reference.py")
         let corpus = Self.fixtures.appendingPathComponent("tokenizer_corpus.json")
         let key = Self.fnv1a(try Data(contentsOf: script) + Data(contentsOf: corpus))
-        let dir = ModelLocator().cacheDirectory
+        let dir = ModelDownload().cacheDirectory
             .appendingPathComponent("test-fixtures/reference-\(String(key, radix: 16))", isDirectory: true)
         let json = dir.appendingPathComponent("reference.json")
         if !FileManager.default.fileExists(atPath: json.path) {
@@ -83,17 +84,7 @@ enum RealModel {
                     """)
             }
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let process = Process()
-            process.executableURL = python
-            process.arguments = [script.path, model.url.path, corpus.path, dir.path]
-            let pipe = Pipe()
-            process.standardError = pipe
-            try process.run()
-            let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                throw RealModelSetupError(description: "tokenizer_reference.py failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))")
-            }
+            try Self.runPython(python, script: script, [model.url.path, corpus.path, dir.path])
         }
         let object = try JSONSerialization.jsonObject(with: Data(contentsOf: json))
         guard let root = object as? [String: Any],
@@ -128,6 +119,23 @@ enum RealModel {
             reference.tensors[name] = ReferenceTensor(shape: shape, savedRows: rows, values: values)
         }
         return reference
+    }
+
+    /// Runs a reference script of Tests/Fixtures with the venv's `python`; throws with its
+    /// stderr when it fails.
+    static func runPython(_ python: URL, script: URL, _ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = python
+        process.arguments = [script.path] + arguments
+        let pipe = Pipe()
+        process.standardError = pipe
+        try process.run()
+        let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw RealModelSetupError(
+                description: "\(script.lastPathComponent) failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))")
+        }
     }
 
     /// Peak and current resident memory of this process in MiB (Linux `/proc/self/status`).

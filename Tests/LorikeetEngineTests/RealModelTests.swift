@@ -2,6 +2,8 @@ import Foundation
 import LorikeetGGUF
 import Testing
 
+@testable import LorikeetEngine
+
 @Suite("SmolLM2-135M-Instruct GGUF (downloaded once into the cache)")
 struct RealModelTests {
     @Test("metadata and config match the model card")
@@ -14,18 +16,18 @@ struct RealModelTests {
         #expect(file.tensors.filter { $0.type == .f32 }.count == 61)
         #expect(file.tensor(named: "token_embd.weight")?.type == .q8_0)
         let config = try LlamaGGUF.config(from: file)
-        #expect(config.numHiddenLayers == 30)
+        #expect(config.numLayers == 30)
         #expect(config.hiddenSize == 576)
         #expect(config.intermediateSize == 1536)
-        #expect(config.numAttentionHeads == 9)
-        #expect(config.numKeyValueHeads == 3)
+        #expect(config.numHeads == 9)
+        #expect(config.numKVHeads == 3)
         #expect(config.headDim == 64)
         #expect(config.vocabSize == 49152)
         #expect(config.maxPositionEmbeddings == 8192)
         #expect(config.ropeTheta == 100_000)
         #expect(abs(config.rmsNormEps - 1e-5) < 1e-9)
         #expect(config.tieWordEmbeddings)
-        #expect(config.bosTokenID == 1 && config.eosTokenID == 2)
+        #expect(config.bosTokenID == 1 && config.eosTokenIDs == [2])
         #expect(file["tokenizer.ggml.merges"]?.arrayValue?.count == 48900)
         #expect(file["tokenizer.ggml.pre"]?.stringValue == "smollm")
         let tok = model.tokenizer
@@ -136,23 +138,24 @@ struct RealModelTests {
         #expect(tok.encode("Hi", addBOS: true) == [1] + tok.encode("Hi"))
     }
 
-    @Test("whole model dequantizes to HF-named tensors equal to the numpy reference; time and memory reported")
-    func dequantizeWholeModel() throws {
+    @Test("the GGUF loader's fp32 weights equal the numpy reference, its quantized weights give the same products; time and memory reported")
+    func wholeModelWeights() throws {
         let model = try RealModel.get()
         let reference = try RealModel.getReference()
         let before = RealModel.memoryMiB()
         let clock = ContinuousClock()
-        var loaded: (config: LlamaConfig, tensors: LlamaGGUF.Tensors)?
-        let elapsed = try clock.measure { loaded = try LlamaGGUF.load(model.file) }
+        var loaded: LlamaWeights?
+        let elapsed = try clock.measure { loaded = try LlamaGGUF.loadWeights(model.file, storage: .float32, stopTokenIDs: []) }
         let after = RealModel.memoryMiB()
-        let (config, tensors) = try #require(loaded)
+        let weights = try #require(loaded)
+        let tensors = Self.tensors(weights)
         let parameters = tensors.values.reduce(0) { $0 + $1.values.count }
         print(
-            "dequantized \(tensors.count) tensors, \(parameters) parameters (\(parameters * 4 / 1_048_576) MiB fp32) in \(elapsed);"
+            "loaded \(tensors.count) tensors, \(parameters) parameters (\(parameters * 4 / 1_048_576) MiB fp32) in \(elapsed);"
                 + " RSS before \(before?.current ?? -1) MiB, after \(after?.current ?? -1) MiB, peak \(after?.peak ?? -1) MiB")
         #expect(tensors.count == 2 + 9 * 30)
         #expect(parameters == 134_515_008)
-        #expect(tensors["lm_head.weight"] == nil)
+        #expect(weights.lmHead === weights.embedTokens)
         #expect(tensors["model.embed_tokens.weight"]?.shape == [49152, 576])
         #expect(tensors["model.layers.0.self_attn.q_proj.weight"]?.shape == [576, 576])
         #expect(tensors["model.layers.0.self_attn.k_proj.weight"]?.shape == [192, 576])
@@ -160,33 +163,53 @@ struct RealModelTests {
         #expect(tensors["model.layers.29.mlp.down_proj.weight"]?.shape == [576, 1536])
         #expect(tensors["model.layers.29.mlp.gate_proj.weight"]?.shape == [1536, 576])
         #expect(tensors["model.norm.weight"]?.shape == [576])
-        for entry in LlamaGGUF.tensorPlan(config) {
-            #expect(tensors[entry.hf]?.shape == entry.shape, "\(entry.hf)")
+        for entry in LlamaGGUF.tensorPlan(weights.config) {
             #expect(tensors[entry.hf]?.values.count == entry.shape.reduce(1, *), "\(entry.hf)")
         }
         #expect(reference.tensors.count == 8)
         for (name, expected) in reference.tensors {
-            let mine = try #require(tensors[name], "\(name)")
-            #expect(mine.shape == expected.shape)
+            let mine = try #require(tensors[name], "\(name)").values
             let cols = expected.shape.count == 2 ? expected.shape[1] : 1
             let n = expected.savedRows * cols
             #expect(expected.values.count == n)
             var maxDiff: Float = 0
-            for i in 0..<n { maxDiff = max(maxDiff, abs(mine.values[i] - expected.values[i])) }
+            for i in 0..<n { maxDiff = max(maxDiff, abs(mine[i] - expected.values[i])) }
             #expect(maxDiff <= 1e-6, "\(name): max |swift - numpy| = \(maxDiff)")
         }
-        // The quantized loader reorders Q/K rows at the byte level to the same result.
-        let (_, quantized) = try LlamaGGUF.loadQuantized(model.file)
-        #expect(quantized.count == tensors.count)
+        // The quantized storage reorders Q/K rows at the byte level to the same values.
+        let quantized = Self.matrices(try LlamaGGUF.loadWeights(model.file, storage: .quantized, stopTokenIDs: []))
         for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.29.self_attn.k_proj.weight", "model.embed_tokens.weight"] {
-            let q = try #require(quantized[name])
-            let count = q.shape.reduce(1, *)
-            let values = try q.bytes.withUnsafeBytes { raw in try GGUFDequantizer.dequantize(raw, type: q.type, count: count) }
-            #expect(values == tensors[name]?.values, "\(name)")
+            let matrix = try #require(quantized[name])
+            #expect(matrix.format != .f32, "\(name)")
+            let expected = try #require(tensors[name]).values
+            let values = matrix.values
+            var maxDiff: Float = 0
+            for i in 0..<values.count { maxDiff = max(maxDiff, abs(values[i] - expected[i])) }
+            #expect(values.count == expected.count && maxDiff <= 1e-6, "\(name): max |quantized - fp32| = \(maxDiff)")
         }
         // The un-permutation must matter: the raw GGUF row order differs from HF's.
         let info = try #require(model.file.tensor(named: "blk.0.attn_q.weight"))
         let raw = try LlamaGGUF.dequantize(model.file, info)
         #expect(raw != tensors["model.layers.0.self_attn.q_proj.weight"]?.values)
+    }
+
+    /// Every weight of `weights` by Hugging Face name.
+    static func matrices(_ weights: LlamaWeights) -> [String: WeightMatrix] {
+        var out = ["model.embed_tokens.weight": weights.embedTokens]
+        for (l, layer) in weights.layers.enumerated() {
+            for module in LinearModule.allCases { out[module.path(layer: l) + ".weight"] = layer.linear[module.index] }
+        }
+        return out
+    }
+
+    /// Every tensor of `weights` as fp32 (row-major shape, values) by Hugging Face name.
+    static func tensors(_ weights: LlamaWeights) -> [String: (shape: [Int], values: [Float])] {
+        var out = Self.matrices(weights).mapValues { (shape: $0.shape, values: $0.values) }
+        out["model.norm.weight"] = (weights.finalNorm.shape, weights.finalNorm.values)
+        for (l, layer) in weights.layers.enumerated() {
+            out["model.layers.\(l).input_layernorm.weight"] = (layer.inputNorm.shape, layer.inputNorm.values)
+            out["model.layers.\(l).post_attention_layernorm.weight"] = (layer.postAttentionNorm.shape, layer.postAttentionNorm.values)
+        }
+        return out
     }
 }
