@@ -1,5 +1,6 @@
 import Foundation
 import LorikeetProto
+import LorikeetTestSupport
 import Synchronization
 import Testing
 
@@ -35,6 +36,7 @@ final class EngineProcessTests {
             "--max-lora-rank", "32", "--parent-pid", "\(getpid())",
         ]
         self.process.standardError = FileHandle.nullDevice
+        self.process.environment = TestEnvironment.childEnvironment
         try self.process.run()
         for _ in 0..<500 where !FileManager.default.fileExists(atPath: self.socket) { usleep(20_000) }
         guard FileManager.default.fileExists(atPath: self.socket) else {

@@ -61,6 +61,14 @@ public enum TestEnvironment {
 
     /// Runs a command to completion; returns its exit status and combined output.
     @discardableResult
+    /// The environment for a `lorikeet` process a test starts with `--parent-pid` = the test
+    /// process: the parent watch polls getppid() instead of arming PR_SET_PDEATHSIG, which
+    /// follows the *thread* that spawned the child — a test runner's pool threads come and
+    /// go, and the child would be killed mid-test when its spawning thread retires.
+    public static var childEnvironment: [String: String] {
+        ProcessInfo.processInfo.environment.merging(["LORIKEET_PARENT_WATCH": "poll"]) { $1 }
+    }
+
     public static func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)

@@ -29,6 +29,8 @@ struct RealEngineTests {
     func openAISDK() async throws {
         let fixture = try RealEngine.fixture()
         let engine = try EngineProcess()
+        // The engine process stops when this object goes: keep it to the end of the test.
+        defer { withExtendedLifetime(engine) {} }
         let worker = try ChildProcess(
             [
                 "worker", "--engine-socket", engine.socket, "--port", "0", "--parent-pid", "\(getpid())", "--served-model-name", "tiny",
@@ -70,6 +72,8 @@ struct RealEngineTests {
         let fixture = try RealEngine.fixture()
         let reference = try Self.reference()
         let engine = try EngineProcess()
+        // The engine process stops when this object goes: keep it to the end of the test.
+        defer { withExtendedLifetime(engine) {} }
         let configuration = Self.configuration(engine: engine, fixture: fixture)
         try await WorkerHarness.withWorker(configuration) { port, service in
             guard case .array(let prompt)? = reference["prompt_tokens"] else { throw RealEngine.Failure("no prompt") }
@@ -122,6 +126,8 @@ struct RealEngineTests {
     func disconnectAborts() async throws {
         let fixture = try RealEngine.fixture()
         let engine = try EngineProcess()
+        // The engine process stops when this object goes: keep it to the end of the test.
+        defer { withExtendedLifetime(engine) {} }
         let configuration = Self.configuration(engine: engine, fixture: fixture)
         let probe = EngineClient(socketPath: engine.socket, logger: WorkerHarness.logger)
         try await WorkerHarness.withWorker(configuration) { port, _ in

@@ -122,6 +122,7 @@ struct UpstreamClientTests {
         ]
         worker.standardError = FileHandle(forWritingAtPath: log)
         worker.standardOutput = FileHandle(forWritingAtPath: log)
+        worker.environment = TestEnvironment.childEnvironment
         try worker.run()
         defer {
             // Only after a failure: the worker is normally gone by now.
