@@ -134,7 +134,7 @@ struct CtlStatus: ParsableCommand {
         if self.options.json {
             self.options.printJSON([
                 "version": status.version, "uptime_ms": status.uptimeMs, "epoch": status.epoch, "table_version": status.tableVersion,
-                "engine_state": status.engineState, "workers": status.workers, "ready_workers": status.readyWorkers,
+                "engine_state": status.engine.name, "workers": status.workers, "ready_workers": status.readyWorkers,
                 "leader_slot": status.leaderSlot,
             ])
         } else {
@@ -142,7 +142,7 @@ struct CtlStatus: ParsableCommand {
             print("uptime         \(status.uptimeMs / 1000) s")
             print("workers        \(status.readyWorkers)/\(status.workers) ready, leader slot \(status.leaderSlot), epoch \(status.epoch)")
             print("adapter table  version \(status.tableVersion)")
-            print("engine         \(status.engineState)")
+            print("engine         \(status.engine.name)")
         }
     }
 }
@@ -157,7 +157,7 @@ struct CtlWorkers: ParsableCommand {
             self.options.printJSON(
                 list.workers.map {
                     [
-                        "slot": $0.slot, "pid": $0.pid, "role": $0.role == .leader ? "leader" : "follower", "state": $0.state,
+                        "slot": $0.slot, "pid": $0.pid, "role": $0.role == .leader ? "leader" : "follower", "state": $0.phase.name,
                         "restarts": $0.restarts, "last_exit": $0.lastExit, "heartbeat_age_ms": $0.heartbeatAgeMs,
                         "requests_served": $0.requestsServed,
                     ] as [String: Any]
@@ -167,7 +167,7 @@ struct CtlWorkers: ParsableCommand {
                 [["SLOT", "PID", "ROLE", "STATE", "RESTARTS", "HEARTBEAT", "REQUESTS", "LAST EXIT"]]
                     + list.workers.map {
                         [
-                            "\($0.slot)", "\($0.pid)", $0.role == .leader ? "leader" : "follower", $0.state, "\($0.restarts)",
+                            "\($0.slot)", "\($0.pid)", $0.role == .leader ? "leader" : "follower", $0.phase.name, "\($0.restarts)",
                             "\($0.heartbeatAgeMs) ms", "\($0.requestsServed)", $0.lastExit.isEmpty ? "-" : $0.lastExit,
                         ]
                     })

@@ -58,11 +58,11 @@ struct CtlMetrics: ParsableCommand {
         registry.makeGauge(descriptor: Self.describe("lorikeet_committed_table_version", "Version of the committed adapter table."))
             .set(to: Double(status.tableVersion))
         registry.makeGauge(descriptor: Self.describe("lorikeet_engine_running", "1 when the engine process is running."))
-            .set(to: status.engineState == "running" ? 1 : 0)
+            .set(to: status.engine == .running ? 1 : 0)
         registry.makeGauge(descriptor: Self.describe("lorikeet_workers", "Worker slots configured.")).set(to: Double(status.workers))
         registry.makeGauge(descriptor: Self.describe("lorikeet_workers_ready", "Worker slots whose worker serves traffic."))
             .set(to: Double(status.readyWorkers))
-        let states = ["starting", "booting", "prepared", "ready", "draining", "restarting", "crash-loop"]
+        let phases = WorkerPhase.allCases.filter { $0 != .unspecified }
         var seen = Set<UInt32>()
         // A slot mid-rolling-restart lists its current worker first, then the replacement.
         for worker in workers where seen.insert(worker.slot).inserted {
@@ -82,11 +82,11 @@ struct CtlMetrics: ParsableCommand {
             ).set(to: Double(worker.heartbeatAgeMs) / 1000)
             registry.makeGauge(descriptor: Self.describe("lorikeet_worker_leader", "1 for the leader's slot."), labels: [slot])
                 .set(to: worker.role == .leader ? 1 : 0)
-            for state in Set(states + [worker.state]) {
+            for phase in phases {
                 registry.makeGauge(
                     descriptor: Self.describe("lorikeet_worker_state", "1 for the state the slot's worker is in."),
-                    labels: [slot, ("state", state)]
-                ).set(to: state == worker.state ? 1 : 0)
+                    labels: [slot, ("state", phase.name)]
+                ).set(to: phase == worker.phase ? 1 : 0)
             }
         }
     }

@@ -37,7 +37,7 @@ enum Samples {
         .status,
         .statusReply(
             StatusReply(
-                version: "0.1.0", uptimeMs: 1000, epoch: 3, tableVersion: 4, engineState: "running", workers: 4,
+                version: "0.1.0", uptimeMs: 1000, epoch: 3, tableVersion: 4, engine: .running, workers: 4,
                 leaderSlot: 2, readyWorkers: 3
             )
         ),
@@ -45,10 +45,10 @@ enum Samples {
         .workerList(
             WorkerList(workers: [
                 WorkerInfo(
-                    slot: 1, pid: 77, role: .leader, state: "ready", restarts: 2, lastExit: "signal 9", heartbeatAgeMs: 120,
+                    slot: 1, pid: 77, role: .leader, phase: .ready, restarts: 2, lastExit: "signal 9", heartbeatAgeMs: 120,
                     requestsServed: 900
                 ),
-                WorkerInfo(slot: 2, pid: 78, state: "starting"),
+                WorkerInfo(slot: 2, pid: 78, phase: .starting),
             ])
         ),
         .listAdapters,

@@ -236,7 +236,7 @@ extension ServeTests {
         #expect(status == 0, "\(output)")
         let reply = (try? JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])?["status_reply"] as? [String: Any]
         #expect(reply?["workers"] as? Int == 2 && reply?["ready_workers"] as? Int == 2, "\(output)")
-        #expect(reply?["engine_state"] as? String == "running")
+        #expect(reply?["engine"] as? String == "ENGINE_PHASE_RUNNING", "the Python client prints the enum by its .proto name")
 
         let (metricsStatus, metrics) = try TestEnvironment.runProcess(
             try TestEnvironment.lorikeetBinary, ["ctl", "metrics", "--state-dir", server.stateDirectory])

@@ -7,26 +7,72 @@ public struct EmptyRequest: Sendable, Equatable, CMessageConvertible {
     init(from reader: CMessageReader) {}
 }
 
+/// The engine process as the supervisor sees it (`lorikeet.v1.EnginePhase`).
+public enum EnginePhase: Int32, Sendable, Equatable, CaseIterable {
+    case unspecified = 0
+    case starting = 1
+    case running = 2
+    case down = 3
+    case upstream = 4
+
+    /// The name `lorikeet ctl` prints (and its JSON carries).
+    public var name: String {
+        switch self {
+        case .unspecified: "unknown"
+        case .starting: "starting"
+        case .running: "running"
+        case .down: "down"
+        case .upstream: "upstream"
+        }
+    }
+}
+
+/// A worker slot's process as the supervisor sees it (`lorikeet.v1.WorkerPhase`).
+public enum WorkerPhase: Int32, Sendable, Equatable, CaseIterable {
+    case unspecified = 0
+    case starting = 1
+    case booting = 2
+    case prepared = 3
+    case ready = 4
+    case draining = 5
+    case restarting = 6
+    case crashLoop = 7
+
+    /// The name `lorikeet ctl` prints (and its JSON carries).
+    public var name: String {
+        switch self {
+        case .unspecified: "unknown"
+        case .starting: "starting"
+        case .booting: "booting"
+        case .prepared: "prepared"
+        case .ready: "ready"
+        case .draining: "draining"
+        case .restarting: "restarting"
+        case .crashLoop: "crash-loop"
+        }
+    }
+}
+
 /// Supervisor status (`lorikeet.v1.StatusReply`).
 public struct StatusReply: Sendable, Equatable {
     public var version: String
     public var uptimeMs: UInt64
     public var epoch: UInt64
     public var tableVersion: UInt64
-    public var engineState: String
+    public var engine: EnginePhase
     public var workers: UInt32
     public var leaderSlot: Int32
     public var readyWorkers: UInt32
 
     public init(
-        version: String = "", uptimeMs: UInt64 = 0, epoch: UInt64 = 0, tableVersion: UInt64 = 0, engineState: String = "",
+        version: String = "", uptimeMs: UInt64 = 0, epoch: UInt64 = 0, tableVersion: UInt64 = 0, engine: EnginePhase = .unspecified,
         workers: UInt32 = 0, leaderSlot: Int32 = -1, readyWorkers: UInt32 = 0
     ) {
         self.version = version
         self.uptimeMs = uptimeMs
         self.epoch = epoch
         self.tableVersion = tableVersion
-        self.engineState = engineState
+        self.engine = engine
         self.workers = workers
         self.leaderSlot = leaderSlot
         self.readyWorkers = readyWorkers
@@ -39,7 +85,7 @@ extension StatusReply: CMessageConvertible {
         writer.set("uptime_ms", self.uptimeMs)
         writer.set("epoch", self.epoch)
         writer.set("table_version", self.tableVersion)
-        writer.set("engine_state", self.engineState)
+        writer.set("engine", self.engine.rawValue)
         writer.set("workers", self.workers)
         writer.set("leader_slot", self.leaderSlot)
         writer.set("ready_workers", self.readyWorkers)
@@ -47,7 +93,7 @@ extension StatusReply: CMessageConvertible {
     init(from reader: CMessageReader) {
         self.init(
             version: reader.string("version"), uptimeMs: reader.uint64("uptime_ms"), epoch: reader.uint64("epoch"),
-            tableVersion: reader.uint64("table_version"), engineState: reader.string("engine_state"),
+            tableVersion: reader.uint64("table_version"), engine: EnginePhase(rawValue: reader.int32("engine")) ?? .unspecified,
             workers: reader.uint32("workers"), leaderSlot: reader.int32("leader_slot"),
             readyWorkers: reader.uint32("ready_workers")
         )
@@ -59,20 +105,20 @@ public struct WorkerInfo: Sendable, Equatable {
     public var slot: UInt32
     public var pid: Int32
     public var role: WorkerRole
-    public var state: String
+    public var phase: WorkerPhase
     public var restarts: UInt32
     public var lastExit: String
     public var heartbeatAgeMs: UInt64
     public var requestsServed: UInt64
 
     public init(
-        slot: UInt32 = 0, pid: Int32 = 0, role: WorkerRole = .follower, state: String = "", restarts: UInt32 = 0,
+        slot: UInt32 = 0, pid: Int32 = 0, role: WorkerRole = .follower, phase: WorkerPhase = .unspecified, restarts: UInt32 = 0,
         lastExit: String = "", heartbeatAgeMs: UInt64 = 0, requestsServed: UInt64 = 0
     ) {
         self.slot = slot
         self.pid = pid
         self.role = role
-        self.state = state
+        self.phase = phase
         self.restarts = restarts
         self.lastExit = lastExit
         self.heartbeatAgeMs = heartbeatAgeMs
@@ -85,7 +131,7 @@ extension WorkerInfo: CMessageConvertible {
         writer.set("slot", self.slot)
         writer.set("pid", self.pid)
         writer.set("role", self.role.rawValue)
-        writer.set("state", self.state)
+        writer.set("phase", self.phase.rawValue)
         writer.set("restarts", self.restarts)
         writer.set("last_exit", self.lastExit)
         writer.set("heartbeat_age_ms", self.heartbeatAgeMs)
@@ -94,7 +140,7 @@ extension WorkerInfo: CMessageConvertible {
     init(from reader: CMessageReader) {
         self.init(
             slot: reader.uint32("slot"), pid: reader.int32("pid"), role: WorkerRole(rawValue: reader.int32("role")) ?? .follower,
-            state: reader.string("state"), restarts: reader.uint32("restarts"), lastExit: reader.string("last_exit"),
+            phase: WorkerPhase(rawValue: reader.int32("phase")) ?? .unspecified, restarts: reader.uint32("restarts"), lastExit: reader.string("last_exit"),
             heartbeatAgeMs: reader.uint64("heartbeat_age_ms"), requestsServed: reader.uint64("requests_served")
         )
     }

@@ -114,10 +114,20 @@ struct SupervisorStateMachine {
     enum StopMode: Equatable, Sendable { case graceful, fast }
 
     /// The engine process as the supervisor sees it (`status` reports the raw value).
-    enum EngineState: String, Sendable {
+    enum EngineState: Sendable {
         case starting, running, down
         /// No engine process: the workers serve in front of upstream replicas.
         case upstream
+
+        /// As the admin channel reports it.
+        var phase: EnginePhase {
+            switch self {
+            case .starting: .starting
+            case .running: .running
+            case .down: .down
+            case .upstream: .upstream
+            }
+        }
     }
 
     /// What the libuv layer must do, in order.
@@ -670,7 +680,7 @@ struct WorkerID: Hashable, Sendable, CustomStringConvertible {
 
 /// Lifecycle of one worker process as the supervisor sees it (`lorikeet ctl workers`
 /// shows the raw value).
-enum WorkerState: String, Sendable {
+enum WorkerState: Sendable {
     /// Spawned; no Hello yet.
     case starting
     /// Hello received; role and snapshot sent; booting.
@@ -681,6 +691,17 @@ enum WorkerState: String, Sendable {
     case ready
     /// Told to drain; finishing in-flight work.
     case draining
+
+    /// As the admin channel reports it.
+    var phase: WorkerPhase {
+        switch self {
+        case .starting: .starting
+        case .booting: .booting
+        case .prepared: .prepared
+        case .ready: .ready
+        case .draining: .draining
+        }
+    }
 }
 
 /// Whether a worker ever booted: only a worker that never did can fail at boot.

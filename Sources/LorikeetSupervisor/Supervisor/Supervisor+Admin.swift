@@ -238,7 +238,7 @@ extension Supervisor {
     func statusReply() -> StatusReply {
         StatusReply(
             version: self.configuration.version, uptimeMs: self.nowMs - self.startedAtMs, epoch: self.epoch,
-            tableVersion: self.table.version, engineState: self.engineState, workers: UInt32(self.slots.count),
+            tableVersion: self.table.version, engine: self.machine.engine.phase, workers: UInt32(self.slots.count),
             leaderSlot: self.leader.map { Int32($0.slot) } ?? -1,
             readyWorkers: UInt32(self.slots.filter { $0.current?.state == .ready }.count))
     }
@@ -248,10 +248,10 @@ extension Supervisor {
             [slot.current, slot.replacement].compactMap { $0 }.map { worker in
                 WorkerInfo(
                     slot: UInt32(slot.index), pid: worker.pid, role: worker.role,
-                    state: slot.tripped ? "crash-loop" : worker.state.rawValue, restarts: slot.restarts, lastExit: slot.lastExit,
+                    phase: slot.tripped ? .crashLoop : worker.state.phase, restarts: slot.restarts, lastExit: slot.lastExit,
                     heartbeatAgeMs: self.nowMs - worker.lastHeartbeatMs, requestsServed: worker.requestsServed)
             } + (slot.current == nil && slot.replacement == nil
-                ? [WorkerInfo(slot: UInt32(slot.index), state: slot.tripped ? "crash-loop" : "restarting", restarts: slot.restarts, lastExit: slot.lastExit)]
+                ? [WorkerInfo(slot: UInt32(slot.index), phase: slot.tripped ? .crashLoop : .restarting, restarts: slot.restarts, lastExit: slot.lastExit)]
                 : [])
         }
     }

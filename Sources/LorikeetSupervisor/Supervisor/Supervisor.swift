@@ -149,7 +149,7 @@ package final class Supervisor {
 
 
     /// The engine's state as `status` reports it.
-    var engineState: String { self.machine.engine.rawValue }
+    var engineState: String { self.machine.engine.phase.name }
 
     /// Slots with their processes, in order (for status replies and rolling restarts).
     var slots: [WorkerSlot] {

@@ -751,18 +751,6 @@ static const ProtobufCFieldDescriptor lorikeet__v1__status_reply__field_descript
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
-    "engine_state",
-    5,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Lorikeet__V1__StatusReply, engine_state),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
     "workers",
     6,
     PROTOBUF_C_LABEL_NONE,
@@ -798,20 +786,33 @@ static const ProtobufCFieldDescriptor lorikeet__v1__status_reply__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "engine",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__StatusReply, engine),
+    &lorikeet__v1__engine_phase__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__status_reply__field_indices_by_name[] = {
-  4,   /* field[4] = engine_state */
+  7,   /* field[7] = engine */
   2,   /* field[2] = epoch */
-  6,   /* field[6] = leader_slot */
-  7,   /* field[7] = ready_workers */
+  5,   /* field[5] = leader_slot */
+  6,   /* field[6] = ready_workers */
   3,   /* field[3] = table_version */
   1,   /* field[1] = uptime_ms */
   0,   /* field[0] = version */
-  5,   /* field[5] = workers */
+  4,   /* field[4] = workers */
 };
-static const ProtobufCIntRange lorikeet__v1__status_reply__number_ranges[1 + 1] =
+static const ProtobufCIntRange lorikeet__v1__status_reply__number_ranges[2 + 1] =
 {
   { 1, 0 },
+  { 6, 4 },
   { 0, 8 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__status_reply__descriptor =
@@ -825,7 +826,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__status_reply__descriptor =
   8,
   lorikeet__v1__status_reply__field_descriptors,
   lorikeet__v1__status_reply__field_indices_by_name,
-  1,  lorikeet__v1__status_reply__number_ranges,
+  2,  lorikeet__v1__status_reply__number_ranges,
   (ProtobufCMessageInit) lorikeet__v1__status_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -886,18 +887,6 @@ static const ProtobufCFieldDescriptor lorikeet__v1__worker_info__field_descripto
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
-    "state",
-    4,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Lorikeet__V1__WorkerInfo, state),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
     "restarts",
     5,
     PROTOBUF_C_LABEL_NONE,
@@ -945,20 +934,33 @@ static const ProtobufCFieldDescriptor lorikeet__v1__worker_info__field_descripto
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "phase",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__WorkerInfo, phase),
+    &lorikeet__v1__worker_phase__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__worker_info__field_indices_by_name[] = {
-  6,   /* field[6] = heartbeat_age_ms */
-  5,   /* field[5] = last_exit */
+  5,   /* field[5] = heartbeat_age_ms */
+  4,   /* field[4] = last_exit */
+  7,   /* field[7] = phase */
   1,   /* field[1] = pid */
-  7,   /* field[7] = requests_served */
-  4,   /* field[4] = restarts */
+  6,   /* field[6] = requests_served */
+  3,   /* field[3] = restarts */
   2,   /* field[2] = role */
   0,   /* field[0] = slot */
-  3,   /* field[3] = state */
 };
-static const ProtobufCIntRange lorikeet__v1__worker_info__number_ranges[1 + 1] =
+static const ProtobufCIntRange lorikeet__v1__worker_info__number_ranges[2 + 1] =
 {
   { 1, 0 },
+  { 5, 3 },
   { 0, 8 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__worker_info__descriptor =
@@ -972,7 +974,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__worker_info__descriptor =
   8,
   lorikeet__v1__worker_info__field_descriptors,
   lorikeet__v1__worker_info__field_indices_by_name,
-  1,  lorikeet__v1__worker_info__number_ranges,
+  2,  lorikeet__v1__worker_info__number_ranges,
   (ProtobufCMessageInit) lorikeet__v1__worker_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -1588,4 +1590,78 @@ const ProtobufCMessageDescriptor lorikeet__v1__admin_envelope__descriptor =
   2,  lorikeet__v1__admin_envelope__number_ranges,
   (ProtobufCMessageInit) lorikeet__v1__admin_envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue lorikeet__v1__engine_phase__enum_values_by_number[5] =
+{
+  { "ENGINE_PHASE_UNSPECIFIED", "LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_UNSPECIFIED", 0 },
+  { "ENGINE_PHASE_STARTING", "LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_STARTING", 1 },
+  { "ENGINE_PHASE_RUNNING", "LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_RUNNING", 2 },
+  { "ENGINE_PHASE_DOWN", "LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_DOWN", 3 },
+  { "ENGINE_PHASE_UPSTREAM", "LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_UPSTREAM", 4 },
+};
+static const ProtobufCIntRange lorikeet__v1__engine_phase__value_ranges[] = {
+{0, 0},{0, 5}
+};
+static const ProtobufCEnumValueIndex lorikeet__v1__engine_phase__enum_values_by_name[5] =
+{
+  { "ENGINE_PHASE_DOWN", 3 },
+  { "ENGINE_PHASE_RUNNING", 2 },
+  { "ENGINE_PHASE_STARTING", 1 },
+  { "ENGINE_PHASE_UNSPECIFIED", 0 },
+  { "ENGINE_PHASE_UPSTREAM", 4 },
+};
+const ProtobufCEnumDescriptor lorikeet__v1__engine_phase__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.EnginePhase",
+  "EnginePhase",
+  "Lorikeet__V1__EnginePhase",
+  "lorikeet.v1",
+  5,
+  lorikeet__v1__engine_phase__enum_values_by_number,
+  5,
+  lorikeet__v1__engine_phase__enum_values_by_name,
+  1,
+  lorikeet__v1__engine_phase__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue lorikeet__v1__worker_phase__enum_values_by_number[8] =
+{
+  { "WORKER_PHASE_UNSPECIFIED", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_UNSPECIFIED", 0 },
+  { "WORKER_PHASE_STARTING", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_STARTING", 1 },
+  { "WORKER_PHASE_BOOTING", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_BOOTING", 2 },
+  { "WORKER_PHASE_PREPARED", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_PREPARED", 3 },
+  { "WORKER_PHASE_READY", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_READY", 4 },
+  { "WORKER_PHASE_DRAINING", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_DRAINING", 5 },
+  { "WORKER_PHASE_RESTARTING", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_RESTARTING", 6 },
+  { "WORKER_PHASE_CRASH_LOOP", "LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_CRASH_LOOP", 7 },
+};
+static const ProtobufCIntRange lorikeet__v1__worker_phase__value_ranges[] = {
+{0, 0},{0, 8}
+};
+static const ProtobufCEnumValueIndex lorikeet__v1__worker_phase__enum_values_by_name[8] =
+{
+  { "WORKER_PHASE_BOOTING", 2 },
+  { "WORKER_PHASE_CRASH_LOOP", 7 },
+  { "WORKER_PHASE_DRAINING", 5 },
+  { "WORKER_PHASE_PREPARED", 3 },
+  { "WORKER_PHASE_READY", 4 },
+  { "WORKER_PHASE_RESTARTING", 6 },
+  { "WORKER_PHASE_STARTING", 1 },
+  { "WORKER_PHASE_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor lorikeet__v1__worker_phase__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.WorkerPhase",
+  "WorkerPhase",
+  "Lorikeet__V1__WorkerPhase",
+  "lorikeet.v1",
+  8,
+  lorikeet__v1__worker_phase__enum_values_by_number,
+  8,
+  lorikeet__v1__worker_phase__enum_values_by_name,
+  1,
+  lorikeet__v1__worker_phase__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

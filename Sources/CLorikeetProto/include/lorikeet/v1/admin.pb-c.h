@@ -36,6 +36,61 @@ typedef struct Lorikeet__V1__AdminEnvelope Lorikeet__V1__AdminEnvelope;
 
 /* --- enums --- */
 
+/*
+ * The engine process as the supervisor sees it.
+ */
+typedef enum _Lorikeet__V1__EnginePhase {
+  LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_UNSPECIFIED = 0,
+  /*
+   * spawned (or restarting after an exit)
+   */
+  LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_STARTING = 1,
+  LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_RUNNING = 2,
+  /*
+   * exited; a restart is scheduled
+   */
+  LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_DOWN = 3,
+  /*
+   * no engine process: workers front upstream replicas
+   */
+  LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_UPSTREAM = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LORIKEET__V1__ENGINE_PHASE)
+} Lorikeet__V1__EnginePhase;
+/*
+ * A worker slot's process as the supervisor sees it (`lorikeet ctl workers`).
+ */
+typedef enum _Lorikeet__V1__WorkerPhase {
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_UNSPECIFIED = 0,
+  /*
+   * spawned; no Hello yet
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_STARTING = 1,
+  /*
+   * Hello received; role and table sent
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_BOOTING = 2,
+  /*
+   * ready to serve, waiting for the go (rolling restart)
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_PREPARED = 3,
+  /*
+   * serving
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_READY = 4,
+  /*
+   * finishing in-flight work
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_DRAINING = 5,
+  /*
+   * the slot has no process; a restart is pending
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_RESTARTING = 6,
+  /*
+   * the slot is paused by the crash-loop breaker
+   */
+  LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_CRASH_LOOP = 7
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LORIKEET__V1__WORKER_PHASE)
+} Lorikeet__V1__WorkerPhase;
 
 /* --- messages --- */
 
@@ -55,14 +110,14 @@ struct  Lorikeet__V1__StatusReply
   uint64_t uptime_ms;
   uint64_t epoch;
   uint64_t table_version;
-  char *engine_state;
   uint32_t workers;
   int32_t leader_slot;
   uint32_t ready_workers;
+  Lorikeet__V1__EnginePhase engine;
 };
 #define LORIKEET__V1__STATUS_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__status_reply__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, LORIKEET__V1__ENGINE_PHASE__ENGINE_PHASE_UNSPECIFIED }
 
 
 struct  Lorikeet__V1__ListWorkersRequest
@@ -80,15 +135,15 @@ struct  Lorikeet__V1__WorkerInfo
   uint32_t slot;
   int32_t pid;
   Lorikeet__V1__Role role;
-  char *state;
   uint32_t restarts;
   char *last_exit;
   uint64_t heartbeat_age_ms;
   uint64_t requests_served;
+  Lorikeet__V1__WorkerPhase phase;
 };
 #define LORIKEET__V1__WORKER_INFO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__worker_info__descriptor) \
-    , 0, 0, LORIKEET__V1__ROLE__ROLE_FOLLOWER, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0, 0 }
+    , 0, 0, LORIKEET__V1__ROLE__ROLE_FOLLOWER, 0, (char *)protobuf_c_empty_string, 0, 0, LORIKEET__V1__WORKER_PHASE__WORKER_PHASE_UNSPECIFIED }
 
 
 struct  Lorikeet__V1__WorkerList
@@ -601,6 +656,8 @@ typedef void (*Lorikeet__V1__AdminEnvelope_Closure)
 
 /* --- descriptors --- */
 
+extern const ProtobufCEnumDescriptor    lorikeet__v1__engine_phase__descriptor;
+extern const ProtobufCEnumDescriptor    lorikeet__v1__worker_phase__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__status_request__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__status_reply__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__list_workers_request__descriptor;
