@@ -122,8 +122,11 @@ struct VLLMCompatTests {
         ]
     }
 
-    @Test("every error row has the Rust frontend's status, type, code, param and message")
-    func goldenErrors() async throws {
+    /// A worker with runtime updating on, adapters allowed under `<root>/lora`, in front of
+    /// the scripted engine; `body` gets the port and the tree's root.
+    static func withAdapterWorker(
+        maxBodyBytes: Int = Limits.defaultBodyBytes, _ body: @Sendable (_ port: Int, _ root: String) async throws -> Void
+    ) async throws {
         let engine = try FakeEngine()
         defer { engine.stop() }
         let root = PathPolicyTests.makeTree()
@@ -131,9 +134,14 @@ struct VLLMCompatTests {
         let configuration = WorkerHarness.configuration(engine: engine) {
             $0.allowRuntimeLoraUpdating = true
             $0.pathPolicy = PathPolicy(allowedPrefixes: [root + "/lora"])
-            $0.maxBodyBytes = 4096
+            $0.maxBodyBytes = maxBodyBytes
         }
-        try await WorkerHarness.withWorker(configuration) { port, _ in
+        try await WorkerHarness.withWorker(configuration) { port, _ in try await body(port, root) }
+    }
+
+    @Test("every error row has the Rust frontend's status, type, code, param and message")
+    func goldenErrors() async throws {
+        try await Self.withAdapterWorker(maxBodyBytes: 4096) { port, root in
             let good = root + "/lora/good"
             #expect(try await TestHTTP.post(port: port, "/v1/load_lora_adapter", #"{"lora_name":"a","lora_path":"\#(good)"}"#).status == 200)
             for (row, path, body, status, expected) in Self.goldenCases(adapterPath: good) {
@@ -182,15 +190,7 @@ struct VLLMCompatTests {
 
     @Test("/v1/models cards carry vLLM's fields; /v1/models/{id}; /ping; /load")
     func routes() async throws {
-        let engine = try FakeEngine()
-        defer { engine.stop() }
-        let root = PathPolicyTests.makeTree()
-        defer { try? FileManager.default.removeItem(atPath: root) }
-        let configuration = WorkerHarness.configuration(engine: engine) {
-            $0.allowRuntimeLoraUpdating = true
-            $0.pathPolicy = PathPolicy(allowedPrefixes: [root + "/lora"])
-        }
-        try await WorkerHarness.withWorker(configuration) { port, _ in
+        try await Self.withAdapterWorker { port, root in
             #expect(
                 try await TestHTTP.post(port: port, "/v1/load_lora_adapter", #"{"lora_name":"org/a","lora_path":"\#(root)/lora/good"}"#)
                     .status == 200)
