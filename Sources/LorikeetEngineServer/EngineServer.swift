@@ -453,11 +453,37 @@ package final class EngineServer: Sendable {
                         modelName: i.modelName, architecture: i.architecture, vocabSize: UInt32(i.vocabSize),
                         contextLength: UInt32(i.contextLength), maxLoras: UInt32(i.maxLoras), maxCPULoras: UInt32(i.maxCpuLoras),
                         maxLoraRank: UInt32(i.maxLoraRank), eosTokenIDs: i.eosTokenIDs)))
-        case .chunk, .adapterList, .healthReply, .modelInfoReply, .result:
+        case .tokenize(let t):
+            let bytes = t.promptText.utf8.count + t.messages.reduce(0) { $0 + $1.content.utf8.count }
+            self.tokenizerCall(deferred: bytes > Self.deferredPromptBytes, callID: callID, c) { () throws(Status) in
+                .tokenizeReply(try EngineTokenizeCalls.tokenize(t, core: self.core))
+            }
+        case .detokenize(let d):
+            self.tokenizerCall(deferred: d.tokens.count > Self.deferredPromptBytes / 4, callID: callID, c) { () throws(Status) in
+                .detokenizeReply(try EngineTokenizeCalls.detokenize(d, core: self.core))
+            }
+        case .chunk, .adapterList, .healthReply, .modelInfoReply, .result, .tokenizeReply, .detokenizeReply:
             result(Status(code: .invalidArgument, message: "the engine does not accept reply messages"))
         case .none:
             result(Status(code: .invalidArgument, message: "empty engine envelope"))
         }
+    }
+
+    /// Answers a `tokenize` / `detokenize` (a `result` with the status when it fails); a
+    /// large one runs off the event loop, as a large generate prompt does.
+    private func tokenizerCall(
+        deferred: Bool, callID: UInt64, _ c: EngineConnection, _ body: @escaping @Sendable () throws(Status) -> EngineEnvelope.Body
+    ) {
+        let run: @Sendable () -> Void = {
+            let reply: EngineEnvelope.Body
+            do throws(Status) {
+                reply = try body()
+            } catch {
+                reply = .result(CallResult(status: error))
+            }
+            c.enqueue(EngineEnvelope(callID: callID, body: reply))
+        }
+        if deferred { self.submitQueue.async(execute: run) } else { run() }
     }
 
     /// Runs an adapter call on the adapter queue (after every call queued before it) and
@@ -615,4 +641,104 @@ struct PeerCredentials: Sendable {
     var pid: Int32 = 0
     var uid: UInt32 = 0
     var gid: UInt32 = 0
+}
+
+
+/// The engine's side of `tokenize` / `detokenize` (vLLM's `POST /tokenize` and
+/// `POST /detokenize`) over the engine's own tokenizer.
+///
+/// Bounded like a generate's prompt (`EngineRequestLimits`): prompt text and message
+/// contents at most `Limits.promptBytes`, `Limits.messages` messages, `Limits.promptTokens`
+/// ids to decode; a prompt longer than the context length is refused (vLLM's newest
+/// Python server does the same with `max_model_len`), and an answer that could not fit a
+/// frame is refused instead of sent. Every refusal is INVALID_ARGUMENT with `param`.
+private enum EngineTokenizeCalls {
+    /// Room left in a frame for the rest of the envelope.
+    static let replyBudgetBytes = Limits.channelFrameBytes - 64 * 1024
+
+    static func tokenize(_ request: TokenizeRequest, core: EngineCore) throws(Status) -> TokenizeReply {
+        let probe = GenerateRequest(requestID: "tokenize", promptText: request.promptText, messages: request.messages)
+        if let problem = EngineRequestLimits.problem(probe) { throw problem }
+        let tokenizer = core.tokenizer
+        let text: String
+        if request.messages.isEmpty {
+            text = request.promptText
+        } else {
+            text = Self.renderChat(
+                request.messages.map { ChatTurn(role: $0.role, content: $0.content) }, tokenizer: tokenizer,
+                addGenerationPrompt: request.addGenerationPrompt)
+        }
+        let tokens = request.addSpecialTokens ? tokenizer.encodePrompt(text) : tokenizer.encode(text)
+        let context = core.info.contextLength
+        guard tokens.count <= context else {
+            throw Status(
+                code: .invalidArgument,
+                message:
+                    "This model's maximum context length is \(context) tokens. However, your request has \(tokens.count) input tokens. Please reduce the length of the input messages.",
+                param: request.messages.isEmpty ? "prompt" : "messages")
+        }
+        var strs: [String] = []
+        if request.returnTokenStrs {
+            var bytes = 0
+            strs.reserveCapacity(tokens.count)
+            for token in tokens {
+                let piece = Self.piece(token, tokenizer: tokenizer)
+                bytes += piece.utf8.count + 6
+                strs.append(piece)
+            }
+            guard bytes + tokens.count * 5 <= Self.replyBudgetBytes else {
+                throw Status(
+                    code: .invalidArgument, message: "The token strings of this prompt do not fit one answer; tokenize a shorter prompt.",
+                    param: "return_token_strs")
+            }
+        }
+        return TokenizeReply(tokens: tokens, tokenStrs: strs, maxModelLength: UInt32(clamping: context))
+    }
+
+    static func detokenize(_ request: DetokenizeRequest, core: EngineCore) throws(Status) -> DetokenizeReply {
+        guard request.tokens.count <= Limits.promptTokens else {
+            throw Status(
+                code: .invalidArgument, message: "'tokens' has \(request.tokens.count) ids; the limit is \(Limits.promptTokens).",
+                param: "tokens")
+        }
+        let tokenizer = core.tokenizer
+        if let bad = request.tokens.first(where: { Int($0) >= tokenizer.vocabSize }) {
+            throw Status(
+                code: .invalidArgument, message: "token id \(bad) is outside the vocabulary (size \(tokenizer.vocabSize)).",
+                param: "tokens")
+        }
+        // The engine's tokenizers map control tokens to no bytes: unlike vLLM
+        // (`skip_special_tokens=False`), BOS/EOS do not appear in the text.
+        var bytes: [UInt8] = []
+        for token in request.tokens { bytes += tokenizer.tokenBytes(token) }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard text.utf8.count <= Self.replyBudgetBytes else {
+            throw Status(code: .invalidArgument, message: "The decoded text does not fit one answer; detokenize fewer ids.", param: "tokens")
+        }
+        return DetokenizeReply(prompt: Self.withoutNUL(text))
+    }
+
+    /// The assistant turn openers the engine's templates end with: the byte tokenizer's
+    /// (`ByteTokenizer`) and ChatML's (`GGUFTokenizer`).
+    static let generationPrompts = ["<|assistant|>\n", "<|im_start|>assistant\n"]
+
+    /// The chat prompt, with or without the assistant turn opener.
+    static func renderChat(_ turns: [ChatTurn], tokenizer: any EngineTokenizer, addGenerationPrompt: Bool) -> String {
+        let rendered = tokenizer.renderChat(turns)
+        guard !addGenerationPrompt, let opener = Self.generationPrompts.first(where: { rendered.hasSuffix($0) }) else {
+            return rendered
+        }
+        return String(rendered.utf8.dropLast(opener.utf8.count))!
+    }
+
+    /// A token as text (the bytes it stands for; empty for a control token). vLLM returns
+    /// the vocabulary piece (`convert_ids_to_tokens`, e.g. `Ġworld`) instead.
+    static func piece(_ token: UInt32, tokenizer: any EngineTokenizer) -> String {
+        Self.withoutNUL(String(decoding: tokenizer.tokenBytes(token), as: UTF8.self))
+    }
+
+    /// The channels carry strings as C strings: U+0000 would cut them, so it becomes U+FFFD.
+    static func withoutNUL(_ text: String) -> String {
+        text.utf8.contains(0) ? text.replacing("\u{0}", with: "\u{FFFD}") : text
+    }
 }

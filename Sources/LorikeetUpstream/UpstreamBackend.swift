@@ -250,10 +250,13 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
             logger[metadataKey: "upstream"] = "\(replica.name)"
             let response: UpstreamResponse
             do {
+                let method = HTTPMethod(rawValue: request.method)
+                let hasBody = !body.isEmpty || (method != .GET && method != .HEAD && method != .DELETE)
                 response = try await replica.client.execute(
-                    method: .POST, path: request.path,
-                    headers: [("Content-Type", "application/json"), ("X-Request-Id", request.requestID)] + self.authHeaders,
-                    body: ByteBuffer(bytes: body), headTimeout: self.configuration.generationTimeout)
+                    method: method, path: request.path,
+                    headers: (request.contentType.map { [("Content-Type", $0)] } ?? []) + [("X-Request-Id", request.requestID)]
+                        + self.authHeaders,
+                    body: hasBody ? ByteBuffer(bytes: body) : nil, headTimeout: self.configuration.generationTimeout)
             } catch {
                 self.release(replica)
                 switch error {
@@ -334,6 +337,7 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
     private func upstreamBody(_ request: ForwardedRequest, on replica: UpstreamReplica) -> (String, [UInt8]) {
         let upstreamBase = replica.state.withLock { $0.baseModel } ?? request.baseModel
         let model = self.configuration.kind.modelName(adapter: request.adapter?.name, base: upstreamBase)
+        guard request.rewritesModel else { return (model, request.body) }
         if case .string(let sent)? = request.json["model"], sent == model { return (model, request.body) }
         guard case .object(var members) = request.json else { return (model, request.body) }
         if let index = members.firstIndex(where: { $0.0 == "model" }) {
@@ -379,7 +383,7 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
             let httpStatus = HTTPResponse.Status(code: status == 422 ? 400 : status)
             let kind: APIError.Kind =
                 type.map { APIError.Kind(rawValue: $0) }
-                ?? (status == 404 ? .modelNotFound : status == 401 ? .authentication : .invalidRequest)
+                ?? (status == 401 ? .authentication : .invalidRequest)
             return APIError(status: httpStatus, kind: kind, message: message, param: param, code: code)
         case 503, 429:
             return APIError(status: HTTPResponse.Status(code: status), kind: .serverError, message: message, param: param, code: code)

@@ -110,7 +110,7 @@ def main():
     loaded = post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
     check(loaded.status_code == 200 and "added successfully" in loaded.text, f"load: {loaded.status_code} {loaded.text}")
     again = post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
-    check(again.status_code == 400 and "already been loaded" in again.json()["error"]["message"], "second load refused")
+    check(again.status_code == 400 and "is already loaded" in again.json()["error"]["message"], "second load refused")
     listed = {m.id: m for m in client.models.list()}
     check(name in listed and (listed[name].model_extra or {}).get("parent") == base, "adapter listed with its parent")
 

@@ -79,7 +79,7 @@ struct UpstreamTests {
 
         let missing = try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("nope"))
         #expect(missing.status == 404)
-        #expect((missing.json?["error"] as? [String: Any])?["type"] as? String == "model_not_found")
+        #expect((missing.json?["error"] as? [String: Any])?["code"] as? String == "model_not_found")
         // A replica's own refusal comes back as our envelope with its status.
         let refused = try TestHTTP.post(port: server.port, "/v1/completions", ["model": "tiny", "prompt": "x", "max_tokens": -1])
         #expect(refused.status == 400, "\(refused.body)")

@@ -59,8 +59,6 @@ public enum TestEnvironment {
         return directory
     }
 
-    /// Runs a command to completion; returns its exit status and combined output.
-    @discardableResult
     /// The environment for a `lorikeet` process a test starts with `--parent-pid` = the test
     /// process: the parent watch polls getppid() instead of arming PR_SET_PDEATHSIG, which
     /// follows the *thread* that spawned the child — a test runner's pool threads come and
@@ -69,6 +67,8 @@ public enum TestEnvironment {
         ProcessInfo.processInfo.environment.merging(["LORIKEET_PARENT_WATCH": "poll"]) { $1 }
     }
 
+    /// Runs a command to completion; returns its exit status and combined output.
+    @discardableResult
     public static func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)

@@ -167,4 +167,65 @@ struct RealEngineTests {
         }
         probe.shutdown()
     }
+
+    /// vLLM's `/tokenize` and `/detokenize` (`serve/tokenize/protocol.py@343bacaf`) through
+    /// the engine process's tokenizer, against the fixture's reference (`reference.json`:
+    /// `prompt` and its `prompt_tokens`, BOS included, from make_tiny_llama.py).
+    @Test("/tokenize and /detokenize round trip against the fixture's reference tokens")
+    func tokenizeRoundTrip() async throws {
+        let fixture = try RealEngine.fixture()
+        let reference = try Self.reference()
+        let engine = try EngineProcess()
+        let configuration = Self.configuration(engine: engine, fixture: fixture)
+        try await WorkerHarness.withWorker(configuration) { port, _ in
+            guard case .string(let prompt)? = reference["prompt"], case .array(let expected)? = reference["prompt_tokens"] else {
+                throw RealEngine.Failure("no prompt in reference.json")
+            }
+            let promptJSON = String(decoding: JSONWriter.encode(.string(prompt)), as: UTF8.self)
+            let maxModelLength = try await TestHTTP.get(port: port, "/v1/models/tiny").json?["max_model_len"]
+            #expect(maxModelLength != nil && maxModelLength != .null)
+
+            // Prompt form: add_special_tokens defaults to true (BOS).
+            let tokenized = try await TestHTTP.post(port: port, "/tokenize", #"{"model":"tiny","prompt":\#(promptJSON)}"#)
+            #expect(tokenized.status == 200, "\(tokenized.text)")
+            #expect(
+                tokenized.json
+                    == .object([
+                        ("count", .int(Int64(expected.count))), ("max_model_len", maxModelLength ?? .null), ("tokens", .array(expected)),
+                        ("token_strs", .null),
+                    ]))
+            // Without special tokens: the same ids less BOS; token strings on request; model "" is the default.
+            let plain = try await TestHTTP.post(
+                port: port, "/tokenize", #"{"model":"","prompt":\#(promptJSON),"add_special_tokens":false,"return_token_strs":true}"#)
+            #expect(plain.json?["tokens"] == .array(Array(expected.dropFirst())))
+            #expect(plain.json?["token_strs"] == .array(prompt.map { .string(String($0)) }))
+
+            // Back to text (BOS decodes to nothing in the engine's tokenizers).
+            let detokenized = try await TestHTTP.post(
+                port: port, "/detokenize", #"{"model":"tiny","tokens":\#(String(decoding: JSONWriter.encode(.array(expected)), as: UTF8.self))}"#)
+            #expect(detokenized.json == .object([("prompt", .string(prompt))]), "\(detokenized.text)")
+
+            // Chat form: the template's text, parts joined with "\n"; add_generation_prompt
+            // (default true) adds the assistant opener; add_special_tokens defaults to false.
+            let messages = #"[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]"#
+            let chat = try await TestHTTP.post(port: port, "/tokenize", #"{"messages":\#(messages)}"#)
+            let rendered = "<|user|>\na\nb\n<|assistant|>\n"
+            #expect(chat.json?["tokens"] == .array(rendered.utf8.map { .int(Int64($0)) }), "\(chat.text)")
+            let open = try await TestHTTP.post(port: port, "/tokenize", #"{"messages":\#(messages),"add_generation_prompt":false}"#)
+            #expect(open.json?["count"] == .int(Int64("<|user|>\na\nb\n".utf8.count)))
+
+            // vLLM's errors: unknown model, ids outside the vocabulary, a prompt over the context.
+            let missing = try await TestHTTP.post(port: port, "/tokenize", #"{"model":"nope","prompt":"x"}"#)
+            #expect(missing.status == 404 && missing.json?["error"]?["code"] == .string("model_not_found"))
+            let outside = try await TestHTTP.post(port: port, "/detokenize", #"{"tokens":[1,99999]}"#)
+            #expect(outside.status == 400 && outside.errorParam == "tokens", "\(outside.text)")
+            let long = String(repeating: "x", count: 4096)
+            let tooLong = try await TestHTTP.post(port: port, "/tokenize", #"{"prompt":"\#(long)"}"#)
+            #expect(tooLong.status == 400 && tooLong.errorParam == "prompt", "\(tooLong.text)")
+            let both = try await TestHTTP.post(port: port, "/tokenize", #"{"messages":\#(messages),"continue_final_message":true}"#)
+            #expect(both.status == 400 && both.errorParam == "continue_final_message")
+            let noTokens = try await TestHTTP.post(port: port, "/detokenize", #"{"model":"tiny"}"#)
+            #expect(noTokens.status == 400 && noTokens.json?["error"]?["code"] == .string("json_parse_error"))
+        }
+    }
 }

@@ -32,6 +32,10 @@ struct RouteTests {
                             ),
                             ("owned_by", .string("lorikeet")), ("root", .string("tiny-llama")), ("parent", .null),
                             ("max_model_len", .int(256)),
+                            (
+                                "permission",
+                                models.json?["data"].flatMap { if case .array(let a) = $0 { a[0]["permission"] } else { nil } } ?? .null
+                            ),
                         ])
                     ]))
             #expect(models.headers["date"] != nil && models.headers["server"] == "lorikeet")
@@ -131,13 +135,13 @@ struct RouteTests {
                 ("/v1/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "prompt"),
                 ("/v1/completions", #"{"prompt":"x","max_tokens":"9"}"#, 400, "invalid_request_error", "max_tokens"),
                 ("/v1/completions", #"{"prompt":"x","n":3}"#, 400, "invalid_request_error", "n"),
-                ("/v1/completions", #"{"model":"nope","prompt":"x"}"#, 404, "model_not_found", "model"),
+                ("/v1/completions", #"{"model":"nope","prompt":"x"}"#, 404, "invalid_request_error", "model"),
                 ("/v1/chat/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "messages"),
                 (
                     "/v1/chat/completions", #"{"messages":[{"role":"user","content":5}]}"#, 400, "invalid_request_error",
                     "messages[0].content"
                 ),
-                ("/v1/chat/completions", #"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#, 404, "model_not_found", "model"),
+                ("/v1/chat/completions", #"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#, 404, "invalid_request_error", "model"),
                 ("/v1/load_lora_adapter", #"{"lora_name":"a","lora_path":"/tmp"}"#, 404, "invalid_request_error", nil),
                 ("/v1/unload_lora_adapter", #"{"lora_name":"a"}"#, 404, "invalid_request_error", nil),
                 ("/v1/nothing", "{}", 404, "invalid_request_error", nil),
@@ -216,7 +220,10 @@ struct RouteTests {
 
             let again = try await load(#"{"lora_name":"a","lora_path":"\#(good)"}"#)
             #expect(again.status == 400)
-            #expect(again.errorMessage == LeaderMutationService.alreadyLoadedMessage("a"))
+            // vLLM's Rust frontend (`routes/lora.rs`, `LoadLoraError::AlreadyLoaded`).
+            #expect(
+                again.errorMessage
+                    == "LoRA adapter `a` is already loaded. If you want to load the adapter in place, set 'load_inplace' to true.")
             #expect(again.errorParam == "lora_name")
 
             let inplace = try await load(#"{"lora_name":"a","lora_path":"\#(root)/lora/second","load_inplace":true}"#)
@@ -255,7 +262,7 @@ struct RouteTests {
             #expect(data[1]["root"] == .string(root + "/lora/second"))
             #expect(data[1]["parent"] == .string("tiny-llama"))
 
-            #expect(try await unload(#"{"lora_name":"zzz"}"#).errorType == "model_not_found")
+            #expect(try await unload(#"{"lora_name":"zzz"}"#).json?["error"]?["code"] == .string("model_not_found"))
             #expect(try await unload(#"{"lora_name":"zzz"}"#).status == 404)
             let mismatch = try await unload(#"{"lora_name":"a","lora_int_id":7}"#)
             #expect(mismatch.status == 400 && mismatch.errorParam == "lora_int_id")

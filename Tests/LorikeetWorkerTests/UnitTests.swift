@@ -72,7 +72,7 @@ struct ValidationTests {
         #expect(
             chatParameters.prompt
                 == .messages([
-                    ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "ab"),
+                    ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "a\nb"),
                     ChatMessage(role: "assistant", content: ""),
                 ]))
         #expect(chatParameters.sampling.maxTokens == 7)
@@ -97,11 +97,21 @@ struct ValidationTests {
         #expect(throws: Status.self) { try LoraModule(parsing: #"{"name":"b"}"#) }
     }
 
-    @Test("runtime updating flag: 1/true in any case")
-    func flags() {
-        #expect(RouteConfiguration.runtimeLoraUpdatingEnabled(["VLLM_ALLOW_RUNTIME_LORA_UPDATING": "TrUe"]))
-        #expect(RouteConfiguration.runtimeLoraUpdatingEnabled(["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING": "1"]))
-        #expect(!RouteConfiguration.runtimeLoraUpdatingEnabled(["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING": "yes"]))
+    /// vLLM's rule (`vllm/envs.py`: `value.strip().lower() in ("1", "true")`; the Rust
+    /// frontend's `runtime_lora_updating_enabled` trims and lowercases the same way).
+    @Test(
+        "runtime updating flag: trimmed, any case, only 1 and true (vLLM's envs.py)",
+        arguments: [
+            ("1", true), ("true", true), ("TRUE", true), ("TrUe", true), (" 1 ", true), ("true\n", true), ("\t1\r\n", true),
+            ("", false), ("0", false), ("yes", false), ("on", false), ("2", false), ("false", false), ("t rue", false),
+        ])
+    func flags(value: String, on: Bool) {
+        #expect(RouteConfiguration.runtimeLoraUpdatingEnabled(["VLLM_ALLOW_RUNTIME_LORA_UPDATING": value]) == on)
+        #expect(RouteConfiguration.runtimeLoraUpdatingEnabled(["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING": value]) == on)
+    }
+
+    @Test("runtime updating flag: unset is off")
+    func flagUnset() {
         #expect(!RouteConfiguration.runtimeLoraUpdatingEnabled([:]))
     }
 }

@@ -422,6 +422,10 @@ public struct EngineEnvelope: Sendable, Equatable {
         case modelInfo
         case modelInfoReply(ModelInfo)
         case result(CallResult)
+        case tokenize(TokenizeRequest)
+        case tokenizeReply(TokenizeReply)
+        case detokenize(DetokenizeRequest)
+        case detokenizeReply(DetokenizeReply)
     }
 
     public init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
@@ -452,6 +456,10 @@ extension EngineEnvelope: DescribedWireMessage {
         case .modelInfo: writer.set("model_info", EmptyRequest())
         case .modelInfoReply(let value): writer.set("model_info_reply", value)
         case .result(let value): writer.set("result", value)
+        case .tokenize(let value): writer.set("tokenize", value)
+        case .tokenizeReply(let value): writer.set("tokenize_reply", value)
+        case .detokenize(let value): writer.set("detokenize", value)
+        case .detokenizeReply(let value): writer.set("detokenize_reply", value)
         }
     }
 
@@ -471,6 +479,10 @@ extension EngineEnvelope: DescribedWireMessage {
         case "model_info": body = .modelInfo
         case "model_info_reply": body = .modelInfoReply(try reader.member("model_info_reply"))
         case "result": body = .result(try reader.member("result"))
+        case "tokenize": body = .tokenize(try reader.member("tokenize"))
+        case "tokenize_reply": body = .tokenizeReply(try reader.member("tokenize_reply"))
+        case "detokenize": body = .detokenize(try reader.member("detokenize"))
+        case "detokenize_reply": body = .detokenizeReply(try reader.member("detokenize_reply"))
         default: body = nil
         }
         self.init(callID: reader.uint64("call_id"), deadlineUnixMs: reader.uint64("deadline_unix_ms"), body: body)

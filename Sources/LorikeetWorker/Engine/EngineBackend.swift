@@ -27,6 +27,11 @@ package protocol GenerationBackend: EngineStatusReporting {
     func generate(_ request: GenerateRequest) async throws(Status) -> AsyncThrowingStream<GenerateChunk, any Error>
     /// Aborts a running generation (best effort; unknown ids are ignored).
     func abort(requestID: String) async
+    /// Token ids of a prompt or chat through the engine's tokenizer (`Tokenize`; vLLM's
+    /// `POST /tokenize`).
+    func tokenize(_ request: TokenizeRequest) async throws(Status) -> TokenizeReply
+    /// The text of token ids (`Detokenize`; vLLM's `POST /detokenize`).
+    func detokenize(_ request: DetokenizeRequest) async throws(Status) -> DetokenizeReply
 }
 
 /// Adapter hosting (`AddLora` / `RemoveLora` / `PinLora` / `ListLoras`): what the leader
@@ -69,8 +74,16 @@ package protocol PassthroughBackend: EngineStatusReporting {
 
 /// A client request as the routes hand it to a `PassthroughBackend`.
 package struct ForwardedRequest: Sendable {
-    /// `/v1/completions` or `/v1/chat/completions`.
+    /// `/v1/completions`, `/v1/chat/completions`, or any route Lorikeet does not serve
+    /// itself (with the query, as the client sent it).
     package var path: String
+    /// The client's method (`POST` for the generation routes).
+    package var method: String = "POST"
+    /// The client's `Content-Type` (sent on unchanged; nil: none).
+    package var contentType: String? = "application/json"
+    /// Whether `model` is set to the replica's name for the resolved model (a JSON body
+    /// that names a model); otherwise the body goes byte for byte.
+    package var rewritesModel = true
     /// The client's body, byte for byte.
     package var body: [UInt8]
     /// The same body parsed (a JSON object).

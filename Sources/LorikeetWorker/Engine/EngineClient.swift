@@ -126,6 +126,20 @@ package final class EngineClient: GenerationBackend, AdapterHost {
         throw Self.unexpected(reply, expecting: "model_info_reply")
     }
 
+    package func tokenize(_ request: TokenizeRequest) async throws(Status) -> TokenizeReply {
+        let reply = try await self.call(.tokenize(request), timeout: self.callTimeout)
+        if case .tokenizeReply(let tokens) = reply { return tokens }
+        try Self.expectResult(reply)
+        throw Self.unexpected(reply, expecting: "tokenize_reply")
+    }
+
+    package func detokenize(_ request: DetokenizeRequest) async throws(Status) -> DetokenizeReply {
+        let reply = try await self.call(.detokenize(request), timeout: self.callTimeout)
+        if case .detokenizeReply(let text) = reply { return text }
+        try Self.expectResult(reply)
+        throw Self.unexpected(reply, expecting: "detokenize_reply")
+    }
+
     // MARK: Calls
 
     private static func expectResult(_ body: EngineEnvelope.Body?) throws(Status) {

@@ -41,7 +41,10 @@ package enum GenerationRoute: Sendable {
 }
 
 /// Validation of request bodies into typed values; every failure is a 400 `APIError`
-/// whose `param` names the field.
+/// whose `param` names the field. As in vLLM's Rust frontend, a body that is not JSON,
+/// not an object, lacks a required field or has a field of the wrong JSON type is
+/// `json_parse_error` (serde's rejection there); a range or semantic check is
+/// `invalid_request_error`.
 package enum RequestValidation {
     /// Parses a body as a JSON object.
     package static func object(_ body: [UInt8]) throws(APIError) -> JSONValue {
@@ -49,22 +52,23 @@ package enum RequestValidation {
         do {
             value = try JSONParser.parse(body, maximumValues: Limits.jsonValues)
         } catch {
-            throw APIError.invalidRequest("The request body is not valid JSON: \(error).")
+            throw APIError.jsonParse("Failed to parse the request body as JSON: \(error)")
         }
         guard case .object = value else {
-            throw APIError.invalidRequest("The request body must be a JSON object, not \(value.typeName).")
+            throw APIError.jsonParse(
+                "Failed to deserialize the JSON body into the target type: the request body must be a JSON object, not \(value.typeName).")
         }
         return value
     }
 
     static func wrongType(_ field: String, expected: String, got: JSONValue) -> APIError {
-        .invalidRequest("'\(field)' must be \(expected), not \(got.typeName).", param: field)
+        .jsonParse("'\(field)' must be \(expected), not \(got.typeName).", param: field)
     }
 
     /// A required string.
     package static func string(_ body: JSONValue, _ field: String) throws(APIError) -> String {
         guard let value = body[field], value != .null else {
-            throw APIError.invalidRequest("'\(field)' is a required property.", param: field)
+            throw APIError.jsonParse("'\(field)' is a required property.", param: field)
         }
         guard case .string(let text) = value else { throw Self.wrongType(field, expected: "a string", got: value) }
         return text
@@ -159,7 +163,7 @@ package enum RequestValidation {
         }
 
         if let n = try Self.optionalInt(body, "n", in: Int64.min...Int64.max), n != 1 {
-            throw APIError.invalidRequest("Only n=1 is supported, got n=\(n).", param: "n")
+            throw APIError.invalidRequest("Only n=1 is supported.", param: "n")
         }
         if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1 {
             throw APIError.invalidRequest("Only best_of=1 is supported, got \(bestOf).", param: "best_of")
@@ -183,7 +187,7 @@ package enum RequestValidation {
             }
             guard stream else {
                 throw APIError.invalidRequest(
-                    "Stream options can only be defined when `stream=True`.", param: "stream_options")
+                    "stream_options are only supported when stream=true.", param: "stream_options")
             }
             includeUsage =
                 try Self.optionalBool(options, "include_usage", name: "stream_options.include_usage") ?? false
@@ -256,7 +260,7 @@ package enum RequestValidation {
     /// `prompt`: a string, an array of token ids, or a one-element array of either.
     static func completionPrompt(_ body: JSONValue) throws(APIError) -> PromptInput {
         guard let value = body["prompt"], value != .null else {
-            throw APIError.invalidRequest("'prompt' is a required property.", param: "prompt")
+            throw APIError.jsonParse("'prompt' is a required property.", param: "prompt")
         }
         func checked(_ text: String) throws(APIError) -> PromptInput {
             try Self.refuseNUL(text, param: "prompt")
@@ -290,10 +294,11 @@ package enum RequestValidation {
     static let roles: Set<String> = ["system", "developer", "user", "assistant", "tool"]
 
     /// `messages`: a non-empty array of `{role, content}`; content is a string, null
-    /// (assistant) or an array of `{"type": "text", "text"}` parts.
+    /// (assistant) or an array of `{"type": "text", "text"}` parts, joined with `"\n"` as
+    /// vLLM joins them.
     static func messages(_ body: JSONValue) throws(APIError) -> [ChatMessage] {
         guard let value = body["messages"], value != .null else {
-            throw APIError.invalidRequest("'messages' is a required property.", param: "messages")
+            throw APIError.jsonParse("'messages' is a required property.", param: "messages")
         }
         guard case .array(let elements) = value else {
             throw Self.wrongType("messages", expected: "an array", got: value)
@@ -312,7 +317,7 @@ package enum RequestValidation {
             do {
                 role = try Self.string(element, "role")
             } catch {
-                throw APIError.invalidRequest(error.message.replacingRole(field), param: "\(field).role")
+                throw APIError.jsonParse(error.message.replacingRole(field), param: "\(field).role")
             }
             guard Self.roles.contains(role) else {
                 throw APIError.invalidRequest(
@@ -323,13 +328,15 @@ package enum RequestValidation {
             switch element["content"] {
             case .none, .null?:
                 guard role == "assistant" else {
-                    throw APIError.invalidRequest("'\(field).content' is a required property.", param: "\(field).content")
+                    throw APIError.jsonParse("'\(field).content' is a required property.", param: "\(field).content")
                 }
                 content = ""
             case .string(let text)?:
                 content = text
             case .array(let parts)?:
-                var text = ""
+                // vLLM joins a message's text parts with "\n" (`chat_utils.py`,
+                // `_parse_chat_message_content_parts`, for string-format templates).
+                var pieces: [String] = []
                 for (partIndex, part) in parts.enumerated() {
                     let partField = "\(field).content[\(partIndex)]"
                     guard case .string("text")? = part["type"], case .string(let piece)? = part["text"] else {
@@ -337,9 +344,9 @@ package enum RequestValidation {
                             "'\(partField)' must be a text part {\"type\": \"text\", \"text\": ...}; other parts are not supported.",
                             param: "\(field).content")
                     }
-                    text += piece
+                    pieces.append(piece)
                 }
-                content = text
+                content = pieces.joined(separator: "\n")
             case let other?:
                 throw Self.wrongType("\(field).content", expected: "a string or an array of text parts", got: other)
             }

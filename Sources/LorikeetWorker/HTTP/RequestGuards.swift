@@ -62,10 +62,12 @@ package enum RequestGuards {
 }
 
 extension String {
-    fileprivate func trimmingASCIIWhitespace() -> String {
+    /// The string without leading and trailing ASCII whitespace (space, tab, CR, LF, VT,
+    /// FF: what Python's `str.strip()` removes from an environment value).
+    func trimmingASCIIWhitespace() -> String {
         var slice = Substring(self)
-        while let first = slice.first, first == " " || first == "\t" { slice.removeFirst() }
-        while let last = slice.last, last == " " || last == "\t" { slice.removeLast() }
+        while let first = slice.first, first.isASCII, first.isWhitespace { slice.removeFirst() }
+        while let last = slice.last, last.isASCII, last.isWhitespace { slice.removeLast() }
         return String(slice)
     }
 }

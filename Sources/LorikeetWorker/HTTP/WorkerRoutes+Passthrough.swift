@@ -21,18 +21,53 @@ extension WorkerRoutes {
         _ bytes: [UInt8], _ body: JSONValue, path: String, to upstream: any PassthroughBackend, requestID: String,
         logger: Logger
     ) async throws -> Reply {
-        let model: String
-        switch body["model"] {
-        case .string(let name)?: model = name
-        case nil, .null?: model = self.replica.baseModels.first ?? ""
-        case let other?: throw RequestValidation.wrongType("model", expected: "a string", got: other)
-        }
-        guard let resolved = self.replica.resolve(model: model) else { throw APIError.modelNotFound(model) }
+        let (_, resolved) = try self.resolveModel(try RequestValidation.optionalString(body, "model"))
         var logger = logger
         if let adapter = resolved.adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name)" }
         let response = try await upstream.forward(
             ForwardedRequest(
                 path: path, body: bytes, json: body, baseModel: resolved.base, adapter: resolved.adapter, requestID: requestID))
+        return try await self.relay(response, logger: logger)
+    }
+
+    /// A route Lorikeet does not serve itself, in upstream mode (`/v1/embeddings`,
+    /// `/v1/responses`, `/score`, `/tokenize`, ...): the client's method, path, query and
+    /// body (already read within the body limit, and behind `--api-key` for `/v1/*`) go to
+    /// a replica and its answer comes back as for completions. A JSON object body that
+    /// names a `model` is resolved first (404 `model_not_found` for a name the table does
+    /// not hold, the replica's naming for an adapter, a replica holding it); any other body
+    /// goes byte for byte.
+    func passthrough(
+        _ request: Request, bytes: [UInt8], json: JSONValue?, to upstream: any PassthroughBackend, requestID: String,
+        logger: Logger
+    ) async throws -> Reply {
+        var parsed = json
+        if parsed == nil, RequestGuards.isJSON(request.headers[.contentType]),
+            let value = try? JSONParser.parse(bytes, maximumValues: Limits.jsonValues), case .object = value
+        {
+            parsed = value
+        }
+        var base = self.replica.baseModels.first ?? ""
+        var adapter: AdapterRecord?
+        var rewritesModel = false
+        if let parsed, let model = parsed["model"], model != .null {
+            let (_, resolved) = try self.resolveModel(try RequestValidation.optionalString(parsed, "model"))
+            (base, adapter, rewritesModel) = (resolved.base, resolved.adapter, true)
+        }
+        var logger = logger
+        if let adapter { logger[metadataKey: "adapter.name"] = "\(adapter.name)" }
+        var forwarded = ForwardedRequest(
+            path: request.uri.query.map { request.uri.path + "?" + $0 } ?? request.uri.path, body: bytes, json: parsed ?? .null,
+            baseModel: base, adapter: adapter, requestID: requestID)
+        forwarded.method = request.method.rawValue
+        forwarded.contentType = request.headers[.contentType]
+        forwarded.rewritesModel = rewritesModel
+        let response = try await upstream.forward(forwarded)
+        return try await self.relay(response, logger: logger)
+    }
+
+    /// A replica's answer to the client: a JSON body whole, an SSE stream chunk by chunk.
+    private func relay(_ response: any ForwardedResponse, logger: Logger) async throws -> Reply {
         var headers = HTTPFields()
         headers[.contentType] = response.contentType
         headers[Self.upstreamHeader] = response.replica

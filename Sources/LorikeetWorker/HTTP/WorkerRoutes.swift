@@ -50,10 +50,14 @@ package struct RouteConfiguration: Sendable {
         self.workerSlot = workerSlot
     }
 
-    /// Whether an environment flag is `1` or `true` (any case).
+    /// Whether an environment flag is on, by vLLM's rule (`vllm/envs.py`:
+    /// `value.strip().lower() in ("1", "true")`; the Rust frontend's
+    /// `runtime_lora_updating_enabled` is the same): surrounding whitespace is ignored,
+    /// case is not, and only `1` and `true` count (`yes`, `on`, `2` are off).
     package static func isEnabled(_ value: String?) -> Bool {
         guard let value else { return false }
-        return value == "1" || value.lowercased() == "true"
+        let flag = value.trimmingASCIIWhitespace().lowercased()
+        return flag == "1" || flag == "true"
     }
 
     /// `LORIKEET_ALLOW_RUNTIME_LORA_UPDATING` or `VLLM_ALLOW_RUNTIME_LORA_UPDATING` is 1/true.
@@ -134,7 +138,7 @@ package final class WorkerRoutes: Sendable {
     }
 
     /// Paths the metrics listener (`WorkerConfiguration.metricsListen`) answers.
-    static let metricsListenerPaths: Set<String> = ["/metrics", "/health", "/version"]
+    static let metricsListenerPaths: Set<String> = ["/metrics", "/health", "/ping", "/version"]
 
     /// The responder of the metrics listener: `GET /metrics`, `/health` and `/version` of
     /// this worker only; everything else is 404 there.
@@ -174,6 +178,7 @@ package final class WorkerRoutes: Sendable {
         static func error(_ error: APIError) -> Reply {
             var reply = Reply.json(error.status, error.json)
             if error.status == .unauthorized { reply.headers[.wwwAuthenticate] = "Bearer" }
+            if let allow = error.allow { reply.headers[.allow] = allow }
             return reply
         }
     }
@@ -215,7 +220,7 @@ package final class WorkerRoutes: Sendable {
             if error.status == .contentTooLarge || error.status == .requestTimeout { reply.closeConnection = true }
         } catch {
             logger.error("unexpected error", metadata: ["error": "\(error)"])
-            reply = .error(APIError(status: .internalServerError, kind: .serverError, message: "Internal server error."))
+            reply = .error(APIError.serverError("Internal server error."))
         }
         if reply.status.code >= 500 {
             logger.warning("request failed", metadata: ["http.status": "\(reply.status.code)", "http.path": "\(request.uri.path)"])
@@ -262,12 +267,33 @@ package final class WorkerRoutes: Sendable {
         case "/health":
             try Self.require(method, .get, path)
             return await self.health()
+        case "/ping":
+            // vLLM's SageMaker alias of /health (GET and POST).
+            guard method == .get || method == .post else { throw APIError.methodNotAllowed(method, path, allowed: [.get, .post]) }
+            return await self.health()
+        case "/load":
+            try Self.require(method, .get, path)
+            return await self.serverLoad()
         case "/version":
             try Self.require(method, .get, path)
             return .json(.ok, .object([("version", .string(self.configuration.version))]))
         case "/v1/models":
             try Self.require(method, .get, path)
             return self.models()
+        case _ where path.hasPrefix("/v1/models/") && path.utf8.count > "/v1/models/".utf8.count:
+            try Self.require(method, .get, path)
+            return try self.retrieveModel(path.dropFirst("/v1/models/".count))
+        case "/tokenize", "/detokenize":
+            try Self.require(method, .post, path)
+            let bytes = try await self.readBody(&request)
+            let body = try RequestValidation.object(bytes)
+            switch self.generations {
+            case .passthrough(let upstream):
+                return try await self.passthrough(
+                    request, bytes: bytes, json: body, to: upstream, requestID: requestID, logger: logger)
+            case .engine(let engine):
+                return path == "/tokenize" ? try await self.tokenize(body, on: engine) : try await self.detokenize(body, on: engine)
+            }
         case "/v1/completions", "/v1/chat/completions":
             try Self.require(method, .post, path)
             let bytes = try await self.readBody(&request)
@@ -298,14 +324,27 @@ package final class WorkerRoutes: Sendable {
             try Self.require(method, .get, path)
             return await self.metricsExposition()
         default:
+            if case .passthrough(let upstream) = self.generations, !Self.ownedPaths.contains(path) {
+                // A route of the replicas Lorikeet does not serve itself (embeddings,
+                // responses, score, ...): forwarded, body bounded as ours.
+                let bytes = try await self.readBody(&request)
+                return try await self.passthrough(request, bytes: bytes, json: nil, to: upstream, requestID: requestID, logger: logger)
+            }
             throw APIError.routeNotFound(method, path)
         }
     }
 
+    /// Paths Lorikeet answers itself (or refuses) in upstream mode too; every other path
+    /// goes to a replica. The adapter routes stay ours with runtime updating off (404).
+    static let ownedPaths: Set<String> = [
+        "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
+        "/v1/lora_adapters", "/v1/lora_adapters/batch", "/health", "/ping", "/load", "/version", "/metrics",
+    ]
+
     /// POST routes whose body is JSON (415 for any other media type).
     static let jsonRoutes: Set<String> = [
         "/v1/completions", "/v1/chat/completions", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
-        "/v1/lora_adapters/batch",
+        "/v1/lora_adapters/batch", "/tokenize", "/detokenize",
     ]
 
     /// Whether a local address is loopback (127.0.0.0/8, ::1, or a Unix socket).
@@ -321,12 +360,18 @@ package final class WorkerRoutes: Sendable {
         }
     }
 
-    private static func require(_ method: HTTPRequest.Method, _ expected: HTTPRequest.Method, _ path: String) throws(APIError) {
-        guard method == expected else {
-            throw APIError(
-                status: .methodNotAllowed, kind: .invalidRequest, message: "Method \(method) is not allowed on \(path).",
-                code: "method_not_allowed")
-        }
+    static func require(_ method: HTTPRequest.Method, _ expected: HTTPRequest.Method, _ path: String) throws(APIError) {
+        guard method == expected else { throw APIError.methodNotAllowed(method, path, allowed: [expected]) }
+    }
+
+    /// The request's `model` resolved against the served names and the adapter table:
+    /// absent, `null` and `""` all mean the first base model (vLLM: Rust
+    /// `validate.rs`, `filter(|m| !m.is_empty())`; Python `_is_model_supported`); an
+    /// unknown name is `ModelNotFound`. Returns the name the response echoes.
+    func resolveModel(_ requested: String?) throws(APIError) -> (name: String, resolved: (base: String, adapter: AdapterRecord?)) {
+        let name = requested.flatMap { $0.isEmpty ? nil : $0 } ?? self.replica.baseModels.first ?? ""
+        guard let resolved = self.replica.resolve(model: name) else { throw APIError.modelNotFound(name) }
+        return (name, resolved)
     }
 
     /// The client's `ip:port` (`[ip6]:port`), for the audit log.
@@ -371,7 +416,7 @@ package final class WorkerRoutes: Sendable {
         try RequestValidation.object(try await self.readBody(&request))
     }
 
-    private func readBody(_ request: inout Request) async throws -> [UInt8] {
+    func readBody(_ request: inout Request) async throws -> [UInt8] {
         let limit = self.configuration.maxBodyBytes
         let tooLarge = APIError(
             status: .contentTooLarge, kind: .invalidRequest,
@@ -433,25 +478,100 @@ package final class WorkerRoutes: Sendable {
     }
 
     private func modelListing(baseModels: [String], adapters: [AdapterRecord], maxModelLength: UInt32) -> JSONValue {
-        var data: [JSONValue] = []
-        for name in baseModels {
-            var members: [(String, JSONValue)] = [
-                ("id", .string(name)), ("object", .string("model")), ("created", .int(self.startedAt)),
-                ("owned_by", .string("lorikeet")), ("root", .string(name)), ("parent", .null),
-            ]
-            if maxModelLength > 0 { members.append(("max_model_len", .int(Int64(maxModelLength)))) }
-            data.append(.object(members))
-        }
-        for adapter in adapters {
-            let created = adapter.loadedAtUnixMs > 0 ? adapter.loadedAtUnixMs / 1000 : self.startedAt
-            data.append(
-                .object([
-                    ("id", .string(adapter.name)), ("object", .string("model")), ("created", .int(created)),
-                    ("owned_by", .string("lorikeet")), ("root", .string(adapter.path)),
-                    ("parent", .string(adapter.baseModel.isEmpty ? (baseModels.first ?? "") : adapter.baseModel)),
-                ]))
-        }
+        let data = baseModels.map { self.baseCard($0, maxModelLength: maxModelLength) }
+            + adapters.map { self.adapterCard($0, baseModels: baseModels, maxModelLength: maxModelLength) }
         return .object([("object", .string("list")), ("data", .array(data))])
+    }
+
+    /// A base model's card: vLLM's Python `ModelCard` (`id`, `object`, `created`,
+    /// `owned_by`, `root`, `parent: null`, `max_model_len`, `permission`), a superset of the
+    /// Rust frontend's. `root` is the served name (the engine does not report its path);
+    /// `created` is the worker's start, stable across calls.
+    private func baseCard(_ name: String, maxModelLength: UInt32) -> JSONValue {
+        Self.card(
+            id: name, created: self.startedAt, root: name, parent: .null, maxModelLength: maxModelLength)
+    }
+
+    /// An adapter's card: `root` is its canonical path, `parent` its base model, and
+    /// `max_model_len` the base's (vLLM leaves it null on adapters; a deliberate difference).
+    private func adapterCard(_ adapter: AdapterRecord, baseModels: [String], maxModelLength: UInt32) -> JSONValue {
+        Self.card(
+            id: adapter.name, created: adapter.loadedAtUnixMs > 0 ? adapter.loadedAtUnixMs / 1000 : self.startedAt,
+            root: adapter.path, parent: .string(adapter.baseModel.isEmpty ? (baseModels.first ?? "") : adapter.baseModel),
+            maxModelLength: maxModelLength)
+    }
+
+    private static func card(id: String, created: Int64, root: String, parent: JSONValue, maxModelLength: UInt32) -> JSONValue {
+        .object([
+            ("id", .string(id)), ("object", .string("model")), ("created", .int(created)), ("owned_by", .string("lorikeet")),
+            ("root", .string(root)), ("parent", parent),
+            ("max_model_len", maxModelLength > 0 ? .int(Int64(maxModelLength)) : .null),
+            ("permission", .array([Self.permission(id: id, created: created)])),
+        ])
+    }
+
+    /// vLLM's `ModelPermission` with its defaults; the id is derived from the card's id and
+    /// creation time, so it is stable (vLLM draws a new one per call).
+    private static func permission(id: String, created: Int64) -> JSONValue {
+        func fnv(_ seed: UInt64) -> String {
+            var hash = seed
+            for byte in id.utf8 {
+                hash ^= UInt64(byte)
+                hash &*= 0x100_0000_01b3
+            }
+            hash ^= UInt64(bitPattern: created)
+            hash &*= 0x100_0000_01b3
+            let hex = String(hash, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }
+        return .object([
+            ("id", .string("modelperm-" + fnv(0xcbf2_9ce4_8422_2325) + fnv(0x8422_2325_cbf2_9ce4))),
+            ("object", .string("model_permission")), ("created", .int(created)), ("allow_create_engine", .bool(false)),
+            ("allow_sampling", .bool(true)), ("allow_logprobs", .bool(true)), ("allow_search_indices", .bool(false)),
+            ("allow_view", .bool(true)), ("allow_fine_tuning", .bool(false)), ("organization", .string("*")),
+            ("group", .null), ("is_blocking", .bool(false)),
+        ])
+    }
+
+    /// `GET /v1/models/{id}` (OpenAI's retrieve; vLLM has no such route): the card of a
+    /// base model or a loaded adapter, or `ModelNotFound`. `{id}` is the rest of the path,
+    /// percent-decoded once, so ids with `/` work.
+    private func retrieveModel(_ rawID: Substring) throws(APIError) -> Reply {
+        let id = Self.percentDecoded(rawID) ?? String(rawID)
+        let (baseModels, adapters, _) = self.replica.listing()
+        let length = self.maxModelLength.load(ordering: .relaxed)
+        if baseModels.contains(id) { return .json(.ok, self.baseCard(id, maxModelLength: length)) }
+        if let adapter = adapters.first(where: { $0.name == id }) {
+            return .json(.ok, self.adapterCard(adapter, baseModels: baseModels, maxModelLength: length))
+        }
+        throw APIError.modelNotFound(id)
+    }
+
+    /// `text` with `%XX` escapes decoded; nil when an escape is malformed or the result is
+    /// not UTF-8.
+    static func percentDecoded(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = iterator.next().flatMap(Self.hexValue), let low = iterator.next().flatMap(Self.hexValue) else {
+                return nil
+            }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 
     private func loadAdapter(_ body: JSONValue, caller: String) async throws -> Reply {
@@ -461,6 +581,17 @@ package final class WorkerRoutes: Sendable {
         _ = try RequestValidation.optionalBool(body, "is_3d_lora_weight")
         let base = try RequestValidation.optionalString(body, "base_model_name") ?? ""
         let pinned = try RequestValidation.optionalBool(body, "pinned") ?? false
+        // The Rust frontend's checks and messages (`lora.rs`, `register()`, after `trim()`;
+        // `routes/lora.rs`, `load_lora_api_error`), before the leader's own.
+        if name.trimmingASCIIWhitespace().isEmpty {
+            throw APIError.invalidRequest("lora_name must not be empty", param: "lora_name")
+        }
+        if path.trimmingASCIIWhitespace().isEmpty {
+            throw APIError.invalidRequest("lora_path must not be empty", param: "lora_path")
+        }
+        if self.replica.baseModels.contains(name) {
+            throw APIError.invalidRequest("LoRA adapter `\(name.echoed())` conflicts with a served base model", param: "lora_name")
+        }
         let request = LoadAdapterRequest(
             name: name, path: path, loadInplace: inplace, pinned: pinned, baseModel: base,
             originSlot: self.configuration.workerSlot, caller: caller)
@@ -470,7 +601,7 @@ package final class WorkerRoutes: Sendable {
             throw APIError(error)
         }
         let reply = await self.mutator.load(request)
-        guard reply.status.isOK else { throw APIError(reply.status) }
+        guard reply.status.isOK else { throw APIError.loadAdapter(name, reply.status) }
         return .text(.ok, "Success: LoRA adapter '\(name)' added successfully.")
     }
 
@@ -478,7 +609,20 @@ package final class WorkerRoutes: Sendable {
         let name = try RequestValidation.string(body, "lora_name")
         let intID = try RequestValidation.optionalInt(body, "lora_int_id", in: Int64.min...Int64.max)
         if let intID, intID <= 0 {
-            throw APIError.invalidRequest("'lora_int_id' must be a positive integer, got \(intID).", param: "lora_int_id")
+            // Rust deserialises it as a u64: a class of `json_parse_error`.
+            throw APIError.jsonParse("'lora_int_id' must be a positive integer, got \(intID).", param: "lora_int_id")
+        }
+        // The Rust frontend's checks and messages (`routes/lora.rs`, `unload_lora_adapter`;
+        // `lora.rs`, `IntIdMismatch`), before the leader's own.
+        if name.isEmpty {
+            throw APIError.invalidRequest("'lora_name' needs to be provided to unload a LoRA adapter.", param: "lora_name")
+        }
+        if let intID, let loaded = self.replica.snapshot().adapters.first(where: { $0.name == name }),
+            loaded.intID != UInt64(intID)
+        {
+            throw APIError.invalidRequest(
+                "requested lora_int_id \(intID) does not match loaded adapter `\(name.echoed())` with id \(loaded.intID)",
+                param: "lora_int_id")
         }
         let request = UnloadAdapterRequest(
             name: name, intID: UInt64(intID ?? 0), originSlot: self.configuration.workerSlot, caller: caller)
@@ -488,7 +632,7 @@ package final class WorkerRoutes: Sendable {
             throw APIError(error)
         }
         let reply = await self.mutator.unload(request)
-        guard reply.status.isOK else { throw APIError(reply.status) }
+        guard reply.status.isOK else { throw APIError.unloadAdapter(name, reply.status) }
         return .text(.ok, "Success: LoRA adapter '\(name)' removed successfully.")
     }
 
@@ -498,8 +642,7 @@ package final class WorkerRoutes: Sendable {
         _ body: JSONValue, route: GenerationRoute, on engine: any GenerationBackend, requestID: String, logger: Logger
     ) async throws -> Reply {
         let parameters = try RequestValidation.generation(body, route: route)
-        let model = parameters.model ?? self.replica.baseModels.first ?? ""
-        guard let resolved = self.replica.resolve(model: model) else { throw APIError.modelNotFound(model) }
+        let (model, resolved) = try self.resolveModel(parameters.model)
         let record = RequestRecord.current
         record?.resolved(model: model, adapterID: resolved.adapter?.intID)
         var logger = logger
@@ -570,7 +713,7 @@ package final class WorkerRoutes: Sendable {
     private static func apiError(_ error: any Error) -> APIError {
         if let status = error as? Status { return APIError(status) }
         if let apiError = error as? APIError { return apiError }
-        return APIError(status: .internalServerError, kind: .serverError, message: "generation failed: \(error)")
+        return APIError.serverError("generation failed: \(error)")
     }
 
     private static func streamReply(
@@ -738,3 +881,4 @@ struct ResponseShape: Sendable {
         self.envelope(self.chunkObject, choices: [], usage: usage)
     }
 }
+

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetJSON
 import LorikeetTestSupport
 import Synchronization
 
@@ -12,7 +13,8 @@ import Synchronization
 /// `bigBodyBytes` with `Content-Length`), `big-chunked` (the same, chunked), `endless` (an
 /// SSE stream of 4 KiB events, up to `endlessLimit` bytes), `slow` (an SSE event every
 /// 20 ms for up to 30 s), anything else a small JSON completion. Also `GET /v1/models`
-/// (one base model, `tiny`) and `GET /health`.
+/// (one base model, `tiny`), `GET /health`, and `/v1/embeddings*` / `/score*` (any
+/// method), which echo the method, target, `Content-Type` and body as JSON.
 final class ScriptedReplica: Sendable {
     let port: UInt16
     let bigBodyBytes: Int
@@ -68,6 +70,18 @@ final class ScriptedReplica: Sendable {
                 guard Self.respond(fd, #"{"object":"list","data":[{"id":"tiny","object":"model","root":"tiny","parent":null,"max_model_len":128}]}"#) else { return }
             case "/health":
                 guard Self.respond(fd, "{}") else { return }
+            case _ where target.hasPrefix("/v1/embeddings") || target.hasPrefix("/score"):
+                // Echoes what arrived, for the passthrough of routes the worker does not own.
+                let method = head.split(separator: " ").first.map(String.init) ?? ""
+                let contentType =
+                    head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-type:") }
+                    .map { String($0.dropFirst("content-type:".count)).trimmingCharacters(in: .whitespaces) } ?? ""
+                let echo = JSONWriter.encode(
+                    .object([
+                        ("method", .string(method)), ("target", .string(target)), ("content_type", .string(contentType)),
+                        ("body", .string(prompt)),
+                    ]))
+                guard Self.respond(fd, String(decoding: echo, as: UTF8.self)) else { return }
             case "/v1/completions" where prompt.contains("big-declared"):
                 let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(self.bigBodyBytes)\r\n\r\n"
                 guard Self.send(fd, Array(head.utf8)) else { return }

@@ -772,6 +772,186 @@ void   lorikeet__v1__model_info__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__model_info__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   lorikeet__v1__tokenize_request__init
+                     (Lorikeet__V1__TokenizeRequest         *message)
+{
+  static const Lorikeet__V1__TokenizeRequest init_value = LORIKEET__V1__TOKENIZE_REQUEST__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__tokenize_request__get_packed_size
+                     (const Lorikeet__V1__TokenizeRequest *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__tokenize_request__pack
+                     (const Lorikeet__V1__TokenizeRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__tokenize_request__pack_to_buffer
+                     (const Lorikeet__V1__TokenizeRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__TokenizeRequest *
+       lorikeet__v1__tokenize_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__TokenizeRequest *)
+     protobuf_c_message_unpack (&lorikeet__v1__tokenize_request__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__tokenize_request__free_unpacked
+                     (Lorikeet__V1__TokenizeRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   lorikeet__v1__tokenize_reply__init
+                     (Lorikeet__V1__TokenizeReply         *message)
+{
+  static const Lorikeet__V1__TokenizeReply init_value = LORIKEET__V1__TOKENIZE_REPLY__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__tokenize_reply__get_packed_size
+                     (const Lorikeet__V1__TokenizeReply *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_reply__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__tokenize_reply__pack
+                     (const Lorikeet__V1__TokenizeReply *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_reply__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__tokenize_reply__pack_to_buffer
+                     (const Lorikeet__V1__TokenizeReply *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_reply__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__TokenizeReply *
+       lorikeet__v1__tokenize_reply__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__TokenizeReply *)
+     protobuf_c_message_unpack (&lorikeet__v1__tokenize_reply__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__tokenize_reply__free_unpacked
+                     (Lorikeet__V1__TokenizeReply *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__tokenize_reply__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   lorikeet__v1__detokenize_request__init
+                     (Lorikeet__V1__DetokenizeRequest         *message)
+{
+  static const Lorikeet__V1__DetokenizeRequest init_value = LORIKEET__V1__DETOKENIZE_REQUEST__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__detokenize_request__get_packed_size
+                     (const Lorikeet__V1__DetokenizeRequest *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__detokenize_request__pack
+                     (const Lorikeet__V1__DetokenizeRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__detokenize_request__pack_to_buffer
+                     (const Lorikeet__V1__DetokenizeRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__DetokenizeRequest *
+       lorikeet__v1__detokenize_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__DetokenizeRequest *)
+     protobuf_c_message_unpack (&lorikeet__v1__detokenize_request__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__detokenize_request__free_unpacked
+                     (Lorikeet__V1__DetokenizeRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   lorikeet__v1__detokenize_reply__init
+                     (Lorikeet__V1__DetokenizeReply         *message)
+{
+  static const Lorikeet__V1__DetokenizeReply init_value = LORIKEET__V1__DETOKENIZE_REPLY__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__detokenize_reply__get_packed_size
+                     (const Lorikeet__V1__DetokenizeReply *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_reply__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__detokenize_reply__pack
+                     (const Lorikeet__V1__DetokenizeReply *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_reply__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__detokenize_reply__pack_to_buffer
+                     (const Lorikeet__V1__DetokenizeReply *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_reply__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__DetokenizeReply *
+       lorikeet__v1__detokenize_reply__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__DetokenizeReply *)
+     protobuf_c_message_unpack (&lorikeet__v1__detokenize_reply__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__detokenize_reply__free_unpacked
+                     (Lorikeet__V1__DetokenizeReply *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__detokenize_reply__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   lorikeet__v1__engine_result__init
                      (Lorikeet__V1__EngineResult         *message)
 {
@@ -2020,6 +2200,262 @@ const ProtobufCMessageDescriptor lorikeet__v1__model_info__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__model_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor lorikeet__v1__tokenize_request__field_descriptors[5] =
+{
+  {
+    "prompt_text",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenizeRequest, prompt_text),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "messages",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__TokenizeRequest, n_messages),
+    offsetof(Lorikeet__V1__TokenizeRequest, messages),
+    &lorikeet__v1__chat_message__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "add_special_tokens",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenizeRequest, add_special_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "add_generation_prompt",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenizeRequest, add_generation_prompt),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "return_token_strs",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenizeRequest, return_token_strs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__tokenize_request__field_indices_by_name[] = {
+  3,   /* field[3] = add_generation_prompt */
+  2,   /* field[2] = add_special_tokens */
+  1,   /* field[1] = messages */
+  0,   /* field[0] = prompt_text */
+  4,   /* field[4] = return_token_strs */
+};
+static const ProtobufCIntRange lorikeet__v1__tokenize_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__tokenize_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.TokenizeRequest",
+  "TokenizeRequest",
+  "Lorikeet__V1__TokenizeRequest",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__TokenizeRequest),
+  5,
+  lorikeet__v1__tokenize_request__field_descriptors,
+  lorikeet__v1__tokenize_request__field_indices_by_name,
+  1,  lorikeet__v1__tokenize_request__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__tokenize_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__tokenize_reply__field_descriptors[4] =
+{
+  {
+    "status",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenizeReply, status),
+    &lorikeet__v1__status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tokens",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Lorikeet__V1__TokenizeReply, n_tokens),
+    offsetof(Lorikeet__V1__TokenizeReply, tokens),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "token_strs",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Lorikeet__V1__TokenizeReply, n_token_strs),
+    offsetof(Lorikeet__V1__TokenizeReply, token_strs),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_model_len",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenizeReply, max_model_len),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__tokenize_reply__field_indices_by_name[] = {
+  3,   /* field[3] = max_model_len */
+  0,   /* field[0] = status */
+  2,   /* field[2] = token_strs */
+  1,   /* field[1] = tokens */
+};
+static const ProtobufCIntRange lorikeet__v1__tokenize_reply__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__tokenize_reply__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.TokenizeReply",
+  "TokenizeReply",
+  "Lorikeet__V1__TokenizeReply",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__TokenizeReply),
+  4,
+  lorikeet__v1__tokenize_reply__field_descriptors,
+  lorikeet__v1__tokenize_reply__field_indices_by_name,
+  1,  lorikeet__v1__tokenize_reply__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__tokenize_reply__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__detokenize_request__field_descriptors[1] =
+{
+  {
+    "tokens",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Lorikeet__V1__DetokenizeRequest, n_tokens),
+    offsetof(Lorikeet__V1__DetokenizeRequest, tokens),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__detokenize_request__field_indices_by_name[] = {
+  0,   /* field[0] = tokens */
+};
+static const ProtobufCIntRange lorikeet__v1__detokenize_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__detokenize_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.DetokenizeRequest",
+  "DetokenizeRequest",
+  "Lorikeet__V1__DetokenizeRequest",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__DetokenizeRequest),
+  1,
+  lorikeet__v1__detokenize_request__field_descriptors,
+  lorikeet__v1__detokenize_request__field_indices_by_name,
+  1,  lorikeet__v1__detokenize_request__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__detokenize_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__detokenize_reply__field_descriptors[2] =
+{
+  {
+    "status",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__DetokenizeReply, status),
+    &lorikeet__v1__status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "prompt",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__DetokenizeReply, prompt),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__detokenize_reply__field_indices_by_name[] = {
+  1,   /* field[1] = prompt */
+  0,   /* field[0] = status */
+};
+static const ProtobufCIntRange lorikeet__v1__detokenize_reply__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__detokenize_reply__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.DetokenizeReply",
+  "DetokenizeReply",
+  "Lorikeet__V1__DetokenizeReply",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__DetokenizeReply),
+  2,
+  lorikeet__v1__detokenize_reply__field_descriptors,
+  lorikeet__v1__detokenize_reply__field_indices_by_name,
+  1,  lorikeet__v1__detokenize_reply__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__detokenize_reply__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor lorikeet__v1__engine_result__field_descriptors[1] =
 {
   {
@@ -2058,7 +2494,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__engine_result__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__engine_result__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__engine_envelope__field_descriptors[15] =
+static const ProtobufCFieldDescriptor lorikeet__v1__engine_envelope__field_descriptors[19] =
 {
   {
     "call_id",
@@ -2240,6 +2676,54 @@ static const ProtobufCFieldDescriptor lorikeet__v1__engine_envelope__field_descr
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tokenize",
+    23,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__EngineEnvelope, body_case),
+    offsetof(Lorikeet__V1__EngineEnvelope, tokenize),
+    &lorikeet__v1__tokenize_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tokenize_reply",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__EngineEnvelope, body_case),
+    offsetof(Lorikeet__V1__EngineEnvelope, tokenize_reply),
+    &lorikeet__v1__tokenize_reply__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "detokenize",
+    25,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__EngineEnvelope, body_case),
+    offsetof(Lorikeet__V1__EngineEnvelope, detokenize),
+    &lorikeet__v1__detokenize_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "detokenize_reply",
+    26,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__EngineEnvelope, body_case),
+    offsetof(Lorikeet__V1__EngineEnvelope, detokenize_reply),
+    &lorikeet__v1__detokenize_reply__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__engine_envelope__field_indices_by_name[] = {
   4,   /* field[4] = abort */
@@ -2248,6 +2732,8 @@ static const unsigned lorikeet__v1__engine_envelope__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
   3,   /* field[3] = chunk */
   1,   /* field[1] = deadline_unix_ms */
+  17,   /* field[17] = detokenize */
+  18,   /* field[18] = detokenize_reply */
   2,   /* field[2] = generate */
   10,   /* field[10] = health */
   11,   /* field[11] = health_reply */
@@ -2257,12 +2743,14 @@ static const unsigned lorikeet__v1__engine_envelope__field_indices_by_name[] = {
   7,   /* field[7] = pin_adapter */
   6,   /* field[6] = remove_adapter */
   14,   /* field[14] = result */
+  15,   /* field[15] = tokenize */
+  16,   /* field[16] = tokenize_reply */
 };
 static const ProtobufCIntRange lorikeet__v1__engine_envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 15 }
+  { 0, 19 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__engine_envelope__descriptor =
 {
@@ -2272,7 +2760,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__engine_envelope__descriptor =
   "Lorikeet__V1__EngineEnvelope",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__EngineEnvelope),
-  15,
+  19,
   lorikeet__v1__engine_envelope__field_descriptors,
   lorikeet__v1__engine_envelope__field_indices_by_name,
   2,  lorikeet__v1__engine_envelope__number_ranges,

@@ -33,6 +33,10 @@ typedef struct Lorikeet__V1__HealthRequest Lorikeet__V1__HealthRequest;
 typedef struct Lorikeet__V1__HealthReply Lorikeet__V1__HealthReply;
 typedef struct Lorikeet__V1__ModelInfoRequest Lorikeet__V1__ModelInfoRequest;
 typedef struct Lorikeet__V1__ModelInfo Lorikeet__V1__ModelInfo;
+typedef struct Lorikeet__V1__TokenizeRequest Lorikeet__V1__TokenizeRequest;
+typedef struct Lorikeet__V1__TokenizeReply Lorikeet__V1__TokenizeReply;
+typedef struct Lorikeet__V1__DetokenizeRequest Lorikeet__V1__DetokenizeRequest;
+typedef struct Lorikeet__V1__DetokenizeReply Lorikeet__V1__DetokenizeReply;
 typedef struct Lorikeet__V1__EngineResult Lorikeet__V1__EngineResult;
 typedef struct Lorikeet__V1__EngineEnvelope Lorikeet__V1__EngineEnvelope;
 
@@ -286,6 +290,75 @@ struct  Lorikeet__V1__ModelInfo
 
 
 /*
+ * vLLM's POST /tokenize through the engine's tokenizer: prompt_text, or messages
+ * rendered with the chat template. Bounded like a generate's prompt; a prompt of
+ * more than the context length is refused (INVALID_ARGUMENT).
+ */
+struct  Lorikeet__V1__TokenizeRequest
+{
+  ProtobufCMessage base;
+  char *prompt_text;
+  size_t n_messages;
+  Lorikeet__V1__ChatMessage **messages;
+  /*
+   * Prepend BOS (when the model adds one).
+   */
+  protobuf_c_boolean add_special_tokens;
+  /*
+   * Chat form: end with the assistant turn opener.
+   */
+  protobuf_c_boolean add_generation_prompt;
+  protobuf_c_boolean return_token_strs;
+};
+#define LORIKEET__V1__TOKENIZE_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__tokenize_request__descriptor) \
+    , (char *)protobuf_c_empty_string, 0,NULL, 0, 0, 0 }
+
+
+struct  Lorikeet__V1__TokenizeReply
+{
+  ProtobufCMessage base;
+  Lorikeet__V1__Status *status;
+  size_t n_tokens;
+  uint32_t *tokens;
+  /*
+   * Only with return_token_strs: one vocabulary piece per token.
+   */
+  size_t n_token_strs;
+  char **token_strs;
+  uint32_t max_model_len;
+};
+#define LORIKEET__V1__TOKENIZE_REPLY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__tokenize_reply__descriptor) \
+    , NULL, 0,NULL, 0,NULL, 0 }
+
+
+/*
+ * vLLM's POST /detokenize: special tokens are not skipped.
+ */
+struct  Lorikeet__V1__DetokenizeRequest
+{
+  ProtobufCMessage base;
+  size_t n_tokens;
+  uint32_t *tokens;
+};
+#define LORIKEET__V1__DETOKENIZE_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__detokenize_request__descriptor) \
+    , 0,NULL }
+
+
+struct  Lorikeet__V1__DetokenizeReply
+{
+  ProtobufCMessage base;
+  Lorikeet__V1__Status *status;
+  char *prompt;
+};
+#define LORIKEET__V1__DETOKENIZE_REPLY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__detokenize_reply__descriptor) \
+    , NULL, (char *)protobuf_c_empty_string }
+
+
+/*
  * Reply to calls that only report success or failure.
  */
 struct  Lorikeet__V1__EngineResult
@@ -312,7 +385,11 @@ typedef enum {
   LORIKEET__V1__ENGINE_ENVELOPE__BODY_HEALTH_REPLY = 19,
   LORIKEET__V1__ENGINE_ENVELOPE__BODY_MODEL_INFO = 20,
   LORIKEET__V1__ENGINE_ENVELOPE__BODY_MODEL_INFO_REPLY = 21,
-  LORIKEET__V1__ENGINE_ENVELOPE__BODY_RESULT = 22
+  LORIKEET__V1__ENGINE_ENVELOPE__BODY_RESULT = 22,
+  LORIKEET__V1__ENGINE_ENVELOPE__BODY_TOKENIZE = 23,
+  LORIKEET__V1__ENGINE_ENVELOPE__BODY_TOKENIZE_REPLY = 24,
+  LORIKEET__V1__ENGINE_ENVELOPE__BODY_DETOKENIZE = 25,
+  LORIKEET__V1__ENGINE_ENVELOPE__BODY_DETOKENIZE_REPLY = 26
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LORIKEET__V1__ENGINE_ENVELOPE__BODY__CASE)
 } Lorikeet__V1__EngineEnvelope__BodyCase;
 
@@ -339,6 +416,10 @@ struct  Lorikeet__V1__EngineEnvelope
     Lorikeet__V1__ModelInfoRequest *model_info;
     Lorikeet__V1__ModelInfo *model_info_reply;
     Lorikeet__V1__EngineResult *result;
+    Lorikeet__V1__TokenizeRequest *tokenize;
+    Lorikeet__V1__TokenizeReply *tokenize_reply;
+    Lorikeet__V1__DetokenizeRequest *detokenize;
+    Lorikeet__V1__DetokenizeReply *detokenize_reply;
   };
 };
 #define LORIKEET__V1__ENGINE_ENVELOPE__INIT \
@@ -669,6 +750,82 @@ Lorikeet__V1__ModelInfo *
 void   lorikeet__v1__model_info__free_unpacked
                      (Lorikeet__V1__ModelInfo *message,
                       ProtobufCAllocator *allocator);
+/* Lorikeet__V1__TokenizeRequest methods */
+void   lorikeet__v1__tokenize_request__init
+                     (Lorikeet__V1__TokenizeRequest         *message);
+size_t lorikeet__v1__tokenize_request__get_packed_size
+                     (const Lorikeet__V1__TokenizeRequest   *message);
+size_t lorikeet__v1__tokenize_request__pack
+                     (const Lorikeet__V1__TokenizeRequest   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__tokenize_request__pack_to_buffer
+                     (const Lorikeet__V1__TokenizeRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__TokenizeRequest *
+       lorikeet__v1__tokenize_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__tokenize_request__free_unpacked
+                     (Lorikeet__V1__TokenizeRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Lorikeet__V1__TokenizeReply methods */
+void   lorikeet__v1__tokenize_reply__init
+                     (Lorikeet__V1__TokenizeReply         *message);
+size_t lorikeet__v1__tokenize_reply__get_packed_size
+                     (const Lorikeet__V1__TokenizeReply   *message);
+size_t lorikeet__v1__tokenize_reply__pack
+                     (const Lorikeet__V1__TokenizeReply   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__tokenize_reply__pack_to_buffer
+                     (const Lorikeet__V1__TokenizeReply   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__TokenizeReply *
+       lorikeet__v1__tokenize_reply__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__tokenize_reply__free_unpacked
+                     (Lorikeet__V1__TokenizeReply *message,
+                      ProtobufCAllocator *allocator);
+/* Lorikeet__V1__DetokenizeRequest methods */
+void   lorikeet__v1__detokenize_request__init
+                     (Lorikeet__V1__DetokenizeRequest         *message);
+size_t lorikeet__v1__detokenize_request__get_packed_size
+                     (const Lorikeet__V1__DetokenizeRequest   *message);
+size_t lorikeet__v1__detokenize_request__pack
+                     (const Lorikeet__V1__DetokenizeRequest   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__detokenize_request__pack_to_buffer
+                     (const Lorikeet__V1__DetokenizeRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__DetokenizeRequest *
+       lorikeet__v1__detokenize_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__detokenize_request__free_unpacked
+                     (Lorikeet__V1__DetokenizeRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Lorikeet__V1__DetokenizeReply methods */
+void   lorikeet__v1__detokenize_reply__init
+                     (Lorikeet__V1__DetokenizeReply         *message);
+size_t lorikeet__v1__detokenize_reply__get_packed_size
+                     (const Lorikeet__V1__DetokenizeReply   *message);
+size_t lorikeet__v1__detokenize_reply__pack
+                     (const Lorikeet__V1__DetokenizeReply   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__detokenize_reply__pack_to_buffer
+                     (const Lorikeet__V1__DetokenizeReply   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__DetokenizeReply *
+       lorikeet__v1__detokenize_reply__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__detokenize_reply__free_unpacked
+                     (Lorikeet__V1__DetokenizeReply *message,
+                      ProtobufCAllocator *allocator);
 /* Lorikeet__V1__EngineResult methods */
 void   lorikeet__v1__engine_result__init
                      (Lorikeet__V1__EngineResult         *message);
@@ -760,6 +917,18 @@ typedef void (*Lorikeet__V1__ModelInfoRequest_Closure)
 typedef void (*Lorikeet__V1__ModelInfo_Closure)
                  (const Lorikeet__V1__ModelInfo *message,
                   void *closure_data);
+typedef void (*Lorikeet__V1__TokenizeRequest_Closure)
+                 (const Lorikeet__V1__TokenizeRequest *message,
+                  void *closure_data);
+typedef void (*Lorikeet__V1__TokenizeReply_Closure)
+                 (const Lorikeet__V1__TokenizeReply *message,
+                  void *closure_data);
+typedef void (*Lorikeet__V1__DetokenizeRequest_Closure)
+                 (const Lorikeet__V1__DetokenizeRequest *message,
+                  void *closure_data);
+typedef void (*Lorikeet__V1__DetokenizeReply_Closure)
+                 (const Lorikeet__V1__DetokenizeReply *message,
+                  void *closure_data);
 typedef void (*Lorikeet__V1__EngineResult_Closure)
                  (const Lorikeet__V1__EngineResult *message,
                   void *closure_data);
@@ -789,6 +958,10 @@ extern const ProtobufCMessageDescriptor lorikeet__v1__health_request__descriptor
 extern const ProtobufCMessageDescriptor lorikeet__v1__health_reply__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__model_info_request__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__model_info__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__tokenize_request__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__tokenize_reply__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__detokenize_request__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__detokenize_reply__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__engine_result__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__engine_envelope__descriptor;
 
