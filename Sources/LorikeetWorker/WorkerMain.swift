@@ -81,6 +81,11 @@ package struct WorkerConfiguration: Sendable {
     package var allowedHosts: [String] = []
     /// `--max-adapters`: adapters the committed table may hold (the leader refuses more).
     package var maxAdapters: Int = Limits.defaultMaxAdapters
+    /// `LORIKEET_METRICS_DIR` (the supervisor sets it): where the worker processes' `vllm:`
+    /// figures are summed (`VLLMMetrics`).
+    package var metricsDirectory: String? = nil
+    /// vLLM's LoRA filesystem resolver, from the environment (`LoraResolverConfiguration`).
+    package var loraResolver: LoraResolverConfiguration.Setup = .off
 
     package init(
         engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
@@ -117,6 +122,9 @@ package struct WorkerConfiguration: Sendable {
             self.allowRuntimeLoraUpdating
             || RouteConfiguration.runtimeLoraUpdatingEnabled(environment)
         self.pathPolicy = PathPolicy.fromEnvironment(environment)
+        self.metricsDirectory = environment["LORIKEET_METRICS_DIR"].flatMap { $0.hasPrefix("/") ? $0 : nil }
+        self.loraResolver = LoraResolverConfiguration.fromEnvironment(
+            environment, runtimeUpdating: self.allowRuntimeLoraUpdating, pathPolicy: self.pathPolicy)
     }
 }
 
@@ -125,13 +133,14 @@ extension WorkerConfiguration {
     func makeHTTP(
         engine: WorkerEngine, replica: AdapterTableReplica, mutator: any AdapterMutator, logger: Logger
     ) -> (WorkerRoutes, WorkerServer, metrics: WorkerServer?) {
+        var configuration = RouteConfiguration(
+            apiKey: self.apiKey, maxBodyBytes: self.maxBodyBytes, allowRuntimeLoraUpdating: self.allowRuntimeLoraUpdating,
+            serverName: "lorikeet", version: self.version, workerSlot: self.workerSlot, allowedHosts: self.allowedHosts,
+            maxAdapters: self.maxAdapters)
+        configuration.metricsDirectory = self.metricsDirectory
+        configuration.loraResolver = self.loraResolver
         let routes = WorkerRoutes(
-            generations: engine.generations, replica: replica, mutator: mutator,
-            configuration: RouteConfiguration(
-                apiKey: self.apiKey, maxBodyBytes: self.maxBodyBytes, allowRuntimeLoraUpdating: self.allowRuntimeLoraUpdating,
-                serverName: "lorikeet", version: self.version, workerSlot: self.workerSlot, allowedHosts: self.allowedHosts,
-                maxAdapters: self.maxAdapters),
-            logger: logger)
+            generations: engine.generations, replica: replica, mutator: mutator, configuration: configuration, logger: logger)
         let server = WorkerServer(
             configuration: HTTPServerConfiguration(listen: self.listen, idleTimeout: self.idleTimeout),
             responder: routes.responder, logger: logger)
@@ -240,6 +249,7 @@ package final class WorkerService: Service {
         let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
+        self.routes.metrics.vllm.setMaxLoras(info.maxLoras)
         if let leader = self.leader {
             // Standalone: newest leader of this engine.
             let health = try await status.health()

@@ -43,6 +43,8 @@ package final class Supervisor {
     var adminServer: UVPipeServer?
     var stopTimer: UVTimer?
     let startedAtMs: UInt64
+    /// `<state-dir>/metrics` (`MetricsDirectory`), nil when it could not be made.
+    let metricsDirectory: String?
     /// `<state-dir>/audit.log`: one JSON line per adapter change, failures included.
     let audit: AuditLog
     /// `sd_notify` when started by systemd (`NOTIFY_SOCKET`).
@@ -77,6 +79,7 @@ package final class Supervisor {
                 "the committed table holds more adapters than --max-adapters; loads are refused until it shrinks",
                 metadata: ["adapters": "\(table.adapters.count)", "max_adapters": "\(configuration.maxAdapters)"])
         }
+        self.metricsDirectory = MetricsDirectory.prepare(stateDirectory: configuration.stateDirectory, logger: logger)
         self.audit = try AuditLog(path: configuration.auditLogPath ?? configuration.stateDirectory + "/audit.log")
         self.notifier = SystemdNotifier(environment: configuration.environment, logger: logger)
         self.machine = SupervisorStateMachine(configuration: .init(configuration), table: table)
@@ -222,7 +225,9 @@ package final class Supervisor {
              "--engine-socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())"]
             + self.configuration.workerArguments
         do {
-            let environment = ChildEnvironment.make(setting: self.configuration.workerEnvironment)
+            var settings = self.configuration.workerEnvironment
+            if let metrics = self.metricsDirectory { settings[MetricsDirectory.environmentName] = metrics }
+            let environment = ChildEnvironment.make(setting: settings)
             worker.process = try UVProcess.spawn(
                 loop: self.loop, arguments: arguments, environment: environment, extraFDs: [listenerFD, pair.1]
             ) {

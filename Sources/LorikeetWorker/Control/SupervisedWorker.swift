@@ -192,6 +192,7 @@ package final class SupervisedWorkerService: Service {
         let served = self.configuration.servedModelNames.isEmpty ? [info.modelName] : self.configuration.servedModelNames
         self.replica.setBaseModels(served)
         self.routes.setMaxModelLength(info.contextLength)
+        self.routes.metrics.vllm.setMaxLoras(info.maxLoras)
         if self.isLeading { await self.reconcileEngine() }
         self.state.withLock { $0.reportedReady = true }
         self.link.send(.ready(Ready(tableVersion: self.replica.version)))

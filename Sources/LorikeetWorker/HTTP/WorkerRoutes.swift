@@ -31,6 +31,11 @@ package struct RouteConfiguration: Sendable {
     package var allowedHosts: [String]
     /// Adapters the committed table may hold (`--max-adapters`).
     package var maxAdapters: Int
+    /// `LORIKEET_METRICS_DIR` (set by the supervisor): the `vllm:` series are summed over
+    /// the worker processes' files there (`VLLMMetrics`).
+    package var metricsDirectory: String? = nil
+    /// vLLM's LoRA filesystem resolver (`LoraFilesystemResolver`); nil = off.
+    package var loraResolver: LoraResolverConfiguration.Setup? = nil
 
     package init(
         apiKey: String? = nil, maxBodyBytes: Int = Limits.defaultBodyBytes, bodyReadTimeout: Duration = .seconds(30),
@@ -109,6 +114,8 @@ package final class WorkerRoutes: Sendable {
     package let stats = WorkerStats()
     /// `GET /metrics` and the per-adapter usage of `GET /v1/lora_adapters`.
     package let metrics: WorkerMetrics
+    /// Loads unknown models from the resolver directory (nil = off).
+    let loraResolver: LoraFilesystemResolver?
 
     package init(
         generations: WorkerEngine.Generations, replica: AdapterTableReplica, mutator: any AdapterMutator,
@@ -116,11 +123,12 @@ package final class WorkerRoutes: Sendable {
     ) {
         self.generations = generations
         self.replica = replica
-        let metrics = WorkerMetrics(slot: configuration.workerSlot)
+        let metrics = WorkerMetrics(slot: configuration.workerSlot, multiprocessDirectory: configuration.metricsDirectory)
         self.metrics = metrics
         self.mutator = MeteredMutator(inner: mutator, metrics: metrics)
         self.configuration = configuration
         self.logger = logger
+        self.loraResolver = LoraFilesystemResolver.make(configuration.loraResolver, slot: configuration.workerSlot, logger: logger)
         self.startedAt = LeaderMutationService.nowUnixMs() / 1000
         self.maxModelLength = Atomic(configuration.maxModelLength)
         self.modelListing = Mutex(nil)
@@ -187,7 +195,7 @@ package final class WorkerRoutes: Sendable {
         to request: Request, writer: consuming ResponseWriter, channel: any Channel, only allowedPaths: Set<String>? = nil
     ) async throws {
         self.stats.begin()
-        let record = RequestRecord(path: request.uri.path)
+        let record = RequestRecord(path: request.uri.path, vllm: self.metrics.vllm)
         var answeredStatus = 0
         defer {
             self.stats.end()
@@ -369,9 +377,14 @@ package final class WorkerRoutes: Sendable {
     /// `validate.rs`, `filter(|m| !m.is_empty())`; Python `_is_model_supported`); an
     /// unknown name is `ModelNotFound`. Returns the name the response echoes.
     func resolveModel(_ requested: String?) throws(APIError) -> (name: String, resolved: (base: String, adapter: AdapterRecord?)) {
-        let name = requested.flatMap { $0.isEmpty ? nil : $0 } ?? self.replica.baseModels.first ?? ""
+        let name = self.modelName(requested)
         guard let resolved = self.replica.resolve(model: name) else { throw APIError.modelNotFound(name) }
         return (name, resolved)
+    }
+
+    /// The model a request names: absent, null or "" is the first served model (vLLM's rule).
+    func modelName(_ requested: String?) -> String {
+        requested.flatMap { $0.isEmpty ? nil : $0 } ?? self.replica.baseModels.first ?? ""
     }
 
     /// The client's `ip:port` (`[ip6]:port`), for the audit log.
@@ -642,7 +655,7 @@ package final class WorkerRoutes: Sendable {
         _ body: JSONValue, route: GenerationRoute, on engine: any GenerationBackend, requestID: String, logger: Logger
     ) async throws -> Reply {
         let parameters = try RequestValidation.generation(body, route: route)
-        let (model, resolved) = try self.resolveModel(parameters.model)
+        let (model, resolved) = try await self.resolveGenerationModel(parameters.model)
         let record = RequestRecord.current
         record?.resolved(model: model, adapterID: resolved.adapter?.intID)
         var logger = logger
@@ -695,6 +708,7 @@ package final class WorkerRoutes: Sendable {
         var usage: Usage?
         var next = first
         while let chunk = next {
+            record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
             text += chunk.text
             tokens += chunk.tokens
             if !chunk.finishReason.isEmpty { finishReason = chunk.finishReason }
@@ -733,6 +747,7 @@ package final class WorkerRoutes: Sendable {
                 }
                 var next = first
                 while let chunk = next {
+                    record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
                     completionTokens += UInt32(chunk.tokens.count)
                     if let chunkUsage = chunk.usage { usage = chunkUsage }
                     if !chunk.text.isEmpty || !chunk.tokens.isEmpty {

@@ -43,7 +43,13 @@ package final class WorkerMetrics: Sendable {
         .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30), .seconds(60),
     ]
 
-    package init(slot: Int32 = -1) {
+    /// vLLM's `vllm:` series (`VLLMMetrics`), rendered after the `lorikeet_*` ones.
+    package let vllm: VLLMMetrics
+
+    /// A worker's metrics; `multiprocessDirectory` (`LORIKEET_METRICS_DIR`, set by the
+    /// supervisor) makes the `vllm:` series the sum over every worker process.
+    package init(slot: Int32 = -1, multiprocessDirectory: String? = nil) {
+        self.vllm = VLLMMetrics(directory: multiprocessDirectory)
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultDurationHistogramBuckets = Self.latencyBuckets
@@ -65,6 +71,7 @@ package final class WorkerMetrics: Sendable {
 
     /// One HTTP request answered (status is what was sent; duration until the last byte).
     func requestFinished(_ record: RequestRecord, status: Int, duration: Duration) {
+        record.answered()
         let route = Self.routeLabel(record.path)
         let snapshot = record.snapshot
         Counter(
@@ -138,8 +145,13 @@ package final class WorkerMetrics: Sendable {
         self.usage.withLock { $0[adapterID] ?? AdapterUsage() }
     }
 
-    /// The Prometheus text exposition, after setting the scrape-time gauges.
-    func exposition(tableVersion: UInt64, adapters: [AdapterRecord], engineUp: Bool, inFlight: UInt32, version: String) -> [UInt8] {
+    /// The Prometheus text exposition, after setting the scrape-time gauges: this worker's
+    /// `lorikeet_*` series, then the `vllm:` series (of every worker under a supervisor;
+    /// `model_name` = `baseModel`, `max_lora` = the engine's `max_loras`, else `maxAdapters`).
+    func exposition(
+        tableVersion: UInt64, adapters: [AdapterRecord], engineUp: Bool, inFlight: UInt32, version: String, baseModel: String = "",
+        maxAdapters: Int = Limits.defaultMaxAdapters
+    ) -> [UInt8] {
         self.pruneAdapterSeries(keeping: adapters)
         Gauge(label: "lorikeet_adapter_table_version", factory: self.factory).record(Double(tableVersion))
         Gauge(label: "lorikeet_adapters_loaded", factory: self.factory).record(Double(adapters.count))
@@ -149,16 +161,24 @@ package final class WorkerMetrics: Sendable {
             .record(1)
         var buffer: [UInt8] = []
         self.registry.emit(into: &buffer)
+        buffer += self.vllm.exposition(modelName: baseModel, maxLoras: maxAdapters).utf8
         return buffer
     }
 }
 
 /// What one HTTP request did, filled in as it goes (route, resolved model, adapter,
-/// first token, tokens) and read once when it is answered.
+/// first token, outputs, tokens) and read once when it is answered.
 ///
 /// Reached through `RequestRecord.current` (a task local the responder sets), so the
-/// generation code records without new parameters.
+/// generation code records without new parameters. With `vllm`, each milestone also
+/// moves the `vllm:` series (`VLLMMetrics`): `resolved` admits the request (waiting),
+/// `firstToken` makes it running, `output` counts tokens and inter-token latency,
+/// `tokens` finishes it, and `answered` (the responder's last word) counts a request
+/// that never finished as `abort`.
 final class RequestRecord: Sendable {
+    /// Where a generation request is, for the `vllm:` gauges.
+    enum Phase { case none, waiting, running, finished }
+
     struct Snapshot {
         var model = ""
         var adapterID: UInt64?
@@ -166,38 +186,109 @@ final class RequestRecord: Sendable {
         var firstToken: Duration?
         var promptTokens: UInt32 = 0
         var completionTokens: UInt32 = 0
+        var phase = Phase.none
+        var lastOutput: ContinuousClock.Instant?
+        var outputs = 0
+        var streamedTokens: UInt64 = 0
+        var finishReason: String?
     }
 
     @TaskLocal static var current: RequestRecord?
 
     let path: String
     let start = ContinuousClock.now
+    let vllm: VLLMMetrics?
     private let state = Mutex(Snapshot())
 
-    init(path: String) { self.path = path }
+    init(path: String, vllm: VLLMMetrics? = nil) {
+        self.path = path
+        self.vllm = vllm
+    }
 
     var snapshot: Snapshot { self.state.withLock { $0 } }
 
-    /// The request named a model that resolved to this base model or adapter.
+    /// The adapter's name for the `vllm:lora_requests_info` sets (nil for a base model).
+    private static func adapterName(_ snapshot: Snapshot) -> String? {
+        snapshot.adapterID == nil ? nil : snapshot.model
+    }
+
+    /// The request named a model that resolved to this base model or adapter; a
+    /// generation is about to be handed to the engine (vLLM: waiting).
     func resolved(model: String, adapterID: UInt64?) {
-        self.state.withLock {
-            $0.model = model
-            $0.adapterID = adapterID
+        let admitted = self.state.withLock { state -> Bool in
+            state.model = model
+            state.adapterID = adapterID
+            guard state.phase == .none else { return false }
+            state.phase = .waiting
+            return true
         }
+        if admitted { self.vllm?.admitted(adapter: adapterID == nil ? nil : model) }
     }
 
     /// The engine produced its first chunk.
     func firstToken() {
-        let elapsed = ContinuousClock.now - self.start
-        self.state.withLock { if $0.firstToken == nil { $0.firstToken = elapsed } }
+        let now = ContinuousClock.now
+        let elapsed = now - self.start
+        let started = self.state.withLock { state -> (adapter: String?, running: Bool) in
+            if state.firstToken == nil { state.firstToken = elapsed }
+            guard state.phase == .waiting else { return (nil, false) }
+            state.phase = .running
+            state.lastOutput = now
+            return (Self.adapterName(state), true)
+        }
+        if started.running { self.vllm?.firstToken(adapter: started.adapter, elapsed: elapsed) }
+    }
+
+    /// One chunk from the engine: its tokens, and its finish reason if it is the last.
+    /// Chunks after the first with tokens are the inter-token latency observations.
+    func output(tokens: Int, finishReason: String) {
+        let now = ContinuousClock.now
+        let observed = self.state.withLock { state -> (tokens: Int, since: Duration?)? in
+            if !finishReason.isEmpty { state.finishReason = finishReason }
+            guard state.phase == .running, tokens > 0 else { return nil }
+            let since = state.outputs > 0 ? state.lastOutput.map { now - $0 } : nil
+            state.outputs += 1
+            state.lastOutput = now
+            state.streamedTokens += UInt64(tokens)
+            return (tokens, since)
+        }
+        if let observed { self.vllm?.output(tokens: observed.tokens, sincePrevious: observed.since) }
     }
 
     /// The generation finished with these token counts.
     func tokens(prompt: UInt32, completion: UInt32) {
-        self.state.withLock {
-            $0.generated = true
-            $0.promptTokens = prompt
-            $0.completionTokens = completion
+        let finished = self.state.withLock { state -> Snapshot? in
+            state.generated = true
+            state.promptTokens = prompt
+            state.completionTokens = completion
+            guard state.phase == .running else { return nil }
+            state.phase = .finished
+            return state
+        }
+        if let finished {
+            self.vllm?.finished(
+                adapter: Self.adapterName(finished), wasRunning: true, reason: finished.finishReason ?? "abort",
+                promptTokens: prompt,
+                extraGenerationTokens: UInt64(completion) > finished.streamedTokens ? UInt64(completion) - finished.streamedTokens : 0,
+                elapsed: .now - self.start)
+        }
+    }
+
+    /// The response was written (or its writing failed): a generation that never
+    /// finished is counted now — `abort` if it was running (the client left, or the
+    /// engine failed), nothing but the gauge if it never got a first token.
+    func answered() {
+        let unfinished = self.state.withLock { state -> Snapshot? in
+            guard state.phase == .waiting || state.phase == .running else { return nil }
+            let snapshot = state
+            state.phase = .finished
+            return snapshot
+        }
+        if let unfinished {
+            self.vllm?.finished(
+                adapter: Self.adapterName(unfinished), wasRunning: unfinished.phase == .running,
+                reason: unfinished.finishReason ?? "abort", promptTokens: unfinished.promptTokens, extraGenerationTokens: 0,
+                elapsed: .now - self.start)
         }
     }
 }
