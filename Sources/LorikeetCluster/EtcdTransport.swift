@@ -146,7 +146,11 @@ enum EtcdTransport {
             head.headers.add(name: "Content-Length", value: String(contentLength))
             head.headers.add(name: "Connection", value: "close")
         } else {
+            // A stream (watch) whose body stays open. etcd 3.4's gateway answers such a
+            // request only when it asked for `100-continue` (measured: without it, no
+            // response head ever comes); NIO drops the 100 response for us.
             head.headers.add(name: "Transfer-Encoding", value: "chunked")
+            head.headers.add(name: "Expect", value: "100-continue")
         }
         return head
     }

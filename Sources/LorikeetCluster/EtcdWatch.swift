@@ -28,8 +28,9 @@ extension EtcdClient {
 
     /// Calls `onEvent` for every change to keys starting with `prefix`, in revision order,
     /// from `fromRevision` (nil = changes after now), until the task is cancelled
-    /// (`.cancelled`), the client shuts down (`.shutdown`), or the history needed was
-    /// compacted (`.compacted(compactRevision)`).
+    /// (`.cancelled`), the client shuts down (`.shutdown`), the history needed was
+    /// compacted (`.compacted(compactRevision)`), or a failure that another member would
+    /// repeat (`.responseTooLarge`, `.badResponse`, `.rejected`).
     ///
     /// When the connection drops, the member stops answering progress requests
     /// (`Options.watchIdleTimeout`), or the member loses its leader (the watch is opened with
@@ -51,11 +52,13 @@ extension EtcdClient {
             do {
                 try await self.watchOnce(endpoint, prefix: prefix, next: &next, established: &established, onEvent: onEvent)
             } catch {
+                // Member trouble is retried on the next member; anything else would fail
+                // the same way again (a message over the size cap, a refused request).
                 switch error {
-                case .compacted, .cancelled, .shutdown: throw error
-                case .unreachable, .timeout, .unavailable, .badResponse, .responseTooLarge, .rejected, .txnFailed,
+                case .unreachable, .timeout, .unavailable: break
+                case .compacted, .cancelled, .shutdown, .badResponse, .responseTooLarge, .rejected, .txnFailed,
                     .leaseNotFound, .invalidArgument:
-                    break
+                    throw error
                 }
                 if Task.isCancelled { throw .cancelled }
                 if established { failures = 0 }
