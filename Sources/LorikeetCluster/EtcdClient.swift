@@ -11,8 +11,9 @@ import Synchronization
 /// SwiftNIO's HTTP/1.1 codec — no gRPC stack (see docs/CLUSTER.md, "etcd client").
 ///
 /// Every call has a deadline (`Options.callTimeout` unless given) and tries the members in
-/// order, starting with the one that answered last: a member that refuses connections, does
-/// not answer within `Options.attemptTimeout` or has no leader is left for the next one.
+/// order, starting with the one that answered last: a member that refuses connections, has
+/// no leader, or (for reads) does not answer within `Options.attemptTimeout` is left for the
+/// next one. A write that was sent waits for its answer until the call's deadline.
 /// Reads (range, lease keep-alive and time-to-live) are retried on any member; writes only
 /// when they cannot have been applied (no connection, or the member refused for lack of a
 /// leader) — otherwise the error says that the outcome is unknown. Each call uses its own
@@ -138,9 +139,11 @@ package final class EtcdClient: Sendable {
             }
             let endpoint = self.endpoints[index % self.endpoints.count]
             do {
+                // A write cannot move on to another member once sent (it may still apply),
+                // so it gets the whole remaining deadline: enough to ride out an election.
+                let attemptTimeout = idempotent ? min(remaining, self.options.attemptTimeout) : remaining
                 let response = try await self.attempt(
-                    endpoint, path: path, body: body, timeout: min(remaining, self.options.attemptTimeout), leaseID: leaseID,
-                    revision: revision)
+                    endpoint, path: path, body: body, timeout: attemptTimeout, leaseID: leaseID, revision: revision)
                 self.remember(index)
                 return response
             } catch {

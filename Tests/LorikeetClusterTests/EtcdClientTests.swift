@@ -198,7 +198,7 @@ struct EtcdClientTests {
                     while seen.count < 10 { seen.append(try #require(try await iterator.next())) }
                     await blocking { cluster.kill(0) }
                 }
-                written.append(try await writer.put(key: "/r/\(step % 7)", value: "s\(step)"))
+                written.append(try await putReadingBack(writer, key: "/r/\(step % 7)", value: "s\(step)"))
             }
             seen += try await collect(iterator: &iterator, count: written.count - seen.count, seconds: 60)
             #expect(seen.map(\.revision) == written, "no event lost or repeated across the kill")
@@ -367,6 +367,19 @@ func eventually(_ what: String, seconds: Int, _ condition: () async throws -> Bo
         try await Task.sleep(for: .milliseconds(100))
     }
     throw HangGuard(description: "waited \(seconds) s for \(what)")
+}
+
+/// Puts a unique value; when the outcome is unknown (timeout during an election), reads
+/// back and retries only if the write did not land. Returns the write's revision.
+func putReadingBack(_ client: EtcdClient, key: String, value: String) async throws -> Int64 {
+    for _ in 0..<10 {
+        do {
+            return try await client.put(key: key, value: value)
+        } catch .timeout, .unavailable {
+            if let kv = try? await client.range(key: key).kvs.first, kv.valueString == value { return kv.modRevision }
+        }
+    }
+    throw HangGuard(description: "put of \(key) kept failing")
 }
 
 /// The first event of a watch (within a hang guard of 30 s).
