@@ -71,6 +71,19 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // The etcd v3 client of fleet mode (issue 14): etcd's JSON gateway over NIOHTTP1,
+        // failover, deadlines, watches that resume, lease keeping. Knows no Lorikeet routes.
+        .target(
+            name: "LorikeetCluster",
+            dependencies: [
+                "LorikeetJSON", "LorikeetLimits",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
         // The libuv supervisor: the only importer of CLibUV.
         .target(
             name: "LorikeetSupervisor",
@@ -156,6 +169,14 @@ let package = Package(
             swiftSettings: upcoming
         ),
         .testTarget(name: "LorikeetJSONTests", dependencies: ["LorikeetJSON"], swiftSettings: upcoming),
+        .testTarget(
+            name: "LorikeetClusterTests",
+            dependencies: [
+                "LorikeetCluster", "LorikeetTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
         .testTarget(
             name: "LorikeetProtoTests",
             dependencies: ["LorikeetProto"],

@@ -69,6 +69,14 @@ public enum Limits {
     /// Entries of `stop_token_ids`.
     public static let stopTokenIDs = 256
 
+    // MARK: Cluster (etcd)
+
+    /// Largest response body of one etcd JSON-gateway call, and largest single message of a
+    /// watch stream (`LorikeetCluster`): the whole adapter table read in one range, base64'd
+    /// (4/3) with its JSON per key, fits with room to spare. A bigger response fails that
+    /// call (`EtcdError.responseTooLarge`) and closes its connection; nothing crashes.
+    public static let etcdResponseBytes = 32 * 1024 * 1024
+
     // MARK: Echoes
 
     /// A client-supplied value repeated in a log line, audit record or error message is
@@ -90,6 +98,9 @@ public enum Limits {
         }
         if self.tableFileBytes + envelope > self.channelFrameBytes {
             return "the largest adapter table (\(self.tableFileBytes) bytes) does not fit a control frame"
+        }
+        if self.tableFileBytes / 3 * 4 + self.maxAdaptersCeiling * 1024 + envelope > self.etcdResponseBytes {
+            return "the largest adapter table, read from etcd as base64 JSON, does not fit an etcd response"
         }
         return nil
     }

@@ -5,7 +5,7 @@ lorikeet_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # Installs the Debian packages Lorikeet needs when any is missing.
 lorikeet_install_debian_packages() {
-    local wanted=(libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-venv wrk)
+    local wanted=(libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-venv wrk etcd-server)
     local missing=()
     for package in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
