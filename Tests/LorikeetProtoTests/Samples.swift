@@ -103,6 +103,14 @@ enum Samples {
             )
         ),
         .result(CallResult(status: Status(code: .notFound, message: "no adapter 3"))),
+        .tokenize(
+            TokenizeRequest(
+                promptText: "Hello", messages: [ChatMessage(role: "user", content: "Hi")], addSpecialTokens: true,
+                addGenerationPrompt: true, returnTokenStrs: true)),
+        .tokenizeReply(
+            TokenizeReply(status: Status(code: .invalidArgument, message: "too long"), tokens: [1, 65_000], tokenStrs: ["H", "i"], maxModelLength: 2048)),
+        .detokenize(DetokenizeRequest(tokens: [1, 2, 49_152])),
+        .detokenizeReply(DetokenizeReply(status: Status(code: .internal, message: "x"), prompt: "Hello 你好")),
     ]
 
     /// Envelopes with header fields set, one per body case plus one without a body.
