@@ -6,20 +6,20 @@
 /// are chosen so that no request that passes the edge can produce a frame larger than
 /// the channel it travels on (`Limits.check()` proves the arithmetic at startup and in
 /// the tests).
-public enum Limits {
+package enum Limits {
     // MARK: Channels
 
     /// Largest frame payload on the control channel (supervisor <-> worker), the engine
     /// channel (worker <-> engine) and the admin socket (ops <-> supervisor).
-    public static let channelFrameBytes = 16 * 1024 * 1024
+    package static let channelFrameBytes = 16 * 1024 * 1024
 
     // MARK: HTTP
 
     /// Default `--max-body-bytes`.
-    public static let defaultBodyBytes = 8 * 1024 * 1024
+    package static let defaultBodyBytes = 8 * 1024 * 1024
     /// Largest `--max-body-bytes` an operator may set: a body this large, lowered into an
     /// engine request, still fits a frame with room for the envelope.
-    public static let maxBodyBytesCeiling = 12 * 1024 * 1024
+    package static let maxBodyBytesCeiling = 12 * 1024 * 1024
 
     // MARK: Upstream replicas (upstream mode)
 
@@ -29,45 +29,45 @@ public enum Limits {
     /// worker and its other requests carry on. Streamed answers pass through with back
     /// pressure and are not limited. 32 MiB holds a 32k-token completion with 20 top
     /// logprobs per token (about 25 MiB of JSON).
-    public static let upstreamBodyBytes = 32 * 1024 * 1024
+    package static let upstreamBodyBytes = 32 * 1024 * 1024
 
     // MARK: Adapters
 
     /// `lora_name` (and `model` naming an adapter), in UTF-8 bytes.
-    public static let adapterNameBytes = 256
+    package static let adapterNameBytes = 256
     /// `lora_path`, in UTF-8 bytes (Linux `PATH_MAX`, 4096, less its terminating NUL).
-    public static let adapterPathBytes = 4095
+    package static let adapterPathBytes = 4095
     /// `base_model_name`, in UTF-8 bytes.
-    public static let baseModelNameBytes = 256
+    package static let baseModelNameBytes = 256
     /// Default `--max-adapters`: adapters in the committed table.
-    public static let defaultMaxAdapters = 1024
+    package static let defaultMaxAdapters = 1024
     /// Largest `--max-adapters`: the whole table at its largest still fits one frame.
-    public static let maxAdaptersCeiling = 2048
+    package static let maxAdaptersCeiling = 2048
     /// Operations in one `POST /v1/lora_adapters/batch` or admin batch.
-    public static let batchOperations = 256
+    package static let batchOperations = 256
     /// Worst-case encoded size of one committed adapter record (name, path, base model,
     /// ids, timestamps and protobuf tags).
-    public static let adapterRecordBytes = adapterNameBytes + adapterPathBytes + baseModelNameBytes + 128
+    package static let adapterRecordBytes = adapterNameBytes + adapterPathBytes + baseModelNameBytes + 128
     /// Largest persisted table file: the table at `maxAdaptersCeiling`, plus its header.
-    public static let tableFileBytes = maxAdaptersCeiling * adapterRecordBytes + 4096
+    package static let tableFileBytes = maxAdaptersCeiling * adapterRecordBytes + 4096
 
     // MARK: Generation
 
     /// Bytes of prompt text in one request (`prompt`, or all `messages` contents together).
-    public static let promptBytes = 8 * 1024 * 1024
+    package static let promptBytes = 8 * 1024 * 1024
     /// Token ids in `prompt` given as tokens.
-    public static let promptTokens = 1_000_000
+    package static let promptTokens = 1_000_000
     /// JSON values in one request body (every number, string, array and object counts):
     /// a prompt of `promptTokens` ids plus room for everything else. Bounds the parsed tree.
-    public static let jsonValues = promptTokens + 65_536
+    package static let jsonValues = promptTokens + 65_536
     /// Entries of `messages`.
-    public static let messages = 4096
+    package static let messages = 4096
     /// Entries of `stop`.
-    public static let stopSequences = 16
+    package static let stopSequences = 16
     /// UTF-8 bytes of one `stop` entry.
-    public static let stopSequenceBytes = 256
+    package static let stopSequenceBytes = 256
     /// Entries of `stop_token_ids`.
-    public static let stopTokenIDs = 256
+    package static let stopTokenIDs = 256
 
     // MARK: Cluster (etcd)
 
@@ -75,13 +75,13 @@ public enum Limits {
     /// watch stream (`LorikeetCluster`): the whole adapter table read in one range, base64'd
     /// (4/3) with its JSON per key, fits with room to spare. A bigger response fails that
     /// call (`EtcdError.responseTooLarge`) and closes its connection; nothing crashes.
-    public static let etcdResponseBytes = 32 * 1024 * 1024
+    package static let etcdResponseBytes = 32 * 1024 * 1024
 
     // MARK: Echoes
 
     /// A client-supplied value repeated in a log line, audit record or error message is
     /// cut to this many bytes (with a marker).
-    public static let echoBytes = 256
+    package static let echoBytes = 256
 
     /// Whether the limits above are consistent; the reason when they are not. Checked by
     /// the tests and by `lorikeet serve` at startup (a build that breaks the arithmetic

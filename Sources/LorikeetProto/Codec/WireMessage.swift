@@ -3,7 +3,7 @@ import CLorikeetProto
 /// A top-level message that can be serialized on its own (a channel envelope, or the
 /// adapter table in the state file). Bytes are standard protobuf: any protobuf
 /// library decodes them with the schemas in `proto/`.
-public protocol WireMessage: Sendable {
+package protocol WireMessage: Sendable {
     /// The protobuf serialization of this message.
     func serializedBytes() -> [UInt8]
     /// Parses a protobuf serialization; throws on bytes that are not this message.
@@ -15,11 +15,11 @@ protocol DescribedWireMessage: WireMessage, CMessageConvertible {
 }
 
 extension DescribedWireMessage {
-    public func serializedBytes() -> [UInt8] {
+    package func serializedBytes() -> [UInt8] {
         CMessageCodec.encode(self, descriptor: Self.cDescriptor)
     }
 
-    public init(serializedBytes: some Collection<UInt8>) throws(ProtoDecodingError) {
+    package init(serializedBytes: some Collection<UInt8>) throws(ProtoDecodingError) {
         self = try CMessageCodec.decode(Self.self, from: serializedBytes, descriptor: Self.cDescriptor)
     }
 }

@@ -1,6 +1,6 @@
 /// Why a byte stream is not a valid sequence of frames. Each is fatal for the
 /// connection it came from: the reader logs the reason and closes it.
-public enum FrameError: Error, Equatable, Sendable, CustomStringConvertible {
+package enum FrameError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The length prefix exceeds the configured maximum frame size.
     case frameTooLarge(length: UInt32, maximum: Int)
     /// The flag byte is not 0 (compression and other flags are not supported).
@@ -10,7 +10,7 @@ public enum FrameError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The frame's payload is not a valid message of the channel.
     case invalidMessage(ProtoDecodingError)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .frameTooLarge(let length, let maximum):
             return "frame of \(length) bytes exceeds the maximum of \(maximum) bytes"
@@ -26,14 +26,14 @@ public enum FrameError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// gRPC-style framing shared by every channel: 1 flag byte (0) + 4-byte big-endian
 /// length + payload.
-public enum Frame {
+package enum Frame {
     /// Bytes before the payload.
-    public static let headerSize = 5
+    package static let headerSize = 5
     /// Default maximum payload size of every channel (`Limits.channelFrameBytes`).
-    public static let defaultMaximumSize = Limits.channelFrameBytes
+    package static let defaultMaximumSize = Limits.channelFrameBytes
 
     /// The frame carrying `payload`.
-    public static func encode(_ payload: [UInt8]) -> [UInt8] {
+    package static func encode(_ payload: [UInt8]) -> [UInt8] {
         precondition(payload.count <= Int(UInt32.max), "payload too large to frame")
         var bytes: [UInt8] = []
         bytes.reserveCapacity(payload.count + Self.headerSize)
@@ -48,7 +48,7 @@ public enum Frame {
     }
 
     /// The frame carrying a serialized message.
-    public static func encode(_ message: some WireMessage) -> [UInt8] {
+    package static func encode(_ message: some WireMessage) -> [UInt8] {
         Self.encode(message.serializedBytes())
     }
 
@@ -56,7 +56,7 @@ public enum Frame {
     /// returns the payload length. Shared by every decoder of the format (the blocking
     /// `FrameDecoder` here, the SwiftNIO decoder in `LorikeetChannels`), so the rules live
     /// in one place: flag 0 only, length at most `maximumFrameSize`.
-    public static func payloadLength(flag: UInt8, length: UInt32, maximumFrameSize: Int) throws(FrameError) -> Int {
+    package static func payloadLength(flag: UInt8, length: UInt32, maximumFrameSize: Int) throws(FrameError) -> Int {
         guard flag == 0 else { throw .unsupportedFlag(flag) }
         guard UInt64(length) <= UInt64(maximumFrameSize) else {
             throw .frameTooLarge(length: length, maximum: maximumFrameSize)
@@ -70,27 +70,27 @@ public enum Frame {
 ///
 /// Memory is bounded: a length prefix above `maximumFrameSize` is rejected before any
 /// allocation, and consumed bytes are discarded.
-public struct FrameDecoder: Sendable {
-    public let maximumFrameSize: Int
+package struct FrameDecoder: Sendable {
+    package let maximumFrameSize: Int
     private var buffer: [UInt8] = []
     private var readIndex = 0
     private var failed: FrameError?
 
-    public init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
+    package init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
         self.maximumFrameSize = maximumFrameSize
     }
 
     /// Bytes received but not yet returned as a payload.
-    public var bufferedByteCount: Int { self.buffer.count - self.readIndex }
+    package var bufferedByteCount: Int { self.buffer.count - self.readIndex }
 
     /// Appends received bytes.
-    public mutating func feed(_ bytes: some Sequence<UInt8>) {
+    package mutating func feed(_ bytes: some Sequence<UInt8>) {
         self.buffer.append(contentsOf: bytes)
     }
 
     /// The next complete payload, or nil when more bytes are needed.
     /// After an error the decoder stays failed: the connection must be closed.
-    public mutating func nextPayload() throws(FrameError) -> [UInt8]? {
+    package mutating func nextPayload() throws(FrameError) -> [UInt8]? {
         if let failed = self.failed { throw failed }
         guard self.bufferedByteCount >= Frame.headerSize else { return nil }
         let start = self.readIndex
@@ -111,7 +111,7 @@ public struct FrameDecoder: Sendable {
     }
 
     /// Call at end of stream: throws when the stream ended inside a frame.
-    public func finish() throws(FrameError) {
+    package func finish() throws(FrameError) {
         if let failed = self.failed { throw failed }
         if self.bufferedByteCount > 0 { throw .truncated(bufferedBytes: self.bufferedByteCount) }
     }
@@ -135,19 +135,19 @@ public struct FrameDecoder: Sendable {
 }
 
 /// Frame decoder that also parses each payload as the channel's envelope type.
-public struct MessageDecoder<Message: WireMessage>: Sendable {
+package struct MessageDecoder<Message: WireMessage>: Sendable {
     private var frames: FrameDecoder
 
-    public init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
+    package init(maximumFrameSize: Int = Frame.defaultMaximumSize) {
         self.frames = FrameDecoder(maximumFrameSize: maximumFrameSize)
     }
 
-    public var bufferedByteCount: Int { self.frames.bufferedByteCount }
+    package var bufferedByteCount: Int { self.frames.bufferedByteCount }
 
-    public mutating func feed(_ bytes: some Sequence<UInt8>) { self.frames.feed(bytes) }
+    package mutating func feed(_ bytes: some Sequence<UInt8>) { self.frames.feed(bytes) }
 
     /// The next complete message, or nil when more bytes are needed.
-    public mutating func next() throws(FrameError) -> Message? {
+    package mutating func next() throws(FrameError) -> Message? {
         guard let payload = try self.frames.nextPayload() else { return nil }
         do {
             return try Message(serializedBytes: payload)
@@ -157,5 +157,5 @@ public struct MessageDecoder<Message: WireMessage>: Sendable {
     }
 
     /// Call at end of stream.
-    public func finish() throws(FrameError) { try self.frames.finish() }
+    package func finish() throws(FrameError) { try self.frames.finish() }
 }

@@ -1,14 +1,14 @@
 import CLorikeetProto
 
 /// Empty request bodies of the admin and engine channels.
-public struct EmptyRequest: Sendable, Equatable, CMessageConvertible {
-    public init() {}
+package struct EmptyRequest: Sendable, Equatable, CMessageConvertible {
+    package init() {}
     func write(to writer: CMessageWriter) {}
     init(from reader: CMessageReader) {}
 }
 
 /// The engine process as the supervisor sees it (`lorikeet.v1.EnginePhase`).
-public enum EnginePhase: Int32, Sendable, Equatable, CaseIterable {
+package enum EnginePhase: Int32, Sendable, Equatable, CaseIterable {
     case unspecified = 0
     case starting = 1
     case running = 2
@@ -16,7 +16,7 @@ public enum EnginePhase: Int32, Sendable, Equatable, CaseIterable {
     case upstream = 4
 
     /// The name `lorikeet ctl` prints (and its JSON carries).
-    public var name: String {
+    package var name: String {
         switch self {
         case .unspecified: "unknown"
         case .starting: "starting"
@@ -28,7 +28,7 @@ public enum EnginePhase: Int32, Sendable, Equatable, CaseIterable {
 }
 
 /// A worker slot's process as the supervisor sees it (`lorikeet.v1.WorkerPhase`).
-public enum WorkerPhase: Int32, Sendable, Equatable, CaseIterable {
+package enum WorkerPhase: Int32, Sendable, Equatable, CaseIterable {
     case unspecified = 0
     case starting = 1
     case booting = 2
@@ -39,7 +39,7 @@ public enum WorkerPhase: Int32, Sendable, Equatable, CaseIterable {
     case crashLoop = 7
 
     /// The name `lorikeet ctl` prints (and its JSON carries).
-    public var name: String {
+    package var name: String {
         switch self {
         case .unspecified: "unknown"
         case .starting: "starting"
@@ -54,17 +54,17 @@ public enum WorkerPhase: Int32, Sendable, Equatable, CaseIterable {
 }
 
 /// Supervisor status (`lorikeet.v1.StatusReply`).
-public struct StatusReply: Sendable, Equatable {
-    public var version: String
-    public var uptimeMs: UInt64
-    public var epoch: UInt64
-    public var tableVersion: UInt64
-    public var engine: EnginePhase
-    public var workers: UInt32
-    public var leaderSlot: Int32
-    public var readyWorkers: UInt32
+package struct StatusReply: Sendable, Equatable {
+    package var version: String
+    package var uptimeMs: UInt64
+    package var epoch: UInt64
+    package var tableVersion: UInt64
+    package var engine: EnginePhase
+    package var workers: UInt32
+    package var leaderSlot: Int32
+    package var readyWorkers: UInt32
 
-    public init(
+    package init(
         version: String = "", uptimeMs: UInt64 = 0, epoch: UInt64 = 0, tableVersion: UInt64 = 0, engine: EnginePhase = .unspecified,
         workers: UInt32 = 0, leaderSlot: Int32 = -1, readyWorkers: UInt32 = 0
     ) {
@@ -101,17 +101,17 @@ extension StatusReply: CMessageConvertible {
 }
 
 /// One worker slot as the supervisor sees it.
-public struct WorkerInfo: Sendable, Equatable {
-    public var slot: UInt32
-    public var pid: Int32
-    public var role: WorkerRole
-    public var phase: WorkerPhase
-    public var restarts: UInt32
-    public var lastExit: String
-    public var heartbeatAgeMs: UInt64
-    public var requestsServed: UInt64
+package struct WorkerInfo: Sendable, Equatable {
+    package var slot: UInt32
+    package var pid: Int32
+    package var role: WorkerRole
+    package var phase: WorkerPhase
+    package var restarts: UInt32
+    package var lastExit: String
+    package var heartbeatAgeMs: UInt64
+    package var requestsServed: UInt64
 
-    public init(
+    package init(
         slot: UInt32 = 0, pid: Int32 = 0, role: WorkerRole = .follower, phase: WorkerPhase = .unspecified, restarts: UInt32 = 0,
         lastExit: String = "", heartbeatAgeMs: UInt64 = 0, requestsServed: UInt64 = 0
     ) {
@@ -147,9 +147,9 @@ extension WorkerInfo: CMessageConvertible {
 }
 
 /// The supervisor's worker slots.
-public struct WorkerList: Sendable, Equatable {
-    public var workers: [WorkerInfo]
-    public init(workers: [WorkerInfo] = []) { self.workers = workers }
+package struct WorkerList: Sendable, Equatable {
+    package var workers: [WorkerInfo]
+    package init(workers: [WorkerInfo] = []) { self.workers = workers }
 }
 
 extension WorkerList: CMessageConvertible {
@@ -158,7 +158,7 @@ extension WorkerList: CMessageConvertible {
 }
 
 /// One operation of a batch.
-public enum BatchItem: Sendable, Equatable {
+package enum BatchItem: Sendable, Equatable {
     case load(LoadAdapterRequest)
     case unload(UnloadAdapterRequest)
 }
@@ -180,9 +180,9 @@ extension BatchItem: CMessageConvertible {
 }
 
 /// Loads and unloads run in order; each gets its own result (not all-or-nothing).
-public struct BatchRequest: Sendable, Equatable {
-    public var items: [BatchItem]
-    public init(items: [BatchItem] = []) { self.items = items }
+package struct BatchRequest: Sendable, Equatable {
+    package var items: [BatchItem]
+    package init(items: [BatchItem] = []) { self.items = items }
 }
 
 extension BatchRequest: CMessageConvertible {
@@ -191,9 +191,9 @@ extension BatchRequest: CMessageConvertible {
 }
 
 /// One result per batch item, in order.
-public struct BatchReply: Sendable, Equatable {
-    public var results: [AdapterMutationReply]
-    public init(results: [AdapterMutationReply] = []) { self.results = results }
+package struct BatchReply: Sendable, Equatable {
+    package var results: [AdapterMutationReply]
+    package init(results: [AdapterMutationReply] = []) { self.results = results }
 }
 
 extension BatchReply: CMessageConvertible {
@@ -202,9 +202,9 @@ extension BatchReply: CMessageConvertible {
 }
 
 /// Scale the worker pool to `workers` slots.
-public struct ScaleRequest: Sendable, Equatable {
-    public var workers: UInt32
-    public init(workers: UInt32 = 0) { self.workers = workers }
+package struct ScaleRequest: Sendable, Equatable {
+    package var workers: UInt32
+    package init(workers: UInt32 = 0) { self.workers = workers }
 }
 
 extension ScaleRequest: CMessageConvertible {
@@ -213,9 +213,9 @@ extension ScaleRequest: CMessageConvertible {
 }
 
 /// Drain (and replace) the worker in one slot.
-public struct DrainWorkerRequest: Sendable, Equatable {
-    public var slot: UInt32
-    public init(slot: UInt32 = 0) { self.slot = slot }
+package struct DrainWorkerRequest: Sendable, Equatable {
+    package var slot: UInt32
+    package init(slot: UInt32 = 0) { self.slot = slot }
 }
 
 extension DrainWorkerRequest: CMessageConvertible {
@@ -224,9 +224,9 @@ extension DrainWorkerRequest: CMessageConvertible {
 }
 
 /// Stop the whole server (graceful unless `fast`).
-public struct StopRequest: Sendable, Equatable {
-    public var fast: Bool
-    public init(fast: Bool = false) { self.fast = fast }
+package struct StopRequest: Sendable, Equatable {
+    package var fast: Bool
+    package init(fast: Bool = false) { self.fast = fast }
 }
 
 extension StopRequest: CMessageConvertible {
@@ -235,9 +235,9 @@ extension StopRequest: CMessageConvertible {
 }
 
 /// Reply to calls that only report success or failure (admin and engine channels).
-public struct CallResult: Sendable, Equatable {
-    public var status: Status
-    public init(status: Status = .ok) { self.status = status }
+package struct CallResult: Sendable, Equatable {
+    package var status: Status
+    package init(status: Status = .ok) { self.status = status }
 }
 
 extension CallResult: CMessageConvertible {
@@ -246,13 +246,13 @@ extension CallResult: CMessageConvertible {
 }
 
 /// One frame of the admin channel (`lorikeet.v1.AdminEnvelope`).
-public struct AdminEnvelope: Sendable, Equatable {
-    public var callID: UInt64
-    public var deadlineUnixMs: UInt64
-    public var body: Body?
+package struct AdminEnvelope: Sendable, Equatable {
+    package var callID: UInt64
+    package var deadlineUnixMs: UInt64
+    package var body: Body?
 
     /// The message the envelope carries.
-    public enum Body: Sendable, Equatable {
+    package enum Body: Sendable, Equatable {
         case status
         case statusReply(StatusReply)
         case listWorkers
@@ -271,7 +271,7 @@ public struct AdminEnvelope: Sendable, Equatable {
         case result(CallResult)
     }
 
-    public init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
+    package init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
         self.callID = callID
         self.deadlineUnixMs = deadlineUnixMs
         self.body = body

@@ -1,7 +1,7 @@
 import CLorikeetProto
 
 /// gRPC status codes, as carried by `lorikeet.v1.Code` on every channel.
-public enum StatusCode: Int32, Sendable, CaseIterable, CustomStringConvertible {
+package enum StatusCode: Int32, Sendable, CaseIterable, CustomStringConvertible {
     case ok = 0
     case cancelled = 1
     case unknown = 2
@@ -19,9 +19,9 @@ public enum StatusCode: Int32, Sendable, CaseIterable, CustomStringConvertible {
     case unavailable = 14
 
     /// The code for a wire value; values this version does not know read as `.unknown`.
-    public init(wireValue: Int32) { self = StatusCode(rawValue: wireValue) ?? .unknown }
+    package init(wireValue: Int32) { self = StatusCode(rawValue: wireValue) ?? .unknown }
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .ok: "OK"
         case .cancelled: "CANCELLED"
@@ -44,20 +44,20 @@ public enum StatusCode: Int32, Sendable, CaseIterable, CustomStringConvertible {
 
 /// Outcome of a call (`lorikeet.v1.Status`): a gRPC code, a message for humans and
 /// optionally the request field at fault (becomes OpenAI's `param`).
-public struct Status: Sendable, Equatable, Error, CustomStringConvertible {
-    public var code: StatusCode
-    public var message: String
-    public var param: String
+package struct Status: Sendable, Equatable, Error, CustomStringConvertible {
+    package var code: StatusCode
+    package var message: String
+    package var param: String
 
-    public init(code: StatusCode = .ok, message: String = "", param: String = "") {
+    package init(code: StatusCode = .ok, message: String = "", param: String = "") {
         self.code = code
         self.message = message
         self.param = param
     }
 
-    public static let ok = Status()
-    public var isOK: Bool { self.code == .ok }
-    public var description: String { "\(self.code): \(self.message)" }
+    package static let ok = Status()
+    package var isOK: Bool { self.code == .ok }
+    package var description: String { "\(self.code): \(self.message)" }
 }
 
 extension Status: CMessageConvertible {
@@ -77,18 +77,18 @@ extension Status: CMessageConvertible {
 }
 
 /// One entry of the committed adapter table (`lorikeet.v1.Adapter`).
-public struct AdapterRecord: Sendable, Equatable {
-    public var name: String
+package struct AdapterRecord: Sendable, Equatable {
+    package var name: String
     /// vLLM's `lora_int_id`: starts at 1, never reused for another adapter.
-    public var intID: UInt64
+    package var intID: UInt64
     /// Canonical absolute path (symlinks resolved).
-    public var path: String
-    public var baseModel: String
-    public var loadInplace: Bool
-    public var pinned: Bool
-    public var loadedAtUnixMs: Int64
+    package var path: String
+    package var baseModel: String
+    package var loadInplace: Bool
+    package var pinned: Bool
+    package var loadedAtUnixMs: Int64
 
-    public init(
+    package init(
         name: String, intID: UInt64, path: String, baseModel: String = "", loadInplace: Bool = false,
         pinned: Bool = false, loadedAtUnixMs: Int64 = 0
     ) {
@@ -124,13 +124,13 @@ extension AdapterRecord: CMessageConvertible {
 
 /// The whole adapter table at one version (`lorikeet.v1.AdapterTable`); also the
 /// content of the supervisor's state file.
-public struct AdapterTable: Sendable, Equatable {
-    public var version: UInt64
-    public var adapters: [AdapterRecord]
+package struct AdapterTable: Sendable, Equatable {
+    package var version: UInt64
+    package var adapters: [AdapterRecord]
     /// The id the next new adapter gets (ids are never reused).
-    public var nextIntID: UInt64
+    package var nextIntID: UInt64
 
-    public init(version: UInt64 = 0, adapters: [AdapterRecord] = [], nextIntID: UInt64 = 1) {
+    package init(version: UInt64 = 0, adapters: [AdapterRecord] = [], nextIntID: UInt64 = 1) {
         self.version = version
         self.adapters = adapters
         self.nextIntID = nextIntID
@@ -155,18 +155,18 @@ extension AdapterTable: DescribedWireMessage {
 }
 
 /// Load an adapter (vLLM `POST /v1/load_lora_adapter`), as routed between processes.
-public struct LoadAdapterRequest: Sendable, Equatable {
-    public var name: String
-    public var path: String
-    public var loadInplace: Bool
-    public var pinned: Bool
-    public var baseModel: String
+package struct LoadAdapterRequest: Sendable, Equatable {
+    package var name: String
+    package var path: String
+    package var loadInplace: Bool
+    package var pinned: Bool
+    package var baseModel: String
     /// Worker slot that received the call; -1 for the admin socket.
-    public var originSlot: Int32
+    package var originSlot: Int32
     /// Caller address, for the audit log.
-    public var caller: String
+    package var caller: String
 
-    public init(
+    package init(
         name: String, path: String, loadInplace: Bool = false, pinned: Bool = false, baseModel: String = "",
         originSlot: Int32 = -1, caller: String = ""
     ) {
@@ -201,14 +201,14 @@ extension LoadAdapterRequest: CMessageConvertible {
 }
 
 /// Unload an adapter (vLLM `POST /v1/unload_lora_adapter`).
-public struct UnloadAdapterRequest: Sendable, Equatable {
-    public var name: String
+package struct UnloadAdapterRequest: Sendable, Equatable {
+    package var name: String
     /// 0 = do not check the id.
-    public var intID: UInt64
-    public var originSlot: Int32
-    public var caller: String
+    package var intID: UInt64
+    package var originSlot: Int32
+    package var caller: String
 
-    public init(name: String, intID: UInt64 = 0, originSlot: Int32 = -1, caller: String = "") {
+    package init(name: String, intID: UInt64 = 0, originSlot: Int32 = -1, caller: String = "") {
         self.name = name
         self.intID = intID
         self.originSlot = originSlot
@@ -233,12 +233,12 @@ extension UnloadAdapterRequest: CMessageConvertible {
 }
 
 /// Result of one load or unload.
-public struct AdapterMutationReply: Sendable, Equatable {
-    public var status: Status
-    public var adapter: AdapterRecord?
-    public var tableVersion: UInt64
+package struct AdapterMutationReply: Sendable, Equatable {
+    package var status: Status
+    package var adapter: AdapterRecord?
+    package var tableVersion: UInt64
 
-    public init(status: Status = .ok, adapter: AdapterRecord? = nil, tableVersion: UInt64 = 0) {
+    package init(status: Status = .ok, adapter: AdapterRecord? = nil, tableVersion: UInt64 = 0) {
         self.status = status
         self.adapter = adapter
         self.tableVersion = tableVersion

@@ -1,17 +1,17 @@
 import CLorikeetProto
 
 /// A worker's role, chosen by the supervisor (`lorikeet.v1.Role`).
-public enum WorkerRole: Int32, Sendable, Equatable {
+package enum WorkerRole: Int32, Sendable, Equatable {
     case follower = 0
     case leader = 1
 }
 
 /// Worker -> supervisor, the first frame after start.
-public struct Hello: Sendable, Equatable {
-    public var workerID: UInt32
-    public var pid: Int32
-    public var version: String
-    public init(workerID: UInt32 = 0, pid: Int32 = 0, version: String = "") {
+package struct Hello: Sendable, Equatable {
+    package var workerID: UInt32
+    package var pid: Int32
+    package var version: String
+    package init(workerID: UInt32 = 0, pid: Int32 = 0, version: String = "") {
         self.workerID = workerID
         self.pid = pid
         self.version = version
@@ -30,9 +30,9 @@ extension Hello: CMessageConvertible {
 }
 
 /// Worker -> supervisor: the snapshot is applied and HTTP is being served.
-public struct Ready: Sendable, Equatable {
-    public var tableVersion: UInt64
-    public init(tableVersion: UInt64 = 0) { self.tableVersion = tableVersion }
+package struct Ready: Sendable, Equatable {
+    package var tableVersion: UInt64
+    package init(tableVersion: UInt64 = 0) { self.tableVersion = tableVersion }
 }
 
 extension Ready: CMessageConvertible {
@@ -41,11 +41,11 @@ extension Ready: CMessageConvertible {
 }
 
 /// Liveness ping, both ways; the reply echoes `seq`.
-public struct Heartbeat: Sendable, Equatable {
-    public var seq: UInt64
-    public var requestsServed: UInt64
-    public var inFlight: UInt32
-    public init(seq: UInt64 = 0, requestsServed: UInt64 = 0, inFlight: UInt32 = 0) {
+package struct Heartbeat: Sendable, Equatable {
+    package var seq: UInt64
+    package var requestsServed: UInt64
+    package var inFlight: UInt32
+    package init(seq: UInt64 = 0, requestsServed: UInt64 = 0, inFlight: UInt32 = 0) {
         self.seq = seq
         self.requestsServed = requestsServed
         self.inFlight = inFlight
@@ -64,11 +64,11 @@ extension Heartbeat: CMessageConvertible {
 }
 
 /// Supervisor -> worker: the worker's role, the leader epoch and the engine to use.
-public struct RoleAssignment: Sendable, Equatable {
-    public var role: WorkerRole
-    public var epoch: UInt64
-    public var engineSocket: String
-    public init(role: WorkerRole = .follower, epoch: UInt64 = 0, engineSocket: String = "") {
+package struct RoleAssignment: Sendable, Equatable {
+    package var role: WorkerRole
+    package var epoch: UInt64
+    package var engineSocket: String
+    package init(role: WorkerRole = .follower, epoch: UInt64 = 0, engineSocket: String = "") {
         self.role = role
         self.epoch = epoch
         self.engineSocket = engineSocket
@@ -91,9 +91,9 @@ extension RoleAssignment: CMessageConvertible {
 }
 
 /// Supervisor -> worker: replace the replica with this table.
-public struct TableSnapshot: Sendable, Equatable {
-    public var table: AdapterTable
-    public init(table: AdapterTable = AdapterTable()) { self.table = table }
+package struct TableSnapshot: Sendable, Equatable {
+    package var table: AdapterTable
+    package init(table: AdapterTable = AdapterTable()) { self.table = table }
 }
 
 extension TableSnapshot: CMessageConvertible {
@@ -105,12 +105,12 @@ extension TableSnapshot: CMessageConvertible {
 
 /// A change of the adapter table: committed (supervisor -> workers) or proposed
 /// (leader -> supervisor inside `CommitRequest`).
-public struct TableChange: Sendable, Equatable {
-    public var version: UInt64
-    public var upserts: [AdapterRecord]
-    public var removes: [String]
-    public var nextIntID: UInt64
-    public init(version: UInt64 = 0, upserts: [AdapterRecord] = [], removes: [String] = [], nextIntID: UInt64 = 0) {
+package struct TableChange: Sendable, Equatable {
+    package var version: UInt64
+    package var upserts: [AdapterRecord]
+    package var removes: [String]
+    package var nextIntID: UInt64
+    package init(version: UInt64 = 0, upserts: [AdapterRecord] = [], removes: [String] = [], nextIntID: UInt64 = 0) {
         self.version = version
         self.upserts = upserts
         self.removes = removes
@@ -134,9 +134,9 @@ extension TableChange: CMessageConvertible {
 }
 
 /// Worker -> supervisor: the change at this version is applied.
-public struct TableChangeAck: Sendable, Equatable {
-    public var version: UInt64
-    public init(version: UInt64 = 0) { self.version = version }
+package struct TableChangeAck: Sendable, Equatable {
+    package var version: UInt64
+    package init(version: UInt64 = 0) { self.version = version }
 }
 
 extension TableChangeAck: CMessageConvertible {
@@ -145,11 +145,11 @@ extension TableChangeAck: CMessageConvertible {
 }
 
 /// Leader -> supervisor: persist and fan out this change.
-public struct CommitRequest: Sendable, Equatable {
-    public var epoch: UInt64
-    public var baseVersion: UInt64
-    public var change: TableChange
-    public init(epoch: UInt64 = 0, baseVersion: UInt64 = 0, change: TableChange = TableChange()) {
+package struct CommitRequest: Sendable, Equatable {
+    package var epoch: UInt64
+    package var baseVersion: UInt64
+    package var change: TableChange
+    package init(epoch: UInt64 = 0, baseVersion: UInt64 = 0, change: TableChange = TableChange()) {
         self.epoch = epoch
         self.baseVersion = baseVersion
         self.change = change
@@ -171,10 +171,10 @@ extension CommitRequest: CMessageConvertible {
 }
 
 /// Supervisor -> leader: the change is durable and applied by every ready worker.
-public struct CommitReply: Sendable, Equatable {
-    public var status: Status
-    public var version: UInt64
-    public init(status: Status = .ok, version: UInt64 = 0) {
+package struct CommitReply: Sendable, Equatable {
+    package var status: Status
+    package var version: UInt64
+    package init(status: Status = .ok, version: UInt64 = 0) {
         self.status = status
         self.version = version
     }
@@ -191,11 +191,11 @@ extension CommitReply: CMessageConvertible {
 }
 
 /// Supervisor -> worker: stop accepting, finish in-flight work within `graceMs`, exit.
-public struct Drain: Sendable, Equatable {
-    public var graceMs: UInt32
+package struct Drain: Sendable, Equatable {
+    package var graceMs: UInt32
     /// No process inherits the slot's listener (scale-down): close it at once.
-    public var listenerRetired: Bool
-    public init(graceMs: UInt32 = 0, listenerRetired: Bool = false) {
+    package var listenerRetired: Bool
+    package init(graceMs: UInt32 = 0, listenerRetired: Bool = false) {
         self.graceMs = graceMs
         self.listenerRetired = listenerRetired
     }
@@ -212,9 +212,9 @@ extension Drain: CMessageConvertible {
 }
 
 /// Supervisor -> worker: exit now.
-public struct Shutdown: Sendable, Equatable {
-    public var fast: Bool
-    public init(fast: Bool = false) { self.fast = fast }
+package struct Shutdown: Sendable, Equatable {
+    package var fast: Bool
+    package init(fast: Bool = false) { self.fast = fast }
 }
 
 extension Shutdown: CMessageConvertible {
@@ -223,15 +223,15 @@ extension Shutdown: CMessageConvertible {
 }
 
 /// One frame of the control channel (supervisor <-> worker, `lorikeet.v1.ControlEnvelope`).
-public struct ControlEnvelope: Sendable, Equatable {
+package struct ControlEnvelope: Sendable, Equatable {
     /// Correlates a reply with its call; 0 for one-way messages.
-    public var callID: UInt64
+    package var callID: UInt64
     /// Unix ms after which the caller no longer waits; 0 = none.
-    public var deadlineUnixMs: UInt64
-    public var body: Body?
+    package var deadlineUnixMs: UInt64
+    package var body: Body?
 
     /// The message the envelope carries.
-    public enum Body: Sendable, Equatable {
+    package enum Body: Sendable, Equatable {
         case hello(Hello)
         case ready(Ready)
         case heartbeat(Heartbeat)
@@ -248,7 +248,7 @@ public struct ControlEnvelope: Sendable, Equatable {
         case shutdown(Shutdown)
     }
 
-    public init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
+    package init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
         self.callID = callID
         self.deadlineUnixMs = deadlineUnixMs
         self.body = body

@@ -1,21 +1,21 @@
 import CLorikeetProto
 
 /// Sampling settings of one generation (`lorikeet.v1.SamplingParams`).
-public struct SamplingParams: Sendable, Equatable {
-    public var maxTokens: UInt32
+package struct SamplingParams: Sendable, Equatable {
+    package var maxTokens: UInt32
     /// 0 = greedy.
-    public var temperature: Float
+    package var temperature: Float
     /// 0 or 1 = off.
-    public var topP: Float
+    package var topP: Float
     /// 0 = off.
-    public var topK: UInt32
+    package var topK: UInt32
     /// Same seed, same tokens; nil = random.
-    public var seed: UInt64?
-    public var stop: [String]
-    public var stopTokenIDs: [UInt32]
-    public var ignoreEOS: Bool
+    package var seed: UInt64?
+    package var stop: [String]
+    package var stopTokenIDs: [UInt32]
+    package var ignoreEOS: Bool
 
-    public init(
+    package init(
         maxTokens: UInt32 = 16, temperature: Float = 0, topP: Float = 1, topK: UInt32 = 0, seed: UInt64? = nil,
         stop: [String] = [], stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false
     ) {
@@ -52,11 +52,11 @@ extension SamplingParams: CMessageConvertible {
 }
 
 /// The adapter a request runs with.
-public struct AdapterRef: Sendable, Equatable {
-    public var name: String
-    public var intID: UInt64
-    public var path: String
-    public init(name: String = "", intID: UInt64 = 0, path: String = "") {
+package struct AdapterRef: Sendable, Equatable {
+    package var name: String
+    package var intID: UInt64
+    package var path: String
+    package init(name: String = "", intID: UInt64 = 0, path: String = "") {
         self.name = name
         self.intID = intID
         self.path = path
@@ -75,10 +75,10 @@ extension AdapterRef: CMessageConvertible {
 }
 
 /// One chat message (OpenAI `messages[]` entry), rendered by the engine's chat template.
-public struct ChatMessage: Sendable, Equatable {
-    public var role: String
-    public var content: String
-    public init(role: String, content: String) {
+package struct ChatMessage: Sendable, Equatable {
+    package var role: String
+    package var content: String
+    package init(role: String, content: String) {
         self.role = role
         self.content = content
     }
@@ -93,16 +93,16 @@ extension ChatMessage: CMessageConvertible {
 }
 
 /// A generation request; the prompt is tokens, text, or chat messages.
-public struct GenerateRequest: Sendable, Equatable {
-    public var requestID: String
-    public var promptTokens: [UInt32]
-    public var promptText: String
-    public var messages: [ChatMessage]
-    public var sampling: SamplingParams
+package struct GenerateRequest: Sendable, Equatable {
+    package var requestID: String
+    package var promptTokens: [UInt32]
+    package var promptText: String
+    package var messages: [ChatMessage]
+    package var sampling: SamplingParams
     /// nil = base model.
-    public var adapter: AdapterRef?
+    package var adapter: AdapterRef?
 
-    public init(
+    package init(
         requestID: String, promptTokens: [UInt32] = [], promptText: String = "", messages: [ChatMessage] = [],
         sampling: SamplingParams = SamplingParams(), adapter: AdapterRef? = nil
     ) {
@@ -134,10 +134,10 @@ extension GenerateRequest: CMessageConvertible {
 }
 
 /// Token counts of a finished request.
-public struct Usage: Sendable, Equatable {
-    public var promptTokens: UInt32
-    public var completionTokens: UInt32
-    public init(promptTokens: UInt32 = 0, completionTokens: UInt32 = 0) {
+package struct Usage: Sendable, Equatable {
+    package var promptTokens: UInt32
+    package var completionTokens: UInt32
+    package init(promptTokens: UInt32 = 0, completionTokens: UInt32 = 0) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
     }
@@ -154,16 +154,16 @@ extension Usage: CMessageConvertible {
 }
 
 /// A piece of a generation stream; the last one has a non-empty `finishReason`.
-public struct GenerateChunk: Sendable, Equatable {
-    public var requestID: String
-    public var tokens: [UInt32]
-    public var text: String
+package struct GenerateChunk: Sendable, Equatable {
+    package var requestID: String
+    package var tokens: [UInt32]
+    package var text: String
     /// "" while running; then "stop", "length", "abort" or "error".
-    public var finishReason: String
-    public var usage: Usage?
-    public var status: Status
+    package var finishReason: String
+    package var usage: Usage?
+    package var status: Status
 
-    public init(
+    package init(
         requestID: String = "", tokens: [UInt32] = [], text: String = "", finishReason: String = "", usage: Usage? = nil,
         status: Status = .ok
     ) {
@@ -195,9 +195,9 @@ extension GenerateChunk: CMessageConvertible {
 }
 
 /// Abort a running generation.
-public struct AbortRequest: Sendable, Equatable {
-    public var requestID: String
-    public init(requestID: String) { self.requestID = requestID }
+package struct AbortRequest: Sendable, Equatable {
+    package var requestID: String
+    package init(requestID: String) { self.requestID = requestID }
 }
 
 extension AbortRequest: CMessageConvertible {
@@ -206,15 +206,15 @@ extension AbortRequest: CMessageConvertible {
 }
 
 /// Load adapter weights into the engine (leader only; carries the leader epoch).
-public struct AddAdapterRequest: Sendable, Equatable {
-    public var epoch: UInt64
-    public var name: String
-    public var intID: UInt64
-    public var path: String
-    public var pinned: Bool
+package struct AddAdapterRequest: Sendable, Equatable {
+    package var epoch: UInt64
+    package var name: String
+    package var intID: UInt64
+    package var path: String
+    package var pinned: Bool
     /// Replace the weights of an adapter already loaded under this id.
-    public var replace: Bool
-    public init(epoch: UInt64 = 0, name: String = "", intID: UInt64 = 0, path: String = "", pinned: Bool = false, replace: Bool = false) {
+    package var replace: Bool
+    package init(epoch: UInt64 = 0, name: String = "", intID: UInt64 = 0, path: String = "", pinned: Bool = false, replace: Bool = false) {
         self.epoch = epoch
         self.name = name
         self.intID = intID
@@ -242,10 +242,10 @@ extension AddAdapterRequest: CMessageConvertible {
 }
 
 /// Remove adapter weights from the engine (leader only).
-public struct RemoveAdapterRequest: Sendable, Equatable {
-    public var epoch: UInt64
-    public var intID: UInt64
-    public init(epoch: UInt64 = 0, intID: UInt64 = 0) {
+package struct RemoveAdapterRequest: Sendable, Equatable {
+    package var epoch: UInt64
+    package var intID: UInt64
+    package init(epoch: UInt64 = 0, intID: UInt64 = 0) {
         self.epoch = epoch
         self.intID = intID
     }
@@ -260,11 +260,11 @@ extension RemoveAdapterRequest: CMessageConvertible {
 }
 
 /// Pin (exempt from eviction) or unpin an adapter (leader only).
-public struct PinAdapterRequest: Sendable, Equatable {
-    public var epoch: UInt64
-    public var intID: UInt64
-    public var pinned: Bool
-    public init(epoch: UInt64 = 0, intID: UInt64 = 0, pinned: Bool = false) {
+package struct PinAdapterRequest: Sendable, Equatable {
+    package var epoch: UInt64
+    package var intID: UInt64
+    package var pinned: Bool
+    package init(epoch: UInt64 = 0, intID: UInt64 = 0, pinned: Bool = false) {
         self.epoch = epoch
         self.intID = intID
         self.pinned = pinned
@@ -283,14 +283,14 @@ extension PinAdapterRequest: CMessageConvertible {
 }
 
 /// An adapter as the engine holds it.
-public struct EngineAdapter: Sendable, Equatable {
-    public var name: String
-    public var intID: UInt64
-    public var path: String
-    public var pinned: Bool
-    public var active: Bool
-    public var rank: UInt32
-    public init(name: String = "", intID: UInt64 = 0, path: String = "", pinned: Bool = false, active: Bool = false, rank: UInt32 = 0) {
+package struct EngineAdapter: Sendable, Equatable {
+    package var name: String
+    package var intID: UInt64
+    package var path: String
+    package var pinned: Bool
+    package var active: Bool
+    package var rank: UInt32
+    package init(name: String = "", intID: UInt64 = 0, path: String = "", pinned: Bool = false, active: Bool = false, rank: UInt32 = 0) {
         self.name = name
         self.intID = intID
         self.path = path
@@ -318,9 +318,9 @@ extension EngineAdapter: CMessageConvertible {
 }
 
 /// The engine's adapters.
-public struct EngineAdapterList: Sendable, Equatable {
-    public var adapters: [EngineAdapter]
-    public init(adapters: [EngineAdapter] = []) { self.adapters = adapters }
+package struct EngineAdapterList: Sendable, Equatable {
+    package var adapters: [EngineAdapter]
+    package init(adapters: [EngineAdapter] = []) { self.adapters = adapters }
 }
 
 extension EngineAdapterList: CMessageConvertible {
@@ -329,11 +329,11 @@ extension EngineAdapterList: CMessageConvertible {
 }
 
 /// Engine health.
-public struct HealthReply: Sendable, Equatable {
-    public var status: Status
-    public var maxEpoch: UInt64
-    public var runningRequests: UInt32
-    public init(status: Status = .ok, maxEpoch: UInt64 = 0, runningRequests: UInt32 = 0) {
+package struct HealthReply: Sendable, Equatable {
+    package var status: Status
+    package var maxEpoch: UInt64
+    package var runningRequests: UInt32
+    package init(status: Status = .ok, maxEpoch: UInt64 = 0, runningRequests: UInt32 = 0) {
         self.status = status
         self.maxEpoch = maxEpoch
         self.runningRequests = runningRequests
@@ -355,17 +355,17 @@ extension HealthReply: CMessageConvertible {
 }
 
 /// What model the engine serves and its limits.
-public struct ModelInfo: Sendable, Equatable {
-    public var modelName: String
-    public var architecture: String
-    public var vocabSize: UInt32
-    public var contextLength: UInt32
-    public var maxLoras: UInt32
-    public var maxCPULoras: UInt32
-    public var maxLoraRank: UInt32
-    public var eosTokenIDs: [UInt32]
+package struct ModelInfo: Sendable, Equatable {
+    package var modelName: String
+    package var architecture: String
+    package var vocabSize: UInt32
+    package var contextLength: UInt32
+    package var maxLoras: UInt32
+    package var maxCPULoras: UInt32
+    package var maxLoraRank: UInt32
+    package var eosTokenIDs: [UInt32]
 
-    public init(
+    package init(
         modelName: String = "", architecture: String = "", vocabSize: UInt32 = 0, contextLength: UInt32 = 0,
         maxLoras: UInt32 = 0, maxCPULoras: UInt32 = 0, maxLoraRank: UInt32 = 0, eosTokenIDs: [UInt32] = []
     ) {
@@ -402,13 +402,13 @@ extension ModelInfo: CMessageConvertible {
 }
 
 /// One frame of the engine channel (`lorikeet.v1.EngineEnvelope`).
-public struct EngineEnvelope: Sendable, Equatable {
-    public var callID: UInt64
-    public var deadlineUnixMs: UInt64
-    public var body: Body?
+package struct EngineEnvelope: Sendable, Equatable {
+    package var callID: UInt64
+    package var deadlineUnixMs: UInt64
+    package var body: Body?
 
     /// The message the envelope carries.
-    public enum Body: Sendable, Equatable {
+    package enum Body: Sendable, Equatable {
         case generate(GenerateRequest)
         case chunk(GenerateChunk)
         case abort(AbortRequest)
@@ -428,7 +428,7 @@ public struct EngineEnvelope: Sendable, Equatable {
         case detokenizeReply(DetokenizeReply)
     }
 
-    public init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
+    package init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
         self.callID = callID
         self.deadlineUnixMs = deadlineUnixMs
         self.body = body

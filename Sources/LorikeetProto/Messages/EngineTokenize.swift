@@ -2,17 +2,17 @@ import CLorikeetProto
 
 /// vLLM's `POST /tokenize` as an engine call (`lorikeet.v1.TokenizeRequest`): the text of
 /// `promptText`, or `messages` rendered with the model's chat template.
-public struct TokenizeRequest: Sendable, Equatable {
-    public var promptText: String
-    public var messages: [ChatMessage]
+package struct TokenizeRequest: Sendable, Equatable {
+    package var promptText: String
+    package var messages: [ChatMessage]
     /// Prepend BOS when the model adds one (vLLM's `add_special_tokens`).
-    public var addSpecialTokens: Bool
+    package var addSpecialTokens: Bool
     /// Chat form: end with the assistant turn opener (vLLM's `add_generation_prompt`).
-    public var addGenerationPrompt: Bool
+    package var addGenerationPrompt: Bool
     /// Also return each token's vocabulary piece (vLLM's `return_token_strs`).
-    public var returnTokenStrs: Bool
+    package var returnTokenStrs: Bool
 
-    public init(
+    package init(
         promptText: String = "", messages: [ChatMessage] = [], addSpecialTokens: Bool = true, addGenerationPrompt: Bool = true,
         returnTokenStrs: Bool = false
     ) {
@@ -42,15 +42,15 @@ extension TokenizeRequest: CMessageConvertible {
 
 /// The answer to a `TokenizeRequest` (`lorikeet.v1.TokenizeReply`): vLLM's
 /// `TokenizeResponse` less `count` (the worker adds it).
-public struct TokenizeReply: Sendable, Equatable {
-    public var status: Status
-    public var tokens: [UInt32]
+package struct TokenizeReply: Sendable, Equatable {
+    package var status: Status
+    package var tokens: [UInt32]
     /// One vocabulary piece per token, only when asked for.
-    public var tokenStrs: [String]
+    package var tokenStrs: [String]
     /// The engine's context length.
-    public var maxModelLength: UInt32
+    package var maxModelLength: UInt32
 
-    public init(status: Status = .ok, tokens: [UInt32] = [], tokenStrs: [String] = [], maxModelLength: UInt32 = 0) {
+    package init(status: Status = .ok, tokens: [UInt32] = [], tokenStrs: [String] = [], maxModelLength: UInt32 = 0) {
         self.status = status
         self.tokens = tokens
         self.tokenStrs = tokenStrs
@@ -73,9 +73,9 @@ extension TokenizeReply: CMessageConvertible {
 }
 
 /// vLLM's `POST /detokenize` as an engine call (`lorikeet.v1.DetokenizeRequest`).
-public struct DetokenizeRequest: Sendable, Equatable {
-    public var tokens: [UInt32]
-    public init(tokens: [UInt32] = []) { self.tokens = tokens }
+package struct DetokenizeRequest: Sendable, Equatable {
+    package var tokens: [UInt32]
+    package init(tokens: [UInt32] = []) { self.tokens = tokens }
 }
 
 extension DetokenizeRequest: CMessageConvertible {
@@ -84,10 +84,10 @@ extension DetokenizeRequest: CMessageConvertible {
 }
 
 /// The answer to a `DetokenizeRequest` (`lorikeet.v1.DetokenizeReply`).
-public struct DetokenizeReply: Sendable, Equatable {
-    public var status: Status
-    public var prompt: String
-    public init(status: Status = .ok, prompt: String = "") {
+package struct DetokenizeReply: Sendable, Equatable {
+    package var status: Status
+    package var prompt: String
+    package init(status: Status = .ok, prompt: String = "") {
         self.status = status
         self.prompt = prompt
     }

@@ -3,11 +3,11 @@
 /// (`AdapterRequestRules`), the supervisor (routed and admin mutations, and every committed
 /// record in `TableRules`), and the engine (`AddAdapter`). Each failure is an
 /// INVALID_ARGUMENT whose `param` names the field; the message never repeats the value.
-public enum AdapterFieldRules {
+package enum AdapterFieldRules {
     /// Why these fields are not acceptable, or nil. `path`/`baseModel` nil: not checked.
     /// An empty path passes here (committed records of upstream replicas may carry none;
     /// a load's path is required by the path policy that resolves it).
-    public static func problem(name: String, path: String? = nil, baseModel: String? = nil) -> Status? {
+    package static func problem(name: String, path: String? = nil, baseModel: String? = nil) -> Status? {
         let fields: [(value: String?, field: String, limit: Int, allowEmpty: Bool)] = [
             (name, "lora_name", Limits.adapterNameBytes, false),
             (path, "lora_path", Limits.adapterPathBytes, true),
@@ -25,19 +25,19 @@ public enum AdapterFieldRules {
 
 extension LoadAdapterRequest {
     /// `AdapterFieldRules` on this request's name, path and base model name.
-    public var fieldProblem: Status? {
+    package var fieldProblem: Status? {
         AdapterFieldRules.problem(name: self.name, path: self.path, baseModel: self.baseModel)
     }
 }
 
 extension UnloadAdapterRequest {
     /// `AdapterFieldRules` on this request's name.
-    public var fieldProblem: Status? { AdapterFieldRules.problem(name: self.name) }
+    package var fieldProblem: Status? { AdapterFieldRules.problem(name: self.name) }
 }
 
 extension AdapterRecord {
     /// `AdapterFieldRules` on this record's name, path and base model name.
-    public var fieldProblem: Status? {
+    package var fieldProblem: Status? {
         AdapterFieldRules.problem(name: self.name, path: self.path, baseModel: self.baseModel)
     }
 }

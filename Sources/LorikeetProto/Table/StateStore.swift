@@ -1,14 +1,14 @@
 import Glibc
 
 /// Why the state directory or the state file could not be used.
-public enum StateStoreError: Error, CustomStringConvertible {
+package enum StateStoreError: Error, CustomStringConvertible {
     case io(path: String, call: String, errno: Int32)
     case corrupt(path: String, reason: String)
     /// The state directory is not safe to trust (a symlink, someone else's, writable by
     /// others): `reason` says what is wrong, `fix` what to do.
     case untrustedDirectory(path: String, reason: String, fix: String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .io(let path, let call, let code):
             return "\(call) \(path) failed: \(String(cString: strerror(code)))"
@@ -25,9 +25,9 @@ public enum StateStoreError: Error, CustomStringConvertible {
 /// directory (not a symlink), owned by this process's effective uid and not writable by
 /// group or others. Anything else could let another local user swap the table, the audit
 /// log or the sockets under the server.
-public enum StateDirectory {
+package enum StateDirectory {
     /// Creates `path` (mode 0700) if it does not exist, then checks it can be trusted.
-    public static func prepare(_ path: String) throws(StateStoreError) {
+    package static func prepare(_ path: String) throws(StateStoreError) {
         if mkdir(path, 0o700) != 0 && errno != EEXIST {
             throw .io(path: path, call: "mkdir", errno: errno)
         }
@@ -36,7 +36,7 @@ public enum StateDirectory {
 
     /// Throws `.untrustedDirectory` unless `path` is a directory (not a symlink to one)
     /// owned by the effective uid and without group/other write permission.
-    public static func verify(_ path: String) throws(StateStoreError) {
+    package static func verify(_ path: String) throws(StateStoreError) {
         var info = stat()
         guard lstat(path, &info) == 0 else { throw .io(path: path, call: "lstat", errno: errno) }
         let type = info.st_mode & S_IFMT
@@ -70,28 +70,28 @@ public enum StateDirectory {
 ///
 /// Every file is opened with `O_NOFOLLOW` (a symlink planted in place of the table or
 /// its temp file is refused, never followed) and must be a regular file.
-public struct StateStore: Sendable {
-    public let directory: String
-    public let fileName: String
-    public var path: String { self.directory + "/" + self.fileName }
+package struct StateStore: Sendable {
+    package let directory: String
+    package let fileName: String
+    package var path: String { self.directory + "/" + self.fileName }
     var temporaryPath: String { self.path + ".tmp" }
 
     /// Creates the directory (0700) when missing and refuses one that cannot be trusted
     /// (`StateDirectory.verify`).
-    public init(directory: String, fileName: String = "adapters.table") throws(StateStoreError) {
+    package init(directory: String, fileName: String = "adapters.table") throws(StateStoreError) {
         self.directory = directory
         self.fileName = fileName
         try StateDirectory.prepare(directory)
     }
 
     /// The stored table, or an empty one when there is no state file yet.
-    public func load() throws(StateStoreError) -> AdapterTable {
+    package func load() throws(StateStoreError) -> AdapterTable {
         try self.loadWithFormat().table
     }
 
     /// The stored table and its format (nil when there is no file: an empty table).
     /// An empty, truncated, oversized, foreign or inconsistent file throws `.corrupt`.
-    public func loadWithFormat() throws(StateStoreError) -> (table: AdapterTable, format: TableFile.Format?) {
+    package func loadWithFormat() throws(StateStoreError) -> (table: AdapterTable, format: TableFile.Format?) {
         // O_NONBLOCK: a FIFO planted as the table must not block the open (it is then refused).
         let fd = open(self.path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 {
@@ -132,7 +132,7 @@ public struct StateStore: Sendable {
     }
 
     /// Durably replaces the stored table (in the current format).
-    public func save(_ table: AdapterTable) throws(StateStoreError) {
+    package func save(_ table: AdapterTable) throws(StateStoreError) {
         let bytes = TableFile.encode(table)
         guard bytes.count <= TableFile.maximumSize else {
             throw .corrupt(

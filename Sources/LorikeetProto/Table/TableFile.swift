@@ -13,18 +13,18 @@
 /// A file without the magic is read as the legacy format (the bare protobuf, written
 /// until format 1 existed) only when it re-encodes to exactly its own bytes and has a
 /// version: an empty file, a truncated one or a foreign one never reads as an empty table.
-public enum TableFile {
+package enum TableFile {
     /// "LKTB".
-    public static let magic: [UInt8] = [0x4C, 0x4B, 0x54, 0x42]
+    package static let magic: [UInt8] = [0x4C, 0x4B, 0x54, 0x42]
     /// The format this build writes and reads.
-    public static let formatVersion: UInt32 = 1
+    package static let formatVersion: UInt32 = 1
     /// Bytes before the payload.
-    public static let headerSize = 16
+    package static let headerSize = 16
     /// Largest file accepted or written (`Limits.tableFileBytes`).
-    public static let maximumSize = Limits.tableFileBytes
+    package static let maximumSize = Limits.tableFileBytes
 
     /// How a file was stored.
-    public enum Format: Sendable, Equatable {
+    package enum Format: Sendable, Equatable {
         /// Header + payload (this format).
         case current
         /// The bare protobuf of earlier builds: rewritten in the current format on the next save.
@@ -32,7 +32,7 @@ public enum TableFile {
     }
 
     /// The file's bytes for `table`.
-    public static func encode(_ table: AdapterTable) -> [UInt8] {
+    package static func encode(_ table: AdapterTable) -> [UInt8] {
         let payload = table.serializedBytes()
         var bytes = Self.magic
         bytes.reserveCapacity(Self.headerSize + payload.count)
@@ -45,7 +45,7 @@ public enum TableFile {
 
     /// The table stored in `bytes`, and how it was stored. Throws the reason the bytes are
     /// not a table (a message for the operator; never the bytes themselves).
-    public static func decode(_ bytes: [UInt8]) throws(TableFileError) -> (table: AdapterTable, format: Format) {
+    package static func decode(_ bytes: [UInt8]) throws(TableFileError) -> (table: AdapterTable, format: Format) {
         if bytes.isEmpty { throw .empty }
         if bytes.count > Self.maximumSize { throw .tooLarge(bytes: bytes.count, maximum: Self.maximumSize) }
         let table: AdapterTable
@@ -96,7 +96,7 @@ public enum TableFile {
 }
 
 /// Why bytes are not a table file.
-public enum TableFileError: Error, Equatable, Sendable, CustomStringConvertible {
+package enum TableFileError: Error, Equatable, Sendable, CustomStringConvertible {
     case empty
     case tooLarge(bytes: Int, maximum: Int)
     case truncated(bytes: Int, expected: Int)
@@ -107,7 +107,7 @@ public enum TableFileError: Error, Equatable, Sendable, CustomStringConvertible 
     case foreign
     case inconsistent(String)
 
-    public var description: String {
+    package var description: String {
         func hex(_ value: UInt32) -> String { "0x" + String(value, radix: 16) }
         switch self {
         case .empty: return "the file is empty (0 bytes)"
@@ -127,7 +127,7 @@ public enum TableFileError: Error, Equatable, Sendable, CustomStringConvertible 
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as in iSCSI, ext4 and
 /// Snappy framing; table-driven, one byte at a time (tables are small; speed does not matter).
-public enum CRC32C {
+package enum CRC32C {
     private static let table: [UInt32] = (0..<256).map { index in
         var value = UInt32(index)
         for _ in 0..<8 { value = value & 1 != 0 ? (value >> 1) ^ 0x82F6_3B78 : value >> 1 }
@@ -135,7 +135,7 @@ public enum CRC32C {
     }
 
     /// The CRC-32C of `bytes` ("123456789" -> 0xE3069283).
-    public static func checksum(_ bytes: some Sequence<UInt8>) -> UInt32 {
+    package static func checksum(_ bytes: some Sequence<UInt8>) -> UInt32 {
         var crc: UInt32 = 0xFFFF_FFFF
         for byte in bytes { crc = Self.table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
         return crc ^ 0xFFFF_FFFF

@@ -1,7 +1,7 @@
 /// Invariants of a committed table, checked on load and on every commit.
-public enum TableRules {
+package enum TableRules {
     /// A reason the table is inconsistent, or nil.
-    public static func inconsistency(in table: AdapterTable) -> String? {
+    package static func inconsistency(in table: AdapterTable) -> String? {
         var names = Set<String>()
         var ids = Set<UInt64>()
         for adapter in table.adapters {
@@ -23,7 +23,7 @@ public enum TableRules {
     /// limit, and a change that grows the table beyond `maxAdapters` is refused
     /// (`FAILED_PRECONDITION`; a table already above it, after the operator lowered
     /// `--max-adapters`, may still shrink or reload in place).
-    public static func apply(
+    package static func apply(
         _ change: TableChange, to table: AdapterTable, maxAdapters: Int = Limits.maxAdaptersCeiling
     ) -> Result<AdapterTable, Status> {
         for record in change.upserts {
@@ -70,7 +70,7 @@ extension AdapterTable {
     /// This table with a committed change applied: removes, then upserts by name; the
     /// version becomes the change's, and the next id never goes back. (No validation:
     /// `TableRules.apply` validates proposals; replicas apply what was committed.)
-    public func applying(_ change: TableChange) -> AdapterTable {
+    package func applying(_ change: TableChange) -> AdapterTable {
         var next = self
         let removed = Set(change.removes)
         next.adapters.removeAll { removed.contains($0.name) }

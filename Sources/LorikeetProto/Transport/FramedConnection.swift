@@ -4,16 +4,16 @@ import Synchronization
 /// A blocking, thread-safe framed connection over a socket fd, carrying one envelope
 /// type. Sends may come from any thread (serialized by a lock); `receive()` is meant
 /// for one reader thread.
-public final class FramedConnection<Message: WireMessage>: Sendable {
-    public let fd: Int32
+package final class FramedConnection<Message: WireMessage>: Sendable {
+    package let fd: Int32
     private let writeLock = Mutex<Void>(())
     private let decoder: Mutex<MessageDecoder<Message>>
     private let isClosed = Atomic<Bool>(false)
     /// Largest payload accepted and sent (the channel's limit, the same at both ends).
-    public let maximumFrameSize: Int
+    package let maximumFrameSize: Int
 
     /// Takes ownership of `fd`.
-    public init(fd: Int32, maximumFrameSize: Int = Frame.defaultMaximumSize) {
+    package init(fd: Int32, maximumFrameSize: Int = Frame.defaultMaximumSize) {
         self.fd = fd
         self.maximumFrameSize = maximumFrameSize
         self.decoder = Mutex(MessageDecoder(maximumFrameSize: maximumFrameSize))
@@ -24,7 +24,7 @@ public final class FramedConnection<Message: WireMessage>: Sendable {
     /// Sends one message as one frame. A message larger than the channel's limit is not
     /// sent at all (`.frame(.frameTooLarge)`): the peer would have to drop the connection,
     /// so the error belongs to this message alone and the connection stays usable.
-    public func send(_ message: Message) throws(TransportError) {
+    package func send(_ message: Message) throws(TransportError) {
         let payload = message.serializedBytes()
         guard payload.count <= self.maximumFrameSize else {
             throw .frame(.frameTooLarge(length: UInt32(clamping: payload.count), maximum: self.maximumFrameSize))
@@ -49,7 +49,7 @@ public final class FramedConnection<Message: WireMessage>: Sendable {
 
     /// The next message; nil at a clean end of stream. Throws on a bad frame or a
     /// stream that ends inside a frame.
-    public func receive() throws(TransportError) -> Message? {
+    package func receive() throws(TransportError) -> Message? {
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let next: Result<Message?, FrameError> = self.decoder.withLock { decoder in
@@ -80,7 +80,7 @@ public final class FramedConnection<Message: WireMessage>: Sendable {
     /// Shuts the socket down, waking a blocked reader (which then returns nil). The fd
     /// itself is closed when the connection is released, so it is never reused under a
     /// reader that still holds it.
-    public func close() {
+    package func close() {
         if self.isClosed.exchange(true, ordering: .acquiringAndReleasing) == false {
             shutdown(self.fd, Int32(SHUT_RDWR))
         }

@@ -2,7 +2,7 @@ import Glibc
 import CLorikeetSys
 
 /// Errors of the blocking POSIX socket transport, with the failing call and errno text.
-public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible {
+package enum TransportError: Error, Equatable, Sendable, CustomStringConvertible {
     case system(call: String, errno: Int32)
     case pathTooLong(String)
     case closed
@@ -10,7 +10,7 @@ public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible 
     /// Something other than a stale socket of ours is where a socket should be created.
     case notASocket(path: String, reason: String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .system(let call, let code): return "\(call) failed: \(String(cString: strerror(code)))"
         case .pathTooLong(let path): return "socket path is longer than 107 bytes: \(path)"
@@ -22,7 +22,7 @@ public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible 
 }
 
 /// Unix-domain stream socket helpers (all fds are close-on-exec).
-public enum UnixSocket {
+package enum UnixSocket {
     /// Binds and listens on `path` with the given mode.
     ///
     /// The socket file gets its mode at creation: `bind` runs under `umask(~mode)` (never a
@@ -31,7 +31,7 @@ public enum UnixSocket {
     /// startup, before other threads create files (a thread that did would only get a
     /// stricter mode). A stale socket at `path` is removed first, but only when it is a
     /// socket owned by this uid (`removeStaleSocket`).
-    public static func listen(path: String, mode: UInt32 = 0o600, backlog: Int32 = 128) throws(TransportError) -> Int32 {
+    package static func listen(path: String, mode: UInt32 = 0o600, backlog: Int32 = 128) throws(TransportError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
         do {
@@ -53,7 +53,7 @@ public enum UnixSocket {
 
     /// Runs `body` (a `bind`) with the umask that gives a new socket file exactly `mode`
     /// (`~mode & 0o777`), then restores the previous umask; errno is that of `body`.
-    public static func withUmask<Result>(for mode: UInt32, _ body: () -> Result) -> Result {
+    package static func withUmask<Result>(for mode: UInt32, _ body: () -> Result) -> Result {
         let previous = umask(mode_t(~mode & 0o777))
         let result = body()
         let code = errno
@@ -66,7 +66,7 @@ public enum UnixSocket {
     /// uid (a previous run's) is unlinked; anything else (a regular file, a directory, a
     /// symlink, someone else's socket) is left alone and refused. `lstat` never follows
     /// a symlink, and `unlink` removes the name itself.
-    public static func removeStaleSocket(path: String) throws(TransportError) {
+    package static func removeStaleSocket(path: String) throws(TransportError) {
         var info = stat()
         if lstat(path, &info) != 0 {
             if errno == ENOENT { return }
@@ -81,14 +81,14 @@ public enum UnixSocket {
 
     /// Removes the socket at `path` when it is one this uid owns (at shutdown); leaves
     /// anything else.
-    public static func unlinkOwnSocket(path: String) {
+    package static func unlinkOwnSocket(path: String) {
         var info = stat()
         guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, info.st_uid == geteuid() else { return }
         unlink(path)
     }
 
     /// Connects to the socket at `path`.
-    public static func connect(path: String) throws(TransportError) -> Int32 {
+    package static func connect(path: String) throws(TransportError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
         var address: sockaddr_un
@@ -110,7 +110,7 @@ public enum UnixSocket {
     }
 
     /// Accepts one connection (blocking); retries on EINTR.
-    public static func accept(listener: Int32) throws(TransportError) -> Int32 {
+    package static func accept(listener: Int32) throws(TransportError) -> Int32 {
         while true {
             let fd = lorikeet_accept_cloexec(listener)
             if fd >= 0 { return fd }
@@ -120,12 +120,12 @@ public enum UnixSocket {
     }
 
     /// The uid of the process at the other end (SO_PEERCRED).
-    public static func peerUID(_ fd: Int32) throws(TransportError) -> UInt32 {
+    package static func peerUID(_ fd: Int32) throws(TransportError) -> UInt32 {
         try Self.peerCredentials(fd).uid
     }
 
     /// The peer's uid and pid of a connected Unix socket (SO_PEERCRED).
-    public static func peerCredentials(_ fd: Int32) throws(TransportError) -> (uid: UInt32, pid: Int32) {
+    package static func peerCredentials(_ fd: Int32) throws(TransportError) -> (uid: UInt32, pid: Int32) {
         var uid: uid_t = 0
         var pid: pid_t = 0
         guard lorikeet_peer_credentials(fd, &uid, &pid) == 0 else {
