@@ -145,7 +145,8 @@ let package = Package(
         .executableTarget(
             name: "LorikeetCLI",
             dependencies: [
-                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine", "CLorikeetSys", "LorikeetWorker", "LorikeetUpstream",
+                "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine", "CLorikeetSys", "LorikeetWorker",
+                "LorikeetUpstream",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -158,7 +159,9 @@ let package = Package(
         // Fuzz entry points: replay corpus files normally, libFuzzer with -DFUZZING.
         .executableTarget(
             name: "LorikeetFuzz",
-            dependencies: ["LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF", "LorikeetJSON", "LorikeetSupervisor"],
+            dependencies: [
+                "LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF", "LorikeetJSON", "LorikeetSupervisor",
+            ],
             swiftSettings: upcoming
         ),
         // Shared by the integration suites: fixture, HTTP client, server-under-test harness.

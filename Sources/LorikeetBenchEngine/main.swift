@@ -61,7 +61,9 @@ do {
         var args = Array(CommandLine.arguments.dropFirst(2))
         guard args.first == "smollm2" else { throw BenchError(description: "only --model smollm2 is supported") }
         args.removeFirst()
-        var threads = [1, 2], tokens = 128, storage = WeightStorage.quantized
+        var threads = [1, 2]
+        var tokens = 128
+        var storage = WeightStorage.quantized
         var json: String?
         var modelFile: String?
         while args.count >= 2 {
@@ -79,7 +81,9 @@ do {
             }
         }
         guard args.isEmpty else { throw BenchError(description: "\(args[0]) needs a value") }
-        guard let modelFile else { throw BenchError(description: "--model smollm2 needs --model-file PATH (bin/bench-engine passes the cached default model)") }
+        guard let modelFile else {
+            throw BenchError(description: "--model smollm2 needs --model-file PATH (bin/bench-engine passes the cached default model)")
+        }
         try SmolLM2Bench.run(modelFile: modelFile, threadCounts: threads, decodeTokens: tokens, storage: storage, json: json)
         exit(0)
     }

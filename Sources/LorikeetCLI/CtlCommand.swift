@@ -46,11 +46,14 @@ struct CtlOptions: ParsableArguments {
             fd = try UnixSocket.connect(path: self.socketPath)
         } catch {
             if case .system(_, let code) = error, code == EACCES {
-                return .failure(CallFailure(message: "permission denied on \(self.socketPath): run as the server's user or root", code: .permissionDenied))
+                return .failure(
+                    CallFailure(
+                        message: "permission denied on \(self.socketPath): run as the server's user or root", code: .permissionDenied))
             }
             return .failure(
                 CallFailure(
-                    message: "cannot reach the supervisor at \(self.socketPath): \(error) (is `lorikeet serve` running with this --state-dir?)",
+                    message:
+                        "cannot reach the supervisor at \(self.socketPath): \(error) (is `lorikeet serve` running with this --state-dir?)",
                     code: .unreachable))
         }
         var timeout = timeval(tv_sec: Int(self.timeout), tv_usec: 0)
@@ -62,7 +65,9 @@ struct CtlOptions: ParsableArguments {
         do {
             try connection.send(AdminEnvelope(callID: 1, body: body))
             guard let reply = try connection.receive() else {
-                return .failure(CallFailure(message: "the supervisor closed the connection (peer refused? see the server log)", code: .permissionDenied))
+                return .failure(
+                    CallFailure(message: "the supervisor closed the connection (peer refused? see the server log)", code: .permissionDenied)
+                )
             }
             return .success(reply.body ?? .result(CallResult()))
         } catch {
@@ -114,11 +119,12 @@ struct CtlOptions: ParsableArguments {
         guard let header = rows.first else { return }
         let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
-            print(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+            print(
+                row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(
+                    separator: "  "))
         }
     }
 }
-
 
 func unexpected(_ body: AdminEnvelope.Body) -> Never {
     if case .result(let result) = body { CtlOptions.fail("\(result.status.code): \(result.status.message)", code: .failure) }
@@ -126,7 +132,8 @@ func unexpected(_ body: AdminEnvelope.Body) -> Never {
 }
 
 struct CtlStatus: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Version, uptime, leader epoch, table version, engine state.")
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Version, uptime, leader epoch, table version, engine state.")
     @OptionGroup var options: CtlOptions
     func run() throws {
         let reply = try self.options.call(.status)
@@ -185,7 +192,8 @@ struct CtlAdapters: ParsableCommand {
             self.options.printJSON(["version": table.version, "next_id": table.nextIntID, "adapters": table.adapters.map(CtlOptions.json)])
         } else {
             print("table version \(table.version), next id \(table.nextIntID)")
-            CtlOptions.table([["ID", "NAME", "PATH", "PINNED"]] + table.adapters.map { ["\($0.intID)", $0.name, $0.path, $0.pinned ? "yes" : "no"] })
+            CtlOptions.table(
+                [["ID", "NAME", "PATH", "PINNED"]] + table.adapters.map { ["\($0.intID)", $0.name, $0.path, $0.pinned ? "yes" : "no"] })
         }
     }
 }
@@ -198,7 +206,8 @@ struct CtlLoad: ParsableCommand {
     @Flag(help: "Reload weights of an already loaded adapter, keeping its id.") var inplace = false
     @Flag(help: "Never evict this adapter from the engine.") var pinned = false
     func run() throws {
-        let reply = try self.options.call(.load(LoadAdapterRequest(name: self.name, path: self.path, loadInplace: self.inplace, pinned: self.pinned)))
+        let reply = try self.options.call(
+            .load(LoadAdapterRequest(name: self.name, path: self.path, loadInplace: self.inplace, pinned: self.pinned)))
         guard case .mutationReply(let result) = reply else { unexpected(reply) }
         if self.options.json { self.options.printJSON(CtlOptions.json(result)) }
         self.finishMutation(result, verb: "loaded")

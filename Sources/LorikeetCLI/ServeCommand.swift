@@ -34,7 +34,8 @@ struct ServeCommand: ParsableCommand {
     @Option(
         help: "Require this bearer token on /v1/* (or LORIKEET_API_KEY / VLLM_API_KEY). Visible in ps: prefer --api-key-file.")
     var apiKey: String?
-    @Option(help: "Read the bearer token from this file (one line; should be mode 0600). Workers get it in their environment, never in argv.")
+    @Option(
+        help: "Read the bearer token from this file (one line; should be mode 0600). Workers get it in their environment, never in argv.")
     var apiKeyFile: String?
     @Option(help: "Extra Host names accepted on a loopback bind, comma-separated (behind a proxy; or LORIKEET_ALLOWED_HOSTS).")
     var allowedHosts: String?
@@ -44,7 +45,10 @@ struct ServeCommand: ParsableCommand {
     var maxBodyBytes: Int?
     @Option(help: "Log format: text or json (one JSON object per line, for every process).") var logFormat = "text"
     @Option(help: "Admin socket path (default: <state dir>/admin.sock).") var adminSocket: String?
-    @Option(help: ArgumentHelp("Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden))
+    @Option(
+        help: ArgumentHelp(
+            "Extra argument passed verbatim to every worker (repeatable), e.g. --worker-arg=--max-body-bytes=1048576.", visibility: .hidden)
+    )
     var workerArg: [String] = []
     @Option(help: ArgumentHelp("An admin connection whose partial frame is not complete this long (ms) is closed.", visibility: .hidden))
     var adminFrameTimeoutMs: UInt64 = 10_000
@@ -81,7 +85,8 @@ struct ServeCommand: ParsableCommand {
                 throw ValidationError("--metrics-port-base: ports \(ports.lowerBound)...\(ports.upperBound - 1) are not all valid")
             }
             guard !ports.contains(Int(self.port)) else {
-                throw ValidationError("--metrics-port-base: the metrics ports \(ports.lowerBound)...\(ports.upperBound - 1) include --port \(self.port)")
+                throw ValidationError(
+                    "--metrics-port-base: the metrics ports \(ports.lowerBound)...\(ports.upperBound - 1) include --port \(self.port)")
             }
         }
     }

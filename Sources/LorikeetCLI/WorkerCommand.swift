@@ -18,7 +18,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("engine-socket"), help: "Unix socket of the engine process (not with --upstream).")
     var engineSocket: String?
 
-    @Option(name: .customLong("upstream"), help: "Serve in front of this vLLM / SGLang server (http://host:port; repeatable) instead of an engine socket.")
+    @Option(
+        name: .customLong("upstream"),
+        help: "Serve in front of this vLLM / SGLang server (http://host:port; repeatable) instead of an engine socket.")
     var upstreams: [String] = []
 
     @Option(name: .customLong("upstream-kind"), help: "What the upstream servers are: vllm or sglang.")
@@ -50,7 +52,8 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Extra Host names accepted on a loopback bind, comma-separated (behind a proxy; or LORIKEET_ALLOWED_HOSTS).")
     var allowedHosts: String?
 
-    @Option(name: .customLong("max-adapters"), help: "Most adapters the table may hold (or LORIKEET_MAX_ADAPTERS; default 1024, at most 2048).")
+    @Option(
+        name: .customLong("max-adapters"), help: "Most adapters the table may hold (or LORIKEET_MAX_ADAPTERS; default 1024, at most 2048).")
     var maxAdapters: Int?
 
     @Option(name: .customLong("state-dir"), help: "Directory where the standalone worker persists its adapter table.")

@@ -35,7 +35,9 @@ extension EtcdClient {
     /// Deletes `key`, or every key starting with it when `prefix`; returns how many keys
     /// were deleted and the store's revision after it.
     @discardableResult
-    package func delete(key: String, prefix: Bool = false, timeout: Duration? = nil) async throws(EtcdError) -> (deleted: Int64, revision: Int64) {
+    package func delete(key: String, prefix: Bool = false, timeout: Duration? = nil) async throws(EtcdError) -> (
+        deleted: Int64, revision: Int64
+    ) {
         let response = try await self.call(
             "/v3/kv/deleterange", .object(EtcdJSON.range(key, prefix: prefix)), idempotent: false, timeout: timeout)
         return (try EtcdJSON.int64(response, "deleted"), try EtcdJSON.revision(response))
@@ -93,7 +95,8 @@ extension EtcdClient {
     /// Revokes lease `id` (`/v3/lease/revoke`): every key attached to it is deleted.
     /// `leaseNotFound` when it had already expired.
     package func revoke(_ id: Int64, timeout: Duration? = nil) async throws(EtcdError) {
-        _ = try await self.call("/v3/lease/revoke", .object([("ID", EtcdJSON.string(id))]), idempotent: false, timeout: timeout, leaseID: id)
+        _ = try await self.call(
+            "/v3/lease/revoke", .object([("ID", EtcdJSON.string(id))]), idempotent: false, timeout: timeout, leaseID: id)
     }
 
     /// The remaining life of lease `id` and the keys attached to it (`/v3/lease/timetolive`).

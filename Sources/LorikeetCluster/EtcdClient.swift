@@ -236,7 +236,8 @@ package final class EtcdClient: Sendable {
         }
         if let streamed = json["result"] { return streamed }  // a stream's first (only) message
         if let error = json["error"] {
-            throw AttemptFailure(error: EtcdJSON.error(.object([("error", error)]), path: path, httpStatus: status, leaseID: leaseID), notApplied: false)
+            throw AttemptFailure(
+                error: EtcdJSON.error(.object([("error", error)]), path: path, httpStatus: status, leaseID: leaseID), notApplied: false)
         }
         return json
     }

@@ -1,4 +1,5 @@
 import Logging
+
 /// Keeps one etcd lease alive: renews it every TTL/3 and tells its owner when renewals have
 /// been failing for longer than `fenceAfter` (TTL/2 by default), so that the owner can fence
 /// itself (stop serving what the lease vouches for) while the lease is certainly still

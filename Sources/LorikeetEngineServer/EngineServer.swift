@@ -643,7 +643,6 @@ struct PeerCredentials: Sendable {
     var gid: UInt32 = 0
 }
 
-
 /// The engine's side of `tokenize` / `detokenize` (vLLM's `POST /tokenize` and
 /// `POST /detokenize`) over the engine's own tokenizer.
 ///
@@ -713,7 +712,8 @@ private enum EngineTokenizeCalls {
         for token in request.tokens { bytes += tokenizer.tokenBytes(token) }
         let text = String(decoding: bytes, as: UTF8.self)
         guard text.utf8.count <= Self.replyBudgetBytes else {
-            throw Status(code: .invalidArgument, message: "The decoded text does not fit one answer; detokenize fewer ids.", param: "tokens")
+            throw Status(
+                code: .invalidArgument, message: "The decoded text does not fit one answer; detokenize fewer ids.", param: "tokens")
         }
         return DetokenizeReply(prompt: Self.withoutNUL(text))
     }

@@ -10,7 +10,7 @@
 import LorikeetProto
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs one input through a named target. Never traps on any input: that is the property fuzzed.
@@ -32,7 +32,10 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
 }
 
 /// Every target, in the order bin/fuzz runs them.
-let fuzzTargets = ["frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf", "adapter-path", "target-modules", "admin-requests"]
+let fuzzTargets = [
+    "frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf", "adapter-path", "target-modules",
+    "admin-requests",
+]
 
 /// Feeds the bytes in two pieces (split point from the first byte) through the frame
 /// and envelope decoder; re-encodes what decodes and checks it decodes again equal.
@@ -61,54 +64,54 @@ func decodeAll<M: WireMessage & Equatable>(_ bytes: [UInt8], as type: M.Type) ->
 }
 
 #if FUZZING
-import CLorikeetSys
+    import CLorikeetSys
 
-/// libFuzzer binary: SwiftPM links executables through `<Module>_main`, so hand control
-/// to libFuzzer's driver from there.
-@_cdecl("LorikeetFuzz_main")
-func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var count = argc
-    var arguments = argv
-    return LLVMFuzzerRunDriver(&count, &arguments) { data, size in fuzzOneInput(data, size) }
-}
+    /// libFuzzer binary: SwiftPM links executables through `<Module>_main`, so hand control
+    /// to libFuzzer's driver from there.
+    @_cdecl("LorikeetFuzz_main")
+    func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+        var count = argc
+        var arguments = argv
+        return LLVMFuzzerRunDriver(&count, &arguments) { data, size in fuzzOneInput(data, size) }
+    }
 
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    let target = getenv("LORIKEET_FUZZ_TARGET").map { String(cString: $0) } ?? "frames-control"
-    _ = runTarget(target, Array(UnsafeBufferPointer(start: data, count: size)))
-    return 0
-}
+    @_cdecl("LLVMFuzzerTestOneInput")
+    func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+        let target = getenv("LORIKEET_FUZZ_TARGET").map { String(cString: $0) } ?? "frames-control"
+        _ = runTarget(target, Array(UnsafeBufferPointer(start: data, count: size)))
+        return 0
+    }
 #else
-/// Corpus replayer (the normal build).
-@main
-struct FuzzReplay {
-    static func main() {
-        let arguments = CommandLine.arguments
-        if arguments.count < 3 {
-            print("usage: lorikeet-fuzz TARGET FILE... (targets: \(fuzzTargets.joined(separator: ", ")))")
-            exit(2)
-        }
-        var replayed = 0
-        for path in arguments.dropFirst(2) {
-            guard let file = fopen(path, "rb") else {
-                print("cannot open \(path)")
-                exit(1)
-            }
-            var bytes: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = fread(&buffer, 1, buffer.count, file)
-                if count <= 0 { break }
-                bytes.append(contentsOf: buffer[0..<count])
-            }
-            fclose(file)
-            guard runTarget(arguments[1], bytes) else {
-                print("unknown target \(arguments[1])")
+    /// Corpus replayer (the normal build).
+    @main
+    struct FuzzReplay {
+        static func main() {
+            let arguments = CommandLine.arguments
+            if arguments.count < 3 {
+                print("usage: lorikeet-fuzz TARGET FILE... (targets: \(fuzzTargets.joined(separator: ", ")))")
                 exit(2)
             }
-            replayed += 1
+            var replayed = 0
+            for path in arguments.dropFirst(2) {
+                guard let file = fopen(path, "rb") else {
+                    print("cannot open \(path)")
+                    exit(1)
+                }
+                var bytes: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    let count = fread(&buffer, 1, buffer.count, file)
+                    if count <= 0 { break }
+                    bytes.append(contentsOf: buffer[0..<count])
+                }
+                fclose(file)
+                guard runTarget(arguments[1], bytes) else {
+                    print("unknown target \(arguments[1])")
+                    exit(2)
+                }
+                replayed += 1
+            }
+            print("replayed \(replayed) inputs through \(arguments[1]) without a crash")
         }
-        print("replayed \(replayed) inputs through \(arguments[1]) without a crash")
     }
-}
 #endif

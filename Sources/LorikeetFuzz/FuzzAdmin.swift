@@ -36,7 +36,9 @@ func fuzzAdminRequests(_ bytes: [UInt8]) {
                 mutation, batchIndex: index, AdapterMutationReply(status: status, tableVersion: 1), now: 0
             ).json
             guard line.utf8.count < 16 * 1024 else { fatalError("an audit line of \(line.utf8.count) bytes") }
-            guard (try? JSONParser.parse(Array(line.utf8))) != nil else { fatalError("an audit line that is not JSON: \(line.prefix(200))") }
+            guard (try? JSONParser.parse(Array(line.utf8))) != nil else {
+                fatalError("an audit line that is not JSON: \(line.prefix(200))")
+            }
         }
     }
 }

@@ -75,7 +75,8 @@ package struct BPETokenizer: Sendable {
         var types = [Int](repeating: TokenType.normal, count: tokens.count)
         if let value = file["tokenizer.ggml.token_type"] {
             guard let array = value.arrayValue, array.count == tokens.count else {
-                throw .invalidMetadata(key: "tokenizer.ggml.token_type", reason: "must be an integer array with one entry per token (\(tokens.count))")
+                throw .invalidMetadata(
+                    key: "tokenizer.ggml.token_type", reason: "must be an integer array with one entry per token (\(tokens.count))")
             }
             for (i, v) in array.enumerated() {
                 guard let t = v.intValue else {
@@ -129,7 +130,8 @@ package struct BPETokenizer: Sendable {
         let byteTokenIDs: [Int32] = (0..<256).map { b in ids[String(Character(byteToUnicode[b]))].map { Int32($0) } ?? -1 }
         let knownBytes = byteTokenIDs.filter { $0 >= 0 }.count
         guard knownBytes >= 128 else {
-            throw .invalidMetadata(key: "tokenizer.ggml.tokens", reason: "only \(knownBytes) of 256 byte tokens exist; not a byte-level BPE vocabulary")
+            throw .invalidMetadata(
+                key: "tokenizer.ggml.tokens", reason: "only \(knownBytes) of 256 byte tokens exist; not a byte-level BPE vocabulary")
         }
 
         var mergeTable: [UInt64: Merge] = [:]
@@ -141,7 +143,8 @@ package struct BPETokenizer: Sendable {
             let left = String(merge[..<space])
             let right = String(merge[merge.index(after: space)...])
             guard let l = ids[left], let r = ids[right], let m = ids[left + right] else {
-                throw .invalidMetadata(key: "tokenizer.ggml.merges", reason: "merge \(rank) '\(merge)' refers to a token missing from the vocabulary")
+                throw .invalidMetadata(
+                    key: "tokenizer.ggml.merges", reason: "merge \(rank) '\(merge)' refers to a token missing from the vocabulary")
             }
             let key = UInt64(l) << 32 | UInt64(r)
             if mergeTable[key] == nil { mergeTable[key] = Merge(rank: Int32(rank), id: Int32(m)) }

@@ -52,7 +52,8 @@ package enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unsupportedVersion(let version):
             return "unsupported GGUF version \(version): only version 3 is supported; re-convert the model with a current llama.cpp"
         case .truncated(let what, let offset, let needed, let available):
-            return "truncated GGUF file: \(what) needs \(needed) bytes at offset \(offset) but only \(available) remain; the file is incomplete, download it again"
+            return
+                "truncated GGUF file: \(what) needs \(needed) bytes at offset \(offset) but only \(available) remain; the file is incomplete, download it again"
         case .countTooLarge(let what, let count, let offset, let remaining):
             return "corrupt GGUF file: \(what) \(count) at offset \(offset) cannot fit in the \(remaining) bytes that remain"
         case .stringTooLong(let what, let length, let offset, let remaining):
@@ -80,7 +81,8 @@ package enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
         case .misalignedTensor(let tensor, let offset, let alignment):
             return "corrupt GGUF file: tensor '\(tensor)' data offset \(offset) is not a multiple of the alignment \(alignment)"
         case .tensorDataOutOfBounds(let tensor, let offset, let byteCount, let dataSize):
-            return "corrupt or truncated GGUF file: tensor '\(tensor)' needs \(byteCount) bytes at data offset \(offset) but the data section holds only \(dataSize) bytes"
+            return
+                "corrupt or truncated GGUF file: tensor '\(tensor)' needs \(byteCount) bytes at data offset \(offset) but the data section holds only \(dataSize) bytes"
         }
     }
 }

@@ -45,7 +45,8 @@ package enum GGUFModelError: Error, Equatable, Sendable, CustomStringConvertible
         case .sizeMismatch(let type, let elements, let bytes):
             return "\(bytes) bytes cannot hold exactly \(elements) elements of type \(type)"
         case .unsupportedTokenizer(let model, let pre):
-            return "tokenizer model '\(model)' with pre-tokenizer '\(pre)' is not supported; only GPT-2 byte-level BPE ('gpt2') with pre-tokenizer 'smollm' (or 'gpt2', 'default') is"
+            return
+                "tokenizer model '\(model)' with pre-tokenizer '\(pre)' is not supported; only GPT-2 byte-level BPE ('gpt2') with pre-tokenizer 'smollm' (or 'gpt2', 'default') is"
         }
     }
 }

@@ -37,7 +37,8 @@ package enum LlamaGGUF {
         guard hidden > 0 else { throw .invalidMetadata(key: "llama.embedding_length", reason: "must be positive, is \(hidden)") }
         guard heads > 0 else { throw .invalidMetadata(key: "llama.attention.head_count", reason: "must be positive, is \(heads)") }
         guard kvHeads > 0, heads % kvHeads == 0 else {
-            throw .invalidMetadata(key: "llama.attention.head_count_kv", reason: "\(kvHeads) must be positive and divide the head count \(heads)")
+            throw .invalidMetadata(
+                key: "llama.attention.head_count_kv", reason: "\(kvHeads) must be positive and divide the head count \(heads)")
         }
         var headDim = hidden / heads
         if file["llama.attention.key_length"] != nil {
@@ -55,7 +56,8 @@ package enum LlamaGGUF {
         let layers = try file.int("llama.block_count")
         let intermediate = try file.int("llama.feed_forward_length")
         guard layers > 0, intermediate > 0 else {
-            throw .invalidMetadata(key: "llama.block_count", reason: "block count \(layers) and feed-forward length \(intermediate) must be positive")
+            throw .invalidMetadata(
+                key: "llama.block_count", reason: "block count \(layers) and feed-forward length \(intermediate) must be positive")
         }
         let ropeTheta = file["llama.rope.freq_base"] == nil ? 10000 : try file.double("llama.rope.freq_base")
         func tokenID(_ key: String) throws(GGUFModelError) -> UInt32? {

@@ -289,9 +289,12 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
                 // The replica lacks a committed adapter (it restarted): keep adapter traffic
                 // off it until reconciliation re-adds it, and try another replica.
                 replica.state.withLock { _ = $0.missing.insert(adapter.name) }
-                logger.notice("replica lacks a committed adapter; rerouting", metadata: ["adapter.name": "\(adapter.name)", "model": "\(model)"])
+                logger.notice(
+                    "replica lacks a committed adapter; rerouting", metadata: ["adapter.name": "\(adapter.name)", "model": "\(model)"])
                 lastError = APIError(
-                    Status(code: .unavailable, message: "The adapter '\(adapter.name)' is being restored on the upstream replicas; retry shortly."))
+                    Status(
+                        code: .unavailable,
+                        message: "The adapter '\(adapter.name)' is being restored on the upstream replicas; retry shortly."))
                 continue
             }
             if response.status >= 500 { logger.warning("upstream error", metadata: ["http.status": "\(response.status)"]) }
@@ -300,7 +303,9 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
         if let lastError { throw lastError }
         if let adapter = request.adapter, self.replicas.contains(where: { $0.state.withLock { $0.healthy } }) {
             throw APIError(
-                Status(code: .unavailable, message: "The adapter '\(adapter.name)' is being restored on the upstream replicas; retry shortly."))
+                Status(
+                    code: .unavailable, message: "The adapter '\(adapter.name)' is being restored on the upstream replicas; retry shortly.")
+            )
         }
         throw APIError(Status(code: .unavailable, message: "No upstream replica is available."))
     }
@@ -358,16 +363,21 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
         var param: String?
         var code: String?
         if let json = try? JSONParser.parse(Array(body.readableBytesView)) {
-            let error: JSONValue = json["error"].flatMap { value -> JSONValue? in
-                if case .object = value { return value }
-                return nil
-            } ?? json
+            let error: JSONValue =
+                json["error"].flatMap { value -> JSONValue? in
+                    if case .object = value { return value }
+                    return nil
+                } ?? json
             if case .string(let text)? = error["message"] {
                 message = text
             } else if case .string(let text)? = error["error"] {
                 message = text
             } else if let detail = json["detail"] {
-                if case .string(let text) = detail { message = text } else { message = String(decoding: JSONWriter.encode(detail), as: UTF8.self) }
+                if case .string(let text) = detail {
+                    message = text
+                } else {
+                    message = String(decoding: JSONWriter.encode(detail), as: UTF8.self)
+                }
             }
             if case .string(let text)? = error["type"] { type = text }
             if case .string(let text)? = error["param"] { param = text }
@@ -416,8 +426,9 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
         while !Task.isCancelled {
             try? await Task.sleep(for: delay)
             delay = min(delay * 2, self.configuration.maxProbeInterval)
-            guard let response = try? await replica.client.execute(
-                method: .GET, path: "/health", headers: self.authHeaders, headTimeout: self.configuration.probeTimeout)
+            guard
+                let response = try? await replica.client.execute(
+                    method: .GET, path: "/health", headers: self.authHeaders, headTimeout: self.configuration.probeTimeout)
             else { continue }
             _ = try? await response.collect(limit: 1 << 16)
             guard response.status == 200 else { continue }
@@ -540,7 +551,9 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
                 failures.append("\(replica.name) (no models)")
                 continue
             }
-            return ModelInfo(modelName: base.id, architecture: "upstream-\(self.configuration.kind.rawValue)", contextLength: UInt32(clamping: base.maxModelLength ?? 0))
+            return ModelInfo(
+                modelName: base.id, architecture: "upstream-\(self.configuration.kind.rawValue)",
+                contextLength: UInt32(clamping: base.maxModelLength ?? 0))
         }
         throw Status(code: .unavailable, message: "no upstream replica answered /v1/models: \(failures.joined(separator: ", "))")
     }
@@ -551,7 +564,9 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
         guard !healthy.isEmpty else { throw Status(code: .unavailable, message: "no upstream replica is reachable") }
         var common: [String: String]?
         for replica in healthy {
-            guard await self.list(replica) != nil else { throw Status(code: .unavailable, message: "\(replica.name) did not list its models") }
+            guard await self.list(replica) != nil else {
+                throw Status(code: .unavailable, message: "\(replica.name) did not list its models")
+            }
             let held = replica.state.withLock { $0.held }
             common = common.map { $0.filter { held[$0.key] == $0.value } } ?? held
         }
@@ -601,7 +616,8 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
         var message = "upstream replica \(first.name) refused the adapter '\(request.name)': \(status.message)"
         if !others.isEmpty { message += " (also refused by \(others.joined(separator: ", ")))" }
         if !accepted.isEmpty { message += "; rolled back on \(accepted.map(\.name).joined(separator: ", "))" }
-        self.logger.warning("adapter load refused by an upstream replica", metadata: ["adapter.name": "\(request.name)", "reason": "\(message)"])
+        self.logger.warning(
+            "adapter load refused by an upstream replica", metadata: ["adapter.name": "\(request.name)", "reason": "\(message)"])
         throw Status(code: status.code, message: message, param: status.param)
     }
 

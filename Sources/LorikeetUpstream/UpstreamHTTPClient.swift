@@ -460,7 +460,11 @@ final class UpstreamExchange: Sendable {
         let (headWaiter, consumer) = self.state.withLock { state in
             switch state.phase {
             case .ended, .failed, .cancelled:
-                return (nil, nil) as (CheckedContinuation<Result<HTTPResponseHead, UpstreamError>, Never>?, CheckedContinuation<Result<ByteBuffer?, UpstreamError>, Never>?)
+                return (nil, nil)
+                    as (
+                        CheckedContinuation<Result<HTTPResponseHead, UpstreamError>, Never>?,
+                        CheckedContinuation<Result<ByteBuffer?, UpstreamError>, Never>?
+                    )
             case .waitingForHead, .streaming:
                 state.phase = .failed(error)
                 state.channel = nil

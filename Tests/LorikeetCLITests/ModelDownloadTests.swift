@@ -53,7 +53,9 @@ struct ModelDownloadTests {
         let python = dir.appendingPathComponent("python")
         try Data("#!/bin/sh\nhttps_proxy=http://127.0.0.1:9 exec python3 -S \"$@\"\n".utf8).write(to: python)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: python.path)
-        let locator = ModelDownload(environment: ["LORIKEET_CACHE_DIR": dir.appendingPathComponent("cache").path, "LORIKEET_PYTHON": python.path])
+        let locator = ModelDownload(environment: [
+            "LORIKEET_CACHE_DIR": dir.appendingPathComponent("cache").path, "LORIKEET_PYTHON": python.path,
+        ])
         let error = #expect(throws: ModelDownloadError.self) { try locator.resolveDefaultModel(log: { _ in }) }
         let message = error?.description ?? ""
         #expect(message.contains("URLError") || message.contains("refused"), "\(message)")

@@ -64,7 +64,7 @@ struct EtcdClientTests {
             let clients = try (0..<3).map { first in
                 try EtcdClient(endpoints: Array(cluster.endpoints[first...] + cluster.endpoints[..<first]), logger: Self.logger)
             }
-            defer { clients.forEach { $0.shutdown() } }
+            defer { for client in clients { client.shutdown() } }
             for round in 0..<5 {
                 let key = "/race/\(round)"
                 let results = try await withThrowingTaskGroup(of: (Int, EtcdTxnResult).self) { group in
@@ -84,7 +84,10 @@ struct EtcdClientTests {
                 #expect(stored?.valueString == "racer \(winners[0].0)")
                 #expect(stored?.modRevision == winners[0].1.revision)
                 for (_, loser) in results where !loser.succeeded {
-                    guard case .range(let seen)? = loser.results.first else { Issue.record("loser without range"); continue }
+                    guard case .range(let seen)? = loser.results.first else {
+                        Issue.record("loser without range")
+                        continue
+                    }
                     #expect(seen.kvs.first?.valueString == "racer \(winners[0].0)")
                 }
             }

@@ -39,9 +39,16 @@ import Testing
 
     @Test func errorMapping() {
         #expect(EtcdJSON.error(code: 14, message: "etcdserver: no leader", path: "/v3/kv/put") == .unavailable("etcdserver: no leader"))
-        #expect(EtcdJSON.error(code: 5, message: "etcdserver: requested lease not found", path: "/v3/lease/revoke", leaseID: 7) == .leaseNotFound(id: 7))
-        #expect(EtcdJSON.error(code: 11, message: "etcdserver: mvcc: required revision has been compacted", path: "/v3/kv/range", revision: 3) == .compacted(revision: 3))
-        #expect(EtcdJSON.error(code: 3, message: "etcdserver: duplicate key given in txn request", path: "/v3/kv/txn") == .txnFailed("etcdserver: duplicate key given in txn request"))
-        #expect(EtcdJSON.error(code: 4, message: "context deadline exceeded", path: "/v3/kv/range") == .timeout("context deadline exceeded"))
+        #expect(
+            EtcdJSON.error(code: 5, message: "etcdserver: requested lease not found", path: "/v3/lease/revoke", leaseID: 7)
+                == .leaseNotFound(id: 7))
+        #expect(
+            EtcdJSON.error(code: 11, message: "etcdserver: mvcc: required revision has been compacted", path: "/v3/kv/range", revision: 3)
+                == .compacted(revision: 3))
+        #expect(
+            EtcdJSON.error(code: 3, message: "etcdserver: duplicate key given in txn request", path: "/v3/kv/txn")
+                == .txnFailed("etcdserver: duplicate key given in txn request"))
+        #expect(
+            EtcdJSON.error(code: 4, message: "context deadline exceeded", path: "/v3/kv/range") == .timeout("context deadline exceeded"))
     }
 }

@@ -32,7 +32,8 @@ final class EngineProcessTests {
         self.process = Process()
         self.process.executableURL = URL(fileURLWithPath: binary)
         self.process.arguments = [
-            "engine", "--model", dir + "/model", "--socket", self.socket, "--parent-pid", "\(getpid())", "--max-loras", "2", "--max-cpu-loras", "3",
+            "engine", "--model", dir + "/model", "--socket", self.socket, "--parent-pid", "\(getpid())", "--max-loras", "2",
+            "--max-cpu-loras", "3",
             "--max-lora-rank", "32", "--parent-pid", "\(getpid())",
         ]
         self.process.standardError = FileHandle.nullDevice

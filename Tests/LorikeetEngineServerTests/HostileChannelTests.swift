@@ -1,8 +1,8 @@
 import Foundation
 import Logging
 import LorikeetEngine
-import LorikeetGGUF
 import LorikeetEngineServer
+import LorikeetGGUF
 import LorikeetProto
 import Synchronization
 import Testing
@@ -44,7 +44,8 @@ struct HostileChannelTests {
         var testDescription: String { self.label }
     }
 
-    static func prompt(_ id: String, sampling: LorikeetProto.SamplingParams = LorikeetProto.SamplingParams(maxTokens: 2)) -> GenerateRequest {
+    static func prompt(_ id: String, sampling: LorikeetProto.SamplingParams = LorikeetProto.SamplingParams(maxTokens: 2)) -> GenerateRequest
+    {
         GenerateRequest(requestID: id, promptTokens: [256, 65], sampling: sampling)
     }
 
@@ -53,10 +54,14 @@ struct HostileChannelTests {
             Self.prompt("h", sampling: LorikeetProto.SamplingParams(maxTokens: 2, stop: (0...Limits.stopSequences).map { "s\($0)" }))
         },
         GenerateCase(label: "a 257-byte stop sequence", param: "stop") {
-            Self.prompt("h", sampling: LorikeetProto.SamplingParams(maxTokens: 2, stop: [String(repeating: "x", count: Limits.stopSequenceBytes + 1)]))
+            Self.prompt(
+                "h",
+                sampling: LorikeetProto.SamplingParams(maxTokens: 2, stop: [String(repeating: "x", count: Limits.stopSequenceBytes + 1)]))
         },
         GenerateCase(label: "257 stop token ids", param: "stop_token_ids") {
-            Self.prompt("h", sampling: LorikeetProto.SamplingParams(maxTokens: 2, stopTokenIDs: Array(repeating: 5, count: Limits.stopTokenIDs + 1)))
+            Self.prompt(
+                "h", sampling: LorikeetProto.SamplingParams(maxTokens: 2, stopTokenIDs: Array(repeating: 5, count: Limits.stopTokenIDs + 1))
+            )
         },
         // 8 MiB + 1: over the prompt limit, well under the 16 MiB frame limit.
         GenerateCase(label: "prompt text over 8 MiB", param: "prompt") {
@@ -71,7 +76,8 @@ struct HostileChannelTests {
         GenerateCase(label: "messages over 8 MiB together", param: "messages") {
             GenerateRequest(
                 requestID: "h",
-                messages: Array(repeating: ChatMessage(role: "user", content: String(repeating: "m", count: Limits.promptBytes / 2 + 1)), count: 2))
+                messages: Array(
+                    repeating: ChatMessage(role: "user", content: String(repeating: "m", count: Limits.promptBytes / 2 + 1)), count: 2))
         },
         GenerateCase(label: "a 300-byte role", param: "messages") {
             GenerateRequest(requestID: "h", messages: [ChatMessage(role: String(repeating: "r", count: 300), content: "x")])
@@ -118,12 +124,14 @@ struct HostileChannelTests {
 
     static let adapterCases: [AdapterCase] = [
         AdapterCase(label: "an empty name", name: "", path: "/x", param: "lora_name"),
-        AdapterCase(label: "a 257-byte name", name: String(repeating: "n", count: Limits.adapterNameBytes + 1), path: "/x", param: "lora_name"),
+        AdapterCase(
+            label: "a 257-byte name", name: String(repeating: "n", count: Limits.adapterNameBytes + 1), path: "/x", param: "lora_name"),
         AdapterCase(label: "a C1 control in the name", name: "a\u{85}b", path: "/x", param: "lora_name"),
         AdapterCase(label: "a newline in the name", name: "a\nb", path: "/x", param: "lora_name"),
         AdapterCase(label: "a bidi override in the name", name: "a\u{202E}b", path: "/x", param: "lora_name"),
         AdapterCase(label: "a newline in the path", name: "a", path: "/tmp\n/../x", param: "lora_path"),
-        AdapterCase(label: "a 4097-byte path", name: "a", path: "/" + String(repeating: "p", count: Limits.adapterPathBytes), param: "lora_path"),
+        AdapterCase(
+            label: "a 4097-byte path", name: "a", path: "/" + String(repeating: "p", count: Limits.adapterPathBytes), param: "lora_path"),
     ]
 
     /// An add_adapter with a name or path that breaks `TextRules` is refused for itself,
@@ -168,7 +176,9 @@ struct HostileChannelTests {
     /// read; the same uid is served. (The test cannot switch users, so it asks the server
     /// to allow a different uid than its own.)
     @Test func peerWithAnotherUIDIsClosedAtOnce() async throws {
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("lk-peer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "lk-peer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        ).path
         defer { unlink(scratch) }
         let core = try EngineCore(modelDirectory: try ServerFixture.directory() + "/model")
         let server = EngineServer(core: core, logger: Logger(label: "test.engine"))
@@ -219,10 +229,12 @@ enum LargeAdapter {
         let weights = try LlamaWeights(config: c) { (name: String, shape: [Int]) throws(ModelLoadError) -> WeightMatrix in
             let count = shape.reduce(1, *)
             let value: Float = name.hasSuffix("norm.weight") ? 1 : 0.001
-            return WeightMatrix(dense: FloatTensor(shape: shape.count == 1 ? [shape[0], 1] : shape, values: Array(repeating: value, count: count)))
+            return WeightMatrix(
+                dense: FloatTensor(shape: shape.count == 1 ? [shape[0], 1] : shape, values: Array(repeating: value, count: count)))
         }
         return EngineCore(
-            weights: weights, tokenizer: ByteTokenizer(), options: EngineOptions(maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: self.rank))
+            weights: weights, tokenizer: ByteTokenizer(),
+            options: EngineOptions(maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: self.rank))
     }
 
     /// Writes a rank-`rank` all-linear adapter of zeros (about 18 MB at rank 256) into `dir`.
@@ -236,7 +248,8 @@ enum LargeAdapter {
                 for (suffix, dims) in [("lora_A", [rank, shape[1]]), ("lora_B", [shape[0], rank])] {
                     let bytes = dims[0] * dims[1] * 4
                     header.append(
-                        #""base_model.model.\#(module.path(layer: layer)).\#(suffix).weight":{"dtype":"F32","shape":[\#(dims[0]),\#(dims[1])],"data_offsets":[\#(offset),\#(offset + bytes)]}"#)
+                        #""base_model.model.\#(module.path(layer: layer)).\#(suffix).weight":{"dtype":"F32","shape":[\#(dims[0]),\#(dims[1])],"data_offsets":[\#(offset),\#(offset + bytes)]}"#
+                    )
                     offset += bytes
                 }
             }

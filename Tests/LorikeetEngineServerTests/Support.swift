@@ -1,7 +1,7 @@
 import Foundation
 import LorikeetProto
-import Synchronization
 import LorikeetTestSupport
+import Synchronization
 import Testing
 
 /// The fixture of `Tests/Fixtures/make_tiny_llama.py`, generated once per script version

@@ -1,6 +1,6 @@
 import Foundation
-import Synchronization
 import LorikeetTestSupport
+import Synchronization
 import Testing
 
 @testable import LorikeetEngine

@@ -41,7 +41,8 @@ enum AdapterWriter {
                         let bits = value(name, i).bitPattern
                         for b in 0..<4 { data.append(UInt8(truncatingIfNeeded: bits >> (8 * UInt32(b)))) }
                     }
-                    header.append(#""\#(name)":{"dtype":"F32","shape":[\#(dims[0]),\#(dims[1])],"data_offsets":[\#(begin),\#(data.count)]}"#)
+                    header.append(
+                        #""\#(name)":{"dtype":"F32","shape":[\#(dims[0]),\#(dims[1])],"data_offsets":[\#(begin),\#(data.count)]}"#)
                 }
             }
         }
@@ -101,8 +102,11 @@ struct HostileAdapterTests {
         PathCase(label: "a relative path", path: "!allowed/good", code: .invalidArgument, message: notAllowed),
         PathCase(label: "a NUL byte", path: "allowed/good\u{0}/../../outside/adapter", code: .invalidArgument, message: notAllowed),
         PathCase(label: "a missing directory", path: "allowed/missing", code: .notFound, message: "the adapter path was not found"),
-        PathCase(label: "a file instead of a directory", path: "allowed/good/adapter_config.json", code: .invalidArgument, message: notAllowed),
-        PathCase(label: "a FIFO as the config", path: "allowed/fifo", code: .invalidArgument, message: "'adapter_config.json' is not a regular file"),
+        PathCase(
+            label: "a file instead of a directory", path: "allowed/good/adapter_config.json", code: .invalidArgument, message: notAllowed),
+        PathCase(
+            label: "a FIFO as the config", path: "allowed/fifo", code: .invalidArgument,
+            message: "'adapter_config.json' is not a regular file"),
         PathCase(
             label: "a symlink to /dev/zero as the weights", path: "allowed/devzero", code: .invalidArgument,
             message: "'adapter_model.safetensors' is not a regular file"),
@@ -115,7 +119,8 @@ struct HostileAdapterTests {
         PathCase(
             label: "a 64 GiB sparse weights file (never read)", path: "allowed/bigweights", code: .invalidArgument,
             message: "adapter_model.safetensors is 68719476736 bytes; a rank-4 adapter of this model's target modules needs at most"),
-        PathCase(label: "a missing weights file", path: "allowed/noweights", code: .notFound, message: "'adapter_model.safetensors' not found"),
+        PathCase(
+            label: "a missing weights file", path: "allowed/noweights", code: .notFound, message: "'adapter_model.safetensors' not found"),
     ]
 
     /// Builds the tree the path cases refer to; returns the scratch directory.
@@ -221,14 +226,18 @@ struct HostileAdapterTests {
         ConfigCase(label: "lora_alpha 1e400 (infinite)", json: AdapterWriter.config(alpha: "1e400"), message: "lora_alpha"),
         ConfigCase(label: "lora_alpha 0", json: AdapterWriter.config(alpha: "0"), message: "'lora_alpha' must be a finite number"),
         ConfigCase(label: "lora_alpha -16", json: AdapterWriter.config(alpha: "-16"), message: "'lora_alpha' must be a finite number"),
-        ConfigCase(label: "lora_alpha a string", json: AdapterWriter.config(alpha: #""16""#), message: "'lora_alpha' must be a finite number"),
+        ConfigCase(
+            label: "lora_alpha a string", json: AdapterWriter.config(alpha: #""16""#), message: "'lora_alpha' must be a finite number"),
         ConfigCase(label: "lora_alpha 10000", json: AdapterWriter.config(alpha: "10000"), message: nil),
         ConfigCase(label: "lora_alpha 10001", json: AdapterWriter.config(alpha: "10001"), message: "at most 10000"),
-        ConfigCase(label: "use_rslora a string", json: AdapterWriter.config(extra: #","use_rslora":"yes""#), message: "'use_rslora' must be true or false"),
+        ConfigCase(
+            label: "use_rslora a string", json: AdapterWriter.config(extra: #","use_rslora":"yes""#),
+            message: "'use_rslora' must be true or false"),
         ConfigCase(label: "use_rslora true", json: AdapterWriter.config(extra: #","use_rslora":true"#), message: nil),
         ConfigCase(label: "r 0", json: AdapterWriter.config(rank: 0), message: "'r' must be a positive integer"),
         ConfigCase(label: "r 1e300", json: #"{"r":1e300,"target_modules":["q_proj"]}"#, message: "'r' must be a positive integer"),
-        ConfigCase(label: "r over max_lora_rank", json: AdapterWriter.config(rank: 17), message: "LoRA rank 17 is greater than max_lora_rank 16."),
+        ConfigCase(
+            label: "r over max_lora_rank", json: AdapterWriter.config(rank: 17), message: "LoRA rank 17 is greater than max_lora_rank 16."),
         ConfigCase(
             label: "regex: PEFT-style alternation", json: AdapterWriter.config(targets: #"".*\\.(q_proj|v_proj)$""#), message: nil),
         ConfigCase(
@@ -253,10 +262,12 @@ struct HostileAdapterTests {
             label: "regex of 2000 bytes", json: AdapterWriter.config(targets: "\"" + String(repeating: "a", count: 2000) + "\""),
             message: "the limit is 1024"),
         ConfigCase(
-            label: "100k bogus list entries", json: AdapterWriter.config(targets: "[" + Array(repeating: #""x_proj""#, count: 100_000).joined(separator: ",") + "]"),
+            label: "100k bogus list entries",
+            json: AdapterWriter.config(targets: "[" + Array(repeating: #""x_proj""#, count: 100_000).joined(separator: ",") + "]"),
             message: "and 99984 more"),
         ConfigCase(
-            label: "a 300-byte bias", json: #"{"r":4,"target_modules":["q_proj","v_proj"],"bias":""# + String(repeating: "b", count: 300) + "\"}",
+            label: "a 300-byte bias",
+            json: #"{"r":4,"target_modules":["q_proj","v_proj"],"bias":""# + String(repeating: "b", count: 300) + "\"}",
             message: "(300 bytes)"),
     ]
 
@@ -301,7 +312,9 @@ struct HostileAdapterTests {
     }
 
     /// A NaN or infinite value in any tensor is refused with the tensor's name.
-    @Test(arguments: [TensorCase(label: "NaN", poison: .nan), TensorCase(label: "+inf", poison: .infinity), TensorCase(label: "-inf", poison: -.infinity)])
+    @Test(arguments: [
+        TensorCase(label: "NaN", poison: .nan), TensorCase(label: "+inf", poison: .infinity), TensorCase(label: "-inf", poison: -.infinity),
+    ])
     func nonFiniteTensorValuesAreRefused(_ c: TensorCase) throws {
         let scratch = try ScratchDirectory("nan")
         let model = try AdapterWriter.model()

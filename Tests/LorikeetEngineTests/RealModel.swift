@@ -77,11 +77,12 @@ enum RealModel {
         if !FileManager.default.fileExists(atPath: json.path) {
             let python = Self.repoRoot.appendingPathComponent(".venv/bin/python")
             guard FileManager.default.isExecutableFile(atPath: python.path) else {
-                throw RealModelSetupError(description: """
-                    \(python.path) is missing: the tokenizer reference needs a Python venv with numpy, tokenizers, \
-                    gguf, safetensors and jinja2. Run bin/test (it creates .venv), or: python3 -m venv .venv && \
-                    .venv/bin/pip install numpy tokenizers gguf safetensors jinja2
-                    """)
+                throw RealModelSetupError(
+                    description: """
+                        \(python.path) is missing: the tokenizer reference needs a Python venv with numpy, tokenizers, \
+                        gguf, safetensors and jinja2. Run bin/test (it creates .venv), or: python3 -m venv .venv && \
+                        .venv/bin/pip install numpy tokenizers gguf safetensors jinja2
+                        """)
             }
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             try Self.runPython(python, script: script, [model.url.path, corpus.path, dir.path])
@@ -104,9 +105,10 @@ enum RealModel {
             guard let messages = chat["messages"] as? [[String: String]],
                 let with = chat["with_prompt"] as? String, let without = chat["without_prompt"] as? String
             else { throw RealModelSetupError(description: "bad chat entry in \(json.path)") }
-            reference.chats.append(Chat(
-                messages: messages.map { ChatMessage(role: $0["role"] ?? "", content: $0["content"] ?? "") },
-                withPrompt: with, withoutPrompt: without))
+            reference.chats.append(
+                Chat(
+                    messages: messages.map { ChatMessage(role: $0["role"] ?? "", content: $0["content"] ?? "") },
+                    withPrompt: with, withoutPrompt: without))
         }
         for (name, info) in tensors {
             guard let shape = info["shape"] as? [Int], let rows = info["saved_rows"] as? Int, let file = info["file"] as? String else {
@@ -114,7 +116,9 @@ enum RealModel {
             }
             let data = try Data(contentsOf: dir.appendingPathComponent(file))
             let values = data.withUnsafeBytes { raw in
-                (0..<(data.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+                (0..<(data.count / 4)).map {
+                    Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+                }
             }
             reference.tensors[name] = ReferenceTensor(shape: shape, savedRows: rows, values: values)
         }
@@ -134,7 +138,8 @@ enum RealModel {
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
             throw RealModelSetupError(
-                description: "\(script.lastPathComponent) failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))")
+                description: "\(script.lastPathComponent) failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))"
+            )
         }
     }
 

@@ -91,7 +91,11 @@ struct RealModelTests {
         // SmolLM2 has no token for 21 bytes (6 control characters and bytes that valid UTF-8
         // never or almost never holds); encode drops them, as llama.cpp and `tokenizers` do.
         let missing = Set((0..<256).map(UInt8.init).filter { tok.tokenID(String(Character(ByteLevel.byteToUnicode[Int($0)]))) == nil })
-        #expect(missing == [0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF])
+        #expect(
+            missing == [
+                0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE,
+                0xFF,
+            ])
         var exact = 0
         for text in reference.encodings.map(\.text) + extra {
             let ids = tok.encode(text)
@@ -138,7 +142,8 @@ struct RealModelTests {
         #expect(tok.encode("Hi", addBOS: true) == [1] + tok.encode("Hi"))
     }
 
-    @Test("the GGUF loader's fp32 weights equal the numpy reference, its quantized weights give the same products; time and memory reported")
+    @Test(
+        "the GGUF loader's fp32 weights equal the numpy reference, its quantized weights give the same products; time and memory reported")
     func wholeModelWeights() throws {
         let model = try RealModel.get()
         let reference = try RealModel.getReference()

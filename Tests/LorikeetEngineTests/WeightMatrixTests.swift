@@ -100,9 +100,12 @@ struct MixedFormatModelTests {
             let format: WeightMatrix.Format? =
                 name.hasPrefix("model.layers.1.") && columns > 1 ? .q8_0 : name.hasPrefix("model.layers.2.") && columns > 1 ? .q4_1 : nil
             guard let format else {
-                let values = name.hasSuffix("norm.weight") ? [Float](repeating: 1, count: rows) : (0..<(rows * columns)).map { _ in
-                    Float(rng.nextUnit() * 0.2 - 0.1)
-                }
+                let values =
+                    name.hasSuffix("norm.weight")
+                    ? [Float](repeating: 1, count: rows)
+                    : (0..<(rows * columns)).map { _ in
+                        Float(rng.nextUnit() * 0.2 - 0.1)
+                    }
                 return WeightMatrix(dense: FloatTensor(shape: shape, values: values))
             }
             let bytes = WeightMatrixTests.randomBlocks(format, rows: rows, columns: columns, seed: seed)

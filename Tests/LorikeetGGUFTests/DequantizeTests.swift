@@ -59,16 +59,16 @@ struct DequantizeTests {
     }
 
     #if !(os(macOS) && arch(x86_64))
-    @Test("halfToFloat matches Float16 on all 65536 bit patterns")
-    func halfExhaustive() {
-        var mismatches = 0
-        for bits in 0...UInt16.max {
-            let mine = halfToFloat(bits)
-            let reference = Float(Float16(bitPattern: bits))
-            if !(mine.bitPattern == reference.bitPattern || (mine.isNaN && reference.isNaN)) { mismatches += 1 }
+        @Test("halfToFloat matches Float16 on all 65536 bit patterns")
+        func halfExhaustive() {
+            var mismatches = 0
+            for bits in 0...UInt16.max {
+                let mine = halfToFloat(bits)
+                let reference = Float(Float16(bitPattern: bits))
+                if !(mine.bitPattern == reference.bitPattern || (mine.isNaN && reference.isNaN)) { mismatches += 1 }
+            }
+            #expect(mismatches == 0)
         }
-        #expect(mismatches == 0)
-    }
     #endif
 
     @Test("wrong buffer size and unsupported types are typed errors")

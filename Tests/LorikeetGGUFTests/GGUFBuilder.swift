@@ -87,10 +87,12 @@ struct GGUFBuilder {
             ("strings", .array(elementType: .string, values: [.string("a"), .string(""), .string("ccc")])),
             (
                 "nested",
-                .array(elementType: .array, values: [
-                    .array(elementType: .uint8, values: [.uint8(1), .uint8(2)]),
-                    .array(elementType: .string, values: [.string("x")]),
-                ])
+                .array(
+                    elementType: .array,
+                    values: [
+                        .array(elementType: .uint8, values: [.uint8(1), .uint8(2)]),
+                        .array(elementType: .string, values: [.string("x")]),
+                    ])
             ),
             ("empty", .array(elementType: .float32, values: [])),
         ]

@@ -136,11 +136,14 @@ struct GGUFParserTests {
         add("bool byte 7", { $0.kvs = [("b", .uint8(7))] }, patch: { write(GGUFValueType.bool.rawValue, at: 33, in: &$0) }) {
             if case .wrongValueType("b", _, _) = $0 { return true } else { return false }
         }
-        add("arrays nested too deep", { b in
-            var v = GGUFValue.array(elementType: .uint8, values: [.uint8(1)])
-            for _ in 0..<10 { v = .array(elementType: .array, values: [v]) }
-            b.kvs = [("deep", v)]
-        }) { if case .arrayNestingTooDeep("deep", _, 8) = $0 { return true } else { return false } }
+        add(
+            "arrays nested too deep",
+            { b in
+                var v = GGUFValue.array(elementType: .uint8, values: [.uint8(1)])
+                for _ in 0..<10 { v = .array(elementType: .array, values: [v]) }
+                b.kvs = [("deep", v)]
+            }
+        ) { if case .arrayNestingTooDeep("deep", _, 8) = $0 { return true } else { return false } }
         add("duplicate key", { $0.kvs += [("u8", .uint8(1))] }) { $0 == .duplicateKey("u8") }
         add("alignment 3", { $0.kvs.append(("general.alignment", .uint32(3))) }) { $0 == .invalidAlignment(3) }
         add("alignment 0", { $0.kvs.append(("general.alignment", .uint32(0))) }) { $0 == .invalidAlignment(0) }
@@ -197,6 +200,10 @@ struct GGUFParserTests {
         let error = #expect(throws: GGUFError.self) {
             try GGUFFile(contentsOf: URL(fileURLWithPath: "/nonexistent/model.gguf"))
         }
-        if case .unreadable(let path, _)? = error { #expect(path == "/nonexistent/model.gguf") } else { Issue.record("got \(String(describing: error))") }
+        if case .unreadable(let path, _)? = error {
+            #expect(path == "/nonexistent/model.gguf")
+        } else {
+            Issue.record("got \(String(describing: error))")
+        }
     }
 }

@@ -122,7 +122,8 @@ struct TokenizerUnitTests {
 
     @Test("ChatML default system prompt is read from the template")
     func chatTemplate() {
-        let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe nice.<|im_end|>\n' }}{% endif %}..."
+        let template =
+            "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe nice.<|im_end|>\n' }}{% endif %}..."
         #expect(ChatML.defaultSystemPrompt(in: template) == "Be nice.")
         #expect(ChatML.defaultSystemPrompt(in: "{{ '<|im_start|>' + message['role'] }}") == nil)
         let rendered = ChatML.render([ChatMessage(role: "user", content: "Hi")], defaultSystemPrompt: "Be nice.", addGenerationPrompt: true)

@@ -42,7 +42,10 @@ struct FramingTests {
         decoder.feed(bytes)
         var seqs: [UInt64] = []
         while let message = try decoder.next() {
-            guard case .heartbeat(let beat) = message.body else { Issue.record("wrong body"); continue }
+            guard case .heartbeat(let beat) = message.body else {
+                Issue.record("wrong body")
+                continue
+            }
             seqs.append(beat.seq)
         }
         #expect(seqs == Array(0..<1000))

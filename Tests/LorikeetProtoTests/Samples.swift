@@ -108,7 +108,9 @@ enum Samples {
                 promptText: "Hello", messages: [ChatMessage(role: "user", content: "Hi")], addSpecialTokens: true,
                 addGenerationPrompt: true, returnTokenStrs: true)),
         .tokenizeReply(
-            TokenizeReply(status: Status(code: .invalidArgument, message: "too long"), tokens: [1, 65_000], tokenStrs: ["H", "i"], maxModelLength: 2048)),
+            TokenizeReply(
+                status: Status(code: .invalidArgument, message: "too long"), tokens: [1, 65_000], tokenStrs: ["H", "i"],
+                maxModelLength: 2048)),
         .detokenize(DetokenizeRequest(tokens: [1, 2, 49_152])),
         .detokenizeReply(DetokenizeReply(status: Status(code: .internal, message: "x"), prompt: "Hello 你好")),
     ]
@@ -116,7 +118,9 @@ enum Samples {
     /// Envelopes with header fields set, one per body case plus one without a body.
     static var controlEnvelopes: [ControlEnvelope] {
         [ControlEnvelope(body: nil)]
-            + controlBodies.enumerated().map { ControlEnvelope(callID: UInt64($0.offset + 1), deadlineUnixMs: 1_764_000_000_000, body: $0.element) }
+            + controlBodies.enumerated().map {
+                ControlEnvelope(callID: UInt64($0.offset + 1), deadlineUnixMs: 1_764_000_000_000, body: $0.element)
+            }
     }
     static var adminEnvelopes: [AdminEnvelope] {
         [AdminEnvelope(body: nil)]

@@ -48,11 +48,16 @@ struct SchemaTests {
 
     @Test("field numbers are unique per message and every type is one the codec can store")
     func descriptorsAreSupported() {
-        let storable: Set<String> = ["uint64", "fixed64", "int64", "sint64", "sfixed64", "uint32", "fixed32", "int32", "sint32", "sfixed32", "enum", "float", "bool", "string", "message"]
+        let storable: Set<String> = [
+            "uint64", "fixed64", "int64", "sint64", "sfixed64", "uint32", "fixed32", "int32", "sint32", "sfixed32", "enum", "float", "bool",
+            "string", "message",
+        ]
         for (message, fields) in ProtoSchema.messages() {
             #expect(Set(fields.map(\.number)).count == fields.count, "\(message) reuses a field number")
             for field in fields {
-                #expect(storable.contains(field.typeName), "\(message).\(field.name) is \(field.typeName): the Swift codec has no accessor for it")
+                #expect(
+                    storable.contains(field.typeName),
+                    "\(message).\(field.name) is \(field.typeName): the Swift codec has no accessor for it")
             }
         }
     }

@@ -29,7 +29,9 @@ struct HostileChannelTests {
         let received = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         let code = errno
         // Closed: EOF, or a reset when unread garbage was still queued at the close.
-        #expect(received == 0 || (received < 0 && code == ECONNRESET), "the supervisor kept a connection that sent garbage (recv = \(received), errno \(code))")
+        #expect(
+            received == 0 || (received < 0 && code == ECONNRESET),
+            "the supervisor kept a connection that sent garbage (recv = \(received), errno \(code))")
         #expect(try ServeTests.table(server) == ["kept": 1])
         #expect((try server.status()["ready_workers"] as? Int) == 1)
         #expect(server.log.contains("closing admin connection"))

@@ -40,7 +40,9 @@ struct HostileHTTPTests {
         let error = response.json?["error"] as? [String: Any]
         #expect(error?["message"] is String, "no OpenAI error envelope: \(response.body.prefix(300))", sourceLocation: sourceLocation)
         if let param { #expect(error?["param"] as? String == param, "\(response.body.prefix(300))", sourceLocation: sourceLocation) }
-        #expect(response.body.utf8.count < 4096, "the error repeats the input (\(response.body.utf8.count) bytes)", sourceLocation: sourceLocation)
+        #expect(
+            response.body.utf8.count < 4096, "the error repeats the input (\(response.body.utf8.count) bytes)",
+            sourceLocation: sourceLocation)
     }
 
     @Test("oversized and malformed adapter names, paths and batches: 400/413 each, no worker killed, table intact")
@@ -49,18 +51,25 @@ struct HostileHTTPTests {
             let dir = server.adapterDirectory + "/plain"
             let huge = String(repeating: "n", count: 5 * 1024 * 1024)
             for _ in 0..<3 {  // several times: once killed the forwarding worker, 16 took the server down
-                Self.expectError(try Self.post(server, "/v1/load_lora_adapter", ["lora_name": huge, "lora_path": dir]), status: 400, param: "lora_name")
-                Self.expectError(try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "x", "lora_path": dir + "/" + huge]), status: 400, param: "lora_path")
+                Self.expectError(
+                    try Self.post(server, "/v1/load_lora_adapter", ["lora_name": huge, "lora_path": dir]), status: 400, param: "lora_name")
+                Self.expectError(
+                    try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "x", "lora_path": dir + "/" + huge]), status: 400,
+                    param: "lora_path")
                 Self.expectError(try Self.post(server, "/v1/unload_lora_adapter", ["lora_name": huge]), status: 400, param: "lora_name")
             }
             // Two names just under the old frame limit used to overflow the committed table.
             let big = String(repeating: "b", count: 2 * 1024 * 1024)
-            Self.expectError(try Self.post(server, "/v1/load_lora_adapter", ["lora_name": big + "1", "lora_path": dir]), status: 400, param: "lora_name")
+            Self.expectError(
+                try Self.post(server, "/v1/load_lora_adapter", ["lora_name": big + "1", "lora_path": dir]), status: 400, param: "lora_name")
             for name in ["a\u{0}b", "line\nforged", "bidi\u{202E}txt", "tab\there", String(repeating: "é", count: 200)] {
-                Self.expectError(try Self.post(server, "/v1/load_lora_adapter", ["lora_name": name, "lora_path": dir]), status: 400, param: "lora_name")
+                Self.expectError(
+                    try Self.post(server, "/v1/load_lora_adapter", ["lora_name": name, "lora_path": dir]), status: 400, param: "lora_name")
             }
             // NUL in the path: refused, not truncated to the directory before it.
-            Self.expectError(try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "nul", "lora_path": dir + "\u{0}/../x"]), status: 400, param: "lora_path")
+            Self.expectError(
+                try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "nul", "lora_path": dir + "\u{0}/../x"]), status: 400,
+                param: "lora_path")
             Self.expectError(
                 try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "base", "lora_path": dir, "base_model_name": huge]),
                 status: 400, param: "base_model_name")
@@ -133,7 +142,8 @@ struct HostileHTTPTests {
             port: server.port, method: "POST", path: "/v1/load_lora_adapter", body: body,
             headers: ["Authorization": "BEARER sekret", "Content-Type": "application/json; charset=utf-8"])
         #expect(ok.status == 200, "\(ok.body)")
-        Self.expectError(try TestHTTP.request(port: server.port, path: "/v1/models", headers: ["Authorization": "Basic sekret"]), status: 401)
+        Self.expectError(
+            try TestHTTP.request(port: server.port, path: "/v1/models", headers: ["Authorization": "Basic sekret"]), status: 401)
         // The API key is in no process's argv.
         for pid in server.childPIDs() + [server.process.processIdentifier] {
             let cmdline = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
@@ -201,7 +211,8 @@ struct HostileHTTPTests {
         #expect(try ServeTests.table(server) == ["after-fence": 1])
     }
 
-    @Test("an operator's --lora-modules adapter outside the runtime prefixes loads at startup; the same directory at runtime is not allowed")
+    @Test(
+        "an operator's --lora-modules adapter outside the runtime prefixes loads at startup; the same directory at runtime is not allowed")
     func startupAdapterOutsidePrefixes() throws {
         let outside = TestEnvironment.temporaryDirectory("lk-startup")
         defer { try? FileManager.default.removeItem(atPath: outside) }

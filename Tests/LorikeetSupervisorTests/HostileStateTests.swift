@@ -257,7 +257,8 @@ extension ServeTests {
         typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
         guard let symbol = dlsym(nil, "prctl") else { return false }
         let prctl = unsafeBitCast(symbol, to: Prctl.self)
-        return prctl(36 /* PR_SET_CHILD_SUBREAPER */, on ? 1 : 0, 0, 0, 0) == 0
+        let setChildSubreaper: Int32 = 36  // PR_SET_CHILD_SUBREAPER
+        return prctl(setChildSubreaper, on ? 1 : 0, 0, 0, 0) == 0
     }
 
     static func procFile(_ pid: Int32, _ name: String) -> [String] {

@@ -174,7 +174,9 @@ extension ServeTests {
         let victim = try server.workerList().first { ($0["slot"] as? Int) == 1 }
         kill(Int32(victim?["pid"] as? Int ?? 0), SIGKILL)
         try ServeTests.waitFor("slot 1 respawned and scraped") {
-            try server.workerList().contains { ($0["slot"] as? Int) == 1 && ($0["pid"] as? Int) != (victim?["pid"] as? Int) && ($0["state"] as? String) == "ready" }
+            try server.workerList().contains {
+                ($0["slot"] as? Int) == 1 && ($0["pid"] as? Int) != (victim?["pid"] as? Int) && ($0["state"] as? String) == "ready"
+            }
                 && scrapeReports(slot: 1)
         }
         // A rolling restart: the replacement binds the port while the old worker drains (SO_REUSEPORT).
@@ -192,8 +194,10 @@ extension ServeTests {
         let port = TestEnvironment.freePort()
         let (status, output) = try TestEnvironment.runProcess(
             try TestEnvironment.lorikeetBinary,
-            ["serve", "--workers", "2", "--port", "\(port)", "--metrics-port-base", "\(port - 1)", "--state-dir",
-             TestEnvironment.temporaryDirectory("lk-overlap")])
+            [
+                "serve", "--workers", "2", "--port", "\(port)", "--metrics-port-base", "\(port - 1)", "--state-dir",
+                TestEnvironment.temporaryDirectory("lk-overlap"),
+            ])
         #expect(status != 0)
         #expect(output.contains("include --port \(port)"), "\(output)")
     }

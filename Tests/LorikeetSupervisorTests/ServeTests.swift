@@ -78,7 +78,9 @@ struct ServeTests {
         defer { server.stop() }
         #expect(try Self.load(server, "ryw").status == 200)
         var failures = 0
-        for _ in 0..<200 where try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("ryw")).status != 200 { failures += 1 }
+        for _ in 0..<200 where try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("ryw")).status != 200 {
+            failures += 1
+        }
         #expect(failures == 0, "requests for a loaded adapter failed: \(failures)/200")
         #expect(try Self.unload(server, "ryw").status == 200)
         var served = 0
@@ -177,7 +179,9 @@ struct ServeTests {
         try server.waitUntilReady(workers: 3)
         let results = outcomes.withLock { $0 }
         let acknowledged = Set(results.filter { $0.value == 200 }.keys)
-        print("kill -9 leader after \(loadedBeforeKill) of \(results.count) loads: \(acknowledged.count) acknowledged, \(results.count - acknowledged.count) reported failed")
+        print(
+            "kill -9 leader after \(loadedBeforeKill) of \(results.count) loads: \(acknowledged.count) acknowledged, \(results.count - acknowledged.count) reported failed"
+        )
         #expect(loadedBeforeKill < results.count, "the kill came after the burst; nothing was in flight")
         let table = try Self.table(server)
         // Every acknowledged load survived; ids are unique.
@@ -225,7 +229,8 @@ struct ServeTests {
             workers: 2, extraArguments: ["--metrics-port-base", "\(base)"],
             environment: ["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES": root])
         defer { server.stop() }
-        #expect(try TestHTTP.post(port: server.port, "/v1/load_lora_adapter", ["lora_name": "fragile", "lora_path": adapter]).status == 200)
+        #expect(
+            try TestHTTP.post(port: server.port, "/v1/load_lora_adapter", ["lora_name": "fragile", "lora_path": adapter]).status == 200)
         func leaderUnavailable() throws -> Double? {
             let leader = try server.workerList().first { ($0["role"] as? String) == "leader" }
             guard let slot = leader?["slot"] as? Int else { return nil }
@@ -237,9 +242,10 @@ struct ServeTests {
         let weights = adapter + "/adapter_model.safetensors"
         try FileManager.default.moveItem(atPath: weights, toPath: root + "/saved.safetensors")
         try Data("not a safetensors file".utf8).write(to: URL(fileURLWithPath: weights))
-        let engine = try #require(server.childPIDs().first { pid in
-            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains("engine")
-        })
+        let engine = try #require(
+            server.childPIDs().first { pid in
+                ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains("engine")
+            })
         kill(engine, SIGKILL)
         try Self.waitFor("leader reports the adapter unavailable") { try leaderUnavailable() == 1 }
         // Still committed and listed on every worker (not silently dropped); requests for it fail clearly.
@@ -299,7 +305,8 @@ struct ServeTests {
         server.signal(SIGHUP)
         try Self.waitFor("every worker replaced", timeout: 120) {
             let workers = try server.workerList()
-            return workers.count == 2 && workers.allSatisfy { ($0["state"] as? String) == "ready" && !before.contains($0["pid"] as? Int ?? 0) }
+            return workers.count == 2
+                && workers.allSatisfy { ($0["state"] as? String) == "ready" && !before.contains($0["pid"] as? Int ?? 0) }
         }
         usleep(500_000)
         let (counts, failures) = loop.stop()
@@ -350,7 +357,9 @@ struct ServeTests {
         try Self.waitFor("slot 1 paused", timeout: 30) {
             let slot = try slotOne()
             if slot?["state"] as? String == "crash-loop" { return true }
-            if let pid = slot?["pid"] as? Int, pid > 0, !killed.contains(pid), ["starting", "booting"].contains(slot?["state"] as? String ?? "") {
+            if let pid = slot?["pid"] as? Int, pid > 0, !killed.contains(pid),
+                ["starting", "booting"].contains(slot?["state"] as? String ?? "")
+            {
                 killed.insert(pid)
                 kill(Int32(pid), SIGKILL)
             }

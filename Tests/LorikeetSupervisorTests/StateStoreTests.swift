@@ -31,7 +31,10 @@ struct StateStoreTests {
         arguments: [
             [0xFF, 0xFF, 0xFF] as [UInt8],
             // Two adapters with the same id.
-            AdapterTable(version: 1, adapters: [AdapterRecord(name: "a", intID: 1, path: "/a"), AdapterRecord(name: "b", intID: 1, path: "/b")], nextIntID: 2).serializedBytes(),
+            AdapterTable(
+                version: 1, adapters: [AdapterRecord(name: "a", intID: 1, path: "/a"), AdapterRecord(name: "b", intID: 1, path: "/b")],
+                nextIntID: 2
+            ).serializedBytes(),
             // An id at or above the next id (would be reused).
             AdapterTable(version: 1, adapters: [AdapterRecord(name: "a", intID: 5, path: "/a")], nextIntID: 3).serializedBytes(),
         ]
@@ -52,24 +55,33 @@ struct StateStoreTests {
     func rules() throws {
         let table = AdapterTable(version: 3, adapters: [AdapterRecord(name: "a", intID: 1, path: "/a")], nextIntID: 4)
         // A new adapter must get an id >= next id.
-        guard case .failure(let reused) = TableRules.apply(TableChange(upserts: [AdapterRecord(name: "b", intID: 2, path: "/b")]), to: table)
-        else { Issue.record("reused id accepted"); return }
+        guard
+            case .failure(let reused) = TableRules.apply(TableChange(upserts: [AdapterRecord(name: "b", intID: 2, path: "/b")]), to: table)
+        else {
+            Issue.record("reused id accepted")
+            return
+        }
         #expect(reused.code == .failedPrecondition)
         let added = try TableRules.apply(TableChange(upserts: [AdapterRecord(name: "b", intID: 4, path: "/b")]), to: table).get()
         #expect(added.version == 4 && added.nextIntID == 5 && added.adapters.map(\.name) == ["a", "b"])
         // Reload in place keeps the id; a different id is refused.
-        #expect(try TableRules.apply(TableChange(upserts: [AdapterRecord(name: "a", intID: 1, path: "/a2")]), to: table).get().adapters[0].path == "/a2")
+        #expect(
+            try TableRules.apply(TableChange(upserts: [AdapterRecord(name: "a", intID: 1, path: "/a2")]), to: table).get().adapters[0].path
+                == "/a2")
         guard case .failure = TableRules.apply(TableChange(upserts: [AdapterRecord(name: "a", intID: 9, path: "/a")]), to: table) else {
-            Issue.record("id change accepted"); return
+            Issue.record("id change accepted")
+            return
         }
         // Removing then re-adding a name gets a new id, never the old one.
         let removed = try TableRules.apply(TableChange(removes: ["a"]), to: table).get()
         #expect(removed.adapters.isEmpty && removed.nextIntID == 4)
         guard case .failure = TableRules.apply(TableChange(upserts: [AdapterRecord(name: "a", intID: 1, path: "/a")]), to: removed) else {
-            Issue.record("old id reused after removal"); return
+            Issue.record("old id reused after removal")
+            return
         }
         guard case .failure(let missing) = TableRules.apply(TableChange(removes: ["zzz"]), to: table) else {
-            Issue.record("unknown removal accepted"); return
+            Issue.record("unknown removal accepted")
+            return
         }
         #expect(missing.code == .notFound)
     }

@@ -140,7 +140,10 @@ extension SupervisorStateMachineTests {
         let answers = Self.answers(machine.stop(.graceful))
         #expect(answers.map(\.origin) == [.admin(token: 2)] && answers[0].reply.status.message == "the server is shutting down")
         let leaderAnswer = AdapterMutationReply(status: .ok, tableVersion: 1)
-        #expect(Self.answers(machine.leaderReplied(routeID: committedRoute, reply: leaderAnswer, from: ids[0])).map(\.origin) == [.admin(token: 1)])
+        #expect(
+            Self.answers(machine.leaderReplied(routeID: committedRoute, reply: leaderAnswer, from: ids[0])).map(\.origin) == [
+                .admin(token: 1)
+            ])
     }
 }
 

@@ -410,7 +410,8 @@ struct SupervisorStateMachineTests {
         #expect(machine.changeAcked(by: ids[0], version: 2).isEmpty)
         #expect(machine.changeAcked(by: ids[1], version: 1).isEmpty, "an older version is no ack")
         let done = machine.changeAcked(by: ids[1], version: 2)
-        guard done.contains(where: { if case .replyToCommit(ids[0], 7, CommitReply(status: .ok, version: 2)) = $0 { true } else { false } }) else {
+        guard done.contains(where: { if case .replyToCommit(ids[0], 7, CommitReply(status: .ok, version: 2)) = $0 { true } else { false } })
+        else {
             Issue.record("not finished: \(done)")
             return
         }

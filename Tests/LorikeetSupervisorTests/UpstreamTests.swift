@@ -199,9 +199,10 @@ struct UpstreamTests {
         defer { a.stop() }
         let server = try ServerUnderTest(workers: 1, upstreams: [a.url])
         defer { server.stop() }
-        let body = try JSONSerialization.data(withJSONObject: [
-            "model": "tiny", "prompt": "hello", "max_tokens": 240, "ignore_eos": true, "stream": true,
-        ] as [String: Any])
+        let body = try JSONSerialization.data(
+            withJSONObject: [
+                "model": "tiny", "prompt": "hello", "max_tokens": 240, "ignore_eos": true, "stream": true,
+            ] as [String: Any])
         let request =
             "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
             + String(decoding: body, as: UTF8.self)

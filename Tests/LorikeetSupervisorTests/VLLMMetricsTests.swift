@@ -1,6 +1,6 @@
 import Foundation
-import Synchronization
 import LorikeetTestSupport
+import Synchronization
 import Testing
 
 /// vLLM's `vllm:` series and LoRA filesystem resolver against real `lorikeet serve`
@@ -48,7 +48,9 @@ extension ServeTests {
         "20.0", "40.0", "80.0", "160.0", "640.0", "2560.0", "+Inf",
     ]
 
-    @Test("vllm: series: families, types, labels, buckets; streamed, non-streamed and adapter requests; the same sums through either worker, across a kill -9")
+    @Test(
+        "vllm: series: families, types, labels, buckets; streamed, non-streamed and adapter requests; the same sums through either worker, across a kill -9"
+    )
     func vllmMetrics() throws {
         let server = try ServerUnderTest(workers: 2)
         defer { server.stop() }
@@ -104,7 +106,8 @@ extension ServeTests {
 
         // Families, types, labels and buckets as vLLM's prometheus_client writes them.
         let samples = try Self.scrapeVLLM(server)
-        let types = Dictionary(samples.filter { $0.family.hasPrefix("vllm:") }.map { ($0.family, $0.type) }, uniquingKeysWith: { a, _ in a })
+        let types = Dictionary(
+            samples.filter { $0.family.hasPrefix("vllm:") }.map { ($0.family, $0.type) }, uniquingKeysWith: { a, _ in a })
         #expect(
             types == [
                 "vllm:num_requests_running": "gauge", "vllm:num_requests_waiting": "gauge", "vllm:lora_requests_info": "gauge",
@@ -124,7 +127,9 @@ extension ServeTests {
         #expect(samples.filter { $0.name == "vllm:inter_token_latency_seconds_bucket" }.count == 20)
         #expect(samples.filter { $0.name == "vllm:e2e_request_latency_seconds_bucket" }.count == 22)
         let info = samples.filter { $0.family == "vllm:lora_requests_info" }
-        #expect(info.count == 1 && Set(info.first?.labels.keys.map { $0 } ?? []) == ["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
+        #expect(
+            info.count == 1
+                && Set(info.first?.labels.keys.map { $0 } ?? []) == ["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
         #expect(info.first?.labels["running_lora_adapters"] == "" && (Int(info.first?.labels["max_lora"] ?? "") ?? 0) > 0)
         #expect((info.first?.value ?? 0) > 1_600_000_000, "lora_requests_info's value is the Unix time")
 
@@ -205,7 +210,9 @@ extension ServeTests {
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: configPath))
     }
 
-    @Test("LoRA resolver: a new name loads once through the leader and every worker lists it; hostile names, misses and concurrent first requests")
+    @Test(
+        "LoRA resolver: a new name loads once through the leader and every worker lists it; hostile names, misses and concurrent first requests"
+    )
     func loraResolver() throws {
         let fixture = try TestEnvironment.fixtureDirectory()
         let directory = try Self.resolverDirectory(fixture)

@@ -88,7 +88,7 @@ public final class EtcdCluster: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         let cArguments = argv.map { strdup($0) } + [nil]
-        defer { cArguments.forEach { free($0) } }
+        defer { for pointer in cArguments { free(pointer) } }
         var pid: pid_t = 0
         let status = posix_spawn(&pid, "/bin/sh", &actions, nil, cArguments, environ)
         guard status == 0 else { throw TestEnvironment.Failure("cannot start etcd: \(String(cString: strerror(status)))") }

@@ -69,7 +69,9 @@ public enum TestEnvironment {
 
     /// Runs a command to completion; returns its exit status and combined output.
     @discardableResult
-    public static func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
+    public static func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (
+        Int32, String
+    ) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -97,7 +99,7 @@ public enum TestEnvironment {
     public static func freePorts(consecutive count: Int) -> UInt16 {
         while true {
             var held: [Int32] = []
-            defer { held.forEach { close($0) } }
+            defer { for fd in held { close(fd) } }
             guard let (fd, first) = self.bindLoopback(port: 0) else { continue }
             held.append(fd)
             for offset in 1..<max(count, 1) {

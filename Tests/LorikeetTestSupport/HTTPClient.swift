@@ -75,7 +75,8 @@ public enum TestHTTP {
         let text = String(decoding: bytes, as: UTF8.self)
         guard let split = text.range(of: "\r\n\r\n") else { throw Failure.io("incomplete response: \(text.prefix(200))") }
         let head = text[..<split.lowerBound].split(separator: "\r\n")
-        guard let statusLine = head.first, statusLine.split(separator: " ").count >= 2, let status = Int(statusLine.split(separator: " ")[1])
+        guard let statusLine = head.first, statusLine.split(separator: " ").count >= 2,
+            let status = Int(statusLine.split(separator: " ")[1])
         else { throw Failure.io("bad status line: \(head.first ?? "")") }
         var headers: [String: String] = [:]
         for line in head.dropFirst() {

@@ -24,7 +24,10 @@ public final class ReplicaUnderTest: @unchecked Sendable {
         self.allowedPrefix = allowedPrefix ?? fixture
         let engine = Process()
         engine.executableURL = URL(fileURLWithPath: try TestEnvironment.lorikeetBinary)
-        engine.arguments = ["engine", "--model", fixture + "/model", "--socket", self.directory + "/engine.sock", "--threads", "1", "--parent-pid", "\(getpid())"]
+        engine.arguments = [
+            "engine", "--model", fixture + "/model", "--socket", self.directory + "/engine.sock", "--threads", "1", "--parent-pid",
+            "\(getpid())",
+        ]
         try Self.redirect(engine, to: self.directory + "/engine.log")
         try engine.run()
         self.engine = engine
@@ -49,7 +52,8 @@ public final class ReplicaUnderTest: @unchecked Sendable {
         let worker = Process()
         worker.executableURL = URL(fileURLWithPath: try TestEnvironment.lorikeetBinary)
         worker.arguments = [
-            "worker", "--engine-socket", self.directory + "/engine.sock", "--port", "\(self.port)", "--parent-pid", "\(getpid())", "--served-model-name", "tiny",
+            "worker", "--engine-socket", self.directory + "/engine.sock", "--port", "\(self.port)", "--parent-pid", "\(getpid())",
+            "--served-model-name", "tiny",
         ]
         var env = ProcessInfo.processInfo.environment
         env["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING"] = "true"

@@ -54,7 +54,8 @@ public final class ServerUnderTest: @unchecked Sendable {
 
     /// Runs `lorikeet ctl VERB ... --json` against this server.
     public func ctl(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        try TestEnvironment.runProcess(try TestEnvironment.lorikeetBinary, ["ctl"] + arguments + ["--state-dir", self.stateDirectory, "--json"])
+        try TestEnvironment.runProcess(
+            try TestEnvironment.lorikeetBinary, ["ctl"] + arguments + ["--state-dir", self.stateDirectory, "--json"])
     }
 
     public func ctlJSON(_ arguments: [String]) throws -> Any {

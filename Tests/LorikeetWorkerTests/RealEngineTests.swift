@@ -202,7 +202,8 @@ struct RealEngineTests {
 
             // Back to text (BOS decodes to nothing in the engine's tokenizers).
             let detokenized = try await TestHTTP.post(
-                port: port, "/detokenize", #"{"model":"tiny","tokens":\#(String(decoding: JSONWriter.encode(.array(expected)), as: UTF8.self))}"#)
+                port: port, "/detokenize",
+                #"{"model":"tiny","tokens":\#(String(decoding: JSONWriter.encode(.array(expected)), as: UTF8.self))}"#)
             #expect(detokenized.json == .object([("prompt", .string(prompt))]), "\(detokenized.text)")
 
             // Chat form: the template's text, parts joined with "\n"; add_generation_prompt

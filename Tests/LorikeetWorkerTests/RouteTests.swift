@@ -1,7 +1,7 @@
 import Foundation
 import LorikeetJSON
-import LorikeetTestSupport
 import LorikeetProto
+import LorikeetTestSupport
 import Synchronization
 import Testing
 
@@ -141,7 +141,10 @@ struct RouteTests {
                     "/v1/chat/completions", #"{"messages":[{"role":"user","content":5}]}"#, 400, "invalid_request_error",
                     "messages[0].content"
                 ),
-                ("/v1/chat/completions", #"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#, 404, "invalid_request_error", "model"),
+                (
+                    "/v1/chat/completions", #"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#, 404, "invalid_request_error",
+                    "model"
+                ),
                 ("/v1/load_lora_adapter", #"{"lora_name":"a","lora_path":"/tmp"}"#, 404, "invalid_request_error", nil),
                 ("/v1/unload_lora_adapter", #"{"lora_name":"a"}"#, 404, "invalid_request_error", nil),
                 ("/v1/nothing", "{}", 404, "invalid_request_error", nil),
@@ -166,7 +169,9 @@ struct RouteTests {
             let chunkedBody = String(repeating: "1000\r\n" + String(repeating: " ", count: 4096) + "\r\n", count: 3) + "0\r\n\r\n"
             let chunked = try await TestHTTP.raw(
                 port: port,
-                Array("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\(chunkedBody)".utf8))
+                Array(
+                    "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\(chunkedBody)"
+                        .utf8))
             #expect(chunked.status == 413)
             // Not HTTP at all.
             let garbage = try await TestHTTP.raw(port: port, Array("\u{01}\u{02} nonsense\r\n\r\n".utf8))

@@ -135,7 +135,9 @@ struct UpstreamClientTests {
         try await Self.waitFor("the worker to serve", timeout: .seconds(60)) {
             // Blocking socket code stays off the concurrency pool (2 threads here).
             guard worker.isRunning else { return false }
-            let status = try? await offPool { try LorikeetTestSupport.TestHTTP.request(port: port, path: "/health", timeoutSeconds: 2).status }
+            let status = try? await offPool {
+                try LorikeetTestSupport.TestHTTP.request(port: port, path: "/health", timeoutSeconds: 2).status
+            }
             return status == 200
         }
         // Four streams (one of them never read past its head), each at its first events.

@@ -44,7 +44,8 @@ struct UpstreamContractTests {
         }
         let current = map(400, #"{"error":{"message":"bad max_tokens","type":"BadRequestError","param":"max_tokens","code":400}}"#)
         #expect(current.status == .badRequest && current.message == "bad max_tokens" && current.param == "max_tokens")
-        let legacy = map(404, #"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#)
+        let legacy = map(
+            404, #"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#)
         #expect(legacy.status == .notFound && legacy.message == "The model `x` does not exist.")
         let fastAPI = map(422, #"{"detail":[{"loc":["body","prompt"],"msg":"field required"}]}"#)
         #expect(fastAPI.status == .badRequest && fastAPI.message.contains("field required"))

@@ -96,7 +96,8 @@ struct VLLMCompatTests {
             // L6: routes/lora.rs@0f17ee06:55-57.
             (
                 "L6 base name", "/v1/load_lora_adapter", #"{"lora_name":"tiny-llama","lora_path":"\#(adapterPath)"}"#, 400,
-                Self.envelope("LoRA adapter `tiny-llama` conflicts with a served base model", param: "lora_name", code: "invalid_request_error")
+                Self.envelope(
+                    "LoRA adapter `tiny-llama` conflicts with a served base model", param: "lora_name", code: "invalid_request_error")
             ),
             // L15: routes/lora.rs@0f17ee06:68, `ModelNotFound`.
             (
@@ -106,13 +107,15 @@ struct VLLMCompatTests {
             // L16: routes/lora.rs@0f17ee06:104-109.
             (
                 "L16 unload empty", "/v1/unload_lora_adapter", #"{"lora_name":""}"#, 400,
-                Self.envelope("'lora_name' needs to be provided to unload a LoRA adapter.", param: "lora_name", code: "invalid_request_error")
+                Self.envelope(
+                    "'lora_name' needs to be provided to unload a LoRA adapter.", param: "lora_name", code: "invalid_request_error")
             ),
             // L17: lora.rs `IntIdMismatch`.
             (
                 "L17 id mismatch", "/v1/unload_lora_adapter", #"{"lora_name":"a","lora_int_id":7}"#, 400,
                 Self.envelope(
-                    "requested lora_int_id 7 does not match loaded adapter `a` with id 1", param: "lora_int_id", code: "invalid_request_error")
+                    "requested lora_int_id 7 does not match loaded adapter `a` with id 1", param: "lora_int_id",
+                    code: "invalid_request_error")
             ),
             // L18: a u64 in Rust, so a `json_parse_error` class; Lorikeet's message.
             (
@@ -143,7 +146,8 @@ struct VLLMCompatTests {
     func goldenErrors() async throws {
         try await Self.withAdapterWorker(maxBodyBytes: 4096) { port, root in
             let good = root + "/lora/good"
-            #expect(try await TestHTTP.post(port: port, "/v1/load_lora_adapter", #"{"lora_name":"a","lora_path":"\#(good)"}"#).status == 200)
+            #expect(
+                try await TestHTTP.post(port: port, "/v1/load_lora_adapter", #"{"lora_name":"a","lora_path":"\#(good)"}"#).status == 200)
             for (row, path, body, status, expected) in Self.goldenCases(adapterPath: good) {
                 let response = try await TestHTTP.post(port: port, path, body)
                 #expect(response.status == status, "\(row)")

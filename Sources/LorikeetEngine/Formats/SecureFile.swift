@@ -1,4 +1,5 @@
 import LorikeetLimits
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -282,4 +283,3 @@ package struct AdapterPathPrefixes: Sendable, Equatable {
         return AdapterPathPrefixes([])
     }
 }
-

@@ -85,7 +85,6 @@ package struct ByteTokenizer: EngineTokenizer {
     }
 }
 
-
 /// Finds stop strings in streamed text. Text that might be the start of a stop string is
 /// held back; the stop string itself (and everything after it) is never emitted.
 /// Matches vLLM's default (`include_stop_str_in_output = false`).

@@ -1,7 +1,7 @@
+import Foundation
 package import LorikeetGGUF
 import LorikeetJSON
 import LorikeetLimits
-import Foundation
 
 /// Why a PEFT LoRA adapter was refused. Messages use vLLM's wording where vLLM has one
 /// (rank, DoRA, `modules_to_save`, bias, unexpected target modules), so clients that

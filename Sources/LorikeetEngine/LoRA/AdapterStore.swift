@@ -1,5 +1,5 @@
-package import LorikeetGGUF
 import Foundation
+package import LorikeetGGUF
 import Synchronization
 
 /// The engine's adapter table: which PEFT adapters are registered under which

@@ -1,10 +1,11 @@
+package import LorikeetGGUF
+import LorikeetKernels
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
     import Darwin
 #endif
-package import LorikeetGGUF
-import LorikeetKernels
 
 /// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
 ///

@@ -1,4 +1,5 @@
 package import LorikeetGGUF
+
 /// A host-side tensor handed to `LlamaWeights` by a loader: fp32 values with a shape.
 package struct HostTensor: Sendable {
     /// Dimensions, outermost first (`[out, in]` for a linear weight, HF layout).

@@ -228,4 +228,3 @@ package final class WeightMatrix: @unchecked Sendable {
         return out
     }
 }
-

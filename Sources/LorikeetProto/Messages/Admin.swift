@@ -140,7 +140,8 @@ extension WorkerInfo: CMessageConvertible {
     init(from reader: CMessageReader) {
         self.init(
             slot: reader.uint32("slot"), pid: reader.int32("pid"), role: WorkerRole(rawValue: reader.int32("role")) ?? .follower,
-            phase: WorkerPhase(rawValue: reader.int32("phase")) ?? .unspecified, restarts: reader.uint32("restarts"), lastExit: reader.string("last_exit"),
+            phase: WorkerPhase(rawValue: reader.int32("phase")) ?? .unspecified, restarts: reader.uint32("restarts"),
+            lastExit: reader.string("last_exit"),
             heartbeatAgeMs: reader.uint64("heartbeat_age_ms"), requestsServed: reader.uint64("requests_served")
         )
     }

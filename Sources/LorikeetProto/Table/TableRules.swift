@@ -45,7 +45,9 @@ package enum TableRules {
             } else {
                 guard record.intID >= nextID else {
                     return .failure(
-                        Status(code: .failedPrecondition, message: "id \(record.intID) for \(record.name) was already used (next id is \(nextID))"))
+                        Status(
+                            code: .failedPrecondition,
+                            message: "id \(record.intID) for \(record.name) was already used (next id is \(nextID))"))
                 }
                 nextID = record.intID + 1
             }
@@ -59,7 +61,8 @@ package enum TableRules {
             return .failure(
                 Status(
                     code: .failedPrecondition,
-                    message: "the adapter table is full (\(table.adapters.count) adapters; --max-adapters is \(maxAdapters)); unload one first"))
+                    message:
+                        "the adapter table is full (\(table.adapters.count) adapters; --max-adapters is \(maxAdapters)); unload one first"))
         }
         if let problem = inconsistency(in: next) { return .failure(Status(code: .failedPrecondition, message: problem)) }
         return .success(next)

@@ -1,5 +1,5 @@
-import Glibc
 import CLorikeetSys
+import Glibc
 
 /// Errors of the blocking POSIX socket transport, with the failing call and errno text.
 package enum TransportError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -76,9 +76,12 @@ extension SupervisorStateMachine {
     /// the leader under a new call id.
     mutating func mutationRequested(_ mutation: AdapterMutation, origin: MutationOrigin, batchIndex: Int? = nil) -> [Action] {
         func refuse(_ status: Status) -> [Action] {
-            [.answerMutation(MutationAnswer(
-                mutation: mutation, batchIndex: batchIndex, origin: origin,
-                reply: AdapterMutationReply(status: status, tableVersion: self.table.version)))]
+            [
+                .answerMutation(
+                    MutationAnswer(
+                        mutation: mutation, batchIndex: batchIndex, origin: origin,
+                        reply: AdapterMutationReply(status: status, tableVersion: self.table.version)))
+            ]
         }
         if let problem = mutation.problem {
             let slot: String = if case .worker(let id, _) = origin { "\(self.workers[id]?.slot ?? -1)" } else { "admin" }
@@ -100,9 +103,13 @@ extension SupervisorStateMachine {
     /// cannot happen with the fields bounded; if it does, this call fails alone).
     mutating func forwardFailed(routeID: UInt64) -> [Action] {
         guard let route = self.routes.removeValue(forKey: routeID) else { return [] }
-        return [self.answer(route, AdapterMutationReply(
-            status: Status(code: .invalidArgument, message: "the request is larger than the control channel's limit"),
-            tableVersion: self.table.version))]
+        return [
+            self.answer(
+                route,
+                AdapterMutationReply(
+                    status: Status(code: .invalidArgument, message: "the request is larger than the control channel's limit"),
+                    tableVersion: self.table.version))
+        ]
     }
 
     /// The leader answered a forwarded mutation (after its commit, or with a refusal).
@@ -121,8 +128,14 @@ extension SupervisorStateMachine {
         for (routeID, route) in self.routes.sorted(by: { $0.key < $1.key }) where route.leader == old {
             guard self.fanOut?.callID != routeID, self.persisting?.callID != routeID else { continue }
             self.routes[routeID] = nil
-            actions.append(self.answer(route, route.committed ?? AdapterMutationReply(
-                status: Status(code: .unavailable, message: "the leader exited before committing; the adapter table is unchanged, retry"))))
+            actions.append(
+                self.answer(
+                    route,
+                    route.committed
+                        ?? AdapterMutationReply(
+                            status: Status(
+                                code: .unavailable, message: "the leader exited before committing; the adapter table is unchanged, retry")))
+            )
         }
         return actions
     }
@@ -193,7 +206,9 @@ extension SupervisorStateMachine {
             let message = "cannot persist the adapter table: \(failure)"
             return [
                 .log(.error, "commit refused: \(message)", [:], worker: nil),
-                .replyToCommit(commit.leader, callID: callID, CommitReply(status: Status(code: .internal, message: message), version: self.table.version)),
+                .replyToCommit(
+                    commit.leader, callID: callID,
+                    CommitReply(status: Status(code: .internal, message: message), version: self.table.version)),
             ] + self.settleIfLeaderGone(commit.leader)
         }
         self.table = commit.table

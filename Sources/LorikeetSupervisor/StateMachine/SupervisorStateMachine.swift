@@ -514,7 +514,8 @@ struct SupervisorStateMachine {
             return actions + [
                 .fatal(
                     code: .cannotBoot,
-                    message: "worker slot \(worker.slot) cannot boot (exit code \(LorikeetExitCode.cannotBoot.rawValue)); see its message above")
+                    message:
+                        "worker slot \(worker.slot) cannot boot (exit code \(LorikeetExitCode.cannotBoot.rawValue)); see its message above")
             ]
         }
         self.slots[position].restarts += 1

@@ -22,7 +22,8 @@ enum MetricsDirectory {
         }
         var info = stat()
         guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid() else {
-            logger.warning("the metrics directory is not a directory of ours; vllm: series will be per worker", metadata: ["path": "\(path)"])
+            logger.warning(
+                "the metrics directory is not a directory of ours; vllm: series will be per worker", metadata: ["path": "\(path)"])
             return nil
         }
         if info.st_mode & 0o077 != 0 { chmod(path, 0o700) }

@@ -250,9 +250,14 @@ extension Supervisor {
                     slot: UInt32(slot.index), pid: worker.pid, role: worker.role,
                     phase: slot.tripped ? .crashLoop : worker.state.phase, restarts: slot.restarts, lastExit: slot.lastExit,
                     heartbeatAgeMs: self.nowMs - worker.lastHeartbeatMs, requestsServed: worker.requestsServed)
-            } + (slot.current == nil && slot.replacement == nil
-                ? [WorkerInfo(slot: UInt32(slot.index), phase: slot.tripped ? .crashLoop : .restarting, restarts: slot.restarts, lastExit: slot.lastExit)]
-                : [])
+            }
+                + (slot.current == nil && slot.replacement == nil
+                    ? [
+                        WorkerInfo(
+                            slot: UInt32(slot.index), phase: slot.tripped ? .crashLoop : .restarting, restarts: slot.restarts,
+                            lastExit: slot.lastExit)
+                    ]
+                    : [])
         }
     }
 }

@@ -150,7 +150,6 @@ package final class Supervisor {
     /// The current leader epoch.
     var epoch: UInt64 { self.machine.epoch }
 
-
     /// The engine's state as `status` reports it.
     var engineState: String { self.machine.engine.phase.name }
 
@@ -221,8 +220,10 @@ package final class Supervisor {
         }
         let worker = WorkerProcess(id: id, slot: index)
         let arguments =
-            [self.configuration.executable, "worker", "--listen-fd", "3", "--control-fd", "4", "--slot", "\(index)",
-             "--engine-socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())"]
+            [
+                self.configuration.executable, "worker", "--listen-fd", "3", "--control-fd", "4", "--slot", "\(index)",
+                "--engine-socket", self.configuration.engineSocketPath, "--parent-pid", "\(getpid())",
+            ]
             + self.configuration.workerArguments
         do {
             var settings = self.configuration.workerEnvironment

@@ -21,8 +21,8 @@ final class UVProcess: UVHandle {
         var cArguments = arguments.map { strdup($0) } + [nil]
         var cEnvironment = environment.map { $0.map { strdup($0) } + [nil] }
         defer {
-            cArguments.forEach { free($0) }
-            cEnvironment?.forEach { free($0) }
+            for pointer in cArguments { free(pointer) }
+            for pointer in cEnvironment ?? [] { free(pointer) }
         }
         let fds: [Int32] = [0, 1, 2] + extraFDs
         var stdio = fds.map { fd -> uv_stdio_container_t in

@@ -332,7 +332,7 @@ package final class LeaderMutationService: AdapterMutator {
                         epoch: epoch, name: record.name, intID: record.intID, path: record.path, pinned: record.pinned,
                         replace: held.contains { $0.intID == record.intID }))
                 outcome.added.append(record.name)
-            } catch where error.code == .failedPrecondition || error.code == .unavailable {
+            } catch  where error.code == .failedPrecondition || error.code == .unavailable {
                 throw error
             } catch {
                 let wait = self.backoff.withLock { $0.recordFailure(.init(record), error: error.message, now: self.now()) }

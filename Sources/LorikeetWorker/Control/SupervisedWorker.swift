@@ -99,7 +99,8 @@ package final class SupervisedWorkerService: Service {
                     onMessage: { [self] envelope in self.handle(envelope) },
                     onLost: { [eventSink] reason in eventSink.yield(.lost(reason)) })
                 self.link.send(
-                    .hello(Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
+                    .hello(
+                        Hello(workerID: UInt32(max(self.configuration.workerSlot, 0)), pid: getpid(), version: self.configuration.version)))
                 if case .replicas(let replicas) = self.engine.adapters {
                     // A replica back in rotation is reconciled at once, not at the next tick.
                     replicas.onReplicaRecovered { [self] _ in
@@ -237,7 +238,9 @@ package final class SupervisedWorkerService: Service {
             self.logger.notice("role assigned", metadata: ["role": "\(role.role)", "epoch": "\(role.epoch)"])
             self.bootProgress(snapshot: false, role: role)
         case .heartbeat(let beat):
-            self.link.send(.heartbeat(Heartbeat(seq: beat.seq, requestsServed: self.routes.stats.requestsServed, inFlight: self.routes.stats.inFlight)))
+            self.link.send(
+                .heartbeat(Heartbeat(seq: beat.seq, requestsServed: self.routes.stats.requestsServed, inFlight: self.routes.stats.inFlight))
+            )
         case .load, .unload:
             self.eventSink.yield(.routed(envelope))
         case .ready:

@@ -103,7 +103,8 @@ extension WorkerRoutes {
                                 name: try RequestValidation.string(fields, "lora_name"), intID: UInt64(intID ?? 0),
                                 originSlot: slot, caller: caller)))
                 default:
-                    throw APIError.invalidRequest("\(param) must be {\"load\": {...}} or {\"unload\": {...}}, not '\(kind.echoed(limit: 32))'.", param: param)
+                    throw APIError.invalidRequest(
+                        "\(param) must be {\"load\": {...}} or {\"unload\": {...}}, not '\(kind.echoed(limit: 32))'.", param: param)
                 }
             } catch {
                 var error = error

@@ -91,7 +91,8 @@ extension WorkerRoutes {
                     chunk = try await response.next()
                 } catch {
                     // The replica failed mid-stream: tell the client in the stream, as vLLM does.
-                    streamLogger.warning("upstream failed mid-stream", metadata: ["upstream": "\(response.replica)", "error": "\(error.message)"])
+                    streamLogger.warning(
+                        "upstream failed mid-stream", metadata: ["upstream": "\(response.replica)", "error": "\(error.message)"])
                     var event = ByteBuffer(string: "data: ")
                     event.writeBytes(JSONWriter.encode(error.json))
                     event.writeString("\n\n")
@@ -102,7 +103,8 @@ extension WorkerRoutes {
                 do {
                     try await writer.write(chunk)
                 } catch {
-                    streamLogger.info("client disconnected mid-stream; closing the upstream request", metadata: ["upstream": "\(response.replica)"])
+                    streamLogger.info(
+                        "client disconnected mid-stream; closing the upstream request", metadata: ["upstream": "\(response.replica)"])
                     response.cancel()
                     throw error
                 }

@@ -491,7 +491,8 @@ package final class WorkerRoutes: Sendable {
     }
 
     private func modelListing(baseModels: [String], adapters: [AdapterRecord], maxModelLength: UInt32) -> JSONValue {
-        let data = baseModels.map { self.baseCard($0, maxModelLength: maxModelLength) }
+        let data =
+            baseModels.map { self.baseCard($0, maxModelLength: maxModelLength) }
             + adapters.map { self.adapterCard($0, baseModels: baseModels, maxModelLength: maxModelLength) }
         return .object([("object", .string("list")), ("data", .array(data))])
     }
@@ -896,4 +897,3 @@ struct ResponseShape: Sendable {
         self.envelope(self.chunkObject, choices: [], usage: usage)
     }
 }
-

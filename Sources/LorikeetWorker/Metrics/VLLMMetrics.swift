@@ -432,7 +432,9 @@ struct MultiprocessMetricsDirectory: Sendable {
     /// Writes this process's figures (temporary file, then `rename`). Failures are ignored:
     /// the scrape shows what the file held before.
     func write(_ figures: VLLMFigures) {
-        Self.writeFile(self.path + "/" + self.ownName, JSONWriter.encode(figures.json(pid: self.pid)), temporary: self.path + "/.worker-\(self.pid).tmp")
+        Self.writeFile(
+            self.path + "/" + self.ownName, JSONWriter.encode(figures.json(pid: self.pid)),
+            temporary: self.path + "/.worker-\(self.pid).tmp")
     }
 
     @discardableResult

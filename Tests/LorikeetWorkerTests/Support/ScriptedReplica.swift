@@ -67,7 +67,10 @@ final class ScriptedReplica: Sendable {
             let prompt = String(decoding: body, as: UTF8.self)
             switch target {
             case "/v1/models":
-                guard Self.respond(fd, #"{"object":"list","data":[{"id":"tiny","object":"model","root":"tiny","parent":null,"max_model_len":128}]}"#) else { return }
+                guard
+                    Self.respond(
+                        fd, #"{"object":"list","data":[{"id":"tiny","object":"model","root":"tiny","parent":null,"max_model_len":128}]}"#)
+                else { return }
             case "/health":
                 guard Self.respond(fd, "{}") else { return }
             case _ where target.hasPrefix("/v1/embeddings") || target.hasPrefix("/score"):
@@ -119,7 +122,11 @@ final class ScriptedReplica: Sendable {
                 _ = Self.send(fd, Array("0\r\n\r\n".utf8))
                 return
             default:
-                guard Self.respond(fd, #"{"id":"cmpl-1","object":"text_completion","model":"tiny","choices":[{"index":0,"text":"ok","finish_reason":"stop"}]}"#)
+                guard
+                    Self.respond(
+                        fd,
+                        #"{"id":"cmpl-1","object":"text_completion","model":"tiny","choices":[{"index":0,"text":"ok","finish_reason":"stop"}]}"#
+                    )
                 else { return }
             }
         }
