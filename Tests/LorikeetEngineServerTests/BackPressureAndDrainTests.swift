@@ -3,6 +3,7 @@ import Logging
 import LorikeetEngine
 import LorikeetEngineServer
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -11,7 +12,7 @@ import Testing
 
 /// The outbound bound and the drain, over real sockets (socketpairs) to an in-process
 /// server.
-@Suite("Engine server: slow clients and draining")
+@Suite("Engine server: slow clients and draining", .serialized)
 struct BackPressureAndDrainTests {
     /// A request whose every chunk echoes a 1000-byte request id: four of them stream
     /// about 1 MB, more than a Unix socket buffers, so a client that does not read leaves
@@ -32,6 +33,13 @@ struct BackPressureAndDrainTests {
         let slow = TestEngineClient(fd: try await HostileChannelTests.connect(to: server))
         let steady = MultiplexEngineClient(fd: try await HostileChannelTests.connect(to: server))
 
+        // Blocking socket code runs off the concurrency pool (see `offPool`).
+        try await offPool { try Self.slowConsumerBody(server: server, core: core, ref: ref, slow: slow, steady: steady) }
+    }
+
+    static func slowConsumerBody(
+        server: EngineServer, core: EngineCore, ref: ServerFixture.Reference, slow: TestEngineClient, steady: MultiplexEngineClient
+    ) throws {
         let long = try steady.send(.generate(TestEngineClient.greedy("steady", prompt: ref.promptTokens, maxTokens: 200)))
         for i in 0..<4 {
             try slow.connection.send(EngineEnvelope(callID: UInt64(i + 1), body: .generate(Self.bulky(i))))
@@ -63,25 +71,28 @@ struct BackPressureAndDrainTests {
         let client = TestEngineClient(fd: try await HostileChannelTests.connect(to: server))
         try client.connection.send(
             EngineEnvelope(callID: 1, body: .generate(TestEngineClient.greedy("running", prompt: [256, 65], maxTokens: 250))))
-        guard let first = try client.connection.receive(), first.callID == 1 else {
+        guard let first = try await offPool({ try client.connection.receive() }), first.callID == 1 else {
             Issue.record("no first chunk")
             return
         }
         server.beginDrain()
         try client.connection.send(EngineEnvelope(callID: 2, body: .generate(TestEngineClient.greedy("new", prompt: [256, 65]))))
         async let drained: Void = server.drain(grace: .seconds(300))
-        var running = [first]
-        var refused: GenerateChunk?
-        while running.last?.body.finished != true || refused == nil {
-            guard let envelope = try client.connection.receive() else { break }
-            if envelope.callID == 1 { running.append(envelope) }
-            if envelope.callID == 2, case .chunk(let chunk) = envelope.body { refused = chunk }
+        let (running, refused) = try await offPool { () throws -> ([EngineEnvelope], GenerateChunk?) in
+            var running = [first]
+            var refused: GenerateChunk?
+            while running.last?.body.finished != true || refused == nil {
+                guard let envelope = try client.connection.receive() else { break }
+                if envelope.callID == 1 { running.append(envelope) }
+                if envelope.callID == 2, case .chunk(let chunk) = envelope.body { refused = chunk }
+            }
+            return (running, refused)
         }
         #expect(refused?.status.code == .unavailable && refused?.finishReason == "error")
         let chunks = running.compactMap { if case .chunk(let c) = $0.body { c } else { nil } }
         #expect(chunks.last?.finishReason == "length" && chunks.tokens.count == 250)
         await drained
-        #expect(try client.connection.receive() == nil, "the drain closes the connection")
+        #expect(try await offPool({ try client.connection.receive() }) == nil, "the drain closes the connection")
         #expect(server.connectionCount == 0)
     }
 }

@@ -4,6 +4,16 @@ import Synchronization
 /// Shared by the integration suites: the repository paths, the tiny-Llama fixture
 /// (model + PEFT adapters + numpy reference, written by Tests/Fixtures/make_tiny_llama.py
 /// once per script version into /tmp) and the built `lorikeet` binary.
+/// Runs blocking socket code on its own thread: the Swift concurrency pool has as many
+/// threads as cores (2 here), and the server under test may need them (a test blocked in
+/// `recv` on the pool while another does the same starves the server: a deadlock).
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread { continuation.resume(with: Result { try body() }) }
+        thread.start()
+    }
+}
+
 public enum TestEnvironment {
     public struct Failure: Error, CustomStringConvertible {
         public var description: String

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import LorikeetJSON
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetWorker

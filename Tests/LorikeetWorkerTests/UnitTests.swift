@@ -198,6 +198,26 @@ struct PathPolicyTests {
         #expect(try policy.canonicalize(root + "/lora") == root + "/lora")
         // Without prefixes, every local path is refused.
         #expect(throws: Status.self) { try PathPolicy(allowedPrefixes: []).canonicalize(root + "/lora/good") }
+        // vLLM's Rust frontend's messages (L7–L10 in docs/vllm-compat-spec.md).
+        func message(_ policy: PathPolicy, _ path: String) -> String {
+            do {
+                _ = try policy.canonicalize(path)
+                return ""
+            } catch {
+                return error.message
+            }
+        }
+        #expect(
+            message(PathPolicy(allowedPrefixes: []), root + "/lora/good")
+                == "Local LoRA adapter paths require VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES (or LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES) to be configured."
+        )
+        #expect(
+            message(policy, "./lora/good")
+                == "Local LoRA adapter paths must be absolute and under one of the prefixes configured by VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES."
+        )
+        #expect(message(policy, root + "/lora/missing") == "Local LoRA adapter path must exist and be accessible.")
+        #expect(message(policy, root + "/lora/../outside") == "Local LoRA adapter path is outside the configured allowed prefixes.")
+        #expect(message(policy, root + "/lora/escape") == "Local LoRA adapter path is outside the configured allowed prefixes.")
     }
 
     @Test("local-path classification and component-wise prefixes")

@@ -96,16 +96,13 @@ package struct PathPolicy: Sendable, Equatable {
             )
         }
         guard !self.allowedPrefixes.isEmpty else {
-            throw refuse(
-                "Loading LoRA adapters from local paths is disabled: set LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES "
-                    + "(or VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES) to the directories adapters may be loaded from."
-            )
+            throw refuse(Self.prefixesRequired)
         }
-        guard value.hasPrefix("/") else { throw refuse("'\(param)' must be an absolute path.") }
+        guard value.hasPrefix("/") else { throw refuse(Self.mustBeAbsolute) }
         guard value.split(separator: "/").allSatisfy({ $0.utf8.count <= Self.maximumComponentBytes }) else {
             throw refuse("'\(param)' has a path component longer than \(Self.maximumComponentBytes) bytes.")
         }
-        let notAllowed = "'\(param)' is not allowed: adapters load only from the server's allowed path prefixes."
+        let notAllowed = Self.outsidePrefixes
         guard let lexical = Self.lexicallyNormalized(value) else {
             throw refuse(notAllowed, detail: "'..' leaves the root")
         }
@@ -114,7 +111,7 @@ package struct PathPolicy: Sendable, Equatable {
         }
         guard let canonical = Self.realPath(value) else {
             let reason = String(cString: strerror(errno))
-            throw refuse("'\(param)' was not found.", detail: "cannot be resolved: \(reason)")
+            throw refuse(Self.mustExist, detail: "cannot be resolved: \(reason)")
         }
         guard self.allowedPrefixes.contains(where: { Self.isUnder(canonical, prefix: $0) }) else {
             throw refuse(notAllowed, detail: "resolves to '\(canonical.echoed(limit: 1024))', outside the allowed prefixes")
@@ -125,6 +122,15 @@ package struct PathPolicy: Sendable, Equatable {
         }
         return canonical
     }
+
+    // vLLM's Rust frontend's wording (`rust/src/server/src/lora.rs`, docs/vllm-compat-spec.md
+    // L7–L10), which says nothing about the disk beyond "must exist and be accessible".
+    static let prefixesRequired =
+        "Local LoRA adapter paths require VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES (or LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES) to be configured."
+    static let mustBeAbsolute =
+        "Local LoRA adapter paths must be absolute and under one of the prefixes configured by VLLM_RUNTIME_LORA_ALLOWED_PATH_PREFIXES."
+    static let mustExist = "Local LoRA adapter path must exist and be accessible."
+    static let outsidePrefixes = "Local LoRA adapter path is outside the configured allowed prefixes."
 
     /// `path` with `.` and empty components dropped and `..` applied lexically (no
     /// symlinks resolved); nil when `..` would climb above `/`.

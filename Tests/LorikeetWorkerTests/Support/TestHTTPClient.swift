@@ -154,15 +154,6 @@ final class TestHTTPConnection: @unchecked Sendable {
     }
 }
 
-/// Runs blocking socket code on its own thread: the Swift concurrency pool has 2 threads
-/// here, and the server under test needs them.
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        let thread = Thread { continuation.resume(with: Result { try body() }) }
-        thread.start()
-    }
-}
-
 enum TestHTTP {
     static func request(
         port: Int, _ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil
