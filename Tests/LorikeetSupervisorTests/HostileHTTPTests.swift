@@ -151,7 +151,9 @@ struct HostileHTTPTests {
         }
     }
 
-    @Test("path errors say 'not allowed' or 'not found' and never where a symlink points or what exists outside")
+    @Test(
+        "path errors say 'outside the allowed prefixes' or 'must exist' (vLLM's wording) and never where a symlink points or what exists outside"
+    )
     func pathErrorsAreCoarse() throws {
         let server = try ServerUnderTest(workers: 1)
         defer { server.stop() }
@@ -162,9 +164,10 @@ struct HostileHTTPTests {
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: outside)
         defer { try? FileManager.default.removeItem(atPath: link) }
         let cases: [(path: String, word: String)] = [
-            ("/etc", "not allowed"), ("/nonexistent/dir", "not allowed"), (outside, "not allowed"),
-            (link, "not allowed"), (server.adapterDirectory + "/../../etc", "not allowed"),
-            (server.adapterDirectory + "/missing", "not found"),
+            ("/etc", "outside the configured allowed prefixes"), ("/nonexistent/dir", "outside the configured allowed prefixes"),
+            (outside, "outside the configured allowed prefixes"), (link, "outside the configured allowed prefixes"),
+            (server.adapterDirectory + "/../../etc", "outside the configured allowed prefixes"),
+            (server.adapterDirectory + "/missing", "must exist and be accessible"),
         ]
         for (path, word) in cases {
             let response = try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "p", "lora_path": path])

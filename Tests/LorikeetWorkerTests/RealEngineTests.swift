@@ -136,7 +136,7 @@ struct RealEngineTests {
             // finish before we look, so the scenario is retried until the running requests
             // are observed (a run that never observes them fails below).
             var observed = false
-            for _ in 0..<4 where !observed {
+            for _ in 0..<10 where !observed {
                 let streams = 16
                 let connections = try await offPool { () throws -> [TestHTTPConnection] in
                     var connections: [TestHTTPConnection] = []
