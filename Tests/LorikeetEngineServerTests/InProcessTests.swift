@@ -101,15 +101,22 @@ struct InProcessTests {
         for _ in 0..<8 where !observed {
             let (server, core, client) = try await Self.makeServer()
             let sawToken = DispatchSemaphore(value: 0)
+            let runningAtFirstToken = Atomic<Bool>(false)
+            let first = Atomic<Bool>(true)
             let t = Thread {
                 _ = try? client.generate(
                     GenerateRequest(requestID: "long", promptTokens: [256, 65], sampling: SamplingParams(maxTokens: 250, ignoreEOS: true))
-                ) { _ in sawToken.signal() }
+                ) { _ in
+                    // Checked on the reader thread the moment the first token arrives.
+                    guard first.exchange(false, ordering: .sequentiallyConsistent) else { return }
+                    runningAtFirstToken.store(core.runningRequests == 1, ordering: .sequentiallyConsistent)
+                    client.connection.close()
+                    sawToken.signal()
+                }
             }
             t.start()
             try await offPool { sawToken.wait() }
-            observed = core.runningRequests == 1
-            client.connection.close()
+            observed = runningAtFirstToken.load(ordering: .sequentiallyConsistent)
             try await offPool {
                 for _ in 0..<200 where core.runningRequests > 0 || server.connectionCount > 0 { usleep(10_000) }  // hang guard
             }
