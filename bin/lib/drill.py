@@ -825,7 +825,7 @@ class Hostile:
             "prompt": enc({"model": "tiny", "prompt": "a " * (2 * MIB), "max_tokens": 1}),
         }
         bad_names = ["hostile\u0000nul", "hostile\nforged", "hostile\u202etxt"]
-        bad_paths = [  # (label, path): each must be refused as "not allowed"
+        bad_paths = [  # (label, path): each must be refused as "outside the configured allowed prefixes"
             ("/etc", "/etc"),
             ("..", self.allowed + "/../outside/plain"),       # `..` out of the prefix, to a real adapter
             ("../..", self.allowed + "/../../etc"),
@@ -852,12 +852,12 @@ class Hostile:
         def bad_path():
             label, path = turn(bad_paths)
             body = enc({"lora_name": f"hostile-p{turns[id(bad_paths)]}", "lora_path": path})
-            outcome, ok = self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_path", "not allowed")
+            outcome, ok = self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_path", "outside the configured allowed prefixes")
             return f"{outcome} ({label})", ok
 
         def missing_path():
             body = enc({"lora_name": "hostile-missing", "lora_path": os.path.join(self.allowed, "missing", "x")})
-            return self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_path", "not found")
+            return self.judge(raw_http(self.drill.server.port, "POST", load, body), 400, "lora_path", "must exist and be accessible")
 
         def malformed():
             path, body = turn(wrong)
