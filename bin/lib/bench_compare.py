@@ -1,7 +1,7 @@
 """Before/after benchmark of two `lorikeet` binaries in one run (bin/bench-compare).
 
 For each round, each binary in turn (A B A B ...): `lorikeet serve --workers 2` on the
-fixture model, wrk on GET /v1/models, then 15 adapter loads (the commit path: route to the
+fixture model, wrk on GET /v1/models, then 40 adapter loads (the commit path: route to the
 leader, engine add, persist, fan-out to every worker's ack) timed from the client. The
 machine is shared and noisy, so the two binaries alternate and the report gives medians
 over rounds and the ratio after/before for each number.
@@ -24,7 +24,7 @@ def measure(binary, fixture, bench):
         models = bench.wrk(f"http://127.0.0.1:{server.port}/v1/models")
         path = os.path.join(fixture, "adapters", "plain")
         loads = []
-        for index in range(15):
+        for index in range(40):
             start = time.perf_counter()
             status, _ = harness.request(server.port, "POST", "/v1/load_lora_adapter", {"lora_name": f"c{index}", "lora_path": path})
             if status != 200:
