@@ -20,17 +20,20 @@ package enum ProtoFieldKind: String, Sendable, Hashable, CaseIterable {
     /// A pointer to a sub-message.
     case message
 
-    /// The protobuf-c types stored this way.
-    var cTypes: [ProtobufCType] {
+    /// Whether a field of protobuf-c type `type` is stored this way (no allocation: the
+    /// codec asks for every field it touches).
+    func accepts(_ type: ProtobufCType) -> Bool {
         switch self {
-        case .uint64: [PROTOBUF_C_TYPE_UINT64, PROTOBUF_C_TYPE_FIXED64]
-        case .int64: [PROTOBUF_C_TYPE_INT64, PROTOBUF_C_TYPE_SINT64, PROTOBUF_C_TYPE_SFIXED64]
-        case .uint32: [PROTOBUF_C_TYPE_UINT32, PROTOBUF_C_TYPE_FIXED32]
-        case .int32: [PROTOBUF_C_TYPE_INT32, PROTOBUF_C_TYPE_SINT32, PROTOBUF_C_TYPE_SFIXED32, PROTOBUF_C_TYPE_ENUM]
-        case .float: [PROTOBUF_C_TYPE_FLOAT]
-        case .bool: [PROTOBUF_C_TYPE_BOOL]
-        case .string: [PROTOBUF_C_TYPE_STRING]
-        case .message: [PROTOBUF_C_TYPE_MESSAGE]
+        case .uint64: type == PROTOBUF_C_TYPE_UINT64 || type == PROTOBUF_C_TYPE_FIXED64
+        case .int64: type == PROTOBUF_C_TYPE_INT64 || type == PROTOBUF_C_TYPE_SINT64 || type == PROTOBUF_C_TYPE_SFIXED64
+        case .uint32: type == PROTOBUF_C_TYPE_UINT32 || type == PROTOBUF_C_TYPE_FIXED32
+        case .int32:
+            type == PROTOBUF_C_TYPE_INT32 || type == PROTOBUF_C_TYPE_SINT32 || type == PROTOBUF_C_TYPE_SFIXED32
+                || type == PROTOBUF_C_TYPE_ENUM
+        case .float: type == PROTOBUF_C_TYPE_FLOAT
+        case .bool: type == PROTOBUF_C_TYPE_BOOL
+        case .string: type == PROTOBUF_C_TYPE_STRING
+        case .message: type == PROTOBUF_C_TYPE_MESSAGE
         }
     }
 }
@@ -70,17 +73,16 @@ package struct ProtoFieldAccess: Hashable, Sendable, CustomStringConvertible {
         _ field: UnsafePointer<ProtobufCFieldDescriptor>, _ kind: ProtoFieldKind, repeated: Bool
     ) -> String? {
         let f = field.pointee
-        let actual = ProtoSchema.Field(f)
-        guard kind.cTypes.contains(f.type) else {
-            return "is \(actual.typeName) in the .proto, but the Swift codec accesses it as \(kind.rawValue)"
+        guard kind.accepts(f.type) else {
+            return "is \(ProtoSchema.Field(f).typeName) in the .proto, but the Swift codec accesses it as \(kind.rawValue)"
         }
         if repeated {
             guard f.label == PROTOBUF_C_LABEL_REPEATED else {
-                return "is \(actual.labelName) in the .proto, but the Swift codec accesses it as repeated"
+                return "is \(ProtoSchema.Field(f).labelName) in the .proto, but the Swift codec accesses it as repeated"
             }
         } else {
             guard f.label == PROTOBUF_C_LABEL_NONE else {
-                return "is \(actual.labelName) in the .proto, but the Swift codec accesses it as a single proto3 field"
+                return "is \(ProtoSchema.Field(f).labelName) in the .proto, but the Swift codec accesses it as a single proto3 field"
             }
             let oneof = f.flags & UInt32(PROTOBUF_C_FIELD_FLAG_ONEOF.rawValue) != 0
             if oneof && kind != .string && kind != .message {
@@ -97,11 +99,14 @@ package struct ProtoFieldAccess: Hashable, Sendable, CustomStringConvertible {
         _ name: String, in descriptor: UnsafePointer<ProtobufCMessageDescriptor>, _ kind: ProtoFieldKind, repeated: Bool,
         direction: Direction, observer: ProtoFieldObserver?
     ) -> UnsafePointer<ProtobufCFieldDescriptor>? {
+        let field = protobuf_c_message_descriptor_get_field_by_name(descriptor, name)
+        // The hot path (every field of every message on every channel) allocates nothing:
+        // names are built only for the tests' observer and for a mismatch.
+        if observer == nil, let field, Self.check(field, kind, repeated: repeated) == nil { return field }
         let messageName = String(cString: descriptor.pointee.name)
-        let access = ProtoFieldAccess(message: messageName, field: name, kind: kind, repeated: repeated, direction: direction)
-        observer?.accesses.insert(access)
+        observer?.accesses.insert(ProtoFieldAccess(message: messageName, field: name, kind: kind, repeated: repeated, direction: direction))
         let problem: String
-        if let field = protobuf_c_message_descriptor_get_field_by_name(descriptor, name) {
+        if let field {
             guard let mismatch = Self.check(field, kind, repeated: repeated) else { return field }
             problem = "proto field \(messageName).\(name) (#\(field.pointee.id)) \(mismatch)"
         } else {
