@@ -10,7 +10,8 @@ enum Samples {
     static let table = AdapterTable(version: 42, adapters: [adapter, adapter2], nextIntID: 9)
     static let status = Status(code: .alreadyExists, message: "The lora adapter 'x' has already been loaded.", param: "lora_name")
     static let load = LoadAdapterRequest(
-        name: "n", path: "/p", loadInplace: true, pinned: true, baseModel: "b", originSlot: 3, caller: "127.0.0.1:5000"
+        name: "n", path: "/p", loadInplace: true, pinned: true, baseModel: "b", originSlot: 3, caller: "127.0.0.1:5000",
+        reservedIntID: 11
     )
     static let unload = UnloadAdapterRequest(name: "n", intID: 5, originSlot: 2, caller: "c")
     static let mutationReply = AdapterMutationReply(status: status, adapter: adapter, tableVersion: 3)
@@ -103,7 +104,33 @@ enum Samples {
             )
         ),
         .result(CallResult(status: Status(code: .notFound, message: "no adapter 3"))),
+        .tokenize(
+            TokenizeRequest(
+                promptText: "Hello", messages: [ChatMessage(role: "user", content: "Hi")], addSpecialTokens: true,
+                addGenerationPrompt: true, returnTokenStrs: true)),
+        .tokenizeReply(TokenizeReply(status: status, tokens: [1, 2], tokenStrs: ["a", "b"], maxModelLength: 2048)),
+        .detokenize(DetokenizeRequest(tokens: [3, 4])),
+        .detokenizeReply(DetokenizeReply(status: status, prompt: "ab")),
     ]
+
+    static let clusterBodies: [ClusterEnvelope.Body] = [
+        .table(ClusterTable(revision: 77, table: table, caughtUp: true)),
+        .applied(ClusterApplied(revision: 78)),
+        .reserve(ClusterReserveRequest(name: "sql-lora")),
+        .reserveReply(ClusterReserveReply(status: status, intID: 12)),
+        .commit(ClusterCommitRequest(upserts: [adapter], removes: ["old"], previous: [adapter2])),
+        .commitReply(ClusterCommitReply(status: status, revision: 79)),
+        .nodes(ClusterNodesRequest(includeSelf: true)),
+        .nodesReply(
+            ClusterNodesReply(
+                status: status,
+                nodes: [NodeStatus(name: "a:8000", appliedRevision: 5, state: "ready", version: "0.1.0", startedUnixMs: 9, leaseID: 3)],
+                revision: 80)),
+    ]
+
+    static var clusterEnvelopes: [ClusterEnvelope] {
+        [ClusterEnvelope(body: nil)] + clusterBodies.enumerated().map { ClusterEnvelope(callID: UInt64($0.offset + 1), body: $0.element) }
+    }
 
     /// Envelopes with header fields set, one per body case plus one without a body.
     static var controlEnvelopes: [ControlEnvelope] {

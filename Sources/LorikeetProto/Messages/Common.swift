@@ -165,11 +165,15 @@ public struct LoadAdapterRequest: Sendable, Equatable {
     public var originSlot: Int32
     /// Caller address, for the audit log.
     public var caller: String
+    /// Fleet mode: the id the supervisor reserved in etcd for a new name (0 = none; the
+    /// leader then takes the table's next id).
+    public var reservedIntID: UInt64
 
     public init(
         name: String, path: String, loadInplace: Bool = false, pinned: Bool = false, baseModel: String = "",
-        originSlot: Int32 = -1, caller: String = ""
+        originSlot: Int32 = -1, caller: String = "", reservedIntID: UInt64 = 0
     ) {
+        self.reservedIntID = reservedIntID
         self.name = name
         self.path = path
         self.loadInplace = loadInplace
@@ -189,13 +193,15 @@ extension LoadAdapterRequest: CMessageConvertible {
         writer.set("base_model", self.baseModel)
         writer.set("origin_slot", self.originSlot)
         writer.set("caller", self.caller)
+        writer.set("reserved_int_id", self.reservedIntID)
     }
 
     init(from reader: CMessageReader) {
         self.init(
             name: reader.string("name"), path: reader.string("path"), loadInplace: reader.bool("load_inplace"),
             pinned: reader.bool("pinned"), baseModel: reader.string("base_model"),
-            originSlot: reader.int32("origin_slot"), caller: reader.string("caller")
+            originSlot: reader.int32("origin_slot"), caller: reader.string("caller"),
+            reservedIntID: reader.uint64("reserved_int_id")
         )
     }
 }

@@ -192,6 +192,13 @@ struct SupervisorStateMachine {
         /// ``rollingTimerFired(_:)``.
         case startRollingTimer(WorkerID, delayMs: UInt64)
         case cancelRollingTimer
+        /// Fleet mode: spawn the cluster agent (`lorikeet cluster-agent`); report
+        /// ``clusterAgentStarted()`` or ``clusterAgentExited(_:now:)``.
+        case spawnClusterAgent
+        /// Fleet mode: restart the cluster agent after `delayMs`.
+        case startClusterAgentTimer(delayMs: UInt64)
+        /// Fleet mode: send a frame to the cluster agent (dropped when it is not running).
+        case sendToClusterAgent(ClusterEnvelope)
         /// Log; `worker` (if any) adds the worker's pid to the metadata.
         case log(Logger.Level, String, Logger.Metadata, worker: WorkerID?)
     }
@@ -213,6 +220,9 @@ struct SupervisorStateMachine {
     var persisting: DurableCommit?
     /// The commit being fanned out, if any (one at a time).
     var fanOut: CommitFanOut?
+    /// Fleet mode (`--cluster-endpoints`), nil otherwise: etcd (through the cluster agent)
+    /// owns the committed table (`+Cluster.swift`).
+    var cluster: ClusterState?
     /// The rolling restart in progress, if any (settable for the admin `drain-worker`
     /// call, which rolls one slot).
     var rolling: RollingRestart?
@@ -225,9 +235,10 @@ struct SupervisorStateMachine {
     private(set) var openingSlots: Set<Int> = []
 
     /// A machine serving `table` (the state file's content at boot).
-    init(configuration: Configuration, table: AdapterTable = AdapterTable()) {
+    init(configuration: Configuration, table: AdapterTable = AdapterTable(), fleet: Bool = false) {
         self.configuration = configuration
         self.table = table
+        self.cluster = fleet ? ClusterState() : nil
     }
 
     var maxAdapters: Int { self.configuration.maxAdapters }

@@ -521,7 +521,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__adapter_table__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__adapter_table__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__load_adapter_request__field_descriptors[7] =
+static const ProtobufCFieldDescriptor lorikeet__v1__load_adapter_request__field_descriptors[8] =
 {
   {
     "name",
@@ -607,6 +607,18 @@ static const ProtobufCFieldDescriptor lorikeet__v1__load_adapter_request__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reserved_int_id",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__LoadAdapterRequest, reserved_int_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__load_adapter_request__field_indices_by_name[] = {
   4,   /* field[4] = base_model */
@@ -616,11 +628,12 @@ static const unsigned lorikeet__v1__load_adapter_request__field_indices_by_name[
   5,   /* field[5] = origin_slot */
   1,   /* field[1] = path */
   3,   /* field[3] = pinned */
+  7,   /* field[7] = reserved_int_id */
 };
 static const ProtobufCIntRange lorikeet__v1__load_adapter_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__load_adapter_request__descriptor =
 {
@@ -630,7 +643,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__load_adapter_request__descriptor 
   "Lorikeet__V1__LoadAdapterRequest",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__LoadAdapterRequest),
-  7,
+  8,
   lorikeet__v1__load_adapter_request__field_descriptors,
   lorikeet__v1__load_adapter_request__field_indices_by_name,
   1,  lorikeet__v1__load_adapter_request__number_ranges,

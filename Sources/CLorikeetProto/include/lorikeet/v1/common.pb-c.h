@@ -127,10 +127,14 @@ struct  Lorikeet__V1__LoadAdapterRequest
    */
   int32_t origin_slot;
   char *caller;
+  /*
+   * Fleet mode: the id the supervisor reserved in etcd for a new name (0 = none).
+   */
+  uint64_t reserved_int_id;
 };
 #define LORIKEET__V1__LOAD_ADAPTER_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__load_adapter_request__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0 }
 
 
 /*

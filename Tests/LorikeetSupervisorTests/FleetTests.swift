@@ -1,0 +1,155 @@
+import Foundation
+import LorikeetTestSupport
+import Synchronization
+import Testing
+
+/// Fleet mode for real (`docs/CLUSTER.md`): a 3-member etcd cluster and three
+/// `lorikeet serve --cluster-endpoints ...` nodes with 2 workers each, on loopback.
+/// Serialized: each test runs 3 servers and 3 etcd members on 2 cores.
+@Suite("fleet mode (3 nodes on a real etcd cluster)", .serialized, .enabled(if: EtcdCluster.isAvailable, "\(EtcdCluster.unavailableMessage)"))
+struct FleetTests {
+    static let leaseSeconds = 4
+
+    /// One fleet: etcd and the nodes A, B, C.
+    final class Fleet {
+        let etcd: EtcdCluster
+        var nodes: [ServerUnderTest] = []
+        let cluster = "t\(UInt32.random(in: 0..<UInt32.max))"
+
+        init() throws {
+            self.etcd = try EtcdCluster()
+            for name in ["A", "B", "C"] { self.nodes.append(try self.start(name)) }
+        }
+
+        func start(_ name: String, stateDirectory: String? = nil) throws -> ServerUnderTest {
+            try ServerUnderTest(
+                workers: 2, stateDirectory: stateDirectory,
+                extraArguments: [
+                    "--cluster-endpoints", self.etcd.endpoints.map { "http://\($0)" }.joined(separator: ","), "--cluster-name", self.cluster,
+                    "--node-name", name, "--cluster-lease-seconds", "\(FleetTests.leaseSeconds)",
+                ])
+        }
+
+        func stop() {
+            for node in self.nodes { node.stop() }
+            self.etcd.shutdown()
+        }
+    }
+
+    static func load(_ node: ServerUnderTest, _ name: String) throws -> TestHTTP.Response {
+        try TestHTTP.post(port: node.port, "/v1/load_lora_adapter", ["lora_name": name, "lora_path": node.adapterDirectory + "/plain"])
+    }
+
+    static func unload(_ node: ServerUnderTest, _ name: String) throws -> TestHTTP.Response {
+        try TestHTTP.post(port: node.port, "/v1/unload_lora_adapter", ["lora_name": name])
+    }
+
+    static func complete(_ node: ServerUnderTest, _ model: String) throws -> Int {
+        try TestHTTP.post(port: node.port, "/v1/completions", ["model": model, "prompt": "hi", "max_tokens": 1]).status
+    }
+
+    /// The committed table of a node (`ctl adapters`): name -> id.
+    static func table(_ node: ServerUnderTest) throws -> [String: Int] { try ServeTests.table(node) }
+
+    /// Runs `body` for every index at once (one thread each) and returns the results in order.
+    static func parallel<T: Sendable>(_ count: Int, _ body: @escaping @Sendable (Int) throws -> T) -> [Result<T, any Error>] {
+        let results = Mutex([Result<T, any Error>?](repeating: nil, count: count))
+        let group = DispatchGroup()
+        for index in 0..<count {
+            DispatchQueue.global().async(group: group) {
+                let result = Result { try body(index) }
+                results.withLock { $0[index] = result }
+            }
+        }
+        group.wait()
+        return results.withLock { $0.map { $0! } }
+    }
+
+    @Test("load on A is served by 100 fresh connections on every node; unload on C is gone everywhere; racing loads: one winner; 30 parallel loads: unique ids")
+    func commitsAcrossTheFleet() throws {
+        let fleet = try Fleet()
+        defer { fleet.stop() }
+        let (a, c) = (fleet.nodes[0], fleet.nodes[2])
+
+        let loaded = try Self.load(a, "fleet-a")
+        #expect(loaded.status == 200, "\(loaded.body)")
+        for node in fleet.nodes {
+            var statuses: [Int: Int] = [:]
+            for _ in 0..<100 { statuses[try Self.complete(node, "fleet-a"), default: 0] += 1 }
+            #expect(statuses == [200: 100], "node on port \(node.port): \(statuses)")
+        }
+
+        let unloaded = try Self.unload(c, "fleet-a")
+        #expect(unloaded.status == 200, "\(unloaded.body)")
+        for node in fleet.nodes {
+            var statuses: [Int: Int] = [:]
+            for _ in 0..<100 { statuses[try Self.complete(node, "fleet-a"), default: 0] += 1 }
+            #expect(statuses[200] == nil, "node on port \(node.port) still serves the unloaded adapter: \(statuses)")
+        }
+
+        // Racing loads of one name on every node: exactly one wins.
+        let nodes = fleet.nodes
+        let race = Self.parallel(3) { index in try Self.load(nodes[index], "race") }
+        let responses = try race.map { try $0.get() }
+        #expect(responses.filter { $0.status == 200 }.count == 1, "\(responses.map { "\($0.status) \($0.body)" })")
+        for response in responses where response.status != 200 {
+            #expect(response.status == 400 && response.body.contains("already loaded"), "\(response.status) \(response.body)")
+        }
+
+        // 30 distinct loads spread over the nodes, 6 at a time: every one succeeds, ids are unique.
+        let loads = Self.parallel(6) { worker in
+            try (0..<5).map { step -> Int in
+                let index = worker * 5 + step
+                return try Self.load(nodes[index % 3], "many-\(index)").status
+            }
+        }
+        let statuses = try loads.flatMap { try $0.get() }
+        #expect(statuses == Array(repeating: 200, count: 30), "\(statuses)")
+        let tables = try fleet.nodes.map { try Self.table($0) }
+        #expect(tables[0].count == 31, "\(tables[0])")
+        #expect(Set(tables[0].values).count == tables[0].count, "ids are not unique: \(tables[0])")
+        #expect(!tables[0].values.contains(loaded.json?["lora_int_id"] as? Int ?? 1), "an id was reused")
+        #expect(tables[1] == tables[0] && tables[2] == tables[0], "\(tables)")
+    }
+
+    @Test("etcd quorum lost: loads 503 fast, base requests 200, loads work again once it heals; a kill -9'd node comes back converged")
+    func outagesAndRestarts() throws {
+        let fleet = try Fleet()
+        defer { fleet.stop() }
+        let (a, b) = (fleet.nodes[0], fleet.nodes[1])
+        #expect(try Self.load(a, "before").status == 200)
+
+        // One member down: quorum holds, loads work.
+        fleet.etcd.stop(2)
+        #expect(try Self.load(b, "one-down").status == 200)
+        // Two down: no quorum.
+        fleet.etcd.stop(1)
+        let started = Date()
+        let refused = try Self.load(a, "no-quorum")
+        #expect(refused.status == 503, "\(refused.status) \(refused.body)")
+        #expect(refused.body.contains("cluster unreachable"), "\(refused.body)")
+        #expect(Date().timeIntervalSince(started) < 30, "hang guard")
+        #expect(try Self.complete(b, "tiny") == 200)
+        #expect(try Self.complete(a, "before") == 200)
+        try fleet.etcd.restart(1)
+        try fleet.etcd.restart(2)
+        try fleet.etcd.waitHealthy()
+        try ServeTests.waitFor("loads to work again", timeout: 60) { try Self.load(a, "healed").status == 200 }
+
+        // kill -9 node B's supervisor (its children follow their parent): the others keep committing.
+        let stateDirectory = b.stateDirectory
+        let children = b.childPIDs()
+        kill(b.process.processIdentifier, SIGKILL)
+        b.process.waitUntilExit()
+        try ServeTests.waitFor("node B's children to exit", timeout: 30) { children.allSatisfy { !ServeTests.isAlive($0) } }
+        #expect(try Self.load(a, "while-b-down").status == 200)
+        #expect(try Self.unload(fleet.nodes[2], "before").status == 200)
+        // B comes back with its old state directory and converges to the fleet's table.
+        let restarted = try fleet.start("B", stateDirectory: stateDirectory)
+        fleet.nodes[1] = restarted
+        let expected = try Self.table(a)
+        #expect(try Self.table(restarted) == expected)
+        #expect(try Self.complete(restarted, "while-b-down") == 200)
+        #expect(try Self.complete(restarted, "before") == 404)
+    }
+}
