@@ -128,7 +128,7 @@ package final class ClusterAgent: Sendable {
         case .nodes:
             let reply = await self.listNodes()
             self.link.post(ClusterEnvelope(callID: envelope.callID, body: .nodesReply(reply)))
-        case .table, .reserveReply, .commitReply, .nodesReply, .none:
+        case .table, .reserveReply, .commitReply, .nodesReply, .fence, .none:
             self.logger.warning("unexpected cluster message", metadata: ["call.id": "\(envelope.callID)"])
         }
     }
@@ -245,12 +245,19 @@ package final class ClusterAgent: Sendable {
 
     // MARK: - Background work
 
-    /// Grants the node's lease and keeps it; a lost lease is granted again (the node key is
-    /// re-published under the new one).
+    /// Grants the node's lease and renews it; every successful renewal moves the node's
+    /// fence to renewal send time + TTL - margin (margin = max(2 s, TTL/4)), so the node
+    /// stops serving adapters before its lease can expire. A lost lease is granted again
+    /// (the node key is re-published under it, and the fence stays down until that key has
+    /// come back through the watch: the node has caught up).
     private func keepLease() async {
+        let ttlMs = self.configuration.leaseSeconds * 1000
+        let marginMs = max(2000, ttlMs / 4)
+        let renewEvery = Duration.milliseconds(max(min(ttlMs / 3, (ttlMs - marginMs) / 3), 100))
         var pause = Duration.milliseconds(100)
         while !Task.isCancelled {
             let lease: EtcdLease
+            let granted = MonotonicClock.nowMs()
             do throws(EtcdError) {
                 lease = try await self.client.grantLease(ttl: self.configuration.leaseSeconds)
             } catch {
@@ -260,14 +267,25 @@ package final class ClusterAgent: Sendable {
                 continue
             }
             pause = .milliseconds(100)
-            await self.state.setLease(lease.id)
-            do throws(EtcdError) {
-                _ = try await LeaseKeeper(client: self.client, lease: lease).run { health in
-                    self.logger.info("node lease: \(health)", metadata: ["etcd.lease": "\(lease.id)"])
+            await self.state.setLease(lease.id, validUntilMs: granted + ttlMs - marginMs)
+            var failing = false
+            while !Task.isCancelled {
+                try? await Task.sleep(for: renewEvery)
+                let sent = MonotonicClock.nowMs()
+                do throws(EtcdError) {
+                    let ttl = try await self.client.keepAliveOnce(lease.id, timeout: renewEvery * 2)
+                    guard ttl > 0 else { throw EtcdError.leaseNotFound(id: lease.id) }
+                    if failing { self.logger.notice("node lease renewed again", metadata: ["etcd.lease": "\(lease.id)"]) }
+                    failing = false
+                    await self.state.renewed(lease.id, validUntilMs: sent + ttlMs - marginMs)
+                } catch {
+                    if case .leaseNotFound = error {
+                        self.logger.warning("node lease expired; granting a new one", metadata: ["etcd.lease": "\(lease.id)"])
+                        break
+                    }
+                    if !failing { self.logger.warning("node lease renewal failing", metadata: ["error": "\(error)"]) }
+                    failing = true
                 }
-            } catch {
-                if case .cancelled = error { return }
-                self.logger.warning("node lease lost; granting a new one", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -308,7 +326,7 @@ package final class ClusterAgent: Sendable {
                 try await self.client.put(key: self.keys.node(self.configuration.nodeName), value: status.serializedBytes(), lease: lease)
             } catch {
                 self.logger.warning("cannot publish the node key; retrying", metadata: ["error": "\(error)"])
-                if case .leaseNotFound = error { await self.state.setLease(nil) }
+                // A lease that expired is granted again by `keepLease`, which publishes under the new one.
                 try? await Task.sleep(for: .milliseconds(250))
                 self.publishSink.yield()
             }
@@ -342,6 +360,10 @@ actor AgentState {
     var nextID: UInt64 = 1
     var nodes: [String: NodeStatus] = [:]
     var lease: Int64?
+    /// The lease whose node key came back through the watch (the node caught up under it).
+    var registeredLease: Int64?
+    /// The latest fence instant from a renewal of `lease`.
+    var validUntilMs: Int64 = 0
     /// The last revision pushed to the supervisor, and the last it applied.
     var pushed: Int64 = 0
     var appliedRevision: Int64 = 0
@@ -355,9 +377,23 @@ actor AgentState {
         self.publish = publish
     }
 
-    func setLease(_ lease: Int64?) {
+    func setLease(_ lease: Int64?, validUntilMs: Int64 = 0) {
         self.lease = lease
+        self.validUntilMs = validUntilMs
         if lease != nil { self.publish.yield() }
+    }
+
+    /// A renewal of `lease` succeeded: the fence moves, once the node key of this lease
+    /// came back through the watch.
+    func renewed(_ lease: Int64, validUntilMs: Int64) {
+        guard lease == self.lease else { return }
+        self.validUntilMs = validUntilMs
+        self.pushFence()
+    }
+
+    private func pushFence() {
+        guard let lease = self.lease, self.registeredLease == lease, self.caughtUp else { return }
+        self.link.post(ClusterEnvelope(body: .fence(Fence(validUntilMonotonicMs: self.validUntilMs))))
     }
 
     /// The node key's content, once there is a lease and the supervisor applied a table.
@@ -383,12 +419,16 @@ actor AgentState {
         case .adapter:
             self.push(revision: event.revision)
         case .node(let name):
-            if name == self.nodeName, event.kind == .put, !self.caughtUp, let lease = self.lease,
-                self.nodes[name]?.leaseID == lease
+            if name == self.nodeName, event.kind == .put, let lease = self.lease, self.nodes[name]?.leaseID == lease,
+                self.registeredLease != lease
             {
                 // Our own key came back through the watch: every change before it was pushed.
-                self.caughtUp = true
-                self.push(revision: event.revision)
+                self.registeredLease = lease
+                if !self.caughtUp {
+                    self.caughtUp = true
+                    self.push(revision: event.revision)
+                }
+                self.pushFence()
             }
             self.checkCommits()
         case .nextID, .other:

@@ -32,6 +32,7 @@ enum Samples {
         .commitReply(CommitReply(status: Status(code: .failedPrecondition, message: "stale epoch"), version: 9)),
         .drain(Drain(graceMs: 30_000)),
         .shutdown(Shutdown(fast: true)),
+        .fence(Fence(validUntilMonotonicMs: 123_456_789)),
     ]
 
     static let adminBodies: [AdminEnvelope.Body] = [
@@ -126,6 +127,7 @@ enum Samples {
                 status: status,
                 nodes: [NodeStatus(name: "a:8000", appliedRevision: 5, state: "ready", version: "0.1.0", startedUnixMs: 9, leaseID: 3)],
                 revision: 80)),
+        .fence(Fence(validUntilMonotonicMs: 42)),
     ]
 
     static var clusterEnvelopes: [ClusterEnvelope] {

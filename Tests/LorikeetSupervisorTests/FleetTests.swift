@@ -8,7 +8,7 @@ import Testing
 /// Serialized: each test runs 3 servers and 3 etcd members on 2 cores.
 @Suite("fleet mode (3 nodes on a real etcd cluster)", .serialized, .enabled(if: EtcdCluster.isAvailable, "\(EtcdCluster.unavailableMessage)"))
 struct FleetTests {
-    static let leaseSeconds = 4
+    static let leaseSeconds = 6
 
     /// One fleet: etcd and the nodes A, B, C.
     final class Fleet {
@@ -130,11 +130,16 @@ struct FleetTests {
         #expect(refused.body.contains("cluster unreachable"), "\(refused.body)")
         #expect(Date().timeIntervalSince(started) < 30, "hang guard")
         #expect(try Self.complete(b, "tiny") == 200)
-        #expect(try Self.complete(a, "before") == 200)
+        // Renewals fail: within the lease every node fences adapters and /health; base requests go on.
+        try ServeTests.waitFor("node A to fence", timeout: Double(Self.leaseSeconds) * 3) { try Self.complete(a, "before") == 503 }
+        let health = try TestHTTP.request(port: a.port, path: "/health")
+        #expect(health.status == 503 && health.body.contains("cluster unreachable"), "\(health.status) \(health.body)")
+        #expect(try Self.complete(a, "tiny") == 200)
         try fleet.etcd.restart(1)
         try fleet.etcd.restart(2)
         try fleet.etcd.waitHealthy()
         try ServeTests.waitFor("loads to work again", timeout: 60) { try Self.load(a, "healed").status == 200 }
+        for node in fleet.nodes { try ServeTests.waitFor("unfenced", timeout: 30) { try Self.complete(node, "before") == 200 } }
 
         // kill -9 node B's supervisor (its children follow their parent): the others keep committing.
         let stateDirectory = b.stateDirectory
@@ -151,5 +156,35 @@ struct FleetTests {
         #expect(try Self.table(restarted) == expected)
         #expect(try Self.complete(restarted, "while-b-down") == 200)
         #expect(try Self.complete(restarted, "before") == 404)
+    }
+
+    @Test("SIGSTOP a node during an unload: the unload completes within the lease; resumed, the node serves the unloaded adapter 0 times")
+    func stoppedNode() throws {
+        let fleet = try Fleet()
+        defer { fleet.stop() }
+        let (a, c) = (fleet.nodes[0], fleet.nodes[2])
+        #expect(try Self.load(a, "paused").status == 200)
+        #expect(try Self.complete(c, "paused") == 200)
+        let pids = [c.process.processIdentifier] + c.childPIDs()
+        for pid in pids { kill(pid, SIGSTOP) }
+        let started = Date()
+        let unloaded = try Self.unload(a, "paused")
+        let took = Date().timeIntervalSince(started)
+        #expect(unloaded.status == 200, "\(unloaded.status) \(unloaded.body)")
+        #expect(took < Double(Self.leaseSeconds) * 3, "hang guard: the unload took \(took) s")
+        for pid in pids { kill(pid, SIGCONT) }
+        var served = 0
+        var statuses: [Int: Int] = [:]
+        let deadline = Date().addingTimeInterval(Double(Self.leaseSeconds) * 5)
+        while Date() < deadline {
+            let status = try Self.complete(c, "paused")
+            statuses[status, default: 0] += 1
+            if status == 200 { served += 1 }
+            if status == 404 { break }
+        }
+        #expect(served == 0, "the resumed node served the unloaded adapter: \(statuses)")
+        #expect(statuses[404] == 1, "the resumed node never caught up: \(statuses)")
+        try ServeTests.waitFor("node C healthy", timeout: 30) { try TestHTTP.request(port: c.port, path: "/health").status == 200 }
+        print("fleet: unload with a stopped node took \(String(format: "%.2f", took)) s; resumed node: \(statuses)")
     }
 }

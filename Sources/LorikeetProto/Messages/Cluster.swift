@@ -208,6 +208,7 @@ public struct ClusterEnvelope: Sendable, Equatable {
         case commitReply(ClusterCommitReply)
         case nodes(ClusterNodesRequest)
         case nodesReply(ClusterNodesReply)
+        case fence(Fence)
     }
 
     public init(callID: UInt64 = 0, body: Body?) {
@@ -231,6 +232,7 @@ extension ClusterEnvelope: DescribedWireMessage {
         case .commitReply(let value): writer.set("commit_reply", value)
         case .nodes(let value): writer.set("nodes", value)
         case .nodesReply(let value): writer.set("nodes_reply", value)
+        case .fence(let value): writer.set("fence", value)
         }
     }
 
@@ -245,6 +247,7 @@ extension ClusterEnvelope: DescribedWireMessage {
         case "commit_reply": body = .commitReply(try reader.member("commit_reply"))
         case "nodes": body = .nodes(try reader.member("nodes"))
         case "nodes_reply": body = .nodesReply(try reader.member("nodes_reply"))
+        case "fence": body = .fence(try reader.member("fence"))
         default: body = nil
         }
         self.init(callID: reader.uint64("call_id"), body: body)

@@ -206,6 +206,18 @@ extension LoadAdapterRequest: CMessageConvertible {
     }
 }
 
+/// Fleet mode: until when the node may serve adapters (`lorikeet.v1.Fence`), in
+/// `CLOCK_MONOTONIC` milliseconds of the host (the same clock in every process of a node).
+public struct Fence: Sendable, Equatable {
+    public var validUntilMonotonicMs: Int64
+    public init(validUntilMonotonicMs: Int64 = 0) { self.validUntilMonotonicMs = validUntilMonotonicMs }
+}
+
+extension Fence: CMessageConvertible {
+    func write(to writer: CMessageWriter) { writer.set("valid_until_monotonic_ms", self.validUntilMonotonicMs) }
+    init(from reader: CMessageReader) { self.init(validUntilMonotonicMs: reader.int64("valid_until_monotonic_ms")) }
+}
+
 /// Unload an adapter (vLLM `POST /v1/unload_lora_adapter`).
 public struct UnloadAdapterRequest: Sendable, Equatable {
     public var name: String

@@ -17,6 +17,8 @@ struct ClusterState: Sendable {
     var pendingTable: ClusterTable?
     /// When the agent's last table arrived (the clock of a pending table's application).
     var lastTableAtMs: UInt64 = 0
+    /// The agent's latest fence (sent to every worker, and to each new one after its hello).
+    var fence: Fence?
     /// Routed loads waiting for an id reservation, by route id.
     var reserving: Set<UInt64> = []
 }
@@ -67,6 +69,13 @@ extension SupervisorStateMachine {
 
     static var agentGone: Status {
         Status(code: .unavailable, message: "cluster unreachable: the cluster agent is not running; the adapter table is unchanged, retry")
+    }
+
+    /// The agent moved the node's fence: every worker that said hello hears it.
+    mutating func clusterFenceReceived(_ fence: Fence) -> [Action] {
+        guard self.cluster != nil else { return [] }
+        self.cluster?.fence = fence
+        return self.allWorkers.filter { self.workers[$0]?.hasHello == true }.map { .sendFence($0, fence) }
     }
 
     // MARK: - The fleet's table

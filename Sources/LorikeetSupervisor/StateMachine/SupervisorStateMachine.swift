@@ -197,6 +197,8 @@ struct SupervisorStateMachine {
         case spawnClusterAgent
         /// Fleet mode: restart the cluster agent after `delayMs`.
         case startClusterAgentTimer(delayMs: UInt64)
+        /// Fleet mode: tell a worker until when it may serve adapters.
+        case sendFence(WorkerID, Fence)
         /// Fleet mode: send a frame to the cluster agent (dropped when it is not running).
         case sendToClusterAgent(ClusterEnvelope)
         /// Log; `worker` (if any) adds the worker's pid to the metadata.
@@ -415,6 +417,7 @@ struct SupervisorStateMachine {
             .log(.info, "worker hello", ["worker.slot": "\(slot)", "pid": "\(hello.pid)", "version": "\(hello.version)"], worker: nil),
             .sendSnapshot(id),
         ]
+        if let fence = self.cluster?.fence { actions.append(.sendFence(id, fence)) }
         if self.leader == nil && self.isRunning {
             actions += self.promote(id)
         } else {

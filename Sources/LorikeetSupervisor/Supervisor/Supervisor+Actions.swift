@@ -98,6 +98,8 @@ extension Supervisor {
             self.spawnClusterAgent()
         case .startClusterAgentTimer(let delayMs):
             UVTimer.after(self.loop, ms: delayMs) { [unowned self] in self.startClusterAgent() }
+        case .sendFence(let id, let fence):
+            self.workers[id]?.send(.fence(fence))
         case .sendToClusterAgent(let envelope):
             self.clusterAgent?.send(envelope)
         case .log(let level, let message, var metadata, let id):

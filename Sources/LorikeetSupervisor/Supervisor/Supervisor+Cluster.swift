@@ -108,6 +108,8 @@ extension Supervisor {
             self.perform(self.machine.clusterCommitReplied(callID: envelope.callID, reply))
         case .nodesReply(let reply):
             self.nodesReplies.removeValue(forKey: envelope.callID)?(reply)
+        case .fence(let fence):
+            self.perform(self.machine.clusterFenceReceived(fence))
         case .applied, .reserve, .commit, .nodes, .none:
             self.logger.warning("unexpected cluster message", metadata: ["call.id": "\(envelope.callID)"])
         }

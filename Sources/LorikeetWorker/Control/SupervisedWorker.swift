@@ -71,6 +71,7 @@ package final class SupervisedWorkerService: Service {
         let link = SupervisorLink(fd: controlFD, logger: logger)
         self.link = link
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
+        if configuration.fleet { replica.fence.arm() }
         self.replica = replica
         let engine = configuration.makeEngine(engine, table: replica, logger: logger)
         self.engine = engine
@@ -253,6 +254,8 @@ package final class SupervisedWorkerService: Service {
             self.eventSink.yield(.drain(grace: .milliseconds(Int(drain.graceMs)), listenerRetired: drain.listenerRetired))
         case .shutdown:
             self.eventSink.yield(.shutdown)
+        case .fence(let fence):
+            self.replica.fence.update(fence)
         case .hello, .changeAck, .mutationReply, .commit, .commitReply, .none:
             self.logger.warning("unexpected control message", metadata: ["call.id": "\(envelope.callID)"])
         }

@@ -968,7 +968,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__cluster_nodes_reply__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__cluster_nodes_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__cluster_envelope__field_descriptors[9] =
+static const ProtobufCFieldDescriptor lorikeet__v1__cluster_envelope__field_descriptors[10] =
 {
   {
     "call_id",
@@ -1078,12 +1078,25 @@ static const ProtobufCFieldDescriptor lorikeet__v1__cluster_envelope__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "fence",
+    18,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__ClusterEnvelope, body_case),
+    offsetof(Lorikeet__V1__ClusterEnvelope, fence),
+    &lorikeet__v1__fence__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__cluster_envelope__field_indices_by_name[] = {
   2,   /* field[2] = applied */
   0,   /* field[0] = call_id */
   5,   /* field[5] = commit */
   6,   /* field[6] = commit_reply */
+  9,   /* field[9] = fence */
   7,   /* field[7] = nodes */
   8,   /* field[8] = nodes_reply */
   3,   /* field[3] = reserve */
@@ -1094,7 +1107,7 @@ static const ProtobufCIntRange lorikeet__v1__cluster_envelope__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 1 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__cluster_envelope__descriptor =
 {
@@ -1104,7 +1117,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__cluster_envelope__descriptor =
   "Lorikeet__V1__ClusterEnvelope",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__ClusterEnvelope),
-  9,
+  10,
   lorikeet__v1__cluster_envelope__field_descriptors,
   lorikeet__v1__cluster_envelope__field_indices_by_name,
   2,  lorikeet__v1__cluster_envelope__number_ranges,

@@ -194,7 +194,8 @@ typedef enum {
   LORIKEET__V1__CLUSTER_ENVELOPE__BODY_COMMIT = 14,
   LORIKEET__V1__CLUSTER_ENVELOPE__BODY_COMMIT_REPLY = 15,
   LORIKEET__V1__CLUSTER_ENVELOPE__BODY_NODES = 16,
-  LORIKEET__V1__CLUSTER_ENVELOPE__BODY_NODES_REPLY = 17
+  LORIKEET__V1__CLUSTER_ENVELOPE__BODY_NODES_REPLY = 17,
+  LORIKEET__V1__CLUSTER_ENVELOPE__BODY_FENCE = 18
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LORIKEET__V1__CLUSTER_ENVELOPE__BODY__CASE)
 } Lorikeet__V1__ClusterEnvelope__BodyCase;
 
@@ -215,6 +216,10 @@ struct  Lorikeet__V1__ClusterEnvelope
     Lorikeet__V1__ClusterCommitReply *commit_reply;
     Lorikeet__V1__ClusterNodesRequest *nodes;
     Lorikeet__V1__ClusterNodesReply *nodes_reply;
+    /*
+     * Agent -> supervisor, forwarded to every worker.
+     */
+    Lorikeet__V1__Fence *fence;
   };
 };
 #define LORIKEET__V1__CLUSTER_ENVELOPE__INIT \
