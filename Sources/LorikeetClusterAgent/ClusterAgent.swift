@@ -362,6 +362,9 @@ actor AgentState {
     var lease: Int64?
     /// The lease whose node key came back through the watch (the node caught up under it).
     var registeredLease: Int64?
+    /// The last revision pushed when the node key came back: the fence moves only once the
+    /// supervisor applied it (every worker serves what the watch delivered before the key).
+    var registeredAfter: Int64 = .max
     /// The latest fence instant from a renewal of `lease`.
     var validUntilMs: Int64 = 0
     /// The last revision pushed to the supervisor, and the last it applied.
@@ -392,7 +395,8 @@ actor AgentState {
     }
 
     private func pushFence() {
-        guard let lease = self.lease, self.registeredLease == lease, self.caughtUp else { return }
+        guard let lease = self.lease, self.registeredLease == lease, self.caughtUp, self.appliedRevision >= self.registeredAfter
+        else { return }
         self.link.post(ClusterEnvelope(body: .fence(Fence(validUntilMonotonicMs: self.validUntilMs))))
     }
 
@@ -428,6 +432,7 @@ actor AgentState {
                     self.caughtUp = true
                     self.push(revision: event.revision)
                 }
+                self.registeredAfter = self.pushed
                 self.pushFence()
             }
             self.checkCommits()
@@ -471,6 +476,7 @@ actor AgentState {
         self.appliedRevision = revision
         self.publish.yield()
         self.checkCommits()
+        self.pushFence()
     }
 
     func waitForFleet(callID: UInt64, revision: Int64) {
