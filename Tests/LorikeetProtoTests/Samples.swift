@@ -65,6 +65,8 @@ enum Samples {
         .drainWorker(DrainWorkerRequest(slot: 3)),
         .stop(StopRequest(fast: true)),
         .result(CallResult(status: Status(code: .unavailable, message: "no leader"))),
+        .nodes(ClusterNodesRequest(includeSelf: true)),
+        .nodesReply(ClusterNodesReply(status: status, nodes: [NodeStatus(name: "b", appliedRevision: 1, state: "ready", version: "v", startedUnixMs: 2, leaseID: 3)], revision: 4)),
     ]
 
     static let engineBodies: [EngineEnvelope.Body] = [

@@ -110,6 +110,15 @@ struct FleetTests {
         #expect(Set(tables[0].values).count == tables[0].count, "ids are not unique: \(tables[0])")
         #expect(!tables[0].values.contains(loaded.json?["lora_int_id"] as? Int ?? 1), "an id was reused")
         #expect(tables[1] == tables[0] && tables[2] == tables[0], "\(tables)")
+
+        // `ctl nodes`: every node, ready, at the same applied revision once idle.
+        try ServeTests.waitFor("every node key at one revision", timeout: 30) {
+            let listed = try a.ctlJSON(["nodes"]) as? [String: Any]
+            let nodes = listed?["nodes"] as? [[String: Any]] ?? []
+            let revisions = Set(nodes.compactMap { $0["applied_revision"] as? Int })
+            return Set(nodes.compactMap { $0["name"] as? String }) == ["A", "B", "C"] && revisions.count == 1
+                && nodes.allSatisfy { ($0["state"] as? String) == "ready" }
+        }
     }
 
     @Test("etcd quorum lost: loads 503 fast, base requests 200, loads work again once it heals; a kill -9'd node comes back converged")
