@@ -141,6 +141,7 @@ struct FleetTests {
         #expect(try Self.complete(b, "tiny") == 200)
         // Renewals fail: within the lease every node fences adapters and /health; base requests go on.
         try ServeTests.waitFor("node A to fence", timeout: Double(Self.leaseSeconds) * 3) { try Self.complete(a, "before") == 503 }
+        let fencedAfter = Date().timeIntervalSince(started)
         let health = try TestHTTP.request(port: a.port, path: "/health")
         #expect(health.status == 503 && health.body.contains("cluster unreachable"), "\(health.status) \(health.body)")
         #expect(try Self.complete(a, "tiny") == 200)
@@ -159,10 +160,15 @@ struct FleetTests {
         #expect(try Self.load(a, "while-b-down").status == 200)
         #expect(try Self.unload(fleet.nodes[2], "before").status == 200)
         // B comes back with its old state directory and converges to the fleet's table.
+        let restarting = Date()
         let restarted = try fleet.start("B", stateDirectory: stateDirectory)
         fleet.nodes[1] = restarted
         let expected = try Self.table(a)
         #expect(try Self.table(restarted) == expected)
+        print(
+            String(
+                format: "fleet numbers: fenced %.1f s after quorum loss (lease %d s); killed node serving the fleet's table %.1f s after its restart",
+                fencedAfter, Self.leaseSeconds, Date().timeIntervalSince(restarting)))
         #expect(try Self.complete(restarted, "while-b-down") == 200)
         #expect(try Self.complete(restarted, "before") == 404)
     }
@@ -195,5 +201,33 @@ struct FleetTests {
         #expect(statuses[404] == 1, "the resumed node never caught up: \(statuses)")
         try ServeTests.waitFor("node C healthy", timeout: 30) { try TestHTTP.request(port: c.port, path: "/health").status == 200 }
         print("fleet: unload with a stopped node took \(String(format: "%.2f", took)) s; resumed node: \(statuses)")
+    }
+
+    /// Load latencies (a 200 means every live node serves the adapter) in ms, sorted.
+    static func loadLatencies(_ node: ServerUnderTest, prefix: String, count: Int) throws -> [Double] {
+        var latencies: [Double] = []
+        for index in 0..<count {
+            let started = Date()
+            let response = try Self.load(node, "\(prefix)-\(index)")
+            latencies.append(Date().timeIntervalSince(started) * 1000)
+            #expect(response.status == 200, "\(response.body)")
+        }
+        return latencies.sorted()
+    }
+
+    @Test("numbers: load->visible everywhere at 3 nodes x 2 workers against a single node's commit (printed, no timing assertions)")
+    func numbers() throws {
+        let single = try ServerUnderTest(workers: 2)
+        let local = try Self.loadLatencies(single, prefix: "single", count: 30)
+        single.stop()
+        let fleet = try Fleet()
+        defer { fleet.stop() }
+        let remote = try Self.loadLatencies(fleet.nodes[0], prefix: "fleet", count: 30)
+        func percentile(_ values: [Double], _ p: Double) -> Double { values[min(values.count - 1, Int(Double(values.count) * p))] }
+        let line = String(
+            format: "fleet numbers: load->visible p50 %.1f ms p99 %.1f ms (3 nodes x 2 workers); single node p50 %.1f ms p99 %.1f ms; ratio p50 %.2f",
+            percentile(remote, 0.5), percentile(remote, 0.99), percentile(local, 0.5), percentile(local, 0.99),
+            percentile(remote, 0.5) / max(percentile(local, 0.5), 0.001))
+        print(line)
     }
 }
