@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import LorikeetClusterAgent
 import LorikeetProto
+import UnixSignals
 
 #if canImport(Glibc)
     import Glibc
@@ -26,15 +27,8 @@ struct ClusterAgentCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "text or json.") var logFormat = "text"
 
     func run() async throws {
-        LoggingBootstrap.bootstrap(format: self.logFormat)
-        var none = sigset_t()
-        sigemptyset(&none)
-        pthread_sigmask(SIG_SETMASK, &none, nil)
-        signal(SIGPIPE, SIG_IGN)
-        var logger = Logger(label: "lorikeet.cluster-agent")
-        logger[metadataKey: "pid"] = "\(getpid())"
+        var logger = ParentWatch.prepareChild(label: "lorikeet.cluster-agent", logFormat: self.logFormat, parentPID: self.parentPid)
         logger[metadataKey: "node"] = "\(self.nodeName)"
-        if let parentPid { ParentWatch.arm(parentPID: parentPid) }
         let configuration = ClusterAgentConfiguration(
             endpoints: ClusterOptions.endpoints(self.clusterEndpoints), clusterName: self.clusterName, nodeName: self.nodeName,
             leaseSeconds: self.clusterLeaseSeconds, version: LorikeetVersion.string)
@@ -45,10 +39,25 @@ struct ClusterAgentCommand: AsyncParsableCommand {
             logger.critical("cannot start the cluster agent: \(error)")
             throw ExitCode(LorikeetExitCode.cannotBoot)
         }
+        // Until SIGTERM (the supervisor stopping) or the supervisor's end; either way the
+        // lease is given back, so the node key goes at once and no commit elsewhere waits
+        // out the lease for a node that left.
+        var failure: (any Error)?
         do {
-            try await agent.run()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await agent.run() }
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sigterm) { return }
+                }
+                try await group.next()
+                group.cancelAll()
+            }
         } catch {
-            logger.error("cluster agent stopping: \(error)")
+            failure = error
+        }
+        await agent.leave()
+        if let failure {
+            logger.error("cluster agent stopping: \(failure)")
             throw ExitCode(1)
         }
     }

@@ -96,7 +96,6 @@ package final class ClusterAgent: Sendable {
         } catch {
             throw ClusterAgentError.supervisorGone("cannot use the cluster channel: \(error)")
         }
-        defer { self.client.shutdown() }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await self.keepLease() }
             group.addTask { await self.followStore() }
@@ -111,6 +110,19 @@ package final class ClusterAgent: Sendable {
                 }
             }
             throw ClusterAgentError.supervisorGone("the cluster channel ended")
+        }
+    }
+
+    /// Leaving the fleet (after `run()`): revokes the lease, which deletes the node key, and
+    /// closes the etcd client.
+    package func leave() async {
+        defer { self.client.shutdown() }
+        guard let lease = await self.state.lease else { return }
+        do throws(EtcdError) {
+            try await self.client.revoke(lease, timeout: .seconds(2))
+            self.logger.info("left the fleet (lease revoked)", metadata: ["etcd.lease": "\(lease)"])
+        } catch {
+            self.logger.warning("cannot revoke the node's lease; its key expires with it", metadata: ["error": "\(error)"])
         }
     }
 

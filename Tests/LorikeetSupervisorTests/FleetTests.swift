@@ -230,4 +230,59 @@ struct FleetTests {
             percentile(remote, 0.5) / max(percentile(local, 0.5), 0.001))
         print(line)
     }
+
+    /// The pid of a node's cluster agent (a child of its supervisor running `cluster-agent`).
+    static func agentPID(_ node: ServerUnderTest) -> Int32? {
+        node.childPIDs().first { pid in
+            let command = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+            return command.contains("cluster-agent")
+        }
+    }
+
+    /// Compacts etcd's history up to its current revision (through member 0's JSON gateway).
+    static func compactEtcd(_ etcd: EtcdCluster) throws {
+        let port = UInt16(etcd.endpoints[0].split(separator: ":").last ?? "") ?? 0
+        let range = try TestHTTP.post(port: port, "/v3/kv/range", ["key": Data("x".utf8).base64EncodedString()])
+        let header = range.json?["header"] as? [String: Any]
+        guard let revision = header?["revision"] as? String else { throw TestEnvironment.Failure("no revision: \(range.body)") }
+        let compacted = try TestHTTP.post(port: port, "/v3/kv/compaction", ["revision": revision, "physical": true])
+        guard compacted.status == 200 else { throw TestEnvironment.Failure("compaction failed: \(compacted.body)") }
+    }
+
+    @Test("a node whose agent was stopped past a compaction reloads the table: it serves the new adapter, never the unloaded one")
+    func compactionReload() throws {
+        let fleet = try Fleet()
+        defer { fleet.stop() }
+        let (a, c) = (fleet.nodes[0], fleet.nodes[2])
+        #expect(try Self.load(a, "old").status == 200)
+        #expect(try Self.complete(c, "old") == 200)
+        guard let agent = Self.agentPID(c) else {
+            Issue.record("no cluster agent under node C")
+            return
+        }
+        kill(agent, SIGSTOP)
+        // Every member restarted in turn: the stopped agent's watch connection is gone before
+        // the changes below, so resumed, it reconnects from its old revision and finds it compacted.
+        for member in 0..<3 {
+            try fleet.etcd.restart(member)
+            try fleet.etcd.waitHealthy()
+        }
+        // (A retry after an answer lost to the member restarts finds it gone: 404.)
+        try ServeTests.waitFor("the unload through A", timeout: 30) { [200, 404].contains(try Self.unload(a, "old").status) }
+        #expect(try Self.table(a)["old"] == nil)
+        #expect(try Self.load(a, "new").status == 200)
+        try Self.compactEtcd(fleet.etcd)
+        kill(agent, SIGCONT)
+        var statuses: [Int: Int] = [:]
+        let deadline = Date().addingTimeInterval(Double(Self.leaseSeconds) * 5)
+        while Date() < deadline {
+            let old = try Self.complete(c, "old")
+            statuses[old, default: 0] += 1
+            if old == 404, try Self.complete(c, "new") == 200 { break }
+        }
+        #expect(statuses[200] == nil, "node C served the unloaded adapter: \(statuses)")
+        #expect(try Self.complete(c, "new") == 200, "node C never caught up: \(statuses)")
+        #expect(try Self.table(c) == Self.table(a))
+        #expect(c.log.contains("reloading the table"), "the agent did not reload after the compaction")
+    }
 }
