@@ -11,7 +11,10 @@ import Testing
 
 /// The outbound bound and the drain, over real sockets (socketpairs) to an in-process
 /// server.
-@Suite("Engine server: slow clients and draining")
+// Serialized: both tests block a thread of the cooperative pool in a synchronous receive
+// while the server's drain (an `async let`) needs one; run together on a 2-core machine
+// they took both pool threads and hung the whole test run (seen twice in bin/test).
+@Suite("Engine server: slow clients and draining", .serialized)
 struct BackPressureAndDrainTests {
     /// A request whose every chunk echoes a 1000-byte request id: four of them stream
     /// about 1 MB, more than a Unix socket buffers, so a client that does not read leaves

@@ -121,4 +121,18 @@ struct FleetStateMachineTests {
         let id = SupervisorStateMachineTests.spawned(more)[0]
         #expect(machine.hello(id, Hello(pid: 2, version: "t")).contains { if case .sendFence(id, fence) = $0 { true } else { false } })
     }
+
+    @Test("stopping: after the workers, the agent is stopped (it gives its lease back), then the loop ends")
+    func stopping() {
+        var (machine, ids) = Self.caughtUp()
+        _ = machine.stop(.fast)
+        #expect(!machine.childExited(ids[0], SupervisorStateMachineTests.killed, now: 1).contains {
+            if case .terminateClusterAgent = $0 { true } else { false }
+        })
+        let last = machine.childExited(ids[1], SupervisorStateMachineTests.killed, now: 2)
+        #expect(last.contains { if case .terminateClusterAgent = $0 { true } else { false } })
+        let gone = machine.clusterAgentExited(ProcessExit(status: 0, signal: 0), now: 3)
+        #expect(gone.contains { if case .leaveLoop = $0 { true } else { false } })
+        #expect(!gone.contains { if case .startClusterAgentTimer = $0 { true } else { false } })
+    }
 }

@@ -57,7 +57,7 @@ extension SupervisorStateMachine {
                         message: "cluster unreachable: the cluster agent exited during the commit; its outcome is unknown, check GET /v1/models before retrying")
                 ))
         }
-        guard self.isRunning else { return actions }
+        guard self.isRunning else { return actions + self.checkStopped() }
         self.cluster?.agentRestarts += 1
         let uptime = now - cluster.agentStartedAtMs
         let delay = uptime > self.configuration.stableUptimeMs ? self.configuration.initialBackoffMs : self.backoff(cluster.agentRestarts)

@@ -195,6 +195,9 @@ struct SupervisorStateMachine {
         /// Fleet mode: spawn the cluster agent (`lorikeet cluster-agent`); report
         /// ``clusterAgentStarted()`` or ``clusterAgentExited(_:now:)``.
         case spawnClusterAgent
+        /// Fleet mode, stopping: SIGTERM the cluster agent (it revokes its lease and exits;
+        /// report ``clusterAgentExited(_:now:)``).
+        case terminateClusterAgent
         /// Fleet mode: restart the cluster agent after `delayMs`.
         case startClusterAgentTimer(delayMs: UInt64)
         /// Fleet mode: tell a worker until when it may serve adapters.
@@ -679,10 +682,12 @@ struct SupervisorStateMachine {
     }
 
     /// While stopping: once every worker is gone, stop the engine; once it is gone too,
-    /// leave the loop.
+    /// the cluster agent (fleet mode: it gives its lease back); then leave the loop.
     func checkStopped() -> [Action] {
         guard !self.isRunning, self.workers.isEmpty else { return [] }
-        return self.engine == .running ? [.terminateEngine] : [.leaveLoop]
+        if self.engine == .running { return [.terminateEngine] }
+        if self.cluster?.agentUp == true { return [.terminateClusterAgent] }
+        return [.leaveLoop]
     }
 }
 

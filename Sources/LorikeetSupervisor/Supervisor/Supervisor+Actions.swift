@@ -96,6 +96,8 @@ extension Supervisor {
             self.rollingTimer = nil
         case .spawnClusterAgent:
             self.spawnClusterAgent()
+        case .terminateClusterAgent:
+            self.clusterAgent?.process?.kill(SIGTERM)
         case .startClusterAgentTimer(let delayMs):
             UVTimer.after(self.loop, ms: delayMs) { [unowned self] in self.startClusterAgent() }
         case .sendFence(let id, let fence):

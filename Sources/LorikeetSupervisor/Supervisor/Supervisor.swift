@@ -358,6 +358,7 @@ package final class Supervisor {
     func killEverything(_ signal: Int32) {
         for worker in self.allWorkers { worker.process?.kill(signal) }
         self.engine?.kill(signal)
+        self.clusterAgent?.process?.kill(signal)
     }
 
     /// The `leaveLoop` action: every process is gone.
@@ -366,7 +367,6 @@ package final class Supervisor {
         self.watchdogTimer?.close()
         self.stopTimer?.close()
         self.adminServer?.close()
-        self.clusterAgent?.process?.kill(SIGTERM)
         UnixSocket.unlinkOwnSocket(path: self.adminSocketPath)
         for signal in self.signals { signal.close() }
         for handles in self.slotHandles.values { handles.restartTimer?.close() }
