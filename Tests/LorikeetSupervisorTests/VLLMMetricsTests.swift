@@ -129,10 +129,10 @@ extension ServeTests {
         #expect((info.first?.value ?? 0) > 1_600_000_000, "lora_requests_info's value is the Unix time")
 
         // lora_requests_info names the adapter while its stream runs (scraped in a loop
-        // while streams of 250 tokens run; the tiny engine is fast, so a few tries).
+        // while streams of 250 tokens run; the tiny engine is fast, so up to 30 tries).
         var streams = 0
         var sawRunning = false
-        while streams < 6, !sawRunning {
+        while streams < 30, !sawRunning {
             streams += 1
             let done = Atomic<Bool>(false)
             let thread = Thread {
