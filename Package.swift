@@ -84,6 +84,16 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // The cluster agent of fleet mode (`lorikeet cluster-agent`): the node's etcd lease,
+        // watch and commit transactions, behind the supervisor's cluster channel.
+        .target(
+            name: "LorikeetClusterAgent",
+            dependencies: [
+                "LorikeetCluster", "LorikeetChannels", "LorikeetProto",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
         // The libuv supervisor: the only importer of CLibUV.
         .target(
             name: "LorikeetSupervisor",
@@ -146,7 +156,7 @@ let package = Package(
             name: "LorikeetCLI",
             dependencies: [
                 "LorikeetProto", "LorikeetSupervisor", "LorikeetEngineServer", "LorikeetEngine", "CLorikeetSys", "LorikeetWorker",
-                "LorikeetUpstream",
+                "LorikeetUpstream", "LorikeetClusterAgent",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

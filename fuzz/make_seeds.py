@@ -14,7 +14,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 with tempfile.TemporaryDirectory() as out:
-    files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "admin", "engine")]
+    files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "cluster", "admin", "engine")]
     subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={out}", *files], check=True)
     for package in ("lorikeet", "lorikeet/v1"):
         open(os.path.join(out, package, "__init__.py"), "a").close()

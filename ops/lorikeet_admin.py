@@ -35,7 +35,7 @@ MAX_FRAME = 16 * 1024 * 1024
 
 def compile_protos(proto_dir, out_dir):
     """Runs protoc --python_out for the admin schema and its imports; returns admin_pb2."""
-    files = [f"lorikeet/v1/{name}.proto" for name in ("common", "control", "admin")]
+    files = [f"lorikeet/v1/{name}.proto" for name in ("common", "control", "cluster", "admin")]
     subprocess.run(["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", *files], check=True)
     for package in ("lorikeet", "lorikeet/v1"):
         open(os.path.join(out_dir, package, "__init__.py"), "a").close()

@@ -12,3 +12,12 @@ const ProtobufCMessageDescriptor *lorikeet_engine_envelope_descriptor(void) {
 const ProtobufCMessageDescriptor *lorikeet_adapter_table_descriptor(void) {
     return &lorikeet__v1__adapter_table__descriptor;
 }
+const ProtobufCMessageDescriptor *lorikeet_cluster_envelope_descriptor(void) {
+    return &lorikeet__v1__cluster_envelope__descriptor;
+}
+const ProtobufCMessageDescriptor *lorikeet_adapter_descriptor(void) {
+    return &lorikeet__v1__adapter__descriptor;
+}
+const ProtobufCMessageDescriptor *lorikeet_node_status_descriptor(void) {
+    return &lorikeet__v1__node_status__descriptor;
+}

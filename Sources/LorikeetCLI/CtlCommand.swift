@@ -11,7 +11,7 @@ struct CtlCommand: ParsableCommand {
         abstract: "Operate a running server through its admin socket.",
         subcommands: [
             CtlStatus.self, CtlWorkers.self, CtlAdapters.self, CtlLoad.self, CtlUnload.self, CtlBatch.self, CtlRestart.self,
-            CtlScale.self, CtlDrain.self, CtlStop.self, CtlMetrics.self,
+            CtlScale.self, CtlDrain.self, CtlStop.self, CtlMetrics.self, CtlNodes.self,
         ]
     )
 }
@@ -327,4 +327,33 @@ struct CtlStop: CtlSimpleVerb {
     @Flag(help: "Do not wait for in-flight requests.") var fast = false
     var body: AdminEnvelope.Body { .stop(StopRequest(fast: self.fast)) }
     var success: String { "stopping" }
+}
+
+/// `lorikeet ctl nodes`: the fleet's nodes as their etcd keys show them (fleet mode only).
+struct CtlNodes: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nodes", abstract: "Fleet mode: list every node with its state, applied etcd revision and lease.")
+    @OptionGroup var options: CtlOptions
+    func run() throws {
+        let reply = try self.options.call(.nodes(ClusterNodesRequest()))
+        guard case .nodesReply(let nodes) = reply else { unexpected(reply) }
+        guard nodes.status.isOK else { CtlOptions.fail("\(nodes.status.code): \(nodes.status.message)", code: .failure) }
+        if self.options.json {
+            self.options.printJSON(
+                [
+                    "revision": nodes.revision,
+                    "nodes": nodes.nodes.map {
+                        [
+                            "name": $0.name, "state": $0.state, "applied_revision": $0.appliedRevision, "lease": "\($0.leaseID)",
+                            "version": $0.version, "started_unix_ms": $0.startedUnixMs,
+                        ] as [String: Any]
+                    },
+                ] as [String: Any])
+        } else {
+            print("etcd revision \(nodes.revision)")
+            CtlOptions.table(
+                [["NODE", "STATE", "APPLIED", "LEASE", "VERSION"]]
+                    + nodes.nodes.map { [$0.name, $0.state, "\($0.appliedRevision)", String($0.leaseID, radix: 16), $0.version] })
+        }
+    }
 }

@@ -50,16 +50,7 @@ struct EngineCommand: AsyncParsableCommand {
     ) var trustedAdapterDir: [String] = []
 
     func run() async throws {
-        LoggingBootstrap.bootstrap(format: self.logFormat)
-        // A parent may have spawned us with signals blocked (Foundation's Process does,
-        // from a dispatch thread): unblock them so SIGTERM/SIGINT reach the service group.
-        var none = sigset_t()
-        sigemptyset(&none)
-        pthread_sigmask(SIG_SETMASK, &none, nil)
-        signal(SIGPIPE, SIG_IGN)
-        var logger = Logger(label: "lorikeet.engine")
-        logger[metadataKey: "pid"] = "\(getpid())"
-        if let parentPid { ParentWatch.arm(parentPID: parentPid) }
+        let logger = ParentWatch.prepareChild(label: "lorikeet.engine", logFormat: self.logFormat, parentPID: self.parentPid)
         // The same allowed prefixes as the workers (the supervisor's environment is
         // inherited): the engine re-checks every adapter directory against them itself.
         let prefixes = AdapterPathPrefixes.fromEnvironment(ProcessInfo.processInfo.environment)

@@ -8,7 +8,7 @@ struct Lorikeet: AsyncParsableCommand {
         commandName: "lorikeet",
         abstract: "Multi-process OpenAI-compatible serving frontend with consistent dynamic LoRA adapters.",
         version: LorikeetVersion.string,
-        subcommands: [ServeCommand.self, CtlCommand.self, EngineCommand.self, WorkerCommand.self]
+        subcommands: [ServeCommand.self, CtlCommand.self, EngineCommand.self, WorkerCommand.self, ClusterAgentCommand.self]
     )
 }
 

@@ -1,6 +1,7 @@
 import CLorikeetSys
 import Foundation
 import Glibc
+import Logging
 import LorikeetProto
 import ServiceLifecycle
 
@@ -14,6 +15,22 @@ import ServiceLifecycle
 enum ParentWatch {
     /// The polling interval of the getppid() check.
     static let interval = Duration.milliseconds(250)
+
+    /// Start-up of a child process of `serve` (the engine, the cluster agent): logging,
+    /// signals unblocked (a parent may have spawned us with signals blocked — Foundation's
+    /// Process does, from a dispatch thread — so SIGTERM/SIGINT reach the service group),
+    /// SIGPIPE ignored, the parent watch armed. Returns the process's logger (with its pid).
+    static func prepareChild(label: String, logFormat: String, parentPID: Int32?) -> Logger {
+        LoggingBootstrap.bootstrap(format: logFormat)
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
+        signal(SIGPIPE, SIG_IGN)
+        var logger = Logger(label: label)
+        logger[metadataKey: "pid"] = "\(getpid())"
+        if let parentPID { ParentWatch.arm(parentPID: parentPID) }
+        return logger
+    }
 
     /// `arm`, then polls on a thread of its own and exits the process when the parent is gone.
     static func attach(parentPID: Int32?) {

@@ -65,6 +65,34 @@ struct ServeCommand: ParsableCommand {
         help: "Serve in front of this vLLM / SGLang server (http://host:port; repeatable); no built-in engine is started.")
     var upstreams: [String] = []
     @Option(name: .customLong("upstream-kind"), help: "What the upstream servers are: vllm or sglang.") var upstreamKind = "vllm"
+    @Option(
+        name: .customLong("cluster-endpoints"),
+        help: "Fleet mode: etcd client URLs, comma-separated (or LORIKEET_CLUSTER_ENDPOINTS); see docs/CLUSTER.md.")
+    var clusterEndpoints: String?
+    @Option(name: .customLong("cluster-name"), help: "Fleet mode: key prefix of the fleet (or LORIKEET_CLUSTER_NAME; default lorikeet).")
+    var clusterName: String?
+    @Option(name: .customLong("node-name"), help: "Fleet mode: this node's unique name (or LORIKEET_CLUSTER_NODE_NAME; default host:port).")
+    var nodeName: String?
+    @Option(
+        name: .customLong("cluster-lease-seconds"),
+        help: "Fleet mode: TTL of the node's etcd lease (or LORIKEET_CLUSTER_LEASE_SECONDS; default 10).")
+    var clusterLeaseSeconds: Int64?
+
+    /// The fleet settings from the flags and `LORIKEET_CLUSTER_*`, or nil without endpoints.
+    func clusterSettings(environment: [String: String], port: UInt16) throws -> ClusterSettings? {
+        guard let list = self.clusterEndpoints ?? environment["LORIKEET_CLUSTER_ENDPOINTS"], !list.isEmpty else { return nil }
+        let endpoints = ClusterOptions.endpoints(list)
+        guard !endpoints.isEmpty else { throw ValidationError("--cluster-endpoints: no etcd URL given") }
+        let name = self.clusterName ?? environment["LORIKEET_CLUSTER_NAME"] ?? "lorikeet"
+        try ClusterOptions.checkName(name, flag: "--cluster-name")
+        let node = self.nodeName ?? environment["LORIKEET_CLUSTER_NODE_NAME"] ?? "\(ProcessInfo.processInfo.hostName):\(port)"
+        try ClusterOptions.checkName(node, flag: "--node-name")
+        let leaseText = self.clusterLeaseSeconds.map { "\($0)" } ?? environment["LORIKEET_CLUSTER_LEASE_SECONDS"] ?? "10"
+        guard let lease = Int64(leaseText), (2...3600).contains(lease) else {
+            throw ValidationError("--cluster-lease-seconds must be 2...3600 (got '\(leaseText.echoed())')")
+        }
+        return ClusterSettings(endpoints: endpoints, clusterName: name, nodeName: node, leaseSeconds: lease)
+    }
 
     func validate() throws {
         if self.apiKey != nil && self.apiKeyFile != nil { throw ValidationError("give --api-key or --api-key-file, not both") }
@@ -79,6 +107,7 @@ struct ServeCommand: ParsableCommand {
         if !self.upstreams.isEmpty, self.model != nil || self.maxLoras != nil || self.maxCpuLoras != nil || self.threads != nil {
             throw ValidationError("--model, --max-loras, --max-cpu-loras and --threads configure the built-in engine; not with --upstream")
         }
+        _ = try self.clusterSettings(environment: environment, port: self.port)
         if let base = self.metricsPortBase {
             let ports = Int(base)..<(Int(base) + self.workers)
             guard base > 0, ports.upperBound <= 65536 else {
@@ -148,6 +177,11 @@ struct ServeCommand: ParsableCommand {
         if let apiKey { configuration.workerEnvironment["LORIKEET_API_KEY"] = apiKey }
         configuration.adminSocketPath = self.adminSocket.map(Self.absolute)
         configuration.adminFrameTimeoutMs = max(self.adminFrameTimeoutMs, 100)
+        configuration.cluster = try self.clusterSettings(environment: environment, port: self.port)
+        if configuration.cluster != nil {
+            configuration.workerArguments += ["--fleet"]
+            configuration.agentArguments = ["--log-format", self.logFormat]
+        }
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration: configuration, logger: logger)

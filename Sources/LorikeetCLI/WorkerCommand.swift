@@ -71,6 +71,11 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Supervised mode: this worker's slot number.")
     var slot: Int32 = -1
 
+    @Flag(
+        help: ArgumentHelp(
+            "Supervised mode, fleet: as leader, apply committed changes to the engine before acking them.", visibility: .hidden))
+    var fleet = false
+
     @Option(
         name: .customLong("metrics-port-base"),
         help: "Also serve this worker's GET /metrics on its own port: this port plus the slot number (standalone: this port).")
@@ -142,6 +147,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.applyEnvironment(environment)
         configuration.allowedHosts = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
         configuration.maxAdapters = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
+        configuration.fleet = self.fleet
         if let base = self.metricsPortBase {
             configuration.metricsListen = .address(host: self.metricsHost ?? self.host, port: base + Int(max(self.slot, 0)))
         }

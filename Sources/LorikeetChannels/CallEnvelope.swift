@@ -9,6 +9,7 @@ package protocol CallEnvelope: WireMessage {
 
 extension EngineEnvelope: CallEnvelope {}
 extension ControlEnvelope: CallEnvelope {}
+extension ClusterEnvelope: CallEnvelope {}
 
 /// Why a framed call failed. Callers map these to their channel's status codes.
 package enum FramedCallError: Error, Equatable, Sendable, CustomStringConvertible {

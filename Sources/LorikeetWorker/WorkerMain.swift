@@ -81,6 +81,9 @@ package struct WorkerConfiguration: Sendable {
     package var allowedHosts: [String] = []
     /// `--max-adapters`: adapters the committed table may hold (the leader refuses more).
     package var maxAdapters: Int = Limits.defaultMaxAdapters
+    /// Fleet mode (`serve --cluster-endpoints`): changes come from other nodes too, so the
+    /// leader makes its engine hold a committed change before it acks it.
+    package var fleet = false
     /// `LORIKEET_METRICS_DIR` (the supervisor sets it): where the worker processes' `vllm:`
     /// figures are summed (`VLLMMetrics`).
     package var metricsDirectory: String? = nil

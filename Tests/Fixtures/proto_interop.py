@@ -26,11 +26,11 @@ def main():
     envelope_type = sys.argv[1]
     with tempfile.TemporaryDirectory() as out:
         proto_dir = os.path.join(ROOT, "proto")
-        files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "admin", "engine")]
+        files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "admin", "engine", "cluster")]
         subprocess.run(["protoc", f"-I{proto_dir}", f"--python_out={out}", *files], check=True)
         for package in ("lorikeet", "lorikeet/v1"):
             open(os.path.join(out, package, "__init__.py"), "a").close()
-        module_name = {"ControlEnvelope": "control", "AdminEnvelope": "admin", "EngineEnvelope": "engine"}[envelope_type]
+        module_name = {"ControlEnvelope": "control", "AdminEnvelope": "admin", "EngineEnvelope": "engine", "ClusterEnvelope": "cluster"}[envelope_type]
         module = load_module(out, module_name)
         from google.protobuf.json_format import MessageToDict
 

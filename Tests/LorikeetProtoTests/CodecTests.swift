@@ -19,6 +19,18 @@ struct CodecTests {
         #expect(try EngineEnvelope(serializedBytes: envelope.serializedBytes()) == envelope)
     }
 
+    @Test("cluster envelope with every field set", arguments: Samples.clusterEnvelopes)
+    func clusterRoundTrip(_ envelope: ClusterEnvelope) throws {
+        #expect(try ClusterEnvelope(serializedBytes: envelope.serializedBytes()) == envelope)
+    }
+
+    @Test("an adapter record and a node status round trip on their own (etcd values)")
+    func etcdValues() throws {
+        #expect(try AdapterRecord(serializedBytes: Samples.adapter.serializedBytes()) == Samples.adapter)
+        let node = NodeStatus(name: "n", appliedRevision: 3, state: "ready", version: "v", startedUnixMs: 4, leaseID: 5)
+        #expect(try NodeStatus(serializedBytes: node.serializedBytes()) == node)
+    }
+
     @Test("messages with default values round trip and encode compactly")
     func defaults() throws {
         let control: [ControlEnvelope.Body] = [

@@ -23,6 +23,13 @@ struct InteropTests {
         #expect(lines[1].contains("\"status\": {}"))
     }
 
+    @Test("cluster envelopes cross to Python and back")
+    func cluster() throws {
+        let (lines, back) = try Self.runPython("ClusterEnvelope", Samples.clusterEnvelopes)
+        #expect(back == Samples.clusterEnvelopes)
+        #expect(lines[1].contains("\"caught_up\": true"))
+    }
+
     @Test("engine envelopes cross to Python and back")
     func engine() throws {
         let (lines, back) = try Self.runPython("EngineEnvelope", Samples.engineEnvelopes)

@@ -10,7 +10,8 @@ enum Samples {
     static let table = AdapterTable(version: 42, adapters: [adapter, adapter2], nextIntID: 9)
     static let status = Status(code: .alreadyExists, message: "The lora adapter 'x' has already been loaded.", param: "lora_name")
     static let load = LoadAdapterRequest(
-        name: "n", path: "/p", loadInplace: true, pinned: true, baseModel: "b", originSlot: 3, caller: "127.0.0.1:5000"
+        name: "n", path: "/p", loadInplace: true, pinned: true, baseModel: "b", originSlot: 3, caller: "127.0.0.1:5000",
+        reservedIntID: 11
     )
     static let unload = UnloadAdapterRequest(name: "n", intID: 5, originSlot: 2, caller: "c")
     static let mutationReply = AdapterMutationReply(status: status, adapter: adapter, tableVersion: 3)
@@ -31,6 +32,7 @@ enum Samples {
         .commitReply(CommitReply(status: Status(code: .failedPrecondition, message: "stale epoch"), version: 9)),
         .drain(Drain(graceMs: 30_000)),
         .shutdown(Shutdown(fast: true)),
+        .fence(Fence(validUntilMonotonicMs: 123_456_789)),
     ]
 
     static let adminBodies: [AdminEnvelope.Body] = [
@@ -63,6 +65,12 @@ enum Samples {
         .drainWorker(DrainWorkerRequest(slot: 3)),
         .stop(StopRequest(fast: true)),
         .result(CallResult(status: Status(code: .unavailable, message: "no leader"))),
+        .nodes(ClusterNodesRequest(includeSelf: true)),
+        .nodesReply(
+            ClusterNodesReply(
+                status: status,
+                nodes: [NodeStatus(name: "b", appliedRevision: 1, state: "ready", version: "v", startedUnixMs: 2, leaseID: 3)], revision: 4)
+        ),
     ]
 
     static let engineBodies: [EngineEnvelope.Body] = [
@@ -107,13 +115,30 @@ enum Samples {
             TokenizeRequest(
                 promptText: "Hello", messages: [ChatMessage(role: "user", content: "Hi")], addSpecialTokens: true,
                 addGenerationPrompt: true, returnTokenStrs: true)),
-        .tokenizeReply(
-            TokenizeReply(
-                status: Status(code: .invalidArgument, message: "too long"), tokens: [1, 65_000], tokenStrs: ["H", "i"],
-                maxModelLength: 2048)),
-        .detokenize(DetokenizeRequest(tokens: [1, 2, 49_152])),
-        .detokenizeReply(DetokenizeReply(status: Status(code: .internal, message: "x"), prompt: "Hello 你好")),
+        .tokenizeReply(TokenizeReply(status: status, tokens: [1, 2], tokenStrs: ["a", "b"], maxModelLength: 2048)),
+        .detokenize(DetokenizeRequest(tokens: [3, 4])),
+        .detokenizeReply(DetokenizeReply(status: status, prompt: "ab")),
     ]
+
+    static let clusterBodies: [ClusterEnvelope.Body] = [
+        .table(ClusterTable(revision: 77, table: table, caughtUp: true)),
+        .applied(ClusterApplied(revision: 78)),
+        .reserve(ClusterReserveRequest(name: "sql-lora")),
+        .reserveReply(ClusterReserveReply(status: status, intID: 12)),
+        .commit(ClusterCommitRequest(upserts: [adapter], removes: ["old"], previous: [adapter2])),
+        .commitReply(ClusterCommitReply(status: status, revision: 79)),
+        .nodes(ClusterNodesRequest(includeSelf: true)),
+        .nodesReply(
+            ClusterNodesReply(
+                status: status,
+                nodes: [NodeStatus(name: "a:8000", appliedRevision: 5, state: "ready", version: "0.1.0", startedUnixMs: 9, leaseID: 3)],
+                revision: 80)),
+        .fence(Fence(validUntilMonotonicMs: 42)),
+    ]
+
+    static var clusterEnvelopes: [ClusterEnvelope] {
+        [ClusterEnvelope(body: nil)] + clusterBodies.enumerated().map { ClusterEnvelope(callID: UInt64($0.offset + 1), body: $0.element) }
+    }
 
     /// Envelopes with header fields set, one per body case plus one without a body.
     static var controlEnvelopes: [ControlEnvelope] {

@@ -14,6 +14,7 @@ struct SchemaTests {
         for envelope in Samples.controlEnvelopes { try? ProtoSchema.trace(envelope, observer: observer) }
         for envelope in Samples.adminEnvelopes { try? ProtoSchema.trace(envelope, observer: observer) }
         for envelope in Samples.engineEnvelopes { try? ProtoSchema.trace(envelope, observer: observer) }
+        for envelope in Samples.clusterEnvelopes { try? ProtoSchema.trace(envelope, observer: observer) }
         try? ProtoSchema.trace(Samples.table, observer: observer)
         return observer
     }

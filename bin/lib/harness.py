@@ -28,7 +28,7 @@ def proto():
     if _proto_dir is None:
         _proto_dir = tempfile.mkdtemp(prefix="lk-proto-")
         atexit.register(shutil.rmtree, _proto_dir, True)
-        files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "admin", "engine")]
+        files = [f"lorikeet/v1/{n}.proto" for n in ("common", "control", "cluster", "admin", "engine")]
         subprocess.run(["protoc", f"-I{ROOT}/proto", f"--python_out={_proto_dir}", *files], check=True)
         for package in ("lorikeet", "lorikeet/v1"):
             open(os.path.join(_proto_dir, package, "__init__.py"), "a").close()

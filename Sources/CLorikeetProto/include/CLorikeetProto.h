@@ -6,6 +6,7 @@
 #include "lorikeet/v1/control.pb-c.h"
 #include "lorikeet/v1/admin.pb-c.h"
 #include "lorikeet/v1/engine.pb-c.h"
+#include "lorikeet/v1/cluster.pb-c.h"
 
 // Addresses of the descriptors that are encoded or decoded at the top level.
 // (Swift imports C `extern const` globals by value; these return the real address.)
@@ -13,4 +14,7 @@ const ProtobufCMessageDescriptor *lorikeet_control_envelope_descriptor(void);
 const ProtobufCMessageDescriptor *lorikeet_admin_envelope_descriptor(void);
 const ProtobufCMessageDescriptor *lorikeet_engine_envelope_descriptor(void);
 const ProtobufCMessageDescriptor *lorikeet_adapter_table_descriptor(void);
+const ProtobufCMessageDescriptor *lorikeet_cluster_envelope_descriptor(void);
+const ProtobufCMessageDescriptor *lorikeet_adapter_descriptor(void);
+const ProtobufCMessageDescriptor *lorikeet_node_status_descriptor(void);
 #endif

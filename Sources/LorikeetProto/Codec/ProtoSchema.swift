@@ -179,13 +179,14 @@ package enum ProtoSchema {
         }
     }
 
-    /// Every message reachable from the four top-level messages (the three channel envelopes
+    /// Every message reachable from the five top-level messages (the four channel envelopes
     /// and the adapter table), by full name, with its fields.
     package static func messages() -> [String: [Field]] {
         var result: [String: [Field]] = [:]
         var pending = [
             lorikeet_control_envelope_descriptor(), lorikeet_admin_envelope_descriptor(),
             lorikeet_engine_envelope_descriptor(), lorikeet_adapter_table_descriptor(),
+            lorikeet_cluster_envelope_descriptor(),
         ].compactMap { $0 }
         while let descriptor = pending.popLast() {
             let name = String(cString: descriptor.pointee.name)

@@ -270,6 +270,9 @@ package struct AdminEnvelope: Sendable, Equatable {
         case drainWorker(DrainWorkerRequest)
         case stop(StopRequest)
         case result(CallResult)
+        /// Fleet mode: list the fleet's nodes (answered by the cluster agent).
+        case nodes(ClusterNodesRequest)
+        case nodesReply(ClusterNodesReply)
     }
 
     package init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
@@ -303,6 +306,8 @@ extension AdminEnvelope: DescribedWireMessage {
         case .drainWorker(let value): writer.set("drain_worker", value)
         case .stop(let value): writer.set("stop", value)
         case .result(let value): writer.set("result", value)
+        case .nodes(let value): writer.set("nodes", value)
+        case .nodesReply(let value): writer.set("nodes_reply", value)
         }
     }
 
@@ -325,6 +330,8 @@ extension AdminEnvelope: DescribedWireMessage {
         case "drain_worker": body = .drainWorker(try reader.member("drain_worker"))
         case "stop": body = .stop(try reader.member("stop"))
         case "result": body = .result(try reader.member("result"))
+        case "nodes": body = .nodes(try reader.member("nodes"))
+        case "nodes_reply": body = .nodesReply(try reader.member("nodes_reply"))
         default: body = nil
         }
         self.init(callID: reader.uint64("call_id"), deadlineUnixMs: reader.uint64("deadline_unix_ms"), body: body)

@@ -165,11 +165,15 @@ package struct LoadAdapterRequest: Sendable, Equatable {
     package var originSlot: Int32
     /// Caller address, for the audit log.
     package var caller: String
+    /// Fleet mode: the id the supervisor reserved in etcd for a new name (0 = none; the
+    /// leader then takes the table's next id).
+    package var reservedIntID: UInt64
 
     package init(
         name: String, path: String, loadInplace: Bool = false, pinned: Bool = false, baseModel: String = "",
-        originSlot: Int32 = -1, caller: String = ""
+        originSlot: Int32 = -1, caller: String = "", reservedIntID: UInt64 = 0
     ) {
+        self.reservedIntID = reservedIntID
         self.name = name
         self.path = path
         self.loadInplace = loadInplace
@@ -189,15 +193,29 @@ extension LoadAdapterRequest: CMessageConvertible {
         writer.set("base_model", self.baseModel)
         writer.set("origin_slot", self.originSlot)
         writer.set("caller", self.caller)
+        writer.set("reserved_int_id", self.reservedIntID)
     }
 
     init(from reader: CMessageReader) {
         self.init(
             name: reader.string("name"), path: reader.string("path"), loadInplace: reader.bool("load_inplace"),
             pinned: reader.bool("pinned"), baseModel: reader.string("base_model"),
-            originSlot: reader.int32("origin_slot"), caller: reader.string("caller")
+            originSlot: reader.int32("origin_slot"), caller: reader.string("caller"),
+            reservedIntID: reader.uint64("reserved_int_id")
         )
     }
+}
+
+/// Fleet mode: until when the node may serve adapters (`lorikeet.v1.Fence`), in
+/// `CLOCK_MONOTONIC` milliseconds of the host (the same clock in every process of a node).
+package struct Fence: Sendable, Equatable {
+    package var validUntilMonotonicMs: Int64
+    package init(validUntilMonotonicMs: Int64 = 0) { self.validUntilMonotonicMs = validUntilMonotonicMs }
+}
+
+extension Fence: CMessageConvertible {
+    func write(to writer: CMessageWriter) { writer.set("valid_until_monotonic_ms", self.validUntilMonotonicMs) }
+    init(from reader: CMessageReader) { self.init(validUntilMonotonicMs: reader.int64("valid_until_monotonic_ms")) }
 }
 
 /// Unload an adapter (vLLM `POST /v1/unload_lora_adapter`).

@@ -246,6 +246,8 @@ package struct ControlEnvelope: Sendable, Equatable {
         case commitReply(CommitReply)
         case drain(Drain)
         case shutdown(Shutdown)
+        /// Fleet mode: until when adapters may be served.
+        case fence(Fence)
     }
 
     package init(callID: UInt64 = 0, deadlineUnixMs: UInt64 = 0, body: Body?) {
@@ -277,6 +279,7 @@ extension ControlEnvelope: DescribedWireMessage {
         case .commitReply(let value): writer.set("commit_reply", value)
         case .drain(let value): writer.set("drain", value)
         case .shutdown(let value): writer.set("shutdown", value)
+        case .fence(let value): writer.set("fence", value)
         }
     }
 
@@ -297,6 +300,7 @@ extension ControlEnvelope: DescribedWireMessage {
         case "commit_reply": body = .commitReply(try reader.member("commit_reply"))
         case "drain": body = .drain(try reader.member("drain"))
         case "shutdown": body = .shutdown(try reader.member("shutdown"))
+        case "fence": body = .fence(try reader.member("fence"))
         default: body = nil
         }
         self.init(callID: reader.uint64("call_id"), deadlineUnixMs: reader.uint64("deadline_unix_ms"), body: body)

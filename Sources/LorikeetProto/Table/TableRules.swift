@@ -1,5 +1,10 @@
 /// Invariants of a committed table, checked on load and on every commit.
 package enum TableRules {
+    /// vLLM's message for a name already loaded without `load_inplace` (HTTP 400).
+    package static func alreadyLoadedMessage(_ name: String) -> String {
+        "The lora adapter '\(name)' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."
+    }
+
     /// A reason the table is inconsistent, or nil.
     package static func inconsistency(in table: AdapterTable) -> String? {
         var names = Set<String>()

@@ -8,6 +8,9 @@ struct CommitFanOut: Sendable {
     /// The first upserted adapter (the caller's answer names it).
     let adapter: AdapterRecord?
     var waiting: Set<WorkerID>
+    /// Fleet mode: the etcd revision this fan-out applies (no leader waits on it; the
+    /// cluster agent hears `ClusterApplied` when it ends).
+    var clusterRevision: Int64? = nil
 }
 
 /// Who hears that a commit is done.
@@ -64,9 +67,12 @@ extension SupervisorStateMachine {
         return self.finishCommitIfAcked()
     }
 
-    private mutating func finishCommitIfAcked() -> [Action] {
+    mutating func finishCommitIfAcked() -> [Action] {
         guard let fanOut = self.fanOut, fanOut.waiting.isEmpty else { return [] }
         self.fanOut = nil
+        if let revision = fanOut.clusterRevision {
+            return [.cancelCommitTimer] + self.clusterFanOutFinished(revision, now: self.cluster?.lastTableAtMs ?? 0)
+        }
         let target: CommitReplyTarget =
             self.workers[fanOut.leader] != nil && self.leader == fanOut.leader ? .leader(fanOut.leader) : .caller
         return self.commitFinished(fanOut, replyTo: target)

@@ -96,6 +96,9 @@ extension SupervisorStateMachine {
         self.nextRouteID += 1
         let bounded = mutation.withBoundedCaller
         self.routes[routeID] = RoutedMutation(mutation: bounded, batchIndex: batchIndex, origin: origin, leader: leader)
+        if self.cluster != nil, case .load(let request) = bounded, !self.table.adapters.contains(where: { $0.name == request.name }) {
+            return self.reserveClusterID(routeID: routeID, name: request.name)
+        }
         return [.forwardToLeader(leader, routeID: routeID, bounded)]
     }
 
@@ -152,7 +155,7 @@ extension SupervisorStateMachine {
         return actions
     }
 
-    private func answer(_ route: RoutedMutation, _ reply: AdapterMutationReply) -> Action {
+    func answer(_ route: RoutedMutation, _ reply: AdapterMutationReply) -> Action {
         .answerMutation(MutationAnswer(mutation: route.mutation, batchIndex: route.batchIndex, origin: route.origin, reply: reply))
     }
 
@@ -165,6 +168,7 @@ extension SupervisorStateMachine {
     /// the table would no longer fit a control frame or the state file. Otherwise the new
     /// table is to be persisted (`persistTable`), and `tablePersisted` continues.
     mutating func commitRequested(_ request: CommitRequest, callID: UInt64, from id: WorkerID) -> [Action] {
+        if self.cluster != nil { return self.clusterCommitRequested(request, callID: callID, from: id) }
         func refuse(_ code: StatusCode, _ message: String) -> [Action] {
             [
                 .log(.warning, "commit refused: \(message)", ["worker.slot": "\(self.workers[id]?.slot ?? -1)"], worker: nil),
@@ -182,19 +186,25 @@ extension SupervisorStateMachine {
         case .failure(let status): return refuse(status.code, status.message)
         case .success(let table): next = table
         }
-        // Every worker gets this table (snapshot) or this change: both must fit a frame, or
-        // the change would cut workers off. Bounded by the limits above; checked all the same.
-        let snapshotBytes = ControlEnvelope(callID: UInt64.max, body: .snapshot(TableSnapshot(table: next))).serializedBytes().count
-        guard snapshotBytes <= Limits.channelFrameBytes, TableFile.encode(next).count <= TableFile.maximumSize else {
-            return refuse(
-                .failedPrecondition,
-                "the adapter table would be \(snapshotBytes) bytes, more than a control frame (\(Limits.channelFrameBytes) bytes) or the state file limit (\(TableFile.maximumSize) bytes)"
-            )
-        }
+        if let problem = Self.sizeProblem(next) { return refuse(problem.code, problem.message) }
         let change = TableChange(
             version: next.version, upserts: request.change.upserts, removes: request.change.removes, nextIntID: next.nextIntID)
         self.persisting = DurableCommit(callID: callID, leader: id, change: change, table: next, adapter: request.change.upserts.first)
         return [.persistTable(next, callID: callID)]
+    }
+
+    /// Every worker gets the table (snapshot) or the change: both must fit a frame, or the
+    /// change would cut workers off. Bounded by the limits; checked all the same.
+    static func sizeProblem(_ next: AdapterTable) -> Status? {
+        let snapshotBytes = ControlEnvelope(callID: UInt64.max, body: .snapshot(TableSnapshot(table: next))).serializedBytes().count
+        guard snapshotBytes <= Limits.channelFrameBytes, TableFile.encode(next).count <= TableFile.maximumSize else {
+            return Status(
+                code: .failedPrecondition,
+                message:
+                    "the adapter table would be \(snapshotBytes) bytes, more than a control frame (\(Limits.channelFrameBytes) bytes) or the state file limit (\(TableFile.maximumSize) bytes)"
+            )
+        }
+        return nil
     }
 
     /// The table of commit `callID` was written (`failure` nil) or could not be: on
@@ -220,7 +230,7 @@ extension SupervisorStateMachine {
     }
 
     /// After a failed persist whose leader died meanwhile, its route is settled now.
-    private mutating func settleIfLeaderGone(_ leader: WorkerID) -> [Action] {
+    mutating func settleIfLeaderGone(_ leader: WorkerID) -> [Action] {
         self.workers[leader] == nil ? self.settleRoutes(of: leader) : []
     }
 

@@ -192,6 +192,18 @@ struct SupervisorStateMachine {
         /// ``rollingTimerFired(_:)``.
         case startRollingTimer(WorkerID, delayMs: UInt64)
         case cancelRollingTimer
+        /// Fleet mode: spawn the cluster agent (`lorikeet cluster-agent`); report
+        /// ``clusterAgentStarted()`` or ``clusterAgentExited(_:now:)``.
+        case spawnClusterAgent
+        /// Fleet mode, stopping: SIGTERM the cluster agent (it revokes its lease and exits;
+        /// report ``clusterAgentExited(_:now:)``).
+        case terminateClusterAgent
+        /// Fleet mode: restart the cluster agent after `delayMs`.
+        case startClusterAgentTimer(delayMs: UInt64)
+        /// Fleet mode: tell a worker until when it may serve adapters.
+        case sendFence(WorkerID, Fence)
+        /// Fleet mode: send a frame to the cluster agent (dropped when it is not running).
+        case sendToClusterAgent(ClusterEnvelope)
         /// Log; `worker` (if any) adds the worker's pid to the metadata.
         case log(Logger.Level, String, Logger.Metadata, worker: WorkerID?)
     }
@@ -213,6 +225,9 @@ struct SupervisorStateMachine {
     var persisting: DurableCommit?
     /// The commit being fanned out, if any (one at a time).
     var fanOut: CommitFanOut?
+    /// Fleet mode (`--cluster-endpoints`), nil otherwise: etcd (through the cluster agent)
+    /// owns the committed table (`+Cluster.swift`).
+    var cluster: ClusterState?
     /// The rolling restart in progress, if any (settable for the admin `drain-worker`
     /// call, which rolls one slot).
     var rolling: RollingRestart?
@@ -225,9 +240,10 @@ struct SupervisorStateMachine {
     private(set) var openingSlots: Set<Int> = []
 
     /// A machine serving `table` (the state file's content at boot).
-    init(configuration: Configuration, table: AdapterTable = AdapterTable()) {
+    init(configuration: Configuration, table: AdapterTable = AdapterTable(), fleet: Bool = false) {
         self.configuration = configuration
         self.table = table
+        self.cluster = fleet ? ClusterState() : nil
     }
 
     var maxAdapters: Int { self.configuration.maxAdapters }
@@ -404,6 +420,7 @@ struct SupervisorStateMachine {
             .log(.info, "worker hello", ["worker.slot": "\(slot)", "pid": "\(hello.pid)", "version": "\(hello.version)"], worker: nil),
             .sendSnapshot(id),
         ]
+        if let fence = self.cluster?.fence { actions.append(.sendFence(id, fence)) }
         if self.leader == nil && self.isRunning {
             actions += self.promote(id)
         } else {
@@ -666,10 +683,12 @@ struct SupervisorStateMachine {
     }
 
     /// While stopping: once every worker is gone, stop the engine; once it is gone too,
-    /// leave the loop.
+    /// the cluster agent (fleet mode: it gives its lease back); then leave the loop.
     func checkStopped() -> [Action] {
         guard !self.isRunning, self.workers.isEmpty else { return [] }
-        return self.engine == .running ? [.terminateEngine] : [.leaveLoop]
+        if self.engine == .running { return [.terminateEngine] }
+        if self.cluster?.agentUp == true { return [.terminateClusterAgent] }
+        return [.leaveLoop]
     }
 }
 

@@ -39,6 +39,11 @@ package struct SupervisorConfiguration: Sendable {
     package var maxAdapters = Limits.defaultMaxAdapters
     /// Version reported by status calls.
     package var version = "0.1.0"
+    /// Fleet mode (`--cluster-endpoints`): the cluster agent is spawned with these; nil = a
+    /// single node with its state file (unchanged behaviour).
+    package var cluster: ClusterSettings?
+    /// Extra arguments for the cluster agent (the log format).
+    package var agentArguments: [String] = []
 
     package var heartbeatIntervalMs: UInt64 = 1000
     /// A worker silent this long gets SIGABRT, then SIGKILL 2 s later.
@@ -75,5 +80,28 @@ package struct SupervisorConfiguration: Sendable {
         self.engineArguments = engineArguments
         self.workerArguments = workerArguments
         self.engineSocketPath = engineSocketPath ?? stateDirectory + "/engine.sock"
+    }
+}
+
+/// Fleet mode's settings (`serve --cluster-*`), passed to the cluster agent.
+package struct ClusterSettings: Sendable, Equatable {
+    package var endpoints: [String]
+    package var clusterName: String
+    package var nodeName: String
+    package var leaseSeconds: Int64
+
+    package init(endpoints: [String], clusterName: String, nodeName: String, leaseSeconds: Int64) {
+        self.endpoints = endpoints
+        self.clusterName = clusterName
+        self.nodeName = nodeName
+        self.leaseSeconds = leaseSeconds
+    }
+
+    /// The agent's command-line arguments after `cluster-agent`.
+    package var agentArguments: [String] {
+        [
+            "--cluster-endpoints", self.endpoints.joined(separator: ","), "--cluster-name", self.clusterName, "--node-name", self.nodeName,
+            "--cluster-lease-seconds", "\(self.leaseSeconds)",
+        ]
     }
 }

@@ -94,6 +94,16 @@ extension Supervisor {
         case .cancelRollingTimer:
             self.rollingTimer?.close()
             self.rollingTimer = nil
+        case .spawnClusterAgent:
+            self.spawnClusterAgent()
+        case .terminateClusterAgent:
+            self.clusterAgent?.process?.kill(SIGTERM)
+        case .startClusterAgentTimer(let delayMs):
+            UVTimer.after(self.loop, ms: delayMs) { [unowned self] in self.startClusterAgent() }
+        case .sendFence(let id, let fence):
+            self.workers[id]?.send(.fence(fence))
+        case .sendToClusterAgent(let envelope):
+            self.clusterAgent?.send(envelope)
         case .log(let level, let message, var metadata, let id):
             if let id, let worker = self.workers[id] { metadata["pid"] = "\(worker.pid)" }
             self.logger.log(level: level, "\(message)", metadata: metadata)

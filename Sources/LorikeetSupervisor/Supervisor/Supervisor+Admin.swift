@@ -201,7 +201,9 @@ extension Supervisor {
         case .stop(let stop):
             result()
             self.stop(stop.fast ? .fast : .graceful)
-        case .statusReply, .workerList, .adapterTable, .mutationReply, .batchReply, .result, .none:
+        case .nodes:
+            self.requestNodes { reply in connection.send(.nodesReply(reply), callID: callID) }
+        case .statusReply, .workerList, .adapterTable, .mutationReply, .batchReply, .result, .nodesReply, .none:
             result(Status(code: .invalidArgument, message: "not a request"))
         }
     }

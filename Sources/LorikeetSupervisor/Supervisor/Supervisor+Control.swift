@@ -66,7 +66,7 @@ extension Supervisor {
         case .drain:
             // The worker confirms it stopped accepting connections.
             self.perform(self.machine.stoppedAccepting(worker.id, now: self.nowMs))
-        case .role, .snapshot, .change, .commitReply, .shutdown, .none:
+        case .role, .snapshot, .change, .commitReply, .shutdown, .fence, .none:
             self.logger.warning(
                 "unexpected control message from a worker", metadata: ["worker.slot": "\(worker.slot)", "call.id": "\(envelope.callID)"])
         }

@@ -30,6 +30,10 @@ package final class Supervisor {
     /// Listening sockets and restart timers, by slot index.
     var slotHandles: [Int: SlotHandles] = [:]
     var engine: UVProcess?
+    /// Fleet mode: the cluster agent, while it runs.
+    var clusterAgent: ClusterAgentProcess?
+    /// Fleet mode: `ctl nodes` replies waiting for the agent, by call id.
+    var nodesReplies: [UInt64: (ClusterNodesReply) -> Void] = [:]
     /// Reply callbacks of admin loads/unloads (and batch items) by token
     /// (`MutationOrigin.admin`); each is called once, by the `answerMutation` action.
     var adminReplies: [UInt64: (AdapterMutationReply) -> Void] = [:]
@@ -68,7 +72,9 @@ package final class Supervisor {
         self.configuration = configuration
         self.logger = logger
         self.store = try StateStore(directory: configuration.stateDirectory)
-        let (table, format) = try self.store.loadWithFormat()
+        let (stored, format) = try self.store.loadWithFormat()
+        // Fleet mode: etcd holds the table; the node starts empty and converges to it.
+        let table = configuration.cluster == nil ? stored : AdapterTable()
         if format == .legacy {
             logger.notice(
                 "the adapter table file has the legacy format (no header); it is rewritten in format \(TableFile.formatVersion) on the next change",
@@ -82,7 +88,7 @@ package final class Supervisor {
         self.metricsDirectory = MetricsDirectory.prepare(stateDirectory: configuration.stateDirectory, logger: logger)
         self.audit = try AuditLog(path: configuration.auditLogPath ?? configuration.stateDirectory + "/audit.log")
         self.notifier = SystemdNotifier(environment: configuration.environment, logger: logger)
-        self.machine = SupervisorStateMachine(configuration: .init(configuration), table: table)
+        self.machine = SupervisorStateMachine(configuration: .init(configuration), table: table, fleet: configuration.cluster != nil)
         self.startedAtMs = self.loop.nowMs
     }
 
@@ -111,7 +117,12 @@ package final class Supervisor {
         } else {
             self.machine.useUpstreamEngine()
         }
-        for slot in self.machine.slots { self.spawnWorker(in: slot.index) }
+        if self.configuration.cluster != nil {
+            // Fleet mode: the workers start once the agent reports the node caught up.
+            self.startClusterAgent()
+        } else {
+            for slot in self.machine.slots { self.spawnWorker(in: slot.index) }
+        }
         let heartbeat = UVTimer(loop: self.loop)
         heartbeat.start(timeoutMs: self.configuration.heartbeatIntervalMs, repeatMs: self.configuration.heartbeatIntervalMs) {
             [unowned self] in self.heartbeatTick()
@@ -348,6 +359,7 @@ package final class Supervisor {
     func killEverything(_ signal: Int32) {
         for worker in self.allWorkers { worker.process?.kill(signal) }
         self.engine?.kill(signal)
+        self.clusterAgent?.process?.kill(signal)
     }
 
     /// The `leaveLoop` action: every process is gone.

@@ -119,9 +119,7 @@ package final class LeaderMutationService: AdapterMutator {
     package func setEpoch(_ epoch: UInt64) { self.currentEpoch.store(epoch, ordering: .releasing) }
 
     /// vLLM's message for a name already loaded without `load_inplace`.
-    package static func alreadyLoadedMessage(_ name: String) -> String {
-        "The lora adapter '\(name)' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."
-    }
+    package static func alreadyLoadedMessage(_ name: String) -> String { TableRules.alreadyLoadedMessage(name) }
 
     package func load(_ request: LoadAdapterRequest) async -> AdapterMutationReply {
         await self.load(request, trustedPath: false)
@@ -180,7 +178,8 @@ package final class LeaderMutationService: AdapterMutator {
                 "The adapter table is full (\(table.adapters.count) adapters; the server's --max-adapters is \(self.maxAdapters)). Unload an adapter first.",
                 param: "lora_name", version: table.version)
         }
-        let intID = existing?.intID ?? max(table.nextIntID, 1)
+        // Fleet mode: a new name takes the id the supervisor reserved in etcd.
+        let intID = existing?.intID ?? (request.reservedIntID != 0 ? request.reservedIntID : max(table.nextIntID, 1))
         let nextIntID = existing == nil ? intID + 1 : max(table.nextIntID, intID + 1)
         let epoch = self.epoch
         let record = AdapterRecord(
@@ -277,6 +276,34 @@ package final class LeaderMutationService: AdapterMutator {
             }
         } catch {
             logger.critical("engine rollback failed", metadata: ["reason": "\(error)"])
+        }
+    }
+
+    /// Fleet mode: makes the engine hold a committed `change` (from this node or another),
+    /// outside the mutation serializer — a mutation of this node may be waiting for the
+    /// fleet to apply exactly this change. Only the change's own ids are touched. Returns
+    /// false when the engine could not be brought in line (the reconcile loop retries).
+    package func applyCommitted(_ change: TableChange, previous: AdapterTable) async -> Bool {
+        guard case .engine = self.hosting else { return false }
+        let epoch = self.epoch
+        do throws(Status) {
+            let held = try await self.engine.listAdapters()
+            for record in change.upserts where !held.contains(where: { $0.intID == record.intID && $0.path == record.path }) {
+                try await self.engine.addAdapter(
+                    AddAdapterRequest(
+                        epoch: epoch, name: record.name, intID: record.intID, path: record.path, pinned: record.pinned,
+                        replace: held.contains { $0.intID == record.intID }))
+            }
+            for name in change.removes {
+                guard let old = previous.adapters.first(where: { $0.name == name }), held.contains(where: { $0.intID == old.intID }),
+                    !change.upserts.contains(where: { $0.intID == old.intID })
+                else { continue }
+                try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: old.intID))
+            }
+            return true
+        } catch {
+            self.logger.warning("engine did not take a committed change; the reconcile loop retries", metadata: ["error": "\(error)"])
+            return false
         }
     }
 

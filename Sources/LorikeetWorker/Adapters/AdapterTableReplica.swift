@@ -22,6 +22,8 @@ package final class AdapterTableReplica: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Fleet mode: whether adapters may be served now (never fences outside fleet mode).
+    package let fence = FleetFence()
 
     /// A replica holding `table`, serving `baseModels` (the first is the default base).
     package init(baseModels: [String] = [], table: AdapterTable = AdapterTable()) {

@@ -321,13 +321,17 @@ extension WorkerRoutes {
         name: String, resolved: (base: String, adapter: AdapterRecord?)
     ) {
         let model = self.modelName(requested)
-        if let resolved = self.replica.resolve(model: model) { return (model, resolved) }
+        if let resolved = self.replica.resolve(model: model) {
+            try self.checkFence(resolved.adapter)
+            return (model, resolved)
+        }
         guard let resolver = self.loraResolver, self.configuration.allowRuntimeLoraUpdating else { throw APIError.modelNotFound(model) }
         let status = self.status
         let found = try await resolver.resolve(model: model, replica: self.replica, mutator: self.mutator) {
             try? await status.modelInfo().modelName
         }
         guard let found else { throw APIError.modelNotFound(model) }
+        try self.checkFence(found.adapter)
         return (model, found)
     }
 }

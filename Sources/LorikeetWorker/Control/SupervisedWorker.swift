@@ -53,6 +53,8 @@ package final class SupervisedWorkerService: Service {
         case drain(grace: Duration, listenerRetired: Bool)
         /// A load or unload the supervisor routed to this worker as leader.
         case routed(ControlEnvelope)
+        /// Fleet mode, as leader: a committed change to apply to the engine, then ack.
+        case leaderChange(TableChange)
         /// The supervisor asked for an immediate stop.
         case shutdown
         /// The control channel ended.
@@ -69,6 +71,7 @@ package final class SupervisedWorkerService: Service {
         let link = SupervisorLink(fd: controlFD, logger: logger)
         self.link = link
         let replica = AdapterTableReplica(baseModels: configuration.servedModelNames)
+        if configuration.fleet { replica.fence.arm() }
         self.replica = replica
         let engine = configuration.makeEngine(engine, table: replica, logger: logger)
         self.engine = engine
@@ -165,6 +168,9 @@ package final class SupervisedWorkerService: Service {
                 }
             case .routed(let envelope):
                 mutations.addTask { await self.serveRouted(envelope) }
+            case .leaderChange(let change):
+                // One at a time: the supervisor sends the next change only after every ack.
+                mutations.addTask { await self.applyAsLeader(change) }
             case .shutdown:
                 self.logger.notice("shutdown requested by the supervisor")
                 self.stopServingNow()
@@ -224,6 +230,8 @@ package final class SupervisedWorkerService: Service {
                 self.link.send(.ready(Ready(tableVersion: self.replica.version)))
             }
             self.bootProgress(snapshot: true, role: nil)
+        case .change(let change) where self.configuration.fleet && self.isLeading:
+            self.eventSink.yield(.leaderChange(change))
         case .change(let change):
             do {
                 try self.replica.apply(change: change)
@@ -249,9 +257,26 @@ package final class SupervisedWorkerService: Service {
             self.eventSink.yield(.drain(grace: .milliseconds(Int(drain.graceMs)), listenerRetired: drain.listenerRetired))
         case .shutdown:
             self.eventSink.yield(.shutdown)
+        case .fence(let fence):
+            self.replica.fence.update(fence)
         case .hello, .changeAck, .mutationReply, .commit, .commitReply, .none:
             self.logger.warning("unexpected control message", metadata: ["call.id": "\(envelope.callID)"])
         }
+    }
+
+    /// Fleet mode, as leader: a change committed anywhere in the fleet is applied to the
+    /// replica and to the engine before it is acked, so the node's ack (and the node key
+    /// the agent writes after it) means this node serves it.
+    private func applyAsLeader(_ change: TableChange) async {
+        let previous = self.replica.snapshot()
+        do {
+            try self.replica.apply(change: change)
+        } catch {
+            self.logger.error("cannot apply table change", metadata: ["table.version": "\(change.version)", "error": "\(error)"])
+            return
+        }
+        if !(await self.leader.applyCommitted(change, previous: previous)) { self.reconcileTrigger.wake() }
+        self.link.send(.changeAck(TableChangeAck(version: change.version)))
     }
 
     private func bootProgress(snapshot: Bool, role: RoleAssignment?) {

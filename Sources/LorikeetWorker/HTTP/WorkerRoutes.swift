@@ -379,7 +379,14 @@ package final class WorkerRoutes: Sendable {
     func resolveModel(_ requested: String?) throws(APIError) -> (name: String, resolved: (base: String, adapter: AdapterRecord?)) {
         let name = self.modelName(requested)
         guard let resolved = self.replica.resolve(model: name) else { throw APIError.modelNotFound(name) }
+        try self.checkFence(resolved.adapter)
         return (name, resolved)
+    }
+
+    /// Fleet mode: an adapter is not served while the node is fenced (503 "cluster
+    /// unreachable"); base models always are.
+    func checkFence(_ adapter: AdapterRecord?) throws(APIError) {
+        if adapter != nil, let fenced = self.replica.fence.problem { throw APIError(fenced) }
     }
 
     /// The model a request names: absent, null or "" is the first served model (vLLM's rule).
@@ -458,6 +465,7 @@ package final class WorkerRoutes: Sendable {
     // MARK: Routes
 
     private func health() async -> Reply {
+        if let fenced = self.replica.fence.problem { return .error(APIError(fenced)) }
         do throws(Status) {
             let health = try await self.status.health()
             guard health.status.isOK else { throw health.status }

@@ -1331,7 +1331,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__admin_result__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__admin_result__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__admin_envelope__field_descriptors[18] =
+static const ProtobufCFieldDescriptor lorikeet__v1__admin_envelope__field_descriptors[20] =
 {
   {
     "call_id",
@@ -1549,6 +1549,30 @@ static const ProtobufCFieldDescriptor lorikeet__v1__admin_envelope__field_descri
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "nodes",
+    26,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__AdminEnvelope, body_case),
+    offsetof(Lorikeet__V1__AdminEnvelope, nodes),
+    &lorikeet__v1__cluster_nodes_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "nodes_reply",
+    27,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__AdminEnvelope, body_case),
+    offsetof(Lorikeet__V1__AdminEnvelope, nodes_reply),
+    &lorikeet__v1__cluster_nodes_reply__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__admin_envelope__field_indices_by_name[] = {
   7,   /* field[7] = adapter_table */
@@ -1561,6 +1585,8 @@ static const unsigned lorikeet__v1__admin_envelope__field_indices_by_name[] = {
   4,   /* field[4] = list_workers */
   8,   /* field[8] = load */
   10,   /* field[10] = mutation_reply */
+  18,   /* field[18] = nodes */
+  19,   /* field[19] = nodes_reply */
   17,   /* field[17] = result */
   13,   /* field[13] = rolling_restart */
   14,   /* field[14] = scale */
@@ -1574,7 +1600,7 @@ static const ProtobufCIntRange lorikeet__v1__admin_envelope__number_ranges[2 + 1
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 18 }
+  { 0, 20 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__admin_envelope__descriptor =
 {
@@ -1584,7 +1610,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__admin_envelope__descriptor =
   "Lorikeet__V1__AdminEnvelope",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__AdminEnvelope),
-  18,
+  20,
   lorikeet__v1__admin_envelope__field_descriptors,
   lorikeet__v1__admin_envelope__field_indices_by_name,
   2,  lorikeet__v1__admin_envelope__number_ranges,

@@ -187,6 +187,51 @@ void   lorikeet__v1__load_adapter_request__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__load_adapter_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   lorikeet__v1__fence__init
+                     (Lorikeet__V1__Fence         *message)
+{
+  static const Lorikeet__V1__Fence init_value = LORIKEET__V1__FENCE__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__fence__get_packed_size
+                     (const Lorikeet__V1__Fence *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__fence__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__fence__pack
+                     (const Lorikeet__V1__Fence *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__fence__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__fence__pack_to_buffer
+                     (const Lorikeet__V1__Fence *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__fence__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__Fence *
+       lorikeet__v1__fence__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__Fence *)
+     protobuf_c_message_unpack (&lorikeet__v1__fence__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__fence__free_unpacked
+                     (Lorikeet__V1__Fence *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__fence__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   lorikeet__v1__unload_adapter_request__init
                      (Lorikeet__V1__UnloadAdapterRequest         *message)
 {
@@ -521,7 +566,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__adapter_table__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__adapter_table__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__load_adapter_request__field_descriptors[7] =
+static const ProtobufCFieldDescriptor lorikeet__v1__load_adapter_request__field_descriptors[8] =
 {
   {
     "name",
@@ -607,6 +652,18 @@ static const ProtobufCFieldDescriptor lorikeet__v1__load_adapter_request__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reserved_int_id",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__LoadAdapterRequest, reserved_int_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__load_adapter_request__field_indices_by_name[] = {
   4,   /* field[4] = base_model */
@@ -616,11 +673,12 @@ static const unsigned lorikeet__v1__load_adapter_request__field_indices_by_name[
   5,   /* field[5] = origin_slot */
   1,   /* field[1] = path */
   3,   /* field[3] = pinned */
+  7,   /* field[7] = reserved_int_id */
 };
 static const ProtobufCIntRange lorikeet__v1__load_adapter_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__load_adapter_request__descriptor =
 {
@@ -630,11 +688,49 @@ const ProtobufCMessageDescriptor lorikeet__v1__load_adapter_request__descriptor 
   "Lorikeet__V1__LoadAdapterRequest",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__LoadAdapterRequest),
-  7,
+  8,
   lorikeet__v1__load_adapter_request__field_descriptors,
   lorikeet__v1__load_adapter_request__field_indices_by_name,
   1,  lorikeet__v1__load_adapter_request__number_ranges,
   (ProtobufCMessageInit) lorikeet__v1__load_adapter_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__fence__field_descriptors[1] =
+{
+  {
+    "valid_until_monotonic_ms",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__Fence, valid_until_monotonic_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__fence__field_indices_by_name[] = {
+  0,   /* field[0] = valid_until_monotonic_ms */
+};
+static const ProtobufCIntRange lorikeet__v1__fence__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__fence__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.Fence",
+  "Fence",
+  "Lorikeet__V1__Fence",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__Fence),
+  1,
+  lorikeet__v1__fence__field_descriptors,
+  lorikeet__v1__fence__field_indices_by_name,
+  1,  lorikeet__v1__fence__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__fence__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor lorikeet__v1__unload_adapter_request__field_descriptors[4] =

@@ -1134,7 +1134,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__shutdown__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__shutdown__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__control_envelope__field_descriptors[16] =
+static const ProtobufCFieldDescriptor lorikeet__v1__control_envelope__field_descriptors[17] =
 {
   {
     "call_id",
@@ -1328,6 +1328,18 @@ static const ProtobufCFieldDescriptor lorikeet__v1__control_envelope__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "fence",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__ControlEnvelope, body_case),
+    offsetof(Lorikeet__V1__ControlEnvelope, fence),
+    &lorikeet__v1__fence__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__control_envelope__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
@@ -1337,6 +1349,7 @@ static const unsigned lorikeet__v1__control_envelope__field_indices_by_name[] = 
   13,   /* field[13] = commit_reply */
   1,   /* field[1] = deadline_unix_ms */
   14,   /* field[14] = drain */
+  16,   /* field[16] = fence */
   4,   /* field[4] = heartbeat */
   2,   /* field[2] = hello */
   9,   /* field[9] = load */
@@ -1351,7 +1364,7 @@ static const ProtobufCIntRange lorikeet__v1__control_envelope__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 16 }
+  { 0, 17 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__control_envelope__descriptor =
 {
@@ -1361,7 +1374,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__control_envelope__descriptor =
   "Lorikeet__V1__ControlEnvelope",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__ControlEnvelope),
-  16,
+  17,
   lorikeet__v1__control_envelope__field_descriptors,
   lorikeet__v1__control_envelope__field_indices_by_name,
   2,  lorikeet__v1__control_envelope__number_ranges,

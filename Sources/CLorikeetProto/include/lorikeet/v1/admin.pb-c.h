@@ -15,6 +15,7 @@ PROTOBUF_C__BEGIN_DECLS
 #endif
 
 #include "lorikeet/v1/common.pb-c.h"
+#include "lorikeet/v1/cluster.pb-c.h"
 #include "lorikeet/v1/control.pb-c.h"
 
 typedef struct Lorikeet__V1__StatusRequest Lorikeet__V1__StatusRequest;
@@ -281,7 +282,9 @@ typedef enum {
   LORIKEET__V1__ADMIN_ENVELOPE__BODY_SCALE = 22,
   LORIKEET__V1__ADMIN_ENVELOPE__BODY_DRAIN_WORKER = 23,
   LORIKEET__V1__ADMIN_ENVELOPE__BODY_STOP = 24,
-  LORIKEET__V1__ADMIN_ENVELOPE__BODY_RESULT = 25
+  LORIKEET__V1__ADMIN_ENVELOPE__BODY_RESULT = 25,
+  LORIKEET__V1__ADMIN_ENVELOPE__BODY_NODES = 26,
+  LORIKEET__V1__ADMIN_ENVELOPE__BODY_NODES_REPLY = 27
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LORIKEET__V1__ADMIN_ENVELOPE__BODY__CASE)
 } Lorikeet__V1__AdminEnvelope__BodyCase;
 
@@ -311,6 +314,11 @@ struct  Lorikeet__V1__AdminEnvelope
     Lorikeet__V1__DrainWorkerRequest *drain_worker;
     Lorikeet__V1__StopRequest *stop;
     Lorikeet__V1__AdminResult *result;
+    /*
+     * Fleet mode (`lorikeet ctl nodes`), answered by the cluster agent.
+     */
+    Lorikeet__V1__ClusterNodesRequest *nodes;
+    Lorikeet__V1__ClusterNodesReply *nodes_reply;
   };
 };
 #define LORIKEET__V1__ADMIN_ENVELOPE__INIT \

@@ -19,6 +19,7 @@ typedef struct Lorikeet__V1__Status Lorikeet__V1__Status;
 typedef struct Lorikeet__V1__Adapter Lorikeet__V1__Adapter;
 typedef struct Lorikeet__V1__AdapterTable Lorikeet__V1__AdapterTable;
 typedef struct Lorikeet__V1__LoadAdapterRequest Lorikeet__V1__LoadAdapterRequest;
+typedef struct Lorikeet__V1__Fence Lorikeet__V1__Fence;
 typedef struct Lorikeet__V1__UnloadAdapterRequest Lorikeet__V1__UnloadAdapterRequest;
 typedef struct Lorikeet__V1__AdapterMutationReply Lorikeet__V1__AdapterMutationReply;
 
@@ -127,10 +128,30 @@ struct  Lorikeet__V1__LoadAdapterRequest
    */
   int32_t origin_slot;
   char *caller;
+  /*
+   * Fleet mode: the id the supervisor reserved in etcd for a new name (0 = none).
+   */
+  uint64_t reserved_int_id;
 };
 #define LORIKEET__V1__LOAD_ADAPTER_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__load_adapter_request__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * Fleet mode: until when the node may serve adapters (CLOCK_MONOTONIC milliseconds, the
+ * host's clock: every process of a node compares against the same clock). The cluster agent
+ * sets it to its last successful lease renewal + TTL - margin; past it, workers refuse
+ * adapter requests and /health with 503 until a later Fence arrives.
+ */
+struct  Lorikeet__V1__Fence
+{
+  ProtobufCMessage base;
+  int64_t valid_until_monotonic_ms;
+};
+#define LORIKEET__V1__FENCE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__fence__descriptor) \
+    , 0 }
 
 
 /*
@@ -243,6 +264,25 @@ Lorikeet__V1__LoadAdapterRequest *
 void   lorikeet__v1__load_adapter_request__free_unpacked
                      (Lorikeet__V1__LoadAdapterRequest *message,
                       ProtobufCAllocator *allocator);
+/* Lorikeet__V1__Fence methods */
+void   lorikeet__v1__fence__init
+                     (Lorikeet__V1__Fence         *message);
+size_t lorikeet__v1__fence__get_packed_size
+                     (const Lorikeet__V1__Fence   *message);
+size_t lorikeet__v1__fence__pack
+                     (const Lorikeet__V1__Fence   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__fence__pack_to_buffer
+                     (const Lorikeet__V1__Fence   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__Fence *
+       lorikeet__v1__fence__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__fence__free_unpacked
+                     (Lorikeet__V1__Fence *message,
+                      ProtobufCAllocator *allocator);
 /* Lorikeet__V1__UnloadAdapterRequest methods */
 void   lorikeet__v1__unload_adapter_request__init
                      (Lorikeet__V1__UnloadAdapterRequest         *message);
@@ -295,6 +335,9 @@ typedef void (*Lorikeet__V1__AdapterTable_Closure)
 typedef void (*Lorikeet__V1__LoadAdapterRequest_Closure)
                  (const Lorikeet__V1__LoadAdapterRequest *message,
                   void *closure_data);
+typedef void (*Lorikeet__V1__Fence_Closure)
+                 (const Lorikeet__V1__Fence *message,
+                  void *closure_data);
 typedef void (*Lorikeet__V1__UnloadAdapterRequest_Closure)
                  (const Lorikeet__V1__UnloadAdapterRequest *message,
                   void *closure_data);
@@ -312,6 +355,7 @@ extern const ProtobufCMessageDescriptor lorikeet__v1__status__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__adapter__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__adapter_table__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__load_adapter_request__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__fence__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__unload_adapter_request__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__adapter_mutation_reply__descriptor;
 

@@ -225,7 +225,8 @@ typedef enum {
   LORIKEET__V1__CONTROL_ENVELOPE__BODY_COMMIT = 20,
   LORIKEET__V1__CONTROL_ENVELOPE__BODY_COMMIT_REPLY = 21,
   LORIKEET__V1__CONTROL_ENVELOPE__BODY_DRAIN = 22,
-  LORIKEET__V1__CONTROL_ENVELOPE__BODY_SHUTDOWN = 23
+  LORIKEET__V1__CONTROL_ENVELOPE__BODY_SHUTDOWN = 23,
+  LORIKEET__V1__CONTROL_ENVELOPE__BODY_FENCE = 24
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LORIKEET__V1__CONTROL_ENVELOPE__BODY__CASE)
 } Lorikeet__V1__ControlEnvelope__BodyCase;
 
@@ -256,6 +257,7 @@ struct  Lorikeet__V1__ControlEnvelope
     Lorikeet__V1__CommitReply *commit_reply;
     Lorikeet__V1__Drain *drain;
     Lorikeet__V1__Shutdown *shutdown;
+    Lorikeet__V1__Fence *fence;
   };
 };
 #define LORIKEET__V1__CONTROL_ENVELOPE__INIT \

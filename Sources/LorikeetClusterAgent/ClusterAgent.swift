@@ -1,0 +1,529 @@
+package import Logging
+import LorikeetChannels
+package import LorikeetCluster
+import LorikeetProto
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What `lorikeet cluster-agent` is told by the supervisor (from `serve --cluster-*`).
+package struct ClusterAgentConfiguration: Sendable {
+    /// etcd client URLs (`--cluster-endpoints`).
+    package var endpoints: [String]
+    /// Key prefix (`--cluster-name`).
+    package var clusterName: String
+    /// This node's name (`--node-name`), unique in the fleet.
+    package var nodeName: String
+    /// TTL of the node's lease (`--cluster-lease-seconds`).
+    package var leaseSeconds: Int64
+    /// Reported in the node key.
+    package var version: String
+
+    package init(endpoints: [String], clusterName: String, nodeName: String, leaseSeconds: Int64, version: String) {
+        self.endpoints = endpoints
+        self.clusterName = clusterName
+        self.nodeName = nodeName
+        self.leaseSeconds = leaseSeconds
+        self.version = version
+    }
+}
+
+/// Why the agent stopped (`lorikeet cluster-agent` exits with status 1; the supervisor
+/// restarts it).
+package enum ClusterAgentError: Error, Sendable, CustomStringConvertible {
+    /// The cluster channel to the supervisor ended or could not be used.
+    case supervisorGone(String)
+
+    package var description: String {
+        switch self {
+        case .supervisorGone(let reason): "the supervisor is gone: \(reason)"
+        }
+    }
+}
+
+/// The cluster agent: the node's only etcd client in fleet mode (`docs/CLUSTER.md`).
+///
+/// It holds the node's lease, follows the fleet's keys (range, then a watch from that
+/// revision; a compaction reloads), pushes the committed table to the supervisor at every
+/// adapter change (`ClusterTable`), publishes the revision the supervisor applied in the
+/// node key, reserves ids and commits changes as etcd transactions, and answers a commit
+/// only once every node key shows the commit applied (or has vanished with its lease).
+/// Its cluster channel (a socketpair, fd 3) carries `lorikeet.v1.ClusterEnvelope` frames.
+package final class ClusterAgent: Sendable {
+    let configuration: ClusterAgentConfiguration
+    let keys: ClusterKeys
+    let logger: Logger
+    let client: EtcdClient
+    let link: FramedCallClient<ClusterEnvelope>
+    let state: AgentState
+    private let inbound: AsyncStream<Inbound>
+    private let inboundSink: AsyncStream<Inbound>.Continuation
+    private let publishes: AsyncStream<Void>
+    private let publishSink: AsyncStream<Void>.Continuation
+
+    private enum Inbound: Sendable {
+        case message(ClusterEnvelope)
+        case lost(String)
+    }
+
+    /// An agent on the cluster channel `controlFD`, with an etcd client of `configuration.endpoints`.
+    package init(configuration: ClusterAgentConfiguration, controlFD: Int32, logger: Logger) throws(EtcdError) {
+        self.configuration = configuration
+        self.keys = ClusterKeys(clusterName: configuration.clusterName)
+        self.logger = logger
+        self.client = try EtcdClient(endpoints: configuration.endpoints, logger: logger)
+        let (inbound, inboundSink) = AsyncStream.makeStream(of: Inbound.self)
+        self.inbound = inbound
+        self.inboundSink = inboundSink
+        let (publishes, publishSink) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        self.publishes = publishes
+        self.publishSink = publishSink
+        self.link = FramedCallClient(
+            endpoint: .connectedSocket(fd: controlFD),
+            configuration: .init(maximumFrameSize: Limits.channelFrameBytes, firstCallID: 1 << 63),
+            logger: logger,
+            onUnsolicited: { inboundSink.yield(.message($0)) },
+            onConnectionLost: { inboundSink.yield(.lost($0)) })
+        self.state = AgentState(
+            nodeName: configuration.nodeName, link: self.link, commitWaitLimit: .seconds(max(configuration.leaseSeconds, 1) * 3),
+            publish: publishSink)
+    }
+
+    /// Runs until the supervisor goes away (throws `ClusterAgentError.supervisorGone`).
+    package func run() async throws {
+        do {
+            try await self.link.connect()
+        } catch {
+            throw ClusterAgentError.supervisorGone("cannot use the cluster channel: \(error)")
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await self.keepLease() }
+            group.addTask { await self.followStore() }
+            group.addTask { await self.publishNodeKey() }
+            group.addTask { await self.expireCommits() }
+            for await inbound in self.inbound {
+                switch inbound {
+                case .lost(let reason):
+                    throw ClusterAgentError.supervisorGone(reason)
+                case .message(let envelope):
+                    group.addTask { await self.handle(envelope) }
+                }
+            }
+            throw ClusterAgentError.supervisorGone("the cluster channel ended")
+        }
+    }
+
+    /// Leaving the fleet (after `run()`): revokes the lease, which deletes the node key, and
+    /// closes the etcd client.
+    package func leave() async {
+        defer { self.client.shutdown() }
+        guard let lease = await self.state.lease else { return }
+        do throws(EtcdError) {
+            try await self.client.revoke(lease, timeout: .seconds(2))
+            self.logger.info("left the fleet (lease revoked)", metadata: ["etcd.lease": "\(lease)"])
+        } catch {
+            self.logger.warning("cannot revoke the node's lease; its key expires with it", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - Supervisor requests
+
+    private func handle(_ envelope: ClusterEnvelope) async {
+        switch envelope.body {
+        case .applied(let applied):
+            await self.state.applied(applied.revision)
+        case .reserve(let request):
+            let reply = await self.reserveID(for: request.name)
+            self.link.post(ClusterEnvelope(callID: envelope.callID, body: .reserveReply(reply)))
+        case .commit(let request):
+            await self.commit(request, callID: envelope.callID)
+        case .nodes:
+            let reply = await self.listNodes()
+            self.link.post(ClusterEnvelope(callID: envelope.callID, body: .nodesReply(reply)))
+        case .table, .reserveReply, .commitReply, .nodesReply, .fence, .none:
+            self.logger.warning("unexpected cluster message", metadata: ["call.id": "\(envelope.callID)"])
+        }
+    }
+
+    static func unreachable(_ error: EtcdError) -> Status {
+        Status(code: .unavailable, message: "cluster unreachable: \(error); the adapter table is unchanged, retry")
+    }
+
+    /// A fleet-wide id: compare-and-swap on `next-id` (never reused; a failed load leaves a gap).
+    func reserveID(for name: String) async -> ClusterReserveReply {
+        for _ in 0..<64 {
+            do throws(EtcdError) {
+                let current = try await self.client.range(key: self.keys.nextID)
+                let kv = current.kvs.first
+                let next = kv.flatMap { UInt64($0.valueString) } ?? 1
+                let guardCompare: EtcdCompare =
+                    kv.map { EtcdCompare(key: self.keys.nextID, .equal, .modRevision($0.modRevision)) }
+                    ?? EtcdCompare(key: self.keys.nextID, .equal, .version(0))
+                let result = try await self.client.txn(
+                    compare: [guardCompare], success: [.put(key: self.keys.nextID, value: Array("\(next + 1)".utf8))])
+                if result.succeeded { return ClusterReserveReply(intID: next) }
+            } catch {
+                return ClusterReserveReply(status: Self.unreachable(error))
+            }
+        }
+        return ClusterReserveReply(
+            status: Status(code: .aborted, message: "could not reserve an adapter id: too many concurrent loads in the fleet; retry"))
+    }
+
+    /// One transaction: every upsert compares the record this node saw (or its absence),
+    /// every remove the record it saw. The reply waits for the fleet (`AgentState`).
+    func commit(_ request: ClusterCommitRequest, callID: UInt64) async {
+        let previous = Dictionary(request.previous.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        var compares: [EtcdCompare] = []
+        var success: [EtcdOp] = []
+        var failure: [EtcdOp] = []
+        for record in request.upserts {
+            let key = self.keys.adapter(record.name)
+            if let seen = previous[record.name] {
+                compares.append(EtcdCompare(key: key, .equal, .value(seen.serializedBytes())))
+            } else {
+                compares.append(EtcdCompare(key: key, .equal, .version(0)))
+            }
+            success.append(.put(key: key, value: record.serializedBytes()))
+            failure.append(.range(key: key))
+        }
+        for name in request.removes {
+            let key = self.keys.adapter(name)
+            if let seen = previous[name] {
+                compares.append(EtcdCompare(key: key, .equal, .value(seen.serializedBytes())))
+            } else {
+                compares.append(EtcdCompare(key: key, .greater, .version(0)))
+            }
+            success.append(.delete(key: key))
+            failure.append(.range(key: key))
+        }
+        let result: EtcdTxnResult
+        do throws(EtcdError) {
+            result = try await self.client.txn(compare: compares, success: success, failure: failure)
+        } catch {
+            let status: Status
+            if case .timeout = error {
+                status = Status(
+                    code: .unavailable,
+                    message: "cluster unreachable: the commit's outcome is unknown (\(error)); check GET /v1/models before retrying")
+            } else {
+                status = Self.unreachable(error)
+            }
+            self.logger.warning("commit failed", metadata: ["error": "\(error)"])
+            self.link.post(ClusterEnvelope(callID: callID, body: .commitReply(ClusterCommitReply(status: status))))
+            return
+        }
+        guard result.succeeded else {
+            let status = Self.conflict(request, previous: previous, found: result.results)
+            self.link.post(ClusterEnvelope(callID: callID, body: .commitReply(ClusterCommitReply(status: status))))
+            return
+        }
+        self.logger.info(
+            "committed",
+            metadata: ["etcd.revision": "\(result.revision)", "upserts": "\(request.upserts.map(\.name))", "removes": "\(request.removes)"])
+        await self.state.waitForFleet(callID: callID, revision: result.revision)
+    }
+
+    /// Why a commit's compare failed, from the keys' current values (the failure branch's ranges).
+    static func conflict(_ request: ClusterCommitRequest, previous: [String: AdapterRecord], found: [EtcdOpResult]) -> Status {
+        let names = request.upserts.map(\.name) + request.removes
+        for (index, name) in names.enumerated() {
+            guard index < found.count, case .range(let range) = found[index] else { continue }
+            let exists = !range.kvs.isEmpty
+            let isUpsert = index < request.upserts.count
+            if isUpsert && previous[name] == nil && exists {
+                return Status(code: .alreadyExists, message: TableRules.alreadyLoadedMessage(name), param: "lora_name")
+            }
+            if !isUpsert && !exists || isUpsert && previous[name] != nil && !exists {
+                return Status(code: .notFound, message: "The lora adapter '\(name)' cannot be found.", param: "lora_name")
+            }
+            if let seen = previous[name], range.kvs.first?.value != seen.serializedBytes() {
+                return Status(
+                    code: .aborted, message: "The lora adapter '\(name)' was changed on another node at the same time; retry.",
+                    param: "lora_name")
+            }
+        }
+        return Status(code: .aborted, message: "the adapter table changed on another node at the same time; retry")
+    }
+
+    func listNodes() async -> ClusterNodesReply {
+        do throws(EtcdError) {
+            let range = try await self.client.range(key: self.keys.nodes, prefix: true)
+            let nodes = range.kvs.compactMap { try? NodeStatus(serializedBytes: $0.value) }
+            return ClusterNodesReply(nodes: nodes, revision: range.revision)
+        } catch {
+            return ClusterNodesReply(status: Status(code: .unavailable, message: "cluster unreachable: \(error)"))
+        }
+    }
+
+    // MARK: - Background work
+
+    /// Grants the node's lease and renews it; every successful renewal moves the node's
+    /// fence to renewal send time + TTL - margin (margin = max(2 s, TTL/4)), so the node
+    /// stops serving adapters before its lease can expire. A lost lease is granted again
+    /// (the node key is re-published under it, and the fence stays down until that key has
+    /// come back through the watch: the node has caught up).
+    private func keepLease() async {
+        let ttlMs = self.configuration.leaseSeconds * 1000
+        let marginMs = max(2000, ttlMs / 4)
+        let renewEvery = Duration.milliseconds(max(min(ttlMs / 3, (ttlMs - marginMs) / 3), 100))
+        var pause = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            let lease: EtcdLease
+            let granted = MonotonicClock.nowMs()
+            do throws(EtcdError) {
+                lease = try await self.client.grantLease(ttl: self.configuration.leaseSeconds)
+            } catch {
+                self.logger.warning("cannot grant the node's lease; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(2))
+                continue
+            }
+            pause = .milliseconds(100)
+            await self.state.setLease(lease.id, validUntilMs: granted + ttlMs - marginMs)
+            var failing = false
+            while !Task.isCancelled {
+                try? await Task.sleep(for: renewEvery)
+                let sent = MonotonicClock.nowMs()
+                do throws(EtcdError) {
+                    let ttl = try await self.client.keepAliveOnce(lease.id, timeout: renewEvery * 2)
+                    guard ttl > 0 else { throw EtcdError.leaseNotFound(id: lease.id) }
+                    if failing { self.logger.notice("node lease renewed again", metadata: ["etcd.lease": "\(lease.id)"]) }
+                    failing = false
+                    await self.state.renewed(lease.id, validUntilMs: sent + ttlMs - marginMs)
+                } catch {
+                    if case .leaseNotFound = error {
+                        self.logger.warning("node lease expired; granting a new one", metadata: ["etcd.lease": "\(lease.id)"])
+                        break
+                    }
+                    if !failing { self.logger.warning("node lease renewal failing", metadata: ["error": "\(error)"]) }
+                    failing = true
+                }
+            }
+        }
+    }
+
+    /// Loads the fleet's keys at a revision, pushes the table, then follows the watch from
+    /// there; a compaction (or any end of the watch) starts over with a fresh range.
+    private func followStore() async {
+        while !Task.isCancelled {
+            let range: EtcdRangeResult
+            do throws(EtcdError) {
+                range = try await self.client.range(key: self.keys.prefix, prefix: true)
+            } catch {
+                self.logger.warning("cannot load the fleet's table; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            await self.state.load(range.kvs, revision: range.revision, keys: self.keys)
+            do throws(EtcdError) {
+                try await self.client.watch(prefix: self.keys.prefix, fromRevision: range.revision + 1) { event in
+                    await self.state.event(event, keys: self.keys)
+                }
+            } catch {
+                if case .cancelled = error { return }
+                self.logger.notice("watch ended; reloading the table", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Writes the node key (under the lease) whenever the applied revision or the lease changes.
+    private func publishNodeKey() async {
+        let started = Self.nowUnixMs()
+        for await _ in self.publishes {
+            guard let (lease, applied, ready) = await self.state.publication() else { continue }
+            let status = NodeStatus(
+                name: self.configuration.nodeName, appliedRevision: applied, state: ready ? "ready" : "joining",
+                version: self.configuration.version, startedUnixMs: started, leaseID: lease)
+            do throws(EtcdError) {
+                try await self.client.put(key: self.keys.node(self.configuration.nodeName), value: status.serializedBytes(), lease: lease)
+            } catch {
+                self.logger.warning("cannot publish the node key; retrying", metadata: ["error": "\(error)"])
+                // A lease that expired is granted again by `keepLease`, which publishes under the new one.
+                try? await Task.sleep(for: .milliseconds(250))
+                self.publishSink.yield()
+            }
+        }
+    }
+
+    /// Answers commits the fleet did not confirm in time.
+    private func expireCommits() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            await self.state.expire()
+        }
+    }
+
+    static func nowUnixMs() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+}
+
+/// The agent's view of the fleet: the table, the node keys, what the supervisor applied,
+/// and the commits waiting for the fleet. Every message to the supervisor is sent from
+/// here, so they leave in the order the state changed.
+actor AgentState {
+    let nodeName: String
+    let link: FramedCallClient<ClusterEnvelope>
+    let commitWaitLimit: Duration
+    let publish: AsyncStream<Void>.Continuation
+    var adapters: [String: AdapterRecord] = [:]
+    var nextID: UInt64 = 1
+    var nodes: [String: NodeStatus] = [:]
+    var lease: Int64?
+    /// The lease whose node key came back through the watch (the node caught up under it).
+    var registeredLease: Int64?
+    /// The last revision pushed when the node key came back: the fence moves only once the
+    /// supervisor applied it (every worker serves what the watch delivered before the key).
+    var registeredAfter: Int64 = .max
+    /// The latest fence instant from a renewal of `lease`.
+    var validUntilMs: Int64 = 0
+    /// The last revision pushed to the supervisor, and the last it applied.
+    var pushed: Int64 = 0
+    var appliedRevision: Int64 = 0
+    var caughtUp = false
+    var pending: [(callID: UInt64, revision: Int64, deadline: ContinuousClock.Instant)] = []
+
+    init(nodeName: String, link: FramedCallClient<ClusterEnvelope>, commitWaitLimit: Duration, publish: AsyncStream<Void>.Continuation) {
+        self.nodeName = nodeName
+        self.link = link
+        self.commitWaitLimit = commitWaitLimit
+        self.publish = publish
+    }
+
+    func setLease(_ lease: Int64?, validUntilMs: Int64 = 0) {
+        self.lease = lease
+        self.validUntilMs = validUntilMs
+        if lease != nil { self.publish.yield() }
+    }
+
+    /// A renewal of `lease` succeeded: the fence moves, once the node key of this lease
+    /// came back through the watch.
+    func renewed(_ lease: Int64, validUntilMs: Int64) {
+        guard lease == self.lease else { return }
+        self.validUntilMs = validUntilMs
+        self.pushFence()
+    }
+
+    private func pushFence() {
+        guard let lease = self.lease, self.registeredLease == lease, self.caughtUp, self.appliedRevision >= self.registeredAfter
+        else { return }
+        self.link.post(ClusterEnvelope(body: .fence(Fence(validUntilMonotonicMs: self.validUntilMs))))
+    }
+
+    /// The node key's content, once there is a lease and the supervisor applied a table.
+    func publication() -> (lease: Int64, applied: Int64, ready: Bool)? {
+        guard let lease = self.lease, self.appliedRevision > 0 else { return nil }
+        return (lease, self.appliedRevision, self.caughtUp)
+    }
+
+    /// A fresh range of every key (boot, or after a compaction): the whole table is pushed.
+    func load(_ kvs: [EtcdKeyValue], revision: Int64, keys: ClusterKeys) {
+        self.adapters = [:]
+        self.nodes = [:]
+        self.nextID = 1
+        for kv in kvs { self.apply(kv, deleted: false, keys: keys) }
+        self.push(revision: revision)
+        self.checkCommits()
+    }
+
+    func event(_ event: EtcdWatchEvent, keys: ClusterKeys) {
+        let kind = keys.kind(of: event.kv.key)
+        self.apply(event.kv, deleted: event.kind == .delete, keys: keys)
+        switch kind {
+        case .adapter:
+            self.push(revision: event.revision)
+        case .node(let name):
+            if name == self.nodeName, event.kind == .put, let lease = self.lease, self.nodes[name]?.leaseID == lease,
+                self.registeredLease != lease
+            {
+                // Our own key came back through the watch: every change before it was pushed.
+                self.registeredLease = lease
+                if !self.caughtUp {
+                    self.caughtUp = true
+                    self.push(revision: event.revision)
+                }
+                self.registeredAfter = self.pushed
+                self.pushFence()
+            }
+            self.checkCommits()
+        case .nextID, .other:
+            break
+        }
+    }
+
+    private func apply(_ kv: EtcdKeyValue, deleted: Bool, keys: ClusterKeys) {
+        switch keys.kind(of: kv.key) {
+        case .adapter(let name):
+            if deleted {
+                self.adapters[name] = nil
+            } else if let record = try? AdapterRecord(serializedBytes: kv.value), record.name == name {
+                self.adapters[name] = record
+            }
+        case .nextID:
+            if !deleted, let value = UInt64(kv.valueString) { self.nextID = value }
+        case .node(let name):
+            if deleted {
+                self.nodes[name] = nil
+            } else if let status = try? NodeStatus(serializedBytes: kv.value) {
+                self.nodes[name] = status
+            }
+        case .other:
+            break
+        }
+    }
+
+    private func push(revision: Int64) {
+        let records = self.adapters.values.sorted { $0.intID < $1.intID }
+        let next = max(self.nextID, (records.last?.intID ?? 0) + 1)
+        self.pushed = revision
+        self.link.post(
+            ClusterEnvelope(
+                body: .table(
+                    ClusterTable(revision: revision, table: AdapterTable(adapters: records, nextIntID: next), caughtUp: self.caughtUp))))
+    }
+
+    func applied(_ revision: Int64) {
+        guard revision > self.appliedRevision else { return }
+        self.appliedRevision = revision
+        self.publish.yield()
+        self.checkCommits()
+        self.pushFence()
+    }
+
+    func waitForFleet(callID: UInt64, revision: Int64) {
+        self.pending.append((callID, revision, .now + self.commitWaitLimit))
+        self.checkCommits()
+    }
+
+    /// Answers every waiting commit that this node applied and every other node key shows applied.
+    private func checkCommits() {
+        self.pending.removeAll { commit in
+            guard self.appliedRevision >= commit.revision,
+                self.nodes.values.allSatisfy({ $0.name == self.nodeName || $0.appliedRevision >= commit.revision })
+            else { return false }
+            self.link.post(
+                ClusterEnvelope(callID: commit.callID, body: .commitReply(ClusterCommitReply(revision: commit.revision))))
+            return true
+        }
+    }
+
+    func expire() {
+        let now = ContinuousClock.now
+        self.pending.removeAll { commit in
+            guard commit.deadline <= now else { return false }
+            let late = self.nodes.values.filter { $0.name != self.nodeName && $0.appliedRevision < commit.revision }.map(\.name)
+            let message =
+                "committed at etcd revision \(commit.revision), but not confirmed by \(self.appliedRevision < commit.revision ? "this node" : "node(s) \(late.sorted())") within \(self.commitWaitLimit)"
+            self.link.post(
+                ClusterEnvelope(
+                    callID: commit.callID,
+                    body: .commitReply(
+                        ClusterCommitReply(status: Status(code: .deadlineExceeded, message: message), revision: commit.revision))))
+            return true
+        }
+    }
+}
