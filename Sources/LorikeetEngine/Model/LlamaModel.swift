@@ -8,6 +8,12 @@ import LorikeetKernels
 
 /// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
 ///
+/// The storage for the model's whole context is reserved once as address space (an anonymous
+/// `MAP_NORESERVE` mapping) and the kernel backs pages only as positions are written: the
+/// cache grows without ever copying what it holds, and a short sequence costs only the pages
+/// it touched. Where the reservation is refused (strict overcommit), it falls back to heap
+/// buffers that grow by doubling with a copy.
+///
 /// Owned and mutated by one thread at a time (the scheduler thread), so not `Sendable`.
 package final class KVCache {
     /// Positions filled so far.
@@ -18,21 +24,46 @@ package final class KVCache {
     private let maxLength: Int
     private var keys: [UnsafeMutablePointer<Float>] = []
     private var values: [UnsafeMutablePointer<Float>] = []
+    /// The reservation, when the kernel granted it (else the layers are heap buffers).
+    private let mapping: UnsafeMutableRawPointer?
+    private let mappingBytes: Int
 
     init(layers: Int, kvDim: Int, maxLength: Int) {
         self.layers = layers
         self.kvDim = kvDim
         self.maxLength = maxLength
+        let perBuffer = maxLength * kvDim
+        let bytes = layers * 2 * perBuffer * MemoryLayout<Float>.stride
+        let p = bytes > 0 ? mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) : nil
+        if let p, p != UnsafeMutableRawPointer(bitPattern: -1) {
+            self.mapping = p
+            self.mappingBytes = bytes
+            let floats = p.bindMemory(to: Float.self, capacity: layers * 2 * perBuffer)
+            for l in 0..<layers {
+                self.keys.append(floats + (2 * l) * perBuffer)
+                self.values.append(floats + (2 * l + 1) * perBuffer)
+            }
+            self.capacity = maxLength
+        } else {
+            self.mapping = nil
+            self.mappingBytes = 0
+        }
     }
 
     deinit {
-        for p in self.keys { p.deallocate() }
-        for p in self.values { p.deallocate() }
+        if let mapping = self.mapping {
+            munmap(mapping, self.mappingBytes)
+        } else {
+            for p in self.keys { p.deallocate() }
+            for p in self.values { p.deallocate() }
+        }
     }
 
-    /// Grows the storage (doubling) so positions `< n` can be written.
+    /// Makes positions `< n` writable: nothing to do with the reservation; the fallback grows
+    /// its buffers by doubling.
     func reserve(_ n: Int) {
         guard n > self.capacity else { return }
+        precondition(self.mapping == nil, "KVCache: position \(n) past the reserved \(self.capacity)")
         let newCapacity = min(max(n, self.capacity * 2, 16), max(self.maxLength, n))
         for l in 0..<self.layers {
             for isKey in [true, false] {
@@ -51,7 +82,6 @@ package final class KVCache {
         }
         self.capacity = newCapacity
     }
-
     @inline(__always) func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<Float> {
         self.keys[layer] + pos * self.kvDim
     }
