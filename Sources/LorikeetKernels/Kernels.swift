@@ -87,7 +87,7 @@ package enum Kernels {
                             * UnsafeRawPointer(kp + d).loadUnaligned(as: SIMD16<Float>.self)
                         d &+= 16
                     }
-                    s = acc.sum()
+                    s = self.horizontalSum(acc)
                 } else {
                     s = self.dot(qg, kp, headDim)
                 }
@@ -95,26 +95,40 @@ package enum Kernels {
             }
         }
         for g in 0..<group { self.softmax(scores + g &* span, span) }
-        out.update(repeating: 0, count: group &* headDim)
-        for p in 0..<span {
-            let vp = values + p &* stride
-            for g in 0..<group {
-                let s = scores[g &* span &+ p]
-                let o = out + g &* headDim
-                if vectorized {
-                    let sv = SIMD16<Float>(repeating: s)
-                    var d = 0
-                    while d < headDim {
-                        let op = UnsafeMutableRawPointer(o + d)
-                        let v = UnsafeRawPointer(vp + d).loadUnaligned(as: SIMD16<Float>.self)
-                        op.storeBytes(of: op.loadUnaligned(as: SIMD16<Float>.self) + sv * v, as: SIMD16<Float>.self)
-                        d &+= 16
-                    }
-                } else {
-                    for d in 0..<headDim { o[d] += s * vp[d] }
+        for g in 0..<group {
+            let o = out + g &* headDim
+            let sg = scores + g &* span
+            guard vectorized else {
+                o.update(repeating: 0, count: headDim)
+                for p in 0..<span {
+                    let vp = values + p &* stride
+                    for d in 0..<headDim { o[d] += sg[p] * vp[d] }
                 }
+                continue
+            }
+            // 16 columns at a time, the accumulator in a register across every position (the
+            // group's other heads re-read the same V rows from cache).
+            var d = 0
+            while d < headDim {
+                var acc = SIMD16<Float>()
+                var vp = UnsafeRawPointer(values + d)
+                for p in 0..<span {
+                    acc += SIMD16<Float>(repeating: sg[p]) * vp.loadUnaligned(as: SIMD16<Float>.self)
+                    vp += stride &* 4
+                }
+                UnsafeMutableRawPointer(o + d).storeBytes(of: acc, as: SIMD16<Float>.self)
+                d &+= 16
             }
         }
+    }
+
+    /// Sum of the 16 lanes as a tree of vector halves (the generic `sum()` adds lane by lane).
+    @inline(__always)
+    package static func horizontalSum(_ v: SIMD16<Float>) -> Float {
+        let h = v.lowHalf + v.highHalf
+        let q = h.lowHalf + h.highHalf
+        let e = q.lowHalf + q.highHalf
+        return e[0] + e[1]
     }
 
     /// `y += scaling · B·(A·x)` for one row (a LoRA update): `A` is `[rank, inDim]`, `B` is

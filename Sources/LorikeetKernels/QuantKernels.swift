@@ -110,27 +110,47 @@ package enum QuantKernels {
                 let m = block.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self)
                 let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
                 var s0 = SIMD16<Float>()
+                var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
+                var t1 = SIMD16<Float>()
                 var s2 = SIMD16<Float>()
+                var t2 = SIMD16<Float>()
                 var s3 = SIMD16<Float>()
+                var t3 = SIMD16<Float>()
                 let o = b &* 512
                 for k in 0..<8 {
                     let bits = ((u &>> UInt32(4 &* k)) & mask) | magic
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                     let ko = o &+ 64 &* k
-                    s0 = s0 + f * x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                    s1 = s1 + f * x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                    s2 = s2 + f * x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                    s3 = s3 + f * x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
+                    if k & 1 == 0 {
+                        s0 = s0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t0 = t0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
+                    if k & 1 == 0 {
+                        s1 = s1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t1 = t1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
+                    if k & 1 == 0 {
+                        s2 = s2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t2 = t2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
+                    if k & 1 == 0 {
+                        s3 = s3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t3 = t3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
                 }
-                a0 = a0 + s0 * d
-                a1 = a1 + s1 * d
-                a2 = a2 + s2 * d
-                a3 = a3 + s3 * d
-                m0 = m0 + m * xsum[b]
-                m1 = m1 + m * xsum[blocks &+ b]
-                m2 = m2 + m * xsum[2 &* blocks &+ b]
-                m3 = m3 + m * xsum[3 &* blocks &+ b]
+                a0 = a0.addingProduct(s0 + t0, d)
+                a1 = a1.addingProduct(s1 + t1, d)
+                a2 = a2.addingProduct(s2 + t2, d)
+                a3 = a3.addingProduct(s3 + t3, d)
+                m0 = m0.addingProduct(m, xsum[b])
+                m1 = m1.addingProduct(m, xsum[blocks &+ b])
+                m2 = m2.addingProduct(m, xsum[2 &* blocks &+ b])
+                m3 = m3.addingProduct(m, xsum[3 &* blocks &+ b])
                 b &+= 1
             }
             Self.store(Self.rowSums(a0) + m0, y, 4 &* q, rows)
@@ -164,9 +184,13 @@ package enum QuantKernels {
                 let block = quad + b &* 144
                 let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
                 var s0 = SIMD16<Float>()
+                var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
+                var t1 = SIMD16<Float>()
                 var s2 = SIMD16<Float>()
+                var t2 = SIMD16<Float>()
                 var s3 = SIMD16<Float>()
+                var t3 = SIMD16<Float>()
                 let o = b &* 512
                 for h in 0..<2 {
                     let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
@@ -174,16 +198,32 @@ package enum QuantKernels {
                         let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                         let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                         let ko = o &+ 64 &* (4 &* h &+ k)
-                        s0 = s0 + f * x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                        s1 = s1 + f * x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                        s2 = s2 + f * x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                        s3 = s3 + f * x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
+                        if k & 1 == 0 {
+                            s0 = s0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t0 = t0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
+                        if k & 1 == 0 {
+                            s1 = s1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t1 = t1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
+                        if k & 1 == 0 {
+                            s2 = s2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t2 = t2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
+                        if k & 1 == 0 {
+                            s3 = s3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t3 = t3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
                     }
                 }
-                a0 = a0 + s0 * d
-                a1 = a1 + s1 * d
-                a2 = a2 + s2 * d
-                a3 = a3 + s3 * d
+                a0 = a0.addingProduct(s0 + t0, d)
+                a1 = a1.addingProduct(s1 + t1, d)
+                a2 = a2.addingProduct(s2 + t2, d)
+                a3 = a3.addingProduct(s3 + t3, d)
                 b &+= 1
             }
             Self.store(Self.rowSums(a0), y, 4 &* q, rows)
@@ -236,13 +276,18 @@ package enum QuantKernels {
             let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
+            var t = SIMD16<Float>()
             for k in 0..<8 {
                 let bits = ((u &>> UInt32(4 &* k)) & mask) | magic
                 let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
-                s = s + f * xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self)
+                if k & 1 == 0 {
+                    s = s.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
+                } else {
+                    t = t.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
+                }
             }
-            acc = acc + s * Self.spread(d)
-            macc = macc + m * xsum[b]
+            acc = acc.addingProduct(s + t, Self.spread(d))
+            macc = macc.addingProduct(m, xsum[b])
             b &+= 1
         }
         return Self.rowSums(acc) + macc
@@ -260,15 +305,20 @@ package enum QuantKernels {
             let d = block.loadUnaligned(as: SIMD4<Float>.self)
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
+            var t = SIMD16<Float>()
             for h in 0..<2 {
                 let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
                 for k in 0..<4 {
                     let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
-                    s = s + f * xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self)
+                    if k & 1 == 0 {
+                        s = s.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
+                    } else {
+                        t = t.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
+                    }
                 }
             }
-            acc = acc + s * Self.spread(d)
+            acc = acc.addingProduct(s + t, Self.spread(d))
             b &+= 1
         }
         return Self.rowSums(acc)
