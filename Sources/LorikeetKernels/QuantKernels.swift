@@ -10,10 +10,12 @@
 /// weights up to summation order, which is what the numpy reference checks.
 ///
 /// Quad block layouts (one per 32 columns, four rows `r`, lane `4r + i`):
-/// - Q4_1: `d[4]`, `m[4]` as fp32 (32 bytes), then 16 little-endian `UInt32` words; nibble `k`
-///   (bits `4k..<4k+4`) of word `4r + i` is row `r`'s element `4k + i` of the block. 96 bytes.
-/// - Q8_0: `d[4]` as fp32 (16 bytes), then 32 words; byte `k` of word `4r + i` in half `h`
-///   is row `r`'s element `16h + 4k + i`, stored as `q + 128`. 144 bytes.
+/// - Q4_1: `d[4]`, `m[4]` as fp16, GGUF's own bits (16 bytes), then 16 little-endian `UInt32`
+///   words; nibble `k` (bits `4k..<4k+4`) of word `4r + i` is row `r`'s element `4k + i` of the
+///   block. 80 bytes: as many per weight as GGUF's Q4_1 (fp32 scales cost 20% more bytes
+///   streamed per token, for the same values: fp16 → fp32 is exact, one `vcvtph2ps`).
+/// - Q8_0: `d[4]` as fp16 (8 bytes), then 32 words; byte `k` of word `4r + i` in half `h`
+///   is row `r`'s element `16h + 4k + i`, stored as `q + 128`. 136 bytes.
 ///
 /// The activation vector is expanded once per product into `xq`: for each block and each
 /// `k' < 8`, the four elements `4k'..<4k'+4` repeated four times (16 floats), so the lane
@@ -21,9 +23,9 @@
 /// `0x4B000000` exponent trick (`bits(2^23 + q) - 2^23`).
 package enum QuantKernels {
     /// Bytes of one quad block.
-    package static let q41QuadBlockBytes = 96
+    package static let q41QuadBlockBytes = 80
     /// Bytes of one quad block.
-    package static let q80QuadBlockBytes = 144
+    package static let q80QuadBlockBytes = 136
 
     /// Floats of expanded input per input row of `columns` elements (`xq`).
     @inline(__always)
@@ -105,10 +107,11 @@ package enum QuantKernels {
             var m3 = SIMD4<Float>()
             var b = 0
             while b < blocks {
-                let block = quad + b &* 96
-                let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
-                let m = block.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self)
-                let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
+                let block = quad + b &* Self.q41QuadBlockBytes
+                let dm = SIMD8<Float>(block.loadUnaligned(as: SIMD8<Float16>.self))
+                let d = Self.spread(dm.lowHalf)
+                let m = dm.highHalf
+                let u = block.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt32>.self)
                 var s0 = SIMD16<Float>()
                 var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
@@ -181,8 +184,8 @@ package enum QuantKernels {
             var a3 = SIMD16<Float>()
             var b = 0
             while b < blocks {
-                let block = quad + b &* 144
-                let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
+                let block = quad + b &* Self.q80QuadBlockBytes
+                let d = Self.spread(SIMD4<Float>(block.loadUnaligned(as: SIMD4<Float16>.self)))
                 var s0 = SIMD16<Float>()
                 var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
@@ -193,7 +196,7 @@ package enum QuantKernels {
                 var t3 = SIMD16<Float>()
                 let o = b &* 512
                 for h in 0..<2 {
-                    let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
+                    let u = block.loadUnaligned(fromByteOffset: 8 &+ 64 &* h, as: SIMD16<UInt32>.self)
                     for k in 0..<4 {
                         let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                         let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
@@ -270,10 +273,11 @@ package enum QuantKernels {
         let offset = SIMD16<Float>(repeating: 8_388_608)
         var b = 0
         while b < blocks {
-            let block = quad + b &* 96
-            let d = block.loadUnaligned(as: SIMD4<Float>.self)
-            let m = block.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self)
-            let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
+            let block = quad + b &* Self.q41QuadBlockBytes
+            let dm = SIMD8<Float>(block.loadUnaligned(as: SIMD8<Float16>.self))
+            let d = dm.lowHalf
+            let m = dm.highHalf
+            let u = block.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt32>.self)
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
             var t = SIMD16<Float>()
@@ -301,13 +305,13 @@ package enum QuantKernels {
         let offset = SIMD16<Float>(repeating: 8_388_608 + 128)
         var b = 0
         while b < blocks {
-            let block = quad + b &* 144
-            let d = block.loadUnaligned(as: SIMD4<Float>.self)
+            let block = quad + b &* Self.q80QuadBlockBytes
+            let d = SIMD4<Float>(block.loadUnaligned(as: SIMD4<Float16>.self))
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
             var t = SIMD16<Float>()
             for h in 0..<2 {
-                let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
+                let u = block.loadUnaligned(fromByteOffset: 8 &+ 64 &* h, as: SIMD16<UInt32>.self)
                 for k in 0..<4 {
                     let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset

@@ -55,10 +55,10 @@ package final class WeightMatrix: @unchecked Sendable {
                 let dst = packed + (q * blocks + b) * quadBlock
                 for r in 0..<4 where q * 4 + r < rows {
                     let block = src + ((q * 4 + r) * blocks + b) * sourceBlock
-                    let d = Self.half(block, 0)
-                    dst.storeBytes(of: d, toByteOffset: 4 * r, as: Float.self)
+                    // Scales keep GGUF's fp16 bits (see QuantKernels' layouts).
+                    dst.storeBytes(of: block.loadUnaligned(as: UInt16.self), toByteOffset: 2 * r, as: UInt16.self)
                     if format == .q4_1 {
-                        dst.storeBytes(of: Self.half(block, 2), toByteOffset: 16 + 4 * r, as: Float.self)
+                        dst.storeBytes(of: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self), toByteOffset: 8 + 2 * r, as: UInt16.self)
                         let qs = block + 4
                         for i in 0..<4 {
                             var word: UInt32 = 0
@@ -68,7 +68,7 @@ package final class WeightMatrix: @unchecked Sendable {
                                 let nibble = e < 16 ? byte & 0x0F : byte >> 4
                                 word |= UInt32(nibble) << (4 * k)
                             }
-                            dst.storeBytes(of: word.littleEndian, toByteOffset: 32 + 4 * (4 * r + i), as: UInt32.self)
+                            dst.storeBytes(of: word.littleEndian, toByteOffset: 16 + 4 * (4 * r + i), as: UInt32.self)
                         }
                     } else {
                         let qs = block + 2
@@ -80,7 +80,7 @@ package final class WeightMatrix: @unchecked Sendable {
                                     word |= UInt32(v) << (8 * k)
                                 }
                                 dst.storeBytes(
-                                    of: word.littleEndian, toByteOffset: 16 + 64 * h + 4 * (4 * r + i), as: UInt32.self)
+                                    of: word.littleEndian, toByteOffset: 8 + 64 * h + 4 * (4 * r + i), as: UInt32.self)
                             }
                         }
                     }
@@ -256,18 +256,18 @@ package final class WeightMatrix: @unchecked Sendable {
         let quadBlock = self.format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
         for b in 0..<self.blocks {
             let block = UnsafeRawPointer(packed + (q * self.blocks + b) * quadBlock)
-            let d = block.load(fromByteOffset: 4 * rr, as: Float.self)
+            let d = Self.half(block, 2 * rr)
             let o = out + 32 * b
             if self.format == .q4_1 {
-                let m = block.load(fromByteOffset: 16 + 4 * rr, as: Float.self)
+                let m = Self.half(block, 8 + 2 * rr)
                 for i in 0..<4 {
-                    let word = UInt32(littleEndian: block.load(fromByteOffset: 32 + 4 * (4 * rr + i), as: UInt32.self))
+                    let word = UInt32(littleEndian: block.load(fromByteOffset: 16 + 4 * (4 * rr + i), as: UInt32.self))
                     for k in 0..<8 { o[4 * k + i] = Float((word >> (4 * k)) & 0xF) * d + m }
                 }
             } else {
                 for h in 0..<2 {
                     for i in 0..<4 {
-                        let word = UInt32(littleEndian: block.load(fromByteOffset: 16 + 64 * h + 4 * (4 * rr + i), as: UInt32.self))
+                        let word = UInt32(littleEndian: block.load(fromByteOffset: 8 + 64 * h + 4 * (4 * rr + i), as: UInt32.self))
                         for k in 0..<4 { o[16 * h + 4 * k + i] = Float(Int((word >> (8 * k)) & 0xFF) - 128) * d }
                     }
                 }
