@@ -68,13 +68,14 @@ struct WorkerPoolTests {
         }
     }
 
-    /// Results never depend on the thread count: the SmolLM-shaped fused products (Q/K/V with
-    /// different row counts in one region, gate/up in lockstep) equal the 1-thread run bit for
-    /// bit.
+    /// Results never depend on the thread count: fused Q/K/V-shaped products (different row
+    /// counts, one padded quad, one region) equal each matrix alone and the 1-thread run bit
+    /// for bit.
     @Test func fusedProductsEqualAcrossThreadCounts() {
         let formats: [WeightMatrix.Format] = [.q4_1, .q8_0, .q4_1]
-        let rows = [72, 24, 24]
-        let columns = 64
+        // Large enough (480 x 256 multiply-adds per input row) to be split across threads.
+        let rows = [288, 96, 95]
+        let columns = 256
         let matrices = (0..<3).map { m in
             let bytes = WeightMatrixTests.randomBlocks(formats[m], rows: rows[m], columns: columns, seed: UInt64(m + 11))
             return bytes.withUnsafeBytes { WeightMatrix(ggml: formats[m], rows: rows[m], columns: columns, bytes: $0) }
@@ -105,6 +106,45 @@ struct WorkerPoolTests {
                 }
                 if reference.isEmpty { reference = got } else { #expect(got == reference, "threads \(threads) batch \(batch)") }
             }
+        }
+    }
+
+    /// Gate/up in lockstep with an epilogue (SwiGLU) on each chunk's rows: every row gets the
+    /// epilogue once, after both products, and the result equals the 1-thread run bit for bit.
+    @Test func lockstepEpilogueEqualsAcrossThreadCounts() {
+        let rows = 510
+        let columns = 256
+        let matrices = (0..<2).map { m in
+            let bytes = WeightMatrixTests.randomBlocks(.q4_1, rows: rows, columns: columns, seed: UInt64(m + 21))
+            return bytes.withUnsafeBytes { WeightMatrix(ggml: .q4_1, rows: rows, columns: columns, bytes: $0) }
+        }
+        var rng = Xoshiro256(seed: 5)
+        let batch = 2
+        let x = (0..<(batch * columns)).map { _ in Float(rng.nextUnit() * 2 - 1) }
+        var reference: [Float] = []
+        for threads in 1...4 {
+            let pool = WorkerPool(threads: threads)
+            let gate = UnsafeMutablePointer<Float>.allocate(capacity: batch * rows)
+            let up = UnsafeMutablePointer<Float>.allocate(capacity: batch * rows)
+            let seen = UnsafeMutablePointer<Int>.allocate(capacity: rows)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: matrices[0].scratchCount(batch: batch))
+            defer {
+                for p in [gate, up, scratch] { p.deallocate() }
+                seen.deallocate()
+            }
+            seen.initialize(repeating: 0, count: rows)
+            x.withUnsafeBufferPointer { xp in
+                WeightMatrix.multiply(matrices, into: [gate, up], xp.baseAddress!, batch: batch, scratch: scratch, pool: pool) {
+                    range in
+                    for r in range { seen[r] += 1 }
+                    for t in 0..<batch {
+                        for r in range { gate[t * rows + r] = gate[t * rows + r] - up[t * rows + r] }
+                    }
+                }
+            }
+            #expect((0..<rows).allSatisfy { seen[$0] == 1 }, "threads \(threads)")
+            let got = Array(UnsafeBufferPointer(start: gate, count: batch * rows))
+            if reference.isEmpty { reference = got } else { #expect(got == reference, "threads \(threads)") }
         }
     }
 

@@ -233,6 +233,9 @@ package final class LlamaModel: Sendable {
         let scale = 1 / Float(headDim).squareRoot()
         let caches = rows.map(\.cache)
         let positions = rows.map(\.position)
+        // Attention items (row, KV head) run inline when all of them are little work.
+        let attentionWork = positions.reduce(0) { $0 + $1 + 1 } * 2 * qDim
+        let attentionGrain = attentionWork < WorkerPool.minimumParallelWork ? n * c.numKVHeads : 1
         for l in 0..<c.numLayers {
             let layer = w.layers[l]
             for i in 0..<n {
@@ -248,7 +251,7 @@ package final class LlamaModel: Sendable {
                 row.cache.value(l, row.position).update(from: v + i * kvDim, count: kvDim)
             }
             // One item per (row, KV head): the group's query heads read each K/V row once.
-            self.pool.run(count: n * c.numKVHeads, grain: 1) { items, thread in
+            self.pool.run(count: n * c.numKVHeads, grain: attentionGrain) { items, thread in
                 let groupScores = scores + thread * group * maxPos
                 for item in items {
                     let i = item / c.numKVHeads

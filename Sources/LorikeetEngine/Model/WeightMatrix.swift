@@ -171,14 +171,14 @@ package final class WeightMatrix: @unchecked Sendable {
             let rows = matrices[0].rows
             precondition(matrices.allSatisfy { $0.rows == rows })
             let quads = matrices[0].quadCount
-            pool.run(count: quads, grain: Self.grain(quads, batch: batch, pool: pool)) { range, _ in
+            pool.run(count: quads, grain: Self.grain(quads, columns: columns, batch: batch, pool: pool)) { range, _ in
                 for m in matrices.indices { matrices[m].multiply(quads: range, input, outputs[m]) }
                 epilogue((4 * range.lowerBound)..<min(4 * range.upperBound, rows))
             }
             return
         }
         let total = matrices.reduce(0) { $0 + $1.quadCount }
-        pool.run(count: total, grain: Self.grain(total, batch: batch, pool: pool)) { range, _ in
+        pool.run(count: total, grain: Self.grain(total, columns: columns, batch: batch, pool: pool)) { range, _ in
             var offset = 0
             for m in matrices.indices {
                 let count = matrices[m].quadCount
@@ -192,8 +192,10 @@ package final class WeightMatrix: @unchecked Sendable {
 
     /// Quads per chunk: about 8 chunks per thread (dynamic chunking evens out the threads),
     /// at least 4 quads (the atomic counter's cost) and at most 64 (fewer for big batches).
-    private static func grain(_ quads: Int, batch: Int, pool: WorkerPool) -> Int {
-        guard pool.threads > 1 else { return quads }
+    /// A product under `WorkerPool.minimumParallelWork` multiply-adds is one chunk: it runs
+    /// inline, as handing it over would cost more than it saves (tiny models).
+    private static func grain(_ quads: Int, columns: Int, batch: Int, pool: WorkerPool) -> Int {
+        guard pool.threads > 1, quads * 4 * columns * batch >= WorkerPool.minimumParallelWork else { return quads }
         let cap = max(4, 64 / max(1, (batch + 3) / 4))
         return min(max(4, quads / (pool.threads * 8)), cap)
     }

@@ -25,6 +25,9 @@ import Synchronization
 package final class WorkerPool: Sendable {
     /// Threads taking part in a region, the caller included (≥ 1).
     package let threads: Int
+    /// Multiply-adds below which a product or an attention step runs inline rather than as a
+    /// region (about 10 µs of work: the hand-over costs a few).
+    package static let minimumParallelWork = 1 << 16
     private let shared: WorkerPoolShared
 
     /// Creates `threads - 1` worker threads (none for 1: every region runs inline).
