@@ -29,6 +29,23 @@ struct EngineCommand: AsyncParsableCommand {
             """
     )
 
+    /// CPUs this process may run on, at least 1: on Linux the bits of its `sched_getaffinity`
+    /// mask (taskset, cpusets), as llama.cpp counts them; elsewhere the active processors.
+    /// Glibc's module hides `sched_getaffinity` (a `_GNU_SOURCE` function), so it is looked up
+    /// with `dlsym`.
+    static func usableCPUs() -> Int {
+        #if os(Linux)
+            typealias GetAffinity = @convention(c) (pid_t, Int, UnsafeMutableRawPointer) -> Int32
+            if let symbol = dlsym(nil, "sched_getaffinity") {
+                var mask = [UInt64](repeating: 0, count: 16)  // 1,024 CPUs, glibc's cpu_set_t
+                let status = mask.withUnsafeMutableBytes { unsafeBitCast(symbol, to: GetAffinity.self)(0, $0.count, $0.baseAddress!) }
+                let count = mask.reduce(0) { $0 + $1.nonzeroBitCount }
+                if status == 0 && count > 0 { return count }
+            }
+        #endif
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }
+
     @Option(
         help:
             "Model: a directory (config.json + model.safetensors) or a .gguf file; default: SmolLM2-135M-Instruct, downloaded on first use."
@@ -37,7 +54,7 @@ struct EngineCommand: AsyncParsableCommand {
     @Option(help: "Maximum adapters used by running requests at once.") var maxLoras = 4
     @Option(help: "Maximum adapters cached in memory (at least --max-loras).") var maxCpuLoras: Int?
     @Option(help: "Largest LoRA rank accepted.") var maxLoraRank = 16
-    @Option(help: "Threads for matrix products.") var threads = 1
+    @Option(help: "Compute threads (default: the CPUs this process may run on, as llama.cpp picks).") var threads: Int?
     @Option(help: "Sequences stepped together at most.") var maxBatchSize = 32
     @Option(help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
     @Option(help: "Log format: text or json.") var logFormat = "text"
@@ -68,7 +85,8 @@ struct EngineCommand: AsyncParsableCommand {
         }
         let allowedPrefixes = prefixes.allowed + trusted.allowed.filter { !prefixes.allowed.contains($0) }
         let options = EngineOptions(
-            maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank, threads: self.threads,
+            maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank,
+            threads: self.threads ?? Self.usableCPUs(),
             maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: allowedPrefixes)
         let core: EngineCore
         do {

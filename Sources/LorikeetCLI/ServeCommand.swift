@@ -27,7 +27,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Maximum adapters active at once in the engine.") var maxLoras: Int?
     @Option(help: "Maximum adapters cached in the engine.") var maxCpuLoras: Int?
     @Option(help: "Maximum LoRA rank.") var maxLoraRank: Int?
-    @Option(help: "Engine compute threads.") var threads: Int?
+    @Option(help: "Engine compute threads (default: the CPUs the engine may run on).") var threads: Int?
     @Option(help: "Name the base model is served under (repeatable).") var servedModelName: [String] = []
     @Option(help: "Adapter to load at start: name=path or JSON {\"name\",\"path\",\"base_model_name\"} (repeatable).")
     var loraModules: [String] = []

@@ -1,5 +1,3 @@
-import Dispatch
-
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -50,33 +48,9 @@ package enum Kernels {
         return s
     }
 
-    /// `y[t][o] = W[o] · x[t]` for `t < batch`, `o < rows`; `W` is `[rows, cols]` row-major,
-    /// `x` is `[batch, cols]`, `y` is `[batch, rows]`. Split across `threads` by output rows
-    /// when the work is large enough to pay for the dispatch.
-    package static func matmul(
-        _ w: UnsafePointer<Float>, rows: Int, cols: Int,
-        _ x: UnsafePointer<Float>, batch: Int,
-        _ y: UnsafeMutablePointer<Float>, threads: Int
-    ) {
-        let work = rows * cols * batch
-        let chunks = threads > 1 && work >= 1 << 16 ? min(threads, rows) : 1
-        if chunks == 1 {
-            self.matmulRows(w, 0..<rows, rows: rows, cols: cols, x, batch: batch, y)
-            return
-        }
-        // The pointers are only read (w, x) or written at disjoint rows (y) by each chunk,
-        // and concurrentPerform returns after every chunk finished.
-        let p = ProductPointers(weights: UnsafeRawPointer(w), input: x, output: y)
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            let lo = rows * c / chunks
-            let hi = rows * (c + 1) / chunks
-            Kernels.matmulRows(
-                p.weights.assumingMemoryBound(to: Float.self), lo..<hi, rows: rows, cols: cols, p.input, batch: batch, p.output)
-        }
-    }
-
-    @inline(__always)
-    private static func matmulRows(
+    /// `y[t][o] = W[o] · x[t]` for `t < batch` and the output rows `o` in `range`; `W` is
+    /// `[rows, cols]` row-major, `x` is `[batch, cols]`, `y` is `[batch, rows]`.
+    package static func matmulRows(
         _ w: UnsafePointer<Float>, _ range: Range<Int>, rows: Int, cols: Int,
         _ x: UnsafePointer<Float>, batch: Int, _ y: UnsafeMutablePointer<Float>
     ) {
@@ -88,24 +62,74 @@ package enum Kernels {
         }
     }
 
-    /// One attention head for one query: `scores[p] = q · K[p] · scale` for `p < span`, the
-    /// softmax of the scores, then `out = Σ scores[p] · V[p]`. `keys` and `values` point at
-    /// the head's elements of position 0; position `p` is `stride · p` floats further. `q`,
-    /// `out` and every key and value row hold `headDim` floats; `scores` holds `span`.
-    package static func attendHead(
-        _ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int, span: Int,
-        headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>
+    /// The query heads that share one key/value head (grouped-query attention) for one
+    /// query: for each of the `group` heads `g` (`q + g * headDim`),
+    /// `scores[g * span + p] = q_g · K[p] · scale` for `p < span`, the softmax of those scores,
+    /// then `out_g = Σ scores[g * span + p] · V[p]` (`out + g * headDim`). Each key and value
+    /// row is read once for the whole group. `keys` and `values` point at the KV head's
+    /// elements of position 0; position `p` is `stride · p` floats further. `scores` holds
+    /// `group * span` floats.
+    package static func attendGroup(
+        _ q: UnsafePointer<Float>, group: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int,
+        span: Int, headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>
     ) {
+        let vectorized = headDim & 15 == 0
         for p in 0..<span {
-            scores[p] = self.dot(q, keys + p * stride, headDim) * scale
+            let kp = keys + p &* stride
+            for g in 0..<group {
+                let qg = q + g &* headDim
+                var s: Float
+                if vectorized {
+                    var acc = SIMD16<Float>()
+                    var d = 0
+                    while d < headDim {
+                        acc +=
+                            UnsafeRawPointer(qg + d).loadUnaligned(as: SIMD16<Float>.self)
+                            * UnsafeRawPointer(kp + d).loadUnaligned(as: SIMD16<Float>.self)
+                        d &+= 16
+                    }
+                    s = self.horizontalSum(acc)
+                } else {
+                    s = self.dot(qg, kp, headDim)
+                }
+                scores[g &* span &+ p] = s * scale
+            }
         }
-        self.softmax(scores, span)
-        out.update(repeating: 0, count: headDim)
-        for p in 0..<span {
-            let s = scores[p]
-            let vp = values + p * stride
-            for d in 0..<headDim { out[d] += s * vp[d] }
+        for g in 0..<group { self.softmax(scores + g &* span, span) }
+        for g in 0..<group {
+            let o = out + g &* headDim
+            let sg = scores + g &* span
+            guard vectorized else {
+                o.update(repeating: 0, count: headDim)
+                for p in 0..<span {
+                    let vp = values + p &* stride
+                    for d in 0..<headDim { o[d] += sg[p] * vp[d] }
+                }
+                continue
+            }
+            // 16 columns at a time, the accumulator in a register across every position (the
+            // group's other heads re-read the same V rows from cache).
+            var d = 0
+            while d < headDim {
+                var acc = SIMD16<Float>()
+                var vp = UnsafeRawPointer(values + d)
+                for p in 0..<span {
+                    acc += SIMD16<Float>(repeating: sg[p]) * vp.loadUnaligned(as: SIMD16<Float>.self)
+                    vp += stride &* 4
+                }
+                UnsafeMutableRawPointer(o + d).storeBytes(of: acc, as: SIMD16<Float>.self)
+                d &+= 16
+            }
         }
+    }
+
+    /// Sum of the 16 lanes as a tree of vector halves (the generic `sum()` adds lane by lane).
+    @inline(__always)
+    package static func horizontalSum(_ v: SIMD16<Float>) -> Float {
+        let h = v.lowHalf + v.highHalf
+        let q = h.lowHalf + h.highHalf
+        let e = q.lowHalf + q.highHalf
+        return e[0] + e[1]
     }
 
     /// `y += scaling · B·(A·x)` for one row (a LoRA update): `A` is `[rank, inDim]`, `B` is
@@ -128,18 +152,56 @@ package enum Kernels {
         for i in 0..<n { out[i] = x[i] * inv * weight[i] }
     }
 
-    /// In-place softmax over `n` elements.
+    /// In-place softmax over `n` elements (vectorized `exp`, fixed summation order).
     package static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
         var m = -Float.infinity
         for i in 0..<n where x[i] > m { m = x[i] }
-        var sum: Float = 0
-        for i in 0..<n {
-            let e = expf(x[i] - m)
-            x[i] = e
-            sum += e
+        let mv = SIMD16<Float>(repeating: m)
+        var acc = SIMD16<Float>()
+        var i = 0
+        while i &+ 16 <= n {
+            let p = UnsafeMutableRawPointer(x + i)
+            let e = self.exp(p.loadUnaligned(as: SIMD16<Float>.self) - mv)
+            p.storeBytes(of: e, as: SIMD16<Float>.self)
+            acc += e
+            i &+= 16
+        }
+        var sum = acc.sum()
+        if i < n {
+            var v = SIMD16<Float>(repeating: m)
+            for j in 0..<(n &- i) { v[j] = x[i &+ j] }
+            let e = self.exp(v - mv)
+            for j in 0..<(n &- i) {
+                x[i &+ j] = e[j]
+                sum += e[j]
+            }
         }
         let inv = 1 / sum
         for i in 0..<n { x[i] *= inv }
+    }
+
+    /// `e^x` per lane (Cephes `expf`: range reduction by `ln 2`, degree-6 polynomial, within
+    /// 2 ulp of `expf` for `x` in `[-87.3, 88.3]`; clamped outside, so never `inf` or NaN for
+    /// finite input).
+    @inline(__always)
+    package static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> {
+        // Only operations that lower to vector instructions: the generic SIMD `rounded`,
+        // `clamped` and Int32 conversions run lane by lane.
+        var x = pointwiseMax(pointwiseMin(x, SIMD16(repeating: 88.3)), SIMD16(repeating: -87.3))
+        // Round to nearest with the 1.5 * 2^23 trick: the integer lands in the low mantissa bits.
+        let shifted = x * 1.442_695_04 + 12_582_912
+        let fx = shifted - 12_582_912
+        x = x - fx * 0.693_359_375 - fx * -2.121_944_4e-4
+        let z = x * x
+        var y = SIMD16<Float>(repeating: 1.987_569_15e-4)
+        y = y * x + 1.398_199_950_7e-3
+        y = y * x + 8.333_451_907_3e-3
+        y = y * x + 4.166_579_589_4e-2
+        y = y * x + 1.666_666_545_9e-1
+        y = y * x + 5.000_000_120_1e-1
+        y = y * z + x + 1
+        let n = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127
+        return y * unsafeBitCast(n &<< 23, to: SIMD16<Float>.self)
     }
 
     /// `x = x + y` over `n` elements.
@@ -147,32 +209,21 @@ package enum Kernels {
         for i in 0..<n { x[i] += y[i] }
     }
 
-    /// `gate = silu(gate) * up` over `n` elements (the SwiGLU activation).
+    /// `gate = silu(gate) * up` over `n` elements (the SwiGLU activation), vectorized.
     package static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
+        var i = 0
+        while i &+ 16 <= n {
+            let gp = UnsafeMutableRawPointer(gate + i)
+            let g = gp.loadUnaligned(as: SIMD16<Float>.self)
+            let u = UnsafeRawPointer(up + i).loadUnaligned(as: SIMD16<Float>.self)
+            gp.storeBytes(of: g / (1 + self.exp(-g)) * u, as: SIMD16<Float>.self)
+            i &+= 16
         }
-    }
-}
-
-/// Raw pointers handed to the `concurrentPerform` chunks of a matrix product (fp32 and
-/// quantized weights alike).
-// Unchecked Sendable is safe: the caller keeps every buffer alive for the whole
-// (synchronous) `concurrentPerform`; chunks only read `weights` and `input`, and each chunk
-// writes a disjoint set of rows of `output`.
-package struct ProductPointers: @unchecked Sendable {
-    /// The weights, fp32 or quantized quad blocks.
-    package let weights: UnsafeRawPointer
-    /// The activations, `[batch, columns]` (or the expanded `xq` for quantized weights).
-    package let input: UnsafePointer<Float>
-    /// The products, `[batch, rows]`.
-    package let output: UnsafeMutablePointer<Float>
-
-    /// Bundles the three pointers of one product.
-    package init(weights: UnsafeRawPointer, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
-        self.weights = weights
-        self.input = input
-        self.output = output
+        if i < n {
+            var g = SIMD16<Float>()
+            for j in 0..<(n &- i) { g[j] = gate[i &+ j] }
+            let s = g / (1 + self.exp(-g))
+            for j in 0..<(n &- i) { gate[i &+ j] = s[j] * up[i &+ j] }
+        }
     }
 }

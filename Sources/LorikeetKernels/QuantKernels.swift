@@ -10,10 +10,12 @@
 /// weights up to summation order, which is what the numpy reference checks.
 ///
 /// Quad block layouts (one per 32 columns, four rows `r`, lane `4r + i`):
-/// - Q4_1: `d[4]`, `m[4]` as fp32 (32 bytes), then 16 little-endian `UInt32` words; nibble `k`
-///   (bits `4k..<4k+4`) of word `4r + i` is row `r`'s element `4k + i` of the block. 96 bytes.
-/// - Q8_0: `d[4]` as fp32 (16 bytes), then 32 words; byte `k` of word `4r + i` in half `h`
-///   is row `r`'s element `16h + 4k + i`, stored as `q + 128`. 144 bytes.
+/// - Q4_1: `d[4]`, `m[4]` as fp16, GGUF's own bits (16 bytes), then 16 little-endian `UInt32`
+///   words; nibble `k` (bits `4k..<4k+4`) of word `4r + i` is row `r`'s element `4k + i` of the
+///   block. 80 bytes: as many per weight as GGUF's Q4_1 (fp32 scales cost 20% more bytes
+///   streamed per token, for the same values: fp16 → fp32 is exact, one `vcvtph2ps`).
+/// - Q8_0: `d[4]` as fp16 (8 bytes), then 32 words; byte `k` of word `4r + i` in half `h`
+///   is row `r`'s element `16h + 4k + i`, stored as `q + 128`. 136 bytes.
 ///
 /// The activation vector is expanded once per product into `xq`: for each block and each
 /// `k' < 8`, the four elements `4k'..<4k'+4` repeated four times (16 floats), so the lane
@@ -21,9 +23,9 @@
 /// `0x4B000000` exponent trick (`bits(2^23 + q) - 2^23`).
 package enum QuantKernels {
     /// Bytes of one quad block.
-    package static let q41QuadBlockBytes = 96
+    package static let q41QuadBlockBytes = 80
     /// Bytes of one quad block.
-    package static let q80QuadBlockBytes = 144
+    package static let q80QuadBlockBytes = 136
 
     /// Floats of expanded input per input row of `columns` elements (`xq`).
     @inline(__always)
@@ -105,32 +107,53 @@ package enum QuantKernels {
             var m3 = SIMD4<Float>()
             var b = 0
             while b < blocks {
-                let block = quad + b &* 96
-                let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
-                let m = block.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self)
-                let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
+                let block = quad + b &* Self.q41QuadBlockBytes
+                let dm = SIMD8<Float>(block.loadUnaligned(as: SIMD8<Float16>.self))
+                let d = Self.spread(dm.lowHalf)
+                let m = dm.highHalf
+                let u = block.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt32>.self)
                 var s0 = SIMD16<Float>()
+                var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
+                var t1 = SIMD16<Float>()
                 var s2 = SIMD16<Float>()
+                var t2 = SIMD16<Float>()
                 var s3 = SIMD16<Float>()
+                var t3 = SIMD16<Float>()
                 let o = b &* 512
                 for k in 0..<8 {
                     let bits = ((u &>> UInt32(4 &* k)) & mask) | magic
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                     let ko = o &+ 64 &* k
-                    s0 = s0 + f * x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                    s1 = s1 + f * x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                    s2 = s2 + f * x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                    s3 = s3 + f * x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
+                    if k & 1 == 0 {
+                        s0 = s0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t0 = t0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
+                    if k & 1 == 0 {
+                        s1 = s1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t1 = t1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
+                    if k & 1 == 0 {
+                        s2 = s2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t2 = t2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
+                    if k & 1 == 0 {
+                        s3 = s3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    } else {
+                        t3 = t3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                    }
                 }
-                a0 = a0 + s0 * d
-                a1 = a1 + s1 * d
-                a2 = a2 + s2 * d
-                a3 = a3 + s3 * d
-                m0 = m0 + m * xsum[b]
-                m1 = m1 + m * xsum[blocks &+ b]
-                m2 = m2 + m * xsum[2 &* blocks &+ b]
-                m3 = m3 + m * xsum[3 &* blocks &+ b]
+                a0 = a0.addingProduct(s0 + t0, d)
+                a1 = a1.addingProduct(s1 + t1, d)
+                a2 = a2.addingProduct(s2 + t2, d)
+                a3 = a3.addingProduct(s3 + t3, d)
+                m0 = m0.addingProduct(m, xsum[b])
+                m1 = m1.addingProduct(m, xsum[blocks &+ b])
+                m2 = m2.addingProduct(m, xsum[2 &* blocks &+ b])
+                m3 = m3.addingProduct(m, xsum[3 &* blocks &+ b])
                 b &+= 1
             }
             Self.store(Self.rowSums(a0) + m0, y, 4 &* q, rows)
@@ -161,29 +184,49 @@ package enum QuantKernels {
             var a3 = SIMD16<Float>()
             var b = 0
             while b < blocks {
-                let block = quad + b &* 144
-                let d = Self.spread(block.loadUnaligned(as: SIMD4<Float>.self))
+                let block = quad + b &* Self.q80QuadBlockBytes
+                let d = Self.spread(SIMD4<Float>(block.loadUnaligned(as: SIMD4<Float16>.self)))
                 var s0 = SIMD16<Float>()
+                var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
+                var t1 = SIMD16<Float>()
                 var s2 = SIMD16<Float>()
+                var t2 = SIMD16<Float>()
                 var s3 = SIMD16<Float>()
+                var t3 = SIMD16<Float>()
                 let o = b &* 512
                 for h in 0..<2 {
-                    let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
+                    let u = block.loadUnaligned(fromByteOffset: 8 &+ 64 &* h, as: SIMD16<UInt32>.self)
                     for k in 0..<4 {
                         let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                         let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                         let ko = o &+ 64 &* (4 &* h &+ k)
-                        s0 = s0 + f * x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                        s1 = s1 + f * x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                        s2 = s2 + f * x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
-                        s3 = s3 + f * x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self)
+                        if k & 1 == 0 {
+                            s0 = s0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t0 = t0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
+                        if k & 1 == 0 {
+                            s1 = s1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t1 = t1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
+                        if k & 1 == 0 {
+                            s2 = s2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t2 = t2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
+                        if k & 1 == 0 {
+                            s3 = s3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        } else {
+                            t3 = t3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        }
                     }
                 }
-                a0 = a0 + s0 * d
-                a1 = a1 + s1 * d
-                a2 = a2 + s2 * d
-                a3 = a3 + s3 * d
+                a0 = a0.addingProduct(s0 + t0, d)
+                a1 = a1.addingProduct(s1 + t1, d)
+                a2 = a2.addingProduct(s2 + t2, d)
+                a3 = a3.addingProduct(s3 + t3, d)
                 b &+= 1
             }
             Self.store(Self.rowSums(a0), y, 4 &* q, rows)
@@ -230,19 +273,25 @@ package enum QuantKernels {
         let offset = SIMD16<Float>(repeating: 8_388_608)
         var b = 0
         while b < blocks {
-            let block = quad + b &* 96
-            let d = block.loadUnaligned(as: SIMD4<Float>.self)
-            let m = block.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self)
-            let u = block.loadUnaligned(fromByteOffset: 32, as: SIMD16<UInt32>.self)
+            let block = quad + b &* Self.q41QuadBlockBytes
+            let dm = SIMD8<Float>(block.loadUnaligned(as: SIMD8<Float16>.self))
+            let d = dm.lowHalf
+            let m = dm.highHalf
+            let u = block.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt32>.self)
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
+            var t = SIMD16<Float>()
             for k in 0..<8 {
                 let bits = ((u &>> UInt32(4 &* k)) & mask) | magic
                 let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
-                s = s + f * xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self)
+                if k & 1 == 0 {
+                    s = s.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
+                } else {
+                    t = t.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
+                }
             }
-            acc = acc + s * Self.spread(d)
-            macc = macc + m * xsum[b]
+            acc = acc.addingProduct(s + t, Self.spread(d))
+            macc = macc.addingProduct(m, xsum[b])
             b &+= 1
         }
         return Self.rowSums(acc) + macc
@@ -256,19 +305,24 @@ package enum QuantKernels {
         let offset = SIMD16<Float>(repeating: 8_388_608 + 128)
         var b = 0
         while b < blocks {
-            let block = quad + b &* 144
-            let d = block.loadUnaligned(as: SIMD4<Float>.self)
+            let block = quad + b &* Self.q80QuadBlockBytes
+            let d = SIMD4<Float>(block.loadUnaligned(as: SIMD4<Float16>.self))
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
+            var t = SIMD16<Float>()
             for h in 0..<2 {
-                let u = block.loadUnaligned(fromByteOffset: 16 &+ 64 &* h, as: SIMD16<UInt32>.self)
+                let u = block.loadUnaligned(fromByteOffset: 8 &+ 64 &* h, as: SIMD16<UInt32>.self)
                 for k in 0..<4 {
                     let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
-                    s = s + f * xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self)
+                    if k & 1 == 0 {
+                        s = s.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
+                    } else {
+                        t = t.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
+                    }
                 }
             }
-            acc = acc + s * Self.spread(d)
+            acc = acc.addingProduct(s + t, Self.spread(d))
             b &+= 1
         }
         return Self.rowSums(acc)

@@ -134,12 +134,18 @@ struct GenerationTests {
     @Test func duplicateIdsAndInvalidRequestsAreRefused() throws {
         let core = try Fixture.engine()
         let done = DispatchSemaphore(value: 0)
+        // The first event holds the scheduler until the duplicate was tried, so the request is
+        // still running however fast the engine is.
+        let gate = DispatchSemaphore(value: 0)
+        let first = Atomic<Bool>(true)
         try core.submit(GenerationRequest(id: "dup", prompt: .text("x"), params: SamplingParams(maxTokens: 100, ignoreEOS: true))) { e in
+            if first.exchange(false, ordering: .relaxed) { gate.wait() }
             if e.finishReason != nil { done.signal() }
         }
         #expect(throws: EngineError.self) {
             try core.submit(GenerationRequest(id: "dup", prompt: .text("y")), onEvent: { _ in })
         }
+        gate.signal()
         core.abort("dup")
         done.wait()
         let bad: [GenerationRequest] = [

@@ -61,10 +61,11 @@ struct WeightMatrixTests {
         let x = (0..<(c.batch * c.columns)).map { _ in Float(rng.nextUnit() * 2 - 1) }
         var y = [Float](repeating: .nan, count: c.batch * c.rows)
         var scratch = [Float](repeating: 0, count: max(1, matrix.scratchCount(batch: c.batch)))
+        let pool = WorkerPool(threads: c.threads)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
                 scratch.withUnsafeMutableBufferPointer { sp in
-                    matrix.matmul(xp.baseAddress!, batch: c.batch, yp.baseAddress!, threads: c.threads, scratch: sp.baseAddress!)
+                    matrix.matmul(xp.baseAddress!, batch: c.batch, yp.baseAddress!, pool: pool, scratch: sp.baseAddress!)
                 }
             }
         }

@@ -9,6 +9,12 @@ import LorikeetKernels
 
 /// A sequence's key/value cache: for each layer, `[capacity, kvDim]` keys and values.
 ///
+/// The storage for the model's whole context is reserved once as address space (an anonymous
+/// `MAP_NORESERVE` mapping) and the kernel backs pages only as positions are written: the
+/// cache grows without ever copying what it holds, and a short sequence costs only the pages
+/// it touched. Where the reservation is refused (strict overcommit), it falls back to heap
+/// buffers that grow by doubling with a copy.
+///
 /// Owned and mutated by one thread at a time (the scheduler thread), so not `Sendable`.
 package final class KVCache {
     /// Positions filled so far.
@@ -19,21 +25,46 @@ package final class KVCache {
     private let maxLength: Int
     private var keys: [UnsafeMutablePointer<Float>] = []
     private var values: [UnsafeMutablePointer<Float>] = []
+    /// The reservation, when the kernel granted it (else the layers are heap buffers).
+    private let mapping: UnsafeMutableRawPointer?
+    private let mappingBytes: Int
 
     init(layers: Int, kvDim: Int, maxLength: Int) {
         self.layers = layers
         self.kvDim = kvDim
         self.maxLength = maxLength
+        let perBuffer = maxLength * kvDim
+        let bytes = layers * 2 * perBuffer * MemoryLayout<Float>.stride
+        let p = bytes > 0 ? mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) : nil
+        if let p, p != UnsafeMutableRawPointer(bitPattern: -1) {
+            self.mapping = p
+            self.mappingBytes = bytes
+            let floats = p.bindMemory(to: Float.self, capacity: layers * 2 * perBuffer)
+            for l in 0..<layers {
+                self.keys.append(floats + (2 * l) * perBuffer)
+                self.values.append(floats + (2 * l + 1) * perBuffer)
+            }
+            self.capacity = maxLength
+        } else {
+            self.mapping = nil
+            self.mappingBytes = 0
+        }
     }
 
     deinit {
-        for p in self.keys { p.deallocate() }
-        for p in self.values { p.deallocate() }
+        if let mapping = self.mapping {
+            munmap(mapping, self.mappingBytes)
+        } else {
+            for p in self.keys { p.deallocate() }
+            for p in self.values { p.deallocate() }
+        }
     }
 
-    /// Grows the storage (doubling) so positions `< n` can be written.
+    /// Makes positions `< n` writable: nothing to do with the reservation; the fallback grows
+    /// its buffers by doubling.
     func reserve(_ n: Int) {
         guard n > self.capacity else { return }
+        precondition(self.mapping == nil, "KVCache: position \(n) past the reserved \(self.capacity)")
         let newCapacity = min(max(n, self.capacity * 2, 16), max(self.maxLength, n))
         for l in 0..<self.layers {
             for isKey in [true, false] {
@@ -52,7 +83,6 @@ package final class KVCache {
         }
         self.capacity = newCapacity
     }
-
     @inline(__always) func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<Float> {
         self.keys[layer] + pos * self.kvDim
     }
@@ -127,8 +157,11 @@ package final class ForwardWorkspace {
 package final class LlamaModel: Sendable {
     /// The weights (and their config).
     package let weights: LlamaWeights
-    /// Threads used by large matrix products.
-    package let threads: Int
+    /// Threads used by the forward pass (the pool's, caller included).
+    package var threads: Int { self.pool.threads }
+    /// The compute threads, created once for this model: every matrix product and the
+    /// attention of a layer run as regions on it.
+    private let pool: WorkerPool
     /// RoPE `cos`/`sin` per position: `[maxPositions, headDim/2]` each.
     private let ropeCos: FloatTensor
     private let ropeSin: FloatTensor
@@ -139,7 +172,7 @@ package final class LlamaModel: Sendable {
     /// Prepares a model for inference; `threads` ≥ 1.
     package init(weights: LlamaWeights, threads: Int = 1) {
         self.weights = weights
-        self.threads = max(1, threads)
+        self.pool = WorkerPool(threads: threads)
         let c = weights.config
         let half = c.headDim / 2
         var cosValues = [Float](repeating: 0, count: c.maxPositionEmbeddings * half)
@@ -189,7 +222,7 @@ package final class LlamaModel: Sendable {
         let gate = ws.buffer(7, n * inter)
         let up = ws.buffer(8, n * inter)
         let maxPos = rows.map(\.position).max()! + 1
-        let scores = ws.buffer(9, maxPos)
+        let scores = ws.buffer(9, self.pool.threads * group * maxPos)
         let maxRank = rows.compactMap { $0.adapter?.rank }.max() ?? 0
         let loraTmp = ws.buffer(10, max(maxRank, 1))
         let w = self.weights
@@ -199,14 +232,17 @@ package final class LlamaModel: Sendable {
             w.embedTokens.copyRow(Int(row.token), into: h + i * hidden)
         }
         let scale = 1 / Float(headDim).squareRoot()
+        let caches = rows.map(\.cache)
+        let positions = rows.map(\.position)
+        // Attention items (row, KV head) run inline when all of them are little work.
+        let attentionWork = positions.reduce(0) { $0 + $1 + 1 } * 2 * qDim
+        let attentionGrain = attentionWork < WorkerPool.minimumParallelWork ? n * c.numKVHeads : 1
         for l in 0..<c.numLayers {
             let layer = w.layers[l]
             for i in 0..<n {
                 Kernels.rmsNorm(h + i * hidden, layer.inputNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
             }
-            self.linear(.qProj, l, rows, xn, q, loraTmp, scratch)
-            self.linear(.kProj, l, rows, xn, k, loraTmp, scratch)
-            self.linear(.vProj, l, rows, xn, v, loraTmp, scratch)
+            self.project([.qProj, .kProj, .vProj], l, rows, xn, [q, k, v], loraTmp, scratch)
             for (i, row) in rows.enumerated() {
                 let cosp = self.ropeCos.pointer + row.position * half
                 let sinp = self.ropeSin.pointer + row.position * half
@@ -215,25 +251,27 @@ package final class LlamaModel: Sendable {
                 row.cache.key(l, row.position).update(from: k + i * kvDim, count: kvDim)
                 row.cache.value(l, row.position).update(from: v + i * kvDim, count: kvDim)
             }
-            for (i, row) in rows.enumerated() {
-                let span = row.position + 1
-                for hd in 0..<c.numHeads {
-                    let kvOffset = (hd / group) * headDim
-                    Kernels.attendHead(
-                        q + i * qDim + hd * headDim, keys: row.cache.key(l, 0) + kvOffset,
-                        values: row.cache.value(l, 0) + kvOffset, stride: kvDim, span: span, headDim: headDim,
-                        scale: scale, scores: scores, att + i * qDim + hd * headDim)
+            // One item per (row, KV head): the group's query heads read each K/V row once.
+            self.pool.run(count: n * c.numKVHeads, grain: attentionGrain) { items, thread in
+                let groupScores = scores + thread * group * maxPos
+                for item in items {
+                    let i = item / c.numKVHeads
+                    let kvHead = item % c.numKVHeads
+                    let kvOffset = kvHead * headDim
+                    let qOffset = i * qDim + kvHead * group * headDim
+                    Kernels.attendGroup(
+                        q + qOffset, group: group, keys: caches[i].key(l, 0) + kvOffset,
+                        values: caches[i].value(l, 0) + kvOffset, stride: kvDim, span: positions[i] + 1, headDim: headDim,
+                        scale: scale, scores: groupScores, att + qOffset)
                 }
             }
-            self.linear(.oProj, l, rows, att, tmp, loraTmp, scratch)
+            self.project([.oProj], l, rows, att, [tmp], loraTmp, scratch)
             Kernels.addInPlace(h, tmp, n * hidden)
             for i in 0..<n {
                 Kernels.rmsNorm(h + i * hidden, layer.postAttentionNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
             }
-            self.linear(.gateProj, l, rows, xn, gate, loraTmp, scratch)
-            self.linear(.upProj, l, rows, xn, up, loraTmp, scratch)
-            Kernels.swiglu(gate, up, n * inter)
-            self.linear(.downProj, l, rows, gate, tmp, loraTmp, scratch)
+            self.gatedMLP(l, rows, xn, gate, up, loraTmp, scratch)
+            self.project([.downProj], l, rows, gate, [tmp], loraTmp, scratch)
             Kernels.addInPlace(h, tmp, n * hidden)
         }
         for row in rows { row.cache.advance(to: row.position + 1) }
@@ -244,22 +282,58 @@ package final class LlamaModel: Sendable {
             Kernels.rmsNorm(h + i * hidden, w.finalNorm.pointer, hidden, eps: c.rmsNormEps, xn + j * hidden)
         }
         let logits = ws.buffer(11, wanted.count * c.vocabSize)
-        w.lmHead.matmul(xn, batch: wanted.count, logits, threads: self.threads, scratch: scratch)
+        w.lmHead.matmul(xn, batch: wanted.count, logits, pool: self.pool, scratch: scratch)
         return (0..<wanted.count).map { j in
             Array(UnsafeBufferPointer(start: logits + j * c.vocabSize, count: c.vocabSize))
         }
     }
 
-    /// `y = W·x` for all rows, plus `s·B·(A·x)` for rows whose adapter targets this module.
-    private func linear(
-        _ module: LinearModule, _ layer: Int, _ rows: [ForwardRow],
-        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>,
-        _ scratch: UnsafeMutablePointer<Float>
+    /// `y_m = W_m·x` for all rows and every module `m` (one pool region, the input expanded
+    /// once), plus `s·B·(A·x)` for rows whose adapter targets the module.
+    private func project(
+        _ modules: [LinearModule], _ layer: Int, _ rows: [ForwardRow], _ x: UnsafeMutablePointer<Float>,
+        _ ys: [UnsafeMutablePointer<Float>], _ loraTmp: UnsafeMutablePointer<Float>, _ scratch: UnsafeMutablePointer<Float>
+    ) {
+        let linear = self.weights.layers[layer].linear
+        WeightMatrix.multiply(
+            modules.map { linear[$0.index] }, into: ys, x, batch: rows.count, scratch: scratch, pool: self.pool)
+        for (m, module) in modules.enumerated() { self.addLoRA(module, layer, rows, x, ys[m], loraTmp) }
+    }
+
+    /// `gate = silu(W_gate·x) * (W_up·x)` for all rows. Without adapters on gate/up the
+    /// activation runs inside the region, on each chunk's rows while they are in cache.
+    private func gatedMLP(
+        _ layer: Int, _ rows: [ForwardRow], _ x: UnsafeMutablePointer<Float>, _ gate: UnsafeMutablePointer<Float>,
+        _ up: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>, _ scratch: UnsafeMutablePointer<Float>
+    ) {
+        let linear = self.weights.layers[layer].linear
+        let matrices = [linear[LinearModule.gateProj.index], linear[LinearModule.upProj.index]]
+        let n = rows.count
+        let inter = self.config.intermediateSize
+        let adapted = rows.contains { row in
+            guard let pairs = row.adapter?.pairs[layer] else { return false }
+            return pairs[LinearModule.gateProj.index] != nil || pairs[LinearModule.upProj.index] != nil
+        }
+        if adapted {
+            self.project([.gateProj, .upProj], layer, rows, x, [gate, up], loraTmp, scratch)
+            Kernels.swiglu(gate, up, n * inter)
+            return
+        }
+        WeightMatrix.multiply(matrices, into: [gate, up], x, batch: n, scratch: scratch, pool: self.pool) { range in
+            for t in 0..<n {
+                Kernels.swiglu(gate + t * inter + range.lowerBound, up + t * inter + range.lowerBound, range.count)
+            }
+        }
+    }
+
+    /// `y += s·B·(A·x)` for the rows whose adapter targets `module` in `layer`.
+    private func addLoRA(
+        _ module: LinearModule, _ layer: Int, _ rows: [ForwardRow], _ x: UnsafeMutablePointer<Float>,
+        _ y: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>
     ) {
         let weight = self.weights.layers[layer].linear[module.index]
         let outDim = weight.rows
         let inDim = weight.columns
-        weight.matmul(x, batch: rows.count, y, threads: self.threads, scratch: scratch)
         for (i, row) in rows.enumerated() {
             guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
             Kernels.addLoRA(

@@ -1,4 +1,3 @@
-import Dispatch
 import LorikeetGGUF
 import LorikeetKernels
 
@@ -56,10 +55,11 @@ package final class WeightMatrix: @unchecked Sendable {
                 let dst = packed + (q * blocks + b) * quadBlock
                 for r in 0..<4 where q * 4 + r < rows {
                     let block = src + ((q * 4 + r) * blocks + b) * sourceBlock
-                    let d = Self.half(block, 0)
-                    dst.storeBytes(of: d, toByteOffset: 4 * r, as: Float.self)
+                    // Scales keep GGUF's fp16 bits (see QuantKernels' layouts).
+                    dst.storeBytes(of: block.loadUnaligned(as: UInt16.self), toByteOffset: 2 * r, as: UInt16.self)
                     if format == .q4_1 {
-                        dst.storeBytes(of: Self.half(block, 2), toByteOffset: 16 + 4 * r, as: Float.self)
+                        dst.storeBytes(
+                            of: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self), toByteOffset: 8 + 2 * r, as: UInt16.self)
                         let qs = block + 4
                         for i in 0..<4 {
                             var word: UInt32 = 0
@@ -69,7 +69,7 @@ package final class WeightMatrix: @unchecked Sendable {
                                 let nibble = e < 16 ? byte & 0x0F : byte >> 4
                                 word |= UInt32(nibble) << (4 * k)
                             }
-                            dst.storeBytes(of: word.littleEndian, toByteOffset: 32 + 4 * (4 * r + i), as: UInt32.self)
+                            dst.storeBytes(of: word.littleEndian, toByteOffset: 16 + 4 * (4 * r + i), as: UInt32.self)
                         }
                     } else {
                         let qs = block + 2
@@ -81,7 +81,7 @@ package final class WeightMatrix: @unchecked Sendable {
                                     word |= UInt32(v) << (8 * k)
                                 }
                                 dst.storeBytes(
-                                    of: word.littleEndian, toByteOffset: 16 + 64 * h + 4 * (4 * r + i), as: UInt32.self)
+                                    of: word.littleEndian, toByteOffset: 8 + 64 * h + 4 * (4 * r + i), as: UInt32.self)
                             }
                         }
                     }
@@ -122,36 +122,96 @@ package final class WeightMatrix: @unchecked Sendable {
         self.format == .f32 ? 0 : batch * (QuantKernels.expandedCount(columns: self.columns) + self.blocks)
     }
 
+    /// Groups of four output rows: the unit products are split on.
+    package var quadCount: Int { (self.rows + 3) / 4 }
+
+    /// The activations of one or more products over the same input rows: fp32 `x`
+    /// (`[batch, columns]`) and, when some matrix is quantized, its expansion for
+    /// `QuantKernels` (`xq` for every row, then the per-block sums) in the caller's scratch.
+    package struct Input {
+        let x: UnsafePointer<Float>
+        let expanded: UnsafePointer<Float>
+        let batch: Int
+        let columns: Int
+    }
+
     /// `y[t][o] = W[o] · x[t]` for `t < batch`; `x` is `[batch, columns]`, `y` is
     /// `[batch, rows]`; `scratch` holds at least `scratchCount(batch:)` floats. Splits the
-    /// rows across `threads` when the product is large enough to pay for it.
+    /// rows across the pool's threads in one region.
     package func matmul(
-        _ x: UnsafePointer<Float>, batch: Int, _ y: UnsafeMutablePointer<Float>, threads: Int,
+        _ x: UnsafePointer<Float>, batch: Int, _ y: UnsafeMutablePointer<Float>, pool: WorkerPool,
         scratch: UnsafeMutablePointer<Float>
     ) {
-        guard let packed = self.packed else {
-            Kernels.matmul(self.dense!.pointer, rows: self.rows, cols: self.columns, x, batch: batch, y, threads: threads)
+        Self.multiply([self], into: [y], x, batch: batch, scratch: scratch, pool: pool)
+    }
+
+    /// Several products over the same input in one pool region, the input expanded once
+    /// (fused Q/K/V, fused gate/up). Every matrix has `columns` equal to the input's;
+    /// `outputs[m]` is `[batch, matrices[m].rows]`; `scratch` holds the largest
+    /// `scratchCount(batch:)` of the matrices.
+    ///
+    /// Without `epilogue` the region's items are the quads of every matrix in turn. With it
+    /// (all matrices with the same `rows`), an item computes the same quads of every matrix,
+    /// then calls `epilogue(rowRange)` on those rows while they are in cache (SwiGLU).
+    /// Each output element is computed the same way whatever the chunking or thread count.
+    package static func multiply(
+        _ matrices: [WeightMatrix], into outputs: [UnsafeMutablePointer<Float>], _ x: UnsafePointer<Float>,
+        batch: Int, scratch: UnsafeMutablePointer<Float>, pool: WorkerPool, epilogue: ((Range<Int>) -> Void)? = nil
+    ) {
+        let columns = matrices[0].columns
+        precondition(matrices.count == outputs.count && matrices.allSatisfy { $0.columns == columns })
+        if matrices.contains(where: { $0.packed != nil }) {
+            let xqCount = QuantKernels.expandedCount(columns: columns)
+            let blocks = columns / 32
+            for t in 0..<batch {
+                QuantKernels.expand(x + t * columns, columns: columns, scratch + t * xqCount, scratch + batch * xqCount + t * blocks)
+            }
+        }
+        let input = Input(x: x, expanded: UnsafePointer(scratch), batch: batch, columns: columns)
+        if let epilogue {
+            let rows = matrices[0].rows
+            precondition(matrices.allSatisfy { $0.rows == rows })
+            let quads = matrices[0].quadCount
+            pool.run(count: quads, grain: Self.grain(quads, columns: columns, batch: batch, pool: pool)) { range, _ in
+                for m in matrices.indices { matrices[m].multiply(quads: range, input, outputs[m]) }
+                epilogue((4 * range.lowerBound)..<min(4 * range.upperBound, rows))
+            }
             return
         }
-        let xqCount = QuantKernels.expandedCount(columns: self.columns)
-        for t in 0..<batch {
-            QuantKernels.expand(
-                x + t * self.columns, columns: self.columns, scratch + t * xqCount, scratch + batch * xqCount + t * self.blocks)
-        }
-        let p = ProductPointers(weights: UnsafeRawPointer(packed), input: UnsafePointer(scratch), output: y)
-        let work = self.rows * self.columns * batch
-        let chunks = threads > 1 && work >= 1 << 16 ? min(threads, self.quads) : 1
-        if chunks == 1 {
-            self.run(p, 0..<self.quads, batch: batch)
-        } else {
-            let quads = self.quads
-            DispatchQueue.concurrentPerform(iterations: chunks) { c in
-                self.run(p, (quads * c / chunks)..<(quads * (c + 1) / chunks), batch: batch)
+        let total = matrices.reduce(0) { $0 + $1.quadCount }
+        pool.run(count: total, grain: Self.grain(total, columns: columns, batch: batch, pool: pool)) { range, _ in
+            var offset = 0
+            for m in matrices.indices {
+                let count = matrices[m].quadCount
+                let lo = max(range.lowerBound, offset)
+                let hi = min(range.upperBound, offset + count)
+                if lo < hi { matrices[m].multiply(quads: (lo - offset)..<(hi - offset), input, outputs[m]) }
+                offset += count
             }
         }
     }
 
-    private func run(_ p: ProductPointers, _ range: Range<Int>, batch: Int) {
+    /// Quads per chunk: about 8 chunks per thread (dynamic chunking evens out the threads),
+    /// at least 4 quads (the atomic counter's cost) and at most 64 (fewer for big batches).
+    /// A product under `WorkerPool.minimumParallelWork` multiply-adds is one chunk: it runs
+    /// inline, as handing it over would cost more than it saves (tiny models).
+    private static func grain(_ quads: Int, columns: Int, batch: Int, pool: WorkerPool) -> Int {
+        guard pool.threads > 1, quads * 4 * columns * batch >= WorkerPool.minimumParallelWork else { return quads }
+        let cap = max(4, 64 / max(1, (batch + 3) / 4))
+        return min(max(4, quads / (pool.threads * 8)), cap)
+    }
+
+    /// Rows `4 * quads.lowerBound ..< min(4 * quads.upperBound, rows)` of the product for
+    /// every input row of `input`.
+    package func multiply(quads range: Range<Int>, _ input: Input, _ output: UnsafeMutablePointer<Float>) {
+        let batch = input.batch
+        guard let packed = self.packed else {
+            Kernels.matmulRows(
+                self.dense!.pointer, (4 * range.lowerBound)..<min(4 * range.upperBound, self.rows), rows: self.rows,
+                cols: self.columns, input.x, batch: batch, output)
+            return
+        }
+        let weights = UnsafeRawPointer(packed)
         let xqCount = QuantKernels.expandedCount(columns: self.columns)
         // Quads in slices of 16 so a slice of weights stays in cache across the batch.
         var lo = range.lowerBound
@@ -159,27 +219,27 @@ package final class WeightMatrix: @unchecked Sendable {
             let hi = min(lo + 16, range.upperBound)
             var t = 0
             while t + 4 <= batch {
-                let xq = p.input + t * xqCount
-                let y = p.output + t * self.rows
+                let xq = input.expanded + t * xqCount
+                let y = output + t * self.rows
                 if self.format == .q4_1 {
-                    let xsum = p.input + batch * xqCount + t * self.blocks
+                    let xsum = input.expanded + batch * xqCount + t * self.blocks
                     QuantKernels.q41x4(
-                        p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
+                        weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
                         yStride: self.rows)
                 } else {
                     QuantKernels.q80x4(
-                        p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, y, yStride: self.rows)
+                        weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, y, yStride: self.rows)
                 }
                 t += 4
             }
             while t < batch {
-                let xq = p.input + t * xqCount
-                let y = p.output + t * self.rows
+                let xq = input.expanded + t * xqCount
+                let y = output + t * self.rows
                 if self.format == .q4_1 {
-                    let xsum = p.input + batch * xqCount + t * self.blocks
-                    QuantKernels.q41(p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
+                    let xsum = input.expanded + batch * xqCount + t * self.blocks
+                    QuantKernels.q41(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
                 } else {
-                    QuantKernels.q80(p.weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
+                    QuantKernels.q80(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
                 }
                 t += 1
             }
@@ -199,18 +259,18 @@ package final class WeightMatrix: @unchecked Sendable {
         let quadBlock = self.format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
         for b in 0..<self.blocks {
             let block = UnsafeRawPointer(packed + (q * self.blocks + b) * quadBlock)
-            let d = block.load(fromByteOffset: 4 * rr, as: Float.self)
+            let d = Self.half(block, 2 * rr)
             let o = out + 32 * b
             if self.format == .q4_1 {
-                let m = block.load(fromByteOffset: 16 + 4 * rr, as: Float.self)
+                let m = Self.half(block, 8 + 2 * rr)
                 for i in 0..<4 {
-                    let word = UInt32(littleEndian: block.load(fromByteOffset: 32 + 4 * (4 * rr + i), as: UInt32.self))
+                    let word = UInt32(littleEndian: block.load(fromByteOffset: 16 + 4 * (4 * rr + i), as: UInt32.self))
                     for k in 0..<8 { o[4 * k + i] = Float((word >> (4 * k)) & 0xF) * d + m }
                 }
             } else {
                 for h in 0..<2 {
                     for i in 0..<4 {
-                        let word = UInt32(littleEndian: block.load(fromByteOffset: 16 + 64 * h + 4 * (4 * rr + i), as: UInt32.self))
+                        let word = UInt32(littleEndian: block.load(fromByteOffset: 8 + 64 * h + 4 * (4 * rr + i), as: UInt32.self))
                         for k in 0..<4 { o[16 * h + 4 * k + i] = Float(Int((word >> (8 * k)) & 0xFF) - 128) * d }
                     }
                 }
