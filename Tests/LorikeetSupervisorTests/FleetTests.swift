@@ -53,6 +53,15 @@ struct FleetTests {
     /// The committed table of a node (`ctl adapters`): name -> id.
     static func table(_ node: ServerUnderTest) throws -> [String: Int] { try ServeTests.table(node) }
 
+    /// Runs a blocking test body (processes, sockets, sleeps: tens of seconds) on a thread of
+    /// its own, so it does not hold one of the 2 threads of the cooperative pool that the
+    /// in-process suites running in parallel need.
+    static func offPool(_ body: @escaping @Sendable () throws -> Void) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
+    }
+
     /// Runs `body` for every index at once (one thread each) and returns the results in order.
     static func parallel<T: Sendable>(_ count: Int, _ body: @escaping @Sendable (Int) throws -> T) -> [Result<T, any Error>] {
         let results = Mutex([Result<T, any Error>?](repeating: nil, count: count))
@@ -70,7 +79,9 @@ struct FleetTests {
     @Test(
         "load on A is served by 100 fresh connections on every node; unload on C is gone everywhere; racing loads: one winner; 30 parallel loads: unique ids"
     )
-    func commitsAcrossTheFleet() throws {
+    func commitsAcrossTheFleet() async throws { try await Self.offPool { try Self.commitsAcrossTheFleetBody() } }
+
+    static func commitsAcrossTheFleetBody() throws {
         let fleet = try Fleet()
         defer { fleet.stop() }
         let (a, c) = (fleet.nodes[0], fleet.nodes[2])
@@ -126,7 +137,9 @@ struct FleetTests {
     }
 
     @Test("etcd quorum lost: loads 503 fast, base requests 200, loads work again once it heals; a kill -9'd node comes back converged")
-    func outagesAndRestarts() throws {
+    func outagesAndRestarts() async throws { try await Self.offPool { try Self.outagesAndRestartsBody() } }
+
+    static func outagesAndRestartsBody() throws {
         let fleet = try Fleet()
         defer { fleet.stop() }
         let (a, b) = (fleet.nodes[0], fleet.nodes[1])
@@ -179,7 +192,9 @@ struct FleetTests {
     }
 
     @Test("SIGSTOP a node during an unload: the unload completes within the lease; resumed, the node serves the unloaded adapter 0 times")
-    func stoppedNode() throws {
+    func stoppedNode() async throws { try await Self.offPool { try Self.stoppedNodeBody() } }
+
+    static func stoppedNodeBody() throws {
         let fleet = try Fleet()
         defer { fleet.stop() }
         let (a, c) = (fleet.nodes[0], fleet.nodes[2])
@@ -221,7 +236,9 @@ struct FleetTests {
     }
 
     @Test("numbers: load->visible everywhere at 3 nodes x 2 workers against a single node's commit (printed, no timing assertions)")
-    func numbers() throws {
+    func numbers() async throws { try await Self.offPool { try Self.numbersBody() } }
+
+    static func numbersBody() throws {
         let single = try ServerUnderTest(workers: 2)
         let local = try Self.loadLatencies(single, prefix: "single", count: 30)
         single.stop()
@@ -256,7 +273,9 @@ struct FleetTests {
     }
 
     @Test("a node whose agent was stopped past a compaction reloads the table: it serves the new adapter, never the unloaded one")
-    func compactionReload() throws {
+    func compactionReload() async throws { try await Self.offPool { try Self.compactionReloadBody() } }
+
+    static func compactionReloadBody() throws {
         let fleet = try Fleet()
         defer { fleet.stop() }
         let (a, c) = (fleet.nodes[0], fleet.nodes[2])
