@@ -674,9 +674,11 @@ package final class WorkerRoutes: Sendable {
         } catch {
             throw APIError(error)
         }
-        let shape = ResponseShape(
+        var shape = ResponseShape(
             route: route, id: (route == .completions ? "cmpl-" : "chatcmpl-") + requestID,
             created: LeaderMutationService.nowUnixMs() / 1000, model: model, returnTokenIDs: parameters.returnTokenIDs)
+        shape.logprobs = parameters.logprobs
+        if parameters.echo, case .text(let text) = parameters.prompt { shape.echoText = text }
         // Wait for the first chunk before answering, so that an engine refusal is a proper
         // HTTP error and not an error event inside a 200 stream.
         let iterator = SequentialIterator(stream.makeAsyncIterator())
@@ -699,18 +701,27 @@ package final class WorkerRoutes: Sendable {
         record?.firstToken()
         if parameters.stream {
             return Self.streamReply(
-                first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage,
+                first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage, echo: parameters.echo,
                 engine: engine, requestID: requestID, record: record, logger: logger)
         }
         var text = ""
         var tokens: [UInt32] = []
         var finishReason = ""
         var usage: Usage?
+        var positions: [PositionLogprobs] = []
+        var echoed = false
         var next = first
         while let chunk = next {
             record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
+            if parameters.echo && !echoed {
+                // The prompt (and its log probabilities) before the completion.
+                echoed = true
+                text += shape.echoed(chunk.promptLogprobs)
+                if shape.logprobs != nil { positions += chunk.promptLogprobs }
+            }
             text += chunk.text
             tokens += chunk.tokens
+            positions += chunk.logprobs
             if !chunk.finishReason.isEmpty { finishReason = chunk.finishReason }
             if let chunkUsage = chunk.usage { usage = chunkUsage }
             do {
@@ -721,7 +732,8 @@ package final class WorkerRoutes: Sendable {
         }
         let counted = usage ?? Usage(promptTokens: 0, completionTokens: UInt32(tokens.count))
         record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens)
-        return .json(.ok, shape.final(text: text, tokens: tokens, finishReason: finishReason, usage: counted))
+        return .json(
+            .ok, shape.final(text: text, tokens: tokens, logprobs: positions, finishReason: finishReason, usage: counted))
     }
 
     private static func apiError(_ error: any Error) -> APIError {
@@ -732,6 +744,7 @@ package final class WorkerRoutes: Sendable {
 
     private static func streamReply(
         first: GenerateChunk?, iterator: SequentialIterator<GenerateChunk>, shape: ResponseShape, includeUsage: Bool,
+        echo: Bool,
         engine: any GenerationBackend, requestID: String, record: RequestRecord?, logger: Logger
     ) -> Reply {
         var headers = HTTPFields()
@@ -741,6 +754,8 @@ package final class WorkerRoutes: Sendable {
             var usage: Usage?
             var completionTokens: UInt32 = 0
             var finished = false
+            var textOffset = 0
+            var echoPending = echo
             do {
                 if shape.route == .chatCompletions {
                     try await writer.write(Self.event(shape.roleChunk()))
@@ -750,8 +765,20 @@ package final class WorkerRoutes: Sendable {
                     record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
                     completionTokens += UInt32(chunk.tokens.count)
                     if let chunkUsage = chunk.usage { usage = chunkUsage }
+                    if echoPending {
+                        echoPending = false
+                        let prompt = shape.logprobs != nil ? chunk.promptLogprobs : []
+                        try await writer.write(
+                            Self.event(
+                                shape.delta(
+                                    text: shape.echoed(chunk.promptLogprobs), tokens: [], logprobs: prompt,
+                                    textOffset: &textOffset)))
+                    }
                     if !chunk.text.isEmpty || !chunk.tokens.isEmpty {
-                        try await writer.write(Self.event(shape.delta(text: chunk.text, tokens: chunk.tokens)))
+                        try await writer.write(
+                            Self.event(
+                                shape.delta(
+                                    text: chunk.text, tokens: chunk.tokens, logprobs: chunk.logprobs, textOffset: &textOffset)))
                     }
                     if !chunk.finishReason.isEmpty {
                         finished = true
@@ -806,6 +833,11 @@ struct ResponseShape: Sendable {
     var created: Int64
     var model: String
     var returnTokenIDs: Bool
+    /// Alternatives per token when the request asked for log probabilities.
+    var logprobs: Int?
+    /// Completions `echo` of a text prompt: the prompt as given (a token prompt is echoed
+    /// as its tokens' text).
+    var echoText: String?
 
     private var object: String { self.route == .completions ? "text_completion" : "chat.completion" }
     private var chunkObject: String { self.route == .completions ? "text_completion" : "chat.completion.chunk" }
@@ -833,20 +865,85 @@ struct ResponseShape: Sendable {
 
     private static func finishValue(_ reason: String?) -> JSONValue { reason.map { .string($0) } ?? .null }
 
-    func final(text: String, tokens: [UInt32], finishReason: String, usage: Usage) -> JSONValue {
+    /// The echoed prompt: the prompt text, or its tokens' text (from the prompt log
+    /// probabilities the engine sends for an echo).
+    func echoed(_ prompt: [PositionLogprobs]) -> String {
+        self.echoText ?? prompt.map(\.chosen.token).joined()
+    }
+
+    /// A log probability as JSON: vLLM's floor of −9999 for −∞.
+    private static func logprobValue(_ value: Float) -> JSONValue {
+        .double(max(Double(value), -9999.0))
+    }
+
+    /// The choice's `logprobs` for `positions`: OpenAI's completions shape (`tokens`,
+    /// `token_logprobs`, `top_logprobs` with the chosen token added when it is not among
+    /// the top, `text_offset` in code points from `textOffset`) or chat's (`content`: token,
+    /// logprob, bytes, top_logprobs); null when the request did not ask.
+    func logprobsValue(_ positions: [PositionLogprobs], textOffset: inout Int) -> JSONValue {
+        guard let topN = self.logprobs else { return .null }
+        switch self.route {
+        case .completions:
+            var tokens: [JSONValue] = []
+            var values: [JSONValue] = []
+            var tops: [JSONValue] = []
+            var offsets: [JSONValue] = []
+            for position in positions {
+                tokens.append(.string(position.chosen.token))
+                offsets.append(.int(Int64(textOffset)))
+                textOffset += position.chosen.token.unicodeScalars.count
+                if position.noLogprob {
+                    values.append(.null)
+                    tops.append(.null)
+                    continue
+                }
+                values.append(Self.logprobValue(position.chosen.logprob))
+                var members: [(String, JSONValue)] = []
+                for entry in position.top.prefix(topN) where !members.contains(where: { $0.0 == entry.token }) {
+                    members.append((entry.token, Self.logprobValue(entry.logprob)))
+                }
+                if !members.contains(where: { $0.0 == position.chosen.token }) {
+                    members.append((position.chosen.token, Self.logprobValue(position.chosen.logprob)))
+                }
+                tops.append(.object(members))
+            }
+            return .object([
+                ("text_offset", .array(offsets)), ("token_logprobs", .array(values)), ("tokens", .array(tokens)),
+                ("top_logprobs", .array(tops)),
+            ])
+        case .chatCompletions:
+            func entry(_ e: TokenLogprob) -> [(String, JSONValue)] {
+                [
+                    ("token", .string(e.token)), ("logprob", Self.logprobValue(e.logprob)),
+                    ("bytes", .array(e.token.utf8.map { .int(Int64($0)) })),
+                ]
+            }
+            let content: [JSONValue] = positions.map { position in
+                .object(
+                    entry(position.chosen) + [("top_logprobs", .array(position.top.prefix(topN).map { .object(entry($0)) }))])
+            }
+            return .object([("content", .array(content))])
+        }
+    }
+
+    func final(
+        text: String, tokens: [UInt32], logprobs: [PositionLogprobs] = [], finishReason: String, usage: Usage
+    ) -> JSONValue {
         let reason = finishReason.isEmpty ? "stop" : finishReason
+        var offset = 0
+        let logprobsValue = self.logprobsValue(logprobs, textOffset: &offset)
         let choice: JSONValue
         switch self.route {
         case .completions:
             choice = .object(
-                [("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .string(reason))]
+                [("index", .int(0)), ("text", .string(text)), ("logprobs", logprobsValue), ("finish_reason", .string(reason))]
                     + self.tokenMember(tokens))
         case .chatCompletions:
             choice = .object(
                 [
                     ("index", .int(0)),
                     ("message", .object([("role", .string("assistant")), ("content", .string(text))])),
-                    ("logprobs", .null), ("finish_reason", .string(reason)),
+                    ("logprobs", logprobsValue), ("finish_reason", .string(reason)),
                 ] + self.tokenMember(tokens))
         }
         return self.envelope(self.object, choices: [choice], usage: usage)
@@ -860,17 +957,18 @@ struct ResponseShape: Sendable {
         return self.envelope(self.chunkObject, choices: [choice])
     }
 
-    func delta(text: String, tokens: [UInt32]) -> JSONValue {
+    func delta(text: String, tokens: [UInt32], logprobs: [PositionLogprobs] = [], textOffset: inout Int) -> JSONValue {
+        let logprobsValue = self.logprobsValue(logprobs, textOffset: &textOffset)
         let choice: JSONValue
         switch self.route {
         case .completions:
             choice = .object(
-                [("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .null)]
+                [("index", .int(0)), ("text", .string(text)), ("logprobs", logprobsValue), ("finish_reason", .null)]
                     + self.tokenMember(tokens))
         case .chatCompletions:
             choice = .object(
                 [
-                    ("index", .int(0)), ("delta", .object([("content", .string(text))])), ("logprobs", .null),
+                    ("index", .int(0)), ("delta", .object([("content", .string(text))])), ("logprobs", logprobsValue),
                     ("finish_reason", .null),
                 ] + self.tokenMember(tokens))
         }
