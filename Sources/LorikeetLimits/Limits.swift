@@ -68,6 +68,8 @@ public enum Limits {
     public static let stopSequenceBytes = 256
     /// Entries of `stop_token_ids`.
     public static let stopTokenIDs = 256
+    /// Choices of one request (`n`): each is a sequence in the engine's batch.
+    public static let choices = 16
     /// Alternatives per position (`logprobs`, `top_logprobs`): OpenAI's 20.
     public static let topLogprobs = 20
     /// Entries of `logit_bias`.

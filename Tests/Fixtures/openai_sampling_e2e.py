@@ -181,6 +181,48 @@ def main():
                                   extra_body={"top_k": 50, "min_p": 0.01, "ignore_eos": True, "return_token_ids": True})
     check(token_ids(a) == token_ids(b), "the same seed gives the same tokens")
 
+    # --- n: choices with seeds seed + i, as vLLM's ParentRequest derives them ---
+    def sampled(seed, n=1, stream=False):
+        kwargs = dict(model=model, prompt=prompt, max_tokens=8, seed=seed, n=n, logprobs=2,
+                      extra_body={"ignore_eos": True, "return_token_ids": True})
+        if not stream:
+            r = client.completions.create(**kwargs)
+            return [(c.index, c.text, c.logprobs.token_logprobs, (c.model_extra or {}).get("token_ids"))
+                    for c in r.choices], r.usage
+        texts, values = {}, {}
+        for chunk in client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
+            for c in chunk.choices:
+                texts[c.index] = texts.get(c.index, "") + c.text
+                if c.logprobs:
+                    values[c.index] = values.get(c.index, []) + c.logprobs.token_logprobs
+        return [(i, texts[i], values[i]) for i in sorted(texts)], None
+    choices, usage = sampled(100, n=3)
+    check([c[0] for c in choices] == [0, 1, 2], "n=3: choices indexed 0, 1, 2")
+    singles = [sampled(100 + i)[0][0] for i in range(3)]
+    check([c[1:] for c in choices] == [s[1:] for s in singles], "n=3, seed 100: the choices equal seeds 100, 101, 102")
+    check(len({c[1] for c in choices}) > 1, "n=3: the choices differ")
+    check(usage.completion_tokens == 24 and usage.prompt_tokens == len(prompt), "n=3: usage counts the prompt once")
+    again, _ = sampled(100, n=3)
+    check(again == choices, "n=3 with a seed is reproducible")
+    streamed, _ = sampled(100, n=3, stream=True)
+    check(streamed == [c[:3] for c in choices], "n=3 streamed equals the JSON answer")
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=4, n=2, temperature=0)
+    check([c.index for c in r.choices] == [0, 1] and r.choices[0].message.content == r.choices[1].message.content,
+          "chat n=2 greedy: two identical choices")
+
+    # --- several prompts in one request: choices prompt by prompt (index = p * n + i) ---
+    r = client.completions.create(model=model, prompt=["Hello", "World"], n=2, max_tokens=4, temperature=0,
+                                  echo=True, extra_body={"ignore_eos": True})
+    check([c.index for c in r.choices] == [0, 1, 2, 3], "2 prompts x n=2: four choices in order")
+    single = [client.completions.create(model=model, prompt=p, max_tokens=4, temperature=0,
+                                        extra_body={"ignore_eos": True}) for p in ["Hello", "World"]]
+    check([c.text for c in r.choices] == ["Hello" + single[0].choices[0].text] * 2 + ["World" + single[1].choices[0].text] * 2,
+          "2 prompts: each choice is its prompt's (echoed) completion")
+    check(r.usage.prompt_tokens == single[0].usage.prompt_tokens + single[1].usage.prompt_tokens
+          and r.usage.completion_tokens == 16, "2 prompts: usage sums each prompt once and every completion")
+    r = client.completions.create(model=model, prompt=[[256, 72], [256, 87]], max_tokens=2, temperature=0)
+    check(len(r.choices) == 2, "two token-id prompts: two choices")
+
     # --- refusals name the field ---
     for what, kwargs, param in [
         ("tools", dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),

@@ -134,7 +134,7 @@ struct RouteTests {
                 ("/v1/completions", "[1]", 400, "invalid_request_error", nil),
                 ("/v1/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "prompt"),
                 ("/v1/completions", #"{"prompt":"x","max_tokens":"9"}"#, 400, "invalid_request_error", "max_tokens"),
-                ("/v1/completions", #"{"prompt":"x","n":3}"#, 400, "invalid_request_error", "n"),
+                ("/v1/completions", #"{"prompt":"x","n":17}"#, 400, "invalid_request_error", "n"),
                 ("/v1/completions", #"{"model":"nope","prompt":"x"}"#, 404, "invalid_request_error", "model"),
                 ("/v1/chat/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "messages"),
                 (

@@ -14,11 +14,11 @@ package enum PromptInput: Sendable, Equatable {
 /// `max_tokens` (`max_completion_tokens`), `temperature`, `top_p`, `seed`, `stop`,
 /// `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs` (completions: top N;
 /// chat: a boolean with `top_logprobs`), `echo` (completions), `stream`,
-/// `stream_options.include_usage`, `n` (only 1), `user` (ignored); and vLLM's extensions
+/// `stream_options.include_usage`, `n`, `user` (ignored); and vLLM's extensions
 /// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`,
 /// `include_stop_str_in_output`, `skip_special_tokens` (only true), `prompt_logprobs`,
 /// `return_token_ids`. Unknown fields are ignored, as vLLM does; features this server
-/// cannot honour (`n` > 1, `best_of` > 1, `tools`, `response_format` other than text,
+/// cannot honour (`best_of` > `n`, `tools`, `response_format` other than text,
 /// guided decoding, `bad_words`, several prompts) are refused with a 400 naming the field.
 package struct GenerationParameters: Sendable, Equatable {
     package var model: String?
@@ -32,6 +32,11 @@ package struct GenerationParameters: Sendable, Equatable {
     package var logprobs: Int?
     /// Completions `echo`: the prompt is repeated before the completion.
     package var echo: Bool
+    /// Choices to generate per prompt (`n`, 1–`Limits.choices`).
+    package var n: Int
+    /// Completions with several prompts: the ones after `prompt`. Choices are indexed
+    /// prompt by prompt (`prompt index × n + choice`), as vLLM's.
+    package var morePrompts: [PromptInput] = []
 }
 
 /// The two generation routes.
@@ -138,10 +143,10 @@ package enum RequestValidation {
     /// Parses a generation body for `route`.
     package static func generation(_ body: JSONValue, route: GenerationRoute) throws(APIError) -> GenerationParameters {
         let model = try Self.optionalString(body, "model")
-        let prompt: PromptInput
+        let prompts: [PromptInput]
         switch route {
-        case .completions: prompt = try Self.completionPrompt(body)
-        case .chatCompletions: prompt = .messages(try Self.messages(body))
+        case .completions: prompts = try Self.completionPrompts(body)
+        case .chatCompletions: prompts = [.messages(try Self.messages(body))]
         }
 
         // Fields left out are nil: the engine applies the model's generation defaults,
@@ -175,11 +180,15 @@ package enum RequestValidation {
                 stopTokenIDs, field: "stop_token_ids", allowEmpty: true, limit: Limits.stopTokenIDs)
         }
 
-        if let n = try Self.optionalInt(body, "n", in: Int64.min...Int64.max), n != 1 {
-            throw APIError.invalidRequest("Only n=1 is supported.", param: "n")
+        let n = Int(try Self.optionalInt(body, "n", in: 1...Int64(Limits.choices)) ?? 1)
+        guard n * prompts.count <= Limits.choices else {
+            throw APIError.invalidRequest(
+                "\(prompts.count) prompts × n=\(n) is \(n * prompts.count) choices; the limit is \(Limits.choices).", param: "n")
         }
-        if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1 {
-            throw APIError.invalidRequest("Only best_of=1 is supported, got \(bestOf).", param: "best_of")
+        if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1, bestOf != n {
+            // vLLM V1 refuses best_of too (`vllm/v1/engine/processor.py`).
+            throw APIError.invalidRequest(
+                "best_of is not supported (as in vLLM V1); only best_of=n, got \(bestOf).", param: "best_of")
         }
         let (logprobs, echo) = try Self.logprobs(body, route: route)
         if echo { sampling.promptLogprobs = UInt32(logprobs ?? 0) }
@@ -210,8 +219,8 @@ package enum RequestValidation {
         }
         let returnTokenIDs = try Self.optionalBool(body, "return_token_ids") ?? false
         return GenerationParameters(
-            model: model, prompt: prompt, sampling: sampling, stream: stream, includeUsage: includeUsage,
-            returnTokenIDs: returnTokenIDs, logprobs: logprobs, echo: echo)
+            model: model, prompt: prompts[0], sampling: sampling, stream: stream, includeUsage: includeUsage,
+            returnTokenIDs: returnTokenIDs, logprobs: logprobs, echo: echo, n: n, morePrompts: Array(prompts.dropFirst()))
     }
 
     /// The logits processors and stop options (vLLM's `SamplingParams` fields), each
@@ -398,6 +407,39 @@ package enum RequestValidation {
             tokens.append(UInt32(token))
         }
         return tokens
+    }
+
+    /// `prompt`: a string, an array of token ids, or an array of either (several prompts,
+    /// at most `Limits.choices`, their text and token ids together within the one-prompt
+    /// limits).
+    static func completionPrompts(_ body: JSONValue) throws(APIError) -> [PromptInput] {
+        guard case .array(let elements)? = body["prompt"], elements.count > 1,
+            !elements.contains(where: { if case .int = $0 { true } else { false } })
+        else {
+            return [try Self.completionPrompt(body)]
+        }
+        guard elements.count <= Limits.choices else {
+            throw APIError.invalidRequest(
+                "'prompt' has \(elements.count) prompts; the limit is \(Limits.choices).", param: "prompt")
+        }
+        var prompts: [PromptInput] = []
+        var bytes = 0
+        var tokens = 0
+        for element in elements {
+            let prompt = try Self.completionPrompt(.object([("prompt", .array([element]))]))
+            switch prompt {
+            case .text(let text): bytes += text.utf8.count
+            case .tokens(let ids): tokens += ids.count
+            case .messages: break
+            }
+            guard bytes <= Limits.promptBytes, tokens <= Limits.promptTokens else {
+                throw APIError.invalidRequest(
+                    "The prompts together exceed the limit of \(Limits.promptBytes) bytes or \(Limits.promptTokens) token ids.",
+                    param: "prompt")
+            }
+            prompts.append(prompt)
+        }
+        return prompts
     }
 
     /// `prompt`: a string, an array of token ids, or a one-element array of either.
