@@ -558,12 +558,13 @@ package final class EngineServer: Sendable {
 
     private func submit(_ request: GenerationRequest, callID: UInt64, _ c: EngineConnection) {
         do {
+            let tokenizer = self.core.tokenizer
             try self.core.submit(request) { [weak c] event in
                 guard let c else { return }
                 var chunk = GenerateChunk(requestID: event.requestID, tokens: event.tokens, text: event.text)
-                chunk.logprobs = event.logprobs.map { self.wire($0) }
+                chunk.logprobs = event.logprobs.map { Self.wire($0, tokenizer) }
                 if let prompt = event.promptLogprobs {
-                    chunk.promptLogprobs = prompt.enumerated().map { self.wire($0.element, noLogprob: $0.offset == 0) }
+                    chunk.promptLogprobs = prompt.enumerated().map { Self.wire($0.element, tokenizer, noLogprob: $0.offset == 0) }
                 }
                 if let reason = event.finishReason {
                     chunk.finishReason = reason.rawValue
@@ -605,11 +606,12 @@ package final class EngineServer: Sendable {
     }
 
     /// The wire form of log probabilities, with each token's text.
-    private func wire(_ logprobs: TokenLogprobs, noLogprob: Bool = false) -> PositionLogprobs {
+    private static func wire(
+        _ logprobs: TokenLogprobs, _ tokenizer: any EngineTokenizer, noLogprob: Bool = false
+    ) -> PositionLogprobs {
         func entry(_ e: LogprobEntry) -> TokenLogprob {
             TokenLogprob(
-                tokenID: e.tokenID, logprob: e.logprob,
-                token: String(decoding: self.core.tokenizer.tokenBytes(e.tokenID), as: UTF8.self))
+                tokenID: e.tokenID, logprob: e.logprob, token: String(decoding: tokenizer.tokenBytes(e.tokenID), as: UTF8.self))
         }
         return PositionLogprobs(chosen: entry(logprobs.chosen), top: logprobs.top.map(entry), noLogprob: noLogprob)
     }

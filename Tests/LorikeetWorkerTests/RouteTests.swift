@@ -422,7 +422,7 @@ struct RouteTests {
 struct InheritedFDTests {
     /// A bound, listening TCP socket on 127.0.0.1 (as the supervisor hands to a worker slot).
     static func listeningSocket() throws -> (fd: Int32, port: Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
         let bound = TestEnvironment.withLoopbackAddress(port: 0) { bind(fd, $0, $1) }
