@@ -1,5 +1,7 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetJSON
+import LorikeetLimits
 
 /// Settings of an engine instance (the `lorikeet engine` flags).
 package struct EngineOptions: Sendable, Equatable {
@@ -44,6 +46,46 @@ package struct EngineModelInfo: Sendable, Equatable {
     package var maxCpuLoras: Int
     /// Largest adapter rank.
     package var maxLoraRank: Int
+    /// The model's sampling defaults (`generation_config.json`), for fields a request
+    /// leaves out.
+    package var generationDefaults = GenerationDefaults()
+}
+
+/// Sampling defaults a model ships in `generation_config.json` (what vLLM applies with its
+/// default `--generation-config auto`): each used when a request leaves the field out,
+/// else vLLM's own default.
+package struct GenerationDefaults: Sendable, Equatable {
+    /// `temperature`.
+    package var temperature: Float?
+    /// `top_p`.
+    package var topP: Float?
+    /// `top_k`.
+    package var topK: Int?
+    /// `min_p`.
+    package var minP: Float?
+    /// `repetition_penalty`.
+    package var repetitionPenalty: Float?
+
+    /// No defaults.
+    package init() {}
+
+    /// The keys vLLM reads from a `generation_config.json` body; unknown keys, and values
+    /// of the wrong type or out of range, are ignored.
+    package init(json bytes: [UInt8]) {
+        guard case .object(let members)? = try? JSONParser.parse(bytes, maximumValues: 4096) else { return }
+        func number(_ key: String) -> Double? {
+            switch members.first(where: { $0.0 == key })?.1 {
+            case .int(let value)?: Double(value)
+            case .double(let value)?: value
+            default: nil
+            }
+        }
+        if let t = number("temperature"), t >= 0, t <= 2 { self.temperature = Float(t) }
+        if let p = number("top_p"), p > 0, p <= 1 { self.topP = Float(p) }
+        if let k = number("top_k"), k >= 0, k <= 1_000_000 { self.topK = Int(k) }
+        if let m = number("min_p"), m >= 0, m <= 1 { self.minP = Float(m) }
+        if let r = number("repetition_penalty"), r > 0, r <= 100 { self.repetitionPenalty = Float(r) }
+    }
 }
 
 /// The built-in reference engine: a Llama model, its tokenizer, the adapter table and
@@ -91,13 +133,23 @@ package final class EngineCore: Sendable {
         let tokenizer = ByteTokenizer(vocabSize: c.vocabSize, bosTokenID: c.bosTokenID, eosTokenIDs: c.eosTokenIDs)
         var options = options
         if options.modelName == nil { options.modelName = URL(fileURLWithPath: dir).lastPathComponent }
-        self.init(weights: weights, tokenizer: tokenizer, architecture: "LlamaForCausalLM", options: options)
+        self.init(
+            weights: weights, tokenizer: tokenizer, architecture: "LlamaForCausalLM", options: options,
+            generationDefaults: Self.generationDefaults(in: dir))
+    }
+
+    /// The defaults of `dir/generation_config.json`, if there is one (at most 1 MiB).
+    package static func generationDefaults(in dir: String) -> GenerationDefaults {
+        guard let bytes = try? SecureFile.read(dir + "/generation_config.json", limit: 1 << 20, followSymlinks: true) else {
+            return GenerationDefaults()
+        }
+        return GenerationDefaults(json: bytes)
     }
 
     /// Builds an engine from weights loaded elsewhere (the GGUF path) and their tokenizer.
     package init(
         weights: LlamaWeights, tokenizer: any EngineTokenizer, architecture: String = "LlamaForCausalLM",
-        options: EngineOptions
+        options: EngineOptions, generationDefaults: GenerationDefaults = GenerationDefaults()
     ) {
         self.model = LlamaModel(weights: weights, threads: options.threads)
         self.tokenizer = tokenizer
@@ -106,7 +158,7 @@ package final class EngineCore: Sendable {
             modelName: options.modelName ?? "model", architecture: architecture, vocabSize: weights.config.vocabSize,
             contextLength: weights.config.maxPositionEmbeddings, eosTokenIDs: tokenizer.eosTokenIDs,
             maxLoras: options.adapters.maxLoras, maxCpuLoras: options.adapters.maxCpuLoras,
-            maxLoraRank: options.adapters.maxLoraRank)
+            maxLoraRank: options.adapters.maxLoraRank, generationDefaults: generationDefaults)
         self.scheduler = Scheduler(
             model: self.model, tokenizer: tokenizer, adapters: self.adapters, maxBatchSize: options.maxBatchSize)
     }
@@ -147,12 +199,20 @@ package final class EngineCore: Sendable {
                 "This model's maximum context length is \(context) tokens. However, your prompt has \(prompt.count) tokens.")
         }
         let p = request.params
-        guard p.maxTokens >= 1 else { throw EngineError(.invalidArgument, "max_tokens must be at least 1, got \(p.maxTokens)") }
-        guard p.temperature >= 0, p.temperature.isFinite else {
-            throw EngineError(.invalidArgument, "temperature must be non-negative, got \(p.temperature)")
+        try Self.check(p, vocabSize: self.info.vocabSize)
+        if let maxTokens = p.maxTokens, maxTokens > context - prompt.count {
+            // vLLM's Python server (`VLLMValidationError`, row C8 of docs/vllm-compat-spec.md).
+            throw EngineError(
+                .invalidArgument,
+                "This model's maximum context length is \(context) tokens. However, you requested \(maxTokens) output tokens and your prompt contains at least \(prompt.count) input tokens, for a total of at least \(maxTokens + prompt.count) tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=max_tokens, value=\(maxTokens))",
+                param: "max_tokens")
         }
-        guard p.topP >= 0, p.topP <= 1 else { throw EngineError(.invalidArgument, "top_p must be in [0, 1], got \(p.topP)") }
-        guard p.topK >= 0 else { throw EngineError(.invalidArgument, "top_k must be non-negative, got \(p.topK)") }
+        if let topN = p.promptLogprobs, prompt.count * (topN + 1) > Limits.promptLogprobEntries {
+            throw EngineError(
+                .invalidArgument,
+                "Prompt log probabilities for \(prompt.count) tokens with \(topN) alternatives exceed the limit of \(Limits.promptLogprobEntries) entries.",
+                param: "logprobs")
+        }
         var adapter: (weights: LoRAWeights, generation: UInt64)?
         if let id = request.adapterID, id != 0 {
             adapter = try self.adapters.weightsForRequest(id)
@@ -160,6 +220,48 @@ package final class EngineCore: Sendable {
         try self.scheduler.submit(
             id: request.id, prompt: prompt, adapterID: adapter == nil ? nil : request.adapterID, adapter: adapter,
             params: p, onEvent: onEvent)
+    }
+
+    /// The engine's own check of sampling parameters (the worker checks the same ranges
+    /// at the HTTP edge).
+    package static func check(_ p: SamplingParams, vocabSize: Int) throws(EngineError) {
+        func refuse(_ message: String, _ param: String) -> EngineError { EngineError(.invalidArgument, message, param: param) }
+        if let maxTokens = p.maxTokens, maxTokens < 1 { throw refuse("max_tokens must be at least 1, got \(maxTokens)", "max_tokens") }
+        guard p.temperature >= 0, p.temperature.isFinite else {
+            throw refuse("temperature must be non-negative, got \(p.temperature)", "temperature")
+        }
+        guard p.topP >= 0, p.topP <= 1 else { throw refuse("top_p must be in [0, 1], got \(p.topP)", "top_p") }
+        guard p.topK >= 0 else { throw refuse("top_k must be non-negative, got \(p.topK)", "top_k") }
+        guard p.minP >= 0, p.minP <= 1 else { throw refuse("min_p must be in [0, 1], got \(p.minP)", "min_p") }
+        guard abs(p.presencePenalty) <= 2 else {
+            throw refuse("presence_penalty must be in [-2, 2], got \(p.presencePenalty)", "presence_penalty")
+        }
+        guard abs(p.frequencyPenalty) <= 2 else {
+            throw refuse("frequency_penalty must be in [-2, 2], got \(p.frequencyPenalty)", "frequency_penalty")
+        }
+        guard p.repetitionPenalty > 0, p.repetitionPenalty <= Limits.repetitionPenalty else {
+            throw refuse(
+                "repetition_penalty must be in (0, \(Int(Limits.repetitionPenalty))], got \(p.repetitionPenalty)",
+                "repetition_penalty")
+        }
+        guard p.logitBias.count <= Limits.logitBiasEntries else {
+            throw refuse("logit_bias has \(p.logitBias.count) entries; the limit is \(Limits.logitBiasEntries)", "logit_bias")
+        }
+        for (id, bias) in p.logitBias {
+            guard Int(id) < vocabSize else {
+                throw refuse(
+                    "token_id(s) [\(id)] in logit_bias contain out-of-vocab token ids. Vocabulary size: \(vocabSize)", "logit_bias")
+            }
+            guard abs(bias) <= 100 else { throw refuse("logit_bias values must be in [-100, 100], got \(bias)", "logit_bias") }
+        }
+        guard p.minTokens >= 0, p.minTokens <= p.maxTokens ?? Int.max else {
+            throw refuse("min_tokens must be between 0 and max_tokens, got \(p.minTokens)", "min_tokens")
+        }
+        for (value, param) in [(p.logprobs, "logprobs"), (p.promptLogprobs, "prompt_logprobs")] {
+            if let value, value < 0 || value > Limits.topLogprobs {
+                throw refuse("\(param) must be between 0 and \(Limits.topLogprobs), got \(value)", param)
+            }
+        }
     }
 
     /// Events of a request as an `AsyncStream` (convenience over `submit`). A request

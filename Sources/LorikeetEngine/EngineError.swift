@@ -63,11 +63,15 @@ package struct EngineError: Error, Equatable, CustomStringConvertible, Sendable 
     /// What the client must not see but the operator needs (paths outside the request,
     /// symlink targets, errno): the engine server logs it. Not part of equality.
     package var logDetail: String?
+    /// The request field at fault (OpenAI's `param`), when there is one.
+    package var param: String?
 
-    /// Creates an error with a code, a message and (for the log only) a detail.
-    package init(_ code: Code, _ message: String, logDetail: String? = nil) {
+    /// Creates an error with a code, a message, the field at fault and (for the log
+    /// only) a detail.
+    package init(_ code: Code, _ message: String, param: String? = nil, logDetail: String? = nil) {
         self.code = code
         self.message = message
+        self.param = param
         self.logDetail = logDetail
     }
 

@@ -55,6 +55,15 @@ package enum EngineRequestLimits {
                 "'stop_token_ids' has \(sampling.stopTokenIDs.count) entries; the limit is \(Limits.stopTokenIDs).",
                 "stop_token_ids")
         }
+        if sampling.logitBias.count > Limits.logitBiasEntries {
+            return refuse(
+                "'logit_bias' has \(sampling.logitBias.count) entries; the limit is \(Limits.logitBiasEntries).", "logit_bias")
+        }
+        for (value, param) in [(sampling.logprobs, "logprobs"), (sampling.promptLogprobs, "prompt_logprobs")] {
+            if let value, value > Limits.topLogprobs {
+                return refuse("'\(param)' must be at most \(Limits.topLogprobs), got \(value).", param)
+            }
+        }
         return nil
     }
 

@@ -531,14 +531,10 @@ package final class EngineServer: Sendable {
         } else {
             prompt = .text(g.promptText)
         }
-        let s = g.sampling
         let adapterID = g.adapter.flatMap { $0.intID == 0 ? nil : $0.intID }
         let request = GenerationRequest(
             id: g.requestID, prompt: prompt, adapterID: adapterID,
-            params: LorikeetEngine.SamplingParams(
-                maxTokens: Int(s.maxTokens == 0 ? 16 : s.maxTokens), temperature: s.temperature,
-                topP: s.topP == 0 ? 1 : s.topP, topK: Int(s.topK), seed: s.seed, stop: s.stop,
-                stopTokenIDs: s.stopTokenIDs, ignoreEOS: s.ignoreEOS))
+            params: Self.params(g.sampling, defaults: self.core.info.generationDefaults))
         c.track(g.requestID)
         let promptBytes = g.promptText.utf8.count + g.messages.reduce(0) { $0 + $1.content.utf8.count }
         if promptBytes > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
@@ -562,9 +558,14 @@ package final class EngineServer: Sendable {
 
     private func submit(_ request: GenerationRequest, callID: UInt64, _ c: EngineConnection) {
         do {
+            let tokenizer = self.core.tokenizer
             try self.core.submit(request) { [weak c] event in
                 guard let c else { return }
                 var chunk = GenerateChunk(requestID: event.requestID, tokens: event.tokens, text: event.text)
+                chunk.logprobs = event.logprobs.map { Self.wire($0, tokenizer) }
+                if let prompt = event.promptLogprobs {
+                    chunk.promptLogprobs = prompt.enumerated().map { Self.wire($0.element, tokenizer, noLogprob: $0.offset == 0) }
+                }
                 if let reason = event.finishReason {
                     chunk.finishReason = reason.rawValue
                     chunk.usage = event.usage.map {
@@ -586,9 +587,38 @@ package final class EngineServer: Sendable {
         }
     }
 
+    /// The engine's sampling parameters for the wire's: a field the request left out
+    /// takes the model's generation default, else vLLM's.
+    package static func params(
+        _ s: LorikeetProto.SamplingParams, defaults d: GenerationDefaults
+    ) -> LorikeetEngine.SamplingParams {
+        let topP = s.topP ?? d.topP ?? 1
+        let repetition = s.repetitionPenalty ?? d.repetitionPenalty ?? 1
+        var bias: [UInt32: Float] = [:]
+        for entry in s.logitBias { bias[entry.tokenID] = entry.bias }
+        return LorikeetEngine.SamplingParams(
+            maxTokens: s.maxTokens == 0 ? nil : Int(s.maxTokens), temperature: s.temperature ?? d.temperature ?? 1,
+            topP: topP == 0 ? 1 : topP, topK: s.topK.map { Int($0) } ?? d.topK ?? 0, minP: s.minP ?? d.minP ?? 0,
+            presencePenalty: s.presencePenalty, frequencyPenalty: s.frequencyPenalty,
+            repetitionPenalty: repetition == 0 ? 1 : repetition, logitBias: bias, minTokens: Int(s.minTokens),
+            seed: s.seed, stop: s.stop, includeStopStrInOutput: s.includeStopStrInOutput, stopTokenIDs: s.stopTokenIDs,
+            ignoreEOS: s.ignoreEOS, logprobs: s.logprobs.map { Int($0) }, promptLogprobs: s.promptLogprobs.map { Int($0) })
+    }
+
+    /// The wire form of log probabilities, with each token's text.
+    private static func wire(
+        _ logprobs: TokenLogprobs, _ tokenizer: any EngineTokenizer, noLogprob: Bool = false
+    ) -> PositionLogprobs {
+        func entry(_ e: LogprobEntry) -> TokenLogprob {
+            TokenLogprob(
+                tokenID: e.tokenID, logprob: e.logprob, token: String(decoding: tokenizer.tokenBytes(e.tokenID), as: UTF8.self))
+        }
+        return PositionLogprobs(chosen: entry(logprobs.chosen), top: logprobs.top.map(entry), noLogprob: noLogprob)
+    }
+
     /// The wire status for an engine error.
     package static func status(_ error: EngineError) -> Status {
-        Status(code: StatusCode(wireValue: Int32(error.code.grpcStatusCode)), message: error.message)
+        Status(code: StatusCode(wireValue: Int32(error.code.grpcStatusCode)), message: error.message, param: error.param ?? "")
     }
 }
 

@@ -68,6 +68,17 @@ package enum Limits {
     package static let stopSequenceBytes = 256
     /// Entries of `stop_token_ids`.
     package static let stopTokenIDs = 256
+    /// Choices of one request (`n`): each is a sequence in the engine's batch.
+    package static let choices = 16
+    /// Alternatives per position (`logprobs`, `top_logprobs`): OpenAI's 20.
+    package static let topLogprobs = 20
+    /// Entries of `logit_bias`.
+    package static let logitBiasEntries = 1024
+    /// Largest `repetition_penalty`.
+    package static let repetitionPenalty: Float = 100
+    /// Prompt tokens × (alternatives + 1) of prompt log probabilities (`echo` with
+    /// `logprobs`): they travel in one engine frame (an entry is ~15 bytes plus its token text).
+    package static let promptLogprobEntries = 200_000
 
     // MARK: Cluster (etcd)
 
@@ -95,6 +106,9 @@ package enum Limits {
             > self.channelFrameBytes
         {
             return "the largest generation request does not fit an engine frame"
+        }
+        if self.promptLogprobEntries * 64 + envelope > self.channelFrameBytes {
+            return "the largest prompt log probabilities do not fit an engine frame"
         }
         if self.tableFileBytes + envelope > self.channelFrameBytes {
             return "the largest adapter table (\(self.tableFileBytes) bytes) does not fit a control frame"

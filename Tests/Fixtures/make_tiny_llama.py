@@ -13,6 +13,11 @@ same bytes on every run. Layout of OUT_DIR:
   broken/<case>/         adapters that the engine must refuse
   reference.json         prompt, last-position logits and 16 greedy tokens
                          for the base model and each adapter
+  sampling.json          vLLM's sampling formulas re-implemented in numpy on the
+                         base model: log-softmax log probabilities (prompt and
+                         greedy steps), processed logits (min_tokens, logit_bias,
+                         penalties), the tokens that survive min_p / top-k / top-p,
+                         and greedy decoding under penalties
 
 The numpy forward pass below is the reference the Swift engine is checked
 against: HF Llama (RMSNorm, rotate_half RoPE, GQA, SwiGLU), fp32, with LoRA
@@ -141,6 +146,129 @@ def greedy(w, prompt, adapter, steps):
         gen.append(t)
         toks.append(t)
     return gen, margin
+
+
+# ---- vLLM's sampling formulas (numpy), the reference for the engine's sampler ----
+# vllm/v1/sample/sampler.py (order), vllm/model_executor/layers/utils.py
+# (apply_penalties), vllm/v1/sample/logits_processor/builtin.py (min_tokens,
+# logit_bias, min_p), vllm/v1/sample/ops/topk_topp_sampler.py (apply_top_k_top_p).
+
+def log_softmax(logits):
+    x = logits.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def top_logprobs(logits, n):
+    lp = log_softmax(logits)
+    order = sorted(range(len(lp)), key=lambda i: (-lp[i], i))[:n]
+    return [[int(i), float(lp[i])] for i in order]
+
+
+def vllm_process(logits, prompt, output, min_tokens, stop_ids, bias, rep, freq, pres):
+    """min_tokens, then logit_bias, then apply_penalties (repetition over prompt and
+    output, frequency and presence over output), in float32 as vLLM."""
+    l = logits.astype(np.float32).copy()
+    if len(output) < min_tokens:
+        l[list(stop_ids)] = -np.inf
+    for t, b in bias.items():
+        l[t] += np.float32(b)
+    v = len(l)
+    prompt_mask = np.zeros(v, bool)
+    prompt_mask[list(prompt)] = True
+    counts = np.bincount(np.array(output, dtype=np.int64), minlength=v)[:v].astype(np.float32)
+    output_mask = counts > 0
+    penalties = np.where(prompt_mask | output_mask, np.float32(rep), np.float32(1.0)).astype(np.float32)
+    l = np.where(l > 0, l / penalties, l * penalties).astype(np.float32)
+    l -= np.float32(freq) * counts
+    l -= np.float32(pres) * output_mask.astype(np.float32)
+    return l
+
+
+def vllm_filter(logits, temperature, min_p, k, p):
+    """Temperature, then min_p (MinPLogitsProcessor), then apply_top_k_top_p."""
+    l = logits.astype(np.float32) / np.float32(temperature)
+    if min_p > 0:
+        probs = np.exp(l - l.max())
+        probs /= probs.sum()
+        l = np.where(probs < min_p * probs.max(), -np.inf, l)
+    order = np.argsort(l, kind="stable")  # ascending
+    ls = l[order].copy()
+    if k > 0:
+        threshold = ls[len(ls) - k]
+        ls[ls < threshold] = -np.inf
+    if 0 < p < 1:
+        e = np.exp(ls.astype(np.float64) - ls.max())
+        probs_sum = np.cumsum(e / e.sum())
+        mask = probs_sum <= 1 - p
+        mask[-1] = False
+        ls[mask] = -np.inf
+    out = np.empty_like(l)
+    out[order] = ls
+    return out
+
+
+def sampling_reference(w, prompt):
+    ref = {}
+    logits = forward(w, prompt, None)
+    ref["prompt_logprobs"] = [
+        {"token": int(prompt[i]), "logprob": float(log_softmax(logits[i - 1])[prompt[i]]),
+         "top": top_logprobs(logits[i - 1], 5)}
+        for i in range(1, len(prompt))
+    ]
+    toks, steps = list(prompt), []
+    for _ in range(8):
+        last = forward(w, toks, None)[-1]
+        t = int(np.argmax(last))
+        steps.append({"token": t, "logprob": float(log_softmax(last)[t]), "top": top_logprobs(last, 5)})
+        toks.append(t)
+    ref["greedy_logprobs"] = steps
+
+    base = logits[-1]
+    output = [101, 32, 101, 65, 101, 0]
+    cases = []
+    for name, kw in [
+        ("penalties", dict(min_tokens=0, bias={}, rep=1.3, freq=0.4, pres=0.7)),
+        ("negative", dict(min_tokens=0, bias={}, rep=0.8, freq=-0.5, pres=-1.5)),
+        ("bias_min_tokens", dict(min_tokens=10, bias={65: 5.0, 66: -100.0, 3: 0.25}, rep=1.0, freq=0.0, pres=0.0)),
+        ("all", dict(min_tokens=7, bias={101: -2.0, 120: 3.5}, rep=1.15, freq=0.3, pres=0.2)),
+    ]:
+        l = vllm_process(base, prompt, output, stop_ids=[EOS], **kw)
+        cases.append({
+            "name": name, "min_tokens": kw["min_tokens"], "bias": [[t, b] for t, b in kw["bias"].items()],
+            "repetition_penalty": kw["rep"], "frequency_penalty": kw["freq"], "presence_penalty": kw["pres"],
+            "masked": [int(i) for i in np.where(np.isinf(l))[0]],
+            "logits": [0.0 if np.isinf(x) else float(x) for x in l],
+        })
+    ref["output_tokens"] = output
+    ref["processed"] = cases
+
+    filters = []
+    for t, min_p, k, p in [(0.8, 0.05, 0, 1.0), (1.0, 0.0, 10, 1.0), (0.7, 0.0, 0, 0.9), (1.3, 0.02, 20, 0.8),
+                           (1.0, 0.0, 0, 0.5), (2.0, 0.1, 0, 0.95)]:
+        l = vllm_filter(base, t, min_p, k, p)
+        kept = np.where(~np.isinf(l))[0]
+        e = np.exp(l[kept].astype(np.float64) - l[kept].max())
+        filters.append({"temperature": t, "min_p": min_p, "top_k": k, "top_p": p,
+                        "kept": [int(i) for i in kept], "probs": [float(x) for x in e / e.sum()]})
+    ref["filters"] = filters
+
+    # Greedy decoding with every processor on, 16 steps (the margin keeps float32
+    # rounding from flipping an argmax).
+    params = dict(min_tokens=4, stop_ids=[EOS], bias={176: -2.0, 101: 1.5}, rep=1.5, freq=0.8, pres=0.5)
+    toks, out, margin = list(prompt), [], float("inf")
+    for _ in range(16):
+        l = vllm_process(forward(w, toks, None)[-1], prompt, out, **params)
+        top2 = np.sort(l)[-2:]
+        margin = min(margin, float(top2[1] - top2[0]))
+        t = int(np.argmax(l))
+        out.append(t)
+        toks.append(t)
+    if margin < 1e-2:
+        sys.exit(f"penalized greedy margin {margin} too small; change the parameters")
+    ref["penalized_greedy"] = {"min_tokens": 4, "bias": [[176, -2.0], [101, 1.5]], "repetition_penalty": 1.5,
+                               "frequency_penalty": 0.8, "presence_penalty": 0.5, "tokens": out, "margin": margin}
+    return ref
 
 
 def make_adapter(rng, r, alpha, modules, rslora, b_scale):
@@ -281,6 +409,8 @@ def main():
         }
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f)
+    with open(os.path.join(out, "sampling.json"), "w") as f:
+        json.dump(sampling_reference(w, prompt), f)
     for name, c in ref["cases"].items():
         print(name, c["greedy"], "min margin %.4f" % c["min_margin"])
 

@@ -127,10 +127,10 @@ def main():
     except openai.NotFoundError as error:
         check(error.status_code == 404, f"unloaded adapter refused: {error.body}")
     try:
-        client.completions.create(model=base, prompt="x", max_tokens=1, n=2)
-        check(False, "n=2 refused")
+        client.completions.create(model=base, prompt="x", max_tokens=1, n=17)
+        check(False, "n=17 refused")
     except openai.BadRequestError as error:
-        check((error.body or {}).get("param") == "n", "n=2 refused with param n")
+        check((error.body or {}).get("param") == "n", "n=17 (over Limits.choices) refused with param n")
 
     print(f"{checks} passed, 0 failed")
 

@@ -36,7 +36,9 @@ import Testing
         script: @escaping @Sendable (EngineEnvelope, Peer) -> Void
     ) throws -> (FramedCallClient<EngineEnvelope>, Peer) {
         var fds: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw CancellationError() }
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw CancellationError()
+        }
         let client = FramedCallClient<EngineEnvelope>(
             endpoint: .connectedSocket(fd: fds[0]), configuration: configuration, logger: Self.logger, onConnectionLost: onLost)
         return (client, Peer(fd: fds[1], script: script))

@@ -17,7 +17,11 @@ import Testing
 struct HostileChannelTests {
     static func socketPair() throws -> (Int32, Int32) {
         var fds: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
+        // CLOEXEC: suites that spawn processes (the real engine, workers) run in parallel with
+        // these; a child that inherited the server's end would keep the socket open after the
+        // server closes it, so the client would never see EOF (and a test blocked in recv
+        // on the concurrency pool would stall every other suite).
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
             throw ServerFixture.Failure(description: "socketpair failed")
         }
         return (fds[0], fds[1])

@@ -167,9 +167,30 @@ struct GenerationTests {
         let out = await core.complete(
             GenerationRequest(
                 id: "ctx", prompt: .tokens([UInt32](repeating: 65, count: 250)),
-                params: SamplingParams(maxTokens: 100, ignoreEOS: true)))
+                params: SamplingParams(maxTokens: nil, ignoreEOS: true)))
         #expect(out.tokens.count == 6)
         #expect(out.finishReason == .length)
+    }
+
+    /// vLLM's 400 (row C8 of docs/vllm-compat-spec.md): `max_tokens` beyond the context
+    /// left by the prompt is refused, not clamped.
+    @Test func maxTokensBeyondTheContextIsRefused() throws {
+        let core = try Fixture.engine()
+        let request = GenerationRequest(
+            id: "ctx", prompt: .tokens([UInt32](repeating: 65, count: 250)), params: SamplingParams(maxTokens: 7))
+        #expect(throws: EngineError.self) { try core.submit(request, onEvent: { _ in }) }
+        do {
+            try core.submit(request, onEvent: { _ in })
+        } catch {
+            #expect(error.param == "max_tokens")
+            #expect(
+                error.message
+                    == "This model's maximum context length is 256 tokens. However, you requested 7 output tokens and your prompt contains at least 250 input tokens, for a total of at least 257 tokens. Please reduce the length of the input prompt or the number of requested output tokens. (parameter=max_tokens, value=7)"
+            )
+        }
+        let fits = GenerationRequest(
+            id: "fits", prompt: .tokens([UInt32](repeating: 65, count: 250)), params: SamplingParams(maxTokens: 6))
+        try core.submit(fits, onEvent: { _ in })
     }
 
     @Test func stopStringsAreCutAndHeldBack() async throws {

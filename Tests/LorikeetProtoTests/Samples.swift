@@ -79,8 +79,10 @@ enum Samples {
                 requestID: "cmpl-1", promptTokens: [1, 2, 3, 65_000], promptText: "Hello",
                 messages: [ChatMessage(role: "system", content: "Be brief."), ChatMessage(role: "user", content: "Hi 你好")],
                 sampling: SamplingParams(
-                    maxTokens: 32, temperature: 0.7, topP: 0.9, topK: 40, seed: 1234, stop: ["\n\n", "END"],
-                    stopTokenIDs: [2, 49_152], ignoreEOS: true
+                    maxTokens: 32, temperature: 0.7, topP: 0.9, topK: 40, minP: 0.05, repetitionPenalty: 1.2,
+                    presencePenalty: 0.5, frequencyPenalty: -0.25, logitBias: [LogitBias(tokenID: 7, bias: -100)],
+                    minTokens: 3, seed: 1234, stop: ["\n\n", "END"], includeStopStrInOutput: true,
+                    stopTokenIDs: [2, 49_152], ignoreEOS: true, logprobs: 5, promptLogprobs: 0
                 ),
                 adapter: AdapterRef(name: "sql-lora", intID: 7, path: "/data/lora/sql")
             )
@@ -88,7 +90,19 @@ enum Samples {
         .chunk(
             GenerateChunk(
                 requestID: "cmpl-1", tokens: [5, 6], text: "wor", finishReason: "length",
-                usage: Usage(promptTokens: 4, completionTokens: 32), status: Status(code: .internal, message: "x")
+                usage: Usage(promptTokens: 4, completionTokens: 32), status: Status(code: .internal, message: "x"),
+                logprobs: [
+                    PositionLogprobs(
+                        chosen: TokenLogprob(tokenID: 5, logprob: -0.5, token: "w"),
+                        top: [TokenLogprob(tokenID: 5, logprob: -0.5, token: "w")])
+                ],
+                promptLogprobs: [PositionLogprobs(chosen: TokenLogprob(tokenID: 1, logprob: 0, token: "<s>"), noLogprob: true)]
+            )
+        ),
+        .generate(
+            GenerateRequest(
+                requestID: "cmpl-2", promptText: "defaults",
+                sampling: SamplingParams(maxTokens: 0, temperature: nil, topP: nil, topK: nil, minP: nil, repetitionPenalty: nil)
             )
         ),
         .abort(AbortRequest(requestID: "cmpl-1")),
@@ -96,6 +110,15 @@ enum Samples {
         .removeAdapter(RemoveAdapterRequest(epoch: 5, intID: 3)),
         .pinAdapter(PinAdapterRequest(epoch: 5, intID: 3, pinned: true)),
         .listAdapters,
+        .tokenize(
+            TokenizeRequest(
+                promptText: "hi", messages: [ChatMessage(role: "user", content: "x")], addSpecialTokens: false,
+                addGenerationPrompt: true, returnTokenStrs: true)),
+        .tokenizeReply(
+            TokenizeReply(
+                status: Status(code: .invalidArgument, message: "m"), tokens: [1, 2], tokenStrs: ["a", "b"], maxModelLength: 256)),
+        .detokenize(DetokenizeRequest(tokens: [1, 2])),
+        .detokenizeReply(DetokenizeReply(status: Status(code: .internal, message: "m"), prompt: "ab")),
         .adapterList(
             EngineAdapterList(adapters: [
                 EngineAdapter(name: "a", intID: 3, path: "/x", pinned: true, active: true, rank: 8), EngineAdapter(name: "b"),

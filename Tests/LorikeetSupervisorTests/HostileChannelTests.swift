@@ -40,7 +40,7 @@ struct HostileChannelTests {
     @Test("garbage on a worker's control channel makes the worker exit with a logged reason")
     func controlGarbage() throws {
         var fds: [Int32] = [-1, -1]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
         let directory = TestEnvironment.temporaryDirectory("lk-control")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let logPath = directory + "/worker.log"

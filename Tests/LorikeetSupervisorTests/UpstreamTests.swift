@@ -206,7 +206,7 @@ struct UpstreamTests {
         let request =
             "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
             + String(decoding: body, as: UTF8.self)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         #expect(fd >= 0)
         let connected = TestEnvironment.withLoopbackAddress(port: server.port) { connect(fd, $0, $1) }
         #expect(connected == 0)

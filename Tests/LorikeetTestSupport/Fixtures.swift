@@ -122,7 +122,7 @@ public enum TestEnvironment {
 
     /// A TCP socket bound to 127.0.0.1:`port` (0 = any) and the port it got; nil when taken.
     private static func bindLoopback(port: UInt16) -> (Int32, UInt16)? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard self.withLoopbackAddress(port: port, { bind(fd, $0, $1) }) == 0 else {
             close(fd)
             return nil

@@ -46,7 +46,7 @@ public enum TestHTTP {
 
     /// Sends raw bytes and parses what comes back.
     public static func raw(port: UInt16, _ bytes: [UInt8], timeoutSeconds: Int = 60) throws -> Response {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw Failure.connect(errno) }
         defer { close(fd) }
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)

@@ -26,8 +26,13 @@ struct RealEngineTests {
             engineStartupTimeout: .seconds(30), version: "test")
     }
 
-    @Test("openai SDK end to end against `lorikeet worker` + `lorikeet engine` processes")
-    func openAISDK() async throws {
+    /// `openai_e2e.py`: routes, adapters, JSON and SSE. `openai_sampling_e2e.py`: logprobs,
+    /// echo, penalties, vLLM's defaults and refusals against numpy's references (issue 16).
+    /// The worker is a child process, so a starved test pool cannot stall the script.
+    @Test(
+        "openai SDK end to end against `lorikeet worker` + `lorikeet engine` processes",
+        arguments: ["openai_e2e.py", "openai_sampling_e2e.py"])
+    func openAISDK(script: String) async throws {
         let fixture = try RealEngine.fixture()
         let engine = try EngineProcess()
         // The engine process stops when this object goes: keep it to the end of the test.
@@ -57,7 +62,7 @@ struct RealEngineTests {
             try RealEngine.run(
                 RealEngine.python,
                 [
-                    RealEngine.repoRoot + "/Tests/Fixtures/openai_e2e.py", "--base-url", "http://127.0.0.1:\(port)/v1",
+                    RealEngine.repoRoot + "/Tests/Fixtures/" + script, "--base-url", "http://127.0.0.1:\(port)/v1",
                     "--fixture", fixture, "--api-key", "sk-e2e",
                 ])
         }

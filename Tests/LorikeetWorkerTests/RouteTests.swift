@@ -134,7 +134,7 @@ struct RouteTests {
                 ("/v1/completions", "[1]", 400, "invalid_request_error", nil),
                 ("/v1/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "prompt"),
                 ("/v1/completions", #"{"prompt":"x","max_tokens":"9"}"#, 400, "invalid_request_error", "max_tokens"),
-                ("/v1/completions", #"{"prompt":"x","n":3}"#, 400, "invalid_request_error", "n"),
+                ("/v1/completions", #"{"prompt":"x","n":17}"#, 400, "invalid_request_error", "n"),
                 ("/v1/completions", #"{"model":"nope","prompt":"x"}"#, 404, "invalid_request_error", "model"),
                 ("/v1/chat/completions", #"{"model":"tiny-llama"}"#, 400, "invalid_request_error", "messages"),
                 (
@@ -427,7 +427,7 @@ struct RouteTests {
 struct InheritedFDTests {
     /// A bound, listening TCP socket on 127.0.0.1 (as the supervisor hands to a worker slot).
     static func listeningSocket() throws -> (fd: Int32, port: Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
         let bound = TestEnvironment.withLoopbackAddress(port: 0) { bind(fd, $0, $1) }

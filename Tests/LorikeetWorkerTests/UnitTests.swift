@@ -12,7 +12,6 @@ struct ValidationTests {
         (#"{"model":"m"}"#, .completions, "prompt"),
         (#"{"model":"m","prompt":5}"#, .completions, "prompt"),
         (#"{"model":"m","prompt":[]}"#, .completions, "prompt"),
-        (#"{"model":"m","prompt":["a","b"]}"#, .completions, "prompt"),
         (#"{"model":"m","prompt":[1,-1]}"#, .completions, "prompt"),
         (#"{"model":7,"prompt":"x"}"#, .completions, "model"),
         (#"{"prompt":"x","max_tokens":"5"}"#, .completions, "max_tokens"),
@@ -22,7 +21,12 @@ struct ValidationTests {
         (#"{"prompt":"x","temperature":3}"#, .completions, "temperature"),
         (#"{"prompt":"x","top_p":0}"#, .completions, "top_p"),
         (#"{"prompt":"x","stream":"yes"}"#, .completions, "stream"),
-        (#"{"prompt":"x","n":2}"#, .completions, "n"),
+        (#"{"prompt":"x","n":17}"#, .completions, "n"),
+        (#"{"prompt":"x","n":0}"#, .completions, "n"),
+        (#"{"prompt":"x","n":2,"best_of":3}"#, .completions, "best_of"),
+        (#"{"prompt":["a","b","c"],"n":6}"#, .completions, "n"),
+        (#"{"prompt":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}"#, .completions, "prompt"),
+        (#"{"prompt":["a",[1,2],3]}"#, .completions, "prompt"),
         (#"{"prompt":"x","stop":[1]}"#, .completions, "stop[0]"),
         (#"{"prompt":"x","stream_options":{"include_usage":true}}"#, .completions, "stream_options"),
         (#"{"prompt":"x","stream":true,"stream_options":{"include_usage":1}}"#, .completions, "stream_options.include_usage"),
@@ -36,7 +40,65 @@ struct ValidationTests {
         (#"{"messages":[{"role":"user"}]}"#, .chatCompletions, "messages[0].content"),
         (#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, .chatCompletions, "messages[0].content"),
         (#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":"a"}"#, .chatCompletions, "max_completion_tokens"),
+        // The sampling surface (issue 16): every range and refusal names its field.
+        (#"{"prompt":"x","logprobs":21}"#, .completions, "logprobs"),
+        (#"{"prompt":"x","logprobs":true}"#, .completions, "logprobs"),
+        (#"{"prompt":"x","echo":"yes"}"#, .completions, "echo"),
+        (#"{"prompt":"x","prompt_logprobs":2}"#, .completions, "prompt_logprobs"),
+        (#"{"prompt":"x","min_p":1.5}"#, .completions, "min_p"),
+        (#"{"prompt":"x","presence_penalty":3}"#, .completions, "presence_penalty"),
+        (#"{"prompt":"x","frequency_penalty":-2.5}"#, .completions, "frequency_penalty"),
+        (#"{"prompt":"x","repetition_penalty":0}"#, .completions, "repetition_penalty"),
+        (#"{"prompt":"x","repetition_penalty":101}"#, .completions, "repetition_penalty"),
+        (#"{"prompt":"x","min_tokens":17}"#, .completions, "min_tokens"),
+        (#"{"prompt":"x","logit_bias":[1]}"#, .completions, "logit_bias"),
+        (#"{"prompt":"x","logit_bias":{"a":1}}"#, .completions, "logit_bias"),
+        (#"{"prompt":"x","logit_bias":{"-1":1}}"#, .completions, "logit_bias"),
+        (#"{"prompt":"x","logit_bias":{"5":"high"}}"#, .completions, "logit_bias"),
+        (#"{"prompt":"x","include_stop_str_in_output":1}"#, .completions, "include_stop_str_in_output"),
+        (#"{"prompt":"x","skip_special_tokens":false}"#, .completions, "skip_special_tokens"),
+        (#"{"prompt":"x","response_format":{"type":"json_object"}}"#, .completions, "response_format"),
+        (#"{"prompt":"x","guided_json":{}}"#, .completions, "guided_json"),
+        (#"{"prompt":"x","bad_words":["a"]}"#, .completions, "bad_words"),
+        (#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, .chatCompletions, "tools"),
+        (#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#, .chatCompletions, "tool_choice"),
+        (#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#, .chatCompletions, "top_logprobs"),
+        (#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#, .chatCompletions, "top_logprobs"),
+        (#"{"messages":[{"role":"user","content":"x"}],"logprobs":5}"#, .chatCompletions, "logprobs"),
+        (#"{"messages":[{"role":"user","content":"x"}],"echo":true}"#, .chatCompletions, "echo"),
     ]
+
+    @Test("vLLM's defaults: omitted fields are left to the engine (the model's generation defaults, else vLLM's)")
+    func defaults() throws {
+        let completion = try RequestValidation.generation(
+            try RequestValidation.object(Array(#"{"prompt":"x"}"#.utf8)), route: .completions)
+        #expect(completion.sampling.maxTokens == 16)
+        #expect(completion.sampling.temperature == nil && completion.sampling.topP == nil && completion.sampling.topK == nil)
+        #expect(completion.sampling.minP == nil && completion.sampling.repetitionPenalty == nil)
+        #expect(completion.logprobs == nil && !completion.echo && completion.sampling.promptLogprobs == nil)
+        let chat = try RequestValidation.generation(
+            try RequestValidation.object(Array(#"{"messages":[{"role":"user","content":"x"}]}"#.utf8)),
+            route: .chatCompletions)
+        #expect(chat.sampling.maxTokens == 0, "0 on the wire: the rest of the context")
+        #expect(chat.sampling.temperature == nil)
+    }
+
+    @Test("processors, logprobs and echo are carried to the wire")
+    func processors() throws {
+        let body = try RequestValidation.object(
+            Array(
+                #"{"prompt":"x","max_tokens":9,"min_p":0.1,"presence_penalty":0.5,"frequency_penalty":-1,"repetition_penalty":1.2,"min_tokens":3,"logit_bias":{"65":150,"66":-3.5},"include_stop_str_in_output":true,"skip_special_tokens":true,"logprobs":4,"echo":true,"tool_choice":"none","response_format":{"type":"text"}}"#
+                    .utf8))
+        let p = try RequestValidation.generation(body, route: .completions)
+        #expect(p.sampling.minP == 0.1 && p.sampling.presencePenalty == 0.5 && p.sampling.frequencyPenalty == -1)
+        #expect(p.sampling.repetitionPenalty == 1.2 && p.sampling.minTokens == 3 && p.sampling.includeStopStrInOutput)
+        #expect(p.sampling.logitBias == [LogitBias(tokenID: 65, bias: 100), LogitBias(tokenID: 66, bias: -3.5)], "clamped as vLLM")
+        #expect(p.logprobs == 4 && p.echo && p.sampling.logprobs == 4 && p.sampling.promptLogprobs == 4)
+        let chat = try RequestValidation.generation(
+            try RequestValidation.object(
+                Array(#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#.utf8)), route: .chatCompletions)
+        #expect(chat.logprobs == 0 && chat.sampling.logprobs == 0)
+    }
 
     @Test("bad generation bodies", arguments: Self.cases)
     func badBodies(_ testCase: (String, GenerationRoute, String?)) throws {

@@ -61,8 +61,8 @@ struct VLLMCompatTests {
             ),
             // C7: Rust `InvalidRequest` with validate.rs@088bb2c8's messages.
             (
-                "C7 n", "/v1/completions", #"{"prompt":"x","n":3}"#, 400,
-                Self.envelope("Only n=1 is supported.", param: "n", code: "invalid_request_error")
+                "C7 n", "/v1/completions", #"{"prompt":"x","n":17}"#, 400,
+                Self.envelope("'n' must be between 1 and 16, got 17.", param: "n", code: "invalid_request_error")
             ),
             (
                 "C7 stream_options", "/v1/chat/completions", #"{"messages":\#(chat),"stream_options":{"include_usage":true}}"#, 400,

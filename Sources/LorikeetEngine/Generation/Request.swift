@@ -70,11 +70,18 @@ package struct GenerationEvent: Sendable, Equatable {
     package var usage: Usage?
     /// Set when `finishReason == .error`.
     package var error: EngineError?
+    /// One entry per id in `tokens`, when the request asked for `logprobs`.
+    package var logprobs: [TokenLogprobs]
+    /// On the first event of a request that asked for prompt log probabilities: one entry
+    /// per prompt token. The first has no log probability (nothing precedes it): only its
+    /// `chosen.tokenID` is meaningful.
+    package var promptLogprobs: [TokenLogprobs]?
 
     /// Creates an event.
     package init(
         requestID: String, tokens: [UInt32] = [], text: String = "", finishReason: FinishReason? = nil,
-        usage: Usage? = nil, error: EngineError? = nil
+        usage: Usage? = nil, error: EngineError? = nil, logprobs: [TokenLogprobs] = [],
+        promptLogprobs: [TokenLogprobs]? = nil
     ) {
         self.requestID = requestID
         self.tokens = tokens
@@ -82,5 +89,7 @@ package struct GenerationEvent: Sendable, Equatable {
         self.finishReason = finishReason
         self.usage = usage
         self.error = error
+        self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
     }
 }

@@ -41,90 +41,359 @@ package struct Xoshiro256: RandomNumberGenerator, Sendable {
     }
 }
 
-/// Sampling parameters (the engine channel's `SamplingParams`, OpenAI's request fields).
+/// Sampling parameters (the engine channel's `SamplingParams`; OpenAI's request fields and
+/// vLLM's extensions, with vLLM's meanings).
 package struct SamplingParams: Sendable, Equatable {
-    /// Completion tokens to generate at most.
-    package var maxTokens: Int
-    /// 0 = greedy.
+    /// Completion tokens to generate at most; nil = the rest of the context (vLLM's
+    /// default for chat).
+    package var maxTokens: Int?
+    /// Below 1e-5 = greedy (vLLM's `_SAMPLING_EPS`).
     package var temperature: Float
     /// Nucleus sampling; 0 or ≥ 1 = off.
     package var topP: Float
     /// 0 = off.
     package var topK: Int
+    /// vLLM's `min_p`: tokens whose probability is below `minP` × the top probability are
+    /// dropped; 0 = off.
+    package var minP: Float
+    /// OpenAI's `presence_penalty` (−2…2): subtracted once from every token generated so far.
+    package var presencePenalty: Float
+    /// OpenAI's `frequency_penalty` (−2…2): subtracted once per occurrence in the output.
+    package var frequencyPenalty: Float
+    /// vLLM's `repetition_penalty` (> 0, 1 = off): logits of tokens in the prompt or the
+    /// output are divided by it when positive, multiplied by it when not.
+    package var repetitionPenalty: Float
+    /// OpenAI's `logit_bias`: token id → bias added to its logit.
+    package var logitBias: [UInt32: Float]
+    /// vLLM's `min_tokens`: EOS and the stop token ids are impossible before this many
+    /// tokens have been generated.
+    package var minTokens: Int
     /// Same seed, same tokens. Nil = random.
     package var seed: UInt64?
-    /// Stop strings (not included in the output text).
+    /// Stop strings.
     package var stop: [String]
+    /// vLLM's `include_stop_str_in_output`: the matched stop string ends the text.
+    package var includeStopStrInOutput: Bool
     /// Extra ids that end generation (the token is counted but not rendered).
     package var stopTokenIDs: [UInt32]
     /// Keep going past EOS.
     package var ignoreEOS: Bool
+    /// Top log probabilities to report per generated token (0…20); nil = none.
+    package var logprobs: Int?
+    /// Top log probabilities to report per prompt token (`echo` with `logprobs`); nil = none.
+    package var promptLogprobs: Int?
 
-    /// Creates parameters; defaults are greedy, 16 tokens.
+    /// Creates parameters; defaults are greedy, 16 tokens, no processors.
     package init(
-        maxTokens: Int = 16, temperature: Float = 0, topP: Float = 1, topK: Int = 0, seed: UInt64? = nil,
-        stop: [String] = [], stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false
+        maxTokens: Int? = 16, temperature: Float = 0, topP: Float = 1, topK: Int = 0, minP: Float = 0,
+        presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1,
+        logitBias: [UInt32: Float] = [:], minTokens: Int = 0, seed: UInt64? = nil, stop: [String] = [],
+        includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
+        logprobs: Int? = nil, promptLogprobs: Int? = nil
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
+        self.minP = minP
+        self.presencePenalty = presencePenalty
+        self.frequencyPenalty = frequencyPenalty
+        self.repetitionPenalty = repetitionPenalty
+        self.logitBias = logitBias
+        self.minTokens = minTokens
         self.seed = seed
         self.stop = stop
+        self.includeStopStrInOutput = includeStopStrInOutput
         self.stopTokenIDs = stopTokenIDs
         self.ignoreEOS = ignoreEOS
+        self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
+    }
+
+    /// vLLM's `_SAMPLING_EPS`: a temperature below it samples greedily.
+    package static let greedyTemperature: Float = 1e-5
+}
+
+/// One token and its log probability.
+package struct LogprobEntry: Sendable, Equatable {
+    /// The token id.
+    package var tokenID: UInt32
+    /// Its log probability.
+    package var logprob: Float
+
+    /// Creates an entry.
+    package init(tokenID: UInt32, logprob: Float) {
+        self.tokenID = tokenID
+        self.logprob = logprob
     }
 }
 
-/// Chooses the next token from logits: argmax when temperature is 0, else temperature,
-/// top-k, then top-p (nucleus) filtering and a draw from the request's own generator.
+/// The log probabilities at one position: the chosen token's and the `top` most likely
+/// tokens', most likely first (ties: lower id first).
+package struct TokenLogprobs: Sendable, Equatable {
+    /// The chosen (or, for a prompt position, the given) token.
+    package var chosen: LogprobEntry
+    /// The most likely tokens, most likely first.
+    package var top: [LogprobEntry]
+
+    /// Creates the log probabilities of a position.
+    package init(chosen: LogprobEntry, top: [LogprobEntry]) {
+        self.chosen = chosen
+        self.top = top
+    }
+
+    /// The log-softmax of `logits` at `token`, and the `topN` largest, without sorting the
+    /// vocabulary: one pass for the log-sum-exp, one pass keeping the `topN` best (`topN` ≤ 20).
+    package static func of(_ logits: [Float], token: UInt32, topN: Int) -> TokenLogprobs {
+        var maximum = -Float.infinity
+        for value in logits where value > maximum { maximum = value }
+        var sum = 0.0
+        let m = Double(maximum)
+        for value in logits { sum += exp(Double(value) - m) }
+        let lse = m + log(sum)
+        var top: [LogprobEntry] = []
+        if topN > 0 {
+            top.reserveCapacity(topN + 1)
+            var floor = -Float.infinity
+            for (i, value) in logits.enumerated() where top.count < topN || value > floor {
+                // Insert keeping descending order; equal values keep the lower id first.
+                var at = top.count
+                while at > 0 && top[at - 1].logprob < value { at -= 1 }
+                top.insert(LogprobEntry(tokenID: UInt32(i), logprob: value), at: at)
+                if top.count > topN { top.removeLast() }
+                floor = top.count == topN ? top[topN - 1].logprob : -Float.infinity
+            }
+            for i in top.indices { top[i].logprob = Float(Double(top[i].logprob) - lse) }
+        }
+        let chosen = LogprobEntry(tokenID: token, logprob: Float(Double(logits[Int(token)]) - lse))
+        return TokenLogprobs(chosen: chosen, top: top)
+    }
+}
+
+/// What one sampling step chose.
+package struct SampledToken: Sendable, Equatable {
+    /// The token id.
+    package var token: UInt32
+    /// Its log probabilities, when the request asked for them.
+    package var logprobs: TokenLogprobs?
+}
+
+/// Chooses the next token of one sequence, in the order of vLLM's V1 sampler
+/// (`vllm/v1/sample/sampler.py`, `Sampler.forward` and `sample`):
+///
+/// 1. log probabilities, when asked for, from the raw logits (vLLM's default
+///    `logprobs_mode = "raw_logprobs"`);
+/// 2. `min_tokens` (EOS and stop token ids → −∞ while fewer tokens have been generated),
+///    then `logit_bias` (`vllm/v1/sample/logits_processor/builtin.py`);
+/// 3. penalties (`vllm/model_executor/layers/utils.py`, `apply_penalties`): repetition
+///    over prompt and output tokens, then frequency and presence over output tokens;
+/// 4. greedy (argmax, the lowest id on ties) when temperature < 1e-5; otherwise
+///    temperature, `min_p` (against the top probability), top-k (every token at least
+///    the k-th largest logit), top-p (the smallest most-likely set whose mass reaches p,
+///    `vllm/v1/sample/ops/topk_topp_sampler.py`), then a draw from the request's own
+///    generator.
+///
+/// No step sorts the vocabulary: min-p is a threshold, top-k a selection, top-p a
+/// histogram of the probabilities that sorts only the tokens of the bucket where the
+/// cumulative mass crosses p.
 package struct Sampler: Sendable {
     private let params: SamplingParams
     private var rng: Xoshiro256
+    /// Prompt tokens (only kept with a repetition penalty).
+    private let promptTokens: Set<UInt32>
+    /// Occurrences of each generated token (only kept with penalties).
+    private var outputCounts: [UInt32: Int] = [:]
+    /// Ids masked until `minTokens` tokens were generated.
+    private let minTokensStopIDs: [UInt32]
+    private var generated = 0
+    private var scratch: [Float] = []
 
-    /// Creates a sampler; without a seed the generator is seeded randomly.
-    package init(_ params: SamplingParams) {
+    /// Creates a sampler for a sequence with `prompt`; without a seed the generator is
+    /// seeded randomly.
+    package init(_ params: SamplingParams, prompt: [UInt32] = [], eosTokenIDs: [UInt32] = []) {
         self.params = params
         var system = SystemRandomNumberGenerator()
         self.rng = Xoshiro256(seed: params.seed ?? system.next())
+        self.promptTokens = params.repetitionPenalty != 1 ? Set(prompt) : []
+        self.minTokensStopIDs = params.minTokens > 0 ? (params.ignoreEOS ? [] : eosTokenIDs) + params.stopTokenIDs : []
+    }
+
+    private var penalized: Bool {
+        self.params.repetitionPenalty != 1 || self.params.frequencyPenalty != 0 || self.params.presencePenalty != 0
     }
 
     /// The next token id.
     package mutating func sample(_ logits: [Float]) -> UInt32 {
+        self.next(logits).token
+    }
+
+    /// The next token and, when asked for, its log probabilities.
+    package mutating func next(_ logits: [Float]) -> SampledToken {
         precondition(!logits.isEmpty)
-        if self.params.temperature <= 0 {
+        var l = logits
+        self.process(&l)
+        let token: UInt32
+        if self.params.temperature < SamplingParams.greedyTemperature {
             var best = 0
-            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-            return UInt32(best)
+            for i in 1..<l.count where l[i] > l[best] { best = i }
+            token = UInt32(best)
+        } else {
+            token = self.draw(&l)
         }
-        // Candidates sorted by logit (ties by id, so the order is deterministic).
-        var order = Array(0..<logits.count)
-        order.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-        if self.params.topK > 0 && self.params.topK < order.count { order.removeLast(order.count - self.params.topK) }
-        let invT = Double(1 / self.params.temperature)
-        let top = Double(logits[order[0]])
-        var probs = order.map { exp((Double(logits[$0]) - top) * invT) }
-        var total = probs.reduce(0, +)
-        if self.params.topP > 0 && self.params.topP < 1 {
-            var cumulative = 0.0
-            var keep = probs.count
-            for (i, p) in probs.enumerated() {
-                cumulative += p / total
-                if cumulative >= Double(self.params.topP) {
-                    keep = i + 1
-                    break
-                }
+        self.record(token)
+        let logprobs = self.params.logprobs.map { TokenLogprobs.of(logits, token: token, topN: $0) }
+        return SampledToken(token: token, logprobs: logprobs)
+    }
+
+    /// Counts `token` as generated (for `min_tokens` and the penalties); `next` calls it.
+    package mutating func record(_ token: UInt32) {
+        self.generated += 1
+        if self.penalized { self.outputCounts[token, default: 0] += 1 }
+    }
+
+    /// Steps 2 and 3: the processors that can change the argmax, in vLLM's order.
+    package func process(_ l: inout [Float]) {
+        let vocab = l.count
+        if self.generated < self.params.minTokens {
+            for id in self.minTokensStopIDs where Int(id) < vocab { l[Int(id)] = -.infinity }
+        }
+        for (id, bias) in self.params.logitBias where Int(id) < vocab { l[Int(id)] += bias }
+        let r = self.params.repetitionPenalty
+        if r != 1 {
+            func penalize(_ id: UInt32) {
+                let i = Int(id)
+                guard i < vocab else { return }
+                l[i] = l[i] > 0 ? l[i] / r : l[i] * r
             }
-            probs.removeLast(probs.count - keep)
-            order.removeLast(order.count - keep)
-            total = probs.reduce(0, +)
+            for id in self.promptTokens { penalize(id) }
+            for id in self.outputCounts.keys where !self.promptTokens.contains(id) { penalize(id) }
         }
+        if self.params.frequencyPenalty != 0 || self.params.presencePenalty != 0 {
+            for (id, count) in self.outputCounts where Int(id) < vocab {
+                l[Int(id)] -= self.params.frequencyPenalty * Float(count) + self.params.presencePenalty
+            }
+        }
+    }
+
+    /// Step 4 at temperature > 0: filters, then draws from what is left.
+    private mutating func draw(_ l: inout [Float]) -> UInt32 {
+        guard let (m, total) = self.filter(&l) else { return 0 }
         let u = self.rng.nextUnit() * total
         var acc = 0.0
-        for (i, p) in probs.enumerated() {
-            acc += p
-            if u < acc { return UInt32(order[i]) }
+        var last = 0
+        for i in l.indices where l[i] > -.infinity {
+            acc += exp(Double(l[i]) - m)
+            last = i
+            if u < acc { return UInt32(i) }
         }
-        return UInt32(order[order.count - 1])
+        return UInt32(last)
+    }
+
+    /// Temperature, min-p, top-k and top-p: `l` becomes the scaled logits, −∞ where
+    /// filtered out. Returns the largest scaled logit and Σ exp(l − largest) over the
+    /// tokens kept (nil when every logit is −∞).
+    package mutating func filter(_ l: inout [Float]) -> (maximum: Double, total: Double)? {
+        let invT = 1 / self.params.temperature
+        var maximum = -Float.infinity
+        for i in l.indices {
+            l[i] *= invT
+            if l[i] > maximum { maximum = l[i] }
+        }
+        guard maximum > -.infinity else { return nil }
+        // min_p: p_i < min_p · p_max  ⇔  l_i < max + ln(min_p).
+        if self.params.minP > 0 {
+            let floor = maximum + log(self.params.minP)
+            for i in l.indices where l[i] < floor { l[i] = -.infinity }
+        }
+        // top-k: keep every logit ≥ the k-th largest (vLLM keeps ties at the threshold).
+        let k = self.params.topK
+        if k > 0 && k < l.count {
+            self.scratch.removeAll(keepingCapacity: true)
+            for value in l where value > -.infinity { self.scratch.append(value) }
+            if self.scratch.count > k {
+                let threshold = Self.kthLargest(&self.scratch, k)
+                for i in l.indices where l[i] < threshold { l[i] = -.infinity }
+            }
+        }
+        let m = Double(maximum)
+        var total = 0.0
+        for value in l where value > -.infinity { total += exp(Double(value) - m) }
+        let p = Double(self.params.topP)
+        if p > 0 && p < 1 {
+            total = Self.nucleus(&l, maximum: m, total: total, p: p)
+        }
+        return (m, total)
+    }
+
+    /// The k-th largest of `values` (1-based), by quickselect; reorders `values`.
+    static func kthLargest(_ values: inout [Float], _ k: Int) -> Float {
+        var lo = 0
+        var hi = values.count - 1
+        let target = k - 1
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2
+            let pivot = max(min(values[lo], values[mid]), min(max(values[lo], values[mid]), values[hi]))
+            var i = lo
+            var j = hi
+            while i <= j {
+                while values[i] > pivot { i += 1 }
+                while values[j] < pivot { j -= 1 }
+                if i <= j {
+                    values.swapAt(i, j)
+                    i += 1
+                    j -= 1
+                }
+            }
+            if target <= j {
+                hi = j
+            } else if target >= i {
+                lo = i
+            } else {
+                return values[target]
+            }
+        }
+        return values[lo]
+    }
+
+    /// Top-p over the finite entries of `l` (scaled logits, `maximum` their largest,
+    /// `total` = Σ exp(l − maximum)): keeps a token when the mass of the tokens more likely
+    /// than it is below `p` · total (vLLM: the ascending cumulative sum exceeds 1 − p, the
+    /// most likely token always kept). Returns the kept mass.
+    ///
+    /// Tokens are bucketed by `maximum − l` (width 1/8, 256 buckets, one for the rest); only
+    /// the bucket where the cumulative mass reaches p is sorted.
+    static func nucleus(_ l: inout [Float], maximum m: Double, total: Double, p: Double) -> Double {
+        let buckets = 257
+        let width = 8.0
+        var mass = [Double](repeating: 0, count: buckets)
+        func bucket(_ value: Float) -> Int { min(buckets - 1, Int((m - Double(value)) * width)) }
+        for value in l where value > -.infinity { mass[bucket(value)] += exp(Double(value) - m) }
+        let target = p * total
+        var before = 0.0
+        var cut = buckets - 1
+        for b in 0..<buckets {
+            if before + mass[b] >= target {
+                cut = b
+                break
+            }
+            before += mass[b]
+        }
+        // Order within the crossing bucket: larger logit first, then lower id.
+        var crossing: [Int] = []
+        for i in l.indices where l[i] > -.infinity && bucket(l[i]) == cut { crossing.append(i) }
+        crossing.sort { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
+        var running = before
+        var kept = before
+        for i in crossing {
+            if running < target {
+                let e = exp(Double(l[i]) - m)
+                running += e
+                kept += e
+            } else {
+                l[i] = -.infinity
+            }
+        }
+        for i in l.indices where l[i] > -.infinity && bucket(l[i]) > cut { l[i] = -.infinity }
+        return kept
     }
 }

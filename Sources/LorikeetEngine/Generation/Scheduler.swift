@@ -130,8 +130,11 @@ package final class Scheduler: Sendable {
         var fed = 0
         var generated: [UInt32] = []
         var finished = false
+        /// Prompt log probabilities gathered during prefill (see
+        /// `GenerationEvent.promptLogprobs`); sent with the first token's event.
+        var promptLogprobs: [TokenLogprobs]?
 
-        init(_ p: Pending, adapter: LoRAWeights?, cache: KVCache, contextLength: Int) {
+        init(_ p: Pending, adapter: LoRAWeights?, cache: KVCache, contextLength: Int, eosTokenIDs: [UInt32]) {
             self.id = p.id
             self.prompt = p.prompt
             self.params = p.params
@@ -139,9 +142,12 @@ package final class Scheduler: Sendable {
             self.adapterID = p.adapterID
             self.adapter = adapter
             self.cache = cache
-            self.maxNew = min(p.params.maxTokens, contextLength - p.prompt.count)
-            self.sampler = Sampler(p.params)
-            self.stopper = StopStringMatcher(p.params.stop)
+            self.maxNew = min(p.params.maxTokens ?? Int.max, contextLength - p.prompt.count)
+            self.sampler = Sampler(p.params, prompt: p.prompt, eosTokenIDs: eosTokenIDs)
+            self.stopper = StopStringMatcher(p.params.stop, includeStop: p.params.includeStopStrInOutput)
+            if p.params.promptLogprobs != nil {
+                self.promptLogprobs = [TokenLogprobs(chosen: LogprobEntry(tokenID: p.prompt[0], logprob: 0), top: [])]
+            }
         }
 
         var usage: Usage { Usage(promptTokens: self.prompt.count, completionTokens: self.generated.count) }
@@ -191,7 +197,9 @@ package final class Scheduler: Sendable {
             }
             for (p, w) in admitted {
                 running.append(
-                    Sequence(p, adapter: w, cache: self.model.makeCache(), contextLength: self.model.config.maxPositionEmbeddings))
+                    Sequence(
+                        p, adapter: w, cache: self.model.makeCache(), contextLength: self.model.config.maxPositionEmbeddings,
+                        eosTokenIDs: self.tokenizer.eosTokenIDs))
             }
             for s in running where aborts.contains(s.id) {
                 s.finished = true
@@ -208,35 +216,52 @@ package final class Scheduler: Sendable {
             }
 
             // 2. One batched step: a prompt chunk or one token per sequence.
+            // `wanting`: per sequence, the prompt positions whose logits give prompt log
+            // probabilities (their next prompt token), and whether its last row samples.
             var rows: [ForwardRow] = []
-            var wanting: [Sequence] = []
+            var wanting: [(sequence: Sequence, promptPositions: Range<Int>, samples: Bool)] = []
             var budget = self.prefillBudget
             for s in running {
                 if s.fed < s.prompt.count {
                     let take = min(s.prompt.count - s.fed, max(1, budget))
                     budget -= take
+                    let all = s.promptLogprobs != nil
                     for j in 0..<take {
                         let pos = s.fed + j
                         let last = pos == s.prompt.count - 1
                         rows.append(
-                            ForwardRow(cache: s.cache, token: s.prompt[pos], position: pos, adapter: s.adapter, wantLogits: last))
+                            ForwardRow(
+                                cache: s.cache, token: s.prompt[pos], position: pos, adapter: s.adapter, wantLogits: last || all))
                     }
+                    let end = min(s.fed + take, s.prompt.count - 1)
+                    let positions = all ? s.fed..<max(s.fed, end) : 0..<0
                     s.fed += take
-                    if s.fed == s.prompt.count { wanting.append(s) }
+                    let samples = s.fed == s.prompt.count
+                    if samples || !positions.isEmpty { wanting.append((s, positions, samples)) }
                 } else {
                     rows.append(
                         ForwardRow(cache: s.cache, token: s.generated.last!, position: s.fed, adapter: s.adapter, wantLogits: true))
                     s.fed += 1
-                    wanting.append(s)
+                    wanting.append((s, 0..<0, true))
                 }
             }
             let logits = self.model.forward(rows, workspace: workspace)
 
             // 3. Sample and stream.
             var events: [(EventHandler, GenerationEvent)] = []
-            for (s, l) in zip(wanting, logits) {
-                let token = s.sampler.sample(l)
-                events.append((s.onEvent, self.accept(token, s)))
+            var next = 0
+            for (s, positions, samples) in wanting {
+                if let topN = s.params.promptLogprobs {
+                    for pos in positions {
+                        let token = s.prompt[pos + 1]
+                        s.promptLogprobs?.append(TokenLogprobs.of(logits[next], token: token, topN: topN))
+                        next += 1
+                    }
+                }
+                guard samples else { continue }
+                let sampled = s.sampler.next(logits[next])
+                next += 1
+                events.append((s.onEvent, self.accept(sampled, s)))
             }
             for (handler, event) in events where event.finishReason == nil { handler(event) }
             finishedEvents += events.filter { $0.1.finishReason != nil }
@@ -258,7 +283,17 @@ package final class Scheduler: Sendable {
 
     /// Records a sampled token and returns the event that reports it (the final one when
     /// it ends the sequence).
-    private func accept(_ token: UInt32, _ s: Sequence) -> GenerationEvent {
+    private func accept(_ sampled: SampledToken, _ s: Sequence) -> GenerationEvent {
+        var event = self.event(for: sampled.token, s)
+        if let logprobs = sampled.logprobs { event.logprobs = [logprobs] }
+        if let prompt = s.promptLogprobs {
+            event.promptLogprobs = prompt
+            s.promptLogprobs = nil
+        }
+        return event
+    }
+
+    private func event(for token: UInt32, _ s: Sequence) -> GenerationEvent {
         s.generated.append(token)
         let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIDs.contains(token)
         if isEOS || s.params.stopTokenIDs.contains(token) {

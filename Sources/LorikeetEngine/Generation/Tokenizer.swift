@@ -86,29 +86,31 @@ package struct ByteTokenizer: EngineTokenizer {
 }
 
 /// Finds stop strings in streamed text. Text that might be the start of a stop string is
-/// held back; the stop string itself (and everything after it) is never emitted.
-/// Matches vLLM's default (`include_stop_str_in_output = false`).
+/// held back; everything after the first stop string is never emitted, and the stop
+/// string itself only with vLLM's `include_stop_str_in_output` (default false).
 package struct StopStringMatcher: Sendable {
     private let stops: [String]
+    private let includeStop: Bool
     private var held = ""
 
     /// Creates a matcher; empty stop strings are ignored.
-    package init(_ stops: [String]) {
+    package init(_ stops: [String], includeStop: Bool = false) {
         self.stops = stops.filter { !$0.isEmpty }
+        self.includeStop = includeStop
     }
 
     /// Feeds new text. Returns the text safe to emit, and whether a stop string was hit.
     package mutating func feed(_ text: String) -> (emit: String, stopped: Bool) {
         guard !self.stops.isEmpty else { return (text, false) }
         self.held += text
-        var earliest: String.Index?
+        var earliest: Range<String.Index>?
         for s in self.stops {
-            if let r = self.held.range(of: s), earliest.map({ r.lowerBound < $0 }) ?? true {
-                earliest = r.lowerBound
+            if let r = self.held.range(of: s), earliest.map({ r.lowerBound < $0.lowerBound }) ?? true {
+                earliest = r
             }
         }
-        if let cut = earliest {
-            let out = String(self.held[..<cut])
+        if let match = earliest {
+            let out = String(self.held[..<(self.includeStop ? match.upperBound : match.lowerBound)])
             self.held = ""
             return (out, true)
         }

@@ -1,53 +1,181 @@
 import CLorikeetProto
 
-/// Sampling settings of one generation (`lorikeet.v1.SamplingParams`).
+/// Sampling settings of one generation (`lorikeet.v1.SamplingParams`; vLLM's
+/// `SamplingParams` fields). A nil temperature, top-p, top-k, min-p or repetition penalty
+/// means the request left it out: the engine uses the model's generation defaults.
 package struct SamplingParams: Sendable, Equatable {
+    /// 0 = the rest of the context.
     package var maxTokens: UInt32
-    /// 0 = greedy.
-    package var temperature: Float
-    /// 0 or 1 = off.
-    package var topP: Float
-    /// 0 = off.
-    package var topK: UInt32
+    /// Below 1e-5 = greedy; nil = the model's default (else 1).
+    package var temperature: Float?
+    /// 0 or 1 = off; nil = the model's default (else off).
+    package var topP: Float?
+    /// 0 = off; nil = the model's default (else off).
+    package var topK: UInt32?
+    /// 0 = off; nil = the model's default (else off).
+    package var minP: Float?
+    /// 1 = off; nil = the model's default (else off).
+    package var repetitionPenalty: Float?
+    /// OpenAI's `presence_penalty`.
+    package var presencePenalty: Float
+    /// OpenAI's `frequency_penalty`.
+    package var frequencyPenalty: Float
+    /// OpenAI's `logit_bias`, in request order.
+    package var logitBias: [LogitBias]
+    /// vLLM's `min_tokens`.
+    package var minTokens: UInt32
     /// Same seed, same tokens; nil = random.
     package var seed: UInt64?
     package var stop: [String]
+    /// vLLM's `include_stop_str_in_output`.
+    package var includeStopStrInOutput: Bool
     package var stopTokenIDs: [UInt32]
     package var ignoreEOS: Bool
+    /// Top log probabilities per generated token (0–20); nil = none.
+    package var logprobs: UInt32?
+    /// Top log probabilities per prompt token (0–20); nil = none.
+    package var promptLogprobs: UInt32?
 
     package init(
-        maxTokens: UInt32 = 16, temperature: Float = 0, topP: Float = 1, topK: UInt32 = 0, seed: UInt64? = nil,
-        stop: [String] = [], stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false
+        maxTokens: UInt32 = 16, temperature: Float? = 0, topP: Float? = 1, topK: UInt32? = 0, minP: Float? = 0,
+        repetitionPenalty: Float? = 1, presencePenalty: Float = 0, frequencyPenalty: Float = 0,
+        logitBias: [LogitBias] = [], minTokens: UInt32 = 0, seed: UInt64? = nil, stop: [String] = [],
+        includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
+        logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
+        self.minP = minP
+        self.repetitionPenalty = repetitionPenalty
+        self.presencePenalty = presencePenalty
+        self.frequencyPenalty = frequencyPenalty
+        self.logitBias = logitBias
+        self.minTokens = minTokens
         self.seed = seed
         self.stop = stop
+        self.includeStopStrInOutput = includeStopStrInOutput
         self.stopTokenIDs = stopTokenIDs
         self.ignoreEOS = ignoreEOS
+        self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
     }
 }
 
 extension SamplingParams: CMessageConvertible {
     func write(to writer: CMessageWriter) {
         writer.set("max_tokens", self.maxTokens)
-        writer.set("temperature", self.temperature)
-        writer.set("top_p", self.topP)
-        writer.set("top_k", self.topK)
+        writer.set("temperature", self.temperature ?? 0)
+        writer.set("temperature_from_model", self.temperature == nil)
+        writer.set("top_p", self.topP ?? 0)
+        writer.set("top_p_from_model", self.topP == nil)
+        writer.set("top_k", self.topK ?? 0)
+        writer.set("top_k_from_model", self.topK == nil)
+        writer.set("min_p", self.minP ?? 0)
+        writer.set("min_p_from_model", self.minP == nil)
+        writer.set("repetition_penalty", self.repetitionPenalty ?? 0)
+        writer.set("repetition_penalty_from_model", self.repetitionPenalty == nil)
+        writer.set("presence_penalty", self.presencePenalty)
+        writer.set("frequency_penalty", self.frequencyPenalty)
+        writer.set("logit_bias", self.logitBias)
+        writer.set("min_tokens", self.minTokens)
         writer.set("has_seed", self.seed != nil)
         writer.set("seed", self.seed ?? 0)
         writer.set("stop", self.stop)
+        writer.set("include_stop_str_in_output", self.includeStopStrInOutput)
         writer.set("stop_token_ids", self.stopTokenIDs)
         writer.set("ignore_eos", self.ignoreEOS)
+        writer.set("has_logprobs", self.logprobs != nil)
+        writer.set("logprobs", self.logprobs ?? 0)
+        writer.set("has_prompt_logprobs", self.promptLogprobs != nil)
+        writer.set("prompt_logprobs", self.promptLogprobs ?? 0)
+    }
+    init(from reader: CMessageReader) throws(ProtoDecodingError) {
+        self.init(
+            maxTokens: reader.uint32("max_tokens"),
+            temperature: reader.bool("temperature_from_model") ? nil : reader.float("temperature"),
+            topP: reader.bool("top_p_from_model") ? nil : reader.float("top_p"),
+            topK: reader.bool("top_k_from_model") ? nil : reader.uint32("top_k"),
+            minP: reader.bool("min_p_from_model") ? nil : reader.float("min_p"),
+            repetitionPenalty: reader.bool("repetition_penalty_from_model") ? nil : reader.float("repetition_penalty"),
+            presencePenalty: reader.float("presence_penalty"), frequencyPenalty: reader.float("frequency_penalty"),
+            logitBias: try reader.messages("logit_bias"), minTokens: reader.uint32("min_tokens"),
+            seed: reader.bool("has_seed") ? reader.uint64("seed") : nil, stop: reader.strings("stop"),
+            includeStopStrInOutput: reader.bool("include_stop_str_in_output"),
+            stopTokenIDs: reader.uint32s("stop_token_ids"), ignoreEOS: reader.bool("ignore_eos"),
+            logprobs: reader.bool("has_logprobs") ? reader.uint32("logprobs") : nil,
+            promptLogprobs: reader.bool("has_prompt_logprobs") ? reader.uint32("prompt_logprobs") : nil
+        )
+    }
+}
+
+/// One `logit_bias` entry (`lorikeet.v1.LogitBias`).
+package struct LogitBias: Sendable, Equatable {
+    package var tokenID: UInt32
+    package var bias: Float
+    package init(tokenID: UInt32, bias: Float) {
+        self.tokenID = tokenID
+        self.bias = bias
+    }
+}
+
+extension LogitBias: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("token_id", self.tokenID)
+        writer.set("bias", self.bias)
+    }
+    init(from reader: CMessageReader) { self.init(tokenID: reader.uint32("token_id"), bias: reader.float("bias")) }
+}
+
+/// A token with its log probability and text (`lorikeet.v1.TokenLogprob`).
+package struct TokenLogprob: Sendable, Equatable {
+    package var tokenID: UInt32
+    package var logprob: Float
+    /// The token's bytes as UTF-8 (lossy).
+    package var token: String
+    package init(tokenID: UInt32, logprob: Float, token: String) {
+        self.tokenID = tokenID
+        self.logprob = logprob
+        self.token = token
+    }
+}
+
+extension TokenLogprob: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("token_id", self.tokenID)
+        writer.set("logprob", self.logprob)
+        writer.set("token", self.token)
     }
     init(from reader: CMessageReader) {
+        self.init(tokenID: reader.uint32("token_id"), logprob: reader.float("logprob"), token: reader.string("token"))
+    }
+}
+
+/// The log probabilities at one position (`lorikeet.v1.PositionLogprobs`): the chosen
+/// token's (nil logprob for the first prompt token, which has none) and the most likely.
+package struct PositionLogprobs: Sendable, Equatable {
+    package var chosen: TokenLogprob
+    package var top: [TokenLogprob]
+    /// The first prompt token: `chosen.logprob` is meaningless and `top` empty.
+    package var noLogprob: Bool
+    package init(chosen: TokenLogprob, top: [TokenLogprob] = [], noLogprob: Bool = false) {
+        self.chosen = chosen
+        self.top = top
+        self.noLogprob = noLogprob
+    }
+}
+
+extension PositionLogprobs: CMessageConvertible {
+    func write(to writer: CMessageWriter) {
+        writer.set("chosen", self.chosen)
+        writer.set("top", self.top)
+        writer.set("no_logprob", self.noLogprob)
+    }
+    init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
-            maxTokens: reader.uint32("max_tokens"), temperature: reader.float("temperature"), topP: reader.float("top_p"),
-            topK: reader.uint32("top_k"), seed: reader.bool("has_seed") ? reader.uint64("seed") : nil,
-            stop: reader.strings("stop"), stopTokenIDs: reader.uint32s("stop_token_ids"), ignoreEOS: reader.bool("ignore_eos")
-        )
+            chosen: try reader.message("chosen") ?? TokenLogprob(tokenID: 0, logprob: 0, token: ""),
+            top: try reader.messages("top"), noLogprob: reader.bool("no_logprob"))
     }
 }
 
@@ -162,10 +290,14 @@ package struct GenerateChunk: Sendable, Equatable {
     package var finishReason: String
     package var usage: Usage?
     package var status: Status
+    /// One per token, when the request asked for log probabilities.
+    package var logprobs: [PositionLogprobs]
+    /// On the first chunk, when the request asked for prompt log probabilities.
+    package var promptLogprobs: [PositionLogprobs]
 
     package init(
         requestID: String = "", tokens: [UInt32] = [], text: String = "", finishReason: String = "", usage: Usage? = nil,
-        status: Status = .ok
+        status: Status = .ok, logprobs: [PositionLogprobs] = [], promptLogprobs: [PositionLogprobs] = []
     ) {
         self.requestID = requestID
         self.tokens = tokens
@@ -173,6 +305,8 @@ package struct GenerateChunk: Sendable, Equatable {
         self.finishReason = finishReason
         self.usage = usage
         self.status = status
+        self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
     }
 }
 
@@ -184,12 +318,15 @@ extension GenerateChunk: CMessageConvertible {
         writer.set("finish_reason", self.finishReason)
         writer.set("usage", self.usage)
         writer.set("status", self.status)
+        writer.set("logprobs", self.logprobs)
+        writer.set("prompt_logprobs", self.promptLogprobs)
     }
     init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
             requestID: reader.string("request_id"), tokens: reader.uint32s("tokens"), text: reader.string("text"),
             finishReason: reader.string("finish_reason"), usage: try reader.message("usage"),
-            status: try reader.message("status") ?? .ok
+            status: try reader.message("status") ?? .ok, logprobs: try reader.messages("logprobs"),
+            promptLogprobs: try reader.messages("prompt_logprobs")
         )
     }
 }

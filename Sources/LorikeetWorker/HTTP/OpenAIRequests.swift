@@ -11,11 +11,15 @@ package enum PromptInput: Sendable, Equatable {
 /// A validated `POST /v1/completions` or `POST /v1/chat/completions` body.
 ///
 /// Fields follow OpenAI's API as vLLM serves it: `model`, `prompt` / `messages`,
-/// `max_tokens` (`max_completion_tokens`), `temperature`, `top_p`, `top_k`, `seed`,
-/// `stop`, `stream`, `stream_options.include_usage`, `n` (only 1), `user` (ignored); and
-/// vLLM's extensions `ignore_eos`, `stop_token_ids`, `return_token_ids`. Unknown fields
-/// are ignored, as vLLM does; features this server cannot honour (`n` > 1, `best_of` > 1,
-/// `echo`, `logprobs`, `tools`, several prompts) are refused with a 400 naming the field.
+/// `max_tokens` (`max_completion_tokens`), `temperature`, `top_p`, `seed`, `stop`,
+/// `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs` (completions: top N;
+/// chat: a boolean with `top_logprobs`), `echo` (completions), `stream`,
+/// `stream_options.include_usage`, `n`, `user` (ignored); and vLLM's extensions
+/// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`,
+/// `include_stop_str_in_output`, `skip_special_tokens` (only true), `prompt_logprobs`,
+/// `return_token_ids`. Unknown fields are ignored, as vLLM does; features this server
+/// cannot honour (`best_of` > `n`, `tools`, `response_format` other than text,
+/// guided decoding, `bad_words`, several prompts) are refused with a 400 naming the field.
 package struct GenerationParameters: Sendable, Equatable {
     package var model: String?
     package var prompt: PromptInput
@@ -23,6 +27,16 @@ package struct GenerationParameters: Sendable, Equatable {
     package var stream: Bool
     package var includeUsage: Bool
     package var returnTokenIDs: Bool
+    /// Alternatives per generated token when log probabilities were asked for (completions
+    /// `logprobs: N`; chat `logprobs: true` with `top_logprobs`, 0 when absent).
+    package var logprobs: Int?
+    /// Completions `echo`: the prompt is repeated before the completion.
+    package var echo: Bool
+    /// Choices to generate per prompt (`n`, 1–`Limits.choices`).
+    package var n: Int
+    /// Completions with several prompts: the ones after `prompt`. Choices are indexed
+    /// prompt by prompt (`prompt index × n + choice`), as vLLM's.
+    package var morePrompts: [PromptInput] = []
 }
 
 /// The two generation routes.
@@ -30,12 +44,12 @@ package enum GenerationRoute: Sendable {
     case completions
     case chatCompletions
 
-    /// `max_tokens` when the request gives none (vLLM: 16 for completions; the rest of the
-    /// context for chat, capped here).
+    /// `max_tokens` when the request gives none (vLLM: 16 for completions; for chat, the
+    /// rest of the context, which the wire says with 0).
     var defaultMaxTokens: UInt32 {
         switch self {
         case .completions: 16
-        case .chatCompletions: 256
+        case .chatCompletions: 0
         }
     }
 }
@@ -129,13 +143,16 @@ package enum RequestValidation {
     /// Parses a generation body for `route`.
     package static func generation(_ body: JSONValue, route: GenerationRoute) throws(APIError) -> GenerationParameters {
         let model = try Self.optionalString(body, "model")
-        let prompt: PromptInput
+        let prompts: [PromptInput]
         switch route {
-        case .completions: prompt = try Self.completionPrompt(body)
-        case .chatCompletions: prompt = .messages(try Self.messages(body))
+        case .completions: prompts = try Self.completionPrompts(body)
+        case .chatCompletions: prompts = [.messages(try Self.messages(body))]
         }
 
-        var sampling = SamplingParams(maxTokens: route.defaultMaxTokens)
+        // Fields left out are nil: the engine applies the model's generation defaults,
+        // else vLLM's (temperature 1).
+        var sampling = SamplingParams(
+            maxTokens: route.defaultMaxTokens, temperature: nil, topP: nil, topK: nil, minP: nil, repetitionPenalty: nil)
         let maxTokensField =
             route == .chatCompletions && body["max_completion_tokens"].map({ $0 != .null }) == true
             ? "max_completion_tokens" : "max_tokens"
@@ -152,6 +169,7 @@ package enum RequestValidation {
         if let topK = try Self.optionalInt(body, "top_k", in: -1...1_000_000) {
             sampling.topK = topK <= 0 ? 0 : UInt32(topK)
         }
+        try Self.processors(body, into: &sampling)
         if let seed = try Self.optionalInt(body, "seed", in: Int64.min...Int64.max) {
             sampling.seed = UInt64(bitPattern: seed)
         }
@@ -162,21 +180,28 @@ package enum RequestValidation {
                 stopTokenIDs, field: "stop_token_ids", allowEmpty: true, limit: Limits.stopTokenIDs)
         }
 
-        if let n = try Self.optionalInt(body, "n", in: Int64.min...Int64.max), n != 1 {
-            throw APIError.invalidRequest("Only n=1 is supported.", param: "n")
+        let n = Int(try Self.optionalInt(body, "n", in: 1...Int64(Limits.choices)) ?? 1)
+        guard n * prompts.count <= Limits.choices else {
+            throw APIError.invalidRequest(
+                "\(prompts.count) prompts × n=\(n) is \(n * prompts.count) choices; the limit is \(Limits.choices).", param: "n")
         }
-        if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1 {
-            throw APIError.invalidRequest("Only best_of=1 is supported, got \(bestOf).", param: "best_of")
+        if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1, bestOf != n {
+            // vLLM V1 refuses best_of too (`vllm/v1/engine/processor.py`).
+            throw APIError.invalidRequest(
+                "best_of is not supported (as in vLLM V1); only best_of=n, got \(bestOf).", param: "best_of")
         }
-        if try Self.optionalBool(body, "echo") == true {
-            throw APIError.invalidRequest("'echo' is not supported.", param: "echo")
+        let (logprobs, echo) = try Self.logprobs(body, route: route)
+        if echo { sampling.promptLogprobs = UInt32(logprobs ?? 0) }
+        if let promptLogprobs = try Self.optionalInt(body, "prompt_logprobs", in: -1...Int64(Limits.topLogprobs)) {
+            guard route == .completions, echo else {
+                throw APIError.invalidRequest(
+                    "'prompt_logprobs' is only supported with 'echo' on /v1/completions (the prompt's log probabilities are returned in place of the echoed prompt's).",
+                    param: "prompt_logprobs")
+            }
+            sampling.promptLogprobs = UInt32(max(0, promptLogprobs))
         }
-        if let logprobs = body["logprobs"], logprobs != .null, logprobs != .bool(false) {
-            throw APIError.invalidRequest("'logprobs' is not supported.", param: "logprobs")
-        }
-        if case .array(let tools) = body["tools"], !tools.isEmpty {
-            throw APIError.invalidRequest("'tools' is not supported.", param: "tools")
-        }
+        sampling.logprobs = logprobs.map { UInt32($0) }
+        try Self.refuseUnsupported(body)
         _ = try Self.optionalString(body, "user")  // accepted and ignored
 
         let stream = try Self.optionalBool(body, "stream") ?? false
@@ -194,8 +219,135 @@ package enum RequestValidation {
         }
         let returnTokenIDs = try Self.optionalBool(body, "return_token_ids") ?? false
         return GenerationParameters(
-            model: model, prompt: prompt, sampling: sampling, stream: stream, includeUsage: includeUsage,
-            returnTokenIDs: returnTokenIDs)
+            model: model, prompt: prompts[0], sampling: sampling, stream: stream, includeUsage: includeUsage,
+            returnTokenIDs: returnTokenIDs, logprobs: logprobs, echo: echo, n: n, morePrompts: Array(prompts.dropFirst()))
+    }
+
+    /// The logits processors and stop options (vLLM's `SamplingParams` fields), each
+    /// range-checked here as vLLM's `_verify_args` does, with the field named.
+    static func processors(_ body: JSONValue, into sampling: inout SamplingParams) throws(APIError) {
+        if let minP = try Self.optionalNumber(body, "min_p", in: 0...1) { sampling.minP = Float(minP) }
+        if let penalty = try Self.optionalNumber(body, "presence_penalty", in: -2...2) {
+            sampling.presencePenalty = Float(penalty)
+        }
+        if let penalty = try Self.optionalNumber(body, "frequency_penalty", in: -2...2) {
+            sampling.frequencyPenalty = Float(penalty)
+        }
+        if let penalty = try Self.optionalNumber(
+            body, "repetition_penalty", in: 0...Double(Limits.repetitionPenalty))
+        {
+            guard penalty > 0 else {
+                throw APIError.invalidRequest("'repetition_penalty' must be greater than zero, got 0.", param: "repetition_penalty")
+            }
+            sampling.repetitionPenalty = Float(penalty)
+        }
+        if let minTokens = try Self.optionalInt(body, "min_tokens", in: 0...1_000_000) {
+            if sampling.maxTokens != 0, minTokens > Int64(sampling.maxTokens) {
+                throw APIError.invalidRequest(
+                    "'min_tokens' must be less than or equal to max_tokens=\(sampling.maxTokens), got \(minTokens).",
+                    param: "min_tokens")
+            }
+            sampling.minTokens = UInt32(minTokens)
+        }
+        sampling.logitBias = try Self.logitBias(body)
+        if let include = try Self.optionalBool(body, "include_stop_str_in_output") {
+            sampling.includeStopStrInOutput = include
+        }
+        if try Self.optionalBool(body, "skip_special_tokens") == false {
+            throw APIError.invalidRequest(
+                "'skip_special_tokens: false' is not supported: the built-in engine's special tokens have no text.",
+                param: "skip_special_tokens")
+        }
+        _ = try Self.optionalBool(body, "spaces_between_special_tokens")  // no effect: no special token has text
+    }
+
+    /// `logit_bias`: an object mapping token ids (as strings, OpenAI's form) to a bias,
+    /// clamped to [−100, 100] as vLLM does; ids are checked against the vocabulary by the
+    /// engine.
+    static func logitBias(_ body: JSONValue) throws(APIError) -> [LogitBias] {
+        guard let value = body["logit_bias"], value != .null else { return [] }
+        guard case .object(let members) = value else {
+            throw Self.wrongType("logit_bias", expected: "an object mapping token ids to numbers", got: value)
+        }
+        guard members.count <= Limits.logitBiasEntries else {
+            throw APIError.invalidRequest(
+                "'logit_bias' has \(members.count) entries; the limit is \(Limits.logitBiasEntries).", param: "logit_bias")
+        }
+        var entries: [LogitBias] = []
+        entries.reserveCapacity(members.count)
+        for (key, bias) in members {
+            guard let id = UInt32(key) else {
+                throw APIError.invalidRequest(
+                    "'logit_bias' keys must be token ids (non-negative integers), got '\(key.echoed(limit: 32))'.",
+                    param: "logit_bias")
+            }
+            let number: Double
+            switch bias {
+            case .int(let integer): number = Double(integer)
+            case .double(let real) where real.isFinite: number = real
+            default:
+                throw APIError.jsonParse(
+                    "'logit_bias[\"\(key.echoed(limit: 32))\"]' must be a number, not \(bias.typeName).", param: "logit_bias")
+            }
+            entries.append(LogitBias(tokenID: id, bias: Float(min(100, max(-100, number)))))
+        }
+        return entries
+    }
+
+    /// `logprobs` (and chat's `top_logprobs`) and completions' `echo`: the alternatives per
+    /// token (nil = none) and whether to echo.
+    static func logprobs(_ body: JSONValue, route: GenerationRoute) throws(APIError) -> (Int?, Bool) {
+        let limit = Int64(Limits.topLogprobs)
+        switch route {
+        case .completions:
+            let logprobs = try Self.optionalInt(body, "logprobs", in: 0...limit).map { Int($0) }
+            let echo = try Self.optionalBool(body, "echo") ?? false
+            return (logprobs, echo)
+        case .chatCompletions:
+            if try Self.optionalBool(body, "echo") == true {
+                throw APIError.invalidRequest("'echo' is not supported on /v1/chat/completions.", param: "echo")
+            }
+            let wanted = try Self.optionalBool(body, "logprobs") ?? false
+            let top = try Self.optionalInt(body, "top_logprobs", in: 0...limit).map { Int($0) }
+            if let top, top > 0, !wanted {
+                // vLLM's message (`ChatCompletionRequest.check_logprobs`).
+                throw APIError.invalidRequest(
+                    "when using `top_logprobs`, `logprobs` must be set to true.", param: "top_logprobs")
+            }
+            return (wanted ? top ?? 0 : nil, false)
+        }
+    }
+
+    /// Fields whose features the built-in engine does not have: refused rather than
+    /// silently ignored.
+    static func refuseUnsupported(_ body: JSONValue) throws(APIError) {
+        if case .array(let tools)? = body["tools"], !tools.isEmpty {
+            throw APIError.invalidRequest(
+                "'tools' is not supported: the built-in engine has no tool-call parser for this model family.", param: "tools")
+        }
+        if let choice = body["tool_choice"], choice != .null, choice != .string("none") {
+            throw APIError.invalidRequest(
+                "'tool_choice' is not supported: the built-in engine has no tool-call parser for this model family.",
+                param: "tool_choice")
+        }
+        if let format = body["response_format"], format != .null {
+            guard case .object = format, case .string(let type)? = format["type"] else {
+                throw Self.wrongType("response_format", expected: "an object with a 'type'", got: format)
+            }
+            guard type == "text" else {
+                throw APIError.invalidRequest(
+                    "'response_format' of type '\(type.echoed(limit: 32))' is not supported yet (structured output); only 'text' is.",
+                    param: "response_format")
+            }
+        }
+        for field in ["structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"] {
+            if let value = body[field], value != .null {
+                throw APIError.invalidRequest("'\(field)' is not supported yet (structured output).", param: field)
+            }
+        }
+        if case .array(let words)? = body["bad_words"], !words.isEmpty {
+            throw APIError.invalidRequest("'bad_words' is not supported.", param: "bad_words")
+        }
     }
 
     /// The channels carry text as C strings (protobuf-c), which end at the first NUL: a
@@ -255,6 +407,39 @@ package enum RequestValidation {
             tokens.append(UInt32(token))
         }
         return tokens
+    }
+
+    /// `prompt`: a string, an array of token ids, or an array of either (several prompts,
+    /// at most `Limits.choices`, their text and token ids together within the one-prompt
+    /// limits).
+    static func completionPrompts(_ body: JSONValue) throws(APIError) -> [PromptInput] {
+        guard case .array(let elements)? = body["prompt"], elements.count > 1,
+            !elements.contains(where: { if case .int = $0 { true } else { false } })
+        else {
+            return [try Self.completionPrompt(body)]
+        }
+        guard elements.count <= Limits.choices else {
+            throw APIError.invalidRequest(
+                "'prompt' has \(elements.count) prompts; the limit is \(Limits.choices).", param: "prompt")
+        }
+        var prompts: [PromptInput] = []
+        var bytes = 0
+        var tokens = 0
+        for element in elements {
+            let prompt = try Self.completionPrompt(.object([("prompt", .array([element]))]))
+            switch prompt {
+            case .text(let text): bytes += text.utf8.count
+            case .tokens(let ids): tokens += ids.count
+            case .messages: break
+            }
+            guard bytes <= Limits.promptBytes, tokens <= Limits.promptTokens else {
+                throw APIError.invalidRequest(
+                    "The prompts together exceed the limit of \(Limits.promptBytes) bytes or \(Limits.promptTokens) token ids.",
+                    param: "prompt")
+            }
+            prompts.append(prompt)
+        }
+        return prompts
     }
 
     /// `prompt`: a string, an array of token ids, or a one-element array of either.

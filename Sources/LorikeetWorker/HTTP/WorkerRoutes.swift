@@ -677,15 +677,18 @@ package final class WorkerRoutes: Sendable {
         }
         request.adapter = resolved.adapter.map { AdapterRef(name: $0.name, intID: $0.intID, path: $0.path) }
 
+        if parameters.n > 1 || !parameters.morePrompts.isEmpty {
+            return try await self.generateChoices(
+                request, parameters: parameters, shape: shape(route, requestID: requestID, model: model, parameters),
+                on: engine, record: record, logger: logger)
+        }
         let stream: AsyncThrowingStream<GenerateChunk, any Error>
         do {
             stream = try await engine.generate(request)
         } catch {
             throw APIError(error)
         }
-        let shape = ResponseShape(
-            route: route, id: (route == .completions ? "cmpl-" : "chatcmpl-") + requestID,
-            created: LeaderMutationService.nowUnixMs() / 1000, model: model, returnTokenIDs: parameters.returnTokenIDs)
+        let shape = self.shape(route, requestID: requestID, model: model, parameters)
         // Wait for the first chunk before answering, so that an engine refusal is a proper
         // HTTP error and not an error event inside a 200 stream.
         let iterator = SequentialIterator(stream.makeAsyncIterator())
@@ -708,18 +711,27 @@ package final class WorkerRoutes: Sendable {
         record?.firstToken()
         if parameters.stream {
             return Self.streamReply(
-                first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage,
+                first: first, iterator: iterator, shape: shape, includeUsage: parameters.includeUsage, echo: parameters.echo,
                 engine: engine, requestID: requestID, record: record, logger: logger)
         }
         var text = ""
         var tokens: [UInt32] = []
         var finishReason = ""
         var usage: Usage?
+        var positions: [PositionLogprobs] = []
+        var echoed = false
         var next = first
         while let chunk = next {
             record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
+            if parameters.echo && !echoed {
+                // The prompt (and its log probabilities) before the completion.
+                echoed = true
+                text += shape.echoed(chunk.promptLogprobs)
+                if shape.logprobs != nil { positions += chunk.promptLogprobs }
+            }
             text += chunk.text
             tokens += chunk.tokens
+            positions += chunk.logprobs
             if !chunk.finishReason.isEmpty { finishReason = chunk.finishReason }
             if let chunkUsage = chunk.usage { usage = chunkUsage }
             do {
@@ -730,7 +742,217 @@ package final class WorkerRoutes: Sendable {
         }
         let counted = usage ?? Usage(promptTokens: 0, completionTokens: UInt32(tokens.count))
         record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens)
-        return .json(.ok, shape.final(text: text, tokens: tokens, finishReason: finishReason, usage: counted))
+        return .json(
+            .ok, shape.final(text: text, tokens: tokens, logprobs: positions, finishReason: finishReason, usage: counted))
+    }
+
+    private func shape(
+        _ route: GenerationRoute, requestID: String, model: String, _ parameters: GenerationParameters
+    ) -> ResponseShape {
+        var shape = ResponseShape(
+            route: route, id: (route == .completions ? "cmpl-" : "chatcmpl-") + requestID,
+            created: LeaderMutationService.nowUnixMs() / 1000, model: model, returnTokenIDs: parameters.returnTokenIDs)
+        shape.logprobs = parameters.logprobs
+        if parameters.echo, case .text(let text) = parameters.prompt { shape.echoText = text }
+        return shape
+    }
+
+    /// `n` > 1: one engine request per choice, as vLLM's `ParentRequest` fans out
+    /// (`vllm/v1/engine/parallel_sampling.py`): child `i` is `"\(i)_\(requestID)"` with seed
+    /// `seed + i` when a seed is given. The choices run side by side in the engine's batch;
+    /// usage counts the prompt once and sums the completions.
+    private func generateChoices(
+        _ request: GenerateRequest, parameters: GenerationParameters, shape: ResponseShape,
+        on engine: any GenerationBackend, record: RequestRecord?, logger: Logger
+    ) async throws -> Reply {
+        // Several prompts: vLLM makes one request per prompt (`-{p}` appended to the id),
+        // each fanned out to its n children.
+        let prompts = [parameters.prompt] + parameters.morePrompts
+        var children: [GenerateRequest] = []
+        var echoTexts: [String?] = []
+        var firstOfPrompt: [Bool] = []
+        for (p, prompt) in prompts.enumerated() {
+            for index in 0..<parameters.n {
+                var child = request
+                child.requestID = "\(index)_\(request.requestID)" + (prompts.count > 1 ? "-\(p)" : "")
+                child.sampling.seed = request.sampling.seed.map { $0 &+ UInt64(index) }
+                switch prompt {
+                case .text(let text):
+                    (child.promptText, child.promptTokens) = (text, [])
+                    echoTexts.append(text)
+                case .tokens(let tokens):
+                    (child.promptText, child.promptTokens) = ("", tokens)
+                    echoTexts.append(nil)
+                case .messages:
+                    echoTexts.append(nil)
+                }
+                firstOfPrompt.append(index == 0)
+                children.append(child)
+            }
+        }
+        var iterators: [SequentialIterator<GenerateChunk>] = []
+        var firsts: [GenerateChunk?] = []
+        do {
+            for child in children {
+                let stream: AsyncThrowingStream<GenerateChunk, any Error>
+                do {
+                    stream = try await engine.generate(child)
+                } catch {
+                    throw APIError(error)
+                }
+                let iterator = SequentialIterator(stream.makeAsyncIterator())
+                iterators.append(iterator)
+                do {
+                    firsts.append(try await iterator.next())
+                } catch {
+                    throw Self.apiError(error)
+                }
+            }
+        } catch {
+            for (child, iterator) in zip(children, iterators) {
+                iterator.cancel()
+                await engine.abort(requestID: child.requestID)
+            }
+            throw error
+        }
+        record?.firstToken()
+        let ids = children.map(\.requestID)
+        if parameters.stream {
+            return Self.streamChoices(
+                firsts: firsts, iterators: iterators, shape: shape, includeUsage: parameters.includeUsage,
+                echo: parameters.echo ? echoTexts : nil, firstOfPrompt: firstOfPrompt, engine: engine, requestIDs: ids,
+                record: record, logger: logger)
+        }
+        let outputs = try await withThrowingTaskGroup(of: (Int, ChoiceOutput).self) { group in
+            for (index, iterator) in iterators.enumerated() {
+                let first = firsts[index]
+                let echoText = echoTexts[index]
+                group.addTask {
+                    var output = ChoiceOutput()
+                    var next = first
+                    var echoed = false
+                    while let chunk = next {
+                        record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
+                        if parameters.echo && !echoed {
+                            echoed = true
+                            output.text += shape.echoed(chunk.promptLogprobs, text: echoText)
+                            if shape.logprobs != nil { output.logprobs += chunk.promptLogprobs }
+                        }
+                        output.text += chunk.text
+                        output.tokens += chunk.tokens
+                        output.logprobs += chunk.logprobs
+                        if !chunk.finishReason.isEmpty { output.finishReason = chunk.finishReason }
+                        if let usage = chunk.usage { output.usage = usage }
+                        do {
+                            next = try await iterator.next()
+                        } catch {
+                            throw Self.apiError(error)
+                        }
+                    }
+                    return (index, output)
+                }
+            }
+            var outputs = [ChoiceOutput](repeating: ChoiceOutput(), count: iterators.count)
+            for try await (index, output) in group { outputs[index] = output }
+            return outputs
+        }
+        let usage = Usage(
+            promptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.promptTokens ?? 0 : 0) },
+            completionTokens: outputs.reduce(0) { $0 + ($1.usage?.completionTokens ?? UInt32($1.tokens.count)) })
+        record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens)
+        return .json(.ok, shape.final(outputs, usage: usage))
+    }
+
+    /// The SSE answer of `n` > 1 choices: every choice's chunks as they come, each with its
+    /// `index` (OpenAI's interleaving), one finish chunk per choice, then usage and `[DONE]`.
+    private static func streamChoices(
+        firsts: [GenerateChunk?], iterators: [SequentialIterator<GenerateChunk>], shape: ResponseShape,
+        includeUsage: Bool, echo echoTexts: [String?]?, firstOfPrompt: [Bool], engine: any GenerationBackend,
+        requestIDs: [String], record: RequestRecord?, logger: Logger
+    ) -> Reply {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        let body = ResponseBody { writer in
+            let (events, continuation) = AsyncStream.makeStream(of: (Int, GenerateChunk?, (any Error)?).self)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, iterator) in iterators.enumerated() {
+                    let first = firsts[index]
+                    group.addTask {
+                        var next = first
+                        while let chunk = next {
+                            continuation.yield((index, chunk, nil))
+                            do {
+                                next = try await iterator.next()
+                            } catch {
+                                continuation.yield((index, nil, error))
+                                next = nil
+                            }
+                        }
+                        continuation.yield((index, nil, nil))
+                    }
+                }
+                var offsets = [Int](repeating: 0, count: iterators.count)
+                var echoPending = [Bool](repeating: echoTexts != nil, count: iterators.count)
+                var usages = [Usage?](repeating: nil, count: iterators.count)
+                var counted = [UInt32](repeating: 0, count: iterators.count)
+                var running = iterators.count
+                do {
+                    if shape.route == .chatCompletions {
+                        for index in iterators.indices { try await writer.write(Self.event(shape.roleChunk(index: index))) }
+                    }
+                    for await (index, chunk, error) in events {
+                        if let error {
+                            logger.warning("generation failed mid-stream", metadata: ["error": "\(error)"])
+                            try await writer.write(Self.event(Self.apiError(error).json))
+                            continue
+                        }
+                        guard let chunk else {
+                            running -= 1
+                            if running == 0 { break }
+                            continue
+                        }
+                        record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
+                        counted[index] += UInt32(chunk.tokens.count)
+                        if let usage = chunk.usage { usages[index] = usage }
+                        if echoPending[index] {
+                            echoPending[index] = false
+                            try await writer.write(
+                                Self.event(
+                                    shape.delta(
+                                        text: shape.echoed(chunk.promptLogprobs, text: echoTexts?[index] ?? nil),
+                                        tokens: [], logprobs: shape.logprobs != nil ? chunk.promptLogprobs : [],
+                                        textOffset: &offsets[index], index: index)))
+                        }
+                        if !chunk.text.isEmpty || !chunk.tokens.isEmpty {
+                            try await writer.write(
+                                Self.event(
+                                    shape.delta(
+                                        text: chunk.text, tokens: chunk.tokens, logprobs: chunk.logprobs,
+                                        textOffset: &offsets[index], index: index)))
+                        }
+                        if !chunk.finishReason.isEmpty {
+                            try await writer.write(Self.event(shape.finish(chunk.finishReason, index: index)))
+                        }
+                    }
+                } catch {
+                    // The client went away: stop every choice in the engine, then let the
+                    // readers finish.
+                    logger.info("client disconnected mid-stream; aborting the engine requests")
+                    for id in requestIDs { await engine.abort(requestID: id) }
+                    group.cancelAll()
+                    throw error
+                }
+                let usage = Usage(
+                    promptTokens: zip(usages, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0?.promptTokens ?? 0 : 0) },
+                    completionTokens: zip(usages, counted).reduce(0) { $0 + ($1.0?.completionTokens ?? $1.1) })
+                record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens)
+                if includeUsage { try await writer.write(Self.event(shape.usageChunk(usage))) }
+                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                try await writer.finish(nil)
+            }
+        }
+        return Reply(status: .ok, headers: headers, body: body)
     }
 
     private static func apiError(_ error: any Error) -> APIError {
@@ -741,6 +963,7 @@ package final class WorkerRoutes: Sendable {
 
     private static func streamReply(
         first: GenerateChunk?, iterator: SequentialIterator<GenerateChunk>, shape: ResponseShape, includeUsage: Bool,
+        echo: Bool,
         engine: any GenerationBackend, requestID: String, record: RequestRecord?, logger: Logger
     ) -> Reply {
         var headers = HTTPFields()
@@ -750,6 +973,8 @@ package final class WorkerRoutes: Sendable {
             var usage: Usage?
             var completionTokens: UInt32 = 0
             var finished = false
+            var textOffset = 0
+            var echoPending = echo
             do {
                 if shape.route == .chatCompletions {
                     try await writer.write(Self.event(shape.roleChunk()))
@@ -759,8 +984,20 @@ package final class WorkerRoutes: Sendable {
                     record?.output(tokens: chunk.tokens.count, finishReason: chunk.finishReason)
                     completionTokens += UInt32(chunk.tokens.count)
                     if let chunkUsage = chunk.usage { usage = chunkUsage }
+                    if echoPending {
+                        echoPending = false
+                        let prompt = shape.logprobs != nil ? chunk.promptLogprobs : []
+                        try await writer.write(
+                            Self.event(
+                                shape.delta(
+                                    text: shape.echoed(chunk.promptLogprobs), tokens: [], logprobs: prompt,
+                                    textOffset: &textOffset)))
+                    }
                     if !chunk.text.isEmpty || !chunk.tokens.isEmpty {
-                        try await writer.write(Self.event(shape.delta(text: chunk.text, tokens: chunk.tokens)))
+                        try await writer.write(
+                            Self.event(
+                                shape.delta(
+                                    text: chunk.text, tokens: chunk.tokens, logprobs: chunk.logprobs, textOffset: &textOffset)))
                     }
                     if !chunk.finishReason.isEmpty {
                         finished = true
@@ -807,6 +1044,15 @@ package final class WorkerRoutes: Sendable {
     }
 }
 
+/// What one choice produced, for the non-streamed answer.
+struct ChoiceOutput: Sendable {
+    var text = ""
+    var tokens: [UInt32] = []
+    var logprobs: [PositionLogprobs] = []
+    var finishReason = ""
+    var usage: Usage?
+}
+
 /// The JSON shapes of completion and chat completion responses and chunks (OpenAI's, as
 /// vLLM serves them; `token_ids` only with vLLM's `return_token_ids`).
 struct ResponseShape: Sendable {
@@ -815,6 +1061,11 @@ struct ResponseShape: Sendable {
     var created: Int64
     var model: String
     var returnTokenIDs: Bool
+    /// Alternatives per token when the request asked for log probabilities.
+    var logprobs: Int?
+    /// Completions `echo` of a text prompt: the prompt as given (a token prompt is echoed
+    /// as its tokens' text).
+    var echoText: String?
 
     private var object: String { self.route == .completions ? "text_completion" : "chat.completion" }
     private var chunkObject: String { self.route == .completions ? "text_completion" : "chat.completion.chunk" }
@@ -842,60 +1093,142 @@ struct ResponseShape: Sendable {
 
     private static func finishValue(_ reason: String?) -> JSONValue { reason.map { .string($0) } ?? .null }
 
-    func final(text: String, tokens: [UInt32], finishReason: String, usage: Usage) -> JSONValue {
-        let reason = finishReason.isEmpty ? "stop" : finishReason
-        let choice: JSONValue
-        switch self.route {
-        case .completions:
-            choice = .object(
-                [("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .string(reason))]
-                    + self.tokenMember(tokens))
-        case .chatCompletions:
-            choice = .object(
-                [
-                    ("index", .int(0)),
-                    ("message", .object([("role", .string("assistant")), ("content", .string(text))])),
-                    ("logprobs", .null), ("finish_reason", .string(reason)),
-                ] + self.tokenMember(tokens))
-        }
-        return self.envelope(self.object, choices: [choice], usage: usage)
+    /// The echoed prompt: the prompt text, or its tokens' text (from the prompt log
+    /// probabilities the engine sends for an echo).
+    func echoed(_ prompt: [PositionLogprobs]) -> String {
+        self.echoed(prompt, text: self.echoText)
     }
 
-    func roleChunk() -> JSONValue {
+    /// The echoed prompt of one choice: `text` (a text prompt as given) or its tokens' text.
+    func echoed(_ prompt: [PositionLogprobs], text: String?) -> String {
+        text ?? prompt.map(\.chosen.token).joined()
+    }
+
+    /// A log probability as JSON: vLLM's floor of −9999 for −∞.
+    private static func logprobValue(_ value: Float) -> JSONValue {
+        .double(max(Double(value), -9999.0))
+    }
+
+    /// The choice's `logprobs` for `positions`: OpenAI's completions shape (`tokens`,
+    /// `token_logprobs`, `top_logprobs` with the chosen token added when it is not among
+    /// the top, `text_offset` in code points from `textOffset`) or chat's (`content`: token,
+    /// logprob, bytes, top_logprobs); null when the request did not ask.
+    func logprobsValue(_ positions: [PositionLogprobs], textOffset: inout Int) -> JSONValue {
+        guard let topN = self.logprobs else { return .null }
+        switch self.route {
+        case .completions:
+            var tokens: [JSONValue] = []
+            var values: [JSONValue] = []
+            var tops: [JSONValue] = []
+            var offsets: [JSONValue] = []
+            for position in positions {
+                tokens.append(.string(position.chosen.token))
+                offsets.append(.int(Int64(textOffset)))
+                textOffset += position.chosen.token.unicodeScalars.count
+                if position.noLogprob {
+                    values.append(.null)
+                    tops.append(.null)
+                    continue
+                }
+                values.append(Self.logprobValue(position.chosen.logprob))
+                var members: [(String, JSONValue)] = []
+                for entry in position.top.prefix(topN) where !members.contains(where: { $0.0 == entry.token }) {
+                    members.append((entry.token, Self.logprobValue(entry.logprob)))
+                }
+                if !members.contains(where: { $0.0 == position.chosen.token }) {
+                    members.append((position.chosen.token, Self.logprobValue(position.chosen.logprob)))
+                }
+                tops.append(.object(members))
+            }
+            return .object([
+                ("text_offset", .array(offsets)), ("token_logprobs", .array(values)), ("tokens", .array(tokens)),
+                ("top_logprobs", .array(tops)),
+            ])
+        case .chatCompletions:
+            func entry(_ e: TokenLogprob) -> [(String, JSONValue)] {
+                [
+                    ("token", .string(e.token)), ("logprob", Self.logprobValue(e.logprob)),
+                    ("bytes", .array(e.token.utf8.map { .int(Int64($0)) })),
+                ]
+            }
+            let content: [JSONValue] = positions.map { position in
+                .object(
+                    entry(position.chosen) + [("top_logprobs", .array(position.top.prefix(topN).map { .object(entry($0)) }))])
+            }
+            return .object([("content", .array(content))])
+        }
+    }
+
+    func final(
+        text: String, tokens: [UInt32], logprobs: [PositionLogprobs] = [], finishReason: String, usage: Usage
+    ) -> JSONValue {
+        self.final(
+            [ChoiceOutput(text: text, tokens: tokens, logprobs: logprobs, finishReason: finishReason)], usage: usage)
+    }
+
+    /// The non-streamed answer with one choice per output, indexed in order.
+    func final(_ outputs: [ChoiceOutput], usage: Usage) -> JSONValue {
+        let choices = outputs.enumerated().map { index, output -> JSONValue in
+            let reason = output.finishReason.isEmpty ? "stop" : output.finishReason
+            var offset = 0
+            let logprobsValue = self.logprobsValue(output.logprobs, textOffset: &offset)
+            switch self.route {
+            case .completions:
+                return .object(
+                    [
+                        ("index", .int(Int64(index))), ("text", .string(output.text)), ("logprobs", logprobsValue),
+                        ("finish_reason", .string(reason)),
+                    ] + self.tokenMember(output.tokens))
+            case .chatCompletions:
+                return .object(
+                    [
+                        ("index", .int(Int64(index))),
+                        ("message", .object([("role", .string("assistant")), ("content", .string(output.text))])),
+                        ("logprobs", logprobsValue), ("finish_reason", .string(reason)),
+                    ] + self.tokenMember(output.tokens))
+            }
+        }
+        return self.envelope(self.object, choices: choices, usage: usage)
+    }
+
+    func roleChunk(index: Int = 0) -> JSONValue {
         let choice: JSONValue = .object([
-            ("index", .int(0)), ("delta", .object([("role", .string("assistant")), ("content", .string(""))])),
+            ("index", .int(Int64(index))), ("delta", .object([("role", .string("assistant")), ("content", .string(""))])),
             ("logprobs", .null), ("finish_reason", .null),
         ])
         return self.envelope(self.chunkObject, choices: [choice])
     }
 
-    func delta(text: String, tokens: [UInt32]) -> JSONValue {
+    func delta(
+        text: String, tokens: [UInt32], logprobs: [PositionLogprobs] = [], textOffset: inout Int, index: Int = 0
+    ) -> JSONValue {
+        let logprobsValue = self.logprobsValue(logprobs, textOffset: &textOffset)
         let choice: JSONValue
         switch self.route {
         case .completions:
             choice = .object(
-                [("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .null)]
+                [("index", .int(Int64(index))), ("text", .string(text)), ("logprobs", logprobsValue), ("finish_reason", .null)]
                     + self.tokenMember(tokens))
         case .chatCompletions:
             choice = .object(
                 [
-                    ("index", .int(0)), ("delta", .object([("content", .string(text))])), ("logprobs", .null),
+                    ("index", .int(Int64(index))), ("delta", .object([("content", .string(text))])), ("logprobs", logprobsValue),
                     ("finish_reason", .null),
                 ] + self.tokenMember(tokens))
         }
         return self.envelope(self.chunkObject, choices: [choice])
     }
 
-    func finish(_ reason: String) -> JSONValue {
+    func finish(_ reason: String, index: Int = 0) -> JSONValue {
         let choice: JSONValue
         switch self.route {
         case .completions:
             choice = .object([
-                ("index", .int(0)), ("text", .string("")), ("logprobs", .null), ("finish_reason", .string(reason)),
+                ("index", .int(Int64(index))), ("text", .string("")), ("logprobs", .null), ("finish_reason", .string(reason)),
             ])
         case .chatCompletions:
             choice = .object([
-                ("index", .int(0)), ("delta", .object([])), ("logprobs", .null), ("finish_reason", .string(reason)),
+                ("index", .int(Int64(index))), ("delta", .object([])), ("logprobs", .null), ("finish_reason", .string(reason)),
             ])
         }
         return self.envelope(self.chunkObject, choices: [choice])

@@ -29,7 +29,7 @@ final class ScriptedReplica: Sendable {
 
     init(bigBodyBytes: Int = 0) throws {
         self.bigBodyBytes = bigBodyBytes
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestEnvironment.Failure("socket: \(errno)") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -48,6 +48,7 @@ final class ScriptedReplica: Sendable {
             while true {
                 let client = accept(fd, nil, nil)
                 if client < 0 { break }
+                _ = fcntl(client, F_SETFD, FD_CLOEXEC)  // not inherited by the processes other suites spawn
                 Thread { self.serve(client) }.start()
             }
             // Only this thread closes the listener, after its last accept.

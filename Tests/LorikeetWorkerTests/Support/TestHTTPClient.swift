@@ -43,7 +43,7 @@ final class TestHTTPConnection: @unchecked Sendable {
     private var buffer: [UInt8] = []
 
     init(port: Int, timeoutSeconds: Int = 20) throws {
-        self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let result = TestEnvironment.withLoopbackAddress(port: UInt16(port)) { connect(self.fd, $0, $1) }

@@ -52,6 +52,141 @@ void   lorikeet__v1__sampling_params__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__sampling_params__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   lorikeet__v1__logit_bias__init
+                     (Lorikeet__V1__LogitBias         *message)
+{
+  static const Lorikeet__V1__LogitBias init_value = LORIKEET__V1__LOGIT_BIAS__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__logit_bias__get_packed_size
+                     (const Lorikeet__V1__LogitBias *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__logit_bias__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__logit_bias__pack
+                     (const Lorikeet__V1__LogitBias *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__logit_bias__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__logit_bias__pack_to_buffer
+                     (const Lorikeet__V1__LogitBias *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__logit_bias__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__LogitBias *
+       lorikeet__v1__logit_bias__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__LogitBias *)
+     protobuf_c_message_unpack (&lorikeet__v1__logit_bias__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__logit_bias__free_unpacked
+                     (Lorikeet__V1__LogitBias *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__logit_bias__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   lorikeet__v1__token_logprob__init
+                     (Lorikeet__V1__TokenLogprob         *message)
+{
+  static const Lorikeet__V1__TokenLogprob init_value = LORIKEET__V1__TOKEN_LOGPROB__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__token_logprob__get_packed_size
+                     (const Lorikeet__V1__TokenLogprob *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__token_logprob__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__token_logprob__pack
+                     (const Lorikeet__V1__TokenLogprob *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__token_logprob__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__token_logprob__pack_to_buffer
+                     (const Lorikeet__V1__TokenLogprob *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__token_logprob__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__TokenLogprob *
+       lorikeet__v1__token_logprob__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__TokenLogprob *)
+     protobuf_c_message_unpack (&lorikeet__v1__token_logprob__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__token_logprob__free_unpacked
+                     (Lorikeet__V1__TokenLogprob *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__token_logprob__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   lorikeet__v1__position_logprobs__init
+                     (Lorikeet__V1__PositionLogprobs         *message)
+{
+  static const Lorikeet__V1__PositionLogprobs init_value = LORIKEET__V1__POSITION_LOGPROBS__INIT;
+  *message = init_value;
+}
+size_t lorikeet__v1__position_logprobs__get_packed_size
+                     (const Lorikeet__V1__PositionLogprobs *message)
+{
+  assert(message->base.descriptor == &lorikeet__v1__position_logprobs__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t lorikeet__v1__position_logprobs__pack
+                     (const Lorikeet__V1__PositionLogprobs *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &lorikeet__v1__position_logprobs__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t lorikeet__v1__position_logprobs__pack_to_buffer
+                     (const Lorikeet__V1__PositionLogprobs *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &lorikeet__v1__position_logprobs__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Lorikeet__V1__PositionLogprobs *
+       lorikeet__v1__position_logprobs__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Lorikeet__V1__PositionLogprobs *)
+     protobuf_c_message_unpack (&lorikeet__v1__position_logprobs__descriptor,
+                                allocator, len, data);
+}
+void   lorikeet__v1__position_logprobs__free_unpacked
+                     (Lorikeet__V1__PositionLogprobs *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &lorikeet__v1__position_logprobs__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   lorikeet__v1__adapter_ref__init
                      (Lorikeet__V1__AdapterRef         *message)
 {
@@ -1042,7 +1177,7 @@ void   lorikeet__v1__engine_envelope__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__engine_envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[9] =
+static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[25] =
 {
   {
     "max_tokens",
@@ -1152,22 +1287,230 @@ static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "min_p",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, min_p),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "presence_penalty",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, presence_penalty),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "frequency_penalty",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, frequency_penalty),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "repetition_penalty",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, repetition_penalty),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "logit_bias",
+    14,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__SamplingParams, n_logit_bias),
+    offsetof(Lorikeet__V1__SamplingParams, logit_bias),
+    &lorikeet__v1__logit_bias__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "min_tokens",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, min_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "include_stop_str_in_output",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, include_stop_str_in_output),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "temperature_from_model",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, temperature_from_model),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "top_p_from_model",
+    18,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, top_p_from_model),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "top_k_from_model",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, top_k_from_model),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "min_p_from_model",
+    20,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, min_p_from_model),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "repetition_penalty_from_model",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, repetition_penalty_from_model),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "has_logprobs",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, has_logprobs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "logprobs",
+    23,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, logprobs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "has_prompt_logprobs",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, has_prompt_logprobs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "prompt_logprobs",
+    25,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, prompt_logprobs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
+  11,   /* field[11] = frequency_penalty */
+  21,   /* field[21] = has_logprobs */
+  23,   /* field[23] = has_prompt_logprobs */
   4,   /* field[4] = has_seed */
   8,   /* field[8] = ignore_eos */
+  15,   /* field[15] = include_stop_str_in_output */
+  13,   /* field[13] = logit_bias */
+  22,   /* field[22] = logprobs */
   0,   /* field[0] = max_tokens */
+  9,   /* field[9] = min_p */
+  19,   /* field[19] = min_p_from_model */
+  14,   /* field[14] = min_tokens */
+  10,   /* field[10] = presence_penalty */
+  24,   /* field[24] = prompt_logprobs */
+  12,   /* field[12] = repetition_penalty */
+  20,   /* field[20] = repetition_penalty_from_model */
   5,   /* field[5] = seed */
   6,   /* field[6] = stop */
   7,   /* field[7] = stop_token_ids */
   1,   /* field[1] = temperature */
+  16,   /* field[16] = temperature_from_model */
   3,   /* field[3] = top_k */
+  18,   /* field[18] = top_k_from_model */
   2,   /* field[2] = top_p */
+  17,   /* field[17] = top_p_from_model */
 };
 static const ProtobufCIntRange lorikeet__v1__sampling_params__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 25 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
 {
@@ -1177,11 +1520,190 @@ const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
   "Lorikeet__V1__SamplingParams",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__SamplingParams),
-  9,
+  25,
   lorikeet__v1__sampling_params__field_descriptors,
   lorikeet__v1__sampling_params__field_indices_by_name,
   1,  lorikeet__v1__sampling_params__number_ranges,
   (ProtobufCMessageInit) lorikeet__v1__sampling_params__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__logit_bias__field_descriptors[2] =
+{
+  {
+    "token_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__LogitBias, token_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bias",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__LogitBias, bias),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__logit_bias__field_indices_by_name[] = {
+  1,   /* field[1] = bias */
+  0,   /* field[0] = token_id */
+};
+static const ProtobufCIntRange lorikeet__v1__logit_bias__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__logit_bias__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.LogitBias",
+  "LogitBias",
+  "Lorikeet__V1__LogitBias",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__LogitBias),
+  2,
+  lorikeet__v1__logit_bias__field_descriptors,
+  lorikeet__v1__logit_bias__field_indices_by_name,
+  1,  lorikeet__v1__logit_bias__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__logit_bias__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__token_logprob__field_descriptors[3] =
+{
+  {
+    "token_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenLogprob, token_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "logprob",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenLogprob, logprob),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "token",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__TokenLogprob, token),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__token_logprob__field_indices_by_name[] = {
+  1,   /* field[1] = logprob */
+  2,   /* field[2] = token */
+  0,   /* field[0] = token_id */
+};
+static const ProtobufCIntRange lorikeet__v1__token_logprob__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__token_logprob__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.TokenLogprob",
+  "TokenLogprob",
+  "Lorikeet__V1__TokenLogprob",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__TokenLogprob),
+  3,
+  lorikeet__v1__token_logprob__field_descriptors,
+  lorikeet__v1__token_logprob__field_indices_by_name,
+  1,  lorikeet__v1__token_logprob__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__token_logprob__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor lorikeet__v1__position_logprobs__field_descriptors[3] =
+{
+  {
+    "chosen",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__PositionLogprobs, chosen),
+    &lorikeet__v1__token_logprob__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "top",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__PositionLogprobs, n_top),
+    offsetof(Lorikeet__V1__PositionLogprobs, top),
+    &lorikeet__v1__token_logprob__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "no_logprob",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__PositionLogprobs, no_logprob),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned lorikeet__v1__position_logprobs__field_indices_by_name[] = {
+  0,   /* field[0] = chosen */
+  2,   /* field[2] = no_logprob */
+  1,   /* field[1] = top */
+};
+static const ProtobufCIntRange lorikeet__v1__position_logprobs__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor lorikeet__v1__position_logprobs__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "lorikeet.v1.PositionLogprobs",
+  "PositionLogprobs",
+  "Lorikeet__V1__PositionLogprobs",
+  "lorikeet.v1",
+  sizeof(Lorikeet__V1__PositionLogprobs),
+  3,
+  lorikeet__v1__position_logprobs__field_descriptors,
+  lorikeet__v1__position_logprobs__field_indices_by_name,
+  1,  lorikeet__v1__position_logprobs__number_ranges,
+  (ProtobufCMessageInit) lorikeet__v1__position_logprobs__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor lorikeet__v1__adapter_ref__field_descriptors[3] =
@@ -1453,7 +1975,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__usage__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__usage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__generate_chunk__field_descriptors[6] =
+static const ProtobufCFieldDescriptor lorikeet__v1__generate_chunk__field_descriptors[8] =
 {
   {
     "request_id",
@@ -1527,9 +2049,35 @@ static const ProtobufCFieldDescriptor lorikeet__v1__generate_chunk__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "logprobs",
+    7,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__GenerateChunk, n_logprobs),
+    offsetof(Lorikeet__V1__GenerateChunk, logprobs),
+    &lorikeet__v1__position_logprobs__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "prompt_logprobs",
+    8,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Lorikeet__V1__GenerateChunk, n_prompt_logprobs),
+    offsetof(Lorikeet__V1__GenerateChunk, prompt_logprobs),
+    &lorikeet__v1__position_logprobs__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__generate_chunk__field_indices_by_name[] = {
   3,   /* field[3] = finish_reason */
+  6,   /* field[6] = logprobs */
+  7,   /* field[7] = prompt_logprobs */
   0,   /* field[0] = request_id */
   5,   /* field[5] = status */
   2,   /* field[2] = text */
@@ -1539,7 +2087,7 @@ static const unsigned lorikeet__v1__generate_chunk__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__generate_chunk__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__generate_chunk__descriptor =
 {
@@ -1549,7 +2097,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__generate_chunk__descriptor =
   "Lorikeet__V1__GenerateChunk",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__GenerateChunk),
-  6,
+  8,
   lorikeet__v1__generate_chunk__field_descriptors,
   lorikeet__v1__generate_chunk__field_indices_by_name,
   1,  lorikeet__v1__generate_chunk__number_ranges,

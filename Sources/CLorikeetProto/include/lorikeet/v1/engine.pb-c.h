@@ -17,6 +17,9 @@ PROTOBUF_C__BEGIN_DECLS
 #include "lorikeet/v1/common.pb-c.h"
 
 typedef struct Lorikeet__V1__SamplingParams Lorikeet__V1__SamplingParams;
+typedef struct Lorikeet__V1__LogitBias Lorikeet__V1__LogitBias;
+typedef struct Lorikeet__V1__TokenLogprob Lorikeet__V1__TokenLogprob;
+typedef struct Lorikeet__V1__PositionLogprobs Lorikeet__V1__PositionLogprobs;
 typedef struct Lorikeet__V1__AdapterRef Lorikeet__V1__AdapterRef;
 typedef struct Lorikeet__V1__ChatMessage Lorikeet__V1__ChatMessage;
 typedef struct Lorikeet__V1__GenerateRequest Lorikeet__V1__GenerateRequest;
@@ -46,12 +49,19 @@ typedef struct Lorikeet__V1__EngineEnvelope Lorikeet__V1__EngineEnvelope;
 
 /* --- messages --- */
 
+/*
+ * Fields follow vLLM's SamplingParams; the worker checks every bound at the HTTP edge
+ * (docs/LIMITS.md) and the engine checks them again.
+ */
 struct  Lorikeet__V1__SamplingParams
 {
   ProtobufCMessage base;
+  /*
+   * 0 = the rest of the context.
+   */
   uint32_t max_tokens;
   /*
-   * 0 = greedy.
+   * Below 1e-5 = greedy.
    */
   float temperature;
   /*
@@ -69,10 +79,90 @@ struct  Lorikeet__V1__SamplingParams
   size_t n_stop_token_ids;
   uint32_t *stop_token_ids;
   protobuf_c_boolean ignore_eos;
+  /*
+   * 0 = off.
+   */
+  float min_p;
+  float presence_penalty;
+  float frequency_penalty;
+  /*
+   * 0 = off (the same as 1).
+   */
+  float repetition_penalty;
+  size_t n_logit_bias;
+  Lorikeet__V1__LogitBias **logit_bias;
+  uint32_t min_tokens;
+  protobuf_c_boolean include_stop_str_in_output;
+  /*
+   * The request left these out: the engine uses the model's generation defaults
+   * (generation_config.json), else vLLM's (temperature 1, top_p 1, top_k off, min_p off,
+   * repetition_penalty 1); the matching fields above are ignored.
+   */
+  protobuf_c_boolean temperature_from_model;
+  protobuf_c_boolean top_p_from_model;
+  protobuf_c_boolean top_k_from_model;
+  protobuf_c_boolean min_p_from_model;
+  protobuf_c_boolean repetition_penalty_from_model;
+  /*
+   * Top log probabilities per generated token (0-20) when has_logprobs.
+   */
+  protobuf_c_boolean has_logprobs;
+  uint32_t logprobs;
+  /*
+   * Top log probabilities per prompt token (0-20) when has_prompt_logprobs.
+   */
+  protobuf_c_boolean has_prompt_logprobs;
+  uint32_t prompt_logprobs;
 };
 #define LORIKEET__V1__SAMPLING_PARAMS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__sampling_params__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0 }
+    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+
+
+/*
+ * One logit_bias entry: bias (-100..100) added to the token's logit.
+ */
+struct  Lorikeet__V1__LogitBias
+{
+  ProtobufCMessage base;
+  uint32_t token_id;
+  float bias;
+};
+#define LORIKEET__V1__LOGIT_BIAS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__logit_bias__descriptor) \
+    , 0, 0 }
+
+
+/*
+ * One token with its log probability; token is its text (its bytes as UTF-8, lossy).
+ */
+struct  Lorikeet__V1__TokenLogprob
+{
+  ProtobufCMessage base;
+  uint32_t token_id;
+  float logprob;
+  char *token;
+};
+#define LORIKEET__V1__TOKEN_LOGPROB__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__token_logprob__descriptor) \
+    , 0, 0, (char *)protobuf_c_empty_string }
+
+
+/*
+ * The log probabilities at one position: the chosen token and the most likely ones
+ * (most likely first). no_logprob: the first prompt token, which has none.
+ */
+struct  Lorikeet__V1__PositionLogprobs
+{
+  ProtobufCMessage base;
+  Lorikeet__V1__TokenLogprob *chosen;
+  size_t n_top;
+  Lorikeet__V1__TokenLogprob **top;
+  protobuf_c_boolean no_logprob;
+};
+#define LORIKEET__V1__POSITION_LOGPROBS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__position_logprobs__descriptor) \
+    , NULL, 0,NULL, 0 }
 
 
 /*
@@ -145,10 +235,20 @@ struct  Lorikeet__V1__GenerateChunk
   char *finish_reason;
   Lorikeet__V1__Usage *usage;
   Lorikeet__V1__Status *status;
+  /*
+   * One per token in tokens, when the request asked for logprobs.
+   */
+  size_t n_logprobs;
+  Lorikeet__V1__PositionLogprobs **logprobs;
+  /*
+   * On the first chunk, when the request asked for prompt logprobs: one per prompt token.
+   */
+  size_t n_prompt_logprobs;
+  Lorikeet__V1__PositionLogprobs **prompt_logprobs;
 };
 #define LORIKEET__V1__GENERATE_CHUNK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__generate_chunk__descriptor) \
-    , (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, NULL }
+    , (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, NULL, 0,NULL, 0,NULL }
 
 
 struct  Lorikeet__V1__AbortRequest
@@ -445,6 +545,63 @@ Lorikeet__V1__SamplingParams *
                       const uint8_t       *data);
 void   lorikeet__v1__sampling_params__free_unpacked
                      (Lorikeet__V1__SamplingParams *message,
+                      ProtobufCAllocator *allocator);
+/* Lorikeet__V1__LogitBias methods */
+void   lorikeet__v1__logit_bias__init
+                     (Lorikeet__V1__LogitBias         *message);
+size_t lorikeet__v1__logit_bias__get_packed_size
+                     (const Lorikeet__V1__LogitBias   *message);
+size_t lorikeet__v1__logit_bias__pack
+                     (const Lorikeet__V1__LogitBias   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__logit_bias__pack_to_buffer
+                     (const Lorikeet__V1__LogitBias   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__LogitBias *
+       lorikeet__v1__logit_bias__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__logit_bias__free_unpacked
+                     (Lorikeet__V1__LogitBias *message,
+                      ProtobufCAllocator *allocator);
+/* Lorikeet__V1__TokenLogprob methods */
+void   lorikeet__v1__token_logprob__init
+                     (Lorikeet__V1__TokenLogprob         *message);
+size_t lorikeet__v1__token_logprob__get_packed_size
+                     (const Lorikeet__V1__TokenLogprob   *message);
+size_t lorikeet__v1__token_logprob__pack
+                     (const Lorikeet__V1__TokenLogprob   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__token_logprob__pack_to_buffer
+                     (const Lorikeet__V1__TokenLogprob   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__TokenLogprob *
+       lorikeet__v1__token_logprob__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__token_logprob__free_unpacked
+                     (Lorikeet__V1__TokenLogprob *message,
+                      ProtobufCAllocator *allocator);
+/* Lorikeet__V1__PositionLogprobs methods */
+void   lorikeet__v1__position_logprobs__init
+                     (Lorikeet__V1__PositionLogprobs         *message);
+size_t lorikeet__v1__position_logprobs__get_packed_size
+                     (const Lorikeet__V1__PositionLogprobs   *message);
+size_t lorikeet__v1__position_logprobs__pack
+                     (const Lorikeet__V1__PositionLogprobs   *message,
+                      uint8_t             *out);
+size_t lorikeet__v1__position_logprobs__pack_to_buffer
+                     (const Lorikeet__V1__PositionLogprobs   *message,
+                      ProtobufCBuffer     *buffer);
+Lorikeet__V1__PositionLogprobs *
+       lorikeet__v1__position_logprobs__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   lorikeet__v1__position_logprobs__free_unpacked
+                     (Lorikeet__V1__PositionLogprobs *message,
                       ProtobufCAllocator *allocator);
 /* Lorikeet__V1__AdapterRef methods */
 void   lorikeet__v1__adapter_ref__init
@@ -869,6 +1026,15 @@ void   lorikeet__v1__engine_envelope__free_unpacked
 typedef void (*Lorikeet__V1__SamplingParams_Closure)
                  (const Lorikeet__V1__SamplingParams *message,
                   void *closure_data);
+typedef void (*Lorikeet__V1__LogitBias_Closure)
+                 (const Lorikeet__V1__LogitBias *message,
+                  void *closure_data);
+typedef void (*Lorikeet__V1__TokenLogprob_Closure)
+                 (const Lorikeet__V1__TokenLogprob *message,
+                  void *closure_data);
+typedef void (*Lorikeet__V1__PositionLogprobs_Closure)
+                 (const Lorikeet__V1__PositionLogprobs *message,
+                  void *closure_data);
 typedef void (*Lorikeet__V1__AdapterRef_Closure)
                  (const Lorikeet__V1__AdapterRef *message,
                   void *closure_data);
@@ -942,6 +1108,9 @@ typedef void (*Lorikeet__V1__EngineEnvelope_Closure)
 /* --- descriptors --- */
 
 extern const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__logit_bias__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__token_logprob__descriptor;
+extern const ProtobufCMessageDescriptor lorikeet__v1__position_logprobs__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__adapter_ref__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__chat_message__descriptor;
 extern const ProtobufCMessageDescriptor lorikeet__v1__generate_request__descriptor;
