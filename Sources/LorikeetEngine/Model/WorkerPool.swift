@@ -74,7 +74,7 @@ package final class WorkerPool: Sendable {
 /// the region ends when it reaches the chunk count — a worker that never woke up delays
 /// nothing.
 ///
-/// Safety argument for `@unchecked Sendable` (every mutable field, who touches it, when):
+/// Safety argument for the unchecked Sendable conformance (every mutable field, who touches it, when):
 /// - `job` and `region` are written only by the thread holding `busy` (the region's caller);
 ///   workers never read `region`. `job` is set before the
 ///   sequentially consistent store of `ticket` that publishes the region, cleared after `done`
@@ -91,6 +91,8 @@ package final class WorkerPool: Sendable {
 ///   other's write, so a wake-up is never lost.
 /// - `mutex`, `cond` and `threadIDs` are set in `init` and freed in `stop` after every worker
 ///   was joined. Each worker thread holds a retain on this object until it exits.
+// Unchecked Sendable is safe: every mutable field is guarded as the safety argument above
+// says (atomics, or `mutex`, or written only before the workers start and after they joined).
 final class WorkerPoolShared: @unchecked Sendable {
     struct Job {
         var body: (Range<Int>, Int) -> Void
