@@ -192,7 +192,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LorikeetProtoTests",
-            dependencies: ["LorikeetProto"],
+            dependencies: ["LorikeetProto", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
         .testTarget(

@@ -20,6 +20,10 @@ package enum Limits {
     /// Largest `--max-body-bytes` an operator may set: a body this large, lowered into an
     /// engine request, still fits a frame with room for the envelope.
     package static let maxBodyBytesCeiling = 12 * 1024 * 1024
+    /// Largest request head (request line and headers, up to the blank line). A longer
+    /// one is a 431 with OpenAI's envelope and the connection closes; below NIO's own
+    /// 80 KiB parser limit, which would answer an empty 400.
+    package static let requestHeadBytes = 64 * 1024
 
     // MARK: Upstream replicas (upstream mode)
 

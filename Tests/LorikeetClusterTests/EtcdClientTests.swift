@@ -9,7 +9,7 @@ import Testing
 /// The etcd client against a real 3-member etcd cluster on loopback (one cluster per test;
 /// the suite is serialized so that at most three etcd processes run for it at a time).
 /// No wall-clock assertion: time limits here are hang guards only.
-@Suite(.serialized, .enabled(if: EtcdCluster.isAvailable, Comment(rawValue: EtcdCluster.unavailableMessage)))
+@Suite(.serialized, .enabled(if: EtcdCluster.isAvailable, Comment(rawValue: EtcdCluster.unavailableMessage)), .ownThreads)
 struct EtcdClientTests {
     static let logger: Logger = {
         var logger = Logger(label: "etcd-test")
@@ -100,13 +100,23 @@ struct EtcdClientTests {
 
     @Test func leaseExpiryRemovesKeys() async throws {
         try await withCluster { _, client in
-            // 6 s: a 2 s lease could expire before the checks below on a stalled machine.
-            let lease = try await client.grantLease(ttl: 6)
-            #expect(lease.ttl >= 6)
-            try await client.put(key: "/lease/node", value: "alive", lease: lease.id)
-            let live = try await client.timeToLive(lease.id)
-            #expect(live.keys == ["/lease/node"] && (live.ttl ?? 0) > 0)
-            #expect(try await client.range(key: "/lease/node").kvs.first?.lease == lease.id)
+            // The attachment is checked on a lease that cannot expire during the checks (a
+            // stalled CI machine once took more than 6 s between the put and the range); the
+            // expiry itself is checked on a second, short lease with no timed step in between.
+            let attached = try await client.grantLease(ttl: 120)
+            #expect(attached.ttl >= 120)
+            try await client.put(key: "/lease/attached", value: "alive", lease: attached.id)
+            let live = try await client.timeToLive(attached.id)
+            #expect(live.keys == ["/lease/attached"] && (live.ttl ?? 0) > 0)
+            #expect(try await client.range(key: "/lease/attached").kvs.first?.lease == attached.id)
+            try await client.revoke(attached.id)
+
+            let lease = try await client.grantLease(ttl: 3)
+            do {
+                try await client.put(key: "/lease/node", value: "alive", lease: lease.id)
+            } catch EtcdError.leaseNotFound {
+                // Stalled for more than the TTL between grant and put: already expired.
+            }
             try await eventually("the leased key to disappear", seconds: 30) {
                 try await client.range(key: "/lease/node").kvs.isEmpty
             }

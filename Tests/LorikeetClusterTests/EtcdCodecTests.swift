@@ -1,10 +1,11 @@
 import Foundation
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetCluster
 
 /// Pure tests of the gateway encoding: base64, endpoints, prefix ranges, error mapping.
-@Suite struct EtcdCodecTests {
+@Suite(.ownThreads) struct EtcdCodecTests {
     @Test(arguments: 0..<12)
     func base64MatchesFoundation(length: Int) {
         let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 250) }

@@ -12,7 +12,7 @@ import Testing
 
 /// The outbound bound and the drain, over real sockets (socketpairs) to an in-process
 /// server.
-@Suite("Engine server: slow clients and draining", .serialized)
+@Suite("Engine server: slow clients and draining", .serialized, .ownThreads)
 struct BackPressureAndDrainTests {
     /// A request whose every chunk echoes a 1000-byte request id: four of them stream
     /// about 1 MB, more than a Unix socket buffers, so a client that does not read leaves

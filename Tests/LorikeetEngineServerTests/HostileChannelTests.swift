@@ -13,7 +13,7 @@ import Testing
 #endif
 
 /// Hostile calls on the engine channel, over real sockets: each fails alone.
-@Suite("Engine channel: hostile calls fail alone")
+@Suite("Engine channel: hostile calls fail alone", .ownThreads)
 struct HostileChannelTests {
     static func socketPair() throws -> (Int32, Int32) {
         var fds: [Int32] = [0, 0]
@@ -275,7 +275,7 @@ enum LargeAdapter {
     }
 }
 
-@Suite("Engine channel: adapter loading off the connection", .serialized)
+@Suite("Engine channel: adapter loading off the connection", .serialized, .ownThreads)
 struct AdapterLoadingOffTheConnectionTests {
     /// While a large adapter loads, `health`, `generate` and `abort` on the SAME connection
     /// and a generate on another connection are answered before the load finishes; the

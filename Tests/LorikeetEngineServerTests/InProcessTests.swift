@@ -12,7 +12,7 @@ import Testing
 #endif
 
 /// The engine server over a socketpair: the in-process twin of the engine process.
-@Suite("Engine server, in process")
+@Suite("Engine server, in process", .ownThreads)
 struct InProcessTests {
     static func makeServer(maxLoras: Int = 4) async throws -> (EngineServer, EngineCore, TestEngineClient) {
         let core = try EngineCore(

@@ -1,10 +1,11 @@
 import Foundation
+import LorikeetTestSupport
 import Synchronization
 import Testing
 
 @testable import LorikeetEngine
 
-@Suite("LoRA adapters: refusals, slots, epochs")
+@Suite("LoRA adapters: refusals, slots, epochs", .ownThreads)
 struct AdapterTests {
     struct Refusal: CustomTestStringConvertible, Sendable {
         var fixture: String

@@ -1,11 +1,12 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetCLI
 @testable import LorikeetEngine
 
-@Suite("LoRA on GGUF weights against a numpy reference")
+@Suite("LoRA on GGUF weights against a numpy reference", .ownThreads)
 struct GGUFLoRATests {
     /// Runs Tests/Fixtures/gguf_lora_reference.py (cached by script and tokens) and returns its directory.
     static func reference(tokens: [UInt32]) throws -> URL {

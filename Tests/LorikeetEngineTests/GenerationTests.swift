@@ -1,11 +1,12 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Synchronization
 import Testing
 
 @testable import LorikeetEngine
 
-@Suite("Generation: scheduler, sampling, streaming text")
+@Suite("Generation: scheduler, sampling, streaming text", .ownThreads)
 struct GenerationTests {
     /// 8 requests mixing adapters and the base model run interleaved; each produces
     /// exactly what it produces alone.

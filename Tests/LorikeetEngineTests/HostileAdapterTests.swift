@@ -1,5 +1,6 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
@@ -73,7 +74,7 @@ final class ScratchDirectory {
     deinit { try? FileManager.default.removeItem(atPath: self.path) }
 }
 
-@Suite("Hostile adapter directories and files")
+@Suite("Hostile adapter directories and files", .ownThreads)
 struct HostileAdapterTests {
     struct PathCase: CustomTestStringConvertible, Sendable {
         var label: String
@@ -343,7 +344,7 @@ struct HostileAdapterTests {
     }
 }
 
-@Suite("target_modules regex without backtracking")
+@Suite("target_modules regex without backtracking", .ownThreads)
 struct TargetModulePatternTests {
     struct Case: CustomTestStringConvertible, Sendable {
         var pattern: String

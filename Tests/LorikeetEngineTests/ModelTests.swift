@@ -1,11 +1,12 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
 
 /// The Swift forward pass against the numpy reference in make_tiny_llama.py.
-@Suite("Llama forward pass vs numpy reference")
+@Suite("Llama forward pass vs numpy reference", .ownThreads)
 struct ModelTests {
     /// Adapter fixture name -> int id used in these tests.
     static let adapterIDs: [String: UInt64] = ["plain": 1, "rslora": 2, "rank32": 3]

@@ -1,5 +1,6 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetCLI
@@ -128,18 +129,9 @@ enum RealModel {
     /// Runs a reference script of Tests/Fixtures with the venv's `python`; throws with its
     /// stderr when it fails.
     static func runPython(_ python: URL, script: URL, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = python
-        process.arguments = [script.path] + arguments
-        let pipe = Pipe()
-        process.standardError = pipe
-        try process.run()
-        let stderr = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw RealModelSetupError(
-                description: "\(script.lastPathComponent) failed (\(process.terminationStatus)): \(String(decoding: stderr, as: UTF8.self))"
-            )
+        let (status, output) = try TestEnvironment.runProcess(python.path, [script.path] + arguments)
+        guard status == 0 else {
+            throw RealModelSetupError(description: "\(script.lastPathComponent) failed (\(status)): \(output)")
         }
     }
 

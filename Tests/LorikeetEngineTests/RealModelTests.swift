@@ -1,10 +1,11 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
 
-@Suite("SmolLM2-135M-Instruct GGUF (downloaded once into the cache)")
+@Suite("SmolLM2-135M-Instruct GGUF (downloaded once into the cache)", .ownThreads)
 struct RealModelTests {
     @Test("metadata and config match the model card")
     func metadata() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
@@ -14,7 +15,7 @@ private func f32Bytes(_ values: [Float]) -> [UInt8] {
     values.flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v.bitPattern >> (8 * UInt32($0))) } }
 }
 
-@Suite("Safetensors parser")
+@Suite("Safetensors parser", .ownThreads)
 struct SafetensorsTests {
     @Test func decodesF32F16BF16() throws {
         // F16: 1.0 = 0x3C00, -2.0 = 0xC000, 65504 = 0x7BFF, smallest subnormal 0x0001.

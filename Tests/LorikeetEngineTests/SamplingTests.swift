@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
@@ -6,7 +7,7 @@ import Testing
 /// The sampler against `sampling.json`, written by `Tests/Fixtures/make_tiny_llama.py`:
 /// vLLM's formulas re-implemented in numpy (`vllm_process`, `vllm_filter`, `log_softmax`)
 /// on the fixture model's reference logits, never derived from the Swift code.
-@Suite("Sampling against numpy re-implementations of vLLM's formulas")
+@Suite("Sampling against numpy re-implementations of vLLM's formulas", .ownThreads)
 struct SamplingTests {
     struct Reference: Decodable {
         struct Position: Decodable {

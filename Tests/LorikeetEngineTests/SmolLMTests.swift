@@ -1,5 +1,6 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetCLI
@@ -20,7 +21,7 @@ enum SmolLM {
     static func engine() throws -> EngineCore { try self.opened.get() }
 }
 
-@Suite("SmolLM2-135M-Instruct from GGUF (the default model)")
+@Suite("SmolLM2-135M-Instruct from GGUF (the default model)", .ownThreads)
 struct SmolLMTests {
     @Test("config, tokenizer and weights as the GGUF declares them")
     func loaded() throws {

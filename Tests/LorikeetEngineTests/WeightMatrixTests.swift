@@ -1,10 +1,11 @@
 import Foundation
 import LorikeetGGUF
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetEngine
 
-@Suite("Quantized weight matrices (Q4_1, Q8_0) against dequantized fp32")
+@Suite("Quantized weight matrices (Q4_1, Q8_0) against dequantized fp32", .ownThreads)
 struct WeightMatrixTests {
     struct Case: Sendable, CustomTestStringConvertible {
         var format: WeightMatrix.Format
@@ -82,7 +83,7 @@ struct WeightMatrixTests {
 
 /// A model whose layers use different block types (as some GGUF mixes do: fp32 or Q8_0
 /// in one layer, Q4_1 in another) runs safely and computes what its dequantized twin does.
-@Suite("Models with mixed block types per layer")
+@Suite("Models with mixed block types per layer", .ownThreads)
 struct MixedFormatModelTests {
     static let config = try! LlamaConfig(
         hiddenSize: 64, intermediateSize: 128, numLayers: 3, numHeads: 4, numKVHeads: 2, vocabSize: 96,

@@ -1,3 +1,4 @@
+import LorikeetTestSupport
 import Synchronization
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
     import Darwin
 #endif
 
-@Suite("WorkerPool: persistent compute threads, dynamic chunks, results equal to serial")
+@Suite("WorkerPool: persistent compute threads, dynamic chunks, results equal to serial", .ownThreads)
 struct WorkerPoolTests {
     /// Every item of many regions (uneven counts and grains, so the last chunk is short) is
     /// visited exactly once, by a thread index below `threads`, and the output equals the

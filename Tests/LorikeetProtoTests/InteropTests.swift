@@ -1,5 +1,6 @@
 import Foundation
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 /// Proof that any protobuf client can speak our channels: bytes from this codec decode
@@ -43,19 +44,11 @@ struct InteropTests {
         guard FileManager.default.isExecutableFile(atPath: python) else {
             throw InteropError("missing \(python): run bin/test, which creates the venv")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [root.appendingPathComponent("Tests/Fixtures/proto_interop.py").path, type]
-        let input = Pipe()
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        input.fileHandleForWriting.write(Data(messages.flatMap { Frame.encode($0) }))
-        try input.fileHandleForWriting.close()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw InteropError("python exited with \(process.terminationStatus)") }
+        let (status, output) = try TestEnvironment.runProcess(
+            python, [root.appendingPathComponent("Tests/Fixtures/proto_interop.py").path, type],
+            input: messages.flatMap { Frame.encode($0) })
+        guard status == 0 else { throw InteropError("python exited with \(status): \(output.prefix(2000))") }
+        let data = Data(output.utf8)
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
         guard let marker = lines.firstIndex(of: "---FRAMES---"), marker + 1 < lines.count else {
             throw InteropError("no frames in python output")

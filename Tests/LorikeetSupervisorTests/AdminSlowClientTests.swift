@@ -5,7 +5,7 @@ import Testing
 
 /// Slow and idle clients on the admin socket: a partial frame has a deadline, open
 /// connections are capped, and `lorikeet ctl` keeps answering throughout.
-@Suite("Slow and idle admin clients", .serialized)
+@Suite("Slow and idle admin clients", .serialized, .ownThreads)
 struct AdminSlowClientTests {
     static func connect(_ server: ServerUnderTest) throws -> Int32 {
         try UnixSocket.connect(path: server.stateDirectory + "/admin.sock")
@@ -72,13 +72,16 @@ struct AdminSlowClientTests {
         while Date().timeIntervalSince(start) < 30, halfClosedAfter == nil || trickleClosedAfter == nil {
             // One byte of a 100-byte frame every 0.3 s: activity never resets the deadline.
             if trickleClosedAfter == nil { Self.send(trickle, [7]) }
-            if (try server.status()["ready_workers"] as? Int) == 1 { statusCalls += 1 }
+            // Counted only when asked while both partial frames were still pending.
+            let pending = halfClosedAfter == nil && trickleClosedAfter == nil
+            if (try server.status()["ready_workers"] as? Int) == 1, pending { statusCalls += 1 }
             Thread.sleep(forTimeInterval: 0.3)
             let elapsed = Date().timeIntervalSince(start)
             if halfClosedAfter == nil, Self.closedByPeer(half) { halfClosedAfter = elapsed }
             if trickleClosedAfter == nil, Self.closedByPeer(trickle) { trickleClosedAfter = elapsed }
         }
-        #expect(statusCalls >= 3, "ctl status did not answer while partial frames were pending")
+        // At least the first: how many more fit in the 1.5 s depends on the machine's load.
+        #expect(statusCalls >= 1, "ctl status did not answer while partial frames were pending")
         for (name, elapsed) in [("half frame", halfClosedAfter), ("trickled frame", trickleClosedAfter)] {
             #expect(elapsed != nil, "the \(name) connection was kept for 30 s with a 1.5 s frame timeout")
             if let elapsed { #expect(elapsed >= 1.2, "the \(name) connection was closed after \(elapsed) s, before the timeout") }

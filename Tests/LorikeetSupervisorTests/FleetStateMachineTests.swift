@@ -1,10 +1,11 @@
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetSupervisor
 
 /// Fleet mode's rules in `SupervisorStateMachine` (`+Cluster.swift`), without processes.
-@Suite("Supervisor state machine, fleet mode")
+@Suite("Supervisor state machine, fleet mode", .ownThreads)
 struct FleetStateMachineTests {
     typealias Machine = SupervisorStateMachine
 
@@ -97,6 +98,49 @@ struct FleetStateMachineTests {
         #expect(sent.upserts.map(\.name) == ["new"] && sent.previous.isEmpty)
         let done = machine.clusterCommitReplied(callID: routeID, ClusterCommitReply(revision: 20))
         #expect(done.contains { if case .replyToCommit(ids[0], routeID, let reply) = $0 { reply.status.isOK } else { false } })
+    }
+
+    @Test("reserved ids commit out of order: a load holding id 12 commits after another node's id 14 was applied here")
+    func outOfOrderReservedIDs() {
+        var (machine, ids) = Self.caughtUp([Self.record("old", 3)])
+        // Another node reserved 14 and committed first; this node's table applied it.
+        let applied = machine.clusterTableReceived(
+            ClusterTable(
+                revision: 9, table: AdapterTable(adapters: [Self.record("old", 3), Self.record("other", 14)], nextIntID: 15), caughtUp: true
+            ),
+            now: 1)
+        let version = Self.changes(applied)[0].1.version
+        _ = machine.changeAcked(by: ids[0], version: version)
+        _ = machine.changeAcked(by: ids[1], version: version)
+        #expect(machine.table.adapters.map(\.name).sorted() == ["old", "other"])
+        // This node's load reserved 12 earlier; its leader proposes it with next id 13.
+        let change = TableChange(version: machine.table.version + 1, upserts: [Self.record("mine", 12)], removes: [], nextIntID: 13)
+        let commit = machine.commitRequested(CommitRequest(epoch: machine.epoch, change: change), callID: 7, from: ids[0])
+        guard case .commit(let sent)? = Self.sent(commit).first?.body else {
+            Issue.record("refused instead of committed: \(commit)")
+            return
+        }
+        #expect(sent.upserts.map(\.intID) == [12])
+        // The commit comes back through the watch (every node applies it), then OK.
+        let watched = machine.clusterTableReceived(
+            ClusterTable(
+                revision: 10,
+                table: AdapterTable(
+                    adapters: [Self.record("old", 3), Self.record("other", 14), Self.record("mine", 12)], nextIntID: 15),
+                caughtUp: true),
+            now: 2)
+        let watchedVersion = Self.changes(watched)[0].1.version
+        _ = machine.changeAcked(by: ids[0], version: watchedVersion)
+        _ = machine.changeAcked(by: ids[1], version: watchedVersion)
+        let done = machine.clusterCommitReplied(callID: 7, ClusterCommitReply(revision: 10))
+        #expect(done.contains { if case .replyToCommit(ids[0], 7, let reply) = $0 { reply.status.isOK } else { false } })
+        #expect(machine.table.adapters.count == 3)
+        #expect(machine.table.nextIntID == 15, "the next id never goes back")
+        #expect(TableRules.inconsistency(in: machine.table) == nil)
+        // An id already held by another name is still refused.
+        let clash = TableChange(version: machine.table.version + 1, upserts: [Self.record("dup", 14)], removes: [], nextIntID: 15)
+        let refused = machine.commitRequested(CommitRequest(epoch: machine.epoch, change: clash), callID: 8, from: ids[0])
+        #expect(refused.contains { if case .replyToCommit(_, 8, let reply) = $0 { !reply.status.isOK } else { false } })
     }
 
     @Test(

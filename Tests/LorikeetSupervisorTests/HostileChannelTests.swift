@@ -5,7 +5,7 @@ import Testing
 
 /// Garbage on the admin socket and on a worker's control channel: a clear rejection,
 /// never a crash, nothing committed lost.
-@Suite("Hostile bytes on the supervisor's channels", .serialized)
+@Suite("Hostile bytes on the supervisor's channels", .serialized, .ownThreads)
 struct HostileChannelTests {
     @Test(
         "garbage on the admin socket closes that connection only; the server and its table are intact",

@@ -7,7 +7,7 @@ import Testing
 /// class of bad request gets a clear 4xx for itself alone, while legitimate streams run
 /// on the same workers; afterwards no process was restarted (same pids) and the committed
 /// table is intact.
-@Suite("Hostile HTTP clients (real processes)", .serialized)
+@Suite("Hostile HTTP clients (real processes)", .serialized, .ownThreads)
 struct HostileHTTPTests {
     /// A server with one committed adapter ("kept") and legitimate streaming traffic on
     /// every worker while `attack` runs; then checks nothing was lost.

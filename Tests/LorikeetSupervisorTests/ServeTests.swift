@@ -6,7 +6,7 @@ import Testing
 
 /// `lorikeet serve` for real: supervisor, engine and workers as processes, real sockets,
 /// real faults. Serialized: each test runs a whole server on 2 cores.
-@Suite("lorikeet serve (real processes)", .serialized)
+@Suite("lorikeet serve (real processes)", .serialized, .ownThreads)
 struct ServeTests {
     static func completion(_ model: String) -> [String: Any] { ["model": model, "prompt": "hello", "max_tokens": 1] }
 

@@ -1,9 +1,10 @@
 import Foundation
 import LorikeetProto
 import LorikeetSupervisor
+import LorikeetTestSupport
 import Testing
 
-@Suite("Committed table: state file and table rules")
+@Suite("Committed table: state file and table rules", .ownThreads)
 struct StateStoreTests {
     static func temporaryDirectory() -> String {
         let path = NSTemporaryDirectory() + "lk-state-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"

@@ -1,11 +1,12 @@
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetSupervisor
 
 /// `SupervisorStateMachine` without processes or a loop: events in, actions out, time
 /// in milliseconds passed with each event.
-@Suite("Supervisor state machine")
+@Suite("Supervisor state machine", .ownThreads)
 struct SupervisorStateMachineTests {
     typealias Machine = SupervisorStateMachine
 

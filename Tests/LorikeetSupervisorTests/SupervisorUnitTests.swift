@@ -1,12 +1,13 @@
 import Foundation
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetSupervisor
 
 /// Supervisor rules as pure functions: the crash-loop breaker's notion of a boot
 /// failure, bounded audit lines, the inner re-check of routed mutations, child environments.
-@Suite("Supervisor rules (unit)")
+@Suite("Supervisor rules (unit)", .ownThreads)
 struct SupervisorUnitTests {
     @Test("boot failure = fast exit, never Ready, not a protocol kill")
     func bootFailureRule() {

@@ -6,7 +6,7 @@ import Testing
 /// `lorikeet serve --upstream A --upstream B` in front of two real "vLLM replicas"
 /// (standalone `lorikeet worker` + `lorikeet engine` pairs, runtime LoRA updating on).
 /// Real processes only; each test cleans up every process it started, by pid.
-@Suite("lorikeet serve --upstream (real processes)", .serialized)
+@Suite("lorikeet serve --upstream (real processes)", .serialized, .ownThreads)
 struct UpstreamTests {
     static func completion(_ model: String) -> [String: Any] {
         ["model": model, "prompt": "hello", "max_tokens": 2, "temperature": 0]

@@ -79,20 +79,38 @@ public enum TestEnvironment {
 
     /// Runs a command to completion; returns its exit status and combined output.
     @discardableResult
-    public static func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (
-        Int32, String
-    ) {
+    public static func runProcess(
+        _ executable: String, _ arguments: [String], environment: [String: String]? = nil, input: [UInt8]? = nil
+    ) throws -> (Int32, String) {
+        // Files, not pipes: a pipe's write end is inherited by whatever other process a
+        // concurrent test spawns at that moment (Foundation's pipes are not close-on-exec),
+        // and reading to EOF then waits for that process to exit — an etcd member kept a
+        // fixture script's output "open" for good.
+        let directory = Self.temporaryDirectory("lorikeet-run")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let inputPath = directory + "/stdin"
+        let outputPath = directory + "/output"
+        _ = FileManager.default.createFile(atPath: inputPath, contents: Data(input ?? []))
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        let stdin = try FileHandle(forReadingFrom: URL(fileURLWithPath: inputPath))
+        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
+        process.standardInput = stdin
+        process.standardOutput = output
+        process.standardError = output
+        do {
+            defer {
+                try? stdin.close()
+                try? output.close()
+            }
+            try process.run()
+        }
         process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+        let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        return (process.terminationStatus, text)
     }
 
     /// A fresh temporary directory (removed by the caller).

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import HummingbirdCore
+import LorikeetJSON
 import LorikeetTestSupport
 import NIOCore
 import Testing
@@ -9,7 +10,7 @@ import Testing
 
 /// The request-head deadline (slowloris) against a real `WorkerServer` on 127.0.0.1,
 /// with a 1 s `headTimeout` and a responder that reads the whole body.
-@Suite("Request-head deadline over real sockets", .serialized, .timeLimit(.minutes(3)))
+@Suite("Request-head deadline over real sockets", .serialized, .timeLimit(.minutes(3)), .ownThreads)
 struct HeadDeadlineTests {
     /// Answers `got N` (N = body bytes) after reading the whole body.
     static let responder: WorkerServer.Responder = { request, writer, _ in
@@ -132,6 +133,42 @@ struct HeadDeadlineTests {
             #expect(elapsed >= 0.9, "closed after \(elapsed) s, before the 1 s head timeout")
             #expect(answered == 0)
         }
+    }
+
+    @Test("a head over 64 KiB (long URL or headers) is a 431 in OpenAI's envelope; a 60 KiB head and a big body are served")
+    func headSizeLimit() async throws {
+        try await Self.withServer(headTimeout: .seconds(30)) { port in
+            let refusals = try await offPool { () -> [TestHTTPResponse] in
+                // Just under the limit: served; then a small head with a 512 KiB body on the
+                // same connection (body bytes do not count as head).
+                let fine = try TestHTTPConnection(port: port, timeoutSeconds: 30)
+                fine.send("GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: \(String(repeating: "a", count: 60_000))\r\n\r\n")
+                try Self.roundTrip(fine, sent: true)
+                try Self.roundTrip(fine, body: [UInt8](repeating: UInt8(ascii: "b"), count: 512 << 10))
+                let over = [
+                    "GET /echo?q=\(String(repeating: "q", count: 100_000)) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                    "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: \(String(repeating: "a", count: 70_000))\r\n\r\n",
+                    // Many small headers, and a head that never ends.
+                    "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n" + String(repeating: "X-A: b\r\n", count: 10_000) + "\r\n",
+                    "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: " + String(repeating: "z", count: 200_000),
+                ]
+                return try over.map { request in
+                    let connection = try TestHTTPConnection(port: port, timeoutSeconds: 30)
+                    connection.send(request)
+                    return try connection.readResponse()
+                }
+            }
+            for response in refusals { Self.expectHeadTooLarge(response) }
+        }
+    }
+
+    /// A 431 in OpenAI's envelope with code `request_header_fields_too_large`.
+    static func expectHeadTooLarge(_ response: TestHTTPResponse) {
+        #expect(response.status == 431, "\(response.status) \(response.text.prefix(200))")
+        #expect(response.errorType == "invalid_request_error")
+        #expect(response.errorMessage?.contains("65536 bytes") == true, "\(response.text.prefix(300))")
+        let code = response.json?["error"]?["code"]
+        #expect(code == .string("request_header_fields_too_large"), "\(response.text.prefix(300))")
     }
 
     @Test("a body that arrives slowly after a whole head is not cut by the head deadline")

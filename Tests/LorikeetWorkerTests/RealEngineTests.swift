@@ -10,7 +10,7 @@ import Testing
 /// The worker in front of the REAL built-in engine process (`lorikeet engine` on the
 /// tiny-Llama fixture). Enabled when the debug binary has the `engine` subcommand and the
 /// Python venv exists (bin/test prepares both).
-@Suite("Worker with the real engine process", .serialized, .enabled(if: RealEngine.available), .timeLimit(.minutes(3)))
+@Suite("Worker with the real engine process", .serialized, .enabled(if: RealEngine.available), .timeLimit(.minutes(3)), .ownThreads)
 struct RealEngineTests {
     static func reference() throws -> JSONValue {
         let data = try Data(contentsOf: URL(fileURLWithPath: try RealEngine.fixture() + "/reference.json"))

@@ -1,12 +1,13 @@
 import Foundation
 import Logging
 import LorikeetProto
+import LorikeetTestSupport
 import Synchronization
 import Testing
 
 @testable import LorikeetWorker
 
-@Suite("Engine reconciliation retries a broken adapter with backoff")
+@Suite("Engine reconciliation retries a broken adapter with backoff", .ownThreads)
 struct ReconcileTests {
     @Test("waits double from the first to the cap, and starts over when the entry leaves")
     func schedule() {

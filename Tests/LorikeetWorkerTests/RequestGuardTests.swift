@@ -1,9 +1,10 @@
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetWorker
 
-@Suite("Request guards (Host, media type, Bearer) and path policy")
+@Suite("Request guards (Host, media type, Bearer) and path policy", .ownThreads)
 struct RequestGuardTests {
     @Test(
         "Host: loopback names and addresses pass, anything else needs --allowed-hosts",

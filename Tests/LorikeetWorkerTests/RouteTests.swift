@@ -9,7 +9,7 @@ import Testing
 
 /// Routes against the real HTTP server on 127.0.0.1, with a scripted engine process twin
 /// behind it (EngineTests run the same worker against the built-in engine).
-@Suite("Worker routes over real HTTP", .timeLimit(.minutes(1)))
+@Suite("Worker routes over real HTTP", .timeLimit(.minutes(1)), .ownThreads)
 struct RouteTests {
     static let chat = #"{"model":"tiny-llama","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#
 
@@ -423,7 +423,7 @@ struct RouteTests {
     }
 }
 
-@Suite("Listening on an inherited fd", .timeLimit(.minutes(1)))
+@Suite("Listening on an inherited fd", .timeLimit(.minutes(1)), .ownThreads)
 struct InheritedFDTests {
     /// A bound, listening TCP socket on 127.0.0.1 (as the supervisor hands to a worker slot).
     static func listeningSocket() throws -> (fd: Int32, port: Int) {
@@ -469,7 +469,7 @@ final class RecordingMutator: AdapterMutator {
     }
 }
 
-@Suite("Supervised authority: the replica is fed from outside, mutations go to the given mutator", .timeLimit(.minutes(1)))
+@Suite("Supervised authority: the replica is fed from outside, mutations go to the given mutator", .timeLimit(.minutes(1)), .ownThreads)
 struct SupervisedTests {
     @Test("routes use the injected mutator and resolve what the replica was given")
     func supervised() async throws {

@@ -2,11 +2,12 @@ import Foundation
 import HTTPTypes
 import LorikeetJSON
 import LorikeetProto
+import LorikeetTestSupport
 import Testing
 
 @testable import LorikeetWorker
 
-@Suite("Request validation names the param")
+@Suite("Request validation names the param", .ownThreads)
 struct ValidationTests {
     static let cases: [(String, GenerationRoute, String?)] = [
         (#"{"model":"m"}"#, .completions, "prompt"),
@@ -178,7 +179,7 @@ struct ValidationTests {
     }
 }
 
-@Suite("Adapter table replica")
+@Suite("Adapter table replica", .ownThreads)
 struct ReplicaTests {
     @Test("resolve reads one snapshot; changes apply in order, gaps are refused, replays ignored")
     func changes() throws {
@@ -214,7 +215,7 @@ struct ReplicaTests {
     }
 }
 
-@Suite("Path policy (issue 5 item 4)")
+@Suite("Path policy (issue 5 item 4)", .ownThreads)
 struct PathPolicyTests {
     /// A tree: root/lora/good (adapter dir), root/lora/file.txt, root/lora-evil/x,
     /// root/outside, root/lora/escape -> root/outside, root/lora/inside -> root/lora/good.

@@ -10,7 +10,7 @@ import Testing
 /// The upstream HTTP client under a replica that misbehaves on purpose (`ScriptedReplica`):
 /// the cap on buffered bodies, back pressure from a client that stops reading, and SIGTERM
 /// while streams run. No wall-clock assertions: waits are hang guards only.
-@Suite("upstream client: body cap, back pressure, shutdown", .serialized, .timeLimit(.minutes(3)))
+@Suite("upstream client: body cap, back pressure, shutdown", .serialized, .timeLimit(.minutes(3)), .ownThreads)
 struct UpstreamClientTests {
     static func configuration(_ replica: ScriptedReplica, cap: Int? = nil) -> (WorkerConfiguration, WorkerEngineFactory) {
         let configuration = WorkerConfiguration(

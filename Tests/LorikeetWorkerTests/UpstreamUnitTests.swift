@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import LorikeetJSON
 import LorikeetProto
+import LorikeetTestSupport
 import NIOCore
 import Testing
 
@@ -14,7 +15,7 @@ import Testing
 /// = {lora_name: str, lora_int_id: int | None}; ErrorResponse = {"error": {message, type,
 /// param, code}}, formerly {object: "error", message, type, param, code}) and SGLang's
 /// (LoadLoRAAdapterReqInput / UnloadLoRAAdapterReqInput, `base:adapter` model names).
-@Suite("upstream contract")
+@Suite("upstream contract", .ownThreads)
 struct UpstreamContractTests {
     static func object(_ value: JSONValue) -> [String: Any] {
         (try? JSONSerialization.jsonObject(with: Data(JSONWriter.encode(value)))) as? [String: Any] ?? [:]

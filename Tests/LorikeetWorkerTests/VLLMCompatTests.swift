@@ -11,7 +11,7 @@ import Testing
 /// the row of `docs/vllm-compat-spec.md` and the vLLM source each one comes from; the
 /// Lorikeet-only routes `/ping`, `/load`, `/v1/models/{id}`. Against the scripted engine
 /// process (`FakeEngine`).
-@Suite("vLLM compatibility: error bodies and routes", .timeLimit(.minutes(1)))
+@Suite("vLLM compatibility: error bodies and routes", .timeLimit(.minutes(1)), .ownThreads)
 struct VLLMCompatTests {
     /// `{"error": {"message", "type", "param", "code"}}` as `error.rs` renders it.
     static func envelope(_ message: String, type: String = "invalid_request_error", param: String?, code: String) -> JSONValue {

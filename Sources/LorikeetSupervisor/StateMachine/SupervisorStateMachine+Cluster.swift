@@ -191,19 +191,24 @@ extension SupervisorStateMachine {
             // Another node's load of this name was applied here after the leader checked.
             return refuse(Status(code: .alreadyExists, message: TableRules.alreadyLoadedMessage(record.name), param: "lora_name"))
         }
-        // Ids come from etcd's counter (unique fleet-wide); the rules check the rest.
+        // Ids come from etcd's counter (unique fleet-wide), and loads reserve them in one
+        // order but may commit in another: an id below a concurrent load's (already applied
+        // here) is legal. So the "never below the next id" rule is off (next id 1) and the
+        // committed next id is above every id in the table; the rules check the rest.
         var base = self.table
         base.nextIntID = 1
+        var change = request.change
+        change.nextIntID = max(change.nextIntID, self.table.nextIntID, (self.table.adapters.map(\.intID).max() ?? 0) + 1)
         let next: AdapterTable
-        switch TableRules.apply(request.change, to: base, maxAdapters: self.maxAdapters) {
+        switch TableRules.apply(change, to: base, maxAdapters: self.maxAdapters) {
         case .failure(let status): return refuse(status)
         case .success(let table): next = table
         }
         if let problem = Self.sizeProblem(next) { return refuse(problem) }
         let previous = (request.change.upserts.map(\.name) + request.change.removes).compactMap { current[$0] }
         self.persisting = DurableCommit(
-            callID: callID, leader: id, change: request.change, table: next, adapter: request.change.upserts.first)
-        let commit = ClusterCommitRequest(upserts: request.change.upserts, removes: request.change.removes, previous: previous)
+            callID: callID, leader: id, change: change, table: next, adapter: change.upserts.first)
+        let commit = ClusterCommitRequest(upserts: change.upserts, removes: change.removes, previous: previous)
         return [.sendToClusterAgent(ClusterEnvelope(callID: callID, body: .commit(commit)))]
     }
 

@@ -1,5 +1,6 @@
 package import HummingbirdCore
 package import Logging
+import LorikeetLimits
 package import NIOCore
 import NIOExtras
 import NIOPosix
@@ -102,7 +103,11 @@ package final class WorkerServer: Sendable {
         let quiescer = ServerQuiescingHelper(group: self.eventLoopGroup)
         let http1 = HTTP1Channel(
             responder: self.responder,
-            configuration: .init(idleTimeout: TimeAmount(self.configuration.idleTimeout))
+            configuration: .init(
+                idleTimeout: TimeAmount(self.configuration.idleTimeout),
+                // The head's byte limit (`RequestHeadDeadline`, a 431) is the one that applies:
+                // the parser's own limits sit above it (the smallest header line is 4 bytes).
+                httpDecoderConfiguration: .init(maxHeaderFieldCount: Limits.requestHeadBytes / 4))
         )
         var bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(ChannelOptions.backlog, value: self.configuration.backlog)
