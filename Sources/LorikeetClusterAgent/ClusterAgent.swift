@@ -329,15 +329,45 @@ package final class ClusterAgent: Sendable {
     }
 
     /// Writes the node key (under the lease) whenever the applied revision or the lease changes.
+    ///
+    /// The key is claimed, not overwritten: it is written only when absent or already under
+    /// this node's lease. A key under another lease is a previous run of this node (it
+    /// vanishes when that lease expires, within one TTL) or another live node with the same
+    /// `--node-name`; after 3 TTLs of waiting it is the latter, and the agent exits 78 (the
+    /// supervisor stops the server with that code): two nodes writing one key would break
+    /// the fleet's wait for every node to apply a commit.
     private func publishNodeKey() async {
         let started = Self.nowUnixMs()
+        let key = self.keys.node(self.configuration.nodeName)
+        var heldElsewhereSinceMs: Int64?
         for await _ in self.publishes {
             guard let (lease, applied, ready) = await self.state.publication() else { continue }
             let status = NodeStatus(
                 name: self.configuration.nodeName, appliedRevision: applied, state: ready ? "ready" : "joining",
                 version: self.configuration.version, startedUnixMs: started, leaseID: lease)
             do throws(EtcdError) {
-                try await self.client.put(key: self.keys.node(self.configuration.nodeName), value: status.serializedBytes(), lease: lease)
+                switch try await self.claimNodeKey(key, status.serializedBytes(), lease: lease) {
+                case .written:
+                    heldElsewhereSinceMs = nil
+                case .heldBy(let other):
+                    let now = MonotonicClock.nowMs()
+                    let since = heldElsewhereSinceMs ?? now
+                    heldElsewhereSinceMs = since
+                    let limitMs = Int64(self.configuration.leaseSeconds) * 3000
+                    if now - since >= limitMs {
+                        self.logger.critical(
+                            "another node uses --node-name \(self.configuration.nodeName) (its key \(key) is kept alive by lease \(other)); give every node a unique --node-name"
+                        )
+                        LorikeetExitCode.cannotBoot.exit()
+                    }
+                    if now == since {
+                        self.logger.warning(
+                            "the node key is held by another lease (a previous run of this node, until its lease expires, or another node with the same --node-name); waiting",
+                            metadata: ["etcd.key": "\(key)", "etcd.lease": "\(other)"])
+                    }
+                    try? await Task.sleep(for: .milliseconds(500))
+                    self.publishSink.yield()
+                }
             } catch {
                 self.logger.warning("cannot publish the node key; retrying", metadata: ["error": "\(error)"])
                 // A lease that expired is granted again by `keepLease`, which publishes under the new one.
@@ -345,6 +375,28 @@ package final class ClusterAgent: Sendable {
                 self.publishSink.yield()
             }
         }
+    }
+
+    enum NodeKeyClaim: Equatable {
+        case written
+        /// The key exists under another lease.
+        case heldBy(lease: Int64)
+    }
+
+    /// Writes `key` if it is under `lease` already, or absent; otherwise names the holder.
+    func claimNodeKey(_ key: String, _ value: [UInt8], lease: Int64) async throws(EtcdError) -> NodeKeyClaim {
+        let put = EtcdOp.put(key: key, value: value, lease: lease)
+        let mine = try await self.client.txn(
+            compare: [EtcdCompare(key: key, .equal, .lease(lease))], success: [put], failure: [.range(key: key)])
+        if mine.succeeded { return .written }
+        if case .range(let range)? = mine.results.first, let holder = range.kvs.first {
+            return .heldBy(lease: holder.lease)
+        }
+        let absent = try await self.client.txn(
+            compare: [EtcdCompare(key: key, .equal, .version(0))], success: [put], failure: [.range(key: key)])
+        if absent.succeeded { return .written }
+        if case .range(let range)? = absent.results.first, let holder = range.kvs.first { return .heldBy(lease: holder.lease) }
+        return .heldBy(lease: 0)
     }
 
     /// Answers commits the fleet did not confirm in time.

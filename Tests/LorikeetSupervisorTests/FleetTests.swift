@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetProto
 import LorikeetTestSupport
 import Synchronization
 import Testing
@@ -18,19 +19,21 @@ struct FleetTests {
         var nodes: [ServerUnderTest] = []
         let cluster = "t\(UInt32.random(in: 0..<UInt32.max))"
 
-        init() throws {
+        init(names: [String] = ["A", "B", "C"]) throws {
             self.etcd = try EtcdCluster()
-            for name in ["A", "B", "C"] { self.nodes.append(try self.start(name)) }
+            for name in names { self.nodes.append(try self.start(name)) }
+        }
+
+        /// The fleet flags of node `name`.
+        func arguments(_ name: String) -> [String] {
+            [
+                "--cluster-endpoints", self.etcd.endpoints.map { "http://\($0)" }.joined(separator: ","), "--cluster-name", self.cluster,
+                "--node-name", name, "--cluster-lease-seconds", "\(FleetTests.leaseSeconds)",
+            ]
         }
 
         func start(_ name: String, stateDirectory: String? = nil) throws -> ServerUnderTest {
-            try ServerUnderTest(
-                workers: 2, stateDirectory: stateDirectory,
-                extraArguments: [
-                    "--cluster-endpoints", self.etcd.endpoints.map { "http://\($0)" }.joined(separator: ","), "--cluster-name",
-                    self.cluster,
-                    "--node-name", name, "--cluster-lease-seconds", "\(FleetTests.leaseSeconds)",
-                ])
+            try ServerUnderTest(workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name))
         }
 
         func stop() {
@@ -69,6 +72,22 @@ struct FleetTests {
         }
         group.wait()
         return results.withLock { $0.map { $0! } }
+    }
+
+    @Test("a second node started with a name in use stops with exit 78 and says why; the first node keeps serving")
+    func duplicateNodeName() async throws {
+        let fleet = try Fleet(names: ["A"])
+        defer { fleet.stop() }
+        let directory = TestEnvironment.temporaryDirectory("lk-dup-node")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // The claim waits 3 lease TTLs (a restarted node waits for its previous key to
+        // expire), then gives up: 120 s bounds a hang on a loaded machine.
+        let refused = try ServeTests.refusedStart(
+            stateDirectory: directory + "/state", extraArguments: fleet.arguments("A"), timeoutSeconds: 120)
+        #expect(refused.status == LorikeetExitCode.cannotBoot.rawValue, "\(refused.log.suffix(2000))")
+        #expect(refused.log.contains("another node uses --node-name A"), "\(refused.log.suffix(2000))")
+        #expect(try Self.load(fleet.nodes[0], "after-duplicate").status == 200)
+        #expect(try Self.complete(fleet.nodes[0], "after-duplicate") == 200)
     }
 
     @Test(

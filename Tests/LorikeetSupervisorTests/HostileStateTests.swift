@@ -10,7 +10,9 @@ import Testing
 /// whole-server tests on 2 cores).
 extension ServeTests {
     /// Starts `serve` on `stateDirectory`, expects it to exit by itself: its status and log.
-    static func refusedStart(stateDirectory: String, extraArguments: [String] = []) throws -> (status: Int32?, log: String) {
+    static func refusedStart(
+        stateDirectory: String, extraArguments: [String] = [], timeoutSeconds: Double = 30
+    ) throws -> (status: Int32?, log: String) {
         let logDirectory = TestEnvironment.temporaryDirectory("lk-refused-log")
         defer { try? FileManager.default.removeItem(atPath: logDirectory) }
         let fixture = try TestEnvironment.fixtureDirectory()
@@ -30,7 +32,7 @@ extension ServeTests {
         process.standardOutput = log
         process.standardError = log
         try process.run()
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
         while process.isRunning && Date() < deadline { usleep(50_000) }
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)

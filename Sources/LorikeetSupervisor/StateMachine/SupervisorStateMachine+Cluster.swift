@@ -60,6 +60,9 @@ extension SupervisorStateMachine {
                 ))
         }
         guard self.isRunning else { return actions + self.checkStopped() }
+        if exit.status == Int64(LorikeetExitCode.cannotBoot.rawValue) {
+            return actions + [.fatal(code: .cannotBoot, message: "the cluster agent cannot run (\(exit)); see its message above")]
+        }
         self.cluster?.agentRestarts += 1
         let uptime = now - cluster.agentStartedAtMs
         let delay = uptime > self.configuration.stableUptimeMs ? self.configuration.initialBackoffMs : self.backoff(cluster.agentRestarts)
