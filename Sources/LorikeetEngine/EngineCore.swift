@@ -186,8 +186,18 @@ package final class EngineCore: Sendable {
     /// cannot be reloaded. May block on adapter file I/O: call from a thread of your own,
     /// not the Swift concurrency pool.
     package func submit(_ request: GenerationRequest, onEvent: @escaping @Sendable (GenerationEvent) -> Void) throws(EngineError) {
-        let prompt = self.promptTokens(request.prompt)
         let context = self.info.contextLength
+        // A text that cannot fit whatever it encodes to is refused before it is encoded
+        // (megabytes of text would hold this thread for half a second).
+        if let bytes = request.prompt.textBytes {
+            let atLeast = (bytes + self.tokenizer.longestTokenBytes - 1) / self.tokenizer.longestTokenBytes
+            guard atLeast < context else {
+                throw EngineError(
+                    .invalidArgument,
+                    "This model's maximum context length is \(context) tokens. However, your prompt has at least \(atLeast) tokens.")
+            }
+        }
+        let prompt = self.promptTokens(request.prompt)
         guard !request.id.isEmpty else { throw EngineError(.invalidArgument, "request id must not be empty") }
         guard !prompt.isEmpty else { throw EngineError(.invalidArgument, "the prompt is empty") }
         if let bad = prompt.first(where: { Int($0) >= self.info.vocabSize }) {

@@ -42,6 +42,9 @@ package struct BPETokenizer: Sendable {
     private let byteTokenIDs: [Int32]
     private let merges: [UInt64: Merge]
     private let bytesByID: [[UInt8]]
+    /// Bytes of the longest token (special tokens by their text): a text of B bytes
+    /// encodes to at least B / longestTokenBytes tokens, a bound known without encoding.
+    package let longestTokenBytes: Int
     private let isSpecial: [Bool]
     /// Special tokens as scalar arrays, longest first, keyed by first scalar.
     private let specialsByFirstScalar: [Unicode.Scalar: [(scalars: [Unicode.Scalar], id: Int)]]
@@ -188,6 +191,7 @@ package struct BPETokenizer: Sendable {
         self.byteTokenIDs = byteTokenIDs
         self.merges = mergeTable
         self.bytesByID = bytesByID
+        self.longestTokenBytes = max(1, bytesByID.map(\.count).max() ?? 1)
         self.isSpecial = special
         self.specialsByFirstScalar = specials
     }

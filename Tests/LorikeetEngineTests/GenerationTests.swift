@@ -194,6 +194,29 @@ struct GenerationTests {
         try core.submit(fits, onEvent: { _ in })
     }
 
+    /// A text longer than context × the longest token's bytes is refused from its length
+    /// alone (issue 12: megabytes were tokenized before the context check).
+    @Test func promptTextBeyondAnyContextIsRefusedFromItsBytes() throws {
+        let core = try Fixture.engine()
+        let longest = core.tokenizer.longestTokenBytes
+        #expect(longest >= 1)
+        for bytes in [256 * longest + 1, 8 << 20] {
+            let request = GenerationRequest(
+                id: "huge-\(bytes)", prompt: .text(String(repeating: "a", count: bytes)), params: SamplingParams(maxTokens: 1))
+            do {
+                try core.submit(request, onEvent: { _ in })
+                Issue.record("a \(bytes)-byte prompt was accepted")
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.hasPrefix("This model's maximum context length is 256 tokens. However, your prompt has at least "))
+            }
+        }
+        let chat = GenerationRequest(
+            id: "huge-chat", prompt: .chat([ChatTurn(role: "user", content: String(repeating: "b", count: 256 * longest))]),
+            params: SamplingParams(maxTokens: 1))
+        #expect(throws: EngineError.self) { try core.submit(chat, onEvent: { _ in }) }
+    }
+
     @Test func stopStringsAreCutAndHeldBack() async throws {
         let core = try Fixture.engine()
         let ref = try Fixture.reference()

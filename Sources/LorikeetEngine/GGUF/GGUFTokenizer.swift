@@ -25,6 +25,7 @@ package struct GGUFTokenizer: EngineTokenizer {
     package var vocabSize: Int { self.bpe.vocabularySize }
     package var bosTokenID: UInt32? { self.bpe.bosTokenID.map { UInt32($0) } }
     package var addBosToken: Bool { self.bpe.addBOSByDefault }
+    package var longestTokenBytes: Int { self.bpe.longestTokenBytes }
 
     package func encode(_ text: String) -> [UInt32] {
         self.bpe.encode(text, addBOS: false, parseSpecial: true).map { UInt32($0) }

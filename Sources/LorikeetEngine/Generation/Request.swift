@@ -6,6 +6,16 @@ package enum PromptInput: Sendable, Equatable {
     case text(String)
     /// Chat messages, rendered with the model's chat template, then encoded as text.
     case chat([ChatTurn])
+
+    /// UTF-8 bytes of the text the tokenizer will cover (all contents for chat: the
+    /// template only adds to them); nil for token ids.
+    package var textBytes: Int? {
+        switch self {
+        case .tokens: nil
+        case .text(let text): text.utf8.count
+        case .chat(let turns): turns.reduce(0) { $0 + $1.content.utf8.count }
+        }
+    }
 }
 
 /// One generation request.

@@ -33,6 +33,9 @@ package protocol EngineTokenizer: Sendable {
     var addBosToken: Bool { get }
     /// The prompt text for `messages`, ending with the assistant turn opener.
     func renderChat(_ messages: [ChatTurn]) -> String
+    /// The most text bytes one token covers: a text of B bytes is at least
+    /// B / longestTokenBytes tokens.
+    var longestTokenBytes: Int { get }
 }
 
 extension EngineTokenizer {
@@ -62,6 +65,7 @@ package struct ByteTokenizer: EngineTokenizer {
     package let bosTokenID: UInt32?
     package let eosTokenIDs: [UInt32]
     package var addBosToken: Bool { self.bosTokenID != nil }
+    package var longestTokenBytes: Int { 1 }
 
     /// A byte tokenizer; BOS and EOS default to 256 and 257.
     package init(vocabSize: Int = 258, bosTokenID: UInt32? = 256, eosTokenIDs: [UInt32] = [257]) {
