@@ -536,8 +536,7 @@ package final class EngineServer: Sendable {
             id: g.requestID, prompt: prompt, adapterID: adapterID,
             params: Self.params(g.sampling, defaults: self.core.info.generationDefaults))
         c.track(g.requestID)
-        let promptBytes = g.promptText.utf8.count + g.messages.reduce(0) { $0 + $1.content.utf8.count }
-        if promptBytes > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
+        if (request.prompt.textBytes ?? 0) > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
             // Reading the adapter again (file I/O) or tokenizing megabytes: not on the
             // event loop, so this and every other connection's calls are served meanwhile.
             self.submitQueue.async {

@@ -1,8 +1,9 @@
 /// An immutable fp32 tensor in one heap allocation, for hot loops that need a raw
 /// pointer without `Array`'s bounds checks or copy-on-write checks.
-// Unchecked Sendable is safe: the storage is written only inside `init` (before the object
+// Why it is safe: the storage is written only inside `init` (before the object
 // is shared) and is never mutated afterwards; it is freed in `deinit`, when no reference
 // remains.
+// Unchecked Sendable is safe: written only in `init`, immutable once shared (see above).
 package final class FloatTensor: @unchecked Sendable {
     /// Dimensions, outermost first (a weight matrix is `[out, in]`).
     package let shape: [Int]

@@ -7,8 +7,9 @@ import LorikeetKernels
 /// Quantized matrices are multiplied without dequantizing: fp32 activations times the
 /// integer codes, scaled per 32-column block. Results equal an fp32 product with the
 /// dequantized weights up to summation order.
-// Unchecked Sendable is safe: the storage is written only in `init` (before the object is
+// Why it is safe: the storage is written only in `init` (before the object is
 // shared), only read afterwards, and freed in `deinit` when no reference remains.
+// Unchecked Sendable is safe: written only in `init`, read-only once shared (see above).
 package final class WeightMatrix: @unchecked Sendable {
     /// How the elements are stored.
     package enum Format: String, Sendable {

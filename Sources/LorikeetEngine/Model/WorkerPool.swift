@@ -91,8 +91,9 @@ package final class WorkerPool: Sendable {
 ///   other's write, so a wake-up is never lost.
 /// - `mutex`, `cond` and `threadIDs` are set in `init` and freed in `stop` after every worker
 ///   was joined. Each worker thread holds a retain on this object until it exits.
-// Unchecked Sendable is safe: every mutable field is guarded as the safety argument above
+// Why it is safe: every mutable field is guarded as the safety argument above
 // says (atomics, or `mutex`, or written only before the workers start and after they joined).
+// Unchecked Sendable is safe: every mutable field is atomic, mutex-guarded or set before the workers start.
 final class WorkerPoolShared: @unchecked Sendable {
     struct Job {
         var body: (Range<Int>, Int) -> Void

@@ -196,9 +196,10 @@ package final class EngineClient: GenerationBackend, AdapterHost {
 
 /// The iterator of one generation's replies, shared with the `AsyncThrowingStream` that
 /// wraps it.
-// Unchecked Sendable is safe: `AsyncThrowingStream(unfolding:)` calls its closure for one
+// Why it is safe: `AsyncThrowingStream(unfolding:)` calls its closure for one
 // consumer, one call at a time, so `next()` never runs concurrently with itself; the
 // iterator is touched nowhere else.
+// Unchecked Sendable is safe: its one consumer calls `next()` one call at a time (see above).
 private final class ReplyIterator: @unchecked Sendable {
     private var iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator
 

@@ -96,17 +96,21 @@ final class RequestHeadDeadline {
     }
 
     /// Whether the pending head, with `bytes` added, ends (a blank line) within the limit.
-    /// Bytes after the blank line (a body, a pipelined request) do not count.
+    /// Bytes after the blank line (a body, a pipelined request) do not count. Only a read
+    /// that would cross the limit is scanned, in place, once per head.
     private func headFits(_ bytes: ByteBuffer) -> Bool {
         let room = self.maxHeadBytes - self.headBytes
         guard bytes.readableBytes > room else { return true }
         guard room > 0 else { return false }
-        // The head must end within `room` bytes of this read (the blank line may begin in
-        // the previous read's last bytes).
-        let window = self.headTail + bytes.readableBytesView.prefix(room)
-        for index in window.indices.dropFirst() where window[index] == UInt8(ascii: "\n") {
-            if window[index - 1] == UInt8(ascii: "\n") { return true }
-            if index >= 3, window[index - 1] == UInt8(ascii: "\r"), window[index - 2] == UInt8(ascii: "\n") { return true }
+        // The blank line may begin in the previous read's last bytes: carry them as the
+        // last three bytes seen ("\n\n" or "\n\r\n" ending at a "\n" closes the head).
+        var last: (UInt8, UInt8, UInt8) = (0, 0, 0)
+        for byte in self.headTail { last = (last.1, last.2, byte) }
+        for byte in bytes.readableBytesView.prefix(room) {
+            if byte == UInt8(ascii: "\n"), last.2 == UInt8(ascii: "\n") || (last.2 == UInt8(ascii: "\r") && last.1 == UInt8(ascii: "\n")) {
+                return true
+            }
+            last = (last.1, last.2, byte)
         }
         return false
     }

@@ -1,9 +1,10 @@
 /// An async stream iterator handed from the task that starts reading a response to a
 /// closure that goes on reading it later (an HTTP response-body writer).
-// Unchecked Sendable is safe: the iterator is used by one task at a time, in sequence.
+// Why it is safe: the iterator is used by one task at a time, in sequence.
 // The creating task calls `next()` for the first element, then hands this object to a body
 // closure that the response writer runs inline in that same task; no two calls to `next()`
 // or `cancel()` ever overlap, and nothing else holds a reference.
+// Unchecked Sendable is safe: one task at a time uses it (see above), never two at once.
 final class SequentialIterator<Element: Sendable>: @unchecked Sendable {
     private var iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator?
 
