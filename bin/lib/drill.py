@@ -594,7 +594,7 @@ class Drill:
                     continue
                 level, process, metadata, message = match.groups()
                 if process == "engine" and message.startswith("closing engine connection") \
-                        and not re.search(r"reset by peer|Broken pipe|truncated|connection closed", message):
+                        and not re.search(r"reset by peer|Broken pipe|truncated|stream ended inside a frame|connection closed", message):
                     unexplained.append(f"engine: {message[:120]}")
                 if process != "supervisor":
                     continue
