@@ -27,7 +27,8 @@ struct CtlMetrics: ParsableCommand {
         let up = registry.makeGauge(
             descriptor: Self.describe("lorikeet_supervisor_up", "1 when the supervisor answered on its admin socket."))
         let statusResult = self.options.attempt(.status)
-        let workersResult = self.options.attempt(.listWorkers)
+        // A supervisor that did not answer the first call is not asked again (one timeout, not two).
+        let workersResult = statusResult.flatMap { _ in self.options.attempt(.listWorkers) }
         guard case .success(.statusReply(let status)) = statusResult, case .success(.workerList(let list)) = workersResult else {
             up.set(to: 0)
             print(registry.emitToString(), terminator: "")

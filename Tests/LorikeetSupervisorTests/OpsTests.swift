@@ -223,6 +223,28 @@ extension ServeTests {
         }
     }
 
+    @Test("sd_notify: a NOTIFY_SOCKET nobody reads (its queue full of pings) never stalls the supervisor; READY=1 still arrives")
+    func systemdNotReading() throws {
+        let directory = TestEnvironment.temporaryDirectory("lk-notify-stuck")
+        let listener = try DatagramListener(path: directory + "/notify.sock")
+        // A ping every 20 ms fills the datagram queue (10 by default) within a second of boot.
+        let server = try ServerUnderTest(workers: 2, environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "40000"])
+        defer { server.stop() }
+        Thread.sleep(forTimeInterval: 2)
+        // A blocking sendto froze the loop here: the admin socket went unanswered.
+        let (status, output) = try TestEnvironment.runProcess(
+            try TestEnvironment.lorikeetBinary, ["ctl", "status", "--json", "--timeout", "10", "--state-dir", server.stateDirectory])
+        #expect(status == 0, "\(output)")
+        #expect(try TestHTTP.request(port: server.port, path: "/health").status == 200)
+        #expect(server.log.contains("systemd is not reading NOTIFY_SOCKET"), "\(server.log.suffix(2000))")
+        // Once systemd reads again, what waited goes out in order: READY=1 was not dropped.
+        let ready = try listener.receive(until: "READY=1", timeoutSeconds: 10)
+        #expect(ready.contains("MAINPID="), "\(ready)")
+        server.signal(SIGTERM)
+        #expect(try listener.receive(until: "STOPPING=1", timeoutSeconds: 30).contains("STOPPING=1"))
+        #expect(server.waitForExit(timeoutSeconds: 30) == 0)
+    }
+
     @Test("sd_notify: READY=1 once every worker is ready, WATCHDOG=1, STOPPING=1 on TERM; the Python admin client and ctl metrics work")
     func systemdNotifyAndClients() throws {
         let directory = TestEnvironment.temporaryDirectory("lk-notify")

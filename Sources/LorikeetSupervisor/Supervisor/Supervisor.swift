@@ -134,7 +134,7 @@ package final class Supervisor {
                 let watchdog = UVTimer(loop: self.loop)
                 watchdog.start(timeoutMs: notifier.watchdogIntervalMs, repeatMs: notifier.watchdogIntervalMs) { [unowned self] in
                     // The loop turning is what the watchdog checks; a stuck loop stops these.
-                    if self.machine.isRunning { self.notifier?.send(["WATCHDOG=1"]) }
+                    if self.machine.isRunning { self.notifier?.send(["WATCHDOG=1"], droppable: true) }
                 }
                 self.watchdogTimer = watchdog
             }
@@ -307,6 +307,8 @@ package final class Supervisor {
 
     /// systemd: `READY=1` the first time every slot serves, then `STATUS=` on changes.
     func notifySystemd() {
+        // What waited for systemd goes out first, while stopping too (STOPPING=1 may be among it).
+        self.notifier?.flush()
         guard let notifier = self.notifier, self.machine.isRunning else { return }
         let active = self.slots.filter { !$0.removing }
         let ready = active.filter { $0.current?.state == .ready }.count

@@ -48,17 +48,65 @@ final class SystemdNotifier {
 
     deinit { close(self.fd) }
 
-    /// Sends one message (`KEY=VALUE` lines); failures are logged, never fatal.
-    func send(_ assignments: [String]) {
+    /// Messages systemd has not taken yet (its socket's queue was full), oldest first.
+    private var pending: [[UInt8]] = []
+    /// At most this many messages wait; beyond it the oldest `STATUS=` goes first.
+    private static let pendingLimit = 16
+    /// Whether the "systemd is not reading" warning was logged for the current backlog.
+    private var warnedBacklog = false
+
+    /// Sends one message (`KEY=VALUE` lines); never blocks the supervisor's loop, never fatal.
+    ///
+    /// The socket is written with `MSG_DONTWAIT`: a reader that stops reading (a stuck
+    /// systemd, a test's listener) fills the datagram queue (`net.unix.max_dgram_qlen`, 10
+    /// by default), and a blocking `sendto` would then freeze the whole supervisor. A
+    /// `WATCHDOG=1` that does not fit is dropped (the next one says the same); any other
+    /// message waits in order and goes out at the next `flush()` (every heartbeat).
+    func send(_ assignments: [String], droppable: Bool = false) {
         let message = Array(assignments.joined(separator: "\n").utf8)
+        self.flush()
+        if self.pending.isEmpty, self.transmit(message) { return }
+        guard !droppable else { return }
+        if self.pending.count >= Self.pendingLimit,
+            let oldestStatus = self.pending.firstIndex(where: { $0.starts(with: Array("STATUS=".utf8)) })
+        {
+            self.pending.remove(at: oldestStatus)
+        }
+        if self.pending.count < Self.pendingLimit { self.pending.append(message) }
+    }
+
+    /// Sends what waits, in order, until systemd's queue is full again.
+    func flush() {
+        while let next = self.pending.first, self.transmit(next) { self.pending.removeFirst() }
+    }
+
+    /// One datagram without blocking: true when it was sent or can never be (dropped),
+    /// false when systemd's queue is full and it should be tried again.
+    private func transmit(_ message: [UInt8]) -> Bool {
         let sent = message.withUnsafeBytes { bytes in
             withUnsafePointer(to: &self.address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(self.fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), $0, self.addressLength)
+                    sendto(self.fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT), $0, self.addressLength)
                 }
             }
         }
-        if sent < 0 { self.logger.debug("sd_notify failed", metadata: ["errno": "\(errno)"]) }
+        if sent >= 0 {
+            if self.warnedBacklog {
+                self.warnedBacklog = false
+                self.logger.info("systemd reads the notify socket again")
+            }
+            return true
+        }
+        let error = errno
+        guard error == EAGAIN || error == EWOULDBLOCK else {
+            self.logger.debug("sd_notify failed", metadata: ["errno": "\(error)"])
+            return true
+        }
+        if !self.warnedBacklog {
+            self.warnedBacklog = true
+            self.logger.warning("systemd is not reading NOTIFY_SOCKET (its queue is full); notifications wait, watchdog pings are skipped")
+        }
+        return false
     }
 
     /// Sends `STATUS=` only when the text changed.
