@@ -51,6 +51,9 @@ let package = Package(
         // The one JSON value type with its strict parser and compact writer: request and
         // response bodies in the worker, config files and safetensors headers in the engine.
         .target(name: "LorikeetJSON", swiftSettings: upcoming),
+        .target(name: "LorikeetStructured", dependencies: ["LorikeetJSON", "LorikeetLimits"], swiftSettings: upcoming),
+        .testTarget(
+            name: "LorikeetStructuredTests", dependencies: ["LorikeetStructured", "LorikeetJSON"], swiftSettings: upcoming),
         // Protocol: message types, protobuf-c codec, framing. Knows no HTTP, no libuv.
         .target(
             name: "LorikeetProto",
@@ -108,7 +111,7 @@ let package = Package(
         .target(
             name: "LorikeetWorker",
             dependencies: [
-                "LorikeetProto", "LorikeetJSON", "LorikeetChannels",
+                "LorikeetProto", "LorikeetJSON", "LorikeetChannels", "LorikeetStructured",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -230,7 +233,8 @@ let package = Package(
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
         // Model download is the command layer's (LorikeetCLI/ModelDownload.swift).
         .target(
-            name: "LorikeetEngine", dependencies: ["LorikeetGGUF", "LorikeetJSON", "LorikeetKernels", "LorikeetLimits"],
+            name: "LorikeetEngine",
+            dependencies: ["LorikeetGGUF", "LorikeetJSON", "LorikeetKernels", "LorikeetLimits", "LorikeetStructured"],
             swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
@@ -254,7 +258,7 @@ let package = Package(
         .target(
             name: "LorikeetEngineServer",
             dependencies: [
-                "LorikeetEngine", "LorikeetProto", "LorikeetChannels",
+                "LorikeetEngine", "LorikeetProto", "LorikeetChannels", "LorikeetStructured", "LorikeetJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,4 +1,5 @@
 package import LorikeetProto
+import LorikeetStructured
 
 /// The engine's own check of the shared limits (`Limits`) on a well-framed call: the
 /// worker checks them at the HTTP edge, the engine checks them again, and a call that
@@ -63,6 +64,11 @@ package enum EngineRequestLimits {
             if let value, value > Limits.topLogprobs {
                 return refuse("'\(param)' must be at most \(Limits.topLogprobs), got \(value).", param)
             }
+        }
+        do {
+            _ = try StructuredConstraint.grammar(jsonSchema: sampling.jsonSchema, choices: sampling.choices)
+        } catch {
+            return refuse(error.description, "structured_outputs")
         }
         return nil
     }

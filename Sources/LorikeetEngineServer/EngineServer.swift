@@ -3,6 +3,7 @@ package import Logging
 import LorikeetChannels
 package import LorikeetEngine
 package import LorikeetProto
+import LorikeetStructured
 package import NIOCore
 import NIOPosix
 import Synchronization
@@ -601,7 +602,9 @@ package final class EngineServer: Sendable {
             presencePenalty: s.presencePenalty, frequencyPenalty: s.frequencyPenalty,
             repetitionPenalty: repetition == 0 ? 1 : repetition, logitBias: bias, minTokens: Int(s.minTokens),
             seed: s.seed, stop: s.stop, includeStopStrInOutput: s.includeStopStrInOutput, stopTokenIDs: s.stopTokenIDs,
-            ignoreEOS: s.ignoreEOS, logprobs: s.logprobs.map { Int($0) }, promptLogprobs: s.promptLogprobs.map { Int($0) })
+            ignoreEOS: s.ignoreEOS, logprobs: s.logprobs.map { Int($0) }, promptLogprobs: s.promptLogprobs.map { Int($0) },
+            // Checked by EngineRequestLimits before a request gets here.
+            grammar: try? StructuredConstraint.grammar(jsonSchema: s.jsonSchema, choices: s.choices))
     }
 
     /// The wire form of log probabilities, with each token's text.

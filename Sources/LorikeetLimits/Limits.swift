@@ -84,6 +84,26 @@ package enum Limits {
     /// `logprobs`): they travel in one engine frame (an entry is ~15 bytes plus its token text).
     package static let promptLogprobEntries = 200_000
 
+    // MARK: Structured output
+
+    /// UTF-8 bytes of one structured-output constraint as the engine channel carries it
+    /// (the JSON schema's text, or all `guided_choice` entries together).
+    package static let structuredConstraintBytes = 64 * 1024
+    /// Nodes of one compiled JSON schema (every subschema, property, enum value counts once).
+    package static let structuredSchemaNodes = 2048
+    /// Nesting of a JSON schema (subschemas inside subschemas), and of the JSON a
+    /// `json_object` (schema-less) document may open.
+    package static let structuredNestingDepth = 32
+    /// `properties` of one object schema.
+    package static let structuredProperties = 64
+    /// Entries of one `enum` or `guided_choice`.
+    package static let structuredChoices = 256
+    /// Whitespace bytes in a row between two JSON tokens of a constrained document (a
+    /// model that only emits spaces would otherwise never end it).
+    package static let structuredWhitespaceRun = 24
+    /// Bytes of one number in a constrained document (sign, digits, point and exponent).
+    package static let structuredNumberBytes = 32
+
     // MARK: Cluster (etcd)
 
     /// Largest response body of one etcd JSON-gateway call, and largest single message of a

@@ -223,13 +223,42 @@ def main():
     r = client.completions.create(model=model, prompt=[[256, 72], [256, 87]], max_tokens=2, temperature=0)
     check(len(r.choices) == 2, "two token-id prompts: two choices")
 
+    # --- structured output (random weights: every finished document shows the mask at work) ---
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "ok": {"type": "boolean"}}, "required": ["name", "ok"]}
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model=model, messages=messages, max_tokens=150, temperature=1, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}})
+        content = r.choices[0].message.content
+        if r.choices[0].finish_reason == "stop":
+            doc = json.loads(content)
+            check(set(doc) == {"name", "ok"} and isinstance(doc["ok"], bool) and len(doc["name"]) <= 8,
+                  f"json_schema seed {seed}: {content!r} matches the schema")
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=150, temperature=0, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema}})
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    check(streamed.lstrip().startswith("{"), f"json_schema streamed: {streamed[:40]!r}")
+    r = client.completions.create(model=model, prompt="x", max_tokens=20, temperature=1,
+                                  extra_body={"guided_choice": ["red", "green", "blue"]})
+    check(r.choices[0].text in ("red", "green", "blue") and r.choices[0].finish_reason == "stop",
+          f"guided_choice: {r.choices[0].text!r}")
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=20, temperature=1,
+                                       extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    check(r.choices[0].message.content in ("yes", "no"), "structured_outputs.choice")
+
     # --- refusals name the field ---
     for what, kwargs, param in [
         ("tools", dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
         ("top_logprobs 21", dict(logprobs=True, top_logprobs=21), "top_logprobs"),
         ("top_logprobs without logprobs", dict(top_logprobs=2), "top_logprobs"),
         ("logit_bias out of the vocabulary", dict(logit_bias={"258": 1}), "logit_bias"),
-        ("json_object", dict(response_format={"type": "json_object"}), "response_format"),
+        ("a schema keyword outside the subset", dict(response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "string", "pattern": "^a"}}}), "response_format"),
+        ("guided_regex", dict(extra_body={"guided_regex": "a+"}), "guided_regex"),
+        ("two kinds of constraint", dict(response_format={"type": "json_object"},
+                                         extra_body={"guided_choice": ["a"]}), "guided_choice"),
         ("presence_penalty 3", dict(presence_penalty=3), "presence_penalty"),
     ]:
         try:

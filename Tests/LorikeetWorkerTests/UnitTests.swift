@@ -58,8 +58,17 @@ struct ValidationTests {
         (#"{"prompt":"x","logit_bias":{"5":"high"}}"#, .completions, "logit_bias"),
         (#"{"prompt":"x","include_stop_str_in_output":1}"#, .completions, "include_stop_str_in_output"),
         (#"{"prompt":"x","skip_special_tokens":false}"#, .completions, "skip_special_tokens"),
-        (#"{"prompt":"x","response_format":{"type":"json_object"}}"#, .completions, "response_format"),
-        (#"{"prompt":"x","guided_json":{}}"#, .completions, "guided_json"),
+        (#"{"prompt":"x","response_format":{"type":"json_schema"}}"#, .completions, "response_format"),
+        (#"{"prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":"a"}}}"#, .completions, "response_format"),
+        (#"{"prompt":"x","response_format":{"type":"yaml"}}"#, .completions, "response_format"),
+        (#"{"prompt":"x","guided_json":{"type":"string","format":"email"}}"#, .completions, "guided_json"),
+        (#"{"prompt":"x","guided_json":"{not json"}"#, .completions, "guided_json"),
+        (#"{"prompt":"x","guided_json":3}"#, .completions, "guided_json"),
+        (#"{"prompt":"x","guided_choice":[]}"#, .completions, "guided_choice"),
+        (#"{"prompt":"x","guided_choice":["a",1]}"#, .completions, "guided_choice"),
+        (#"{"prompt":"x","guided_regex":"a+"}"#, .completions, "guided_regex"),
+        (#"{"prompt":"x","structured_outputs":{"grammar":"root ::= x"}}"#, .completions, "structured_outputs"),
+        (#"{"prompt":"x","guided_json":{},"guided_choice":["a"]}"#, .completions, "guided_choice"),
         (#"{"prompt":"x","bad_words":["a"]}"#, .completions, "bad_words"),
         (#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, .chatCompletions, "tools"),
         (#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#, .chatCompletions, "tool_choice"),
@@ -68,6 +77,24 @@ struct ValidationTests {
         (#"{"messages":[{"role":"user","content":"x"}],"logprobs":5}"#, .chatCompletions, "logprobs"),
         (#"{"messages":[{"role":"user","content":"x"}],"echo":true}"#, .chatCompletions, "echo"),
     ]
+
+    @Test("structured output in each spelling reaches the engine as a schema text or a choice list")
+    func structuredOutput() throws {
+        func sampling(_ body: String, _ route: GenerationRoute = .chatCompletions) throws -> SamplingParams {
+            try RequestValidation.generation(try RequestValidation.object(Array(body.utf8)), route: route).sampling
+        }
+        let chat = #""messages":[{"role":"user","content":"x"}]"#
+        #expect(try sampling("{\(chat),\"response_format\":{\"type\":\"json_object\"}}").jsonSchema == #"{"type":"object"}"#)
+        let schema = try sampling(
+            "{\(chat),\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":{\"type\":\"integer\"}}}}")
+        #expect(schema.jsonSchema == #"{"type":"integer"}"# && schema.choices.isEmpty)
+        #expect(try sampling(#"{"prompt":"x","guided_json":"{\"type\":\"null\"}"}"#, .completions).jsonSchema == #"{"type":"null"}"#)
+        #expect(try sampling(#"{"prompt":"x","guided_choice":["a","b"]}"#, .completions).choices == ["a", "b"])
+        #expect(try sampling("{\(chat),\"structured_outputs\":{\"choice\":[\"y\"]}}").choices == ["y"])
+        #expect(try sampling("{\(chat),\"structured_outputs\":{\"json_object\":true}}").jsonSchema == #"{"type":"object"}"#)
+        let plain = try sampling("{\(chat),\"response_format\":{\"type\":\"text\"}}")
+        #expect(plain.jsonSchema == nil && plain.choices.isEmpty)
+    }
 
     @Test("vLLM's defaults: omitted fields are left to the engine (the model's generation defaults, else vLLM's)")
     func defaults() throws {

@@ -1,3 +1,5 @@
+package import LorikeetStructured
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -82,6 +84,8 @@ package struct SamplingParams: Sendable, Equatable {
     package var logprobs: Int?
     /// Top log probabilities to report per prompt token (`echo` with `logprobs`); nil = none.
     package var promptLogprobs: Int?
+    /// Structured output: the document the generated text must spell; nil = free text.
+    package var grammar: OutputGrammar?
 
     /// Creates parameters; defaults are greedy, 16 tokens, no processors.
     package init(
@@ -89,7 +93,7 @@ package struct SamplingParams: Sendable, Equatable {
         presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1,
         logitBias: [UInt32: Float] = [:], minTokens: Int = 0, seed: UInt64? = nil, stop: [String] = [],
         includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
-        logprobs: Int? = nil, promptLogprobs: Int? = nil
+        logprobs: Int? = nil, promptLogprobs: Int? = nil, grammar: OutputGrammar? = nil
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -108,6 +112,7 @@ package struct SamplingParams: Sendable, Equatable {
         self.ignoreEOS = ignoreEOS
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
+        self.grammar = grammar
     }
 
     /// vLLM's `_SAMPLING_EPS`: a temperature below it samples greedily.
@@ -207,11 +212,16 @@ package struct Sampler: Sendable {
     private let minTokensStopIDs: [UInt32]
     private var generated = 0
     private var scratch: [Float] = []
+    /// Structured output's state; nil for free text.
+    private var constraint: TokenConstraint?
 
     /// Creates a sampler for a sequence with `prompt`; without a seed the generator is
     /// seeded randomly.
-    package init(_ params: SamplingParams, prompt: [UInt32] = [], eosTokenIDs: [UInt32] = []) {
+    package init(
+        _ params: SamplingParams, prompt: [UInt32] = [], eosTokenIDs: [UInt32] = [], vocabulary: ConstraintVocabulary? = nil
+    ) {
         self.params = params
+        if let grammar = params.grammar, let vocabulary { self.constraint = TokenConstraint(grammar, vocabulary: vocabulary) }
         var system = SystemRandomNumberGenerator()
         self.rng = Xoshiro256(seed: params.seed ?? system.next())
         self.promptTokens = params.repetitionPenalty != 1 ? Set(prompt) : []
@@ -233,10 +243,10 @@ package struct Sampler: Sendable {
         var l = logits
         self.process(&l)
         let token: UInt32
-        if self.params.temperature < SamplingParams.greedyTemperature {
-            var best = 0
-            for i in 1..<l.count where l[i] > l[best] { best = i }
-            token = UInt32(best)
+        if let constraint = self.constraint {
+            token = self.constrainedChoice(&l, constraint)
+        } else if self.params.temperature < SamplingParams.greedyTemperature {
+            token = Self.argmax(l)
         } else {
             token = self.draw(&l)
         }
@@ -245,8 +255,45 @@ package struct Sampler: Sendable {
         return SampledToken(token: token, logprobs: logprobs)
     }
 
+    /// The largest logit's id (the lowest id on ties).
+    private static func argmax(_ l: [Float]) -> UInt32 {
+        var best = 0
+        for i in 1..<l.count where l[i] > l[best] { best = i }
+        return UInt32(best)
+    }
+
+    /// Step 4 under structured output: the token chosen as if every token the grammar
+    /// refuses had logit −∞ (vLLM applies its grammar bitmask before sampling).
+    ///
+    /// Masking the whole vocabulary costs one grammar check per token, so it is tried
+    /// last: greedy takes the best allowed token in logit order, and a draw with only a
+    /// temperature is repeated with each refused token removed — both give exactly the
+    /// masked choice. With top-k, top-p or min-p (whose cut depends on the mask), after 16
+    /// refusals, or when nothing was allowed, the mask is applied first.
+    private mutating func constrainedChoice(_ l: inout [Float], _ constraint: TokenConstraint) -> UInt32 {
+        let greedy = self.params.temperature < SamplingParams.greedyTemperature
+        let p = self.params.topP
+        let exact = greedy || (self.params.topK == 0 && self.params.minP == 0 && (p <= 0 || p >= 1))
+        if exact {
+            for _ in 0..<16 {
+                var scaled = l
+                let candidate = greedy ? Self.argmax(l) : self.draw(&scaled)
+                guard l[Int(candidate)] > -.infinity else { break }
+                if constraint.allows(candidate) { return candidate }
+                l[Int(candidate)] = -.infinity
+            }
+        }
+        constraint.mask(&l)
+        guard l.contains(where: { $0 > -.infinity }) else { return constraint.fallbackEnd }
+        return greedy ? Self.argmax(l) : self.draw(&l)
+    }
+
+    /// Whether structured output's document is complete and nothing may follow it.
+    package var constraintFinished: Bool { self.constraint?.isFinished ?? false }
+
     /// Counts `token` as generated (for `min_tokens` and the penalties); `next` calls it.
     package mutating func record(_ token: UInt32) {
+        self.constraint?.record(token)
         self.generated += 1
         if self.penalized { self.outputCounts[token, default: 0] += 1 }
     }

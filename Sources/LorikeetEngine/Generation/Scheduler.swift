@@ -134,7 +134,10 @@ package final class Scheduler: Sendable {
         /// `GenerationEvent.promptLogprobs`); sent with the first token's event.
         var promptLogprobs: [TokenLogprobs]?
 
-        init(_ p: Pending, adapter: LoRAWeights?, cache: KVCache, contextLength: Int, eosTokenIDs: [UInt32]) {
+        init(
+            _ p: Pending, adapter: LoRAWeights?, cache: KVCache, contextLength: Int, eosTokenIDs: [UInt32],
+            vocabulary: ConstraintVocabulary?
+        ) {
             self.id = p.id
             self.prompt = p.prompt
             self.params = p.params
@@ -143,7 +146,7 @@ package final class Scheduler: Sendable {
             self.adapter = adapter
             self.cache = cache
             self.maxNew = min(p.params.maxTokens ?? Int.max, contextLength - p.prompt.count)
-            self.sampler = Sampler(p.params, prompt: p.prompt, eosTokenIDs: eosTokenIDs)
+            self.sampler = Sampler(p.params, prompt: p.prompt, eosTokenIDs: eosTokenIDs, vocabulary: vocabulary)
             self.stopper = StopStringMatcher(p.params.stop, includeStop: p.params.includeStopStrInOutput)
             if p.params.promptLogprobs != nil {
                 self.promptLogprobs = [TokenLogprobs(chosen: LogprobEntry(tokenID: p.prompt[0], logprob: 0), top: [])]
@@ -157,6 +160,8 @@ package final class Scheduler: Sendable {
         var running: [Sequence] = []
         let workspace = ForwardWorkspace()
         var finishedEvents: [(EventHandler, GenerationEvent)] = []
+        // Built the first time a request asks for structured output.
+        var vocabulary: ConstraintVocabulary?
         while true {
             // 1. Admit, collect aborts, or stop.
             let (admitted, failed, aborts, shutdown) = self.state.withLock { state in
@@ -196,10 +201,11 @@ package final class Scheduler: Sendable {
                         usage: Usage(promptTokens: p.prompt.count, completionTokens: 0), error: e))
             }
             for (p, w) in admitted {
+                if p.params.grammar != nil && vocabulary == nil { vocabulary = ConstraintVocabulary(tokenizer: self.tokenizer) }
                 running.append(
                     Sequence(
                         p, adapter: w, cache: self.model.makeCache(), contextLength: self.model.config.maxPositionEmbeddings,
-                        eosTokenIDs: self.tokenizer.eosTokenIDs))
+                        eosTokenIDs: self.tokenizer.eosTokenIDs, vocabulary: vocabulary))
             }
             for s in running where aborts.contains(s.id) {
                 s.finished = true
@@ -304,7 +310,14 @@ package final class Scheduler: Sendable {
                 requestID: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
         }
         let (emit, stopped) = s.stopper.feed(s.detokenizer.append(self.tokenizer.tokenBytes(token)))
-        if stopped {
+        if stopped || s.sampler.constraintFinished {
+            // Structured output: the document is complete and nothing may follow it.
+            if !stopped {
+                s.finished = true
+                let (tail, _) = s.stopper.feed(s.detokenizer.finish())
+                return GenerationEvent(
+                    requestID: s.id, tokens: [token], text: emit + tail + s.stopper.flush(), finishReason: .stop, usage: s.usage)
+            }
             s.finished = true
             return GenerationEvent(requestID: s.id, tokens: [token], text: emit, finishReason: .stop, usage: s.usage)
         }

@@ -35,13 +35,18 @@ package struct SamplingParams: Sendable, Equatable {
     package var logprobs: UInt32?
     /// Top log probabilities per prompt token (0–20); nil = none.
     package var promptLogprobs: UInt32?
+    /// Structured output: the JSON schema (as JSON text) the output must match; nil = none.
+    package var jsonSchema: String?
+    /// Structured output: the output is exactly one of these (vLLM's `guided_choice`);
+    /// empty = none.
+    package var choices: [String]
 
     package init(
         maxTokens: UInt32 = 16, temperature: Float? = 0, topP: Float? = 1, topK: UInt32? = 0, minP: Float? = 0,
         repetitionPenalty: Float? = 1, presencePenalty: Float = 0, frequencyPenalty: Float = 0,
         logitBias: [LogitBias] = [], minTokens: UInt32 = 0, seed: UInt64? = nil, stop: [String] = [],
         includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
-        logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil
+        logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil, jsonSchema: String? = nil, choices: [String] = []
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -60,6 +65,8 @@ package struct SamplingParams: Sendable, Equatable {
         self.ignoreEOS = ignoreEOS
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
+        self.jsonSchema = jsonSchema
+        self.choices = choices
     }
 }
 
@@ -90,6 +97,8 @@ extension SamplingParams: CMessageConvertible {
         writer.set("logprobs", self.logprobs ?? 0)
         writer.set("has_prompt_logprobs", self.promptLogprobs != nil)
         writer.set("prompt_logprobs", self.promptLogprobs ?? 0)
+        writer.set("json_schema", self.jsonSchema ?? "")
+        writer.set("choices", self.choices)
     }
     init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
@@ -105,9 +114,14 @@ extension SamplingParams: CMessageConvertible {
             includeStopStrInOutput: reader.bool("include_stop_str_in_output"),
             stopTokenIDs: reader.uint32s("stop_token_ids"), ignoreEOS: reader.bool("ignore_eos"),
             logprobs: reader.bool("has_logprobs") ? reader.uint32("logprobs") : nil,
-            promptLogprobs: reader.bool("has_prompt_logprobs") ? reader.uint32("prompt_logprobs") : nil
+            promptLogprobs: reader.bool("has_prompt_logprobs") ? reader.uint32("prompt_logprobs") : nil,
+            jsonSchema: Self.nonEmpty(reader.string("json_schema")), choices: reader.strings("choices")
         )
     }
+}
+
+extension SamplingParams {
+    fileprivate static func nonEmpty(_ text: String) -> String? { text.isEmpty ? nil : text }
 }
 
 /// One `logit_bias` entry (`lorikeet.v1.LogitBias`).

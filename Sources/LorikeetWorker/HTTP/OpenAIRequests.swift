@@ -18,8 +18,9 @@ package enum PromptInput: Sendable, Equatable {
 /// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`,
 /// `include_stop_str_in_output`, `skip_special_tokens` (only true), `prompt_logprobs`,
 /// `return_token_ids`. Unknown fields are ignored, as vLLM does; features this server
-/// cannot honour (`best_of` > `n`, `tools`, `response_format` other than text,
-/// guided decoding, `bad_words`, several prompts) are refused with a 400 naming the field.
+/// cannot honour (`best_of` > `n`, `tools`, `bad_words`, regex or grammar guided decoding)
+/// are refused with a 400 naming the field. Structured output (`response_format`,
+/// `structured_outputs`, `guided_json`, `guided_choice`): `OpenAIRequests+StructuredOutput`.
 package struct GenerationParameters: Sendable, Equatable {
     package var model: String?
     package var prompt: PromptInput
@@ -202,6 +203,10 @@ package enum RequestValidation {
         }
         sampling.logprobs = logprobs.map { UInt32($0) }
         try Self.refuseUnsupported(body)
+        if let structured = try Self.structuredOutput(body) {
+            sampling.jsonSchema = structured.jsonSchema
+            sampling.choices = structured.choices
+        }
         _ = try Self.optionalString(body, "user")  // accepted and ignored
 
         let stream = try Self.optionalBool(body, "stream") ?? false
@@ -329,21 +334,6 @@ package enum RequestValidation {
             throw APIError.invalidRequest(
                 "'tool_choice' is not supported: the built-in engine has no tool-call parser for this model family.",
                 param: "tool_choice")
-        }
-        if let format = body["response_format"], format != .null {
-            guard case .object = format, case .string(let type)? = format["type"] else {
-                throw Self.wrongType("response_format", expected: "an object with a 'type'", got: format)
-            }
-            guard type == "text" else {
-                throw APIError.invalidRequest(
-                    "'response_format' of type '\(type.echoed(limit: 32))' is not supported yet (structured output); only 'text' is.",
-                    param: "response_format")
-            }
-        }
-        for field in ["structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"] {
-            if let value = body[field], value != .null {
-                throw APIError.invalidRequest("'\(field)' is not supported yet (structured output).", param: field)
-            }
         }
         if case .array(let words)? = body["bad_words"], !words.isEmpty {
             throw APIError.invalidRequest("'bad_words' is not supported.", param: "bad_words")

@@ -1177,7 +1177,7 @@ void   lorikeet__v1__engine_envelope__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__engine_envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[25] =
+static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[27] =
 {
   {
     "max_tokens",
@@ -1479,14 +1479,40 @@ static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "json_schema",
+    26,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, json_schema),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "choices",
+    27,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Lorikeet__V1__SamplingParams, n_choices),
+    offsetof(Lorikeet__V1__SamplingParams, choices),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
+  26,   /* field[26] = choices */
   11,   /* field[11] = frequency_penalty */
   21,   /* field[21] = has_logprobs */
   23,   /* field[23] = has_prompt_logprobs */
   4,   /* field[4] = has_seed */
   8,   /* field[8] = ignore_eos */
   15,   /* field[15] = include_stop_str_in_output */
+  25,   /* field[25] = json_schema */
   13,   /* field[13] = logit_bias */
   22,   /* field[22] = logprobs */
   0,   /* field[0] = max_tokens */
@@ -1510,7 +1536,7 @@ static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__sampling_params__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 25 }
+  { 0, 27 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
 {
@@ -1520,7 +1546,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
   "Lorikeet__V1__SamplingParams",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__SamplingParams),
-  25,
+  27,
   lorikeet__v1__sampling_params__field_descriptors,
   lorikeet__v1__sampling_params__field_indices_by_name,
   1,  lorikeet__v1__sampling_params__number_ranges,

@@ -113,10 +113,21 @@ struct  Lorikeet__V1__SamplingParams
    */
   protobuf_c_boolean has_prompt_logprobs;
   uint32_t prompt_logprobs;
+  /*
+   * Structured output (docs/structured-output.md); at most one of these is set.
+   * The JSON schema the output must match, as JSON text ("json_object" mode sends
+   * {"type":"object"}); empty = none. At most 64 KiB.
+   */
+  char *json_schema;
+  /*
+   * The output is exactly one of these strings (vLLM's guided_choice); empty = none.
+   */
+  size_t n_choices;
+  char **choices;
 };
 #define LORIKEET__V1__SAMPLING_PARAMS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__sampling_params__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL }
 
 
 /*

@@ -1,0 +1,483 @@
+import LorikeetLimits
+
+/// Follows a document through an `OutputGrammar` one byte at a time: which bytes may come
+/// next, and whether the document may end here.
+///
+/// It is a pushdown automaton run on a set of stacks ("threads"), one per way the bytes
+/// so far can be read (`anyOf`, enum values sharing a prefix, a number that may or may not
+/// be over). Every byte either advances some thread or is refused; nothing is ever
+/// backtracked, so the cost per byte is bounded by the number of live threads
+/// (at most `maximumThreads`).
+package struct GrammarMatcher: Sendable {
+    private let grammar: OutputGrammar
+    private var threads: [[Frame]]
+
+    /// More live readings than this are cut (the oldest kept): a pathological schema
+    /// cannot make one byte cost more than this many stack steps.
+    static let maximumThreads = 32
+    /// Frames on one stack: the nesting limit, twice (a container and its pending value).
+    static let maximumStack = 2 * Limits.structuredNestingDepth + 4
+    /// `anyOf` levels expanded without consuming a byte (a `$ref` cycle ends here).
+    static let maximumExpansion = 16
+    /// Bytes of one object key whose name is checked against the known properties.
+    static let maximumKeyBytes = 1024
+
+    /// A matcher at the start of a document.
+    package init(_ grammar: OutputGrammar) {
+        self.grammar = grammar
+        let start: Frame =
+            if grammar.isJSON {
+                .value(node: grammar.root, whitespace: 0)
+            } else if case .literals(let options) = grammar.nodes[grammar.root] {
+                .literal(options: options, tags: options.indices.map { $0 }, at: 0)
+            } else {
+                .value(node: grammar.root, whitespace: 0)
+            }
+        self.threads = [[start]]
+    }
+
+    /// Whether `bytes` can come next (the matcher does not move).
+    package func accepts(_ bytes: some Sequence<UInt8>) -> Bool {
+        var copy = self
+        return copy.advance(bytes)
+    }
+
+    /// Moves past `bytes`. Returns false, and stays where it was, when they cannot come next.
+    @discardableResult
+    package mutating func advance(_ bytes: some Sequence<UInt8>) -> Bool {
+        var current = self.threads
+        for byte in bytes {
+            var next: [[Frame]] = []
+            for thread in current {
+                self.step(thread, byte, into: &next, expansion: 0)
+                if next.count >= Self.maximumThreads { break }
+            }
+            guard !next.isEmpty else { return false }
+            current = next
+        }
+        self.threads = current
+        return true
+    }
+
+    /// Whether the document may end here (every open value closed).
+    package var isComplete: Bool {
+        self.threads.contains { self.canFinish($0) }
+    }
+
+    /// Whether any byte can come next.
+    package var canContinue: Bool {
+        (0...255).contains { self.accepts(CollectionOfOne(UInt8($0))) }
+    }
+
+    // MARK: Frames
+
+    /// One open construct of the document.
+    private enum Frame: Sendable {
+        /// A value of `node` is expected (JSON whitespace may come first).
+        case value(node: Int, whitespace: Int)
+        /// Inside a literal: every option still possible shares the `at` bytes read.
+        /// `tags` say which option is which to the frame below (a property index).
+        case literal(options: [[UInt8]], tags: [Int], at: Int)
+        /// Inside an object key (of an object that allows other members than its
+        /// properties): the bytes read so far decide, at the closing quote, which property
+        /// it names, if any.
+        case key(read: [UInt8], state: StringState)
+        /// Inside a string, after its opening quote.
+        case string(minLength: Int, maxLength: Int?, count: Int, state: StringState)
+        /// Inside a number.
+        case number(state: NumberState, integer: Bool, length: Int)
+        /// Inside an object.
+        case object(node: Int, seen: UInt64, phase: ObjectPhase, whitespace: Int)
+        /// Inside an array.
+        case array(node: Int, count: Int, phase: ArrayPhase, whitespace: Int)
+    }
+
+    private enum StringState: Sendable, Equatable {
+        case body
+        case escape
+        /// Hex digits of a `\u` escape still to come.
+        case unicode(Int)
+        /// UTF-8 continuation bytes still to come, and the range the next one must be in.
+        case continuation(Int, low: UInt8, high: UInt8)
+    }
+
+    private enum NumberState: Sendable, Equatable {
+        case start, sign, zero, integerDigits, point, fractionDigits, exponent, exponentSign, exponentDigits
+
+        var isTerminal: Bool { self == .zero || self == .integerDigits || self == .fractionDigits || self == .exponentDigits }
+    }
+
+    private enum ObjectPhase: Sendable, Equatable {
+        /// After `{`: a key or `}`.
+        case open
+        /// A key is being read (the frame above).
+        case key
+        /// After the key of a member whose value is `value`: `:`.
+        case colon(value: Int)
+        /// The value is being read (the frame above).
+        case member
+        /// After a member: `,` or `}`.
+        case afterMember
+        /// After `,`: a key.
+        case comma
+    }
+
+    private enum ArrayPhase: Sendable, Equatable {
+        /// After `[`: a value or `]`.
+        case open
+        /// An item is being read (the frame above).
+        case item
+        /// After an item: `,` or `]`.
+        case afterItem
+        /// After `,`: a value.
+        case comma
+    }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x09 || byte == 0x0D
+    }
+
+    // MARK: Stepping
+
+    /// Every stack `thread` becomes after `byte`, appended to `next`.
+    private func step(_ thread: [Frame], _ byte: UInt8, into next: inout [[Frame]], expansion: Int) {
+        var stack = thread
+        guard let top = stack.popLast() else { return }
+        switch top {
+        case .value(let node, let whitespace):
+            if Self.isWhitespace(byte) {
+                guard whitespace < Limits.structuredWhitespaceRun else { return }
+                stack.append(.value(node: node, whitespace: whitespace + 1))
+                next.append(stack)
+                return
+            }
+            for start in self.starts(of: node, byte, expansion: expansion) {
+                self.step(stack + [start], byte, into: &next, expansion: expansion + 1)
+            }
+
+        case .literal(let options, let tags, let at):
+            var kept: [[UInt8]] = []
+            var keptTags: [Int] = []
+            for (option, tag) in zip(options, tags) where at < option.count && option[at] == byte {
+                if at + 1 == option.count {
+                    self.complete(stack, tag: tag, into: &next)
+                } else {
+                    kept.append(option)
+                    keptTags.append(tag)
+                }
+            }
+            if !kept.isEmpty {
+                stack.append(.literal(options: kept, tags: keptTags, at: at + 1))
+                next.append(stack)
+            }
+
+        case .string(let minLength, let maxLength, let count, let state):
+            // count −1: the opening quote is this frame's first byte.
+            if count < 0 {
+                guard byte == UInt8(ascii: "\"") else { return }
+                stack.append(.string(minLength: minLength, maxLength: maxLength, count: 0, state: .body))
+                next.append(stack)
+                return
+            }
+            // At the length limit only the closing quote may come (not the first byte of
+            // a character whose last byte would then be refused: a dead end).
+            if let maxLength, count >= maxLength, state == .body, byte != UInt8(ascii: "\"") { return }
+            guard let (newState, counted, closes) = Self.stringStep(state, byte) else { return }
+            if closes {
+                guard count >= minLength else { return }
+                self.complete(stack, tag: -1, into: &next)
+                return
+            }
+            let newCount = count + (counted ? 1 : 0)
+            if let maxLength, newCount > maxLength { return }
+            stack.append(.string(minLength: minLength, maxLength: maxLength, count: newCount, state: newState))
+            next.append(stack)
+
+        case .number(let state, let integer, let length):
+            if let newState = Self.numberStep(state, byte, integer: integer), length < Limits.structuredNumberBytes {
+                var continued = stack
+                continued.append(.number(state: newState, integer: integer, length: length + 1))
+                next.append(continued)
+            }
+            // A number ends at the first byte that cannot continue it: that byte belongs to
+            // the frame below.
+            if state.isTerminal {
+                var ended: [[Frame]] = []
+                self.complete(stack, tag: -1, into: &ended)
+                for thread in ended { self.step(thread, byte, into: &next, expansion: expansion) }
+            }
+
+        case .key(let read, let state):
+            guard read.count < Self.maximumKeyBytes, let (newState, _, closes) = Self.stringStep(state, byte) else { return }
+            guard closes, let (node, seen) = stack.last.flatMap(Self.objectReadingKey) else {
+                stack.append(.key(read: read + [byte], state: newState))
+                next.append(stack)
+                return
+            }
+            let quoted = read + [byte]
+            guard case .object(let properties, _, _) = self.grammar.nodes[node] else { return }
+            if let index = properties.firstIndex(where: { $0.quotedKey == quoted }) {
+                // A known key is that property (never an "additional" one), and only once.
+                guard seen & (1 << UInt64(index)) == 0 else { return }
+                self.complete(stack, tag: index, into: &next)
+            } else {
+                self.complete(stack, tag: -1, into: &next)
+            }
+
+        case .object(let node, let seen, let phase, let whitespace):
+            self.objectStep(stack, node: node, seen: seen, phase: phase, whitespace: whitespace, byte, into: &next)
+
+        case .array(let node, let count, let phase, let whitespace):
+            self.arrayStep(stack, node: node, count: count, phase: phase, whitespace: whitespace, byte, into: &next)
+        }
+    }
+
+    /// The frames a value of `node` can start with when its first byte is `byte` (before
+    /// that byte is read).
+    private func starts(of node: Int, _ byte: UInt8, expansion: Int) -> [Frame] {
+        switch self.grammar.nodes[node] {
+        case .anyValue:
+            switch byte {
+            case UInt8(ascii: "{"): return self.starts(of: self.grammar.anyObject, byte, expansion: expansion)
+            case UInt8(ascii: "["): return self.starts(of: self.grammar.anyArray, byte, expansion: expansion)
+            case UInt8(ascii: "\""): return [.string(minLength: 0, maxLength: nil, count: -1, state: .body)]
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                return [.number(state: .start, integer: false, length: 0)]
+            default:
+                let words = ["true", "false", "null"].map { Array($0.utf8) }
+                return [.literal(options: words, tags: [-1, -1, -1], at: 0)]
+            }
+        case .object:
+            return byte == UInt8(ascii: "{") ? [.object(node: node, seen: 0, phase: .open, whitespace: -1)] : []
+        case .array:
+            return byte == UInt8(ascii: "[") ? [.array(node: node, count: 0, phase: .open, whitespace: -1)] : []
+        case .string(let minLength, let maxLength):
+            return byte == UInt8(ascii: "\"") ? [.string(minLength: minLength, maxLength: maxLength, count: -1, state: .body)] : []
+        case .literals(let options):
+            return [.literal(options: options, tags: Array(repeating: -1, count: options.count), at: 0)]
+        case .integer: return [.number(state: .start, integer: true, length: 0)]
+        case .number: return [.number(state: .start, integer: false, length: 0)]
+        case .anyOf(let alternatives):
+            guard expansion < Self.maximumExpansion else { return [] }
+            return alternatives.flatMap { self.starts(of: $0, byte, expansion: expansion + 1) }
+        }
+    }
+
+    /// The frame on top of `stack` finished (with `tag`, for an object key): the frames
+    /// below learn it; appended to `next`.
+    private func complete(_ stack: [Frame], tag: Int, into next: inout [[Frame]]) {
+        var stack = stack
+        guard let parent = stack.popLast() else {
+            next.append([])
+            return
+        }
+        switch parent {
+        case .object(let node, let seen, let phase, _):
+            guard case .object(let properties, _, let additional) = self.grammar.nodes[node] else { return }
+            switch phase {
+            case .key:
+                if tag >= 0 {
+                    stack.append(
+                        .object(node: node, seen: seen | 1 << UInt64(tag), phase: .colon(value: properties[tag].value), whitespace: 0))
+                } else if let additional {
+                    stack.append(.object(node: node, seen: seen, phase: .colon(value: additional), whitespace: 0))
+                } else {
+                    return
+                }
+            case .member:
+                stack.append(.object(node: node, seen: seen, phase: .afterMember, whitespace: 0))
+            default: return
+            }
+        case .array(let node, let count, .item, _):
+            stack.append(.array(node: node, count: count + 1, phase: .afterItem, whitespace: 0))
+        case .value:
+            // A `.value` frame is replaced by its value's frame before any byte is read.
+            return
+        default:
+            return
+        }
+        next.append(stack)
+    }
+
+    /// What objects and arrays handle alike: their opening byte (whitespace −1 marks a
+    /// frame that has not read it yet) and whitespace between tokens (not while a key,
+    /// member or item above is being read). True when `byte` was handled here.
+    private func containerPrelude(
+        _ stack: [Frame], opening: UInt8, whitespace: Int, reading: Bool, _ byte: UInt8, into next: inout [[Frame]],
+        rebuild: (Int) -> Frame
+    ) -> Bool {
+        if whitespace < 0 {
+            if byte == opening && stack.count < Self.maximumStack { next.append(stack + [rebuild(0)]) }
+            return true
+        }
+        guard Self.isWhitespace(byte) && !reading else { return false }
+        if whitespace < Limits.structuredWhitespaceRun { next.append(stack + [rebuild(whitespace + 1)]) }
+        return true
+    }
+
+    private func objectStep(
+        _ stack: [Frame], node: Int, seen: UInt64, phase: ObjectPhase, whitespace: Int, _ byte: UInt8, into next: inout [[Frame]]
+    ) {
+        guard case .object(let properties, let required, let additional) = self.grammar.nodes[node] else { return }
+        let handled = self.containerPrelude(
+            stack, opening: UInt8(ascii: "{"), whitespace: whitespace, reading: phase == .key || phase == .member, byte, into: &next
+        ) { .object(node: node, seen: seen, phase: phase, whitespace: $0) }
+        guard !handled else { return }
+        switch phase {
+        case .open, .comma:
+            if phase == .open && byte == UInt8(ascii: "}") {
+                if required & ~seen == 0 { self.complete(stack, tag: -1, into: &next) }
+                return
+            }
+            guard byte == UInt8(ascii: "\"") else { return }
+            let reading = stack + [.object(node: node, seen: seen, phase: .key, whitespace: 0)]
+            if additional != nil {
+                // Any key: which property it names is known at its closing quote.
+                next.append(reading + [.key(read: [byte], state: .body)])
+                return
+            }
+            var options: [[UInt8]] = []
+            var tags: [Int] = []
+            for (index, property) in properties.enumerated() where seen & (1 << UInt64(index)) == 0 {
+                options.append(property.quotedKey)
+                tags.append(index)
+            }
+            if !options.isEmpty { self.step(reading + [.literal(options: options, tags: tags, at: 0)], byte, into: &next, expansion: 0) }
+        case .colon(let value):
+            guard byte == UInt8(ascii: ":") else { return }
+            next.append(stack + [.object(node: node, seen: seen, phase: .member, whitespace: 0), .value(node: value, whitespace: 0)])
+        case .afterMember:
+            if byte == UInt8(ascii: ",") {
+                // Only when another member can follow: a comma after the last property would be a dead end.
+                let unseen = properties.indices.contains { seen & (1 << UInt64($0)) == 0 }
+                guard additional != nil || unseen else { return }
+                next.append(stack + [.object(node: node, seen: seen, phase: .comma, whitespace: 0)])
+            } else if byte == UInt8(ascii: "}"), required & ~seen == 0 {
+                self.complete(stack, tag: -1, into: &next)
+            }
+        case .key, .member:
+            // The key or value frame is above this one: never reached.
+            return
+        }
+    }
+
+    private func arrayStep(
+        _ stack: [Frame], node: Int, count: Int, phase: ArrayPhase, whitespace: Int, _ byte: UInt8, into next: inout [[Frame]]
+    ) {
+        guard case .array(let items, let minItems, let maxItems) = self.grammar.nodes[node] else { return }
+        let handled = self.containerPrelude(
+            stack, opening: UInt8(ascii: "["), whitespace: whitespace, reading: phase == .item, byte, into: &next
+        ) { .array(node: node, count: count, phase: phase, whitespace: $0) }
+        guard !handled else { return }
+        switch phase {
+        case .open, .comma:
+            if phase == .open && byte == UInt8(ascii: "]") {
+                if count >= minItems { self.complete(stack, tag: -1, into: &next) }
+                return
+            }
+            if let maxItems, count >= maxItems { return }
+            self.step(
+                stack + [.array(node: node, count: count, phase: .item, whitespace: 0), .value(node: items, whitespace: 0)], byte,
+                into: &next, expansion: 0)
+        case .afterItem:
+            if byte == UInt8(ascii: ",") {
+                if let maxItems, count >= maxItems { return }
+                next.append(stack + [.array(node: node, count: count, phase: .comma, whitespace: 0)])
+            } else if byte == UInt8(ascii: "]"), count >= minItems {
+                self.complete(stack, tag: -1, into: &next)
+            }
+        case .item:
+            return
+        }
+    }
+
+    /// A string byte: the new state, whether it ends a character (for the length), and
+    /// whether it is the closing quote. Nil when the byte cannot come here.
+    private static func stringStep(_ state: StringState, _ byte: UInt8) -> (StringState, Bool, Bool)? {
+        switch state {
+        case .body:
+            switch byte {
+            case UInt8(ascii: "\""): return (.body, false, true)
+            case UInt8(ascii: "\\"): return (.escape, false, false)
+            case 0x00..<0x20, 0x7F: return nil
+            case 0x20..<0x80: return (.body, true, false)
+            case 0xC2...0xDF: return (.continuation(1, low: 0x80, high: 0xBF), false, false)
+            case 0xE0: return (.continuation(2, low: 0xA0, high: 0xBF), false, false)
+            case 0xED: return (.continuation(2, low: 0x80, high: 0x9F), false, false)
+            case 0xE1...0xEF: return (.continuation(2, low: 0x80, high: 0xBF), false, false)
+            case 0xF0: return (.continuation(3, low: 0x90, high: 0xBF), false, false)
+            case 0xF4: return (.continuation(3, low: 0x80, high: 0x8F), false, false)
+            case 0xF1...0xF3: return (.continuation(3, low: 0x80, high: 0xBF), false, false)
+            default: return nil
+            }
+        case .escape:
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                return (.body, true, false)
+            case UInt8(ascii: "u"): return (.unicode(4), false, false)
+            default: return nil
+            }
+        case .unicode(let remaining):
+            guard Self.isHexDigit(byte) else { return nil }
+            return remaining == 1 ? (.body, true, false) : (.unicode(remaining - 1), false, false)
+        case .continuation(let remaining, let low, let high):
+            guard byte >= low && byte <= high else { return nil }
+            return remaining == 1 ? (.body, true, false) : (.continuation(remaining - 1, low: 0x80, high: 0xBF), false, false)
+        }
+    }
+
+    private static func isHexDigit(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
+    }
+
+    /// A number byte: the new state, or nil when the byte cannot continue the number.
+    private static func numberStep(_ state: NumberState, _ byte: UInt8, integer: Bool) -> NumberState? {
+        let digit = byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
+        switch state {
+        case .start:
+            if byte == UInt8(ascii: "-") { return .sign }
+            if byte == UInt8(ascii: "0") { return .zero }
+            return digit ? .integerDigits : nil
+        case .sign:
+            if byte == UInt8(ascii: "0") { return .zero }
+            if digit { return .integerDigits }
+            return nil
+        case .zero, .integerDigits:
+            if digit { return state == .zero ? nil : .integerDigits }
+            if integer { return nil }
+            if byte == UInt8(ascii: ".") { return .point }
+            if byte == UInt8(ascii: "e") || byte == UInt8(ascii: "E") { return .exponent }
+            return nil
+        case .point, .fractionDigits:
+            if digit { return .fractionDigits }
+            if state == .fractionDigits && (byte == UInt8(ascii: "e") || byte == UInt8(ascii: "E")) { return .exponent }
+            return nil
+        case .exponent:
+            if byte == UInt8(ascii: "+") || byte == UInt8(ascii: "-") { return .exponentSign }
+            return digit ? .exponentDigits : nil
+        case .exponentSign, .exponentDigits:
+            return digit ? .exponentDigits : nil
+        }
+    }
+
+    /// The object node and its seen properties when `frame` is an object reading a key.
+    private static func objectReadingKey(_ frame: Frame) -> (Int, UInt64)? {
+        guard case .object(let node, let seen, .key, _) = frame else { return nil }
+        return (node, seen)
+    }
+
+    /// Whether `stack` can be closed without another byte.
+    private func canFinish(_ stack: [Frame]) -> Bool {
+        guard let top = stack.last else { return true }
+        switch top {
+        case .number(let state, _, _) where state.isTerminal:
+            var ended: [[Frame]] = []
+            self.complete(Array(stack.dropLast()), tag: -1, into: &ended)
+            return ended.contains { self.canFinish($0) }
+        default:
+            return false
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import LorikeetJSON
+import LorikeetStructured
+import Testing
+
+@Suite("Structured output: JSON schema subset and the byte matcher")
+struct GrammarMatcherTests {
+    static func grammar(_ schema: String) throws -> OutputGrammar {
+        try JSONSchemaCompiler.compile(try JSONParser.parse(Array(schema.utf8)))
+    }
+
+    /// Whether `document` is a complete document of `grammar`.
+    static func matches(_ grammar: OutputGrammar, _ document: String) -> Bool {
+        var matcher = GrammarMatcher(grammar)
+        return matcher.advance(Array(document.utf8)) && matcher.isComplete
+    }
+
+    /// Whether `prefix` can start a document of `grammar`.
+    static func startsWell(_ grammar: OutputGrammar, _ prefix: String) -> Bool {
+        GrammarMatcher(grammar).accepts(Array(prefix.utf8))
+    }
+
+    @Test("json_object: any object, nested values, whitespace; not arrays, not bare values, not trailing text")
+    func jsonObject() {
+        let grammar = JSONSchemaCompiler.anyObject()
+        for document in [
+            "{}", #"{"a":1}"#, #"{ "a" : [1, 2.5, -3e+2, true, false, null, "x\"y\u00e9"], "b": {"c": {}} }"#, "{\n  \"k\": \"é漢🙂\"\n}",
+        ] {
+            #expect(Self.matches(grammar, document), "\(document)")
+        }
+        for document in ["[]", "1", #""a""#, "{} x", #"{"a":01}"#, #"{"a":1,}"#, #"{"a" 1}"#, #"{"a":tru}"#, "{\"a\":\"\u{1}\"}"] {
+            #expect(!Self.matches(grammar, document), "\(document)")
+        }
+        #expect(Self.startsWell(grammar, #"{"a": [1, {"#))
+        #expect(!Self.startsWell(grammar, "x"))
+        // A number at the end of a value is only over when something follows it.
+        var matcher = GrammarMatcher(grammar)
+        let advanced = matcher.advance(Array(#"{"n": 12"#.utf8))
+        #expect(advanced)
+        #expect(!matcher.isComplete)
+        #expect(matcher.accepts(Array("3".utf8)) && matcher.accepts(Array("}".utf8)) && matcher.accepts(Array(".5}".utf8)))
+    }
+
+    @Test("an object schema: known properties in any order, each once, required ones before '}', no others")
+    func objectSchema() throws {
+        let grammar = try Self.grammar(
+            #"""
+            {"type": "object", "properties": {"name": {"type": "string", "maxLength": 5}, "age": {"type": "integer"},
+             "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}}, "required": ["name", "age"]}
+            """#)
+        #expect(Self.matches(grammar, #"{"name": "Ann", "age": 31}"#))
+        #expect(Self.matches(grammar, #"{"age":-4,"tags":["b","a"],"name":""}"#))
+        #expect(!Self.matches(grammar, #"{"name": "Ann"}"#), "age is required")
+        #expect(!Self.matches(grammar, #"{"name": "Ann", "age": 3, "name": "B"}"#), "a property only once")
+        #expect(!Self.matches(grammar, #"{"name": "Ann", "age": 3.5}"#), "an integer")
+        #expect(!Self.matches(grammar, #"{"name": "Annabel", "age": 3}"#), "maxLength 5")
+        #expect(!Self.matches(grammar, #"{"name": "A", "age": 3, "x": 1}"#), "no additional property")
+        #expect(!Self.matches(grammar, #"{"name": "A", "age": 3, "tags": ["a", "b", "a"]}"#), "maxItems 2")
+        #expect(!Self.matches(grammar, #"{"name": "A", "age": 3, "tags": ["c"]}"#), "enum")
+        #expect(!Self.startsWell(grammar, #"{"name": "A", "age": 3, "tags": [],"#), "no comma after the last property")
+        #expect(!Self.startsWell(grammar, "{\"name\": \"abcde\u{C3}"), "no character may start at the length limit")
+        #expect(Self.startsWell(grammar, "{\"name\": \"abcd\u{C3}"))
+    }
+
+    @Test("additionalProperties, anyOf, type lists, const, minItems, $ref to $defs (recursive)")
+    func compositions() throws {
+        let open = try Self.grammar(#"{"properties": {"id": {"type": "integer"}}, "additionalProperties": {"type": "string"}}"#)
+        #expect(Self.matches(open, #"{"id": 1, "note": "x"}"#))
+        #expect(!Self.matches(open, #"{"id": "1"}"#), "a known key keeps its own schema")
+        #expect(!Self.matches(open, #"{"note": 2}"#))
+        let nullable = try Self.grammar(#"{"type": ["string", "null"]}"#)
+        #expect(Self.matches(nullable, "null") && Self.matches(nullable, #""s""#) && !Self.matches(nullable, "1"))
+        let either = try Self.grammar(#"{"anyOf": [{"type": "number"}, {"const": {"k": [1]}}]}"#)
+        #expect(Self.matches(either, "-0.5") && Self.matches(either, #"{"k":[1]}"#) && !Self.matches(either, #"{"k":[2]}"#))
+        let list = try Self.grammar(#"{"type": "array", "items": {"type": "boolean"}, "minItems": 2}"#)
+        #expect(Self.matches(list, "[true, false]") && !Self.matches(list, "[true]") && !Self.matches(list, "[]"))
+        let tree = try Self.grammar(
+            #"""
+            {"$ref": "#/$defs/node", "$defs": {"node": {"type": "object", "properties": {
+              "value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+              "required": ["value"]}}}
+            """#)
+        #expect(Self.matches(tree, #"{"value": 1, "children": [{"value": 2, "children": [{"value": 3}]}]}"#))
+        #expect(!Self.matches(tree, #"{"value": 1, "children": [{"children": []}]}"#))
+        // A $ref cycle that never reaches a value matches nothing, and does not hang.
+        let cycle = try Self.grammar(##"{"$ref": "#"}"##)
+        #expect(!Self.startsWell(cycle, "1"))
+    }
+
+    @Test("guided_choice: exactly one of the strings, as raw text; a choice that is a prefix of another")
+    func choice() {
+        let grammar = OutputGrammar.choice(["yes", "no", "yes please"])
+        #expect(Self.matches(grammar, "yes") && Self.matches(grammar, "no") && Self.matches(grammar, "yes please"))
+        #expect(!Self.matches(grammar, "\"yes\"") && !Self.matches(grammar, " yes") && !Self.matches(grammar, "ye"))
+        var matcher = GrammarMatcher(grammar)
+        let first = matcher.advance(Array("yes".utf8))
+        #expect(first && matcher.isComplete && matcher.canContinue, "'yes' may end, or go on to 'yes please'")
+        let second = matcher.advance(Array(" please".utf8))
+        #expect(second && matcher.isComplete && !matcher.canContinue)
+    }
+
+    @Test("bounds a model cannot run away with: whitespace runs, number length, nesting depth")
+    func bounds() {
+        let grammar = JSONSchemaCompiler.anyObject()
+        #expect(Self.startsWell(grammar, "{" + String(repeating: " ", count: 24)))
+        #expect(!Self.startsWell(grammar, "{" + String(repeating: " ", count: 25)))
+        #expect(Self.startsWell(grammar, #"{"n": "# + String(repeating: "1", count: 32)))
+        #expect(!Self.startsWell(grammar, #"{"n": "# + String(repeating: "1", count: 33)))
+        #expect(Self.startsWell(grammar, #"{"a":"# + String(repeating: "[", count: 30)))
+        #expect(!Self.startsWell(grammar, #"{"a":"# + String(repeating: "[", count: 80)))
+        // Invalid UTF-8 inside a string is refused (an overlong encoding, a lone continuation).
+        var matcher = GrammarMatcher(grammar)
+        let inString = matcher.advance(Array(#"{"s": ""#.utf8))
+        #expect(inString)
+        #expect(!matcher.accepts([0xC0, 0x80]) && !matcher.accepts([0x80]) && matcher.accepts([0xC3, 0xA9]))
+    }
+
+    @Test("schemas outside the subset are refused with the keyword named; limits are enforced")
+    func refusals() throws {
+        func refusal(_ schema: String) -> String {
+            do {
+                _ = try Self.grammar(schema)
+                return "accepted"
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(refusal(#"{"type": "string", "pattern": "^a"}"#).contains("'pattern'"))
+        #expect(refusal(#"{"type": "string", "format": "date-time"}"#).contains("'format'"))
+        #expect(refusal(#"{"type": "integer", "minimum": 3}"#).contains("'minimum'"))
+        #expect(refusal(#"{"allOf": [{"type": "integer"}, {"type": "number"}]}"#).contains("allOf"))
+        #expect(refusal(#"{"$ref": "http://example.com/s.json"}"#).contains("does not name a definition"))
+        #expect(refusal(##"{"$ref": "#/$defs/missing"}"##).contains("does not name a definition"))
+        #expect(refusal(#"{"type": "object", "required": ["x"]}"#).contains("'required'"))
+        #expect(refusal(#"{"type": "strin"}"#).contains("not a JSON schema type"))
+        #expect(refusal(#"{"enum": []}"#).contains("cannot be satisfied"))
+        #expect(refusal(#"{"type": "string", "minLength": 3, "maxLength": 2}"#).contains("cannot be satisfied"))
+        let deep = String(repeating: #"{"type": "array", "items": "#, count: 40) + "{}" + String(repeating: "}", count: 40)
+        #expect(refusal(deep).contains("nests deeper than"))
+        let wide = "{\"properties\": {" + (0..<65).map { "\"p\($0)\": {}" }.joined(separator: ",") + "}}"
+        #expect(refusal(wide).contains("the limit is 64"))
+        // Annotations are fine.
+        #expect(refusal(#"{"title": "T", "description": "d", "type": "object", "properties": {"a": {"title": "A"}}}"#) == "accepted")
+    }
+}
