@@ -174,6 +174,7 @@ let package = Package(
             name: "LorikeetFuzz",
             dependencies: [
                 "LorikeetProto", "CLorikeetSys", "LorikeetWorker", "LorikeetEngine", "LorikeetGGUF", "LorikeetJSON", "LorikeetSupervisor",
+                "LorikeetStructured",
             ],
             swiftSettings: upcoming
         ),
@@ -238,7 +239,7 @@ let package = Package(
             swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
-            dependencies: ["LorikeetEngine", "LorikeetGGUF"],
+            dependencies: ["LorikeetEngine", "LorikeetGGUF", "LorikeetStructured"],
             swiftSettings: upcoming
         ),
         .testTarget(

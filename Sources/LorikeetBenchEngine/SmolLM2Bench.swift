@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import LorikeetEngine
 import LorikeetGGUF
+import LorikeetStructured
 import Synchronization
 
 /// `--model smollm2`: the default model (SmolLM2-135M-Instruct Q4_1) through the whole
@@ -85,10 +86,14 @@ enum SmolLM2Bench {
         }
     }
 
+    /// An object with one long string: a document the benchmark's tokens stay inside.
+    static let longText = try? StructuredConstraint.grammar(
+        jsonSchema: #"{"type":"object","properties":{"text":{"type":"string","maxLength":100000}},"required":["text"]}"#, choices: [])
+
     /// Decode tokens/s of sampling variants against greedy, interleaved round by round in
     /// the same run (best of 3 each): log probabilities (top 5 of the 49,152-token
-    /// vocabulary), temperature 1 with top-p 0.9 (the selection without a full sort), and
-    /// both.
+    /// vocabulary), temperature 1 with top-p 0.9 (the selection without a full sort), both,
+    /// and structured output (a JSON schema) greedy and with top-p.
     static func samplingOverhead(_ core: EngineCore, prompt: [UInt32], tokens: Int, threads: Int) throws {
         let variants: [(String, SamplingParams)] = [
             ("greedy", SamplingParams(maxTokens: tokens, temperature: 0, ignoreEOS: true)),
@@ -97,6 +102,13 @@ enum SmolLM2Bench {
             (
                 "T=1 top_p 0.9, logprobs 5",
                 SamplingParams(maxTokens: tokens, temperature: 1, topP: 0.9, seed: 1, ignoreEOS: true, logprobs: 5)
+            ),
+            // Structured output, inside one long string (so the document does not end first):
+            // greedy checks the best token against the grammar; top-p masks the whole vocabulary.
+            ("json_schema, greedy", SamplingParams(maxTokens: tokens, temperature: 0, ignoreEOS: true, grammar: Self.longText)),
+            (
+                "json_schema, T=1 top_p 0.9",
+                SamplingParams(maxTokens: tokens, temperature: 1, topP: 0.9, seed: 1, ignoreEOS: true, grammar: Self.longText)
             ),
         ]
         var best = [Double](repeating: 0, count: variants.count)

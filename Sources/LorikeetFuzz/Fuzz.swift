@@ -1,7 +1,8 @@
 // Fuzz entry points for the byte-level decoders: the three channel envelopes (this file),
 // HTTP JSON bodies (FuzzHTTP.swift), safetensors and adapter configs
 // (FuzzEngineFormats.swift), GGUF files (FuzzGGUF.swift), adapter paths and target_modules
-// regexes (FuzzAdapterFiles.swift).
+// regexes (FuzzAdapterFiles.swift), structured-output schemas and documents
+// (FuzzStructured.swift).
 //
 // Built normally this is a corpus replayer: `lorikeet-fuzz TARGET FILE...` runs each
 // file through the target (CI replays the committed seed corpora this way).
@@ -26,6 +27,7 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
     case "admin-requests": fuzzAdminRequests(bytes)
     case "adapter-path": fuzzAdapterPath(bytes)
     case "target-modules": fuzzTargetModules(bytes)
+    case "structured-output": fuzzStructuredOutput(bytes)
     default: return false
     }
     return true
@@ -34,7 +36,7 @@ func runTarget(_ name: String, _ bytes: [UInt8]) -> Bool {
 /// Every target, in the order bin/fuzz runs them.
 let fuzzTargets = [
     "frames-control", "frames-admin", "frames-engine", "http-json", "safetensors", "lora-config", "gguf", "adapter-path", "target-modules",
-    "admin-requests",
+    "admin-requests", "structured-output",
 ]
 
 /// Feeds the bytes in two pieces (split point from the first byte) through the frame

@@ -114,6 +114,52 @@ struct GrammarMatcherTests {
         #expect(!matcher.accepts([0xC0, 0x80]) && !matcher.accepts([0x80]) && matcher.accepts([0xC3, 0xA9]))
     }
 
+    /// Token-like pieces: words with and without a leading space, quotes with what follows
+    /// them, whitespace runs, numbers, multi-byte characters.
+    static let pieces: [[UInt8]] = [
+        " foo", "foo", "\",", "\"}", "\": ", " \"", "  \"a", "\n  ", "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n", "12",
+        "1.5e", ", ", "],", "null", " true", "é", "\\n", "\\u00", "ab\"", "\"x\": [",
+    ].map { Array($0.utf8) }
+
+    @Test("random walks: every document the matcher completes is JSON the parser reads, and matches the schema's shape")
+    func randomWalks() throws {
+        let grammars = [
+            JSONSchemaCompiler.anyObject(),
+            try Self.grammar(
+                #"{"type": "object", "properties": {"a": {"type": "array", "items": {"type": ["number", "null"]}, "maxItems": 3},"#
+                    + #" "b": {"anyOf": [{"type": "string", "maxLength": 3}, {"const": {"x": [true]}}]}}, "required": ["a"]}"#),
+        ]
+        var generator = SystemRandomNumberGenerator()
+        var completed = 0
+        for grammar in grammars {
+            for _ in 0..<100 {
+                var matcher = GrammarMatcher(grammar)
+                var document: [UInt8] = []
+                // Printable ASCII and a few multi-byte characters, chosen at random among the allowed.
+                let alphabet = Array(UInt8(0x20)...UInt8(0x7E)) + [0x0A, 0xC3, 0xA9]
+                while document.count < 120 {
+                    if matcher.isComplete && Int.random(in: 0..<4, using: &generator) == 0 { break }
+                    // The many-candidates checker agrees with accepts on token-like pieces.
+                    let candidates = matcher.candidates
+                    for piece in Self.pieces where candidates.accepts(piece) != matcher.accepts(piece) {
+                        Issue.record(
+                            "Candidates disagrees on \(String(decoding: piece, as: UTF8.self).debugDescription) after \(String(decoding: document, as: UTF8.self).debugDescription)"
+                        )
+                    }
+                    let allowed = alphabet.filter { matcher.accepts(CollectionOfOne($0)) }
+                    guard let byte = allowed.randomElement(using: &generator) else { break }
+                    matcher.advance(CollectionOfOne(byte))
+                    document.append(byte)
+                }
+                guard matcher.isComplete else { continue }
+                completed += 1
+                let parsed = try JSONParser.parse(document)
+                #expect(parsed.objectValue != nil, "\(String(decoding: document, as: UTF8.self))")
+            }
+        }
+        #expect(completed > 25, "enough walks ended in a complete document to mean something")
+    }
+
     @Test("schemas outside the subset are refused with the keyword named; limits are enforced")
     func refusals() throws {
         func refusal(_ schema: String) -> String {

@@ -53,15 +53,16 @@ package struct TokenConstraint: Sendable {
 
     /// Sets every logit whose token may not come next to −∞. Tokens whose first byte
     /// cannot come next are dropped by the group (one check per byte value), the others
-    /// one by one.
+    /// one by one (`GrammarMatcher.Candidates`).
     package func mask(_ logits: inout [Float]) {
         let vocab = logits.count
+        let candidates = self.matcher.candidates
         for first in 0..<256 {
             let group = self.vocabulary.byFirstByte[first]
             guard !group.isEmpty else { continue }
-            if self.matcher.accepts(CollectionOfOne(UInt8(first))) {
+            if candidates.accepts([UInt8(first)]) {
                 for id in group where Int(id) < vocab && logits[Int(id)] > -.infinity {
-                    if !self.matcher.accepts(self.vocabulary.tokens[Int(id)]) { logits[Int(id)] = -.infinity }
+                    if !candidates.accepts(self.vocabulary.tokens[Int(id)]) { logits[Int(id)] = -.infinity }
                 }
             } else {
                 for id in group where Int(id) < vocab { logits[Int(id)] = -.infinity }
