@@ -336,7 +336,13 @@ package struct GrammarMatcher: Sendable {
         case .number: return [.number(state: .start, integer: false, length: 0)]
         case .anyOf(let alternatives):
             guard expansion < Self.maximumExpansion else { return [] }
-            return alternatives.flatMap { self.starts(of: $0, byte, expansion: expansion + 1) }
+            // Breadth is bounded too: `anyOf`s of `$ref`s to `anyOf`s would multiply.
+            var starts: [Frame] = []
+            for alternative in alternatives {
+                starts += self.starts(of: alternative, byte, expansion: expansion + 1)
+                if starts.count >= Self.maximumThreads { break }
+            }
+            return starts
         }
     }
 
