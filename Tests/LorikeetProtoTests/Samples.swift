@@ -102,7 +102,9 @@ enum Samples {
         .generate(
             GenerateRequest(
                 requestID: "cmpl-2", promptText: "defaults",
-                sampling: SamplingParams(maxTokens: 0, temperature: nil, topP: nil, topK: nil, minP: nil, repetitionPenalty: nil)
+                sampling: SamplingParams(
+                    maxTokens: 0, temperature: nil, topP: nil, topK: nil, minP: nil, repetitionPenalty: nil,
+                    jsonSchema: #"{"type":"object"}"#, choices: ["yes", "no"])
             )
         ),
         .abort(AbortRequest(requestID: "cmpl-1")),
