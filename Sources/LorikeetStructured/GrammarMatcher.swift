@@ -1,3 +1,4 @@
+import LorikeetJSON
 import LorikeetLimits
 
 /// Follows a document through an `OutputGrammar` one byte at a time: which bytes may come
@@ -12,13 +13,10 @@ package struct GrammarMatcher: Sendable {
     private let grammar: OutputGrammar
     private var threads: [[Frame]]
 
-    /// More live readings than this are cut (the oldest kept): a pathological schema
-    /// cannot make one byte cost more than this many stack steps.
-    static let maximumThreads = 32
-    /// Frames on one stack: the nesting limit, twice (a container and its pending value).
-    static let maximumStack = 2 * Limits.structuredNestingDepth + 4
-    /// `anyOf` levels expanded without consuming a byte (a `$ref` cycle ends here).
-    static let maximumExpansion = 16
+    /// Distinct live readings kept (identical ones are merged after every byte); more are
+    /// cut, the first kept. The compiler refuses an `anyOf` with more alternatives than
+    /// this, so only nested alternatives can reach it.
+    package static let maximumThreads = 64
     /// Bytes of one object key whose name is checked against the known properties.
     static let maximumKeyBytes = 1024
 
@@ -48,11 +46,17 @@ package struct GrammarMatcher: Sendable {
         var current = self.threads
         for byte in bytes {
             var next: [[Frame]] = []
-            for thread in current {
-                self.step(thread, byte, into: &next, expansion: 0)
-                if next.count >= Self.maximumThreads { break }
-            }
+            for thread in current { self.step(thread, byte, into: &next) }
             guard !next.isEmpty else { return false }
+            if next.count > 1 {
+                // Readings that became identical (a DAG of `$ref`s, equal enum values) merge.
+                var distinct: [[Frame]] = []
+                for thread in next where !distinct.contains(thread) {
+                    distinct.append(thread)
+                    if distinct.count == Self.maximumThreads { break }
+                }
+                next = distinct
+            }
             current = next
         }
         self.threads = current
@@ -147,7 +151,7 @@ package struct GrammarMatcher: Sendable {
     // MARK: Frames
 
     /// One open construct of the document.
-    private enum Frame: Sendable {
+    private enum Frame: Sendable, Equatable {
         /// A value of `node` is expected (JSON whitespace may come first).
         case value(node: Int, whitespace: Int)
         /// Inside a literal: every option still possible shares the `at` bytes read.
@@ -170,8 +174,12 @@ package struct GrammarMatcher: Sendable {
     fileprivate enum StringState: Sendable, Equatable {
         case body
         case escape
-        /// Hex digits of a `\u` escape still to come.
-        case unicode(Int)
+        /// Hex digits of a `\u` escape still to come, the value so far, and whether it is
+        /// the low half of a surrogate pair (which must be DC00–DFFF).
+        case unicode(Int, value: UInt32, low: Bool)
+        /// After a high surrogate (D800–DBFF): its low half must follow, `\` then `u`.
+        case lowBackslash
+        case lowU
         /// UTF-8 continuation bytes still to come, and the range the next one must be in.
         case continuation(Int, low: UInt8, high: UInt8)
     }
@@ -217,7 +225,7 @@ package struct GrammarMatcher: Sendable {
     // MARK: Stepping
 
     /// Every stack `thread` becomes after `byte`, appended to `next`.
-    private func step(_ thread: [Frame], _ byte: UInt8, into next: inout [[Frame]], expansion: Int) {
+    private func step(_ thread: [Frame], _ byte: UInt8, into next: inout [[Frame]]) {
         var stack = thread
         guard let top = stack.popLast() else { return }
         switch top {
@@ -228,8 +236,8 @@ package struct GrammarMatcher: Sendable {
                 next.append(stack)
                 return
             }
-            for start in self.starts(of: node, byte, expansion: expansion) {
-                self.step(stack + [start], byte, into: &next, expansion: expansion + 1)
+            for start in self.starts(of: node, byte, depth: stack.count) {
+                self.step(stack + [start], byte, into: &next)
             }
 
         case .literal(let options, let tags, let at):
@@ -271,7 +279,10 @@ package struct GrammarMatcher: Sendable {
             next.append(stack)
 
         case .number(let state, let integer, let length):
-            if let newState = Self.numberStep(state, byte, integer: integer), length < Limits.structuredNumberBytes {
+            // The last byte the cap allows must leave a complete number (else a dead end).
+            if let newState = Self.numberStep(state, byte, integer: integer),
+                length + 1 < Limits.structuredNumberBytes || (length + 1 == Limits.structuredNumberBytes && newState.isTerminal)
+            {
                 var continued = stack
                 continued.append(.number(state: newState, integer: integer, length: length + 1))
                 next.append(continued)
@@ -281,23 +292,28 @@ package struct GrammarMatcher: Sendable {
             if state.isTerminal {
                 var ended: [[Frame]] = []
                 self.complete(stack, tag: -1, into: &ended)
-                for thread in ended { self.step(thread, byte, into: &next, expansion: expansion) }
+                for thread in ended { self.step(thread, byte, into: &next) }
             }
 
         case .key(let read, let state):
-            guard read.count < Self.maximumKeyBytes, let (newState, _, closes) = Self.stringStep(state, byte) else { return }
+            // Near the key limit only the closing quote (a character or escape begun
+            // there could not be finished).
+            if read.count >= Self.maximumKeyBytes - 16, state == .body, byte != UInt8(ascii: "\"") { return }
+            guard let (newState, _, closes) = Self.stringStep(state, byte) else { return }
             guard closes, let (node, seen) = stack.last.flatMap(Self.objectReadingKey) else {
                 stack.append(.key(read: read + [byte], state: newState))
                 next.append(stack)
                 return
             }
-            let quoted = read + [byte]
-            guard case .object(let properties, _, _) = self.grammar.nodes[node] else { return }
-            if let index = properties.firstIndex(where: { $0.quotedKey == quoted }) {
-                // A known key is that property (never an "additional" one), and only once.
-                guard seen & (1 << UInt64(index)) == 0 else { return }
+            guard case .object(let properties, _, let additional) = self.grammar.nodes[node] else { return }
+            // Compared unescaped: "\u0061" names property "a" as much as "a" does.
+            let name = Self.unescaped(read + [byte])
+            if let index = properties.firstIndex(where: { $0.name == name }) {
+                // A known key is that property (never an "additional" one), only once, and
+                // only when its value fits the nesting limit.
+                guard seen & (1 << UInt64(index)) == 0, self.fits(properties[index].value, depth: stack.count) else { return }
                 self.complete(stack, tag: index, into: &next)
-            } else {
+            } else if additional != nil {
                 self.complete(stack, tag: -1, into: &next)
             }
 
@@ -310,40 +326,54 @@ package struct GrammarMatcher: Sendable {
     }
 
     /// The frames a value of `node` can start with when its first byte is `byte` (before
-    /// that byte is read).
-    private func starts(of node: Int, _ byte: UInt8, expansion: Int) -> [Frame] {
-        switch self.grammar.nodes[node] {
-        case .anyValue:
-            switch byte {
-            case UInt8(ascii: "{"): return self.starts(of: self.grammar.anyObject, byte, expansion: expansion)
-            case UInt8(ascii: "["): return self.starts(of: self.grammar.anyArray, byte, expansion: expansion)
-            case UInt8(ascii: "\""): return [.string(minLength: 0, maxLength: nil, count: -1, state: .body)]
-            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-                return [.number(state: .start, integer: false, length: 0)]
-            default:
-                let words = ["true", "false", "null"].map { Array($0.utf8) }
-                return [.literal(options: words, tags: [-1, -1, -1], at: 0)]
+    /// that byte is read), `depth` containers deep. Its `anyOf`s are flattened once, at
+    /// compile time (`OutputGrammar.leaves`): no walk here, however the `$ref`s nest.
+    private func starts(of node: Int, _ byte: UInt8, depth: Int) -> [Frame] {
+        var starts: [Frame] = []
+        for leaf in self.grammar.leaves[node] {
+            var target = leaf
+            if case .anyValue = self.grammar.nodes[leaf] {
+                switch byte {
+                case UInt8(ascii: "{"): target = self.grammar.anyObject
+                case UInt8(ascii: "["): target = self.grammar.anyArray
+                case UInt8(ascii: "\""):
+                    starts.append(.string(minLength: 0, maxLength: nil, count: -1, state: .body))
+                    continue
+                case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                    starts.append(.number(state: .start, integer: false, length: 0))
+                    continue
+                default:
+                    let words = ["true", "false", "null"].map { Array($0.utf8) }
+                    starts.append(.literal(options: words, tags: [-1, -1, -1], at: 0))
+                    continue
+                }
             }
-        case .object:
-            return byte == UInt8(ascii: "{") ? [.object(node: node, seen: 0, phase: .open, whitespace: -1)] : []
-        case .array:
-            return byte == UInt8(ascii: "[") ? [.array(node: node, count: 0, phase: .open, whitespace: -1)] : []
-        case .string(let minLength, let maxLength):
-            return byte == UInt8(ascii: "\"") ? [.string(minLength: minLength, maxLength: maxLength, count: -1, state: .body)] : []
-        case .literals(let options):
-            return [.literal(options: options, tags: Array(repeating: -1, count: options.count), at: 0)]
-        case .integer: return [.number(state: .start, integer: true, length: 0)]
-        case .number: return [.number(state: .start, integer: false, length: 0)]
-        case .anyOf(let alternatives):
-            guard expansion < Self.maximumExpansion else { return [] }
-            // Breadth is bounded too: `anyOf`s of `$ref`s to `anyOf`s would multiply.
-            var starts: [Frame] = []
-            for alternative in alternatives {
-                starts += self.starts(of: alternative, byte, expansion: expansion + 1)
-                if starts.count >= Self.maximumThreads { break }
+            switch self.grammar.nodes[target] {
+            case .object:
+                // Only when it can be completed within the nesting limit (else a dead end).
+                guard byte == UInt8(ascii: "{"), self.fits(target, depth: depth) else { continue }
+                starts.append(.object(node: target, seen: 0, phase: .open, whitespace: -1))
+            case .array:
+                guard byte == UInt8(ascii: "["), self.fits(target, depth: depth) else { continue }
+                starts.append(.array(node: target, count: 0, phase: .open, whitespace: -1))
+            case .string(let minLength, let maxLength):
+                guard byte == UInt8(ascii: "\"") else { continue }
+                starts.append(.string(minLength: minLength, maxLength: maxLength, count: -1, state: .body))
+            case .literals(let options):
+                starts.append(.literal(options: options, tags: Array(repeating: -1, count: options.count), at: 0))
+            case .integer: starts.append(.number(state: .start, integer: true, length: 0))
+            case .number: starts.append(.number(state: .start, integer: false, length: 0))
+            case .anyValue, .anyOf: continue
             }
-            return starts
         }
+        return starts
+    }
+
+    /// Whether a value of `node` opened `depth` containers deep can be completed within
+    /// `Limits.structuredNestingDepth`.
+    private func fits(_ node: Int, depth: Int) -> Bool {
+        let needed = self.grammar.minimumDepth[node]
+        return needed != Int.max && depth + needed <= Limits.structuredNestingDepth
     }
 
     /// The frame on top of `stack` finished (with `tag`, for an object key): the frames
@@ -390,7 +420,7 @@ package struct GrammarMatcher: Sendable {
         rebuild: (Int) -> Frame
     ) -> Bool {
         if whitespace < 0 {
-            if byte == opening && stack.count < Self.maximumStack { next.append(stack + [rebuild(0)]) }
+            if byte == opening { next.append(stack + [rebuild(0)]) }
             return true
         }
         guard Self.isWhitespace(byte) && !reading else { return false }
@@ -414,26 +444,32 @@ package struct GrammarMatcher: Sendable {
             }
             guard byte == UInt8(ascii: "\"") else { return }
             let reading = stack + [.object(node: node, seen: seen, phase: .key, whitespace: 0)]
-            if additional != nil {
+            // Members are one container deeper than the frames below this object.
+            let depth = stack.count + 1
+            if let additional, self.fits(additional, depth: depth) {
                 // Any key: which property it names is known at its closing quote.
                 next.append(reading + [.key(read: [byte], state: .body)])
                 return
             }
             var options: [[UInt8]] = []
             var tags: [Int] = []
-            for (index, property) in properties.enumerated() where seen & (1 << UInt64(index)) == 0 {
+            for (index, property) in properties.enumerated()
+            where seen & (1 << UInt64(index)) == 0 && self.fits(property.value, depth: depth) {
                 options.append(property.quotedKey)
                 tags.append(index)
             }
-            if !options.isEmpty { self.step(reading + [.literal(options: options, tags: tags, at: 0)], byte, into: &next, expansion: 0) }
+            if !options.isEmpty { self.step(reading + [.literal(options: options, tags: tags, at: 0)], byte, into: &next) }
         case .colon(let value):
             guard byte == UInt8(ascii: ":") else { return }
             next.append(stack + [.object(node: node, seen: seen, phase: .member, whitespace: 0), .value(node: value, whitespace: 0)])
         case .afterMember:
             if byte == UInt8(ascii: ",") {
                 // Only when another member can follow: a comma after the last property would be a dead end.
-                let unseen = properties.indices.contains { seen & (1 << UInt64($0)) == 0 }
-                guard additional != nil || unseen else { return }
+                let depth = stack.count + 1
+                let unseen = properties.indices.contains {
+                    seen & (1 << UInt64($0)) == 0 && self.fits(properties[$0].value, depth: depth)
+                }
+                guard additional.map({ self.fits($0, depth: depth) }) == true || unseen else { return }
                 next.append(stack + [.object(node: node, seen: seen, phase: .comma, whitespace: 0)])
             } else if byte == UInt8(ascii: "}"), required & ~seen == 0 {
                 self.complete(stack, tag: -1, into: &next)
@@ -459,12 +495,14 @@ package struct GrammarMatcher: Sendable {
                 return
             }
             if let maxItems, count >= maxItems { return }
+            guard self.fits(items, depth: stack.count + 1) else { return }
             self.step(
                 stack + [.array(node: node, count: count, phase: .item, whitespace: 0), .value(node: items, whitespace: 0)], byte,
-                into: &next, expansion: 0)
+                into: &next)
         case .afterItem:
             if byte == UInt8(ascii: ",") {
                 if let maxItems, count >= maxItems { return }
+                guard self.fits(items, depth: stack.count + 1) else { return }
                 next.append(stack + [.array(node: node, count: count, phase: .comma, whitespace: 0)])
             } else if byte == UInt8(ascii: "]"), count >= minItems {
                 self.complete(stack, tag: -1, into: &next)
@@ -498,21 +536,36 @@ package struct GrammarMatcher: Sendable {
             case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
                 UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                 return (.body, true, false)
-            case UInt8(ascii: "u"): return (.unicode(4), false, false)
+            case UInt8(ascii: "u"): return (.unicode(4, value: 0, low: false), false, false)
             default: return nil
             }
-        case .unicode(let remaining):
-            guard Self.isHexDigit(byte) else { return nil }
-            return remaining == 1 ? (.body, true, false) : (.unicode(remaining - 1), false, false)
+        case .unicode(let remaining, let value, let low):
+            guard let digit = Self.hexValue(byte) else { return nil }
+            let newValue = value << 4 | digit
+            // Surrogates are judged by their first two digits, so no digit is accepted that
+            // a later one could not complete: a low half is DC–DF, anything else is not.
+            if remaining == 4 && low && newValue != 0xD { return nil }
+            if remaining == 3 && (0xDC...0xDF).contains(newValue) != low { return nil }
+            if remaining > 1 { return (.unicode(remaining - 1, value: newValue, low: low), false, false) }
+            if !low && (0xD800...0xDBFF).contains(newValue) { return (.lowBackslash, false, false) }
+            return (.body, true, false)
+        case .lowBackslash:
+            return byte == UInt8(ascii: "\\") ? (.lowU, false, false) : nil
+        case .lowU:
+            return byte == UInt8(ascii: "u") ? (.unicode(4, value: 0, low: true), false, false) : nil
         case .continuation(let remaining, let low, let high):
             guard byte >= low && byte <= high else { return nil }
             return remaining == 1 ? (.body, true, false) : (.continuation(remaining - 1, low: 0x80, high: 0xBF), false, false)
         }
     }
 
-    private static func isHexDigit(_ byte: UInt8) -> Bool {
-        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
-            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
+    private static func hexValue(_ byte: UInt8) -> UInt32? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt32(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt32(byte - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): UInt32(byte - UInt8(ascii: "A") + 10)
+        default: nil
+        }
     }
 
     /// A number byte: the new state, or nil when the byte cannot continue the number.
@@ -548,6 +601,14 @@ package struct GrammarMatcher: Sendable {
         case .exponentDigits:
             return nil
         }
+    }
+
+    /// The UTF-8 text of a complete JSON string (quotes included), escapes decoded by the
+    /// server's own JSON parser.
+    static func unescaped(_ quoted: [UInt8]) -> [UInt8] {
+        guard quoted.contains(UInt8(ascii: "\\")) else { return Array(quoted.dropFirst().dropLast()) }
+        guard case .string(let text)? = try? JSONParser.parse(quoted) else { return [] }
+        return Array(text.utf8)
     }
 
     /// The object node and its seen properties when `frame` is an object reading a key.

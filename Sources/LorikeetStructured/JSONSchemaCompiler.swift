@@ -38,7 +38,20 @@ package struct JSONSchemaCompiler {
         let anyObject = compiler.add(.object(properties: [], required: 0, additional: anyValue))
         let anyArray = compiler.add(.array(items: anyValue, minItems: 0, maxItems: nil))
         let root = try compiler.node(for: schema, at: "#", depth: 0)
-        return OutputGrammar(nodes: compiler.nodes, root: root, isJSON: true, anyObject: anyObject, anyArray: anyArray)
+        let grammar = OutputGrammar(nodes: compiler.nodes, root: root, isJSON: true, anyObject: anyObject, anyArray: anyArray)
+        for leaves in grammar.leaves where leaves.count > GrammarMatcher.maximumThreads {
+            throw .tooLarge(
+                "An 'anyOf' (with its '$ref's followed) has \(leaves.count) alternatives; the limit is \(GrammarMatcher.maximumThreads).")
+        }
+        guard !grammar.leaves[root].isEmpty else {
+            throw .unsatisfiable("it refers to itself ('$ref') without ever describing a value", at: "#")
+        }
+        guard grammar.minimumDepth[root] <= Limits.structuredNestingDepth else {
+            throw .unsatisfiable(
+                "every document nests deeper than \(Limits.structuredNestingDepth) levels (a required property that requires itself?)",
+                at: "#")
+        }
+        return grammar
     }
 
     /// The grammar of OpenAI's JSON mode (`response_format: {"type": "json_object"}`): any
@@ -88,16 +101,36 @@ package struct JSONSchemaCompiler {
             }
             return .anyOf([try self.resolve(reference, at: path, depth: depth)])
         }
-        if let value = schema["const"] { return .literals([Self.serialized(value)]) }
-        if let values = schema["enum"] {
-            guard case .array(let entries) = values else {
-                throw .invalidKeyword("enum", at: path, reason: "it must be an array")
+        // Keywords that decide the value alone: any other keyword next to them would be
+        // dropped, so it is refused (`type` next to `enum`/`const` filters the values).
+        let deciding = ["const", "enum", "anyOf", "oneOf", "allOf"].filter { schema[$0] != nil }
+        if let keyword = deciding.first {
+            let allowedBeside: Set<String> = keyword == "const" || keyword == "enum" ? ["type"] : []
+            for (key, _) in members where Self.keywords.contains(key) && key != keyword && !allowedBeside.contains(key) {
+                throw .unsupportedKeyword("'\(key)' next to '\(keyword)'", at: path)
             }
-            guard !entries.isEmpty else { throw .unsatisfiable("'enum' is empty", at: path) }
+        }
+        if schema["const"] != nil || schema["enum"] != nil {
+            let entries: [JSONValue]
+            if let value = schema["const"] {
+                entries = [value]
+            } else {
+                guard case .array(let list)? = schema["enum"] else {
+                    throw .invalidKeyword("enum", at: path, reason: "it must be an array")
+                }
+                entries = list
+            }
             guard entries.count <= Limits.structuredChoices else {
                 throw .tooLarge("'enum' at \(path) has \(entries.count) entries; the limit is \(Limits.structuredChoices).")
             }
-            return .literals(entries.map(Self.serialized))
+            let types = try Self.typeNames(schema["type"], at: path)
+            var literals: [[UInt8]] = []
+            for entry in entries where types.isEmpty || types.contains(where: { Self.value(entry, hasType: $0) }) {
+                let literal = Self.serialized(entry)
+                if !literals.contains(literal) { literals.append(literal) }
+            }
+            guard !literals.isEmpty else { throw .unsatisfiable("no 'enum'/'const' value has the schema's 'type'", at: path) }
+            return .literals(literals)
         }
         for keyword in ["anyOf", "oneOf", "allOf"] {
             guard let value = schema[keyword] else { continue }
@@ -116,23 +149,8 @@ package struct JSONSchemaCompiler {
             }
             return .anyOf(indexes)
         }
-        let types: [String]
-        switch schema["type"] {
-        case nil: types = Self.impliedTypes(schema)
-        case .string(let type)?: types = [type]
-        case .array(let list)?:
-            var names: [String] = []
-            for entry in list {
-                guard case .string(let name) = entry else {
-                    throw .invalidKeyword("type", at: path, reason: "a type list holds strings")
-                }
-                names.append(name)
-            }
-            guard !names.isEmpty else { throw .unsatisfiable("'type' is an empty list", at: path) }
-            types = names
-        case let other?:
-            throw .invalidKeyword("type", at: path, reason: "it must be a string or a list of strings, not \(other.typeName)")
-        }
+        let given = try Self.typeNames(schema["type"], at: path)
+        let types = schema["type"] == nil ? Self.impliedTypes(schema) : given
         if types.isEmpty { return .anyValue }
         if types.count == 1 { return try self.typed(types[0], schema, at: path, depth: depth) }
         var indexes: [Int] = []
@@ -142,6 +160,36 @@ package struct JSONSchemaCompiler {
             indexes.append(index)
         }
         return .anyOf(indexes)
+    }
+
+    /// The names in `type` (empty when it is absent).
+    private static func typeNames(_ type: JSONValue?, at path: String) throws(StructuredOutputError) -> [String] {
+        switch type {
+        case nil: return []
+        case .string(let name)?: return [name]
+        case .array(let list)?:
+            var names: [String] = []
+            for entry in list {
+                guard case .string(let name) = entry else {
+                    throw .invalidKeyword("type", at: path, reason: "a type list holds strings")
+                }
+                if !names.contains(name) { names.append(name) }
+            }
+            guard !names.isEmpty else { throw .unsatisfiable("'type' is an empty list", at: path) }
+            return names
+        case let other?:
+            throw .invalidKeyword("type", at: path, reason: "it must be a string or a list of strings, not \(other.typeName)")
+        }
+    }
+
+    /// Whether `value` is of the JSON schema type `type`.
+    private static func value(_ value: JSONValue, hasType type: String) -> Bool {
+        switch (type, value) {
+        case ("null", .null), ("boolean", .bool), ("string", .string), ("array", .array), ("object", .object): true
+        case ("number", .int), ("number", .double), ("integer", .int): true
+        case ("integer", .double(let d)): d == d.rounded()
+        default: false
+        }
     }
 
     /// The type a schema without `type` means from its keywords (none: any value).
@@ -193,7 +241,7 @@ package struct JSONSchemaCompiler {
             }
             for (name, propertySchema) in members where !names.contains(name) {
                 let value = try self.node(for: propertySchema, at: "\(path)/properties/\(name.prefix(64))", depth: depth + 1)
-                properties.append(OutputGrammar.Property(quotedKey: Self.serialized(.string(name)), value: value))
+                properties.append(OutputGrammar.Property(name: Array(name.utf8), quotedKey: Self.serialized(.string(name)), value: value))
                 names.append(name)
             }
         }
@@ -243,6 +291,9 @@ package struct JSONSchemaCompiler {
             schema = nil
         }
         guard let schema else { throw .unresolvedReference(String(target.prefix(128)), at: path) }
+        guard depth < Limits.structuredNestingDepth else {
+            throw .tooLarge("The JSON schema's '$ref's nest deeper than \(Limits.structuredNestingDepth) levels (at \(path)).")
+        }
         // Reserved before compiling, so a definition that refers to itself finds its node.
         let index = try self.reserve()
         self.references[target] = index

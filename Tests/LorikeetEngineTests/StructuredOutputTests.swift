@@ -76,6 +76,50 @@ struct StructuredOutputTests {
         }
     }
 
+    @Test("the default model, JSON mode at temperature 1: 50 different prompts; every finished answer is a JSON object")
+    func fiftyPromptsAtTemperatureOne() async throws {
+        let core = try SmolLM.engine()
+        let topics = [
+            "a city", "a book", "a planet", "a recipe", "a car", "a song", "a country", "a movie", "a tree", "a bird",
+        ]
+        let asks = ["Describe", "Give facts about", "List properties of", "Summarize", "Invent"]
+        let prompts = asks.flatMap { ask in topics.map { "\(ask) \($0) as a JSON object." } }
+        #expect(prompts.count == 50)
+        let grammar = try Self.grammar(StructuredConstraint.jsonObjectSchema)
+        let answers = await withTaskGroup(of: (String, Completion).self) { group in
+            for (index, prompt) in prompts.enumerated() {
+                group.addTask {
+                    let answer = await core.complete(
+                        GenerationRequest(
+                            id: "json-\(index)", prompt: .chat([ChatTurn(role: "user", content: prompt)]),
+                            params: SamplingParams(maxTokens: 200, temperature: 1, seed: UInt64(index), grammar: grammar)))
+                    return (prompt, answer)
+                }
+            }
+            var all: [(String, Completion)] = []
+            for await answer in group { all.append(answer) }
+            return all
+        }
+        var lengths: [Int] = []
+        var finished = 0
+        for (prompt, answer) in answers {
+            #expect(answer.error == nil)
+            lengths.append(answer.tokens.count)
+            if answer.finishReason == .stop {
+                // Finished: a JSON object, read by Foundation's parser (not our matcher).
+                finished += 1
+                let parsed = try? JSONSerialization.jsonObject(with: Data(answer.text.utf8))
+                #expect(parsed is [String: Any], "\(prompt): \(answer.text.debugDescription)")
+            } else {
+                // Out of tokens (a 135M model at T=1 rambles inside strings): a valid prefix.
+                #expect(answer.finishReason == .length)
+                #expect(GrammarMatcher(grammar).accepts(Array(answer.text.utf8)), "\(prompt): \(answer.text.debugDescription)")
+            }
+        }
+        #expect(finished >= 25, "\(finished) of 50 finished within 200 tokens")
+        print("50 JSON-mode answers at T=1: \(finished) finished, tokens min \(lengths.min() ?? 0), max \(lengths.max() ?? 0)")
+    }
+
     @Test("the default model: JSON mode and a schema give parseable JSON through the chat template")
     func defaultModel() async throws {
         let core = try SmolLM.engine()

@@ -93,9 +93,45 @@ struct GrammarMatcherTests {
         #expect(Self.matches(bomb, "123"))
         // A bound against a hang (unbounded, this is 256^3 readings per byte), not a speed measure.
         #expect(clock.now - start < .seconds(10))
-        // A $ref cycle that never reaches a value matches nothing, and does not hang.
-        let cycle = try Self.grammar(##"{"$ref": "#"}"##)
-        #expect(!Self.startsWell(cycle, "1"))
+        // The same with strings at the bottom, fed a byte no leaf takes.
+        let strings = try Self.grammar(
+            #"{"anyOf": ["# + widest + #"], "$defs": {"c": {"anyOf": ["# + wider + #"]}, "b": {"anyOf": ["# + wide
+                + #"]}, "a": {"type": "string"}}}"#)
+        #expect(!Self.startsWell(strings, "1") && Self.matches(strings, #""s""#))
+        #expect(clock.now - start < .seconds(10))
+    }
+
+    @Test("no dead ends: at the number, key and nesting limits only bytes that can still finish are accepted")
+    func noDeadEnds() throws {
+        let number = try Self.grammar(#"{"type": "number"}"#)
+        #expect(Self.matches(number, String(repeating: "1", count: 32)))
+        #expect(!Self.startsWell(number, String(repeating: "1", count: 31) + "."), "a point at the last byte could not be finished")
+        #expect(Self.matches(number, String(repeating: "1", count: 29) + ".5"))
+        #expect(!Self.matches(number, "1e999") && Self.matches(number, "1e99"))
+        let object = JSONSchemaCompiler.anyObject()
+        let longKey = "{\"" + String(repeating: "k", count: 1000)
+        #expect(Self.startsWell(object, longKey + "\":1}"), "the closing quote is always allowed")
+        #expect(!Self.startsWell(object, longKey + String(repeating: "k", count: 24)))
+        let chain = try Self.grammar(
+            ##"{"type": "object", "properties": {"next": {"$ref": "#"}, "x": {"type": "object"}}, "required": ["x"]}"##)
+        func nested(_ levels: Int) -> String {
+            String(repeating: #"{"next":"#, count: levels) + #"{"x":{}}"# + String(repeating: #","x":{}}"#, count: levels)
+        }
+        #expect(Self.matches(chain, nested(30)))
+        #expect(!Self.startsWell(chain, String(repeating: #"{"next":"#, count: 31)), "a level that could not be closed is not opened")
+        #expect(!Self.matches(object, #"{"a":"# + String(repeating: "[", count: 32) + String(repeating: "]", count: 32) + "}"))
+        #expect(Self.matches(object, #"{"a":"# + String(repeating: "[", count: 31) + String(repeating: "]", count: 31) + "}"))
+    }
+
+    @Test("strings: surrogate pairs only as pairs (counted once), escaped keys name their property")
+    func escapes() throws {
+        let one = try Self.grammar(#"{"type": "string", "maxLength": 1}"#)
+        #expect(Self.matches(one, #""\ud83d\ude00""#) && Self.matches(one, #""é""#))
+        #expect(!Self.startsWell(one, #""\ud800""#) && !Self.startsWell(one, #""\udc00"#) && !Self.startsWell(one, #""\ud83d\u0041"#))
+        let open = try Self.grammar(#"{"properties": {"a": {"type": "integer"}}, "additionalProperties": true}"#)
+        #expect(!Self.matches(open, #"{"a": 1, "\u0061": "x"}"#), "an escaped alias is the same property")
+        #expect(!Self.matches(open, #"{"\u0061": "x"}"#), "and keeps its schema")
+        #expect(Self.matches(open, #"{"\u0061": 2, "b": "x"}"#))
     }
 
     @Test("guided_choice: exactly one of the strings, as raw text; a choice that is a prefix of another")
@@ -138,6 +174,9 @@ struct GrammarMatcherTests {
         let grammars = [
             JSONSchemaCompiler.anyObject(),
             try Self.grammar(
+                ##"{"type": "object", "properties": {"next": {"$ref": "#"}, "x": {"type": "object"}, "n": {"type": "number"}}, "required": ["x"]}"##
+            ),
+            try Self.grammar(
                 #"{"type": "object", "properties": {"a": {"type": "array", "items": {"type": ["number", "null"]}, "maxItems": 3},"#
                     + #" "b": {"anyOf": [{"type": "string", "maxLength": 3}, {"const": {"x": [true]}}]}}, "required": ["a"]}"#),
         ]
@@ -159,7 +198,12 @@ struct GrammarMatcherTests {
                         )
                     }
                     let allowed = alphabet.filter { matcher.accepts(CollectionOfOne($0)) }
-                    guard let byte = allowed.randomElement(using: &generator) else { break }
+                    guard let byte = allowed.randomElement(using: &generator) else {
+                        if !matcher.isComplete {
+                            Issue.record("dead end after \(String(decoding: document, as: UTF8.self).debugDescription)")
+                        }
+                        break
+                    }
                     matcher.advance(CollectionOfOne(byte))
                     document.append(byte)
                 }
@@ -191,6 +235,13 @@ struct GrammarMatcherTests {
         #expect(refusal(#"{"type": "object", "required": ["x"]}"#).contains("'required'"))
         #expect(refusal(#"{"type": "strin"}"#).contains("not a JSON schema type"))
         #expect(refusal(#"{"enum": []}"#).contains("cannot be satisfied"))
+        #expect(refusal(##"{"$ref": "#"}"##).contains("refers to itself"))
+        #expect(refusal(#"{"type": "integer", "anyOf": [{"type": "string"}]}"#).contains("'type' next to 'anyOf'"))
+        #expect(refusal(#"{"const": "a", "enum": ["b"]}"#).contains("next to"))
+        #expect(refusal(#"{"type": "string", "enum": [1, 2]}"#).contains("cannot be satisfied"))
+        let many = (0..<65).map { #"{"const": \#($0)}"# }.joined(separator: ",")
+        #expect(refusal(#"{"anyOf": ["# + many + "]}").contains("the limit is 64"))
+        #expect(refusal(##"{"type": "object", "properties": {"me": {"$ref": "#"}}, "required": ["me"]}"##).contains("deeper than"))
         #expect(refusal(#"{"type": "string", "minLength": 3, "maxLength": 2}"#).contains("cannot be satisfied"))
         let deep = String(repeating: #"{"type": "array", "items": "#, count: 40) + "{}" + String(repeating: "}", count: 40)
         #expect(refusal(deep).contains("nests deeper than"))

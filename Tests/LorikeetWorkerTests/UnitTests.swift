@@ -69,6 +69,8 @@ struct ValidationTests {
         (#"{"prompt":"x","guided_regex":"a+"}"#, .completions, "guided_regex"),
         (#"{"prompt":"x","structured_outputs":{"grammar":"root ::= x"}}"#, .completions, "structured_outputs"),
         (#"{"prompt":"x","guided_json":{},"guided_choice":["a"]}"#, .completions, "guided_choice"),
+        (#"{"prompt":"x","structured_outputs":{}}"#, .completions, "structured_outputs"),
+        (#"{"prompt":"x","structured_outputs":{"choice":["a"],"json":{}}}"#, .completions, "structured_outputs"),
         (#"{"prompt":"x","bad_words":["a"]}"#, .completions, "bad_words"),
         (#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, .chatCompletions, "tools"),
         (#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#, .chatCompletions, "tool_choice"),
@@ -92,6 +94,11 @@ struct ValidationTests {
         #expect(try sampling(#"{"prompt":"x","guided_choice":["a","b"]}"#, .completions).choices == ["a", "b"])
         #expect(try sampling("{\(chat),\"structured_outputs\":{\"choice\":[\"y\"]}}").choices == ["y"])
         #expect(try sampling("{\(chat),\"structured_outputs\":{\"json_object\":true}}").jsonSchema == #"{"type":"object"}"#)
+        // vLLM's merge: response_format's schema replaces structured_outputs.json.
+        let merged = try sampling(
+            "{\(chat),\"structured_outputs\":{\"json\":{\"type\":\"string\"}},\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{\"type\":\"null\"}}}}"
+        )
+        #expect(merged.jsonSchema == #"{"type":"null"}"#)
         let plain = try sampling("{\(chat),\"response_format\":{\"type\":\"text\"}}")
         #expect(plain.jsonSchema == nil && plain.choices.isEmpty)
     }

@@ -284,9 +284,16 @@ package struct Sampler: Sendable {
             }
         }
         constraint.mask(&l)
-        guard l.contains(where: { $0 > -.infinity }) else { return constraint.fallbackEnd }
+        guard l.contains(where: { $0 > -.infinity }) else {
+            self.constraintDeadEnd = true
+            return constraint.fallbackEnd
+        }
         return greedy ? Self.argmax(l) : self.draw(&l)
     }
+
+    /// Structured output reached a position no token can continue (the grammar's limits
+    /// should make this impossible): the sequence must end as an error, not as a document.
+    package private(set) var constraintDeadEnd = false
 
     /// Whether structured output's document is complete and nothing may follow it.
     package var constraintFinished: Bool { self.constraint?.isFinished ?? false }

@@ -301,6 +301,15 @@ package final class Scheduler: Sendable {
 
     private func event(for token: UInt32, _ s: Sequence) -> GenerationEvent {
         s.generated.append(token)
+        if s.sampler.constraintDeadEnd {
+            s.finished = true
+            return GenerationEvent(
+                requestID: s.id, finishReason: .error, usage: s.usage,
+                error: EngineError(
+                    .internal,
+                    "structured output: no token can continue the document here; the output so far is not valid (please report the schema)"
+                ))
+        }
         let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIDs.contains(token)
         if isEOS || s.params.stopTokenIDs.contains(token) {
             s.finished = true
