@@ -51,6 +51,13 @@ package enum EngineRequestLimits {
             return refuse(
                 "A 'stop' entry is \(stop.utf8.count) bytes; the limit is \(Limits.stopSequenceBytes) bytes.", "stop")
         }
+        if sampling.badWords.count > Limits.badWords {
+            return refuse("'bad_words' has \(sampling.badWords.count) entries; the limit is \(Limits.badWords).", "bad_words")
+        }
+        for word in sampling.badWords where word.utf8.count > Limits.badWordBytes {
+            return refuse(
+                "A 'bad_words' entry is \(word.utf8.count) bytes; the limit is \(Limits.badWordBytes) bytes.", "bad_words")
+        }
         if sampling.stopTokenIDs.count > Limits.stopTokenIDs {
             return refuse(
                 "'stop_token_ids' has \(sampling.stopTokenIDs.count) entries; the limit is \(Limits.stopTokenIDs).",

@@ -533,9 +533,9 @@ package final class EngineServer: Sendable {
             prompt = .text(g.promptText)
         }
         let adapterID = g.adapter.flatMap { $0.intID == 0 ? nil : $0.intID }
-        let request = GenerationRequest(
-            id: g.requestID, prompt: prompt, adapterID: adapterID,
-            params: Self.params(g.sampling, defaults: self.core.info.generationDefaults))
+        var params = Self.params(g.sampling, defaults: self.core.info.generationDefaults)
+        params.badWordTokenIDs = BadWords.tokenIDs(g.sampling.badWords, tokenizer: self.core.tokenizer)
+        let request = GenerationRequest(id: g.requestID, prompt: prompt, adapterID: adapterID, params: params)
         c.track(g.requestID)
         if (request.prompt.textBytes ?? 0) > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
             // Reading the adapter again (file I/O) or tokenizing megabytes: not on the

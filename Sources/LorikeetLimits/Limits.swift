@@ -70,6 +70,10 @@ package enum Limits {
     package static let stopSequences = 16
     /// UTF-8 bytes of one `stop` entry.
     package static let stopSequenceBytes = 256
+    /// Entries of `bad_words`.
+    package static let badWords = 64
+    /// UTF-8 bytes of one `bad_words` entry.
+    package static let badWordBytes = 256
     /// Entries of `stop_token_ids`.
     package static let stopTokenIDs = 256
     /// Choices of one request (`n`): each is a sequence in the engine's batch.

@@ -250,6 +250,16 @@ def main():
                                        extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
     check(r.choices[0].message.content in ("yes", "no"), "structured_outputs.choice")
 
+    # --- bad_words (byte tokens: a two-character word is two tokens) ---
+    free = client.completions.create(model=model, prompt="The quick", max_tokens=60, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    at = next(i for i in range(len(free) - 1) if free[i:i + 2].isascii() and free[i:i + 2].isprintable()
+              and " " not in free[i:i + 2])
+    word = free[at:at + 2]
+    banned = client.completions.create(model=model, prompt="The quick", max_tokens=60, temperature=0,
+                                       extra_body={"ignore_eos": True, "bad_words": [word]}).choices[0].text
+    check(word not in banned and banned[:at + 1] == free[:at + 1], f"bad_words {word!r}: {free!r} became {banned!r}")
+
     # --- refusals name the field ---
     for what, kwargs, param in [
         ("tools", dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),

@@ -192,6 +192,41 @@ struct SamplingTests {
         #expect(p.dropFirst().allSatisfy { $0.chosen.logprob <= 0 && $0.top.isEmpty })
     }
 
+    @Test("bad_words: a word's last token never follows its other tokens; a one-token word never appears")
+    func badWords() async throws {
+        let core = try Fixture.engine()
+        let prompt = PromptInput.text("The quick brown fox")
+        let count = 60
+        func run(_ id: String, _ words: [String]) async -> Completion {
+            await core.complete(
+                GenerationRequest(
+                    id: id, prompt: prompt,
+                    params: SamplingParams(
+                        maxTokens: count, temperature: 0, ignoreEOS: true,
+                        badWordTokenIDs: BadWords.tokenIDs(words, tokenizer: core.tokenizer))))
+        }
+        let free = await run("free", [])
+        #expect(free.tokens.count == count)
+        // Byte tokens: a word of two printable ASCII characters is two tokens.
+        let printable = { (token: UInt32) in (0x21...0x7E).contains(token) }
+        let at = try #require(
+            (0..<(count - 1)).first { printable(free.tokens[$0]) && printable(free.tokens[$0 + 1]) },
+            "the greedy text has two printable characters in a row: \(free.text.debugDescription)")
+        let word = String(decoding: free.tokens[at...(at + 1)].map { UInt8($0) }, as: UTF8.self)
+        let banned = await run("banned", [word])
+        #expect(banned.tokens[...at] == free.tokens[...at], "the prefix alone is not banned")
+        #expect(banned.tokens[at + 1] != free.tokens[at + 1], "its last token is, right after it")
+        #expect(!banned.text.contains(word), "\(word.debugDescription) in \(banned.text.debugDescription)")
+        let single = String(decoding: [UInt8(free.tokens[at])], as: UTF8.self)
+        let never = await run("never", [single])
+        #expect(!never.tokens.contains(free.tokens[at]))
+        // Leading whitespace is stripped (vLLM's lstrip); a space before a byte-level word
+        // changes its length, so only the plain sequence is banned.
+        #expect(BadWords.tokenIDs(["ab"], tokenizer: core.tokenizer) == [[97, 98]])
+        #expect(BadWords.tokenIDs(["\n ab"], tokenizer: core.tokenizer) == [[97, 98]])
+        #expect(BadWords.tokenIDs([" "], tokenizer: core.tokenizer).isEmpty)
+    }
+
     @Test("include_stop_str_in_output keeps the stop string; the default cuts it")
     func includeStopString() {
         var cut = StopStringMatcher(["STOP"])

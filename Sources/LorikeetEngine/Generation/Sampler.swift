@@ -86,6 +86,9 @@ package struct SamplingParams: Sendable, Equatable {
     package var promptLogprobs: Int?
     /// Structured output: the document the generated text must spell; nil = free text.
     package var grammar: OutputGrammar?
+    /// vLLM's `bad_words`, as token sequences (`BadWords.tokenIDs`): the last token of one
+    /// is never generated right after its other tokens.
+    package var badWordTokenIDs: [[UInt32]] = []
 
     /// Creates parameters; defaults are greedy, 16 tokens, no processors.
     package init(
@@ -93,7 +96,7 @@ package struct SamplingParams: Sendable, Equatable {
         presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1,
         logitBias: [UInt32: Float] = [:], minTokens: Int = 0, seed: UInt64? = nil, stop: [String] = [],
         includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
-        logprobs: Int? = nil, promptLogprobs: Int? = nil, grammar: OutputGrammar? = nil
+        logprobs: Int? = nil, promptLogprobs: Int? = nil, grammar: OutputGrammar? = nil, badWordTokenIDs: [[UInt32]] = []
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -113,6 +116,7 @@ package struct SamplingParams: Sendable, Equatable {
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
         self.grammar = grammar
+        self.badWordTokenIDs = badWordTokenIDs
     }
 
     /// vLLM's `_SAMPLING_EPS`: a temperature below it samples greedily.
@@ -188,7 +192,8 @@ package struct SampledToken: Sendable, Equatable {
 ///
 /// 1. log probabilities, when asked for, from the raw logits (vLLM's default
 ///    `logprobs_mode = "raw_logprobs"`);
-/// 2. `min_tokens` (EOS and stop token ids → −∞ while fewer tokens have been generated),
+/// 2. `bad_words` (the last token of a bad word → −∞ right after its other tokens), then
+///    `min_tokens` (EOS and stop token ids → −∞ while fewer tokens have been generated),
 ///    then `logit_bias` (`vllm/v1/sample/logits_processor/builtin.py`);
 /// 3. penalties (`vllm/model_executor/layers/utils.py`, `apply_penalties`): repetition
 ///    over prompt and output tokens, then frequency and presence over output tokens;
@@ -208,6 +213,8 @@ package struct Sampler: Sendable {
     private let promptTokens: Set<UInt32>
     /// Occurrences of each generated token (only kept with penalties).
     private var outputCounts: [UInt32: Int] = [:]
+    /// The last generated tokens, as many as the longest bad word needs.
+    private var recentTokens: [UInt32] = []
     /// Ids masked until `minTokens` tokens were generated.
     private let minTokensStopIDs: [UInt32]
     private var generated = 0
@@ -301,6 +308,10 @@ package struct Sampler: Sendable {
     /// Counts `token` as generated (for `min_tokens` and the penalties); `next` calls it.
     package mutating func record(_ token: UInt32) {
         self.constraint?.record(token)
+        if let longest = self.params.badWordTokenIDs.map(\.count).max(), longest > 1 {
+            self.recentTokens.append(token)
+            if self.recentTokens.count >= longest { self.recentTokens.removeFirst(self.recentTokens.count - longest + 1) }
+        }
         self.generated += 1
         if self.penalized { self.outputCounts[token, default: 0] += 1 }
     }
@@ -308,6 +319,12 @@ package struct Sampler: Sendable {
     /// Steps 2 and 3: the processors that can change the argmax, in vLLM's order.
     package func process(_ l: inout [Float]) {
         let vocab = l.count
+        // vLLM V1 applies bad words first (`vllm/v1/sample/ops/bad_words.py`).
+        for word in self.params.badWordTokenIDs {
+            guard let last = word.last, Int(last) < vocab else { continue }
+            let prefix = word.dropLast()
+            if prefix.isEmpty || self.recentTokens.suffix(prefix.count).elementsEqual(prefix) { l[Int(last)] = -.infinity }
+        }
         if self.generated < self.params.minTokens {
             for id in self.minTokensStopIDs where Int(id) < vocab { l[Int(id)] = -.infinity }
         }

@@ -40,13 +40,16 @@ package struct SamplingParams: Sendable, Equatable {
     /// Structured output: the output is exactly one of these (vLLM's `guided_choice`);
     /// empty = none.
     package var choices: [String]
+    /// vLLM's `bad_words`.
+    package var badWords: [String]
 
     package init(
         maxTokens: UInt32 = 16, temperature: Float? = 0, topP: Float? = 1, topK: UInt32? = 0, minP: Float? = 0,
         repetitionPenalty: Float? = 1, presencePenalty: Float = 0, frequencyPenalty: Float = 0,
         logitBias: [LogitBias] = [], minTokens: UInt32 = 0, seed: UInt64? = nil, stop: [String] = [],
         includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
-        logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil, jsonSchema: String? = nil, choices: [String] = []
+        logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil, jsonSchema: String? = nil, choices: [String] = [],
+        badWords: [String] = []
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -67,6 +70,7 @@ package struct SamplingParams: Sendable, Equatable {
         self.promptLogprobs = promptLogprobs
         self.jsonSchema = jsonSchema
         self.choices = choices
+        self.badWords = badWords
     }
 }
 
@@ -99,6 +103,7 @@ extension SamplingParams: CMessageConvertible {
         writer.set("prompt_logprobs", self.promptLogprobs ?? 0)
         writer.set("json_schema", self.jsonSchema ?? "")
         writer.set("choices", self.choices)
+        writer.set("bad_words", self.badWords)
     }
     init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
@@ -115,7 +120,8 @@ extension SamplingParams: CMessageConvertible {
             stopTokenIDs: reader.uint32s("stop_token_ids"), ignoreEOS: reader.bool("ignore_eos"),
             logprobs: reader.bool("has_logprobs") ? reader.uint32("logprobs") : nil,
             promptLogprobs: reader.bool("has_prompt_logprobs") ? reader.uint32("prompt_logprobs") : nil,
-            jsonSchema: Self.nonEmpty(reader.string("json_schema")), choices: reader.strings("choices")
+            jsonSchema: Self.nonEmpty(reader.string("json_schema")), choices: reader.strings("choices"),
+            badWords: reader.strings("bad_words")
         )
     }
 }

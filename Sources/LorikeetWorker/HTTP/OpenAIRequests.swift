@@ -15,10 +15,10 @@ package enum PromptInput: Sendable, Equatable {
 /// `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs` (completions: top N;
 /// chat: a boolean with `top_logprobs`), `echo` (completions), `stream`,
 /// `stream_options.include_usage`, `n`, `user` (ignored); and vLLM's extensions
-/// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`,
+/// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `bad_words`, `ignore_eos`, `stop_token_ids`,
 /// `include_stop_str_in_output`, `skip_special_tokens` (only true), `prompt_logprobs`,
 /// `return_token_ids`. Unknown fields are ignored, as vLLM does; features this server
-/// cannot honour (`best_of` > `n`, `tools`, `bad_words`, regex or grammar guided decoding)
+/// cannot honour (`best_of` > `n`, `tools`, regex or grammar guided decoding)
 /// are refused with a 400 naming the field. Structured output (`response_format`,
 /// `structured_outputs`, `guided_json`, `guided_choice`): `OpenAIRequests+StructuredOutput`.
 package struct GenerationParameters: Sendable, Equatable {
@@ -175,6 +175,7 @@ package enum RequestValidation {
             sampling.seed = UInt64(bitPattern: seed)
         }
         sampling.stop = try Self.stop(body)
+        sampling.badWords = try Self.badWords(body)
         if let ignoreEOS = try Self.optionalBool(body, "ignore_eos") { sampling.ignoreEOS = ignoreEOS }
         if let stopTokenIDs = body["stop_token_ids"], stopTokenIDs != .null {
             sampling.stopTokenIDs = try Self.tokenArray(
@@ -335,9 +336,6 @@ package enum RequestValidation {
                 "'tool_choice' is not supported: the built-in engine has no tool-call parser for this model family.",
                 param: "tool_choice")
         }
-        if case .array(let words)? = body["bad_words"], !words.isEmpty {
-            throw APIError.invalidRequest("'bad_words' is not supported.", param: "bad_words")
-        }
     }
 
     /// The channels carry text as C strings (protobuf-c), which end at the first NUL: a
@@ -346,6 +344,28 @@ package enum RequestValidation {
         guard !text.utf8.contains(0) else {
             throw APIError.invalidRequest("'\(param)' must not contain the NUL character (U+0000).", param: param)
         }
+    }
+
+    /// vLLM's `bad_words`: a list of strings (a lone string is refused, as vLLM does).
+    static func badWords(_ body: JSONValue) throws(APIError) -> [String] {
+        guard let value = body["bad_words"], value != .null else { return [] }
+        guard case .array(let entries) = value else { throw Self.wrongType("bad_words", expected: "an array of strings", got: value) }
+        guard entries.count <= Limits.badWords else {
+            throw APIError.invalidRequest(
+                "'bad_words' has \(entries.count) entries; the limit is \(Limits.badWords).", param: "bad_words")
+        }
+        var words: [String] = []
+        for entry in entries {
+            guard case .string(let word) = entry else { throw Self.wrongType("bad_words", expected: "an array of strings", got: entry) }
+            try Self.refuseNUL(word, param: "bad_words")
+            guard word.utf8.count <= Limits.badWordBytes else {
+                throw APIError.invalidRequest(
+                    "A 'bad_words' entry is \(word.utf8.count) bytes long; the limit is \(Limits.badWordBytes) bytes.",
+                    param: "bad_words")
+            }
+            words.append(word)
+        }
+        return words
     }
 
     static func stop(_ body: JSONValue) throws(APIError) -> [String] {

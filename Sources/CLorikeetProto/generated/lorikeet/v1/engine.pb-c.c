@@ -1177,7 +1177,7 @@ void   lorikeet__v1__engine_envelope__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__engine_envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[27] =
+static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[28] =
 {
   {
     "max_tokens",
@@ -1503,8 +1503,21 @@ static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "bad_words",
+    28,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Lorikeet__V1__SamplingParams, n_bad_words),
+    offsetof(Lorikeet__V1__SamplingParams, bad_words),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
+  27,   /* field[27] = bad_words */
   26,   /* field[26] = choices */
   11,   /* field[11] = frequency_penalty */
   21,   /* field[21] = has_logprobs */
@@ -1536,7 +1549,7 @@ static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__sampling_params__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 27 }
+  { 0, 28 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
 {
@@ -1546,7 +1559,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
   "Lorikeet__V1__SamplingParams",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__SamplingParams),
-  27,
+  28,
   lorikeet__v1__sampling_params__field_descriptors,
   lorikeet__v1__sampling_params__field_indices_by_name,
   1,  lorikeet__v1__sampling_params__number_ranges,

@@ -124,10 +124,16 @@ struct  Lorikeet__V1__SamplingParams
    */
   size_t n_choices;
   char **choices;
+  /*
+   * vLLM's bad_words: the engine tokenizes each (as is and after a space) and never
+   * generates the last token of one after its other tokens.
+   */
+  size_t n_bad_words;
+  char **bad_words;
 };
 #define LORIKEET__V1__SAMPLING_PARAMS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__sampling_params__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL }
+    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL }
 
 
 /*
