@@ -37,6 +37,13 @@ struct ServeCommand: ParsableCommand {
     @Option(
         help: "Read the bearer token from this file (one line; should be mode 0600). Workers get it in their environment, never in argv.")
     var apiKeyFile: String?
+    @Option(
+        name: .customLong("lora-resolver-dir"),
+        help: ArgumentHelp(
+            "Load an adapter the first time a request names it, from DIR/<name> (vLLM's lora_filesystem_resolver; or LORIKEET_LORA_RESOLVER_DIR).",
+            discussion: "Needs runtime LoRA updating; DIR must be an existing directory under the allowed adapter path prefixes.",
+            valueName: "DIR"))
+    var loraResolverDir: String?
     @Option(help: "Extra Host names accepted on a loopback bind, comma-separated (behind a proxy; or LORIKEET_ALLOWED_HOSTS).")
     var allowedHosts: String?
     @Option(help: "Most adapters the committed table may hold (or LORIKEET_MAX_ADAPTERS; default 1024, at most 2048).")
@@ -115,6 +122,7 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("--model, --max-loras, --max-cpu-loras and --threads configure the built-in engine; not with --upstream")
         }
         _ = try self.clusterSettings(environment: environment, port: self.port)
+        try self.checkLoraResolver(environment: environment)
         if let base = self.metricsPortBase {
             let ports = Int(base)..<(Int(base) + self.workers)
             guard base > 0, ports.upperBound <= 65536 else {
@@ -182,6 +190,7 @@ struct ServeCommand: ParsableCommand {
         configuration.environment = environment
         configuration.maxAdapters = maxAdapters
         if let apiKey { configuration.workerEnvironment["LORIKEET_API_KEY"] = apiKey }
+        if let loraResolverDir { configuration.workerEnvironment["LORIKEET_LORA_RESOLVER_DIR"] = Self.absolute(loraResolverDir) }
         configuration.adminSocketPath = self.adminSocket.map(Self.absolute)
         configuration.adminFrameTimeoutMs = max(self.adminFrameTimeoutMs, 100)
         configuration.cluster = try self.clusterSettings(environment: environment, port: self.port)
@@ -206,6 +215,20 @@ struct ServeCommand: ParsableCommand {
         if result.code != .ok {
             FileHandle.standardError.write(Data("lorikeet: \(result.message)\n".utf8))
             throw ExitCode(result.code)
+        }
+    }
+
+    /// The LoRA resolver's directory (flag or environment) is checked before anything
+    /// starts, as vLLM's plugin refuses to start: the workers would only log it. Without
+    /// runtime updating the resolver is off, as in vLLM, and nothing is checked.
+    func checkLoraResolver(environment: [String: String]) throws {
+        var environment = environment
+        if let loraResolverDir { environment["LORIKEET_LORA_RESOLVER_DIR"] = Self.absolute(loraResolverDir) }
+        guard RouteConfiguration.runtimeLoraUpdatingEnabled(environment) else { return }
+        let setup = LoraResolverConfiguration.fromEnvironment(
+            environment, runtimeUpdating: true, pathPolicy: PathPolicy.fromEnvironment(environment))
+        if case .refused(let reason) = setup {
+            throw ValidationError("\(self.loraResolverDir == nil ? "LoRA resolver" : "--lora-resolver-dir"): \(reason)")
         }
     }
 

@@ -268,6 +268,40 @@ extension ServeTests {
         #expect(try Self.table(server).keys.sorted() == ["conc", "good", "later"])
     }
 
+    @Test("--lora-resolver-dir: resolves like the environment variables; a bad directory stops serve before anything starts")
+    func loraResolverFlag() throws {
+        let fixture = try TestEnvironment.fixtureDirectory()
+        let directory = try Self.resolverDirectory(fixture)
+        let prefixes = fixture + ":" + (directory as NSString).deletingLastPathComponent
+        let server = try ServerUnderTest(
+            workers: 2, extraArguments: ["--lora-resolver-dir", directory],
+            environment: ["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES": prefixes])
+        defer { server.stop() }
+        let first = try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("good"))
+        #expect(first.status == 200, "\(first.body.prefix(300))\n\(server.log.suffix(2000))")
+        #expect(try Self.table(server)["good"] != nil)
+
+        // Refused before any process starts: exit 64 and the reason.
+        for (arguments, prefixList, expected) in [
+            (["--lora-resolver-dir", directory + "/missing"], prefixes, "must be set to a valid directory"),
+            (["--lora-resolver-dir", directory], fixture, "not under the allowed adapter path prefixes"),
+            ([], prefixes, "must be set to a valid directory"),
+        ] {
+            var environment = ProcessInfo.processInfo.environment
+            environment["LORIKEET_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
+            environment["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES"] = prefixList
+            if arguments.isEmpty { environment["LORIKEET_LORA_RESOLVER_DIR"] = directory + "/missing" }
+            let (status, output) = try TestEnvironment.runProcess(
+                try TestEnvironment.lorikeetBinary,
+                [
+                    "serve", "--workers", "1", "--port", "\(TestEnvironment.freePort())", "--state-dir",
+                    TestEnvironment.temporaryDirectory("lk-resolver-bad"), "--model", fixture + "/model",
+                ] + arguments, environment: environment)
+            #expect(status == 64, "\(arguments): \(output)")
+            #expect(output.contains(expected), "\(arguments): \(output)")
+        }
+    }
+
     @Test("LoRA resolver: off without runtime updating, and with VLLM_PLUGINS not naming it")
     func loraResolverGates() throws {
         let fixture = try TestEnvironment.fixtureDirectory()

@@ -73,6 +73,8 @@ package struct TokenConstraint: Sendable {
             if !(complete && self.vocabulary.eosTokenIDs.contains(id)) { logits[Int(id)] = -.infinity }
         }
         for id in self.vocabulary.eosTokenIDs where Int(id) < vocab && !complete { logits[Int(id)] = -.infinity }
+        // Rows of an output layer padded past the tokenizer spell nothing.
+        for id in min(self.vocabulary.tokens.count, vocab)..<vocab { logits[id] = -.infinity }
     }
 
     /// Moves past `token` (EOS and other empty tokens move nothing).
