@@ -170,6 +170,10 @@ package final class EngineCore: Sendable {
     /// Requests waiting or running.
     package var runningRequests: Int { self.scheduler.requestCount }
 
+    /// Prompt positions taken from another sequence's cache (the `n` choices of a request
+    /// share their prompt's prefill) instead of computed, since start.
+    package var sharedPromptTokens: Int { self.scheduler.sharedPromptTokens }
+
     /// Prompt token ids for a request's prompt.
     package func promptTokens(_ prompt: PromptInput) -> [UInt32] {
         switch prompt {

@@ -192,6 +192,33 @@ struct SamplingTests {
         #expect(p.dropFirst().allSatisfy { $0.chosen.logprob <= 0 && $0.top.isEmpty })
     }
 
+    @Test("identical prompts running together share one prefill, and each gives what it gives alone")
+    func sharedPrefill() async throws {
+        let core = try Fixture.engine()
+        let prompt = PromptInput.text(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 3))
+        let length = core.promptTokens(prompt).count
+        func request(_ id: String, seed: UInt64) -> GenerationRequest {
+            GenerationRequest(id: id, prompt: prompt, params: SamplingParams(maxTokens: 8, temperature: 1, seed: seed, ignoreEOS: true))
+        }
+        var alone: [Completion] = []
+        for seed in UInt64(1)...3 { alone.append(await core.complete(request("alone-\(seed)", seed: seed))) }
+        #expect(core.sharedPromptTokens == 0, "one at a time: nothing to share")
+        // Submitted back to back (`generate` queues at once), so the second and third find
+        // the first still computing the prompt.
+        let streams = (UInt64(1)...3).map { core.generate(request("together-\($0)", seed: $0)) }
+        var together: [UInt64: Completion] = [:]
+        for (offset, stream) in streams.enumerated() {
+            var completion = Completion()
+            for await event in stream { completion.tokens += event.tokens }
+            together[UInt64(offset + 1)] = completion
+        }
+        for seed in UInt64(1)...3 {
+            #expect(together[seed]?.tokens == alone[Int(seed) - 1].tokens, "seed \(seed)")
+        }
+        // One computes the prompt; two copy all but its last position.
+        #expect(core.sharedPromptTokens == 2 * (length - 1), "shared \(core.sharedPromptTokens) of \(length)-token prompts")
+    }
+
     @Test("bad_words: a word's last token never follows its other tokens; a one-token word never appears")
     func badWords() async throws {
         let core = try Fixture.engine()

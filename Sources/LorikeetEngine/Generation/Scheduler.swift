@@ -30,6 +30,8 @@ package final class Scheduler: Sendable {
         var ids: Set<String> = []
         var aborts: Set<String> = []
         var shutdown = false
+        /// Prompt positions taken from another sequence's cache instead of computed.
+        var sharedPromptTokens = 0
     }
 
     private let model: LlamaModel
@@ -59,6 +61,10 @@ package final class Scheduler: Sendable {
 
     /// Requests waiting or running.
     package var requestCount: Int { self.state.withLock { $0.ids.count } }
+
+    /// Prompt positions copied from a running sequence with the same prompt and adapter
+    /// (the `n` choices of a request, or a repeated prompt) instead of computed, since start.
+    package var sharedPromptTokens: Int { self.state.withLock { $0.sharedPromptTokens } }
 
     /// Queues a validated request. Throws ALREADY_EXISTS for a duplicate id and
     /// UNAVAILABLE after shutdown.
@@ -227,7 +233,18 @@ package final class Scheduler: Sendable {
             var rows: [ForwardRow] = []
             var wanting: [(sequence: Sequence, promptPositions: Range<Int>, samples: Bool)] = []
             var budget = self.prefillBudget
+            var shared = 0
             for s in running {
+                if s.fed == 0, s.promptLogprobs == nil, let source = Self.prefixSource(for: s, in: running) {
+                    // The same prompt is (being) computed by another sequence: wait for it,
+                    // then take its cache up to the last prompt position (whose logits this
+                    // sequence computes itself, one row).
+                    // Its cache, not its `fed`: rows built this step are not computed yet.
+                    guard source.cache.length >= s.prompt.count - 1 else { continue }
+                    s.cache.copyPrefix(of: source.cache, count: s.prompt.count - 1)
+                    s.fed = s.prompt.count - 1
+                    shared += s.fed
+                }
                 if s.fed < s.prompt.count {
                     let take = min(s.prompt.count - s.fed, max(1, budget))
                     budget -= take
@@ -251,6 +268,8 @@ package final class Scheduler: Sendable {
                     wanting.append((s, 0..<0, true))
                 }
             }
+            if shared > 0 { self.state.withLock { $0.sharedPromptTokens += shared } }
+            guard !rows.isEmpty else { continue }
             let logits = self.model.forward(rows, workspace: workspace)
 
             // 3. Sample and stream.
@@ -273,6 +292,22 @@ package final class Scheduler: Sendable {
             finishedEvents += events.filter { $0.1.finishReason != nil }
             self.retire(&running, &finishedEvents)
         }
+    }
+
+    /// A running sequence whose cache holds (or will hold) `s`'s prompt: the same prompt
+    /// tokens and adapter, not finished, already computing it; or, when all such sequences
+    /// were just admitted, the first of them (it computes, the others wait). Prompts of
+    /// one token have nothing to share.
+    private static func prefixSource(for s: Sequence, in running: [Sequence]) -> Sequence? {
+        guard s.prompt.count > 1 else { return nil }
+        let same = running.filter {
+            $0 !== s && !$0.finished && $0.adapterID == s.adapterID && $0.adapter === s.adapter && $0.prompt == s.prompt
+        }
+        if let computing = same.first(where: { $0.fed > 0 }) { return computing }
+        guard let leader = same.first, let leaderIndex = running.firstIndex(where: { $0 === leader }),
+            let ownIndex = running.firstIndex(where: { $0 === s }), leaderIndex < ownIndex
+        else { return nil }
+        return leader
     }
 
     /// Removes finished sequences, frees their adapter slots and ids, then sends their

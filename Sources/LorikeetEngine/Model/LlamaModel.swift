@@ -93,6 +93,18 @@ package final class KVCache {
 
     func advance(to n: Int) { self.length = max(self.length, n) }
 
+    /// Takes positions `< count` from `other` (a sequence with the same prefix and adapter:
+    /// the keys and values of a position depend only on the tokens up to it).
+    package func copyPrefix(of other: KVCache, count: Int) {
+        precondition(other.length >= count && other.layers == self.layers && other.kvDim == self.kvDim)
+        self.reserve(count)
+        for layer in 0..<self.layers {
+            self.keys[layer].update(from: other.keys[layer], count: count * self.kvDim)
+            self.values[layer].update(from: other.values[layer], count: count * self.kvDim)
+        }
+        self.advance(to: count)
+    }
+
     /// Forgets positions `>= n` (used to retry or truncate; capacity is kept).
     package func truncate(to n: Int) { self.length = min(self.length, n) }
 }
