@@ -535,6 +535,7 @@ package final class EngineServer: Sendable {
         let adapterID = g.adapter.flatMap { $0.intID == 0 ? nil : $0.intID }
         var params = Self.params(g.sampling, defaults: self.core.info.generationDefaults)
         params.badWordTokenIDs = BadWords.tokenIDs(g.sampling.badWords, tokenizer: self.core.tokenizer)
+        params.skipSpecialTokens = g.sampling.skipSpecialTokens
         let request = GenerationRequest(id: g.requestID, prompt: prompt, adapterID: adapterID, params: params)
         c.track(g.requestID)
         if (request.prompt.textBytes ?? 0) > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
@@ -738,10 +739,12 @@ private enum EngineTokenizeCalls {
                 code: .invalidArgument, message: "token id \(bad) is outside the vocabulary (size \(tokenizer.vocabSize)).",
                 param: "tokens")
         }
-        // The engine's tokenizers map control tokens to no bytes: unlike vLLM
-        // (`skip_special_tokens=False`), BOS/EOS do not appear in the text.
+        // As vLLM's `/detokenize` (`skip_special_tokens=False`): control tokens keep their text.
         var bytes: [UInt8] = []
-        for token in request.tokens { bytes += tokenizer.tokenBytes(token) }
+        for token in request.tokens {
+            let text = tokenizer.tokenBytes(token)
+            bytes += text.isEmpty ? tokenizer.specialTokenBytes(token) : text
+        }
         let text = String(decoding: bytes, as: UTF8.self)
         guard text.utf8.count <= Self.replyBudgetBytes else {
             throw Status(

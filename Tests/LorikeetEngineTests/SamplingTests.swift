@@ -219,6 +219,23 @@ struct SamplingTests {
         #expect(core.sharedPromptTokens == 2 * (length - 1), "shared \(core.sharedPromptTokens) of \(length)-token prompts")
     }
 
+    @Test("skip_special_tokens: false renders control tokens' text; the final EOS only with include_stop_str_in_output")
+    func specialTokens() async throws {
+        let core = try Fixture.engine()
+        func run(skip: Bool, includeStop: Bool = false, bias: [UInt32: Float]) async -> Completion {
+            var params = SamplingParams(maxTokens: 3, temperature: 0, logitBias: bias, includeStopStrInOutput: includeStop)
+            params.skipSpecialTokens = skip
+            return await core.complete(GenerationRequest(id: "special-\(skip)-\(includeStop)", prompt: .text("x"), params: params))
+        }
+        // BOS (256) forced three times: nothing by default, "<s>" each time without skipping.
+        #expect(await run(skip: true, bias: [256: 100]).text == "")
+        #expect(await run(skip: false, bias: [256: 100]).text == "<s><s><s>")
+        // EOS (257) forced: it ends the text, which holds it only with include_stop_str_in_output.
+        #expect(await run(skip: false, bias: [257: 100]).text == "")
+        #expect(await run(skip: false, includeStop: true, bias: [257: 100]).text == "</s>")
+        #expect(await run(skip: true, includeStop: true, bias: [257: 100]).text == "")
+    }
+
     @Test("bad_words: a word's last token never follows its other tokens; a one-token word never appears")
     func badWords() async throws {
         let core = try Fixture.engine()

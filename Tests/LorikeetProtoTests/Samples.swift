@@ -104,7 +104,7 @@ enum Samples {
                 requestID: "cmpl-2", promptText: "defaults",
                 sampling: SamplingParams(
                     maxTokens: 0, temperature: nil, topP: nil, topK: nil, minP: nil, repetitionPenalty: nil,
-                    jsonSchema: #"{"type":"object"}"#, choices: ["yes", "no"], badWords: ["bad"])
+                    jsonSchema: #"{"type":"object"}"#, choices: ["yes", "no"], badWords: ["bad"], skipSpecialTokens: false)
             )
         ),
         .abort(AbortRequest(requestID: "cmpl-1")),

@@ -206,11 +206,11 @@ struct RealEngineTests {
             #expect(plain.json?["tokens"] == .array(Array(expected.dropFirst())))
             #expect(plain.json?["token_strs"] == .array(prompt.map { .string(String($0)) }))
 
-            // Back to text (BOS decodes to nothing in the engine's tokenizers).
+            // Back to text, special tokens kept as vLLM's /detokenize does (BOS is "<s>").
             let detokenized = try await TestHTTP.post(
                 port: port, "/detokenize",
                 #"{"model":"tiny","tokens":\#(String(decoding: JSONWriter.encode(.array(expected)), as: UTF8.self))}"#)
-            #expect(detokenized.json == .object([("prompt", .string(prompt))]), "\(detokenized.text)")
+            #expect(detokenized.json == .object([("prompt", .string("<s>" + prompt))]), "\(detokenized.text)")
 
             // Chat form: the template's text, parts joined with "\n"; add_generation_prompt
             // (default true) adds the assistant opener; add_special_tokens defaults to false.

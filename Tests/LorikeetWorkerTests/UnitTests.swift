@@ -57,7 +57,7 @@ struct ValidationTests {
         (#"{"prompt":"x","logit_bias":{"-1":1}}"#, .completions, "logit_bias"),
         (#"{"prompt":"x","logit_bias":{"5":"high"}}"#, .completions, "logit_bias"),
         (#"{"prompt":"x","include_stop_str_in_output":1}"#, .completions, "include_stop_str_in_output"),
-        (#"{"prompt":"x","skip_special_tokens":false}"#, .completions, "skip_special_tokens"),
+        (#"{"prompt":"x","skip_special_tokens":"no"}"#, .completions, "skip_special_tokens"),
         (#"{"prompt":"x","response_format":{"type":"json_schema"}}"#, .completions, "response_format"),
         (#"{"prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":"a"}}}"#, .completions, "response_format"),
         (#"{"prompt":"x","response_format":{"type":"yaml"}}"#, .completions, "response_format"),

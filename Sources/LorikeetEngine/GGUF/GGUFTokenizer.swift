@@ -7,7 +7,8 @@ package import LorikeetGGUF
 /// - BOS: prepended only when the model declares `tokenizer.ggml.add_bos_token` (SmolLM2
 ///   does not; its chat template starts with `<|im_start|>`, which is also its BOS id 1, and
 ///   HF's tokenizer adds nothing).
-/// - `tokenBytes` is empty for special tokens, like HF/vLLM `skip_special_tokens=True`.
+/// - `tokenBytes` is empty for special tokens, like HF/vLLM `skip_special_tokens=True`;
+///   `specialTokenBytes` has their text for `skip_special_tokens=False`.
 /// - Stop ids are EOS plus `<|im_end|>` / `<|endoftext|>` (`[0, 2]` for SmolLM2), so chat
 ///   generation ends at the end of the assistant turn.
 /// - `renderChat` is the model's ChatML template with its default system prompt.
@@ -34,6 +35,11 @@ package struct GGUFTokenizer: EngineTokenizer {
     package func tokenBytes(_ id: UInt32) -> [UInt8] {
         let i = Int(id)
         return self.bpe.isSpecialToken(i) ? [] : self.bpe.tokenBytes(i)
+    }
+
+    package func specialTokenBytes(_ id: UInt32) -> [UInt8] {
+        let i = Int(id)
+        return self.bpe.isSpecialToken(i) ? self.bpe.tokenBytes(i) : []
     }
 
     package func renderChat(_ messages: [ChatTurn]) -> String {

@@ -89,6 +89,9 @@ package struct SamplingParams: Sendable, Equatable {
     /// vLLM's `bad_words`, as token sequences (`BadWords.tokenIDs`): the last token of one
     /// is never generated right after its other tokens.
     package var badWordTokenIDs: [[UInt32]] = []
+    /// vLLM's `skip_special_tokens` (default true): false renders control tokens' text
+    /// (`<|im_start|>`); a final EOS or stop token only with `include_stop_str_in_output`.
+    package var skipSpecialTokens = true
 
     /// Creates parameters; defaults are greedy, 16 tokens, no processors.
     package init(

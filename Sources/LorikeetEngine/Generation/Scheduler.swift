@@ -348,12 +348,18 @@ package final class Scheduler: Sendable {
         let isEOS = !s.params.ignoreEOS && self.tokenizer.eosTokenIDs.contains(token)
         if isEOS || s.params.stopTokenIDs.contains(token) {
             s.finished = true
-            let tail = s.detokenizer.finish()
+            // vLLM leaves the stop token out of the text unless include_stop_str_in_output.
+            var tail = s.detokenizer.finish()
+            if !s.params.skipSpecialTokens && s.params.includeStopStrInOutput {
+                tail += String(decoding: self.tokenizer.specialTokenBytes(token), as: UTF8.self)
+            }
             let (text, _) = s.stopper.feed(tail)
             return GenerationEvent(
                 requestID: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
         }
-        let (emit, stopped) = s.stopper.feed(s.detokenizer.append(self.tokenizer.tokenBytes(token)))
+        var bytes = self.tokenizer.tokenBytes(token)
+        if bytes.isEmpty && !s.params.skipSpecialTokens { bytes = self.tokenizer.specialTokenBytes(token) }
+        let (emit, stopped) = s.stopper.feed(s.detokenizer.append(bytes))
         if stopped || s.sampler.constraintFinished {
             // Structured output: the document is complete and nothing may follow it.
             if !stopped {

@@ -36,6 +36,9 @@ package protocol EngineTokenizer: Sendable {
     /// The most text bytes one token covers: a text of B bytes is at least
     /// B / longestTokenBytes tokens.
     var longestTokenBytes: Int { get }
+    /// The text of a control token (`<|im_end|>`) for `skip_special_tokens: false`; empty
+    /// for other tokens (their text is `tokenBytes`).
+    func specialTokenBytes(_ id: UInt32) -> [UInt8]
 }
 
 extension EngineTokenizer {
@@ -80,6 +83,13 @@ package struct ByteTokenizer: EngineTokenizer {
 
     package func tokenBytes(_ id: UInt32) -> [UInt8] {
         id < 256 ? [UInt8(id)] : []
+    }
+
+    /// `<s>` for BOS, `</s>` for EOS; nothing for the unused ids above them.
+    package func specialTokenBytes(_ id: UInt32) -> [UInt8] {
+        if id == self.bosTokenID { return Array("<s>".utf8) }
+        if self.eosTokenIDs.contains(id) { return Array("</s>".utf8) }
+        return []
     }
 
     package func renderChat(_ messages: [ChatTurn]) -> String {

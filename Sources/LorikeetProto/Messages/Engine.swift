@@ -42,6 +42,8 @@ package struct SamplingParams: Sendable, Equatable {
     package var choices: [String]
     /// vLLM's `bad_words`.
     package var badWords: [String]
+    /// vLLM's `skip_special_tokens` (default true).
+    package var skipSpecialTokens: Bool
 
     package init(
         maxTokens: UInt32 = 16, temperature: Float? = 0, topP: Float? = 1, topK: UInt32? = 0, minP: Float? = 0,
@@ -49,7 +51,7 @@ package struct SamplingParams: Sendable, Equatable {
         logitBias: [LogitBias] = [], minTokens: UInt32 = 0, seed: UInt64? = nil, stop: [String] = [],
         includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
         logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil, jsonSchema: String? = nil, choices: [String] = [],
-        badWords: [String] = []
+        badWords: [String] = [], skipSpecialTokens: Bool = true
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -71,6 +73,7 @@ package struct SamplingParams: Sendable, Equatable {
         self.jsonSchema = jsonSchema
         self.choices = choices
         self.badWords = badWords
+        self.skipSpecialTokens = skipSpecialTokens
     }
 }
 
@@ -104,6 +107,7 @@ extension SamplingParams: CMessageConvertible {
         writer.set("json_schema", self.jsonSchema ?? "")
         writer.set("choices", self.choices)
         writer.set("bad_words", self.badWords)
+        writer.set("keep_special_tokens", !self.skipSpecialTokens)
     }
     init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
@@ -121,7 +125,7 @@ extension SamplingParams: CMessageConvertible {
             logprobs: reader.bool("has_logprobs") ? reader.uint32("logprobs") : nil,
             promptLogprobs: reader.bool("has_prompt_logprobs") ? reader.uint32("prompt_logprobs") : nil,
             jsonSchema: Self.nonEmpty(reader.string("json_schema")), choices: reader.strings("choices"),
-            badWords: reader.strings("bad_words")
+            badWords: reader.strings("bad_words"), skipSpecialTokens: !reader.bool("keep_special_tokens")
         )
     }
 }

@@ -16,7 +16,7 @@ package enum PromptInput: Sendable, Equatable {
 /// chat: a boolean with `top_logprobs`), `echo` (completions), `stream`,
 /// `stream_options.include_usage`, `n`, `user` (ignored); and vLLM's extensions
 /// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `bad_words`, `ignore_eos`, `stop_token_ids`,
-/// `include_stop_str_in_output`, `skip_special_tokens` (only true), `prompt_logprobs`,
+/// `include_stop_str_in_output`, `skip_special_tokens`, `prompt_logprobs`,
 /// `return_token_ids`. Unknown fields are ignored, as vLLM does; features this server
 /// cannot honour (`best_of` > `n`, `tools`, regex or grammar guided decoding)
 /// are refused with a 400 naming the field. Structured output (`response_format`,
@@ -259,12 +259,9 @@ package enum RequestValidation {
         if let include = try Self.optionalBool(body, "include_stop_str_in_output") {
             sampling.includeStopStrInOutput = include
         }
-        if try Self.optionalBool(body, "skip_special_tokens") == false {
-            throw APIError.invalidRequest(
-                "'skip_special_tokens: false' is not supported: the built-in engine's special tokens have no text.",
-                param: "skip_special_tokens")
-        }
-        _ = try Self.optionalBool(body, "spaces_between_special_tokens")  // no effect: no special token has text
+        if let skip = try Self.optionalBool(body, "skip_special_tokens") { sampling.skipSpecialTokens = skip }
+        // Byte-level tokenizers join special tokens' text as it is (no spaces are added).
+        _ = try Self.optionalBool(body, "spaces_between_special_tokens")
     }
 
     /// `logit_bias`: an object mapping token ids (as strings, OpenAI's form) to a bias,

@@ -1177,7 +1177,7 @@ void   lorikeet__v1__engine_envelope__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__engine_envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[28] =
+static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[29] =
 {
   {
     "max_tokens",
@@ -1515,6 +1515,18 @@ static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "keep_special_tokens",
+    29,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, keep_special_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
   27,   /* field[27] = bad_words */
@@ -1526,6 +1538,7 @@ static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
   8,   /* field[8] = ignore_eos */
   15,   /* field[15] = include_stop_str_in_output */
   25,   /* field[25] = json_schema */
+  28,   /* field[28] = keep_special_tokens */
   13,   /* field[13] = logit_bias */
   22,   /* field[22] = logprobs */
   0,   /* field[0] = max_tokens */
@@ -1549,7 +1562,7 @@ static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__sampling_params__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 28 }
+  { 0, 29 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
 {
@@ -1559,7 +1572,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
   "Lorikeet__V1__SamplingParams",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__SamplingParams),
-  28,
+  29,
   lorikeet__v1__sampling_params__field_descriptors,
   lorikeet__v1__sampling_params__field_indices_by_name,
   1,  lorikeet__v1__sampling_params__number_ranges,

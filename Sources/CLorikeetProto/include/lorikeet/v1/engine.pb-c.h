@@ -130,10 +130,14 @@ struct  Lorikeet__V1__SamplingParams
    */
   size_t n_bad_words;
   char **bad_words;
+  /*
+   * vLLM's skip_special_tokens=false: control tokens' text is rendered.
+   */
+  protobuf_c_boolean keep_special_tokens;
 };
 #define LORIKEET__V1__SAMPLING_PARAMS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__sampling_params__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL }
+    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0 }
 
 
 /*
