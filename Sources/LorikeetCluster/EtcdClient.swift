@@ -106,6 +106,11 @@ package final class EtcdClient: Sendable {
 
     // MARK: Unary calls
 
+    /// A request that failed while it was being written: never complete on the wire.
+    struct RequestNotSent: Error {
+        var underlying: any Error
+    }
+
     /// How a failed attempt may be retried.
     struct AttemptFailure: Error {
         var error: EtcdError
@@ -197,9 +202,15 @@ package final class EtcdClient: Sendable {
         let bytes: [UInt8]
         do {
             (status, bytes) = try await channel.executeThenClose { inbound, outbound in
-                try await outbound.write(.head(EtcdTransport.head(endpoint, path: path, contentLength: body.count)))
-                try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
-                try await outbound.write(.end(nil))
+                do {
+                    try await outbound.write(.head(EtcdTransport.head(endpoint, path: path, contentLength: body.count)))
+                    try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
+                    try await outbound.write(.end(nil))
+                } catch {
+                    // The member closed the connection before the whole request went out: it
+                    // cannot have applied it (the gateway needs the complete body).
+                    throw RequestNotSent(underlying: error)
+                }
                 var status = 0
                 var buffer = ByteBuffer()
                 for try await part in inbound {
@@ -218,6 +229,11 @@ package final class EtcdClient: Sendable {
         } catch {
             if let closed = reason.error { throw AttemptFailure(error: closed, notApplied: false) }
             if Task.isCancelled { throw AttemptFailure(error: .cancelled, notApplied: false) }
+            if let notSent = error as? RequestNotSent {
+                throw AttemptFailure(
+                    error: .unavailable("connection to \(endpoint) closed before the request was sent: \(notSent.underlying)"),
+                    notApplied: true)
+            }
             if let error = error as? EtcdError { throw AttemptFailure(error: error, notApplied: false) }
             throw AttemptFailure(error: .unavailable("connection to \(endpoint) failed: \(error)"), notApplied: false)
         }
