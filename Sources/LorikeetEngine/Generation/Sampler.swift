@@ -218,6 +218,8 @@ package struct Sampler: Sendable {
     private var outputCounts: [UInt32: Int] = [:]
     /// The last generated tokens, as many as the longest bad word needs.
     private var recentTokens: [UInt32] = []
+    /// Tokens of the longest bad word (computed once, not per token).
+    private let longestBadWord: Int
     /// Ids masked until `minTokens` tokens were generated.
     private let minTokensStopIDs: [UInt32]
     private var generated = 0
@@ -231,6 +233,7 @@ package struct Sampler: Sendable {
         _ params: SamplingParams, prompt: [UInt32] = [], eosTokenIDs: [UInt32] = [], vocabulary: ConstraintVocabulary? = nil
     ) {
         self.params = params
+        self.longestBadWord = params.badWordTokenIDs.map(\.count).max() ?? 0
         if let grammar = params.grammar, let vocabulary { self.constraint = TokenConstraint(grammar, vocabulary: vocabulary) }
         var system = SystemRandomNumberGenerator()
         self.rng = Xoshiro256(seed: params.seed ?? system.next())
@@ -311,9 +314,11 @@ package struct Sampler: Sendable {
     /// Counts `token` as generated (for `min_tokens` and the penalties); `next` calls it.
     package mutating func record(_ token: UInt32) {
         self.constraint?.record(token)
-        if let longest = self.params.badWordTokenIDs.map(\.count).max(), longest > 1 {
+        if self.longestBadWord > 1 {
             self.recentTokens.append(token)
-            if self.recentTokens.count >= longest { self.recentTokens.removeFirst(self.recentTokens.count - longest + 1) }
+            if self.recentTokens.count >= self.longestBadWord {
+                self.recentTokens.removeFirst(self.recentTokens.count - self.longestBadWord + 1)
+            }
         }
         self.generated += 1
         if self.penalized { self.outputCounts[token, default: 0] += 1 }

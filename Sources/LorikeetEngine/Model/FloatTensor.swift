@@ -4,7 +4,7 @@
 // is shared) and is never mutated afterwards; it is freed in `deinit`, when no reference
 // remains.
 // Unchecked Sendable is safe: written only in `init`, immutable once shared (see above).
-package final class FloatTensor: @unchecked Sendable {
+package final class FloatTensor: @unchecked Sendable {  // safe: see the reason on the line above
     /// Dimensions, outermost first (a weight matrix is `[out, in]`).
     package let shape: [Int]
     /// Number of elements.

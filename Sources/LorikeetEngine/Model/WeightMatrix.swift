@@ -10,7 +10,7 @@ import LorikeetKernels
 // Why it is safe: the storage is written only in `init` (before the object is
 // shared), only read afterwards, and freed in `deinit` when no reference remains.
 // Unchecked Sendable is safe: written only in `init`, read-only once shared (see above).
-package final class WeightMatrix: @unchecked Sendable {
+package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason on the line above
     /// How the elements are stored.
     package enum Format: String, Sendable {
         case f32, q4_1, q8_0

@@ -94,7 +94,7 @@ package final class WorkerPool: Sendable {
 // Why it is safe: every mutable field is guarded as the safety argument above
 // says (atomics, or `mutex`, or written only before the workers start and after they joined).
 // Unchecked Sendable is safe: every mutable field is atomic, mutex-guarded or set before the workers start.
-final class WorkerPoolShared: @unchecked Sendable {
+final class WorkerPoolShared: @unchecked Sendable {  // safe: see the reason on the line above
     struct Job {
         var body: (Range<Int>, Int) -> Void
         var count: Int

@@ -200,7 +200,7 @@ package final class EngineClient: GenerationBackend, AdapterHost {
 // consumer, one call at a time, so `next()` never runs concurrently with itself; the
 // iterator is touched nowhere else.
 // Unchecked Sendable is safe: its one consumer calls `next()` one call at a time (see above).
-private final class ReplyIterator: @unchecked Sendable {
+private final class ReplyIterator: @unchecked Sendable {  // safe: see the reason on the line above
     private var iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator
 
     init(_ iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator) {
