@@ -55,9 +55,11 @@ enum SmolLM2Bench {
                 + "loaded in \(String(format: "%.2f", loadSeconds)) s; prompt \(prompt.count) tokens, \(decodeTokens) decode tokens")
         var results: [Result] = []
         for threads in threadCounts {
+            // The prefix cache off: every round computes the whole prompt (what llama.cpp's
+            // side measures), and the cache has its own comparison below.
             let core = EngineCore(
                 weights: weights, tokenizer: base.tokenizer,
-                options: EngineOptions(threads: threads, modelName: "SmolLM2-135M-Instruct"))
+                options: EngineOptions(threads: threads, modelName: "SmolLM2-135M-Instruct", prefixCacheMiB: 0))
             _ = try Self.once(core, prompt: prompt, tokens: 8, tag: "warmup-\(threads)")
             var best: Result?
             for round in 0..<3 {
@@ -73,6 +75,7 @@ enum SmolLM2Bench {
                     + "decode \(String(format: "%.1f", best!.decodeTokensPerSecond)) tokens/s (best of 3)")
             try Self.samplingOverhead(core, prompt: prompt, tokens: decodeTokens, threads: threads)
             core.shutdown()
+            try Self.prefixCache(weights: weights, tokenizer: base.tokenizer, threads: threads)
         }
         let report = Report(
             model: "SmolLM2-135M-Instruct.Q4_1.gguf", promptTokens: prompt, decodeTokens: decodeTokens,
@@ -124,6 +127,33 @@ enum SmolLM2Bench {
                 "          threads \(threads): \(variant.0.padding(toLength: 26, withPad: " ", startingAt: 0)) "
                     + "\(String(format: "%6.1f", best[i])) tokens/s, \(String(format: "%.3f", best[i] / best[0])) × greedy")
         }
+    }
+
+    /// Time to first token of a request whose 500-token system prompt an earlier request
+    /// (with another question) already had, with the prefix cache and without, interleaved
+    /// round by round (best of 3 each).
+    static func prefixCache(weights: LlamaWeights, tokenizer: any EngineTokenizer, threads: Int) throws {
+        var system = tokenizer.encode(Self.promptText)
+        while system.count < 500 { system += system }
+        system = Array(system.prefix(500))
+        let cores = [0, EngineOptions.defaultPrefixCacheMiB].map { mib in
+            EngineCore(weights: weights, tokenizer: tokenizer, options: EngineOptions(threads: threads, prefixCacheMiB: mib))
+        }
+        var best = [Double](repeating: .infinity, count: cores.count)
+        for round in 0..<3 {
+            for (i, core) in cores.enumerated() {
+                let first = system + tokenizer.encode(" Question \(round)-\(i)a: who built the first press?")
+                let second = system + tokenizer.encode(" Question \(round)-\(i)b: why did books get cheaper?")
+                _ = try Self.once(core, prompt: first, tokens: 2, tag: "p\(threads)-\(round)-\(i)a")
+                let (ttft, _) = try Self.once(core, prompt: second, tokens: 2, tag: "p\(threads)-\(round)-\(i)b")
+                best[i] = min(best[i], ttft)
+            }
+        }
+        for core in cores { core.shutdown() }
+        print(
+            "          threads \(threads): shared 500-token system prompt, TTFT of the next request: "
+                + "\(String(format: "%.1f", best[0])) ms without the prefix cache, \(String(format: "%.1f", best[1])) ms with it "
+                + "(\(String(format: "%.1f", best[0] / best[1]))× faster)")
     }
 
     /// One request (greedy unless `params` say otherwise): (time to first token in ms,

@@ -56,6 +56,11 @@ struct EngineCommand: AsyncParsableCommand {
     @Option(help: "Largest LoRA rank accepted.") var maxLoraRank = 16
     @Option(help: "Compute threads (default: the CPUs this process may run on, as llama.cpp picks).") var threads: Int?
     @Option(help: "Sequences stepped together at most.") var maxBatchSize = 32
+    @Option(
+        help: ArgumentHelp(
+            "Memory for finished sequences' KV caches reused by prompts that start the same way (prefix caching); 0 turns it off.",
+            valueName: "MiB")
+    ) var prefixCacheMib = EngineOptions.defaultPrefixCacheMiB
     @Option(help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
     @Option(help: "Log format: text or json.") var logFormat = "text"
     @Option(name: .customLong("drain-grace-ms"), help: "How long running generations may finish after SIGTERM (as the workers' drain).")
@@ -65,6 +70,12 @@ struct EngineCommand: AsyncParsableCommand {
             "An operator-trusted adapter directory (repeatable; `serve` passes each --lora-modules path): allowed besides the runtime prefixes.",
             valueName: "dir")
     ) var trustedAdapterDir: [String] = []
+
+    func validate() throws {
+        guard self.prefixCacheMib >= 0, self.prefixCacheMib <= 1 << 20 else {
+            throw ValidationError("--prefix-cache-mib must be between 0 (off) and 1048576, got \(self.prefixCacheMib)")
+        }
+    }
 
     func run() async throws {
         let logger = ParentWatch.prepareChild(label: "lorikeet.engine", logFormat: self.logFormat, parentPID: self.parentPid)
@@ -87,7 +98,7 @@ struct EngineCommand: AsyncParsableCommand {
         let options = EngineOptions(
             maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank,
             threads: self.threads ?? Self.usableCPUs(),
-            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: allowedPrefixes)
+            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: allowedPrefixes, prefixCacheMiB: self.prefixCacheMib)
         let core: EngineCore
         do {
             // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
@@ -116,6 +127,7 @@ struct EngineCommand: AsyncParsableCommand {
                 "socket": "\(self.socket)", "model": "\(core.info.modelName)", "vocab": "\(core.info.vocabSize)",
                 "max_loras": "\(options.adapters.maxLoras)", "max_cpu_loras": "\(options.adapters.maxCpuLoras)",
                 "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)",
+                "prefix_cache_mib": "\(options.prefixCacheBytes >> 20)",
                 "adapter_prefixes":
                     "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
             ])

@@ -28,6 +28,11 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Maximum adapters cached in the engine.") var maxCpuLoras: Int?
     @Option(help: "Maximum LoRA rank.") var maxLoraRank: Int?
     @Option(help: "Engine compute threads (default: the CPUs the engine may run on).") var threads: Int?
+    @Option(
+        help: ArgumentHelp(
+            "Engine memory for KV caches reused by prompts that start the same way (prefix caching; default 256, 0 = off).",
+            valueName: "MiB")
+    ) var prefixCacheMib: Int?
     @Option(help: "Name the base model is served under (repeatable).") var servedModelName: [String] = []
     @Option(help: "Adapter to load at start: name=path or JSON {\"name\",\"path\",\"base_model_name\"} (repeatable).")
     var loraModules: [String] = []
@@ -118,8 +123,15 @@ struct ServeCommand: ParsableCommand {
         for upstream in self.upstreams {
             do { _ = try UpstreamEndpoint(parsing: upstream) } catch { throw ValidationError("--upstream: \(error)") }
         }
-        if !self.upstreams.isEmpty, self.model != nil || self.maxLoras != nil || self.maxCpuLoras != nil || self.threads != nil {
-            throw ValidationError("--model, --max-loras, --max-cpu-loras and --threads configure the built-in engine; not with --upstream")
+        if !self.upstreams.isEmpty,
+            self.model != nil || self.maxLoras != nil || self.maxCpuLoras != nil || self.threads != nil || self.prefixCacheMib != nil
+        {
+            throw ValidationError(
+                "--model, --max-loras, --max-cpu-loras, --threads and --prefix-cache-mib configure the built-in engine; not with --upstream"
+            )
+        }
+        if let mib = self.prefixCacheMib, mib < 0 || mib > 1 << 20 {
+            throw ValidationError("--prefix-cache-mib must be between 0 (off) and 1048576, got \(mib)")
         }
         _ = try self.clusterSettings(environment: environment, port: self.port)
         try self.checkLoraResolver(environment: environment)
@@ -157,6 +169,7 @@ struct ServeCommand: ParsableCommand {
         if let maxCpuLoras { engineArguments += ["--max-cpu-loras", "\(maxCpuLoras)"] }
         if let maxLoraRank { engineArguments += ["--max-lora-rank", "\(maxLoraRank)"] }
         if let threads { engineArguments += ["--threads", "\(threads)"] }
+        if let prefixCacheMib { engineArguments += ["--prefix-cache-mib", "\(prefixCacheMib)"] }
         var workerArguments: [String] = ["--log-format", self.logFormat]
         for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
         for module in self.loraModules {

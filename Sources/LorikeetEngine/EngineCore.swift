@@ -13,12 +13,19 @@ package struct EngineOptions: Sendable, Equatable {
     package var maxBatchSize: Int
     /// Served model name; defaults to the model directory's last component.
     package var modelName: String?
+    /// Bytes of finished sequences' key/value caches kept for prompts that start the same
+    /// way (`--prefix-cache-mib`; 0 turns the prefix cache off).
+    package var prefixCacheBytes: Int
+
+    /// The default prefix cache: 256 MiB (5,600 positions of SmolLM2-135M).
+    package static let defaultPrefixCacheMiB = 256
 
     /// Creates options.
     package init(
         maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16, threads: Int = 1, maxBatchSize: Int = 32,
-        modelName: String? = nil, allowedAdapterPathPrefixes: [String] = []
+        modelName: String? = nil, allowedAdapterPathPrefixes: [String] = [], prefixCacheMiB: Int = Self.defaultPrefixCacheMiB
     ) {
+        self.prefixCacheBytes = max(0, prefixCacheMiB) << 20
         self.adapters = AdapterStore.Options(
             maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank,
             allowedPathPrefixes: allowedAdapterPathPrefixes)
@@ -160,7 +167,8 @@ package final class EngineCore: Sendable {
             maxLoras: options.adapters.maxLoras, maxCpuLoras: options.adapters.maxCpuLoras,
             maxLoraRank: options.adapters.maxLoraRank, generationDefaults: generationDefaults)
         self.scheduler = Scheduler(
-            model: self.model, tokenizer: tokenizer, adapters: self.adapters, maxBatchSize: options.maxBatchSize)
+            model: self.model, tokenizer: tokenizer, adapters: self.adapters, maxBatchSize: options.maxBatchSize,
+            prefixCacheBytes: options.prefixCacheBytes)
     }
 
     deinit {
@@ -173,6 +181,9 @@ package final class EngineCore: Sendable {
     /// Prompt positions taken from another sequence's cache (the `n` choices of a request
     /// share their prompt's prefill) instead of computed, since start.
     package var sharedPromptTokens: Int { self.scheduler.sharedPromptTokens }
+
+    /// Prompt positions copied from the prefix cache instead of computed, since start.
+    package var cachedPromptTokens: Int { self.scheduler.cachedPromptTokens }
 
     /// Prompt token ids for a request's prompt.
     package func promptTokens(_ prompt: PromptInput) -> [UInt32] {

@@ -48,13 +48,14 @@ enum Fixture {
 
     /// A fresh engine on the fixture model.
     static func engine(
-        maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 32, threads: Int = 1, maxBatchSize: Int = 32
+        maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 32, threads: Int = 1, maxBatchSize: Int = 32,
+        prefixCacheMiB: Int = EngineOptions.defaultPrefixCacheMiB
     ) throws -> EngineCore {
         try EngineCore(
             modelDirectory: try self.modelDir(),
             options: EngineOptions(
                 maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank, threads: threads,
-                maxBatchSize: maxBatchSize))
+                maxBatchSize: maxBatchSize, prefixCacheMiB: prefixCacheMiB))
     }
 }
 

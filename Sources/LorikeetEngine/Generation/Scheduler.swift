@@ -32,6 +32,8 @@ package final class Scheduler: Sendable {
         var shutdown = false
         /// Prompt positions taken from another sequence's cache instead of computed.
         var sharedPromptTokens = 0
+        /// Prompt positions taken from the prefix cache instead of computed.
+        var cachedPromptTokens = 0
     }
 
     private let model: LlamaModel
@@ -39,20 +41,23 @@ package final class Scheduler: Sendable {
     private let adapters: AdapterStore
     private let maxBatchSize: Int
     private let prefillBudget: Int
+    private let prefixCachePositions: Int
     private let state = Mutex(State())
     private let wakeup = DispatchSemaphore(value: 0)
     private let exited = DispatchSemaphore(value: 0)
 
-    /// Starts the scheduler thread.
+    /// Starts the scheduler thread. `prefixCacheBytes` bounds the finished sequences' caches
+    /// kept for prompts that start the same way (`PrefixCache`; 0 keeps none).
     package init(
         model: LlamaModel, tokenizer: any EngineTokenizer, adapters: AdapterStore, maxBatchSize: Int = 32,
-        prefillBudget: Int = 64
+        prefillBudget: Int = 64, prefixCacheBytes: Int = 0
     ) {
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.maxBatchSize = max(1, maxBatchSize)
         self.prefillBudget = max(1, prefillBudget)
+        self.prefixCachePositions = max(0, prefixCacheBytes) / max(1, model.cacheBytesPerPosition)
         let thread = Thread { [self] in self.run() }
         thread.name = "lorikeet-engine-scheduler"
         thread.stackSize = 8 << 20
@@ -65,6 +70,10 @@ package final class Scheduler: Sendable {
     /// Prompt positions copied from a running sequence with the same prompt and adapter
     /// (the `n` choices of a request, or a repeated prompt) instead of computed, since start.
     package var sharedPromptTokens: Int { self.state.withLock { $0.sharedPromptTokens } }
+
+    /// Prompt positions copied from the prefix cache (a finished sequence's cache whose tokens
+    /// start the prompt, same adapter) instead of computed, since start.
+    package var cachedPromptTokens: Int { self.state.withLock { $0.cachedPromptTokens } }
 
     /// Queues a validated request. Throws ALREADY_EXISTS for a duplicate id and
     /// UNAVAILABLE after shutdown.
@@ -127,6 +136,8 @@ package final class Scheduler: Sendable {
         let onEvent: EventHandler
         let adapterID: UInt64?
         let adapter: LoRAWeights?
+        /// The adapter id and load generation, for the prefix cache.
+        let adapterKey: PrefixCache.AdapterKey?
         let cache: KVCache
         let maxNew: Int
         var sampler: Sampler
@@ -150,6 +161,7 @@ package final class Scheduler: Sendable {
             self.onEvent = p.onEvent
             self.adapterID = p.adapterID
             self.adapter = adapter
+            self.adapterKey = p.adapterID.flatMap { id in p.adapter.map { PrefixCache.AdapterKey(id: id, generation: $0.generation) } }
             self.cache = cache
             self.maxNew = min(p.params.maxTokens ?? Int.max, contextLength - p.prompt.count)
             self.sampler = Sampler(p.params, prompt: p.prompt, eosTokenIDs: eosTokenIDs, vocabulary: vocabulary)
@@ -160,11 +172,20 @@ package final class Scheduler: Sendable {
         }
 
         var usage: Usage { Usage(promptTokens: self.prompt.count, completionTokens: self.generated.count) }
+
+        /// Token `position` of the sequence (prompt, then generated).
+        func token(at position: Int) -> UInt32 {
+            position < self.prompt.count ? self.prompt[position] : self.generated[position - self.prompt.count]
+        }
+
+        /// The tokens whose keys and values the cache holds.
+        var cachedTokens: [UInt32] { (0..<self.cache.length).map(self.token(at:)) }
     }
 
     private func run() {
         var running: [Sequence] = []
         let workspace = ForwardWorkspace()
+        let kept = PrefixCache(capacity: self.prefixCachePositions)
         var finishedEvents: [(EventHandler, GenerationEvent)] = []
         // Built the first time a request asks for structured output.
         var vocabulary: ConstraintVocabulary?
@@ -217,7 +238,7 @@ package final class Scheduler: Sendable {
                 s.finished = true
                 finishedEvents.append((s.onEvent, GenerationEvent(requestID: s.id, finishReason: .abort, usage: s.usage)))
             }
-            self.retire(&running, &finishedEvents)
+            self.retire(&running, &finishedEvents, keep: kept)
             if shutdown && running.isEmpty {
                 self.exited.signal()
                 return
@@ -234,6 +255,7 @@ package final class Scheduler: Sendable {
             var wanting: [(sequence: Sequence, promptPositions: Range<Int>, samples: Bool)] = []
             var budget = self.prefillBudget
             var shared = 0
+            var cached = 0
             for s in running {
                 if s.fed == 0, s.promptLogprobs == nil, let source = Self.prefixSource(for: s, in: running) {
                     // The same prompt is (being) computed by another sequence: wait for it,
@@ -244,6 +266,10 @@ package final class Scheduler: Sendable {
                     s.cache.copyPrefix(of: source.cache, count: s.prompt.count - 1)
                     s.fed = s.prompt.count - 1
                     shared += s.fed
+                }
+                if s.fed < s.prompt.count - 1, s.promptLogprobs == nil {
+                    let (count, fromKept) = Self.reusePrefix(for: s, running: running, kept: kept)
+                    if fromKept { cached += count } else { shared += count }
                 }
                 if s.fed < s.prompt.count {
                     let take = min(s.prompt.count - s.fed, max(1, budget))
@@ -268,7 +294,12 @@ package final class Scheduler: Sendable {
                     wanting.append((s, 0..<0, true))
                 }
             }
-            if shared > 0 { self.state.withLock { $0.sharedPromptTokens += shared } }
+            if shared > 0 || cached > 0 {
+                self.state.withLock {
+                    $0.sharedPromptTokens += shared
+                    $0.cachedPromptTokens += cached
+                }
+            }
             guard !rows.isEmpty else { continue }
             let logits = self.model.forward(rows, workspace: workspace)
 
@@ -290,7 +321,7 @@ package final class Scheduler: Sendable {
             }
             for (handler, event) in events where event.finishReason == nil { handler(event) }
             finishedEvents += events.filter { $0.1.finishReason != nil }
-            self.retire(&running, &finishedEvents)
+            self.retire(&running, &finishedEvents, keep: kept)
         }
     }
 
@@ -310,13 +341,43 @@ package final class Scheduler: Sendable {
         return leader
     }
 
-    /// Removes finished sequences, frees their adapter slots and ids, then sends their
-    /// final events (after the id is free, so a client may reuse it at once).
-    private func retire(_ running: inout [Sequence], _ events: inout [(EventHandler, GenerationEvent)]) {
+    /// Copies into `s`'s cache the longest start of its prompt (all but the last position,
+    /// whose logits it needs) that is already computed: in the prefix cache, or in a running
+    /// sequence's cache (a shared system prompt of requests running together), same adapter.
+    /// Returns the positions gained and whether they came from the prefix cache.
+    private static func reusePrefix(for s: Sequence, running: [Sequence], kept: PrefixCache) -> (count: Int, fromKept: Bool) {
+        let limit = s.prompt.count - 1
+        var best = kept.longestPrefix(of: s.prompt, adapter: s.adapterKey, limit: limit).map { (source: $0.cache, count: $0.count) }
+        var fromKept = best != nil
+        for other in running where other !== s && other.adapterKey == s.adapterKey && other.adapter === s.adapter {
+            let floor = max(best?.count ?? 0, s.fed, PrefixCache.minimumTokens - 1)
+            guard min(other.cache.length, limit) > floor else { continue }
+            var count = 0
+            let n = min(other.cache.length, limit)
+            while count < n && other.token(at: count) == s.prompt[count] { count += 1 }
+            if count > floor {
+                best = (other.cache, count)
+                fromKept = false
+            }
+        }
+        guard let best, best.count > s.fed else { return (0, false) }
+        s.cache.copyPrefix(of: best.source, from: s.fed, count: best.count)
+        let gained = best.count - s.fed
+        s.fed = best.count
+        return (gained, fromKept)
+    }
+
+    /// Removes finished sequences, frees their adapter slots and ids, keeps their caches for
+    /// prompts that start the same way, then sends their final events (after the id is
+    /// free, so a client may reuse it at once).
+    private func retire(_ running: inout [Sequence], _ events: inout [(EventHandler, GenerationEvent)], keep kept: PrefixCache) {
         let done = running.filter(\.finished)
         guard !done.isEmpty || !events.isEmpty else { return }
         running.removeAll(where: \.finished)
-        for s in done { if let id = s.adapterID { self.adapters.releaseSlot(id) } }
+        for s in done {
+            if let id = s.adapterID { self.adapters.releaseSlot(id) }
+            if kept.capacity > 0 { kept.insert(tokens: s.cachedTokens, adapter: s.adapterKey, cache: s.cache) }
+        }
         self.state.withLock { state in state.ids.subtract(done.map(\.id)) }
         for (handler, event) in events { handler(event) }
         events = []

@@ -93,14 +93,17 @@ package final class KVCache {
 
     func advance(to n: Int) { self.length = max(self.length, n) }
 
-    /// Takes positions `< count` from `other` (a sequence with the same prefix and adapter:
-    /// the keys and values of a position depend only on the tokens up to it).
-    package func copyPrefix(of other: KVCache, count: Int) {
+    /// Takes positions `start..<count` from `other` (a sequence with the same prefix and
+    /// adapter: the keys and values of a position depend only on the tokens up to it);
+    /// positions below `start` must already be filled.
+    package func copyPrefix(of other: KVCache, from start: Int = 0, count: Int) {
         precondition(other.length >= count && other.layers == self.layers && other.kvDim == self.kvDim)
+        precondition(start >= 0 && start <= min(self.length, count))
         self.reserve(count)
+        let offset = start * self.kvDim
         for layer in 0..<self.layers {
-            self.keys[layer].update(from: other.keys[layer], count: count * self.kvDim)
-            self.values[layer].update(from: other.values[layer], count: count * self.kvDim)
+            (self.keys[layer] + offset).update(from: other.keys[layer] + offset, count: (count - start) * self.kvDim)
+            (self.values[layer] + offset).update(from: other.values[layer] + offset, count: (count - start) * self.kvDim)
         }
         self.advance(to: count)
     }
@@ -200,6 +203,9 @@ package final class LlamaModel: Sendable {
         self.ropeCos = FloatTensor(shape: [c.maxPositionEmbeddings, half], values: cosValues)
         self.ropeSin = FloatTensor(shape: [c.maxPositionEmbeddings, half], values: sinValues)
     }
+
+    /// Bytes one position of a sequence's cache takes (keys and values of every layer).
+    package var cacheBytesPerPosition: Int { self.config.numLayers * 2 * self.config.kvDim * MemoryLayout<Float>.stride }
 
     /// A fresh, empty cache for one sequence.
     package func makeCache() -> KVCache {

@@ -1,0 +1,99 @@
+/// The key/value caches of finished sequences, kept so that a later prompt starting with
+/// the same tokens, on the same adapter, copies those positions instead of computing them
+/// (vLLM's automatic prefix caching, kept per sequence rather than per block): a repeated
+/// system prompt, few-shot examples, or a chat's earlier turns cost no second prefill.
+///
+/// The keys and values of a position depend only on the tokens up to it and the weights,
+/// so a copied position holds exactly the bits the sequence would have computed, and the
+/// output is the same as without the cache. Entries are keyed by adapter id *and* the
+/// adapter's load generation: an adapter replaced under the same id never matches the old
+/// weights' entries, and a removed adapter's entries are never matched again (they age out).
+///
+/// Bounded by `capacity` positions in all entries together (`--prefix-cache-mib`); the least
+/// recently used entries go first. An entry whose tokens start another's is dropped in
+/// favour of the longer one, so repeating one conversation keeps one entry.
+///
+/// Touched only by the scheduler thread, so not `Sendable`.
+final class PrefixCache {
+    /// Which weights computed an entry: nil for the base model.
+    struct AdapterKey: Equatable {
+        var id: UInt64
+        var generation: UInt64
+    }
+
+    private struct Entry {
+        var adapter: AdapterKey?
+        var tokens: [UInt32]
+        var cache: KVCache
+        var lastUse: UInt64
+    }
+
+    /// Positions below which a sequence is not kept and a match is not used (vLLM's block
+    /// size): shorter prefixes are too cheap to compute to be worth the memory.
+    static let minimumTokens = 16
+
+    /// Positions held by all entries together, at most.
+    let capacity: Int
+    /// Positions held now.
+    private(set) var heldTokens = 0
+    private var entries: [Entry] = []
+    private var clock: UInt64 = 0
+
+    /// A cache of at most `capacity` positions (0: keeps nothing).
+    init(capacity: Int) {
+        self.capacity = max(0, capacity)
+    }
+
+    /// Number of entries.
+    var count: Int { self.entries.count }
+
+    /// Keeps `cache`, whose first `tokens.count` positions hold `tokens` computed with
+    /// `adapter`. The caller gives the cache up (it is never written again).
+    func insert(tokens: [UInt32], adapter: AdapterKey?, cache: KVCache) {
+        guard tokens.count >= Self.minimumTokens, tokens.count <= self.capacity, cache.length >= tokens.count else { return }
+        self.clock += 1
+        // An entry that already holds these tokens (or more) is as good: keep it, fresher.
+        if let i = self.entries.firstIndex(where: { $0.adapter == adapter && $0.tokens.starts(with: tokens) }) {
+            self.entries[i].lastUse = self.clock
+            return
+        }
+        // Entries the new one extends are now redundant.
+        self.entries.removeAll { entry in
+            guard entry.adapter == adapter, tokens.starts(with: entry.tokens) else { return false }
+            self.heldTokens -= entry.tokens.count
+            return true
+        }
+        while self.heldTokens + tokens.count > self.capacity,
+            let oldest = self.entries.indices.min(by: {
+                self.entries[$0].lastUse < self.entries[$1].lastUse
+            })
+        {
+            self.heldTokens -= self.entries[oldest].tokens.count
+            self.entries.remove(at: oldest)
+        }
+        self.entries.append(Entry(adapter: adapter, tokens: tokens, cache: cache, lastUse: self.clock))
+        self.heldTokens += tokens.count
+    }
+
+    /// The entry sharing the longest prefix with `prompt` (same adapter), and how many of
+    /// its positions to copy: at most `limit`, and none below `minimumTokens`.
+    func longestPrefix(of prompt: [UInt32], adapter: AdapterKey?, limit: Int) -> (cache: KVCache, count: Int)? {
+        var best: (index: Int, count: Int)?
+        for (i, entry) in self.entries.enumerated() where entry.adapter == adapter {
+            let count = Self.commonPrefix(entry.tokens, prompt, limit: limit)
+            if count > (best?.count ?? Self.minimumTokens - 1) { best = (i, count) }
+        }
+        guard let best else { return nil }
+        self.clock += 1
+        self.entries[best.index].lastUse = self.clock
+        return (self.entries[best.index].cache, best.count)
+    }
+
+    /// Leading positions where `a` and `b` agree, at most `limit`.
+    static func commonPrefix(_ a: [UInt32], _ b: [UInt32], limit: Int) -> Int {
+        let n = min(a.count, b.count, limit)
+        var i = 0
+        while i < n && a[i] == b[i] { i += 1 }
+        return i
+    }
+}
