@@ -33,6 +33,8 @@ struct ServeCommand: ParsableCommand {
             "Engine memory for KV caches reused by prompts that start the same way (prefix caching; default 256, 0 = off).",
             valueName: "MiB")
     ) var prefixCacheMib: Int?
+    @Flag(help: "Report prompt_tokens_details.cached_tokens in usage (prefix caching), as vLLM's flag of the same name.")
+    var enablePromptTokensDetails = false
     @Option(help: "Name the base model is served under (repeatable).") var servedModelName: [String] = []
     @Option(help: "Adapter to load at start: name=path or JSON {\"name\",\"path\",\"base_model_name\"} (repeatable).")
     var loraModules: [String] = []
@@ -184,6 +186,7 @@ struct ServeCommand: ParsableCommand {
         workerArguments += ["--max-adapters", "\(maxAdapters)"]
         if !allowedHosts.isEmpty { workerArguments += ["--allowed-hosts", allowedHosts.joined(separator: ",")] }
         if let maxBodyBytes { workerArguments += ["--max-body-bytes", "\(maxBodyBytes)"] }
+        if self.enablePromptTokensDetails { workerArguments += ["--enable-prompt-tokens-details"] }
         for upstream in self.upstreams { workerArguments += ["--upstream", upstream] }
         if !self.upstreams.isEmpty { workerArguments += ["--upstream-kind", self.upstreamKind] }
         if let base = self.metricsPortBase { workerArguments += ["--metrics-port-base", "\(base)", "--metrics-host", self.host] }

@@ -71,6 +71,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Supervised mode: this worker's slot number.")
     var slot: Int32 = -1
 
+    @Flag(help: "Report prompt_tokens_details.cached_tokens in usage (prefix caching), as vLLM's flag of the same name.")
+    var enablePromptTokensDetails = false
+
     @Flag(
         help: ArgumentHelp(
             "Supervised mode, fleet: as leader, apply committed changes to the engine before acking them.", visibility: .hidden))
@@ -148,6 +151,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.allowedHosts = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)
         configuration.maxAdapters = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
         configuration.fleet = self.fleet
+        configuration.enablePromptTokensDetails = self.enablePromptTokensDetails
         if let base = self.metricsPortBase {
             configuration.metricsListen = .address(host: self.metricsHost ?? self.host, port: base + Int(max(self.slot, 0)))
         }

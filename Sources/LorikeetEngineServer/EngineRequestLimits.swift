@@ -58,6 +58,9 @@ package enum EngineRequestLimits {
             return refuse(
                 "A 'bad_words' entry is \(word.utf8.count) bytes; the limit is \(Limits.badWordBytes) bytes.", "bad_words")
         }
+        if let salt = sampling.cacheSalt, salt.utf8.count > Limits.cacheSaltBytes {
+            return refuse("'cache_salt' is \(salt.utf8.count) bytes; the limit is \(Limits.cacheSaltBytes) bytes.", "cache_salt")
+        }
         if sampling.stopTokenIDs.count > Limits.stopTokenIDs {
             return refuse(
                 "'stop_token_ids' has \(sampling.stopTokenIDs.count) entries; the limit is \(Limits.stopTokenIDs).",

@@ -536,6 +536,7 @@ package final class EngineServer: Sendable {
         var params = Self.params(g.sampling, defaults: self.core.info.generationDefaults)
         params.badWordTokenIDs = BadWords.tokenIDs(g.sampling.badWords, tokenizer: self.core.tokenizer)
         params.skipSpecialTokens = g.sampling.skipSpecialTokens
+        params.cacheSalt = g.sampling.cacheSalt
         let request = GenerationRequest(id: g.requestID, prompt: prompt, adapterID: adapterID, params: params)
         c.track(g.requestID)
         if (request.prompt.textBytes ?? 0) > Self.deferredPromptBytes || adapterID.map({ self.core.adapters.needsReload($0) }) == true {
@@ -570,7 +571,9 @@ package final class EngineServer: Sendable {
                 if let reason = event.finishReason {
                     chunk.finishReason = reason.rawValue
                     chunk.usage = event.usage.map {
-                        LorikeetProto.Usage(promptTokens: UInt32($0.promptTokens), completionTokens: UInt32($0.completionTokens))
+                        LorikeetProto.Usage(
+                            promptTokens: UInt32($0.promptTokens), completionTokens: UInt32($0.completionTokens),
+                            cachedPromptTokens: UInt32($0.cachedPromptTokens))
                     }
                     if let error = event.error { chunk.status = Self.status(error) }
                 }

@@ -74,6 +74,8 @@ package enum Limits {
     package static let badWords = 64
     /// UTF-8 bytes of one `bad_words` entry.
     package static let badWordBytes = 256
+    /// UTF-8 bytes of `cache_salt`.
+    package static let cacheSaltBytes = 256
     /// Entries of `stop_token_ids`.
     package static let stopTokenIDs = 256
     /// Choices of one request (`n`): each is a sequence in the engine's batch.

@@ -89,6 +89,8 @@ package struct WorkerConfiguration: Sendable {
     package var metricsDirectory: String? = nil
     /// vLLM's LoRA filesystem resolver, from the environment (`LoraResolverConfiguration`).
     package var loraResolver: LoraResolverConfiguration.Setup = .off
+    /// `--enable-prompt-tokens-details`: usage carries `prompt_tokens_details.cached_tokens`.
+    package var enablePromptTokensDetails = false
 
     package init(
         engineSocket: String, listen: HTTPListenTarget, servedModelNames: [String] = [], loraModules: [LoraModule] = [],
@@ -142,6 +144,7 @@ extension WorkerConfiguration {
             maxAdapters: self.maxAdapters)
         configuration.metricsDirectory = self.metricsDirectory
         configuration.loraResolver = self.loraResolver
+        configuration.enablePromptTokensDetails = self.enablePromptTokensDetails
         let routes = WorkerRoutes(
             generations: engine.generations, replica: replica, mutator: mutator, configuration: configuration, logger: logger)
         let server = WorkerServer(

@@ -33,7 +33,10 @@ struct PrefixCacheTests {
             let expected = await plain.complete(Self.request("second-\(i)", second, seed: seed))
             let got = await cached.complete(Self.request("second-\(i)", second, seed: seed))
             #expect(got.tokens == expected.tokens, "seed \(String(describing: seed))")
-            #expect(got.usage == expected.usage)
+            #expect(got.usage?.promptTokens == expected.usage?.promptTokens)
+            #expect(got.usage?.completionTokens == expected.usage?.completionTokens)
+            #expect(got.usage?.cachedPromptTokens == (i == 0 ? common : second.count - 1))
+            #expect(expected.usage?.cachedPromptTokens == 0)
         }
         // The first reuse copies the common part; the repeat finds the whole second prompt
         // (kept by the first run of it) but the last position, which it must compute.
@@ -83,6 +86,32 @@ struct PrefixCacheTests {
         // The same adapter again does reuse.
         _ = await cached.complete(Self.request("again", prompt, adapter: 1))
         #expect(cached.cachedPromptTokens == prompt.count - 1)
+    }
+
+    @Test("cache_salt: positions are shared only between requests with the same salt, finished or running")
+    func cacheSalt() async throws {
+        let cached = try Fixture.engine()
+        let prompt = Self.prompt(" word: why?")
+        func request(_ id: String, salt: String?) -> GenerationRequest {
+            var r = Self.request(id, prompt)
+            r.params.cacheSalt = salt
+            return r
+        }
+        let reference = await cached.complete(request("a", salt: "tenant-a"))
+        for (id, salt) in [("b", "tenant-b"), ("none", nil)] as [(String, String?)] {
+            #expect(await cached.complete(request(id, salt: salt)).tokens == reference.tokens)
+        }
+        #expect(cached.cachedPromptTokens == 0, "another salt, or none, reuses nothing")
+        #expect(await cached.complete(request("a-again", salt: "tenant-a")).tokens == reference.tokens)
+        #expect(cached.cachedPromptTokens == prompt.count - 1, "the same salt does")
+        // Running together with identical prompts: only the same salt shares.
+        let streams = [("x1", "x"), ("y1", "y"), ("x2", "x")].map { cached.generate(request($0.0, salt: $0.1)) }
+        for stream in streams {
+            var tokens: [UInt32] = []
+            for await event in stream { tokens += event.tokens }
+            #expect(tokens == reference.tokens)
+        }
+        #expect(cached.sharedPromptTokens == prompt.count - 1, "x2 copies x1's prompt; y1 computes its own")
     }
 
     @Test("a request arriving while another with the same system prompt runs copies what that one has computed")
@@ -142,28 +171,28 @@ struct PrefixCacheTests {
         }
         let a = Array(repeating: UInt32(1), count: 40)
         let b = Array(repeating: UInt32(2), count: 40)
-        kept.insert(tokens: a, adapter: nil, cache: cache(a))
-        kept.insert(tokens: b, adapter: nil, cache: cache(b))
+        kept.insert(tokens: a, key: PrefixCache.Key(), cache: cache(a))
+        kept.insert(tokens: b, key: PrefixCache.Key(), cache: cache(b))
         #expect(kept.heldTokens == 80 && kept.count == 2)
         // `a` used: `b` is the least recently used and goes when `c` needs room.
-        #expect(kept.longestPrefix(of: a + [9], adapter: nil, limit: 41)?.count == 40)
+        #expect(kept.longestPrefix(of: a + [9], key: PrefixCache.Key(), limit: 41)?.count == 40)
         let c = Array(repeating: UInt32(3), count: 30)
-        kept.insert(tokens: c, adapter: nil, cache: cache(c))
+        kept.insert(tokens: c, key: PrefixCache.Key(), cache: cache(c))
         #expect(kept.count == 2 && kept.heldTokens == 70)
-        #expect(kept.longestPrefix(of: b, adapter: nil, limit: 40) == nil)
+        #expect(kept.longestPrefix(of: b, key: PrefixCache.Key(), limit: 40) == nil)
         // A longer turn of `a`'s conversation replaces it; a shorter one is already held.
         let a2 = a + Array(repeating: UInt32(4), count: 20)
-        kept.insert(tokens: a2, adapter: nil, cache: cache(a2))
+        kept.insert(tokens: a2, key: PrefixCache.Key(), cache: cache(a2))
         #expect(kept.count == 2 && kept.heldTokens == 90)
-        kept.insert(tokens: Array(a.prefix(20)), adapter: nil, cache: cache(Array(a.prefix(20))))
+        kept.insert(tokens: Array(a.prefix(20)), key: PrefixCache.Key(), cache: cache(Array(a.prefix(20))))
         #expect(kept.count == 2 && kept.heldTokens == 90)
         // Too short to keep, too big to fit, a match below the minimum: nothing.
-        kept.insert(tokens: Array(repeating: 5, count: PrefixCache.minimumTokens - 1), adapter: nil, cache: cache([5]))
-        kept.insert(tokens: Array(repeating: 6, count: 101), adapter: nil, cache: cache(Array(repeating: 6, count: 101)))
+        kept.insert(tokens: Array(repeating: 5, count: PrefixCache.minimumTokens - 1), key: PrefixCache.Key(), cache: cache([5]))
+        kept.insert(tokens: Array(repeating: 6, count: 101), key: PrefixCache.Key(), cache: cache(Array(repeating: 6, count: 101)))
         #expect(kept.count == 2)
-        #expect(kept.longestPrefix(of: Array(a.prefix(PrefixCache.minimumTokens - 1)) + [7], adapter: nil, limit: 100) == nil)
-        #expect(kept.longestPrefix(of: a2, adapter: PrefixCache.AdapterKey(id: 1, generation: 1), limit: 100) == nil)
+        #expect(kept.longestPrefix(of: Array(a.prefix(PrefixCache.minimumTokens - 1)) + [7], key: PrefixCache.Key(), limit: 100) == nil)
+        #expect(kept.longestPrefix(of: a2, key: PrefixCache.Key(adapter: 1, generation: 1), limit: 100) == nil)
         // The limit leaves the last prompt position to compute.
-        #expect(kept.longestPrefix(of: a2, adapter: nil, limit: a2.count - 1)?.count == a2.count - 1)
+        #expect(kept.longestPrefix(of: a2, key: PrefixCache.Key(), limit: a2.count - 1)?.count == a2.count - 1)
     }
 }

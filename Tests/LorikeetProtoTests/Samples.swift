@@ -90,7 +90,7 @@ enum Samples {
         .chunk(
             GenerateChunk(
                 requestID: "cmpl-1", tokens: [5, 6], text: "wor", finishReason: "length",
-                usage: Usage(promptTokens: 4, completionTokens: 32), status: Status(code: .internal, message: "x"),
+                usage: Usage(promptTokens: 4, completionTokens: 32, cachedPromptTokens: 3), status: Status(code: .internal, message: "x"),
                 logprobs: [
                     PositionLogprobs(
                         chosen: TokenLogprob(tokenID: 5, logprob: -0.5, token: "w"),
@@ -104,7 +104,8 @@ enum Samples {
                 requestID: "cmpl-2", promptText: "defaults",
                 sampling: SamplingParams(
                     maxTokens: 0, temperature: nil, topP: nil, topK: nil, minP: nil, repetitionPenalty: nil,
-                    jsonSchema: #"{"type":"object"}"#, choices: ["yes", "no"], badWords: ["bad"], skipSpecialTokens: false)
+                    jsonSchema: #"{"type":"object"}"#, choices: ["yes", "no"], badWords: ["bad"], skipSpecialTokens: false,
+                    cacheSalt: "tenant-a")
             )
         ),
         .abort(AbortRequest(requestID: "cmpl-1")),

@@ -187,6 +187,45 @@ extension ServeTests {
         }
     }
 
+    @Test(
+        "prefix caching: a prompt starting like an earlier one reports prompt_tokens_details.cached_tokens (only with --enable-prompt-tokens-details) and counts in vllm:prefix_cache_hits_total"
+    )
+    func prefixCaching() throws {
+        let system = "You are a terse assistant who answers in one line. "
+        // BOS and the system prompt's bytes (the fixture's tokens are bytes); "when?" also
+        // shares "wh" with "why?".
+        let expected = [0, 1 + system.utf8.count, 1 + system.utf8.count + 2]
+        for details in [true, false] {
+            let server = try ServerUnderTest(workers: 2, extraArguments: details ? ["--enable-prompt-tokens-details"] : [])
+            defer { server.stop() }
+            var prompts = 0
+            for (index, question) in ["why?", "how?", "when?"].enumerated() {
+                let stream = index == 2
+                var body: [String: Any] = ["model": "tiny", "prompt": system + question, "max_tokens": 4, "ignore_eos": true]
+                if stream {
+                    body["stream"] = true
+                    body["stream_options"] = ["include_usage": true]
+                }
+                let response = try TestHTTP.post(port: server.port, "/v1/completions", body)
+                #expect(response.status == 200, "\(response.body.prefix(300))")
+                var usage = response.json?["usage"] as? [String: Any]
+                if stream {
+                    let events = response.body.components(separatedBy: "\n").filter { $0.hasPrefix("data: {") }
+                    let last = events.last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.dropFirst(6).utf8)) as? [String: Any] }
+                    usage = last?["usage"] as? [String: Any]
+                }
+                prompts += usage?["prompt_tokens"] as? Int ?? -1000
+                let cached = (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int
+                // vLLM leaves the details out when nothing was cached, and without the flag.
+                #expect(
+                    cached == (details && expected[index] > 0 ? expected[index] : nil), "request \(index): \(String(describing: usage))")
+            }
+            let samples = try Self.scrapeVLLM(server)
+            #expect(Self.sum(samples, "vllm:prefix_cache_queries_total") == Double(prompts))
+            #expect(Self.sum(samples, "vllm:prefix_cache_hits_total") == Double(expected.reduce(0, +)))
+        }
+    }
+
     /// A resolver directory under a fresh temporary directory: `good`, `conc`, `later`-to-be,
     /// `wrongbase` (another base model), `a/b` (nested), `escape` (a symlink out of it).
     static func resolverDirectory(_ fixture: String) throws -> String {

@@ -73,6 +73,10 @@ struct ValidationTests {
         (#"{"prompt":"x","structured_outputs":{"choice":["a"],"json":{}}}"#, .completions, "structured_outputs"),
         (#"{"prompt":"x","bad_words":"a"}"#, .completions, "bad_words"),
         (#"{"prompt":"x","bad_words":[1]}"#, .completions, "bad_words"),
+        (#"{"prompt":"x","cache_salt":""}"#, .completions, "cache_salt"),
+        (#"{"prompt":"x","cache_salt":7}"#, .completions, "cache_salt"),
+        (#"{"prompt":"x","cache_salt":"a\u0000b"}"#, .completions, "cache_salt"),
+        ("{\"prompt\":\"x\",\"cache_salt\":\"\(String(repeating: "s", count: 257))\"}", .completions, "cache_salt"),
         (#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, .chatCompletions, "tools"),
         (#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#, .chatCompletions, "tool_choice"),
         (#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#, .chatCompletions, "top_logprobs"),
@@ -102,6 +106,8 @@ struct ValidationTests {
         #expect(merged.jsonSchema == #"{"type":"null"}"#)
         let plain = try sampling("{\(chat),\"response_format\":{\"type\":\"text\"}}")
         #expect(plain.jsonSchema == nil && plain.choices.isEmpty)
+        #expect(try sampling("{\(chat),\"cache_salt\":\"tenant-7\"}").cacheSalt == "tenant-7")
+        #expect(try sampling("{\(chat),\"cache_salt\":null}").cacheSalt == nil)
     }
 
     @Test("vLLM's defaults: omitted fields are left to the engine (the model's generation defaults, else vLLM's)")

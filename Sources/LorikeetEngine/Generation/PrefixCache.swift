@@ -6,8 +6,9 @@
 /// The keys and values of a position depend only on the tokens up to it and the weights,
 /// so a copied position holds exactly the bits the sequence would have computed, and the
 /// output is the same as without the cache. Entries are keyed by adapter id *and* the
-/// adapter's load generation: an adapter replaced under the same id never matches the old
-/// weights' entries, and a removed adapter's entries are never matched again (they age out).
+/// adapter's load generation (an adapter replaced under the same id never matches the old
+/// weights' entries, and a removed adapter's entries are never matched again: they age out),
+/// and by the request's `cache_salt` (tenants that set one share nothing with others).
 ///
 /// Bounded by `capacity` positions in all entries together (`--prefix-cache-mib`); the least
 /// recently used entries go first. An entry whose tokens start another's is dropped in
@@ -15,14 +16,16 @@
 ///
 /// Touched only by the scheduler thread, so not `Sendable`.
 final class PrefixCache {
-    /// Which weights computed an entry: nil for the base model.
-    struct AdapterKey: Equatable {
-        var id: UInt64
-        var generation: UInt64
+    /// Who may reuse an entry: the same weights (adapter id and load generation; nil for
+    /// the base model) and the same `cache_salt`.
+    struct Key: Equatable {
+        var adapter: UInt64?
+        var generation: UInt64 = 0
+        var salt: String?
     }
 
     private struct Entry {
-        var adapter: AdapterKey?
+        var key: Key
         var tokens: [UInt32]
         var cache: KVCache
         var lastUse: UInt64
@@ -49,17 +52,17 @@ final class PrefixCache {
 
     /// Keeps `cache`, whose first `tokens.count` positions hold `tokens` computed with
     /// `adapter`. The caller gives the cache up (it is never written again).
-    func insert(tokens: [UInt32], adapter: AdapterKey?, cache: KVCache) {
+    func insert(tokens: [UInt32], key: Key, cache: KVCache) {
         guard tokens.count >= Self.minimumTokens, tokens.count <= self.capacity, cache.length >= tokens.count else { return }
         self.clock += 1
         // An entry that already holds these tokens (or more) is as good: keep it, fresher.
-        if let i = self.entries.firstIndex(where: { $0.adapter == adapter && $0.tokens.starts(with: tokens) }) {
+        if let i = self.entries.firstIndex(where: { $0.key == key && $0.tokens.starts(with: tokens) }) {
             self.entries[i].lastUse = self.clock
             return
         }
         // Entries the new one extends are now redundant.
         self.entries.removeAll { entry in
-            guard entry.adapter == adapter, tokens.starts(with: entry.tokens) else { return false }
+            guard entry.key == key, tokens.starts(with: entry.tokens) else { return false }
             self.heldTokens -= entry.tokens.count
             return true
         }
@@ -71,15 +74,15 @@ final class PrefixCache {
             self.heldTokens -= self.entries[oldest].tokens.count
             self.entries.remove(at: oldest)
         }
-        self.entries.append(Entry(adapter: adapter, tokens: tokens, cache: cache, lastUse: self.clock))
+        self.entries.append(Entry(key: key, tokens: tokens, cache: cache, lastUse: self.clock))
         self.heldTokens += tokens.count
     }
 
-    /// The entry sharing the longest prefix with `prompt` (same adapter), and how many of
-    /// its positions to copy: at most `limit`, and none below `minimumTokens`.
-    func longestPrefix(of prompt: [UInt32], adapter: AdapterKey?, limit: Int) -> (cache: KVCache, count: Int)? {
+    /// The entry sharing the longest prefix with `prompt` (same key), and how many of its
+    /// positions to copy: at most `limit`, and none below `minimumTokens`.
+    func longestPrefix(of prompt: [UInt32], key: Key, limit: Int) -> (cache: KVCache, count: Int)? {
         var best: (index: Int, count: Int)?
-        for (i, entry) in self.entries.enumerated() where entry.adapter == adapter {
+        for (i, entry) in self.entries.enumerated() where entry.key == key {
             let count = Self.commonPrefix(entry.tokens, prompt, limit: limit)
             if count > (best?.count ?? Self.minimumTokens - 1) { best = (i, count) }
         }

@@ -56,11 +56,15 @@ package struct Usage: Sendable, Equatable {
     package var promptTokens: Int
     /// Generated tokens, including a final EOS/stop token.
     package var completionTokens: Int
+    /// Prompt positions copied from another sequence's cache (the prefix cache, or a
+    /// running sequence with the same start) instead of computed.
+    package var cachedPromptTokens: Int
 
     /// Creates counts.
-    package init(promptTokens: Int, completionTokens: Int) {
+    package init(promptTokens: Int, completionTokens: Int, cachedPromptTokens: Int = 0) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
+        self.cachedPromptTokens = cachedPromptTokens
     }
 }
 

@@ -89,6 +89,10 @@ package struct SamplingParams: Sendable, Equatable {
     /// vLLM's `bad_words`, as token sequences (`BadWords.tokenIDs`): the last token of one
     /// is never generated right after its other tokens.
     package var badWordTokenIDs: [[UInt32]] = []
+    /// vLLM's `cache_salt`: the prefix cache reuses positions only between requests with
+    /// the same salt (none matches none), so tenants cannot probe each other's prompts by
+    /// timing.
+    package var cacheSalt: String?
     /// vLLM's `skip_special_tokens` (default true): false renders control tokens' text
     /// (`<|im_start|>`); a final EOS or stop token only with `include_stop_str_in_output`.
     package var skipSpecialTokens = true

@@ -136,8 +136,8 @@ package final class Scheduler: Sendable {
         let onEvent: EventHandler
         let adapterID: UInt64?
         let adapter: LoRAWeights?
-        /// The adapter id and load generation, for the prefix cache.
-        let adapterKey: PrefixCache.AdapterKey?
+        /// Adapter id, load generation and cache salt: who may share this sequence's positions.
+        let cacheKey: PrefixCache.Key
         let cache: KVCache
         let maxNew: Int
         var sampler: Sampler
@@ -145,6 +145,8 @@ package final class Scheduler: Sendable {
         var stopper: StopStringMatcher
         /// Tokens fed to the model so far (prompt, then generated).
         var fed = 0
+        /// Prompt positions copied from another cache instead of computed.
+        var copied = 0
         var generated: [UInt32] = []
         var finished = false
         /// Prompt log probabilities gathered during prefill (see
@@ -161,7 +163,8 @@ package final class Scheduler: Sendable {
             self.onEvent = p.onEvent
             self.adapterID = p.adapterID
             self.adapter = adapter
-            self.adapterKey = p.adapterID.flatMap { id in p.adapter.map { PrefixCache.AdapterKey(id: id, generation: $0.generation) } }
+            self.cacheKey = PrefixCache.Key(
+                adapter: p.adapterID, generation: p.adapter?.generation ?? 0, salt: p.params.cacheSalt)
             self.cache = cache
             self.maxNew = min(p.params.maxTokens ?? Int.max, contextLength - p.prompt.count)
             self.sampler = Sampler(p.params, prompt: p.prompt, eosTokenIDs: eosTokenIDs, vocabulary: vocabulary)
@@ -171,7 +174,9 @@ package final class Scheduler: Sendable {
             }
         }
 
-        var usage: Usage { Usage(promptTokens: self.prompt.count, completionTokens: self.generated.count) }
+        var usage: Usage {
+            Usage(promptTokens: self.prompt.count, completionTokens: self.generated.count, cachedPromptTokens: self.copied)
+        }
 
         /// Token `position` of the sequence (prompt, then generated).
         func token(at position: Int) -> UInt32 {
@@ -265,6 +270,7 @@ package final class Scheduler: Sendable {
                     guard source.cache.length >= s.prompt.count - 1 else { continue }
                     s.cache.copyPrefix(of: source.cache, count: s.prompt.count - 1)
                     s.fed = s.prompt.count - 1
+                    s.copied = s.fed
                     shared += s.fed
                 }
                 if s.fed < s.prompt.count - 1, s.promptLogprobs == nil {
@@ -332,7 +338,7 @@ package final class Scheduler: Sendable {
     private static func prefixSource(for s: Sequence, in running: [Sequence]) -> Sequence? {
         guard s.prompt.count > 1 else { return nil }
         let same = running.filter {
-            $0 !== s && !$0.finished && $0.adapterID == s.adapterID && $0.adapter === s.adapter && $0.prompt == s.prompt
+            $0 !== s && !$0.finished && $0.cacheKey == s.cacheKey && $0.adapter === s.adapter && $0.prompt == s.prompt
         }
         if let computing = same.first(where: { $0.fed > 0 }) { return computing }
         guard let leader = same.first, let leaderIndex = running.firstIndex(where: { $0 === leader }),
@@ -347,9 +353,9 @@ package final class Scheduler: Sendable {
     /// Returns the positions gained and whether they came from the prefix cache.
     private static func reusePrefix(for s: Sequence, running: [Sequence], kept: PrefixCache) -> (count: Int, fromKept: Bool) {
         let limit = s.prompt.count - 1
-        var best = kept.longestPrefix(of: s.prompt, adapter: s.adapterKey, limit: limit).map { (source: $0.cache, count: $0.count) }
+        var best = kept.longestPrefix(of: s.prompt, key: s.cacheKey, limit: limit).map { (source: $0.cache, count: $0.count) }
         var fromKept = best != nil
-        for other in running where other !== s && other.adapterKey == s.adapterKey && other.adapter === s.adapter {
+        for other in running where other !== s && other.cacheKey == s.cacheKey && other.adapter === s.adapter {
             let floor = max(best?.count ?? 0, s.fed, PrefixCache.minimumTokens - 1)
             guard min(other.cache.length, limit) > floor else { continue }
             var count = 0
@@ -364,6 +370,7 @@ package final class Scheduler: Sendable {
         s.cache.copyPrefix(of: best.source, from: s.fed, count: best.count)
         let gained = best.count - s.fed
         s.fed = best.count
+        s.copied += gained
         return (gained, fromKept)
     }
 
@@ -376,7 +383,7 @@ package final class Scheduler: Sendable {
         running.removeAll(where: \.finished)
         for s in done {
             if let id = s.adapterID { self.adapters.releaseSlot(id) }
-            if kept.capacity > 0 { kept.insert(tokens: s.cachedTokens, adapter: s.adapterKey, cache: s.cache) }
+            if kept.capacity > 0 { kept.insert(tokens: s.cachedTokens, key: s.cacheKey, cache: s.cache) }
         }
         self.state.withLock { state in state.ids.subtract(done.map(\.id)) }
         for (handler, event) in events { handler(event) }

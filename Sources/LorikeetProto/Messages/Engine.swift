@@ -44,6 +44,8 @@ package struct SamplingParams: Sendable, Equatable {
     package var badWords: [String]
     /// vLLM's `skip_special_tokens` (default true).
     package var skipSpecialTokens: Bool
+    /// vLLM's `cache_salt`; nil = none.
+    package var cacheSalt: String?
 
     package init(
         maxTokens: UInt32 = 16, temperature: Float? = 0, topP: Float? = 1, topK: UInt32? = 0, minP: Float? = 0,
@@ -51,7 +53,7 @@ package struct SamplingParams: Sendable, Equatable {
         logitBias: [LogitBias] = [], minTokens: UInt32 = 0, seed: UInt64? = nil, stop: [String] = [],
         includeStopStrInOutput: Bool = false, stopTokenIDs: [UInt32] = [], ignoreEOS: Bool = false,
         logprobs: UInt32? = nil, promptLogprobs: UInt32? = nil, jsonSchema: String? = nil, choices: [String] = [],
-        badWords: [String] = [], skipSpecialTokens: Bool = true
+        badWords: [String] = [], skipSpecialTokens: Bool = true, cacheSalt: String? = nil
     ) {
         self.maxTokens = maxTokens
         self.temperature = temperature
@@ -74,6 +76,7 @@ package struct SamplingParams: Sendable, Equatable {
         self.choices = choices
         self.badWords = badWords
         self.skipSpecialTokens = skipSpecialTokens
+        self.cacheSalt = cacheSalt
     }
 }
 
@@ -108,6 +111,7 @@ extension SamplingParams: CMessageConvertible {
         writer.set("choices", self.choices)
         writer.set("bad_words", self.badWords)
         writer.set("keep_special_tokens", !self.skipSpecialTokens)
+        writer.set("cache_salt", self.cacheSalt ?? "")
     }
     init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
@@ -125,7 +129,8 @@ extension SamplingParams: CMessageConvertible {
             logprobs: reader.bool("has_logprobs") ? reader.uint32("logprobs") : nil,
             promptLogprobs: reader.bool("has_prompt_logprobs") ? reader.uint32("prompt_logprobs") : nil,
             jsonSchema: Self.nonEmpty(reader.string("json_schema")), choices: reader.strings("choices"),
-            badWords: reader.strings("bad_words"), skipSpecialTokens: !reader.bool("keep_special_tokens")
+            badWords: reader.strings("bad_words"), skipSpecialTokens: !reader.bool("keep_special_tokens"),
+            cacheSalt: Self.nonEmpty(reader.string("cache_salt"))
         )
     }
 }
@@ -289,9 +294,12 @@ extension GenerateRequest: CMessageConvertible {
 package struct Usage: Sendable, Equatable {
     package var promptTokens: UInt32
     package var completionTokens: UInt32
-    package init(promptTokens: UInt32 = 0, completionTokens: UInt32 = 0) {
+    /// Prompt positions the engine copied from a cache instead of computing (prefix caching).
+    package var cachedPromptTokens: UInt32
+    package init(promptTokens: UInt32 = 0, completionTokens: UInt32 = 0, cachedPromptTokens: UInt32 = 0) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
+        self.cachedPromptTokens = cachedPromptTokens
     }
 }
 
@@ -299,9 +307,12 @@ extension Usage: CMessageConvertible {
     func write(to writer: CMessageWriter) {
         writer.set("prompt_tokens", self.promptTokens)
         writer.set("completion_tokens", self.completionTokens)
+        writer.set("cached_prompt_tokens", self.cachedPromptTokens)
     }
     init(from reader: CMessageReader) {
-        self.init(promptTokens: reader.uint32("prompt_tokens"), completionTokens: reader.uint32("completion_tokens"))
+        self.init(
+            promptTokens: reader.uint32("prompt_tokens"), completionTokens: reader.uint32("completion_tokens"),
+            cachedPromptTokens: reader.uint32("cached_prompt_tokens"))
     }
 }
 

@@ -176,6 +176,7 @@ package enum RequestValidation {
         }
         sampling.stop = try Self.stop(body)
         sampling.badWords = try Self.badWords(body)
+        sampling.cacheSalt = try Self.cacheSalt(body)
         if let ignoreEOS = try Self.optionalBool(body, "ignore_eos") { sampling.ignoreEOS = ignoreEOS }
         if let stopTokenIDs = body["stop_token_ids"], stopTokenIDs != .null {
             sampling.stopTokenIDs = try Self.tokenArray(
@@ -341,6 +342,21 @@ package enum RequestValidation {
         guard !text.utf8.contains(0) else {
             throw APIError.invalidRequest("'\(param)' must not contain the NUL character (U+0000).", param: param)
         }
+    }
+
+    /// vLLM's `cache_salt`: a non-empty string (null = none), at most
+    /// `Limits.cacheSaltBytes` bytes.
+    static func cacheSalt(_ body: JSONValue) throws(APIError) -> String? {
+        guard let value = body["cache_salt"], value != .null else { return nil }
+        guard case .string(let salt) = value, !salt.isEmpty else {
+            throw APIError.invalidRequest("Parameter 'cache_salt' must be a non-empty string if provided.", param: "cache_salt")
+        }
+        try Self.refuseNUL(salt, param: "cache_salt")
+        guard salt.utf8.count <= Limits.cacheSaltBytes else {
+            throw APIError.invalidRequest(
+                "'cache_salt' is \(salt.utf8.count) bytes long; the limit is \(Limits.cacheSaltBytes) bytes.", param: "cache_salt")
+        }
+        return salt
     }
 
     /// vLLM's `bad_words`: a list of strings (a lone string is refused, as vLLM does).

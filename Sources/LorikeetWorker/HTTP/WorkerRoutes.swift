@@ -36,6 +36,9 @@ package struct RouteConfiguration: Sendable {
     package var metricsDirectory: String? = nil
     /// vLLM's LoRA filesystem resolver (`LoraFilesystemResolver`); nil = off.
     package var loraResolver: LoraResolverConfiguration.Setup? = nil
+    /// vLLM's `--enable-prompt-tokens-details`: a usage whose prompt reused cached positions
+    /// says how many in `prompt_tokens_details.cached_tokens`.
+    package var enablePromptTokensDetails = false
 
     package init(
         apiKey: String? = nil, maxBodyBytes: Int = Limits.defaultBodyBytes, bodyReadTimeout: Duration = .seconds(30),
@@ -741,7 +744,7 @@ package final class WorkerRoutes: Sendable {
             }
         }
         let counted = usage ?? Usage(promptTokens: 0, completionTokens: UInt32(tokens.count))
-        record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens)
+        record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens, cached: counted.cachedPromptTokens)
         return .json(
             .ok, shape.final(text: text, tokens: tokens, logprobs: positions, finishReason: finishReason, usage: counted))
     }
@@ -752,6 +755,7 @@ package final class WorkerRoutes: Sendable {
         var shape = ResponseShape(
             route: route, id: (route == .completions ? "cmpl-" : "chatcmpl-") + requestID,
             created: LeaderMutationService.nowUnixMs() / 1000, model: model, returnTokenIDs: parameters.returnTokenIDs)
+        shape.promptTokensDetails = self.configuration.enablePromptTokensDetails
         shape.logprobs = parameters.logprobs
         if parameters.echo, case .text(let text) = parameters.prompt { shape.echoText = text }
         return shape
@@ -858,8 +862,9 @@ package final class WorkerRoutes: Sendable {
         }
         let usage = Usage(
             promptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.promptTokens ?? 0 : 0) },
-            completionTokens: outputs.reduce(0) { $0 + ($1.usage?.completionTokens ?? UInt32($1.tokens.count)) })
-        record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens)
+            completionTokens: outputs.reduce(0) { $0 + ($1.usage?.completionTokens ?? UInt32($1.tokens.count)) },
+            cachedPromptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.cachedPromptTokens ?? 0 : 0) })
+        record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens, cached: usage.cachedPromptTokens)
         return .json(.ok, shape.final(outputs, usage: usage))
     }
 
@@ -945,8 +950,9 @@ package final class WorkerRoutes: Sendable {
                 }
                 let usage = Usage(
                     promptTokens: zip(usages, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0?.promptTokens ?? 0 : 0) },
-                    completionTokens: zip(usages, counted).reduce(0) { $0 + ($1.0?.completionTokens ?? $1.1) })
-                record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens)
+                    completionTokens: zip(usages, counted).reduce(0) { $0 + ($1.0?.completionTokens ?? $1.1) },
+                    cachedPromptTokens: zip(usages, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0?.cachedPromptTokens ?? 0 : 0) })
+                record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens, cached: usage.cachedPromptTokens)
                 if includeUsage { try await writer.write(Self.event(shape.usageChunk(usage))) }
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                 try await writer.finish(nil)
@@ -1013,7 +1019,7 @@ package final class WorkerRoutes: Sendable {
                     }
                 }
                 let counted = usage ?? Usage(promptTokens: 0, completionTokens: completionTokens)
-                record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens)
+                record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens, cached: counted.cachedPromptTokens)
                 if includeUsage {
                     try await writer.write(Self.event(shape.usageChunk(counted)))
                 }
@@ -1061,6 +1067,9 @@ struct ResponseShape: Sendable {
     var created: Int64
     var model: String
     var returnTokenIDs: Bool
+    /// `prompt_tokens_details.cached_tokens` in usage when some were cached (vLLM's
+    /// `--enable-prompt-tokens-details`).
+    var promptTokensDetails = false
     /// Alternatives per token when the request asked for log probabilities.
     var logprobs: Int?
     /// Completions `echo` of a text prompt: the prompt as given (a token prompt is echoed
@@ -1075,16 +1084,22 @@ struct ResponseShape: Sendable {
             ("id", .string(self.id)), ("object", .string(object)), ("created", .int(self.created)),
             ("model", .string(self.model)), ("choices", .array(choices)),
         ]
-        if let usage { members.append(("usage", Self.usage(usage))) }
+        if let usage { members.append(("usage", Self.usage(usage, details: self.promptTokensDetails))) }
         return .object(members)
     }
 
-    static func usage(_ usage: Usage) -> JSONValue {
-        .object([
+    /// OpenAI's usage object; with `details`, vLLM adds `prompt_tokens_details` only when
+    /// some prompt tokens were cached.
+    static func usage(_ usage: Usage, details: Bool) -> JSONValue {
+        var members: [(String, JSONValue)] = [
             ("prompt_tokens", .int(Int64(usage.promptTokens))),
             ("completion_tokens", .int(Int64(usage.completionTokens))),
             ("total_tokens", .int(Int64(usage.promptTokens) + Int64(usage.completionTokens))),
-        ])
+        ]
+        if details && usage.cachedPromptTokens > 0 {
+            members.append(("prompt_tokens_details", .object([("cached_tokens", .int(Int64(usage.cachedPromptTokens)))])))
+        }
+        return .object(members)
     }
 
     private func tokenMember(_ tokens: [UInt32]) -> [(String, JSONValue)] {

@@ -62,6 +62,10 @@ package struct VLLMFigures: Sendable, Equatable {
     var success = Array(repeating: UInt64(0), count: VLLMSeries.finishedReasons.count)
     var promptTokens: UInt64 = 0
     var generationTokens: UInt64 = 0
+    /// Prompt tokens of finished requests, and those of them the engine's prefix cache held
+    /// (vLLM's `prefix_cache_queries` / `prefix_cache_hits`).
+    var prefixCacheQueries: UInt64 = 0
+    var prefixCacheHits: UInt64 = 0
     var timeToFirstToken = HistogramFigures(bounds: VLLMSeries.timeToFirstTokenBuckets)
     var interTokenLatency = HistogramFigures(bounds: VLLMSeries.interTokenLatencyBuckets)
     var requestLatency = HistogramFigures(bounds: VLLMSeries.requestLatencyBuckets)
@@ -83,6 +87,8 @@ package struct VLLMFigures: Sendable, Equatable {
         for index in self.success.indices { self.success[index] &+= other.success[index] }
         self.promptTokens &+= other.promptTokens
         self.generationTokens &+= other.generationTokens
+        self.prefixCacheQueries &+= other.prefixCacheQueries
+        self.prefixCacheHits &+= other.prefixCacheHits
         self.timeToFirstToken.add(other.timeToFirstToken)
         self.interTokenLatency.add(other.interTokenLatency)
         self.requestLatency.add(other.requestLatency)
@@ -121,6 +127,7 @@ package struct VLLMFigures: Sendable, Equatable {
             ("v", .int(Self.formatVersion)), ("pid", .int(Int64(pid))),
             ("success", .array(self.success.map { .int(Int64(clamping: $0)) })),
             ("prompt", .int(Int64(clamping: self.promptTokens))), ("generation", .int(Int64(clamping: self.generationTokens))),
+            ("pc_queries", .int(Int64(clamping: self.prefixCacheQueries))), ("pc_hits", .int(Int64(clamping: self.prefixCacheHits))),
             ("ttft", histogram(self.timeToFirstToken)), ("itl", histogram(self.interTokenLatency)),
             ("e2e", histogram(self.requestLatency)), ("running", .int(Int64(self.running))),
             ("waiting", .int(Int64(self.waiting))),
@@ -177,6 +184,9 @@ package struct VLLMFigures: Sendable, Equatable {
         figures.success = success
         figures.promptTokens = prompt
         figures.generationTokens = generation
+        // Absent in files written before the prefix cache: zero.
+        figures.prefixCacheQueries = count(value["pc_queries"]) ?? 0
+        figures.prefixCacheHits = count(value["pc_hits"]) ?? 0
         figures.timeToFirstToken = ttft
         figures.interTokenLatency = itl
         figures.requestLatency = e2e
@@ -276,7 +286,8 @@ package final class VLLMMetrics: Sendable {
     /// abandoned before its first token (waiting: only the gauge moves, as in vLLM, whose
     /// counters see only requests the engine finished).
     func finished(
-        adapter: String?, wasRunning: Bool, reason: String, promptTokens: UInt32, extraGenerationTokens: UInt64, elapsed: Duration
+        adapter: String?, wasRunning: Bool, reason: String, promptTokens: UInt32, cachedPromptTokens: UInt32 = 0,
+        extraGenerationTokens: UInt64, elapsed: Duration
     ) {
         self.update(milestone: true) { figures in
             guard wasRunning else {
@@ -288,6 +299,8 @@ package final class VLLMMetrics: Sendable {
             VLLMFigures.adjust(&figures.runningAdapters, adapter, by: -1)
             figures.success[VLLMSeries.reasonIndex(reason)] &+= 1
             figures.promptTokens &+= UInt64(promptTokens)
+            figures.prefixCacheQueries &+= UInt64(promptTokens)
+            figures.prefixCacheHits &+= UInt64(min(cachedPromptTokens, promptTokens))
             figures.generationTokens &+= extraGenerationTokens
             figures.requestLatency.observe(elapsed.seconds, bounds: VLLMSeries.requestLatencyBuckets)
         }
@@ -354,6 +367,10 @@ package final class VLLMMetrics: Sendable {
             now)
         family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.")
         sample("vllm:prompt_tokens_total", base, Double(figures.promptTokens))
+        family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of number of queried tokens.")
+        sample("vllm:prefix_cache_queries_total", base, Double(figures.prefixCacheQueries))
+        family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.")
+        sample("vllm:prefix_cache_hits_total", base, Double(figures.prefixCacheHits))
         family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.")
         sample("vllm:generation_tokens_total", base, Double(figures.generationTokens))
         family("vllm:request_success_total", "counter", "Count of successfully processed requests.")

@@ -255,8 +255,9 @@ final class RequestRecord: Sendable {
         if let observed { self.vllm?.output(tokens: observed.tokens, sincePrevious: observed.since) }
     }
 
-    /// The generation finished with these token counts.
-    func tokens(prompt: UInt32, completion: UInt32) {
+    /// The generation finished with these token counts (`cached`: prompt positions the
+    /// engine copied from its prefix cache).
+    func tokens(prompt: UInt32, completion: UInt32, cached: UInt32 = 0) {
         let finished = self.state.withLock { state -> Snapshot? in
             state.generated = true
             state.promptTokens = prompt
@@ -268,7 +269,7 @@ final class RequestRecord: Sendable {
         if let finished {
             self.vllm?.finished(
                 adapter: Self.adapterName(finished), wasRunning: true, reason: finished.finishReason ?? "abort",
-                promptTokens: prompt,
+                promptTokens: prompt, cachedPromptTokens: cached,
                 extraGenerationTokens: UInt64(completion) > finished.streamedTokens ? UInt64(completion) - finished.streamedTokens : 0,
                 elapsed: .now - self.start)
         }

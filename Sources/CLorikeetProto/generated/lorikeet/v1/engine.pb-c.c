@@ -1177,7 +1177,7 @@ void   lorikeet__v1__engine_envelope__free_unpacked
   assert(message->base.descriptor == &lorikeet__v1__engine_envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[29] =
+static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descriptors[30] =
 {
   {
     "max_tokens",
@@ -1527,9 +1527,22 @@ static const ProtobufCFieldDescriptor lorikeet__v1__sampling_params__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cache_salt",
+    30,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__SamplingParams, cache_salt),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
   27,   /* field[27] = bad_words */
+  29,   /* field[29] = cache_salt */
   26,   /* field[26] = choices */
   11,   /* field[11] = frequency_penalty */
   21,   /* field[21] = has_logprobs */
@@ -1562,7 +1575,7 @@ static const unsigned lorikeet__v1__sampling_params__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__sampling_params__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 29 }
+  { 0, 30 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
 {
@@ -1572,7 +1585,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__sampling_params__descriptor =
   "Lorikeet__V1__SamplingParams",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__SamplingParams),
-  29,
+  30,
   lorikeet__v1__sampling_params__field_descriptors,
   lorikeet__v1__sampling_params__field_indices_by_name,
   1,  lorikeet__v1__sampling_params__number_ranges,
@@ -1976,7 +1989,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__generate_request__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__generate_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__usage__field_descriptors[2] =
+static const ProtobufCFieldDescriptor lorikeet__v1__usage__field_descriptors[3] =
 {
   {
     "prompt_tokens",
@@ -2002,15 +2015,28 @@ static const ProtobufCFieldDescriptor lorikeet__v1__usage__field_descriptors[2] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cached_prompt_tokens",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__Usage, cached_prompt_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__usage__field_indices_by_name[] = {
+  2,   /* field[2] = cached_prompt_tokens */
   1,   /* field[1] = completion_tokens */
   0,   /* field[0] = prompt_tokens */
 };
 static const ProtobufCIntRange lorikeet__v1__usage__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__usage__descriptor =
 {
@@ -2020,7 +2046,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__usage__descriptor =
   "Lorikeet__V1__Usage",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__Usage),
-  2,
+  3,
   lorikeet__v1__usage__field_descriptors,
   lorikeet__v1__usage__field_indices_by_name,
   1,  lorikeet__v1__usage__number_ranges,

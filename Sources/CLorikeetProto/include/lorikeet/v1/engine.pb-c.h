@@ -134,10 +134,15 @@ struct  Lorikeet__V1__SamplingParams
    * vLLM's skip_special_tokens=false: control tokens' text is rendered.
    */
   protobuf_c_boolean keep_special_tokens;
+  /*
+   * vLLM's cache_salt: prefix-cached positions are shared only between requests with the
+   * same salt; empty = none. At most 256 bytes.
+   */
+  char *cache_salt;
 };
 #define LORIKEET__V1__SAMPLING_PARAMS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__sampling_params__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0 }
+    , 0, 0, 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -237,10 +242,15 @@ struct  Lorikeet__V1__Usage
   ProtobufCMessage base;
   uint32_t prompt_tokens;
   uint32_t completion_tokens;
+  /*
+   * Prompt positions copied from an earlier or running sequence's cache (prefix caching)
+   * instead of computed; vLLM's num_cached_tokens.
+   */
+  uint32_t cached_prompt_tokens;
 };
 #define LORIKEET__V1__USAGE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__usage__descriptor) \
-    , 0, 0 }
+    , 0, 0, 0 }
 
 
 struct  Lorikeet__V1__GenerateChunk
