@@ -106,7 +106,7 @@ package final class EtcdClient: Sendable {
 
     // MARK: Unary calls
 
-    /// A request that failed while it was being written: never complete on the wire.
+    /// A request that could not be handed to the connection at all: no byte of it was sent.
     struct RequestNotSent: Error {
         var underlying: any Error
     }
@@ -203,12 +203,16 @@ package final class EtcdClient: Sendable {
         do {
             (status, bytes) = try await channel.executeThenClose { inbound, outbound in
                 do {
-                    try await outbound.write(.head(EtcdTransport.head(endpoint, path: path, contentLength: body.count)))
-                    try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
-                    try await outbound.write(.end(nil))
+                    // One hand-over for the whole request: when it fails, no byte of it
+                    // reached the channel, so the member cannot have applied it. (Parts
+                    // written one by one were not that: the head and the body could be out
+                    // and applied, the member answer and close, and only the empty end part
+                    // fail; a retry elsewhere then applied the write twice.)
+                    try await outbound.write(contentsOf: [
+                        .head(EtcdTransport.head(endpoint, path: path, contentLength: body.count)),
+                        .body(.byteBuffer(ByteBuffer(bytes: body))), .end(nil),
+                    ])
                 } catch {
-                    // The member closed the connection before the whole request went out: it
-                    // cannot have applied it (the gateway needs the complete body).
                     throw RequestNotSent(underlying: error)
                 }
                 var status = 0

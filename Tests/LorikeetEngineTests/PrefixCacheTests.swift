@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetGGUF
 import LorikeetTestSupport
 import Synchronization
 import Testing
@@ -26,7 +27,10 @@ struct PrefixCacheTests {
         let plain = try Fixture.engine(prefixCacheMiB: 0)
         let first = Self.prompt(" word: why?")
         let second = Self.prompt(" line: how?")
-        let common = PrefixCache.commonPrefix(first, second, limit: .max)
+        // Whole blocks of 16 positions are copied, never a part of one.
+        let common = PrefixCache.wholeBlocks(PrefixCache.commonPrefix(first, second, limit: .max))
+        let whole = PrefixCache.wholeBlocks(second.count - 1)
+        #expect(common == 32 && whole == 48)
         _ = await cached.complete(Self.request("first", first))
         #expect(cached.cachedPromptTokens == 0, "nothing kept before the first request finished")
         for (i, seed) in [nil, UInt64(7)].enumerated() {
@@ -35,12 +39,12 @@ struct PrefixCacheTests {
             #expect(got.tokens == expected.tokens, "seed \(String(describing: seed))")
             #expect(got.usage?.promptTokens == expected.usage?.promptTokens)
             #expect(got.usage?.completionTokens == expected.usage?.completionTokens)
-            #expect(got.usage?.cachedPromptTokens == (i == 0 ? common : second.count - 1))
+            #expect(got.usage?.cachedPromptTokens == (i == 0 ? common : whole))
             #expect(expected.usage?.cachedPromptTokens == 0)
         }
         // The first reuse copies the common part; the repeat finds the whole second prompt
         // (kept by the first run of it) but the last position, which it must compute.
-        #expect(cached.cachedPromptTokens == common + (second.count - 1), "copied \(cached.cachedPromptTokens)")
+        #expect(cached.cachedPromptTokens == common + whole, "copied \(cached.cachedPromptTokens)")
         #expect(plain.cachedPromptTokens == 0)
     }
 
@@ -56,7 +60,7 @@ struct PrefixCacheTests {
         let expected = await plain.complete(Self.request("turn-2", next))
         #expect(got.tokens == expected.tokens)
         // Every position the first sequence fed: its prompt and all but its last token.
-        #expect(cached.cachedPromptTokens == first.count + answer.count - 1)
+        #expect(cached.cachedPromptTokens == PrefixCache.wholeBlocks(first.count + answer.count - 1))
     }
 
     @Test("positions computed with one adapter are never reused by the base model, another adapter, or replaced weights")
@@ -85,7 +89,7 @@ struct PrefixCacheTests {
         #expect(cached.cachedPromptTokens == 0, "no reuse of replaced weights")
         // The same adapter again does reuse.
         _ = await cached.complete(Self.request("again", prompt, adapter: 1))
-        #expect(cached.cachedPromptTokens == prompt.count - 1)
+        #expect(cached.cachedPromptTokens == PrefixCache.wholeBlocks(prompt.count - 1))
     }
 
     @Test("cache_salt: positions are shared only between requests with the same salt, finished or running")
@@ -103,7 +107,7 @@ struct PrefixCacheTests {
         }
         #expect(cached.cachedPromptTokens == 0, "another salt, or none, reuses nothing")
         #expect(await cached.complete(request("a-again", salt: "tenant-a")).tokens == reference.tokens)
-        #expect(cached.cachedPromptTokens == prompt.count - 1, "the same salt does")
+        #expect(cached.cachedPromptTokens == PrefixCache.wholeBlocks(prompt.count - 1), "the same salt does")
         // Running together with identical prompts: only the same salt shares.
         let streams = [("x1", "x"), ("y1", "y"), ("x2", "x")].map { cached.generate(request($0.0, salt: $0.1)) }
         for stream in streams {
@@ -114,85 +118,130 @@ struct PrefixCacheTests {
         #expect(cached.sharedPromptTokens == prompt.count - 1, "x2 copies x1's prompt; y1 computes its own")
     }
 
-    @Test("a request arriving while another with the same system prompt runs copies what that one has computed")
+    @Test(
+        "a request arriving while another with the same system prompt runs copies what that one has computed; with the cache off it computes its own"
+    )
     func sharedWhileRunning() async throws {
-        let cached = try Fixture.engine()
-        let plain = try Fixture.engine(prefixCacheMiB: 0)
         let long = [256] + Array(String(repeating: "Rules: be brief, be kind. ", count: 6).utf8).map(UInt32.init)
         let prompts = ["why?", "how?", "when?"].map { long + Array($0.utf8).map(UInt32.init) }
-        // The first request holds the scheduler thread at its first token (its prompt is
-        // computed, it is still running) until the other two are queued.
-        let held = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let firstDone = DispatchSemaphore(value: 0)
-        let firstTokens = Mutex<[UInt32]>([])
-        try cached.submit(Self.request("together-0", prompts[0])) { event in
-            let isFirst = firstTokens.withLock { tokens in
-                defer { tokens += event.tokens }
-                return tokens.isEmpty
+        /// The first request holds the scheduler thread at its first token (its prompt is
+        /// computed, it is still running) until the other two are queued.
+        func together(_ core: EngineCore) async throws -> [[UInt32]] {
+            let held = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let firstDone = DispatchSemaphore(value: 0)
+            let firstTokens = Mutex<[UInt32]>([])
+            try core.submit(Self.request("together-0", prompts[0])) { event in
+                let isFirst = firstTokens.withLock { tokens in
+                    defer { tokens += event.tokens }
+                    return tokens.isEmpty
+                }
+                if isFirst {
+                    held.signal()
+                    release.wait()
+                }
+                if event.finishReason != nil { firstDone.signal() }
             }
-            if isFirst {
-                held.signal()
-                release.wait()
+            try await offPool { held.wait() }
+            let streams = prompts.dropFirst().enumerated().map { core.generate(Self.request("together-\($0.offset + 1)", $0.element)) }
+            release.signal()
+            var outputs = [[UInt32]]()
+            try await offPool { firstDone.wait() }
+            outputs.append(firstTokens.withLock { $0 })
+            for stream in streams {
+                var tokens: [UInt32] = []
+                for await event in stream { tokens += event.tokens }
+                outputs.append(tokens)
             }
-            if event.finishReason != nil { firstDone.signal() }
+            return outputs
         }
-        try await offPool { held.wait() }
-        let streams = prompts.dropFirst().enumerated().map { cached.generate(Self.request("together-\($0.offset + 1)", $0.element)) }
-        release.signal()
-        var together = [[UInt32]]()
-        try await offPool { firstDone.wait() }
-        together.append(firstTokens.withLock { $0 })
-        for stream in streams {
-            var tokens: [UInt32] = []
-            for await event in stream { tokens += event.tokens }
-            together.append(tokens)
+        let cached = try Fixture.engine()
+        let plain = try Fixture.engine(prefixCacheMiB: 0)
+        let withCache = try await together(cached)
+        let without = try await together(plain)
+        for i in prompts.indices {
+            let alone = await plain.complete(Self.request("alone-\(i)", prompts[i]))
+            #expect(withCache[i] == alone.tokens && without[i] == alone.tokens, "prompt \(i)")
         }
-        for (i, prompt) in prompts.enumerated() {
-            let expected = await plain.complete(Self.request("alone-\(i)", prompt))
-            #expect(together[i] == expected.tokens, "prompt \(i)")
+        // Each copies the whole blocks of its longest common start with a running one
+        // ("when?" shares "wh" with "why?", still within the same block).
+        let expected = [1, 2].map { i in
+            PrefixCache.wholeBlocks((0..<i).map { PrefixCache.commonPrefix(prompts[$0], prompts[i], limit: .max) }.max()!)
         }
-        // Each copies its longest common start with a running one ("when?" shares "wh" with "why?").
-        let expected = [1, 2].map { i in (0..<i).map { PrefixCache.commonPrefix(prompts[$0], prompts[i], limit: .max) }.max()! }
-        #expect(expected[0] == long.count && expected[1] == long.count + 2)
+        #expect(expected == [144, 144])
         #expect(cached.sharedPromptTokens == expected.reduce(0, +), "shared \(cached.sharedPromptTokens), expected \(expected)")
         #expect(cached.cachedPromptTokens == 0)
+        #expect(plain.sharedPromptTokens == 0 && plain.cachedPromptTokens == 0, "--prefix-cache-mib 0 shares nothing")
     }
 
-    @Test("the cache keeps at most its capacity, least recently used first, and one entry per conversation")
+    @Test("the cache keeps at most its capacity in bytes, least recently used first, one entry per conversation, whole blocks")
     func capacityAndEviction() throws {
         let core = try Fixture.engine(prefixCacheMiB: 0)
-        let kept = PrefixCache(capacity: 100)
-        func cache(_ tokens: [UInt32]) -> KVCache {
+        func cache(_ count: Int) -> KVCache {
             let c = core.model.makeCache()
-            c.reserve(tokens.count)
-            c.advance(to: tokens.count)
+            c.reserve(count)
+            c.advance(to: count)
             return c
         }
+        // Whole pages per layer buffer: the fixture's 30 positions take one page per
+        // buffer, its 40 and 60 positions two.
+        let (small, large) = (cache(30).residentBytes, cache(60).residentBytes)
+        try #require(small > 0 && cache(40).residentBytes == large && small < large)
+        let kept = PrefixCache(capacity: 2 * large)
+        let key = PrefixCache.Key()
         let a = Array(repeating: UInt32(1), count: 40)
         let b = Array(repeating: UInt32(2), count: 40)
-        kept.insert(tokens: a, key: PrefixCache.Key(), cache: cache(a))
-        kept.insert(tokens: b, key: PrefixCache.Key(), cache: cache(b))
-        #expect(kept.heldTokens == 80 && kept.count == 2)
+        kept.insert(tokens: a, key: key, cache: cache(a.count))
+        kept.insert(tokens: b, key: key, cache: cache(b.count))
+        #expect(kept.heldBytes == 2 * large && kept.count == 2)
         // `a` used: `b` is the least recently used and goes when `c` needs room.
-        #expect(kept.longestPrefix(of: a + [9], key: PrefixCache.Key(), limit: 41)?.count == 40)
+        #expect(kept.longestPrefix(of: a + [9], key: key, limit: 41)?.count == 32, "whole blocks of 40 common positions")
         let c = Array(repeating: UInt32(3), count: 30)
-        kept.insert(tokens: c, key: PrefixCache.Key(), cache: cache(c))
-        #expect(kept.count == 2 && kept.heldTokens == 70)
-        #expect(kept.longestPrefix(of: b, key: PrefixCache.Key(), limit: 40) == nil)
+        kept.insert(tokens: c, key: key, cache: cache(c.count))
+        #expect(kept.count == 2 && kept.heldBytes == large + small)
+        #expect(kept.longestPrefix(of: b, key: key, limit: 40) == nil)
         // A longer turn of `a`'s conversation replaces it; a shorter one is already held.
         let a2 = a + Array(repeating: UInt32(4), count: 20)
-        kept.insert(tokens: a2, key: PrefixCache.Key(), cache: cache(a2))
-        #expect(kept.count == 2 && kept.heldTokens == 90)
-        kept.insert(tokens: Array(a.prefix(20)), key: PrefixCache.Key(), cache: cache(Array(a.prefix(20))))
-        #expect(kept.count == 2 && kept.heldTokens == 90)
-        // Too short to keep, too big to fit, a match below the minimum: nothing.
-        kept.insert(tokens: Array(repeating: 5, count: PrefixCache.minimumTokens - 1), key: PrefixCache.Key(), cache: cache([5]))
-        kept.insert(tokens: Array(repeating: 6, count: 101), key: PrefixCache.Key(), cache: cache(Array(repeating: 6, count: 101)))
+        kept.insert(tokens: a2, key: key, cache: cache(a2.count))
+        #expect(kept.count == 2 && kept.heldBytes == large + small)
+        kept.insert(tokens: Array(a.prefix(20)), key: key, cache: cache(20))
         #expect(kept.count == 2)
-        #expect(kept.longestPrefix(of: Array(a.prefix(PrefixCache.minimumTokens - 1)) + [7], key: PrefixCache.Key(), limit: 100) == nil)
+        #expect(kept.longestPrefix(of: a2, key: key, limit: a2.count - 1)?.count == 48, "the last position is left to compute")
+        // Shorter than a block: not kept; a match below one block, or under another key: none.
+        kept.insert(tokens: Array(repeating: 5, count: PrefixCache.blockSize - 1), key: key, cache: cache(PrefixCache.blockSize - 1))
+        #expect(kept.count == 2)
+        #expect(kept.longestPrefix(of: Array(a.prefix(PrefixCache.blockSize - 1)) + [7], key: key, limit: 100) == nil)
         #expect(kept.longestPrefix(of: a2, key: PrefixCache.Key(adapter: 1, generation: 1), limit: 100) == nil)
-        // The limit leaves the last prompt position to compute.
-        #expect(kept.longestPrefix(of: a2, key: PrefixCache.Key(), limit: a2.count - 1)?.count == a2.count - 1)
+        #expect(kept.longestPrefix(of: a2, key: PrefixCache.Key(salt: "t"), limit: 100) == nil)
+        // Bigger than the whole capacity: not kept.
+        let tiny = PrefixCache(capacity: large - 1)
+        tiny.insert(tokens: a, key: key, cache: cache(a.count))
+        #expect(tiny.count == 0 && tiny.heldBytes == 0)
+    }
+
+    @Test("a kept cache gives back its reservation past its positions, and keeps what it holds")
+    func releaseKeepsPositions() throws {
+        let core = try Fixture.engine(prefixCacheMiB: 0)
+        let source = core.model.makeCache()
+        _ = core.model.forward(
+            (0..<20).map { ForwardRow(cache: source, token: UInt32(65 + $0), position: $0, adapter: nil, wantLogits: false) },
+            workspace: ForwardWorkspace())
+        let copy = core.model.makeCache()
+        copy.copyPrefix(of: source, count: 20)
+        source.release(beyond: 20)
+        #expect(source.length == 20)
+        let again = core.model.makeCache()
+        again.copyPrefix(of: source, count: 20)
+        for layer in 0..<core.model.config.numLayers {
+            for position in [0, 19] {
+                let kvDim = core.model.config.kvDim
+                #expect(
+                    Array(UnsafeBufferPointer(start: again.key(layer, position), count: kvDim))
+                        == Array(UnsafeBufferPointer(start: copy.key(layer, position), count: kvDim)))
+                #expect(
+                    Array(UnsafeBufferPointer(start: again.value(layer, position), count: kvDim))
+                        == Array(UnsafeBufferPointer(start: copy.value(layer, position), count: kvDim)))
+            }
+        }
     }
 }

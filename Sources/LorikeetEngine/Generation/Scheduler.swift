@@ -41,7 +41,7 @@ package final class Scheduler: Sendable {
     private let adapters: AdapterStore
     private let maxBatchSize: Int
     private let prefillBudget: Int
-    private let prefixCachePositions: Int
+    private let prefixCacheBytes: Int
     private let state = Mutex(State())
     private let wakeup = DispatchSemaphore(value: 0)
     private let exited = DispatchSemaphore(value: 0)
@@ -57,7 +57,7 @@ package final class Scheduler: Sendable {
         self.adapters = adapters
         self.maxBatchSize = max(1, maxBatchSize)
         self.prefillBudget = max(1, prefillBudget)
-        self.prefixCachePositions = max(0, prefixCacheBytes) / max(1, model.cacheBytesPerPosition)
+        self.prefixCacheBytes = max(0, prefixCacheBytes)
         let thread = Thread { [self] in self.run() }
         thread.name = "lorikeet-engine-scheduler"
         thread.stackSize = 8 << 20
@@ -154,7 +154,8 @@ package final class Scheduler: Sendable {
         var promptLogprobs: [TokenLogprobs]?
 
         init(
-            _ p: Pending, adapter: LoRAWeights?, cache: KVCache, contextLength: Int, eosTokenIDs: [UInt32],
+            _ p: Pending, adapter: (weights: LoRAWeights, generation: UInt64)?, cache: KVCache, contextLength: Int,
+            eosTokenIDs: [UInt32],
             vocabulary: ConstraintVocabulary?
         ) {
             self.id = p.id
@@ -162,9 +163,10 @@ package final class Scheduler: Sendable {
             self.params = p.params
             self.onEvent = p.onEvent
             self.adapterID = p.adapterID
-            self.adapter = adapter
-            self.cacheKey = PrefixCache.Key(
-                adapter: p.adapterID, generation: p.adapter?.generation ?? 0, salt: p.params.cacheSalt)
+            self.adapter = adapter?.weights
+            // The generation of the weights it runs with (granted at admission), not the
+            // one seen at submission: a replace in between changes the weights.
+            self.cacheKey = PrefixCache.Key(adapter: p.adapterID, generation: adapter?.generation ?? 0, salt: p.params.cacheSalt)
             self.cache = cache
             self.maxNew = min(p.params.maxTokens ?? Int.max, contextLength - p.prompt.count)
             self.sampler = Sampler(p.params, prompt: p.prompt, eosTokenIDs: eosTokenIDs, vocabulary: vocabulary)
@@ -190,14 +192,14 @@ package final class Scheduler: Sendable {
     private func run() {
         var running: [Sequence] = []
         let workspace = ForwardWorkspace()
-        let kept = PrefixCache(capacity: self.prefixCachePositions)
+        let kept = PrefixCache(capacity: self.prefixCacheBytes)
         var finishedEvents: [(EventHandler, GenerationEvent)] = []
         // Built the first time a request asks for structured output.
         var vocabulary: ConstraintVocabulary?
         while true {
             // 1. Admit, collect aborts, or stop.
             let (admitted, failed, aborts, shutdown) = self.state.withLock { state in
-                var admitted: [(Pending, LoRAWeights?)] = []
+                var admitted: [(Pending, (weights: LoRAWeights, generation: UInt64)?)] = []
                 var failed: [(Pending, EngineError)] = []
                 var stillWaiting: [Pending] = []
                 for p in state.waiting {
@@ -210,7 +212,7 @@ package final class Scheduler: Sendable {
                         continue
                     }
                     switch self.adapters.acquireSlot(adapterID, held: held.weights, generation: held.generation) {
-                    case .granted(let w): admitted.append((p, w))
+                    case .granted(let w, let generation): admitted.append((p, (w, generation)))
                     case .wait: stillWaiting.append(p)
                     case .failed(let e):
                         failed.append((p, e))
@@ -273,7 +275,7 @@ package final class Scheduler: Sendable {
                     s.copied = s.fed
                     shared += s.fed
                 }
-                if s.fed < s.prompt.count - 1, s.promptLogprobs == nil {
+                if kept.capacity > 0, s.fed < s.prompt.count - 1, s.promptLogprobs == nil {
                     let (count, fromKept) = Self.reusePrefix(for: s, running: running, kept: kept)
                     if fromKept { cached += count } else { shared += count }
                 }
@@ -348,19 +350,24 @@ package final class Scheduler: Sendable {
     }
 
     /// Copies into `s`'s cache the longest start of its prompt (all but the last position,
-    /// whose logits it needs) that is already computed: in the prefix cache, or in a running
-    /// sequence's cache (a shared system prompt of requests running together), same adapter.
-    /// Returns the positions gained and whether they came from the prefix cache.
+    /// whose logits it needs) that is already computed, in whole blocks of
+    /// `PrefixCache.blockSize`: in the prefix cache (looked up once, before the sequence
+    /// computes anything), or in a running sequence's cache (a shared system prompt of
+    /// requests running together; checked every step while it reads its prompt, so it
+    /// catches up with one computing ahead of it), same key. Returns the positions gained
+    /// and whether they came from the prefix cache.
     private static func reusePrefix(for s: Sequence, running: [Sequence], kept: PrefixCache) -> (count: Int, fromKept: Bool) {
         let limit = s.prompt.count - 1
-        var best = kept.longestPrefix(of: s.prompt, key: s.cacheKey, limit: limit).map { (source: $0.cache, count: $0.count) }
+        var best: (source: KVCache, count: Int)?
+        if s.fed == 0 { best = kept.longestPrefix(of: s.prompt, key: s.cacheKey, limit: limit) }
         var fromKept = best != nil
         for other in running where other !== s && other.cacheKey == s.cacheKey && other.adapter === s.adapter {
-            let floor = max(best?.count ?? 0, s.fed, PrefixCache.minimumTokens - 1)
-            guard min(other.cache.length, limit) > floor else { continue }
-            var count = 0
+            let floor = max(best?.count ?? 0, s.fed, PrefixCache.blockSize - 1)
             let n = min(other.cache.length, limit)
+            guard n > floor else { continue }
+            var count = 0
             while count < n && other.token(at: count) == s.prompt[count] { count += 1 }
+            count = PrefixCache.wholeBlocks(count)
             if count > floor {
                 best = (other.cache, count)
                 fromKept = false

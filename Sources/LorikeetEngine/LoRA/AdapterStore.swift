@@ -76,8 +76,9 @@ package final class AdapterStore: Sendable {
 
     /// Result of asking for an active slot when a request is admitted.
     package enum SlotResult: Sendable {
-        /// Run with these weights; call `releaseSlot` when the request ends.
-        case granted(LoRAWeights)
+        /// Run with these weights (of this load generation: the adapter may have been
+        /// replaced since the request was submitted); call `releaseSlot` when it ends.
+        case granted(LoRAWeights, generation: UInt64)
         /// Every slot is busy with running requests; try again after one finishes.
         case wait
         /// The request cannot run with this adapter.
@@ -298,7 +299,7 @@ package final class AdapterStore: Sendable {
             state.entries[intID]!.active = true
             state.entries[intID]!.running += 1
             state.entries[intID]!.lastUsed = state.nextTick()
-            return .granted(state.entries[intID]!.weights!)
+            return .granted(state.entries[intID]!.weights!, generation: state.entries[intID]!.generation)
         }
     }
 

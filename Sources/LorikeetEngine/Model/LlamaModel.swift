@@ -15,6 +15,10 @@ import LorikeetKernels
 /// it touched. Where the reservation is refused (strict overcommit), it falls back to heap
 /// buffers that grow by doubling with a copy.
 ///
+/// Transparent huge pages are refused for the reservation (`MADV_NOHUGEPAGE`): with THP
+/// `always`, the first position written would fault in 2 MiB per layer buffer, and a short
+/// sequence (or a kept prefix-cache entry) would hold 60 times that on a 30-layer model.
+///
 /// Owned and mutated by one thread at a time (the scheduler thread), so not `Sendable`.
 package final class KVCache {
     /// Positions filled so far.
@@ -28,6 +32,8 @@ package final class KVCache {
     /// The reservation, when the kernel granted it (else the layers are heap buffers).
     private let mapping: UnsafeMutableRawPointer?
     private let mappingBytes: Int
+    /// Positions still backed by the reservation after `release(beyond:)` (else `maxLength`).
+    private var reservedLength: Int
 
     init(layers: Int, kvDim: Int, maxLength: Int) {
         self.layers = layers
@@ -36,7 +42,11 @@ package final class KVCache {
         let perBuffer = maxLength * kvDim
         let bytes = layers * 2 * perBuffer * MemoryLayout<Float>.stride
         let p = bytes > 0 ? mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) : nil
+        self.reservedLength = maxLength
         if let p, p != UnsafeMutableRawPointer(bitPattern: -1) {
+            #if os(Linux)
+                _ = madvise(p, bytes, MADV_NOHUGEPAGE)
+            #endif
             self.mapping = p
             self.mappingBytes = bytes
             let floats = p.bindMemory(to: Float.self, capacity: layers * 2 * perBuffer)
@@ -110,6 +120,33 @@ package final class KVCache {
 
     /// Forgets positions `>= n` (used to retry or truncate; capacity is kept).
     package func truncate(to n: Int) { self.length = min(self.length, n) }
+
+    /// Gives the reservation's pages past position `n` back to the system (a cache kept
+    /// for reading only: the prefix cache). Positions `< n` stay; nothing past them may be
+    /// written again.
+    func release(beyond n: Int) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard let mapping = self.mapping, page > 0, n < self.reservedLength else { return }
+        let perBuffer = self.maxLength * self.kvDim * MemoryLayout<Float>.stride
+        let keep = (n * self.kvDim * MemoryLayout<Float>.stride + page - 1) / page * page
+        if keep < perBuffer {
+            for buffer in 0..<(2 * self.layers) {
+                munmap(mapping + buffer * perBuffer + keep, perBuffer - keep)
+            }
+        }
+        self.reservedLength = n
+        self.length = min(self.length, n)
+        self.capacity = min(self.capacity, n)
+    }
+
+    /// Bytes the cache's positions hold in memory: whole pages per layer buffer for the
+    /// reservation, the allocated capacity for heap buffers.
+    var residentBytes: Int {
+        let row = self.kvDim * MemoryLayout<Float>.stride
+        guard self.mapping != nil else { return 2 * self.layers * self.capacity * row }
+        let page = max(1, Int(sysconf(Int32(_SC_PAGESIZE))))
+        return 2 * self.layers * ((self.length * row + page - 1) / page * page)
+    }
 }
 
 /// One token to push through the model in a batched forward pass.
@@ -203,9 +240,6 @@ package final class LlamaModel: Sendable {
         self.ropeCos = FloatTensor(shape: [c.maxPositionEmbeddings, half], values: cosValues)
         self.ropeSin = FloatTensor(shape: [c.maxPositionEmbeddings, half], values: sinValues)
     }
-
-    /// Bytes one position of a sequence's cache takes (keys and values of every layer).
-    package var cacheBytesPerPosition: Int { self.config.numLayers * 2 * self.config.kvDim * MemoryLayout<Float>.stride }
 
     /// A fresh, empty cache for one sequence.
     package func makeCache() -> KVCache {
