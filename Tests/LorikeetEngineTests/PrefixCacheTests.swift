@@ -92,6 +92,43 @@ struct PrefixCacheTests {
         #expect(cached.cachedPromptTokens == PrefixCache.wholeBlocks(prompt.count - 1))
     }
 
+    @Test("a request queued across a replace of its adapter runs with the new weights and reuses none of the old weights' positions")
+    func replacedWhileQueued() async throws {
+        let cached = try Fixture.engine()
+        let plain = try Fixture.engine(prefixCacheMiB: 0)
+        for core in [cached, plain] {
+            _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), epoch: 1)
+        }
+        let prompt = Self.prompt(" word: why?")
+        _ = await cached.complete(Self.request("old-weights", prompt, adapter: 1))
+        // Hold the scheduler thread (a base request's first event) while the next request is
+        // submitted with the old weights and the adapter is replaced; it is admitted after.
+        let held = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let holding = Mutex(true)
+        try cached.submit(Self.request("holder", [256, 65, 66])) { _ in
+            let first = holding.withLock { holding in
+                defer { holding = false }
+                return holding
+            }
+            if first {
+                held.signal()
+                release.wait()
+            }
+        }
+        try await offPool { held.wait() }
+        let queued = cached.generate(Self.request("queued", prompt, adapter: 1))
+        for core in [cached, plain] {
+            _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("rank32"), replace: true, epoch: 2)
+        }
+        release.signal()
+        var tokens: [UInt32] = []
+        for await event in queued { tokens += event.tokens }
+        let expected = await plain.complete(Self.request("new-weights", prompt, adapter: 1))
+        #expect(tokens == expected.tokens)
+        #expect(cached.cachedPromptTokens == 0, "the old weights' positions were not copied")
+    }
+
     @Test("cache_salt: positions are shared only between requests with the same salt, finished or running")
     func cacheSalt() async throws {
         let cached = try Fixture.engine()
