@@ -97,13 +97,6 @@ struct ServeCommand: ParsableCommand {
         guard let list = self.clusterEndpoints ?? environment["LORIKEET_CLUSTER_ENDPOINTS"], !list.isEmpty else { return nil }
         let endpoints = ClusterOptions.endpoints(list)
         guard !endpoints.isEmpty else { throw ValidationError("--cluster-endpoints: no etcd URL given") }
-        // Startup adapters take their id from the node's table, not the fleet's counter:
-        // two nodes would give different adapters one id. Refused until they reserve ids.
-        guard self.loraModules.isEmpty else {
-            throw ValidationError(
-                "--lora-modules is not supported with --cluster-endpoints: load startup adapters through POST /v1/load_lora_adapter or `lorikeet ctl load` once the fleet is up (ids come from the fleet's counter)"
-            )
-        }
         let name = self.clusterName ?? environment["LORIKEET_CLUSTER_NAME"] ?? "lorikeet"
         try ClusterOptions.checkName(name, flag: "--cluster-name")
         let node = self.nodeName ?? environment["LORIKEET_CLUSTER_NODE_NAME"] ?? "\(ProcessInfo.processInfo.hostName):\(port)"

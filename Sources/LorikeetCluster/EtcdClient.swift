@@ -155,9 +155,10 @@ package final class EtcdClient: Sendable {
                 lastError = error.error
                 guard error.error.triesNextMember, idempotent || error.notApplied else {
                     // Let the next call start elsewhere when this member is the problem.
-                    if error.error.triesNextMember { self.remember(index + 1) }
-                    if case .timeout(let message) = error.error, !idempotent {
-                        throw .timeout("\(message); the write may have been applied: read back before retrying")
+                    if error.error.triesNextMember {
+                        self.remember(index + 1)
+                        // A write that reached the member: applied or not, nobody can say yet.
+                        if !idempotent { throw .outcomeUnknown("\(error.error)") }
                     }
                     throw error.error
                 }

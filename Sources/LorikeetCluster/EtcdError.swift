@@ -14,6 +14,10 @@ package enum EtcdError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The cluster answered but cannot serve: no leader (quorum lost), or the request timed
     /// out inside etcd. Heals by itself when a quorum of members is back.
     case unavailable(String)
+    /// A write reached a member and then failed without an answer (the member went quiet,
+    /// closed the connection, or said its proposal timed out): it may have been applied, now
+    /// or later. Read back before retrying; the message says what happened.
+    case outcomeUnknown(String)
     /// History before `revision` is gone: a watch's `compact_revision`, or for a range, the
     /// revision that was asked for. Reload with a range at the current revision and watch
     /// again from there.
@@ -43,6 +47,7 @@ package enum EtcdError: Error, Sendable, Equatable, CustomStringConvertible {
         case .unreachable(let message): "etcd unreachable: \(message)"
         case .timeout(let message): "etcd call timed out: \(message)"
         case .unavailable(let message): "etcd unavailable (no quorum or no leader?): \(message)"
+        case .outcomeUnknown(let message): "etcd write outcome unknown (it may have been applied; read back): \(message)"
         case .compacted(let revision): "etcd history compacted: revision \(revision) is no longer available; reload and watch again"
         case .leaseNotFound(let id): "etcd lease \(id) not found (expired or revoked)"
         case .txnFailed(let message): "etcd refused the transaction: \(message)"

@@ -55,7 +55,7 @@ extension EtcdClient {
                 // Member trouble is retried on the next member; anything else would fail
                 // the same way again (a message over the size cap, a refused request).
                 switch error {
-                case .unreachable, .timeout, .unavailable: break
+                case .unreachable, .timeout, .unavailable, .outcomeUnknown: break
                 case .compacted, .cancelled, .shutdown, .badResponse, .responseTooLarge, .rejected, .txnFailed,
                     .leaseNotFound, .invalidArgument:
                     throw error

@@ -163,6 +163,9 @@ package final class ClusterAgent: Sendable {
                 let result = try await self.client.txn(
                     compare: [guardCompare], success: [.put(key: self.keys.nextID, value: Array("\(next + 1)".utf8))])
                 if result.succeeded { return ClusterReserveReply(intID: next) }
+            } catch .outcomeUnknown(let message) {
+                // Applied or not, the counter is read again: at worst an id is skipped.
+                self.logger.notice("id reservation outcome unknown; reading the counter again", metadata: ["error": "\(message)"])
             } catch {
                 return ClusterReserveReply(status: Self.unreachable(error))
             }
@@ -203,7 +206,14 @@ package final class ClusterAgent: Sendable {
             result = try await self.client.txn(compare: compares, success: success, failure: failure)
         } catch {
             let status: Status
-            if case .timeout = error {
+            if case .outcomeUnknown = error {
+                if let revision = await self.appliedRevision(of: request) {
+                    // The transaction did land: answer as for a commit (after the fleet applied it).
+                    self.logger.notice(
+                        "commit outcome was unknown; read back: committed", metadata: ["etcd.revision": "\(revision)", "error": "\(error)"])
+                    await self.state.waitForFleet(callID: callID, revision: revision)
+                    return
+                }
                 status = Status(
                     code: .unavailable,
                     message: "cluster unreachable: the commit's outcome is unknown (\(error)); check GET /v1/models before retrying")
@@ -223,6 +233,23 @@ package final class ClusterAgent: Sendable {
             "committed",
             metadata: ["etcd.revision": "\(result.revision)", "upserts": "\(request.upserts.map(\.name))", "removes": "\(request.removes)"])
         await self.state.waitForFleet(callID: callID, revision: result.revision)
+    }
+
+    /// After a commit whose outcome is unknown: the revision at which it landed, read back,
+    /// or nil when that cannot be shown. A load or reload landed when every upserted name
+    /// holds exactly the record this commit wrote (its id was reserved for it alone, so no
+    /// other write can have put those bytes). A removal cannot be shown this way (an absent
+    /// key says nothing of who deleted it, nor when): nil.
+    func appliedRevision(of request: ClusterCommitRequest) async -> Int64? {
+        guard request.removes.isEmpty, !request.upserts.isEmpty else { return nil }
+        var revision: Int64 = 0
+        for record in request.upserts {
+            guard let range = try? await self.client.range(key: self.keys.adapter(record.name)),
+                let kv = range.kvs.first, kv.value == record.serializedBytes()
+            else { return nil }
+            revision = max(revision, kv.modRevision)
+        }
+        return revision
     }
 
     /// Why a commit's compare failed, from the keys' current values (the failure branch's ranges).

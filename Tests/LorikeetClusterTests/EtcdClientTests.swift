@@ -34,6 +34,24 @@ struct EtcdClientTests {
         await blocking { cluster.shutdown() }
     }
 
+    @Test("a write whose answer is lost after it landed fails as outcome unknown, is not sent again, and reads back")
+    func lostAnswer() async throws {
+        try await withCluster { cluster, _ in
+            let proxy = try AnswerDroppingProxy(target: cluster.endpoints[0], marker: "/v3/kv/put")
+            defer { proxy.stop() }
+            let client = try EtcdClient(
+                endpoints: ["127.0.0.1:\(proxy.port)"] + Array(cluster.endpoints.dropFirst()), logger: Self.logger)
+            defer { client.shutdown() }
+            let error = await #expect(throws: EtcdError.self) {
+                try await withHangGuard(seconds: 30) { try await client.put(key: "/lost/a", value: "landed") }
+            }
+            if case .outcomeUnknown? = error {} else { Issue.record("a lost answer failed with \(String(describing: error))") }
+            #expect(proxy.dropped == 1)
+            let kv = try await client.range(key: "/lost/a").kvs.first
+            #expect(kv?.valueString == "landed" && kv?.version == 1, "landed once: \(String(describing: kv))")
+        }
+    }
+
     @Test func putRangeDelete() async throws {
         try await withCluster { _, client in
             let first = try await client.put(key: "/t/a", value: "1")
@@ -258,7 +276,7 @@ struct EtcdClientTests {
                     }
                 }
                 switch error {
-                case .unavailable?, .timeout?: break
+                case .unavailable?, .timeout?, .outcomeUnknown?: break
                 default: Issue.record("\(call) with quorum lost failed with \(String(describing: error))")
                 }
             }
@@ -293,7 +311,8 @@ struct EtcdClientTests {
             // fails with a timeout that says so; the next call starts at the other member.
             let stuck = try EtcdClient(endpoints: [cluster.endpoints[1], cluster.endpoints[2]], logger: Self.logger)
             defer { stuck.shutdown() }
-            await #expect(throws: EtcdError.self) { try await stuck.put(key: "/f/w", value: "x", timeout: .seconds(8)) }
+            let error = await #expect(throws: EtcdError.self) { try await stuck.put(key: "/f/w", value: "x", timeout: .seconds(8)) }
+            if case .outcomeUnknown? = error {} else { Issue.record("a write to a frozen member failed with \(String(describing: error))") }
             try await stuck.put(key: "/f/w", value: "y", timeout: .seconds(8))
         }
     }
@@ -389,7 +408,7 @@ func putReadingBack(_ client: EtcdClient, key: String, value: String) async thro
     for _ in 0..<10 {
         do {
             return try await client.put(key: key, value: value)
-        } catch .timeout, .unavailable {
+        } catch .timeout, .unavailable, .outcomeUnknown {
             if let kv = try? await client.range(key: key).kvs.first, kv.valueString == value { return kv.modRevision }
         }
     }

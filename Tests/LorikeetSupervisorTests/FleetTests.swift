@@ -32,8 +32,8 @@ struct FleetTests {
             ]
         }
 
-        func start(_ name: String, stateDirectory: String? = nil) throws -> ServerUnderTest {
-            try ServerUnderTest(workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name))
+        func start(_ name: String, stateDirectory: String? = nil, extraArguments: [String] = []) throws -> ServerUnderTest {
+            try ServerUnderTest(workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name) + extraArguments)
         }
 
         func stop() {
@@ -88,6 +88,70 @@ struct FleetTests {
         #expect(refused.log.contains("another node uses --node-name A"), "\(refused.log.suffix(2000))")
         #expect(try Self.load(fleet.nodes[0], "after-duplicate").status == 200)
         #expect(try Self.complete(fleet.nodes[0], "after-duplicate") == 200)
+    }
+
+    @Test("a commit whose answer from etcd is lost is read back: the load answers 200 and every node serves the adapter")
+    func lostCommitAnswer() async throws { try Self.lostCommitAnswerBody() }
+
+    static func lostCommitAnswerBody() throws {
+        let fleet = try Fleet(names: ["B"])
+        defer { fleet.stop() }
+        // Node A talks to etcd through a proxy that loses the answer to the commit of
+        // "lost" (the only request naming its key) after etcd applied it.
+        let key = Data("/\(fleet.cluster)/adapters/lost".utf8).base64EncodedString()
+        let proxy = try AnswerDroppingProxy(target: fleet.etcd.endpoints[0], marker: key)
+        defer { proxy.stop() }
+        let endpoints = (["127.0.0.1:\(proxy.port)"] + fleet.etcd.endpoints).map { "http://\($0)" }.joined(separator: ",")
+        let a = try ServerUnderTest(
+            workers: 2,
+            extraArguments: [
+                "--cluster-endpoints", endpoints, "--cluster-name", fleet.cluster, "--node-name", "A", "--cluster-lease-seconds",
+                "\(FleetTests.leaseSeconds)",
+            ])
+        fleet.nodes.append(a)
+        let response = try Self.load(a, "lost")
+        #expect(response.status == 200, "\(response.body.prefix(500))")
+        #expect(proxy.dropped == 1, "the commit's answer was dropped")
+        #expect(a.log.contains("read back: committed"), "\(a.log.suffix(3000))")
+        for node in fleet.nodes {
+            for _ in 0..<10 { #expect(try Self.complete(node, "lost") == 200) }
+        }
+        #expect(Set(try fleet.nodes.map { try Self.table($0)["lost"] }).count == 1)
+    }
+
+    @Test(
+        "--lora-modules in a fleet: nodes started together with the same startup adapter commit it once, under one fleet-wide id; every node serves it; a restarted node changes nothing"
+    )
+    func startupModules() async throws { try Self.startupModulesBody() }
+
+    static func startupModulesBody() throws {
+        let fleet = try Fleet(names: [])
+        defer { fleet.stop() }
+        let module = ["--lora-modules", "startup=" + (try TestEnvironment.fixtureDirectory()) + "/adapters/plain"]
+        let arguments = ["A", "B"].map { fleet.arguments($0) + module }
+        let started = Self.parallel(2) { index in try ServerUnderTest(workers: 2, extraArguments: arguments[index]) }
+        for result in started { if case .success(let node) = result { fleet.nodes.append(node) } }
+        for result in started { _ = try result.get() }
+        func startupIDs() throws -> [Int?] { try fleet.nodes.map { try Self.table($0)["startup"] } }
+        let deadline = Date().addingTimeInterval(60)
+        while try startupIDs().contains(nil), Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
+        let ids = try startupIDs()
+        #expect(ids.allSatisfy { $0 != nil } && Set(ids).count == 1, "startup ids per node: \(ids)")
+        for node in fleet.nodes {
+            for _ in 0..<10 { #expect(try Self.complete(node, "startup") == 200) }
+            #expect(!node.log.contains("--lora-modules adapter refused"), "\(node.log.suffix(3000))")
+        }
+        // An API load afterwards gets another id from the fleet's counter.
+        #expect(try Self.load(fleet.nodes[1], "after-startup").status == 200)
+        let later = try Self.table(fleet.nodes[0])["after-startup"]
+        #expect(later != nil && later != ids[0])
+        // A node restarted with the same module finds it in the fleet's table: same id.
+        fleet.nodes[0].stop()
+        fleet.nodes[0] = try fleet.start("A", extraArguments: module)
+        Thread.sleep(forTimeInterval: 2)
+        #expect(try Self.table(fleet.nodes[0])["startup"] == ids[0])
+        #expect(try Self.table(fleet.nodes[1])["startup"] == ids[0])
+        #expect(try Self.complete(fleet.nodes[0], "startup") == 200)
     }
 
     @Test(

@@ -210,7 +210,10 @@ package final class SupervisedWorkerService: Service {
         let reply: AdapterMutationReply
         switch envelope.body {
         case .load(let request):
-            reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.load(request) }
+            let trusted = request.caller == Self.startupCaller && request.originSlot == self.configuration.workerSlot
+            reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) {
+                await self.leader.load(request, trustedPath: trusted)
+            }
         case .unload(let request):
             reply = await SupervisorLink.$routedCallID.withValue(envelope.callID) { await self.leader.unload(request) }
         default:
@@ -308,26 +311,56 @@ package final class SupervisedWorkerService: Service {
     /// committed table (through the same commit path as any load, so every worker serves
     /// them), unless the table already holds them at the same path. Paths are trusted (no
     /// allowed-prefix policy; `serve` tells the engine too).
+    ///
+    /// In a fleet the load goes through the supervisor like an HTTP load, which reserves a
+    /// fleet-wide id first; nodes started together with the same module race, one commits
+    /// it and the others find it in the fleet's table.
     private func loadStartupModules() async {
         for module in self.configuration.loraModules {
             guard let canonical = PathPolicy.realPath(module.path) else {
                 self.logger.error("--lora-modules: the path does not exist", metadata: ["adapter.name": "\(module.name.echoed())"])
                 continue
             }
-            if let adapter = self.replica.resolve(model: module.name)?.adapter, adapter.path == canonical { continue }
-            let reply = await self.leader.load(
-                LoadAdapterRequest(
-                    name: module.name, path: canonical, loadInplace: true, baseModel: module.baseModelName ?? "",
-                    originSlot: self.configuration.workerSlot, caller: "--lora-modules"),
-                trustedPath: true)
+            if self.holds(module.name, at: canonical) { continue }
+            let request = LoadAdapterRequest(
+                name: module.name, path: canonical, loadInplace: true, baseModel: module.baseModelName ?? "",
+                originSlot: self.configuration.workerSlot, caller: Self.startupCaller)
+            let reply =
+                self.configuration.fleet
+                ? await self.mutator.load(request) : await self.leader.load(request, trustedPath: true)
             if reply.status.isOK {
                 self.logger.info("--lora-modules adapter loaded", metadata: ["adapter.name": "\(module.name.echoed())"])
+            } else if reply.status.code == .alreadyExists || reply.status.code == .aborted,
+                await self.eventuallyHolds(module.name, at: canonical)
+            {
+                self.logger.info(
+                    "--lora-modules adapter loaded by another node", metadata: ["adapter.name": "\(module.name.echoed())"])
             } else {
                 self.logger.error(
                     "--lora-modules adapter refused",
                     metadata: ["adapter.name": "\(module.name.echoed())", "reason": "\(reply.status.message)"])
             }
         }
+    }
+
+    /// The `caller` of a startup adapter's load: a routed load with it, from this worker's
+    /// own slot, is the operator's and skips the allowed-prefix policy (clients cannot set
+    /// `caller`; the worker does).
+    static let startupCaller = "--lora-modules"
+
+    /// Whether the table holds `name` at `path`.
+    private func holds(_ name: String, at path: String) -> Bool {
+        self.replica.resolve(model: name)?.adapter?.path == path
+    }
+
+    /// Whether the table holds `name` at `path` within 5 s (another node's commit of it
+    /// reaches this node through the fleet's watch).
+    private func eventuallyHolds(_ name: String, at path: String) async -> Bool {
+        for _ in 0..<50 {
+            if self.holds(name, at: path) { return true }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return self.holds(name, at: path)
     }
 
     private func reconcileEngine() async {
