@@ -238,7 +238,7 @@ extension ServeTests {
         #expect(try server.workerList().compactMap { $0["pid"] as? Int }.sorted() == pids)
     }
 
-    @Test("--max-adapters out of range, --max-body-bytes over the ceiling, --lora-modules in a fleet: refused before anything starts")
+    @Test("--max-adapters out of range, --max-body-bytes over the ceiling, --prefix-cache-mib below 0: refused before anything starts")
     func limitFlagsValidated() throws {
         let binary = try TestEnvironment.lorikeetBinary
         let (tooMany, tooManyOutput) = try TestEnvironment.runProcess(
@@ -251,11 +251,10 @@ extension ServeTests {
         #expect(body == 64 && bodyOutput.contains("--max-body-bytes must be at most"), "\(bodyOutput)")
         let (hosts, hostsOutput) = try TestEnvironment.runProcess(binary, ["serve", "--allowed-hosts", "a.example,,b"])
         #expect(hosts == 64 && hostsOutput.contains("empty host name"), "\(hostsOutput)")
-        let (fleetModules, fleetModulesOutput) = try TestEnvironment.runProcess(
-            binary, ["serve", "--cluster-endpoints", "http://127.0.0.1:1", "--lora-modules", "a=/tmp"])
+        let (prefixCache, prefixCacheOutput) = try TestEnvironment.runProcess(binary, ["serve", "--prefix-cache-mib=-1"])
         #expect(
-            fleetModules == 64 && fleetModulesOutput.contains("--lora-modules is not supported with --cluster-endpoints"),
-            "\(fleetModulesOutput)")
+            prefixCache == 64 && prefixCacheOutput.contains("--prefix-cache-mib must be between 0 (off) and 1048576"),
+            "\(prefixCacheOutput)")
     }
 
     /// prctl(PR_SET_CHILD_SUBREAPER) for this process (glibc's variadic `prctl` is not
