@@ -21,6 +21,19 @@ struct PrefixCacheTests {
             params: SamplingParams(maxTokens: 12, temperature: seed == nil ? 0 : 1, seed: seed, ignoreEOS: true))
     }
 
+    /// An engine with the prefix cache and one without, each holding `adapters` (fixture
+    /// name, id) loaded at epoch 1.
+    static func engines(adapters: [(name: String, id: UInt64)]) throws -> (cached: EngineCore, plain: EngineCore) {
+        let cached = try Fixture.engine()
+        let plain = try Fixture.engine(prefixCacheMiB: 0)
+        for core in [cached, plain] {
+            for adapter in adapters {
+                _ = try core.adapters.add(name: adapter.name, intID: adapter.id, path: try Fixture.adapter(adapter.name), epoch: 1)
+            }
+        }
+        return (cached, plain)
+    }
+
     @Test("a prompt starting with a finished request's tokens copies them and gives the same tokens as without the cache")
     func reuseAfterFinish() async throws {
         let cached = try Fixture.engine()
@@ -65,12 +78,7 @@ struct PrefixCacheTests {
 
     @Test("positions computed with one adapter are never reused by the base model, another adapter, or replaced weights")
     func adapterIsolation() async throws {
-        let cached = try Fixture.engine()
-        let plain = try Fixture.engine(prefixCacheMiB: 0)
-        for core in [cached, plain] {
-            _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), epoch: 1)
-            _ = try core.adapters.add(name: "rslora", intID: 2, path: try Fixture.adapter("rslora"), epoch: 1)
-        }
+        let (cached, plain) = try Self.engines(adapters: [("plain", 1), ("rslora", 2)])
         let prompt = Self.prompt(" word: why?")
         _ = await cached.complete(Self.request("a1", prompt, adapter: 1))
         for (id, adapter) in [("base", nil), ("other", UInt64(2))] as [(String, UInt64?)] {
@@ -94,11 +102,7 @@ struct PrefixCacheTests {
 
     @Test("a request queued across a replace of its adapter runs with the new weights and reuses none of the old weights' positions")
     func replacedWhileQueued() async throws {
-        let cached = try Fixture.engine()
-        let plain = try Fixture.engine(prefixCacheMiB: 0)
-        for core in [cached, plain] {
-            _ = try core.adapters.add(name: "plain", intID: 1, path: try Fixture.adapter("plain"), epoch: 1)
-        }
+        let (cached, plain) = try Self.engines(adapters: [("plain", 1)])
         let prompt = Self.prompt(" word: why?")
         _ = await cached.complete(Self.request("old-weights", prompt, adapter: 1))
         // Hold the scheduler thread (a base request's first event) while the next request is
