@@ -7,9 +7,28 @@ let upcoming: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
-let targetCPU = Context.environment["LORIKEET_TARGET_CPU"] ?? "native"
-let kernelSettings: [SwiftSetting] =
-    [.unsafeFlags(["-O"])] + (targetCPU == "generic" ? [] : [.unsafeFlags(["-target-cpu", targetCPU], .when(platforms: [.linux]))])
+// The kernels are built twice on x86-64 (LorikeetKernelDispatch picks one at run time): for
+// the baseline CPU, and for x86-64-v3 (`haswell`: AVX2, FMA, F16C). LORIKEET_TARGET_CPU
+// replaces the second one's CPU (`native`, `skylake-avx512`, ...): the binary then needs
+// that CPU whenever the CPU reports AVX2 (the run-time check knows x86-64-v3 only).
+let kernelSettings: [SwiftSetting] = [.unsafeFlags(["-O"])]
+#if arch(x86_64)
+    let fastKernelCPU = Context.environment["LORIKEET_TARGET_CPU"] ?? "haswell"
+    let fastKernelTargets: [Target] = [
+        .target(
+            name: "LorikeetKernelsAVX2",
+            swiftSettings: upcoming + kernelSettings + [
+                .unsafeFlags(["-target-cpu", fastKernelCPU]),
+                // The sources use the FMA and F16C instructions directly under this flag (in the
+                // portable build those operations are library calls, written out instead).
+                .define("LORIKEET_FMA_F16C"),
+            ])
+    ]
+    let fastKernelDependencies: [Target.Dependency] = ["LorikeetKernelsAVX2"]
+#else
+    let fastKernelTargets: [Target] = []
+    let fastKernelDependencies: [Target.Dependency] = []
+#endif
 
 let package = Package(
     name: "lorikeet",
@@ -189,7 +208,7 @@ let package = Package(
         .testTarget(
             name: "LorikeetClusterTests",
             dependencies: [
-                "LorikeetCluster", "LorikeetTestSupport",
+                "LorikeetCluster", "LorikeetClusterAgent", "LorikeetJSON", "LorikeetTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming
@@ -227,15 +246,18 @@ let package = Package(
         ),
 
         // Matrix-vector kernels on quantized weights. Always optimized (generic SIMD code is
-        // unusable at -Onone, and tests run the real model in debug builds) and compiled for
-        // the build machine's CPU like llama.cpp's GGML_NATIVE; LORIKEET_TARGET_CPU overrides
-        // it (e.g. `haswell`, or `generic` for a portable build).
+        // unusable at -Onone, and tests run the real model in debug builds). This build is the
+        // portable one; LorikeetKernelsAVX2 (same files, symbolic links) is the x86-64-v3 one,
+        // and LorikeetKernelDispatch picks one when the process starts.
         .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
+        .target(
+            name: "LorikeetKernelDispatch", dependencies: ["LorikeetKernels", "CLorikeetSys"] + fastKernelDependencies,
+            swiftSettings: upcoming),
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
         // Model download is the command layer's (LorikeetCLI/ModelDownload.swift).
         .target(
             name: "LorikeetEngine",
-            dependencies: ["LorikeetGGUF", "LorikeetJSON", "LorikeetKernels", "LorikeetLimits", "LorikeetStructured"],
+            dependencies: ["LorikeetGGUF", "LorikeetJSON", "LorikeetKernelDispatch", "LorikeetLimits", "LorikeetStructured"],
             swiftSettings: upcoming),
         .executableTarget(
             name: "LorikeetBenchEngine",
@@ -245,7 +267,7 @@ let package = Package(
         .testTarget(
             name: "LorikeetEngineTests",
             // LorikeetCLI: the real-model tests get the default model as `lorikeet engine` does.
-            dependencies: ["LorikeetEngine", "LorikeetGGUF", "LorikeetCLI", "LorikeetTestSupport"],
+            dependencies: ["LorikeetEngine", "LorikeetGGUF", "LorikeetCLI", "LorikeetKernelDispatch", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
 
@@ -272,5 +294,5 @@ let package = Package(
             dependencies: ["LorikeetEngineServer", "LorikeetEngine", "LorikeetProto", "LorikeetTestSupport"],
             swiftSettings: upcoming
         ),
-    ]
+    ] + fastKernelTargets
 )

@@ -52,7 +52,8 @@ enum SmolLM2Bench {
         let weightMiB = Double(bytes) / 1_048_576
         print(
             "SmolLM2-135M-Instruct Q4_1, weights \(storage.rawValue) (\(String(format: "%.0f", weightMiB)) MiB), "
-                + "loaded in \(String(format: "%.2f", loadSeconds)) s; prompt \(prompt.count) tokens, \(decodeTokens) decode tokens")
+                + "loaded in \(String(format: "%.2f", loadSeconds)) s; prompt \(prompt.count) tokens, \(decodeTokens) decode tokens; kernels \(EngineCore.kernels)"
+        )
         var results: [Result] = []
         for threads in threadCounts {
             // The prefix cache off: every round computes the whole prompt (what llama.cpp's

@@ -23,15 +23,25 @@ struct ClusterAgentCommand: AsyncParsableCommand {
     @Option(name: .customLong("cluster-name"), help: "Key prefix of the fleet.") var clusterName = "lorikeet"
     @Option(name: .customLong("node-name"), help: "This node's name in the fleet.") var nodeName: String
     @Option(name: .customLong("cluster-lease-seconds"), help: "TTL of the node's lease.") var clusterLeaseSeconds: Int64 = 10
+    @Option(name: .customLong("incarnation"), help: "The supervisor run's token, kept across agent restarts.")
+    var incarnation = NodeStatus.newIncarnation()
     @Option(name: .customLong("parent-pid"), help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
     @Option(name: .customLong("log-format"), help: "text or json.") var logFormat = "text"
+
+    func validate() throws {
+        // The token is written into the node key and compared: 1-64 hex digits, nothing else.
+        let hex = self.incarnation.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+        guard (1...64).contains(self.incarnation.utf8.count), hex else {
+            throw ValidationError("--incarnation must be 1-64 lowercase hex digits")
+        }
+    }
 
     func run() async throws {
         var logger = ParentWatch.prepareChild(label: "lorikeet.cluster-agent", logFormat: self.logFormat, parentPID: self.parentPid)
         logger[metadataKey: "node"] = "\(self.nodeName)"
         let configuration = ClusterAgentConfiguration(
             endpoints: ClusterOptions.endpoints(self.clusterEndpoints), clusterName: self.clusterName, nodeName: self.nodeName,
-            leaseSeconds: self.clusterLeaseSeconds, version: LorikeetVersion.string)
+            leaseSeconds: self.clusterLeaseSeconds, version: LorikeetVersion.string, incarnation: self.incarnation)
         let agent: ClusterAgent
         do {
             agent = try ClusterAgent(configuration: configuration, controlFD: self.controlFd, logger: logger)

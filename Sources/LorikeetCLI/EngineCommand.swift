@@ -126,7 +126,7 @@ struct EngineCommand: AsyncParsableCommand {
             metadata: [
                 "socket": "\(self.socket)", "model": "\(core.info.modelName)", "vocab": "\(core.info.vocabSize)",
                 "max_loras": "\(options.adapters.maxLoras)", "max_cpu_loras": "\(options.adapters.maxCpuLoras)",
-                "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)",
+                "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)", "kernels": "\(EngineCore.kernels)",
                 "prefix_cache_mib": "\(options.prefixCacheBytes >> 20)",
                 "adapter_prefixes":
                     "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",

@@ -84,7 +84,15 @@ enum EtcdJSON {
     /// `header.revision`.
     static func revision(_ response: JSONValue) throws(EtcdError) -> Int64 {
         guard let header = response["header"] else { return 0 }
-        return try self.int64(header, "revision")
+        return try self.revisionNumber(header, "revision")
+    }
+
+    /// A revision field: 0...Int64.max - 1 (a store never gets near the top; a member or proxy
+    /// claiming it would make "watch from revision + 1" overflow).
+    static func revisionNumber(_ object: JSONValue, _ name: String) throws(EtcdError) -> Int64 {
+        let value = try self.int64(object, name)
+        guard value >= 0, value < Int64.max else { throw .badResponse("\(name) \(value) is not a revision") }
+        return value
     }
 
     static func keyValue(_ object: JSONValue) throws(EtcdError) -> EtcdKeyValue {
@@ -92,8 +100,8 @@ enum EtcdJSON {
         return EtcdKeyValue(
             key: String(decoding: try self.bytes(object, "key"), as: UTF8.self),
             value: try self.bytes(object, "value"),
-            createRevision: try self.int64(object, "create_revision"),
-            modRevision: try self.int64(object, "mod_revision"),
+            createRevision: try self.revisionNumber(object, "create_revision"),
+            modRevision: try self.revisionNumber(object, "mod_revision"),
             version: try self.int64(object, "version"),
             lease: try self.int64(object, "lease"))
     }

@@ -110,6 +110,11 @@ package struct EtcdLease: Sendable, Equatable {
     package var id: Int64
     /// Seconds the lease lives without a renewal, as etcd granted it.
     package var ttl: Int64
+
+    package init(id: Int64, ttl: Int64) {
+        self.id = id
+        self.ttl = ttl
+    }
 }
 
 /// A lease's remaining life (`LeaseTimeToLiveResponse`).

@@ -115,6 +115,9 @@ extension EtcdClient {
                     }
                     defer { group.cancelAll() }
                     var pending = ByteBuffer()
+                    // Bytes of `pending` already searched for a newline (a long message
+                    // arriving in many chunks is scanned once, not once per chunk).
+                    var scanned = 0
                     var status = 0
                     for try await part in inbound {
                         switch part {
@@ -126,10 +129,12 @@ extension EtcdClient {
                                 if pending.readableBytes > limit { throw EtcdError.responseTooLarge(limit: limit) }
                                 continue
                             }
-                            while let newline = pending.readableBytesView.firstIndex(of: 0x0A) {
+                            while let newline = pending.readableBytesView.dropFirst(scanned).firstIndex(of: 0x0A) {
                                 let line = pending.readBytes(length: newline - pending.readerIndex + 1) ?? []
+                                scanned = 0
                                 try await stream.handle(line, onEvent: onEvent)
                             }
+                            scanned = pending.readableBytes
                             if pending.readableBytes > limit { throw EtcdError.responseTooLarge(limit: limit) }
                             pending.discardReadBytes()
                         case .end:

@@ -19,13 +19,19 @@ package struct ClusterAgentConfiguration: Sendable {
     package var leaseSeconds: Int64
     /// Reported in the node key.
     package var version: String
+    /// The supervisor run's token (`--incarnation`), written into the node key: a key under
+    /// another lease with this token is this node's previous agent, waited out, never an error.
+    package var incarnation: String
 
-    package init(endpoints: [String], clusterName: String, nodeName: String, leaseSeconds: Int64, version: String) {
+    package init(
+        endpoints: [String], clusterName: String, nodeName: String, leaseSeconds: Int64, version: String, incarnation: String
+    ) {
         self.endpoints = endpoints
         self.clusterName = clusterName
         self.nodeName = nodeName
         self.leaseSeconds = leaseSeconds
         self.version = version
+        self.incarnation = incarnation
     }
 }
 
@@ -87,7 +93,7 @@ package final class ClusterAgent: Sendable {
             onConnectionLost: { inboundSink.yield(.lost($0)) })
         self.state = AgentState(
             nodeName: configuration.nodeName, link: self.link, commitWaitLimit: .seconds(max(configuration.leaseSeconds, 1) * 3),
-            publish: publishSink)
+            publish: publishSink, logger: logger)
     }
 
     /// Runs until the supervisor goes away (throws `ClusterAgentError.supervisorGone`).
@@ -156,7 +162,21 @@ package final class ClusterAgent: Sendable {
             do throws(EtcdError) {
                 let current = try await self.client.range(key: self.keys.nextID)
                 let kv = current.kvs.first
-                let next = kv.flatMap { UInt64($0.valueString) } ?? 1
+                var next: UInt64 = 1
+                if let kv {
+                    guard let parsed = ClusterKeys.adapterID(kv.valueString) else {
+                        self.logger.error(
+                            "the fleet's id counter is not a valid id; loads are refused until it is fixed",
+                            metadata: ["etcd.key": "\(self.keys.nextID)"])
+                        return ClusterReserveReply(
+                            status: Status(
+                                code: .failedPrecondition,
+                                message:
+                                    "the fleet's id counter \(self.keys.nextID) in etcd does not hold an id in 1...\(ClusterKeys.maximumAdapterID); put the largest adapter id + 1 there"
+                            ))
+                    }
+                    next = parsed
+                }
                 let guardCompare: EtcdCompare =
                     kv.map { EtcdCompare(key: self.keys.nextID, .equal, .modRevision($0.modRevision)) }
                     ?? EtcdCompare(key: self.keys.nextID, .equal, .version(0))
@@ -176,7 +196,15 @@ package final class ClusterAgent: Sendable {
 
     /// One transaction: every upsert compares the record this node saw (or its absence),
     /// every remove the record it saw. The reply waits for the fleet (`AgentState`).
+    ///
+    /// An empty request writes nothing: it is a barrier, answered once every live node
+    /// applied the last revision this node was given (a refusal read from this node's table
+    /// then holds fleet-wide).
     func commit(_ request: ClusterCommitRequest, callID: UInt64) async {
+        if request.upserts.isEmpty, request.removes.isEmpty {
+            await self.state.waitForFleetToApplyPushed(callID: callID)
+            return
+        }
         let previous = Dictionary(request.previous.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var compares: [EtcdCompare] = []
         var success: [EtcdOp] = []
@@ -184,7 +212,7 @@ package final class ClusterAgent: Sendable {
         for record in request.upserts {
             let key = self.keys.adapter(record.name)
             if let seen = previous[record.name] {
-                compares.append(EtcdCompare(key: key, .equal, .value(seen.serializedBytes())))
+                compares.append(await self.unchanged(key, name: record.name, seen: seen))
             } else {
                 compares.append(EtcdCompare(key: key, .equal, .version(0)))
             }
@@ -194,7 +222,7 @@ package final class ClusterAgent: Sendable {
         for name in request.removes {
             let key = self.keys.adapter(name)
             if let seen = previous[name] {
-                compares.append(EtcdCompare(key: key, .equal, .value(seen.serializedBytes())))
+                compares.append(await self.unchanged(key, name: name, seen: seen))
             } else {
                 compares.append(EtcdCompare(key: key, .greater, .version(0)))
             }
@@ -235,6 +263,16 @@ package final class ClusterAgent: Sendable {
         await self.state.waitForFleet(callID: callID, revision: result.revision)
     }
 
+    /// "The key still holds the record this node saw": its mod revision when the agent's view
+    /// holds that record (so a record written by a newer version, whose bytes this one would
+    /// re-encode differently, can still be reloaded and unloaded), else its bytes.
+    private func unchanged(_ key: String, name: String, seen: AdapterRecord) async -> EtcdCompare {
+        if let revision = await self.state.currentRevision(of: name, ifHolding: seen) {
+            return EtcdCompare.unchanged(key, since: revision)
+        }
+        return EtcdCompare(key: key, .equal, .value(seen.serializedBytes()))
+    }
+
     /// After a commit whose outcome is unknown: the revision at which it landed, read back,
     /// or nil when that cannot be shown. A load or reload landed when every upserted name
     /// holds exactly the record this commit wrote (its id was reserved for it alone, so no
@@ -265,7 +303,7 @@ package final class ClusterAgent: Sendable {
             if !isUpsert && !exists || isUpsert && previous[name] != nil && !exists {
                 return Status(code: .notFound, message: "The lora adapter '\(name)' cannot be found.", param: "lora_name")
             }
-            if let seen = previous[name], range.kvs.first?.value != seen.serializedBytes() {
+            if let seen = previous[name], let value = range.kvs.first?.value, (try? AdapterRecord(serializedBytes: value)) != seen {
                 return Status(
                     code: .aborted, message: "The lora adapter '\(name)' was changed on another node at the same time; retry.",
                     param: "lora_name")
@@ -296,17 +334,23 @@ package final class ClusterAgent: Sendable {
         let marginMs = max(2000, ttlMs / 4)
         let renewEvery = Duration.milliseconds(max(min(ttlMs / 3, (ttlMs - marginMs) / 3), 100))
         var pause = Duration.milliseconds(100)
+        var mayAdopt = true
         while !Task.isCancelled {
             let lease: EtcdLease
             let granted = MonotonicClock.nowMs()
-            do throws(EtcdError) {
-                lease = try await self.client.grantLease(ttl: self.configuration.leaseSeconds)
-            } catch {
-                self.logger.warning("cannot grant the node's lease; retrying", metadata: ["error": "\(error)"])
-                try? await Task.sleep(for: pause)
-                pause = min(pause * 2, .seconds(2))
-                continue
+            if mayAdopt, let adopted = await self.predecessorLease(renewTimeout: renewEvery * 2) {
+                lease = adopted
+            } else {
+                do throws(EtcdError) {
+                    lease = try await self.client.grantLease(ttl: self.configuration.leaseSeconds)
+                } catch {
+                    self.logger.warning("cannot grant the node's lease; retrying", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: pause)
+                    pause = min(pause * 2, .seconds(2))
+                    continue
+                }
             }
+            mayAdopt = false
             pause = .milliseconds(100)
             await self.state.setLease(lease.id, validUntilMs: granted + ttlMs - marginMs)
             var failing = false
@@ -331,6 +375,24 @@ package final class ClusterAgent: Sendable {
         }
     }
 
+    /// The lease of this supervisor run's previous agent (the node key carries this run's
+    /// `incarnation`), renewed once, so this agent keeps it instead of granting a new one: the
+    /// node key stays, commits elsewhere keep counting this node (which applied everything it
+    /// reported: the supervisor is the same), and the fence keeps moving. An agent crash then
+    /// costs neither a fenced gap nor a commit elsewhere waiting out the dead agent's lease.
+    /// Nil when there is none, or etcd cannot say (a new lease is granted then).
+    private func predecessorLease(renewTimeout: Duration) async -> EtcdLease? {
+        let key = self.keys.node(self.configuration.nodeName)
+        guard !self.configuration.incarnation.isEmpty,
+            let range = try? await self.client.range(key: key, timeout: renewTimeout),
+            let kv = range.kvs.first, kv.lease != 0,
+            let status = try? NodeStatus(serializedBytes: kv.value), status.incarnation == self.configuration.incarnation,
+            let ttl = try? await self.client.keepAliveOnce(kv.lease, timeout: renewTimeout), ttl > 0
+        else { return nil }
+        self.logger.notice("adopted the lease of this node's previous cluster agent", metadata: ["etcd.lease": "\(kv.lease)"])
+        return EtcdLease(id: kv.lease, ttl: ttl)
+    }
+
     /// Loads the fleet's keys at a revision, pushes the table, then follows the watch from
     /// there; a compaction (or any end of the watch) starts over with a fresh range.
     private func followStore() async {
@@ -351,6 +413,10 @@ package final class ClusterAgent: Sendable {
             } catch {
                 if case .cancelled = error { return }
                 self.logger.notice("watch ended; reloading the table", metadata: ["error": "\(error)"])
+                // A compaction reloads at once; anything else (a member answering garbage, a
+                // message over the size cap) would come back at once: not in a tight loop.
+                if case .compacted = error { continue }
+                try? await Task.sleep(for: .seconds(1))
             }
         }
     }
@@ -358,72 +424,86 @@ package final class ClusterAgent: Sendable {
     /// Writes the node key (under the lease) whenever the applied revision or the lease changes.
     ///
     /// The key is claimed, not overwritten: it is written only when absent or already under
-    /// this node's lease. A key under another lease is a previous run of this node (it
-    /// vanishes when that lease expires, within one TTL) or another live node with the same
-    /// `--node-name`; after 3 TTLs of waiting it is the latter, and the agent exits 78 (the
-    /// supervisor stops the server with that code): two nodes writing one key would break
-    /// the fleet's wait for every node to apply a commit.
+    /// this node's lease. A key under another lease is either this node's previous agent (its
+    /// value carries this supervisor run's `incarnation`; its lease lapses by itself, within
+    /// one TTL of etcd having a leader, so it is waited out however long etcd is down) or, with
+    /// another token, a previous run of this node's supervisor or another live node with the
+    /// same `--node-name`. The decision is ``NodeKeyWait``: after 3 TTLs of etcd answering
+    /// "held" it is the latter, and the agent exits 78 (the supervisor stops the server with
+    /// that code): two nodes writing one key would break the fleet's wait for every node to
+    /// apply a commit.
     private func publishNodeKey() async {
         let started = Self.nowUnixMs()
         let key = self.keys.node(self.configuration.nodeName)
-        var heldElsewhereSinceMs: Int64?
+        var wait = NodeKeyWait(incarnation: self.configuration.incarnation, limitMs: self.configuration.leaseSeconds * 3000)
         for await _ in self.publishes {
             guard let (lease, applied, ready) = await self.state.publication() else { continue }
             let status = NodeStatus(
                 name: self.configuration.nodeName, appliedRevision: applied, state: ready ? "ready" : "joining",
-                version: self.configuration.version, startedUnixMs: started, leaseID: lease)
+                version: self.configuration.version, startedUnixMs: started, leaseID: lease,
+                incarnation: self.configuration.incarnation)
+            let claim: NodeKeyClaim
             do throws(EtcdError) {
-                switch try await self.claimNodeKey(key, status.serializedBytes(), lease: lease) {
-                case .written:
-                    heldElsewhereSinceMs = nil
-                case .heldBy(let other):
-                    let now = MonotonicClock.nowMs()
-                    let since = heldElsewhereSinceMs ?? now
-                    heldElsewhereSinceMs = since
-                    let limitMs = Int64(self.configuration.leaseSeconds) * 3000
-                    if now - since >= limitMs {
-                        self.logger.critical(
-                            "another node uses --node-name \(self.configuration.nodeName) (its key \(key) is kept alive by lease \(other)); give every node a unique --node-name"
-                        )
-                        LorikeetExitCode.cannotBoot.exit()
-                    }
-                    if now == since {
-                        self.logger.warning(
-                            "the node key is held by another lease (a previous run of this node, until its lease expires, or another node with the same --node-name); waiting",
-                            metadata: ["etcd.key": "\(key)", "etcd.lease": "\(other)"])
-                    }
-                    try? await Task.sleep(for: .milliseconds(500))
-                    self.publishSink.yield()
-                }
+                claim = try await self.claimNodeKey(key, status.serializedBytes(), lease: lease)
             } catch {
+                wait.unreachable()
                 self.logger.warning("cannot publish the node key; retrying", metadata: ["error": "\(error)"])
                 // A lease that expired is granted again by `keepLease`, which publishes under the new one.
                 try? await Task.sleep(for: .milliseconds(250))
                 self.publishSink.yield()
+                continue
             }
+            switch wait.observe(claim, nowMs: MonotonicClock.nowMs()) {
+            case .claimed:
+                continue
+            case .waitForPredecessor(let other, let firstTime):
+                if firstTime {
+                    self.logger.notice(
+                        "the node key is still held by this node's previous cluster agent; waiting for its lease to lapse",
+                        metadata: ["etcd.key": "\(key)", "etcd.lease": "\(other)"])
+                }
+            case .waitForHolder(let other, let firstTime):
+                if firstTime {
+                    self.logger.warning(
+                        "the node key is held by another lease (a previous run of this node, until its lease expires, or another node with the same --node-name); waiting",
+                        metadata: ["etcd.key": "\(key)", "etcd.lease": "\(other)"])
+                }
+            case .nameInUse(let other):
+                self.logger.critical(
+                    "another node uses --node-name \(self.configuration.nodeName) (its key \(key) is kept alive by lease \(other)); give every node a unique --node-name"
+                )
+                LorikeetExitCode.cannotBoot.exit()
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+            self.publishSink.yield()
         }
-    }
-
-    enum NodeKeyClaim: Equatable {
-        case written
-        /// The key exists under another lease.
-        case heldBy(lease: Int64)
     }
 
     /// Writes `key` if it is under `lease` already, or absent; otherwise names the holder.
     func claimNodeKey(_ key: String, _ value: [UInt8], lease: Int64) async throws(EtcdError) -> NodeKeyClaim {
         let put = EtcdOp.put(key: key, value: value, lease: lease)
+        func holder(_ reply: EtcdTxnResult) -> NodeKeyClaim {
+            guard case .range(let range)? = reply.results.first, let kv = range.kvs.first else { return .heldBy(lease: 0, incarnation: "") }
+            let incarnation = (try? NodeStatus(serializedBytes: kv.value))?.incarnation ?? ""
+            return .heldBy(lease: kv.lease, incarnation: incarnation)
+        }
         let mine = try await self.client.txn(
             compare: [EtcdCompare(key: key, .equal, .lease(lease))], success: [put], failure: [.range(key: key)])
         if mine.succeeded { return .written }
-        if case .range(let range)? = mine.results.first, let holder = range.kvs.first {
-            return .heldBy(lease: holder.lease)
-        }
+        if case .range(let range)? = mine.results.first, let kv = range.kvs.first, kv.lease != 0 { return holder(mine) }
         let absent = try await self.client.txn(
             compare: [EtcdCompare(key: key, .equal, .version(0))], success: [put], failure: [.range(key: key)])
         if absent.succeeded { return .written }
-        if case .range(let range)? = absent.results.first, let holder = range.kvs.first { return .heldBy(lease: holder.lease) }
-        return .heldBy(lease: 0)
+        if case .range(let range)? = absent.results.first, let kv = range.kvs.first, kv.lease != 0 { return holder(absent) }
+        // A key under no lease (an `etcdctl put` by hand) never expires and is no live node's:
+        // taken over, so it cannot stall the fleet's commits or pass for a duplicate name.
+        let leaseless = try await self.client.txn(
+            compare: [EtcdCompare(key: key, .equal, .lease(0))], success: [put], failure: [.range(key: key)])
+        if leaseless.succeeded {
+            self.logger.warning("took over the node key, which was under no lease (written by hand?)", metadata: ["etcd.key": "\(key)"])
+            return .written
+        }
+        return holder(leaseless)
     }
 
     /// Answers commits the fleet did not confirm in time.
@@ -450,8 +530,17 @@ actor AgentState {
     let commitWaitLimit: Duration
     let publish: AsyncStream<Void>.Continuation
     var adapters: [String: AdapterRecord] = [:]
+    /// Each adapter key's create and mod revision (the order of records that share an id;
+    /// the compare of a reload or unload).
+    var adapterRevisions: [String: (created: Int64, modified: Int64)] = [:]
+    /// Records left out of the pushed table (shared id, over the ceiling), as last logged:
+    /// how many, and the first 20.
+    var leftOut: (count: Int, first: [String]) = (0, [])
     var nextID: UInt64 = 1
     var nodes: [String: NodeStatus] = [:]
+    /// Each node key's etcd lease (0: written by hand under no lease; it never expires, so
+    /// it is not waited for).
+    var nodeLeases: [String: Int64] = [:]
     var lease: Int64?
     /// The lease whose node key came back through the watch (the node caught up under it).
     var registeredLease: Int64?
@@ -464,9 +553,16 @@ actor AgentState {
     var pushed: Int64 = 0
     var appliedRevision: Int64 = 0
     var caughtUp = false
-    var pending: [(callID: UInt64, revision: Int64, deadline: ContinuousClock.Instant)] = []
+    /// Commits (and barriers) waiting for every live node to apply their revision.
+    var pending: [(callID: UInt64, revision: Int64, deadline: ContinuousClock.Instant, barrier: Bool)] = []
 
-    init(nodeName: String, link: FramedCallClient<ClusterEnvelope>, commitWaitLimit: Duration, publish: AsyncStream<Void>.Continuation) {
+    let logger: Logger
+
+    init(
+        nodeName: String, link: FramedCallClient<ClusterEnvelope>, commitWaitLimit: Duration, publish: AsyncStream<Void>.Continuation,
+        logger: Logger
+    ) {
+        self.logger = logger
         self.nodeName = nodeName
         self.link = link
         self.commitWaitLimit = commitWaitLimit
@@ -502,7 +598,9 @@ actor AgentState {
     /// A fresh range of every key (boot, or after a compaction): the whole table is pushed.
     func load(_ kvs: [EtcdKeyValue], revision: Int64, keys: ClusterKeys) {
         self.adapters = [:]
+        self.adapterRevisions = [:]
         self.nodes = [:]
+        self.nodeLeases = [:]
         self.nextID = 1
         for kv in kvs { self.apply(kv, deleted: false, keys: keys) }
         self.push(revision: revision)
@@ -528,6 +626,11 @@ actor AgentState {
                 self.registeredAfter = self.pushed
                 self.pushFence()
             }
+            if name == self.nodeName, event.kind == .put, event.kv.lease == 0 {
+                // Our key was rewritten by hand under no lease: publish (take it over) now,
+                // not at the next applied change.
+                self.publish.yield()
+            }
             self.checkCommits()
         case .nextID, .other:
             break
@@ -537,18 +640,34 @@ actor AgentState {
     private func apply(_ kv: EtcdKeyValue, deleted: Bool, keys: ClusterKeys) {
         switch keys.kind(of: kv.key) {
         case .adapter(let name):
+            self.adapterRevisions[name] = deleted ? nil : (kv.createRevision, kv.modRevision)
             if deleted {
                 self.adapters[name] = nil
+            } else if let record = try? AdapterRecord(serializedBytes: kv.value), record.name == name,
+                let problem = ClusterKeys.recordProblem(record)
+            {
+                // Written by hand or by something else than Lorikeet: served nowhere, said loudly.
+                self.adapters[name] = nil
+                self.logger.error(
+                    "ignoring an adapter record in etcd that Lorikeet would never commit; delete or rewrite it",
+                    metadata: ["etcd.key": "\(kv.key.echoed())", "problem": "\(problem)"])
             } else if let record = try? AdapterRecord(serializedBytes: kv.value), record.name == name {
                 self.adapters[name] = record
             }
         case .nextID:
-            if !deleted, let value = UInt64(kv.valueString) { self.nextID = value }
+            if !deleted, let value = ClusterKeys.adapterID(kv.valueString) { self.nextID = value }
         case .node(let name):
             if deleted {
                 self.nodes[name] = nil
+                self.nodeLeases[name] = nil
             } else if let status = try? NodeStatus(serializedBytes: kv.value) {
                 self.nodes[name] = status
+                self.nodeLeases[name] = kv.lease
+                if kv.lease == 0, name != self.nodeName {
+                    self.logger.error(
+                        "a node key in etcd is under no lease (written by hand?); commits do not wait for it; delete it",
+                        metadata: ["etcd.key": "\(kv.key.echoed())"])
+                }
             }
         case .other:
             break
@@ -556,7 +675,7 @@ actor AgentState {
     }
 
     private func push(revision: Int64) {
-        let records = self.adapters.values.sorted { $0.intID < $1.intID }
+        let records = self.servedRecords()
         let next = max(self.nextID, (records.last?.intID ?? 0) + 1)
         self.pushed = revision
         self.link.post(
@@ -573,16 +692,75 @@ actor AgentState {
         self.pushFence()
     }
 
-    func waitForFleet(callID: UInt64, revision: Int64) {
-        self.pending.append((callID, revision, .now + self.commitWaitLimit))
+    /// A barrier: the fleet applied every revision pushed to this node's supervisor.
+    func waitForFleetToApplyPushed(callID: UInt64) {
+        self.waitForFleet(callID: callID, revision: self.pushed, barrier: true)
+    }
+
+    func waitForFleet(callID: UInt64, revision: Int64, barrier: Bool = false) {
+        self.pending.append((callID, revision, .now + self.commitWaitLimit, barrier))
         self.checkCommits()
+    }
+
+    /// The records this node serves, by id: one per id (records that share an id, which only
+    /// a hand-written key can do, keep the one created first) and at most
+    /// `Limits.maxAdaptersCeiling` of them (the lowest ids), so the table always fits the
+    /// channel's frame and every node picks the same records. What is left out is logged
+    /// when it changes.
+    private func servedRecords() -> [AdapterRecord] {
+        func order(_ record: AdapterRecord) -> (UInt64, Int64, String) {
+            (record.intID, self.adapterRevisions[record.name]?.created ?? 0, record.name)
+        }
+        var records: [AdapterRecord] = []
+        var leftOut: (count: Int, first: [String]) = (0, [])
+        for record in self.adapters.values.sorted(by: { order($0) < order($1) }) {
+            let sharedID = records.last.map { $0.intID == record.intID } ?? false
+            guard sharedID || records.count >= Limits.maxAdaptersCeiling else {
+                records.append(record)
+                continue
+            }
+            leftOut.count += 1
+            if leftOut.first.count < 20 {  // named in the log; the rest are counted
+                leftOut.first.append(
+                    sharedID
+                        ? "\(record.name) (id \(record.intID) is \(records.last?.name ?? "")'s)"
+                        : "\(record.name) (over \(Limits.maxAdaptersCeiling) adapters)")
+            }
+        }
+        if leftOut.count != self.leftOut.count || leftOut.first != self.leftOut.first {
+            self.leftOut = leftOut
+            if leftOut.count > 0 {
+                self.logger.error(
+                    "ignoring adapter records in etcd that Lorikeet would never commit; delete them",
+                    metadata: ["count": "\(leftOut.count)", "records": "\(leftOut.first)"])
+            }
+        }
+        return records
+    }
+
+    /// The record `name` holds now if it is `seen`, with its mod revision (a reload or unload
+    /// compares that revision, not re-encoded bytes, which a newer writer's fields would change).
+    func currentRevision(of name: String, ifHolding seen: AdapterRecord) -> Int64? {
+        guard self.adapters[name] == seen else { return nil }
+        return self.adapterRevisions[name]?.modified
+    }
+
+    /// Other nodes that have not applied `revision`. A node key under no lease (written by
+    /// hand) never expires: it is waited for only during the first third of the commit's
+    /// wait (one TTL) — a live node of that name takes its key over within that time (it
+    /// publishes when it sees the rewrite and when it applies the commit), a ghost key then
+    /// costs one TTL per commit instead of a 504 on every commit.
+    private func nodesBehind(_ revision: Int64, deadline: ContinuousClock.Instant) -> [String] {
+        let leaselessCount = ContinuousClock.now < deadline - self.commitWaitLimit * 2 / 3
+        return self.nodes.filter { name, status in
+            name != self.nodeName && (self.nodeLeases[name] != 0 || leaselessCount) && status.appliedRevision < revision
+        }.map(\.key).sorted()
     }
 
     /// Answers every waiting commit that this node applied and every other node key shows applied.
     private func checkCommits() {
         self.pending.removeAll { commit in
-            guard self.appliedRevision >= commit.revision,
-                self.nodes.values.allSatisfy({ $0.name == self.nodeName || $0.appliedRevision >= commit.revision })
+            guard self.appliedRevision >= commit.revision, self.nodesBehind(commit.revision, deadline: commit.deadline).isEmpty
             else { return false }
             self.link.post(
                 ClusterEnvelope(callID: commit.callID, body: .commitReply(ClusterCommitReply(revision: commit.revision))))
@@ -591,12 +769,13 @@ actor AgentState {
     }
 
     func expire() {
+        self.checkCommits()  // a node key under no lease stops counting after a while
         let now = ContinuousClock.now
         self.pending.removeAll { commit in
             guard commit.deadline <= now else { return false }
-            let late = self.nodes.values.filter { $0.name != self.nodeName && $0.appliedRevision < commit.revision }.map(\.name)
+            let late = self.nodesBehind(commit.revision, deadline: commit.deadline)
             let message =
-                "committed at etcd revision \(commit.revision), but not confirmed by \(self.appliedRevision < commit.revision ? "this node" : "node(s) \(late.sorted())") within \(self.commitWaitLimit)"
+                "\(commit.barrier ? "etcd revision \(commit.revision) was" : "committed at etcd revision \(commit.revision), but") not confirmed by \(self.appliedRevision < commit.revision ? "this node" : "node(s) \(late)") within \(self.commitWaitLimit)"
             self.link.post(
                 ClusterEnvelope(
                     callID: commit.callID,

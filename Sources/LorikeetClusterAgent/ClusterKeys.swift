@@ -1,3 +1,5 @@
+package import LorikeetProto
+
 /// The etcd keys of one fleet (`--cluster-name`), as `docs/CLUSTER.md` lists them.
 package struct ClusterKeys: Sendable, Equatable {
     /// `/<cluster>/`: everything the fleet stores is under it (one watch covers it all).
@@ -31,5 +33,29 @@ package struct ClusterKeys: Sendable, Equatable {
         if key.hasPrefix(self.nodes) { return .node(String(key.dropFirst(self.nodes.count))) }
         if key == self.nextID { return .nextID }
         return .other
+    }
+}
+
+extension ClusterKeys {
+    /// The largest adapter id the fleet hands out: ids travel as JSON integers and vLLM's
+    /// `lora_int_id` is a signed 64-bit int.
+    package static let maximumAdapterID = UInt64(Int64.max - 1)
+
+    /// The value of `next-id` (or any id) as an id in 1...``maximumAdapterID``, or nil.
+    package static func adapterID(_ text: String) -> UInt64? {
+        guard let value = UInt64(text), value >= 1, value <= Self.maximumAdapterID else { return nil }
+        return value
+    }
+
+    /// Why a record read from etcd is not one Lorikeet would commit (the same field limits as
+    /// every other boundary, an id in 1...``maximumAdapterID``), or nil.
+    package static func recordProblem(_ record: AdapterRecord) -> String? {
+        if record.intID == 0 || record.intID > Self.maximumAdapterID {
+            return "lora_int_id \(record.intID) is outside 1...\(Self.maximumAdapterID)"
+        }
+        if let status = AdapterFieldRules.problem(name: record.name, path: record.path, baseModel: record.baseModel) {
+            return status.message
+        }
+        return nil
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import LorikeetGGUF
 import LorikeetJSON
+import LorikeetKernelDispatch
 import LorikeetLimits
 
 /// Settings of an engine instance (the `lorikeet engine` flags).
@@ -101,6 +102,10 @@ package struct GenerationDefaults: Sendable, Equatable {
 /// `submit` validates on the calling thread (and may reload an evicted adapter from disk
 /// there); generation runs on the scheduler's own thread.
 package final class EngineCore: Sendable {
+    /// The kernel build this process runs (`portable`, or `avx2` when the CPU has x86-64-v3;
+    /// `LORIKEET_KERNELS=portable` forces the portable one).
+    package static var kernels: String { KernelVariant.active.rawValue }
+
     /// The model (shared, immutable).
     package let model: LlamaModel
     /// The tokenizer.

@@ -108,7 +108,7 @@ package enum QuantKernels {
             var b = 0
             while b < blocks {
                 let block = quad + b &* Self.q41QuadBlockBytes
-                let dm = SIMD8<Float>(block.loadUnaligned(as: SIMD8<Float16>.self))
+                let dm = Self.floats(halves: block.loadUnaligned(as: SIMD8<UInt16>.self))
                 let d = Self.spread(dm.lowHalf)
                 let m = dm.highHalf
                 let u = block.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt32>.self)
@@ -126,34 +126,34 @@ package enum QuantKernels {
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                     let ko = o &+ 64 &* k
                     if k & 1 == 0 {
-                        s0 = s0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        s0 = Self.multiplyAdd(s0, f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     } else {
-                        t0 = t0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        t0 = Self.multiplyAdd(t0, f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     }
                     if k & 1 == 0 {
-                        s1 = s1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        s1 = Self.multiplyAdd(s1, f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     } else {
-                        t1 = t1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        t1 = Self.multiplyAdd(t1, f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     }
                     if k & 1 == 0 {
-                        s2 = s2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        s2 = Self.multiplyAdd(s2, f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     } else {
-                        t2 = t2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        t2 = Self.multiplyAdd(t2, f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     }
                     if k & 1 == 0 {
-                        s3 = s3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        s3 = Self.multiplyAdd(s3, f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     } else {
-                        t3 = t3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                        t3 = Self.multiplyAdd(t3, f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                     }
                 }
-                a0 = a0.addingProduct(s0 + t0, d)
-                a1 = a1.addingProduct(s1 + t1, d)
-                a2 = a2.addingProduct(s2 + t2, d)
-                a3 = a3.addingProduct(s3 + t3, d)
-                m0 = m0.addingProduct(m, xsum[b])
-                m1 = m1.addingProduct(m, xsum[blocks &+ b])
-                m2 = m2.addingProduct(m, xsum[2 &* blocks &+ b])
-                m3 = m3.addingProduct(m, xsum[3 &* blocks &+ b])
+                a0 = Self.multiplyAdd(a0, s0 + t0, d)
+                a1 = Self.multiplyAdd(a1, s1 + t1, d)
+                a2 = Self.multiplyAdd(a2, s2 + t2, d)
+                a3 = Self.multiplyAdd(a3, s3 + t3, d)
+                m0 = Self.multiplyAdd(m0, m, SIMD4(repeating: xsum[b]))
+                m1 = Self.multiplyAdd(m1, m, SIMD4(repeating: xsum[blocks &+ b]))
+                m2 = Self.multiplyAdd(m2, m, SIMD4(repeating: xsum[2 &* blocks &+ b]))
+                m3 = Self.multiplyAdd(m3, m, SIMD4(repeating: xsum[3 &* blocks &+ b]))
                 b &+= 1
             }
             Self.store(Self.rowSums(a0) + m0, y, 4 &* q, rows)
@@ -185,7 +185,7 @@ package enum QuantKernels {
             var b = 0
             while b < blocks {
                 let block = quad + b &* Self.q80QuadBlockBytes
-                let d = Self.spread(SIMD4<Float>(block.loadUnaligned(as: SIMD4<Float16>.self)))
+                let d = Self.spread(Self.floats(halves: block.loadUnaligned(as: SIMD4<UInt16>.self)))
                 var s0 = SIMD16<Float>()
                 var t0 = SIMD16<Float>()
                 var s1 = SIMD16<Float>()
@@ -202,31 +202,31 @@ package enum QuantKernels {
                         let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                         let ko = o &+ 64 &* (4 &* h &+ k)
                         if k & 1 == 0 {
-                            s0 = s0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            s0 = Self.multiplyAdd(s0, f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         } else {
-                            t0 = t0.addingProduct(f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            t0 = Self.multiplyAdd(t0, f, x0.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         }
                         if k & 1 == 0 {
-                            s1 = s1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            s1 = Self.multiplyAdd(s1, f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         } else {
-                            t1 = t1.addingProduct(f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            t1 = Self.multiplyAdd(t1, f, x1.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         }
                         if k & 1 == 0 {
-                            s2 = s2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            s2 = Self.multiplyAdd(s2, f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         } else {
-                            t2 = t2.addingProduct(f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            t2 = Self.multiplyAdd(t2, f, x2.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         }
                         if k & 1 == 0 {
-                            s3 = s3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            s3 = Self.multiplyAdd(s3, f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         } else {
-                            t3 = t3.addingProduct(f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
+                            t3 = Self.multiplyAdd(t3, f, x3.loadUnaligned(fromByteOffset: ko, as: SIMD16<Float>.self))
                         }
                     }
                 }
-                a0 = a0.addingProduct(s0 + t0, d)
-                a1 = a1.addingProduct(s1 + t1, d)
-                a2 = a2.addingProduct(s2 + t2, d)
-                a3 = a3.addingProduct(s3 + t3, d)
+                a0 = Self.multiplyAdd(a0, s0 + t0, d)
+                a1 = Self.multiplyAdd(a1, s1 + t1, d)
+                a2 = Self.multiplyAdd(a2, s2 + t2, d)
+                a3 = Self.multiplyAdd(a3, s3 + t3, d)
                 b &+= 1
             }
             Self.store(Self.rowSums(a0), y, 4 &* q, rows)
@@ -234,6 +234,44 @@ package enum QuantKernels {
             Self.store(Self.rowSums(a2), y + 2 &* yStride, 4 &* q, rows)
             Self.store(Self.rowSums(a3), y + 3 &* yStride, 4 &* q, rows)
         }
+    }
+
+    /// `acc + a × b`. Fused (one rounding, one instruction) where the build has FMA; a
+    /// multiply then an add in the portable x86-64 build, whose CPU may lack FMA: there
+    /// `addingProduct` compiles to a call of libm's software `fmaf` per lane, which made
+    /// the portable kernels hundreds of times slower than the AVX2 ones.
+    @inline(__always)
+    private static func multiplyAdd<V: SIMD>(_ acc: V, _ a: V, _ b: V) -> V where V.Scalar == Float {
+        #if LORIKEET_FMA_F16C || arch(arm64)
+            acc.addingProduct(a, b)
+        #else
+            acc + a * b
+        #endif
+    }
+
+    /// IEEE fp16 bit patterns to floats, exactly (every fp16 value is an fp32 value). With
+    /// F16C (the AVX2 build) or on arm64, one conversion instruction. In the portable x86-64
+    /// build a `Float16` → `Float` conversion is a library call per lane, so the bits are
+    /// moved instead: exponent and mantissa shifted into place and rebiased by a multiply
+    /// with 2^112 (exact, subnormals included), infinities and NaNs given the all-ones
+    /// exponent, the sign put back.
+    @inline(__always)
+    package static func floats(halves h: SIMD8<UInt16>) -> SIMD8<Float> {
+        #if LORIKEET_FMA_F16C || arch(arm64)
+            return SIMD8<Float>(unsafeBitCast(h, to: SIMD8<Float16>.self))
+        #else
+            let w = SIMD8<UInt32>(truncatingIfNeeded: h)
+            let magnitude = unsafeBitCast((w & 0x7FFF) &<< 13, to: SIMD8<Float>.self) * 0x1p112
+            var bits = unsafeBitCast(magnitude, to: SIMD8<UInt32>.self)
+            bits.replace(with: bits | 0x7F80_0000, where: (w & 0x7C00) .== 0x7C00)
+            return unsafeBitCast(bits | ((w & 0x8000) &<< 16), to: SIMD8<Float>.self)
+        #endif
+    }
+
+    /// `floats(halves:)` for four halves.
+    @inline(__always)
+    package static func floats(halves h: SIMD4<UInt16>) -> SIMD4<Float> {
+        Self.floats(halves: SIMD8(lowHalf: h, highHalf: .zero)).lowHalf
     }
 
     @inline(__always)
@@ -274,7 +312,7 @@ package enum QuantKernels {
         var b = 0
         while b < blocks {
             let block = quad + b &* Self.q41QuadBlockBytes
-            let dm = SIMD8<Float>(block.loadUnaligned(as: SIMD8<Float16>.self))
+            let dm = Self.floats(halves: block.loadUnaligned(as: SIMD8<UInt16>.self))
             let d = dm.lowHalf
             let m = dm.highHalf
             let u = block.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt32>.self)
@@ -285,13 +323,13 @@ package enum QuantKernels {
                 let bits = ((u &>> UInt32(4 &* k)) & mask) | magic
                 let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                 if k & 1 == 0 {
-                    s = s.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
+                    s = Self.multiplyAdd(s, f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
                 } else {
-                    t = t.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
+                    t = Self.multiplyAdd(t, f, xb.loadUnaligned(fromByteOffset: 64 &* k, as: SIMD16<Float>.self))
                 }
             }
-            acc = acc.addingProduct(s + t, Self.spread(d))
-            macc = macc.addingProduct(m, xsum[b])
+            acc = Self.multiplyAdd(acc, s + t, Self.spread(d))
+            macc = Self.multiplyAdd(macc, m, SIMD4(repeating: xsum[b]))
             b &+= 1
         }
         return Self.rowSums(acc) + macc
@@ -306,7 +344,7 @@ package enum QuantKernels {
         var b = 0
         while b < blocks {
             let block = quad + b &* Self.q80QuadBlockBytes
-            let d = SIMD4<Float>(block.loadUnaligned(as: SIMD4<Float16>.self))
+            let d = Self.floats(halves: block.loadUnaligned(as: SIMD4<UInt16>.self))
             let xb = xq + b &* 512
             var s = SIMD16<Float>()
             var t = SIMD16<Float>()
@@ -316,13 +354,13 @@ package enum QuantKernels {
                     let bits = ((u &>> UInt32(8 &* k)) & mask) | magic
                     let f = unsafeBitCast(bits, to: SIMD16<Float>.self) - offset
                     if k & 1 == 0 {
-                        s = s.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
+                        s = Self.multiplyAdd(s, f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
                     } else {
-                        t = t.addingProduct(f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
+                        t = Self.multiplyAdd(t, f, xb.loadUnaligned(fromByteOffset: 64 &* (4 &* h &+ k), as: SIMD16<Float>.self))
                     }
                 }
             }
-            acc = acc.addingProduct(s + t, Self.spread(d))
+            acc = Self.multiplyAdd(acc, s + t, Self.spread(d))
             b &+= 1
         }
         return Self.rowSums(acc)

@@ -170,6 +170,8 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
     private let probeSink: AsyncStream<Int>.Continuation
     private let recovered = Mutex<(@Sendable (String) -> Void)?>(nil)
     private let driftRepairs = Atomic<UInt64>(0)
+    /// One reconciliation at a time (`reconcile(with:asDrift:)`).
+    private let reconciling = AsyncSerializer()
     /// Adapter loads and unloads reconciliation made on replicas since start (drift repaired).
     package var driftRepairCount: UInt64 { self.driftRepairs.load(ordering: .relaxed) }
 
@@ -747,8 +749,22 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
 
     /// Makes every healthy replica hold exactly the committed table: adapters it lacks
     /// (or holds from another path) are loaded, adapters no committed entry names are
-    /// unloaded. Drift is logged and counted in `driftRepairs`.
-    package func reconcile(with table: AdapterTable) async throws(Status) -> LeaderMutationService.Reconciliation {
+    /// unloaded. With `asDrift` (the reconcile loop) what it changed is drift, logged and
+    /// counted in `driftRepairs`; without (a change the fleet committed) it is the change
+    /// being applied. One reconciliation at a time, so two never load the same adapter on
+    /// one replica at once.
+    package func reconcile(with table: AdapterTable, asDrift: Bool) async throws(Status) -> LeaderMutationService.Reconciliation {
+        let result: Result<LeaderMutationService.Reconciliation, Status> = await self.reconciling.run {
+            do throws(Status) {
+                return .success(try await self.reconcileNow(with: table, asDrift: asDrift))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    private func reconcileNow(with table: AdapterTable, asDrift: Bool) async throws(Status) -> LeaderMutationService.Reconciliation {
         for adapter in table.adapters { self.names.withLock { $0[adapter.intID] = adapter.name } }
         let healthy = self.healthyReplicas
         guard !healthy.isEmpty else { throw Status(code: .unavailable, message: "no upstream replica is reachable") }
@@ -789,7 +805,7 @@ package final class UpstreamBackend: PassthroughBackend, ReplicatedAdapterHost, 
             }
         }
         let repaired = outcome.added.count + outcome.removedNames.count
-        if repaired > 0 {
+        if repaired > 0, asDrift {
             let total = self.driftRepairs.add(UInt64(repaired), ordering: .relaxed).newValue
             self.logger.warning(
                 "upstream adapter drift repaired",

@@ -1,4 +1,5 @@
 import Foundation
+import LorikeetJSON
 import LorikeetTestSupport
 import Testing
 
@@ -36,6 +37,18 @@ import Testing
     @Test func prefixRangeEnd() {
         #expect("/a/".prefixRangeEnd == Array("/a0".utf8))
         #expect("".prefixRangeEnd == [0])
+    }
+
+    @Test("a revision a store never reaches (Int64.max: 'watch from revision + 1' would trap) or below 0 is a bad response")
+    func revisionsOutOfRange() throws {
+        for revision in ["9223372036854775807", "-1"] {
+            let header = try JSONParser.parse(Array(#"{"header": {"revision": "\#(revision)"}}"#.utf8))
+            #expect(throws: EtcdError.self) { try EtcdJSON.revision(header) }
+            let kv = try JSONParser.parse(Array(#"{"key": "YQ==", "mod_revision": "\#(revision)"}"#.utf8))
+            #expect(throws: EtcdError.self) { try EtcdJSON.keyValue(kv) }
+        }
+        let fine = try JSONParser.parse(Array(#"{"header": {"revision": "9223372036854775806"}}"#.utf8))
+        #expect(try EtcdJSON.revision(fine) == Int64.max - 1)
     }
 
     @Test func errorMapping() {

@@ -69,7 +69,9 @@ enum Samples {
         .nodesReply(
             ClusterNodesReply(
                 status: status,
-                nodes: [NodeStatus(name: "b", appliedRevision: 1, state: "ready", version: "v", startedUnixMs: 2, leaseID: 3)], revision: 4)
+                nodes: [
+                    NodeStatus(name: "b", appliedRevision: 1, state: "ready", version: "v", startedUnixMs: 2, leaseID: 3, incarnation: "i")
+                ], revision: 4)
         ),
     ]
 
@@ -157,7 +159,11 @@ enum Samples {
         .nodesReply(
             ClusterNodesReply(
                 status: status,
-                nodes: [NodeStatus(name: "a:8000", appliedRevision: 5, state: "ready", version: "0.1.0", startedUnixMs: 9, leaseID: 3)],
+                nodes: [
+                    NodeStatus(
+                        name: "a:8000", appliedRevision: 5, state: "ready", version: "0.1.0", startedUnixMs: 9, leaseID: 3,
+                        incarnation: "0123456789abcdef0123456789abcdef")
+                ],
                 revision: 80)),
         .fence(Fence(validUntilMonotonicMs: 42)),
     ]

@@ -364,6 +364,11 @@ struct SupervisorStateMachineTests {
         let replacement = Self.spawned(started)[0]
         #expect(Self.logs(machine.startRollingRestart(now: 1_001)) == ["a rolling restart is already in progress"])
         _ = machine.hello(replacement, Hello(pid: 9, version: "t"))
+        // The timer fires 30 s late (the supervisor was paused): it waits once more.
+        let paused = machine.rollingTimerFired(replacement, lateByMs: 30_000)
+        #expect(!paused.contains { if case .kill = $0 { true } else { false } }, "\(paused)")
+        #expect(paused.contains { if case .startRollingTimer(replacement, 120_000) = $0 { true } else { false } })
+        #expect(machine.rolling != nil)
         // 120 s later it still has not reported Ready.
         let fired = machine.rollingTimerFired(replacement)
         #expect(fired.contains { if case .kill(replacement) = $0 { true } else { false } })
@@ -494,6 +499,62 @@ struct SupervisorStateMachineTests {
         #expect(first.count == 3)
         let second = machine.heartbeatTimerFired(now: 16_000)
         #expect(second.contains { if case .sendHeartbeat(ids[0], 2) = $0 { true } else { false } })
+    }
+
+    @Test("a paused supervisor (its timers fire seconds late) kills no worker; a hung one is still found; a commit waits again once")
+    func stalledSupervisorKillsNobody() {
+        var (machine, ids) = Self.booted(slots: 2)
+        for id in ids { Self.serve(&machine, id) }
+        machine.messageReceived(from: ids[0], now: 1_000)
+        machine.messageReceived(from: ids[1], now: 1_000)
+        // Paused for 20 s (SIGSTOP of the node, a frozen VM): the tick is 19 s late.
+        let resumed = machine.heartbeatTimerFired(now: 21_000, lateByMs: 19_000)
+        #expect(!resumed.contains { if case .terminate = $0 { true } else { false } }, "\(resumed)")
+        #expect(resumed.filter { if case .sendHeartbeat = $0 { true } else { false } }.count == 2)
+        #expect(Self.logs(resumed).contains { $0.hasPrefix("the supervisor did not run for 19000 ms") })
+        // Silence counts the time the supervisor ran (1 s before the pause, then from 21 s on).
+        #expect(!machine.heartbeatTimerFired(now: 34_000).contains { if case .terminate = $0 { true } else { false } })
+        machine.messageReceived(from: ids[0], now: 34_500)
+        let later = machine.heartbeatTimerFired(now: 35_500)
+        #expect(later.contains { if case .terminate(ids[1], "no heartbeat for 15500 ms") = $0 { true } else { false } }, "\(later)")
+        #expect(!later.contains { if case .terminate(ids[0], _) = $0 { true } else { false } })
+        // Stalls of 1.2 s every 2 s do not hide a hung worker: its silence still grows by the
+        // time the supervisor ran.
+        var (stalling, workers2) = Self.booted(slots: 1)
+        Self.serve(&stalling, workers2[0])
+        stalling.messageReceived(from: workers2[0], now: 0)
+        var now: UInt64 = 0
+        var killed = false
+        for _ in 0..<40 where !killed {
+            now += 2_000
+            killed = stalling.heartbeatTimerFired(now: now, lateByMs: 1_200).contains {
+                if case .terminate = $0 { true } else { false }
+            }
+        }
+        #expect(killed, "a silent worker survived \(now) ms of a stalling supervisor")
+
+        // A commit whose timer fires 8 s late: nobody is killed, the wait starts again, and the
+        // acks read afterwards finish it.
+        var (fresh, workers) = Self.booted(slots: 2)
+        for id in workers { Self.serve(&fresh, id) }
+        _ = fresh.commitDurable(callID: 5, leader: workers[0], change: Self.change(2), adapter: nil)
+        let late = fresh.commitTimerFired(version: 2, lateByMs: 8_000)
+        #expect(!late.contains { if case .terminate = $0 { true } else { false } }, "\(late)")
+        #expect(late.contains { if case .startCommitTimer(2, 5_000) = $0 { true } else { false } })
+        _ = fresh.changeAcked(by: workers[0], version: 2)
+        let done = fresh.changeAcked(by: workers[1], version: 2)
+        #expect(done.contains { if case .replyToCommit(workers[0], 5, CommitReply(status: .ok, version: 2)) = $0 { true } else { false } })
+        // Only once per commit: late again, the silent worker is restarted.
+        _ = fresh.commitDurable(callID: 6, leader: workers[0], change: Self.change(3), adapter: nil)
+        _ = fresh.changeAcked(by: workers[0], version: 3)
+        #expect(!fresh.commitTimerFired(version: 3, lateByMs: 8_000).contains { if case .terminate = $0 { true } else { false } })
+        let again = fresh.commitTimerFired(version: 3, lateByMs: 8_000)
+        #expect(again.contains { if case .terminate(workers[1], _) = $0 { true } else { false } }, "\(again)")
+        // On time (or a little late), a silent worker is restarted at once.
+        _ = fresh.commitDurable(callID: 7, leader: workers[0], change: Self.change(4), adapter: nil)
+        _ = fresh.changeAcked(by: workers[0], version: 4)
+        let onTime = fresh.commitTimerFired(version: 4, lateByMs: 300)
+        #expect(onTime.contains { if case .terminate(workers[1], _) = $0 { true } else { false } }, "\(onTime)")
     }
 
     // MARK: - Engine

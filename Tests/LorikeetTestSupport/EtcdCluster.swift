@@ -66,21 +66,10 @@ public final class EtcdCluster: @unchecked Sendable {
             "--initial-cluster-token", "lorikeet-test-\(self.clientPorts[0])",
             "--logger", "zap", "--log-level", "warn",
         ]
-        // The watchdog: `$$` is the shell, which becomes etcd at `exec`; the subshell kills
-        // it when the test process (the parent given) is gone, after checking that the pid
-        // still names an etcd (never a recycled pid); it ends by itself when etcd is gone.
-        let script = """
-            parent=$1; shift
-            ( while kill -0 "$parent" 2>/dev/null; do
-                  read comm 2>/dev/null < /proc/$$/comm || exit 0
-                  case "$comm" in etcd|sh|dash) ;; *) exit 0 ;; esac
-                  sleep 0.5
-              done
-              read comm 2>/dev/null < /proc/$$/comm && [ "$comm" = etcd ] && { kill -CONT $$; kill -KILL $$; } ) &
-            exec "$@"
-            """
+        // bin/lib/etcd-watchdog.sh (shared with the drill): the member dies with this process.
+        let script = TestEnvironment.repoRoot + "/bin/lib/etcd-watchdog.sh"
         let logPath = "\(self.directory)/\(self.name(index)).log"
-        let argv = ["/bin/sh", "-c", script, "etcd-watchdog", "\(getpid())", Self.binary] + arguments
+        let argv = ["/bin/sh", script, "\(getpid())", Self.binary] + arguments
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

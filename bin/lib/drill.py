@@ -79,6 +79,13 @@ class Adapter:
         self.ids = set()
 
 
+def outcome_unknown(status, reason):
+    """A mutation answer that does not say whether it committed: no answer at all, a fleet
+    commit whose etcd write outcome is unknown (503), or one committed but not confirmed by
+    every node in time (504). A retry answering "already loaded" / 404 is then that commit."""
+    return status is None or "outcome is unknown" in reason or "committed at" in reason
+
+
 class Drill:
     def __init__(self, binary, fixture, seconds, seed, hostile=False):
         self.binary = binary
@@ -188,11 +195,11 @@ class Drill:
             if status is not None and attempt > 0 and "already" in reason.lower():
                 adapter.load_acked = now
                 if unknown_before:
-                    self.mutations["load ok (an earlier try with no answer had committed it)"] += 1
+                    self.mutations["load ok (an earlier try with no answer or an unknown outcome had committed it)"] += 1
                 else:
                     self.anomalies.append(f"{adapter.name}: load refused ({self.last_reason}), yet committed")
                 return
-            if status is None:
+            if outcome_unknown(status, reason):
                 unknown_before = True
             elif status not in (500, 502, 503, 504):
                 adapter.load_failed = now
@@ -208,7 +215,7 @@ class Drill:
         self.mutations["load gave up"] += 1
 
     def unload(self, adapter):
-        """Unloads until answered; a 404 after a try with no answer means that try committed."""
+        """Unloads until answered; a 404 after a try with no answer (or an unknown outcome) means that try committed."""
         adapter.unload_sent = time.time()
         via = self.rng.choice(["http", "http", "ctl"])
         unknown_before = False
@@ -224,13 +231,13 @@ class Drill:
                 self.mutations["unload ok"] += 1
                 return
             if status == 404:
-                adapter.unload_acked = now   # certainly gone by now
+                adapter.unload_acked = now   # gone everywhere: a 404 waits for the fleet as a 200 does
                 if unknown_before:
-                    self.mutations["unload ok (an earlier try with no answer had committed it)"] += 1
+                    self.mutations["unload ok (an earlier try with no answer or an unknown outcome had committed it)"] += 1
                 else:
                     self.anomalies.append(f"{adapter.name}: unload answered 404 while acknowledged loaded ({reason[:60]})")
                 return
-            if status is None:
+            if outcome_unknown(status, reason):
                 unknown_before = True
             elif status not in (500, 502, 503, 504):
                 self.mutations[f"unload refused {status}: {reason[:70]}"] += 1
@@ -256,16 +263,23 @@ class Drill:
 
     def monitor(self):
         while self.running:
-            value, _ = self.server.ctl("adapters", timeout=10)
-            if isinstance(value, dict):
+            value = self.observe_table(self.server)
+            if value:
                 with self.lock:
                     self.next_ids.append((time.time(), value["next_id"], value["version"]))
-                    for entry in value["adapters"]:
-                        self.table_seen[entry["name"]].add(entry["id"])
-                        self.ids_seen[entry["id"]].add(entry["name"])
-            else:
-                self.monitor_errors += 1
             time.sleep(0.3)
+
+    def observe_table(self, server):
+        """One `ctl adapters` of `server`, folded into the run's (name, id) record; None when it failed."""
+        value, _ = server.ctl("adapters", timeout=10)
+        if not isinstance(value, dict):
+            self.monitor_errors += 1
+            return None
+        with self.lock:
+            for entry in value["adapters"]:
+                self.table_seen[entry["name"]].add(entry["id"])
+                self.ids_seen[entry["id"]].add(entry["name"])
+        return value
 
     # ---- chaos
 
@@ -359,34 +373,49 @@ class Drill:
                                      environment={"LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES":
                                                   f"{self.fixture}:{self.hostile.allowed}"} if self.hostile else None)
         log(f"ready on 127.0.0.1:{self.server.port}, state {self.server.state}")
-        threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(3)]
-        threads += [threading.Thread(target=self.mutator, daemon=True), threading.Thread(target=self.monitor, daemon=True)]
+        extra = []
         if self.hostile:
-            threads += [threading.Thread(target=self.hostile.loop, daemon=True),
-                        threading.Thread(target=self.hostile.slowloris, daemon=True)]
-        chaos = threading.Thread(target=self.chaos, daemon=True)
-        for t in threads + [chaos]:
-            t.start()
-        deadline = time.time() + self.seconds
-        while time.time() < deadline and self.server.process.poll() is None and not self.chaos_done.is_set():
-            time.sleep(0.2)
-        self.running = False
-        chaos.join(RECOVERY_TIMEOUT + 10)
-        for t in threads:
-            t.join(120)
+            extra = [threading.Thread(target=self.hostile.loop, daemon=True),
+                     threading.Thread(target=self.hostile.slowloris, daemon=True)]
+        self.drive(extra, alive=lambda: self.server.process.poll() is None, chaos_join=RECOVERY_TIMEOUT + 10)
         log("load and chaos stopped; waiting for the server to be whole")
         final_heal = self.server.process.poll() is None and self.heal()
         results = self.check(final_heal)
         if self.hostile:
             results += self.check_hostile()
+
+        def stop(failed):
+            code = self.server.stop(keep_state=failed)
+            if failed:
+                print(f"server state and log kept in {self.server.state}")
+            print(f"server exit code after SIGINT: {code}")
+            if self.hostile:
+                self.hostile.cleanup()
+        return self.conclude(results, stop)
+
+    def drive(self, extra_threads, alive, chaos_join):
+        """Runs the clients, the mutator, the monitor, `extra_threads` and the chaos loop for
+        the drill's time (less if `alive()` turns false or the chaos loop gave up), then stops them."""
+        threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(3)]
+        threads += [threading.Thread(target=self.mutator, daemon=True), threading.Thread(target=self.monitor, daemon=True)]
+        threads += extra_threads
+        chaos = threading.Thread(target=self.chaos, daemon=True)
+        for t in threads + [chaos]:
+            t.start()
+        deadline = time.time() + self.seconds
+        while time.time() < deadline and alive() and not self.chaos_done.is_set():
+            time.sleep(0.2)
+        self.running = False
+        chaos.join(chaos_join)
+        for t in threads:
+            t.join(120)
+
+    def conclude(self, results, stop):
+        """Prints the report and `N passed, N failed`; `stop(failed)` stops what the drill
+        started (keeping state and logs when a check failed). Returns the exit code."""
         self.report(results)
         failed = sum(1 for ok, _, _ in results if not ok)
-        code = self.server.stop(keep_state=failed > 0)
-        if failed:
-            print(f"server state and log kept in {self.server.state}")
-        print(f"server exit code after SIGINT: {code}")
-        if self.hostile:
-            self.hostile.cleanup()
+        stop(failed > 0)
         print(f"{len(results) - failed} passed, {failed} failed")
         return 1 if failed else 0
 
@@ -401,10 +430,7 @@ class Drill:
         alive = self.server.process.poll() is None
         record(alive, "supervisor alive for the whole drill",
                "running" if alive else f"exited with {self.server.process.returncode}")
-        unhealed = [a for a in self.actions if not a[3]]
-        record(self.actions and not unhealed, "every chaos action healed (all slots ready, base request served)",
-               f"{len(self.actions)} actions, slowest {max((a[2] for a in self.actions), default=0):.1f} s"
-               + (f"; not healed: {unhealed[0][0]} {unhealed[0][1]}" if unhealed else ""))
+        self.record_actions_healed(record, "all slots ready, base request served")
         kinds = {a[0] for a in self.actions}
         wanted = {"kill-follower", "kill-leader", "kill-engine", "hup", "ttin", "ttou"}
         if self.seconds >= 60:
@@ -482,42 +508,17 @@ class Drill:
 
         # Ids: unique in the table, one id per name and one name per id over the whole run.
         ids = list(table_ids.values())
-        with self.lock:
-            for name, i in table_ids.items():
-                self.table_seen[name].add(i)
-                self.ids_seen[i].add(name)
-            for a in adapters:
-                for i in a.ids:
-                    self.table_seen[a.name].add(i)
-                    self.ids_seen[i].add(a.name)
-        renamed = {n: s for n, s in self.table_seen.items() if len(s) > 1}
-        shared = {i: s for i, s in self.ids_seen.items() if len(s) > 1}
-        record(len(ids) == len(set(ids)) and not renamed and not shared,
+        conflicts, detail = self.id_conflicts([table_ids], adapters)
+        record(len(ids) == len(set(ids)) and not conflicts,
                "ids unique (table now, and across the run: one id per name, never reused)",
-               f"{len(self.ids_seen)} ids seen over the run"
-               + (f"; names with several ids {dict(list(renamed.items())[:3])}" if renamed else "")
-               + (f"; ids with several names {dict(list(shared.items())[:3])}" if shared else ""))
+               f"{len(self.ids_seen)} ids seen over the run" + detail)
 
         regress = [(a, b) for a, b in zip(self.next_ids, self.next_ids[1:]) if b[1] < a[1] or b[2] < a[2]]
         record(not regress and self.next_ids, "next id and table version never go back (monitor samples)",
                f"{len(self.next_ids)} samples, next id {self.next_ids[-1][1] if self.next_ids else '?'}"
                + (f"; went back: {regress[:2]}" if regress else ""))
-        record(not self.anomalies, "every mutation answer matches what was committed",
-               "; ".join(self.anomalies[:3]) if self.anomalies else "no contradiction")
-
-        # Refused loads must not have been committed behind the caller's back.
-        sneaked = sorted(refused & set(table_ids))
-        record(not sneaked, "no adapter whose load was refused is in the table",
-               f"{len(refused)} refused" + (f"; present: {sneaked[:5]}" if sneaked else ""))
-
-        # No 200 for an adapter in a request that started after its unload was acknowledged.
-        late = [(m, s) for s, _, m, st, _ in self.requests
-                if st == 200 and m in self.adapters and self.adapters[m].unload_acked and s > self.adapters[m].unload_acked]
-        after_unload = sum(1 for s, _, m, _, _ in self.requests
-                           if m in self.adapters and self.adapters[m].unload_acked and s > self.adapters[m].unload_acked)
-        record(not late, "no 200 for an adapter after its unload was acknowledged",
-               f"{after_unload} requests sent after an acknowledged unload"
-               + (f"; served: {late[:3]}" if late else ""))
+        self.record_answers_and_late_200s(record, refused, set(table_ids), "is in the table",
+                                          "no 200 for an adapter after its unload was acknowledged")
 
         # Read-your-writes under faults: a loaded adapter never answers "not found".
         stale = [(m, st) for s, e, m, st, _ in self.requests
@@ -540,6 +541,48 @@ class Drill:
         record(not failures, "base model and every loaded adapter served after the drill",
                f"{1 + len(expected)} models" + (f"; failures {failures[:3]}" if failures else ""))
         return results
+
+    def record_actions_healed(self, record, whole):
+        """Every chaos action was followed by the system being whole again (`whole` says what that means)."""
+        unhealed = [a for a in self.actions if not a[3]]
+        record(self.actions and not unhealed, f"every chaos action healed ({whole})",
+               f"{len(self.actions)} actions, slowest {max((a[2] for a in self.actions), default=0):.1f} s"
+               + (f"; not healed: {unhealed[0][0]} {unhealed[0][1]}" if unhealed else ""))
+
+    def id_conflicts(self, tables, adapters):
+        """Folds the final `tables` ({name: id} each) and the ids the mutator saw into the
+        run's record; returns (whether any name had several ids or any id several names over
+        the run, detail text)."""
+        with self.lock:
+            for table in tables:
+                for name, i in (table or {}).items():
+                    self.table_seen[name].add(i)
+                    self.ids_seen[i].add(name)
+            for a in adapters:
+                for i in a.ids:
+                    self.table_seen[a.name].add(i)
+                    self.ids_seen[i].add(a.name)
+        renamed = {n: s for n, s in self.table_seen.items() if len(s) > 1}
+        shared = {i: s for i, s in self.ids_seen.items() if len(s) > 1}
+        detail = ((f"; names with several ids {dict(list(renamed.items())[:3])}" if renamed else "")
+                  + (f"; ids with several names {dict(list(shared.items())[:3])}" if shared else ""))
+        return bool(renamed or shared), detail
+
+    def record_answers_and_late_200s(self, record, refused, committed, where, late_label):
+        """The checks every drill shares: no mutation answer contradicted by the table, no
+        refused load committed, no 200 for an adapter in a request sent after its unload was
+        acknowledged."""
+        record(not self.anomalies, "every mutation answer matches what was committed",
+               "; ".join(self.anomalies[:3]) if self.anomalies else "no contradiction")
+        sneaked = sorted(refused & committed)
+        record(not sneaked, f"no adapter whose load was refused {where}",
+               f"{len(refused)} refused" + (f"; present: {sneaked[:5]}" if sneaked else ""))
+        after = [(s, m, st) for s, _, m, st, _ in self.requests
+                 if m in self.adapters and self.adapters[m].unload_acked
+                 and s > self.adapters[m].unload_acked]
+        late = [(m, s) for s, m, st in after if st == 200]
+        record(not late, late_label,
+               f"{len(after)} requests sent after an acknowledged unload" + (f"; served: {late[:3]}" if late else ""))
 
     def chaos_cause(self, start, end, status, reason):
         """The chaos action that explains a failed request over [start, end] (None when none

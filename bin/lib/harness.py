@@ -57,6 +57,17 @@ def request(port, method, path, body=None, timeout=30):
         conn.close()
 
 
+def alive(pid):
+    """Whether process `pid` still runs: a zombie (dead, not yet reaped: orphans wait for a
+    PID 1 that may never reap them in a container) holds no socket and counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+
+
 def error_message(data):
     try:
         return json.loads(data)["error"]["message"]
@@ -134,19 +145,25 @@ class Server:
         self.binary = binary
         self.state = tempfile.mkdtemp(prefix="lk-serve-")
         self.port = free_port()
-        env = dict(os.environ, LORIKEET_ALLOW_RUNTIME_LORA_UPDATING="true",
-                   LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES=fixture)
-        env.update(environment or {})
+        self.environment = dict(os.environ, LORIKEET_ALLOW_RUNTIME_LORA_UPDATING="true",
+                                LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES=fixture)
+        # The parent watch by polling: PR_SET_PDEATHSIG follows the *thread* that spawned the
+        # server, and a drill restarts killed nodes from its chaos thread, which ends first.
+        self.environment["LORIKEET_PARENT_WATCH"] = "poll"
+        self.environment.update(environment or {})
+        self.arguments = [binary, "serve", "--workers", str(workers), "--port", str(self.port), "--state-dir", self.state,
+                          "--model", os.path.join(fixture, "model"), "--served-model-name", "tiny",
+                          # the server (and its children) exit when this script is gone, however it ends
+                          "--parent-pid", str(os.getpid()), *extra]
         self.log_path = os.path.join(self.state, "server.log")
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [binary, "serve", "--workers", str(workers), "--port", str(self.port), "--state-dir", self.state,
-             "--model", os.path.join(fixture, "model"), "--served-model-name", "tiny",
-             # the server (and its children) exit when this script is gone, however it ends
-             "--parent-pid", str(os.getpid()), *extra],
-            env=env, stdout=self.log, stderr=self.log)
+        self.log = open(self.log_path, "a")
         self.workers = workers
+        self.start()
         self.wait_ready(ready_timeout)
+
+    def start(self):
+        """Starts the supervisor (again, after it died: same port, state directory and log)."""
+        self.process = subprocess.Popen(self.arguments, env=self.environment, stdout=self.log, stderr=self.log)
 
     def ctl(self, *args, timeout=30):
         try:
@@ -181,8 +198,9 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError("server not ready; log in " + self.log_path)
 
-    def engine_pid(self):
-        """The engine process: the supervisor's child whose command is `lorikeet engine`."""
+    def children(self):
+        """{pid: command} of the supervisor's children (`worker`, `engine`, `cluster-agent`)."""
+        found = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -194,11 +212,14 @@ class Server:
                     continue
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
-                if len(argv) > 1 and argv[1] == b"engine":
-                    return int(entry)
+                found[int(entry)] = argv[1].decode(errors="replace") if len(argv) > 1 else ""
             except (OSError, ValueError):
                 continue
-        return None
+        return found
+
+    def engine_pid(self):
+        """The engine process: the supervisor's child whose command is `lorikeet engine`."""
+        return next((pid for pid, command in self.children().items() if command == "engine"), None)
 
     def engine(self):
         return EngineClient(os.path.join(self.state, "engine.sock"))

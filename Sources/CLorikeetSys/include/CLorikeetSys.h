@@ -9,6 +9,15 @@ int lorikeet_accept_cloexec(int listener);
 int lorikeet_peer_credentials(int fd, uid_t *uid, pid_t *pid);
 /// prctl(PR_SET_PDEATHSIG, signal); -1 with errno on failure.
 int lorikeet_set_parent_death_signal(int signal);
+/// Marks every open descriptor numbered `lowest` or above close-on-exec (close_range, or
+/// /proc/self/fd on kernels before 5.11): they stay usable here, and no program this process
+/// executes inherits them. 0, or -1 with errno when /proc cannot be read.
+int lorikeet_mark_close_on_exec_from(int lowest);
+
+/// 1 when this CPU and the OS support everything x86-64-v3 code may use (AVX, AVX2, FMA,
+/// F16C, BMI1, BMI2, LZCNT, MOVBE, POPCNT, and YMM state saved by the OS), else 0 (always 0
+/// off x86-64). Read with CPUID and XGETBV, no runtime library.
+int lorikeet_cpu_supports_x86_64_v3(void);
 
 #include <stdint.h>
 #include <stddef.h>

@@ -3,8 +3,8 @@
 // Why it is safe: the storage is written only inside `init` (before the object
 // is shared) and is never mutated afterwards; it is freed in `deinit`, when no reference
 // remains.
-// Unchecked Sendable is safe: written only in `init`, immutable once shared (see above).
-package final class FloatTensor: @unchecked Sendable {  // safe: see the reason on the line above
+// @unchecked Sendable is safe here: storage written only in init, immutable once shared.
+package final class FloatTensor: @unchecked Sendable {
     /// Dimensions, outermost first (a weight matrix is `[out, in]`).
     package let shape: [Int]
     /// Number of elements.

@@ -1,5 +1,5 @@
 package import LorikeetGGUF
-import LorikeetKernels
+import LorikeetKernelDispatch
 
 #if canImport(Glibc)
     import Glibc
@@ -292,7 +292,7 @@ package final class LlamaModel: Sendable {
         for l in 0..<c.numLayers {
             let layer = w.layers[l]
             for i in 0..<n {
-                Kernels.rmsNorm(h + i * hidden, layer.inputNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
+                Kernels.fp32.rmsNorm(h + i * hidden, layer.inputNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
             }
             self.project([.qProj, .kProj, .vProj], l, rows, xn, [q, k, v], loraTmp, scratch)
             for (i, row) in rows.enumerated() {
@@ -311,27 +311,27 @@ package final class LlamaModel: Sendable {
                     let kvHead = item % c.numKVHeads
                     let kvOffset = kvHead * headDim
                     let qOffset = i * qDim + kvHead * group * headDim
-                    Kernels.attendGroup(
+                    Kernels.fp32.attendGroup(
                         q + qOffset, group: group, keys: caches[i].key(l, 0) + kvOffset,
                         values: caches[i].value(l, 0) + kvOffset, stride: kvDim, span: positions[i] + 1, headDim: headDim,
                         scale: scale, scores: groupScores, att + qOffset)
                 }
             }
             self.project([.oProj], l, rows, att, [tmp], loraTmp, scratch)
-            Kernels.addInPlace(h, tmp, n * hidden)
+            Kernels.fp32.addInPlace(h, tmp, n * hidden)
             for i in 0..<n {
-                Kernels.rmsNorm(h + i * hidden, layer.postAttentionNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
+                Kernels.fp32.rmsNorm(h + i * hidden, layer.postAttentionNorm.pointer, hidden, eps: c.rmsNormEps, xn + i * hidden)
             }
             self.gatedMLP(l, rows, xn, gate, up, loraTmp, scratch)
             self.project([.downProj], l, rows, gate, [tmp], loraTmp, scratch)
-            Kernels.addInPlace(h, tmp, n * hidden)
+            Kernels.fp32.addInPlace(h, tmp, n * hidden)
         }
         for row in rows { row.cache.advance(to: row.position + 1) }
 
         let wanted = rows.indices.filter { rows[$0].wantLogits }
         guard !wanted.isEmpty else { return [] }
         for (j, i) in wanted.enumerated() {
-            Kernels.rmsNorm(h + i * hidden, w.finalNorm.pointer, hidden, eps: c.rmsNormEps, xn + j * hidden)
+            Kernels.fp32.rmsNorm(h + i * hidden, w.finalNorm.pointer, hidden, eps: c.rmsNormEps, xn + j * hidden)
         }
         let logits = ws.buffer(11, wanted.count * c.vocabSize)
         w.lmHead.matmul(xn, batch: wanted.count, logits, pool: self.pool, scratch: scratch)
@@ -368,12 +368,12 @@ package final class LlamaModel: Sendable {
         }
         if adapted {
             self.project([.gateProj, .upProj], layer, rows, x, [gate, up], loraTmp, scratch)
-            Kernels.swiglu(gate, up, n * inter)
+            Kernels.fp32.swiglu(gate, up, n * inter)
             return
         }
         WeightMatrix.multiply(matrices, into: [gate, up], x, batch: n, scratch: scratch, pool: self.pool) { range in
             for t in 0..<n {
-                Kernels.swiglu(gate + t * inter + range.lowerBound, up + t * inter + range.lowerBound, range.count)
+                Kernels.fp32.swiglu(gate + t * inter + range.lowerBound, up + t * inter + range.lowerBound, range.count)
             }
         }
     }
@@ -388,7 +388,7 @@ package final class LlamaModel: Sendable {
         let inDim = weight.columns
         for (i, row) in rows.enumerated() {
             guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
-            Kernels.addLoRA(
+            Kernels.fp32.addLoRA(
                 a: pair.a.pointer, b: pair.b.pointer, rank: adapter.rank, inDim: inDim, outDim: outDim,
                 scaling: adapter.scaling, x + i * inDim, tmp: loraTmp, y + i * outDim)
         }

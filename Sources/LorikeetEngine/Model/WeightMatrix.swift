@@ -1,5 +1,5 @@
 import LorikeetGGUF
-import LorikeetKernels
+import LorikeetKernelDispatch
 
 /// A `[rows, columns]` weight matrix for `y = W·x`, stored either as fp32 or in a ggml
 /// quantization (Q4_1, Q8_0) repacked for `QuantKernels`.
@@ -9,8 +9,8 @@ import LorikeetKernels
 /// dequantized weights up to summation order.
 // Why it is safe: the storage is written only in `init` (before the object is
 // shared), only read afterwards, and freed in `deinit` when no reference remains.
-// Unchecked Sendable is safe: written only in `init`, read-only once shared (see above).
-package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason on the line above
+// @unchecked Sendable is safe here: storage written only in init, read-only once shared.
+package final class WeightMatrix: @unchecked Sendable {
     /// How the elements are stored.
     package enum Format: String, Sendable {
         case f32, q4_1, q8_0
@@ -47,7 +47,7 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
         let quads = (rows + 3) / 4
         let sourceBlock = format == .q4_1 ? 20 : 34
         precondition(bytes.count == rows * blocks * sourceBlock, "WeightMatrix: \(bytes.count) bytes for \(rows)x\(columns) \(format)")
-        let quadBlock = format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
+        let quadBlock = format == .q4_1 ? Kernels.q41QuadBlockBytes : Kernels.q80QuadBlockBytes
         let packed = UnsafeMutableRawPointer.allocate(byteCount: quads * blocks * quadBlock, alignment: 64)
         packed.initializeMemory(as: UInt8.self, repeating: 0, count: quads * blocks * quadBlock)
         let src = bytes.baseAddress!
@@ -109,8 +109,8 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
     package var byteCount: Int {
         switch self.format {
         case .f32: self.rows * self.columns * 4
-        case .q4_1: self.quads * self.blocks * QuantKernels.q41QuadBlockBytes
-        case .q8_0: self.quads * self.blocks * QuantKernels.q80QuadBlockBytes
+        case .q4_1: self.quads * self.blocks * Kernels.q41QuadBlockBytes
+        case .q8_0: self.quads * self.blocks * Kernels.q80QuadBlockBytes
         }
     }
 
@@ -120,7 +120,7 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
 
     /// Floats of scratch `matmul` needs for `batch` input rows.
     package func scratchCount(batch: Int) -> Int {
-        self.format == .f32 ? 0 : batch * (QuantKernels.expandedCount(columns: self.columns) + self.blocks)
+        self.format == .f32 ? 0 : batch * (Kernels.expandedCount(columns: self.columns) + self.blocks)
     }
 
     /// Groups of four output rows: the unit products are split on.
@@ -162,10 +162,10 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
         let columns = matrices[0].columns
         precondition(matrices.count == outputs.count && matrices.allSatisfy { $0.columns == columns })
         if matrices.contains(where: { $0.packed != nil }) {
-            let xqCount = QuantKernels.expandedCount(columns: columns)
+            let xqCount = Kernels.expandedCount(columns: columns)
             let blocks = columns / 32
             for t in 0..<batch {
-                QuantKernels.expand(x + t * columns, columns: columns, scratch + t * xqCount, scratch + batch * xqCount + t * blocks)
+                Kernels.quantized.expand(x + t * columns, columns: columns, scratch + t * xqCount, scratch + batch * xqCount + t * blocks)
             }
         }
         let input = Input(x: x, expanded: UnsafePointer(scratch), batch: batch, columns: columns)
@@ -207,13 +207,13 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
     package func multiply(quads range: Range<Int>, _ input: Input, _ output: UnsafeMutablePointer<Float>) {
         let batch = input.batch
         guard let packed = self.packed else {
-            Kernels.matmulRows(
+            Kernels.fp32.matmulRows(
                 self.dense!.pointer, (4 * range.lowerBound)..<min(4 * range.upperBound, self.rows), rows: self.rows,
                 cols: self.columns, input.x, batch: batch, output)
             return
         }
         let weights = UnsafeRawPointer(packed)
-        let xqCount = QuantKernels.expandedCount(columns: self.columns)
+        let xqCount = Kernels.expandedCount(columns: self.columns)
         // Quads in slices of 16 so a slice of weights stays in cache across the batch.
         var lo = range.lowerBound
         while lo < range.upperBound {
@@ -224,11 +224,11 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
                 let y = output + t * self.rows
                 if self.format == .q4_1 {
                     let xsum = input.expanded + batch * xqCount + t * self.blocks
-                    QuantKernels.q41x4(
+                    Kernels.quantized.q41x4(
                         weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
                         yStride: self.rows)
                 } else {
-                    QuantKernels.q80x4(
+                    Kernels.quantized.q80x4(
                         weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, y, yStride: self.rows)
                 }
                 t += 4
@@ -238,9 +238,9 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
                 let y = output + t * self.rows
                 if self.format == .q4_1 {
                     let xsum = input.expanded + batch * xqCount + t * self.blocks
-                    QuantKernels.q41(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
+                    Kernels.quantized.q41(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
                 } else {
-                    QuantKernels.q80(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
+                    Kernels.quantized.q80(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
                 }
                 t += 1
             }
@@ -257,7 +257,7 @@ package final class WeightMatrix: @unchecked Sendable {  // safe: see the reason
         }
         let q = r / 4
         let rr = r % 4
-        let quadBlock = self.format == .q4_1 ? QuantKernels.q41QuadBlockBytes : QuantKernels.q80QuadBlockBytes
+        let quadBlock = self.format == .q4_1 ? Kernels.q41QuadBlockBytes : Kernels.q80QuadBlockBytes
         for b in 0..<self.blocks {
             let block = UnsafeRawPointer(packed + (q * self.blocks + b) * quadBlock)
             let d = Self.half(block, 2 * rr)

@@ -93,8 +93,8 @@ package final class WorkerPool: Sendable {
 ///   was joined. Each worker thread holds a retain on this object until it exits.
 // Why it is safe: every mutable field is guarded as the safety argument above
 // says (atomics, or `mutex`, or written only before the workers start and after they joined).
-// Unchecked Sendable is safe: every mutable field is atomic, mutex-guarded or set before the workers start.
-final class WorkerPoolShared: @unchecked Sendable {  // safe: see the reason on the line above
+// @unchecked Sendable is safe here: every mutable field is atomic, mutex-guarded or set before workers start.
+final class WorkerPoolShared: @unchecked Sendable {
     struct Job {
         var body: (Range<Int>, Int) -> Void
         var count: Int

@@ -127,9 +127,11 @@ package struct NodeStatus: Sendable, Equatable {
     package var version: String
     package var startedUnixMs: Int64
     package var leaseID: Int64
+    /// The supervisor run's token, kept across restarts of its cluster agent.
+    package var incarnation: String
     package init(
         name: String = "", appliedRevision: Int64 = 0, state: String = "", version: String = "", startedUnixMs: Int64 = 0,
-        leaseID: Int64 = 0
+        leaseID: Int64 = 0, incarnation: String = ""
     ) {
         self.name = name
         self.appliedRevision = appliedRevision
@@ -137,6 +139,17 @@ package struct NodeStatus: Sendable, Equatable {
         self.version = version
         self.startedUnixMs = startedUnixMs
         self.leaseID = leaseID
+        self.incarnation = incarnation
+    }
+}
+
+extension NodeStatus {
+    /// A fresh `incarnation`: 128 random bits in hex.
+    package static func newIncarnation() -> String {
+        (0..<2).map { _ in
+            let hex = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
     }
 }
 
@@ -150,11 +163,13 @@ extension NodeStatus: DescribedWireMessage {
         writer.set("version", self.version)
         writer.set("started_unix_ms", self.startedUnixMs)
         writer.set("lease_id", self.leaseID)
+        writer.set("incarnation", self.incarnation)
     }
     init(from reader: CMessageReader) {
         self.init(
             name: reader.string("name"), appliedRevision: reader.int64("applied_revision"), state: reader.string("state"),
-            version: reader.string("version"), startedUnixMs: reader.int64("started_unix_ms"), leaseID: reader.int64("lease_id"))
+            version: reader.string("version"), startedUnixMs: reader.int64("started_unix_ms"), leaseID: reader.int64("lease_id"),
+            incarnation: reader.string("incarnation"))
     }
 }
 

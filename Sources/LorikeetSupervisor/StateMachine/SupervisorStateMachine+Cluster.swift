@@ -175,7 +175,9 @@ extension SupervisorStateMachine {
 
     /// The leader's commit in fleet mode: the same checks as a local commit, except that the
     /// base version is etcd's to judge (the transaction compares the records this node saw);
-    /// then the agent commits it.
+    /// then the agent commits it. An empty change is the leader's barrier (see
+    /// `TableCommitter.confirmFleetApplied`): the agent writes nothing and answers once
+    /// every live node applied this node's table.
     mutating func clusterCommitRequested(_ request: CommitRequest, callID: UInt64, from id: WorkerID) -> [Action] {
         func refuse(_ status: Status) -> [Action] {
             [
@@ -228,8 +230,10 @@ extension SupervisorStateMachine {
         }
         let answer = AdapterMutationReply(status: .ok, adapter: commit.adapter, tableVersion: self.table.version)
         self.routes[callID]?.committed = answer
+        let barrier = commit.change.upserts.isEmpty && commit.change.removes.isEmpty
         let log = Action.log(
-            .info, "fleet commit applied by every live node", ["etcd.revision": "\(reply.revision)", "epoch": "\(self.epoch)"], worker: nil)
+            barrier ? .debug : .info, barrier ? "every live node applied this node's table" : "fleet commit applied by every live node",
+            ["etcd.revision": "\(reply.revision)", "epoch": "\(self.epoch)"], worker: nil)
         if self.workers[commit.leader] != nil, self.leader == commit.leader {
             return [log, .replyToCommit(commit.leader, callID: callID, CommitReply(status: .ok, version: self.table.version))]
         }

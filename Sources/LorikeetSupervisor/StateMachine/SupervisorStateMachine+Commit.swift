@@ -11,6 +11,8 @@ struct CommitFanOut: Sendable {
     /// Fleet mode: the etcd revision this fan-out applies (no leader waits on it; the
     /// cluster agent hears `ClusterApplied` when it ends).
     var clusterRevision: Int64? = nil
+    /// Its timer fired late once already and the wait started again (once per fan-out).
+    var waitedAfterStall = false
 }
 
 /// Who hears that a commit is done.
@@ -50,10 +52,19 @@ extension SupervisorStateMachine {
         return self.finishCommitIfAcked()
     }
 
-    /// The fan-out timer fired: every worker still silent is restarted, and the commit
-    /// completes without it (it gets the table as a snapshot when it comes back).
-    mutating func commitTimerFired(version: UInt64) -> [Action] {
+    /// The fan-out timer fired (`lateByMs` after it was due): every worker still silent is
+    /// restarted, and the commit completes without it (it gets the table as a snapshot when
+    /// it comes back). A timer late by more than `stallToleranceMs` starts the wait again,
+    /// once: the acks may be unread in the sockets, or the workers were paused too.
+    mutating func commitTimerFired(version: UInt64, lateByMs: UInt64 = 0) -> [Action] {
         guard let fanOut = self.fanOut, fanOut.version == version else { return [] }
+        if lateByMs > Self.stallToleranceMs, !fanOut.waiting.isEmpty, !fanOut.waitedAfterStall {
+            self.fanOut?.waitedAfterStall = true
+            return [
+                Self.stallLog(lateByMs, "waiting another \(self.configuration.commitAckTimeoutMs) ms for table version \(version)"),
+                .startCommitTimer(version: version, delayMs: self.configuration.commitAckTimeoutMs),
+            ]
+        }
         let late = self.allWorkers.filter { fanOut.waiting.contains($0) }
         self.fanOut?.waiting = []
         return late.map {

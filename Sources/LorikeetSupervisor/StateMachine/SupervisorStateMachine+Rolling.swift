@@ -60,9 +60,17 @@ extension SupervisorStateMachine {
         return actions + [.startRollingTimer(replacement, delayMs: self.configuration.rollingReadyTimeoutMs)] + spawn
     }
 
-    /// The replacement was not ready in time: abort the roll and kill it.
-    mutating func rollingTimerFired(_ replacement: WorkerID) -> [Action] {
+    /// The replacement was not ready in time: abort the roll and kill it. A timer more than
+    /// `stallToleranceMs` late (the supervisor was paused; its "ready" may be unread) waits
+    /// its whole timeout again.
+    mutating func rollingTimerFired(_ replacement: WorkerID, lateByMs: UInt64 = 0) -> [Action] {
         guard let worker = self.workers[replacement], worker.state != .ready else { return [] }
+        if lateByMs > Self.stallToleranceMs {
+            return [
+                Self.stallLog(lateByMs, "waiting another \(self.configuration.rollingReadyTimeoutMs) ms for the replacement"),
+                .startRollingTimer(replacement, delayMs: self.configuration.rollingReadyTimeoutMs),
+            ]
+        }
         let abort = self.abortRollingRestart(
             "the replacement for slot \(worker.slot) was not ready within \(self.configuration.rollingReadyTimeoutMs) ms")
         self.retire(replacement)

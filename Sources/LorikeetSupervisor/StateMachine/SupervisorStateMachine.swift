@@ -394,14 +394,34 @@ struct SupervisorStateMachine {
         self.workers[id]?.lastHeartbeatMs = now
     }
 
-    /// The heartbeat timer fired: a worker silent for longer than the heartbeat timeout
-    /// is terminated; every other worker that said hello gets a heartbeat.
-    mutating func heartbeatTimerFired(now: UInt64) -> [Action] {
+    /// A timer that fires this much later than it was due means the supervisor itself did
+    /// not run meanwhile (the host, VM or container was paused or starved, or the whole
+    /// node got SIGSTOP). What its workers sent in that time may still be unread (libuv runs
+    /// due timers before it reads sockets, and paused workers need running time too), so
+    /// such a timer does not kill: a commit waits its whole timeout once more, a rolling
+    /// restart's replacement gets its whole boot timeout again.
+    static let stallToleranceMs: UInt64 = 1000
+
+    /// The heartbeat timer fired (`lateByMs` after it was due): a worker silent for longer
+    /// than the heartbeat timeout is terminated; every other worker that said hello gets a
+    /// heartbeat. Silence counts only the time the supervisor ran: every worker's last
+    /// message moves forward by how late the tick is, so a pause kills nobody, and a hung
+    /// worker is still found however often the supervisor stalls.
+    mutating func heartbeatTimerFired(now: UInt64, lateByMs: UInt64 = 0) -> [Action] {
         self.heartbeatSeq += 1
         var actions: [Action] = []
+        if lateByMs > 0 {
+            for id in self.allWorkers {
+                guard let last = self.workers[id]?.lastHeartbeatMs else { continue }
+                self.workers[id]?.lastHeartbeatMs = min(now, last + lateByMs)
+            }
+        }
+        if lateByMs > Self.stallToleranceMs {
+            actions.append(Self.stallLog(lateByMs, "heartbeat silence does not count that time"))
+        }
         for id in self.allWorkers {
             guard let worker = self.workers[id] else { continue }
-            let silence = now - worker.lastHeartbeatMs
+            let silence = now - min(worker.lastHeartbeatMs, now)
             if silence > self.configuration.heartbeatTimeoutMs {
                 actions.append(.terminate(id, reason: "no heartbeat for \(silence) ms"))
             } else if worker.hasHello {
@@ -409,6 +429,13 @@ struct SupervisorStateMachine {
             }
         }
         return actions
+    }
+
+    /// The warning a late timer gives (`stallToleranceMs`).
+    static func stallLog(_ lateByMs: UInt64, _ consequence: String) -> Action {
+        .log(
+            .warning, "the supervisor did not run for \(lateByMs) ms (paused or starved); \(consequence)",
+            ["stall.ms": "\(lateByMs)"], worker: nil)
     }
 
     /// The worker's first control message.

@@ -89,19 +89,27 @@ package struct ClusterSettings: Sendable, Equatable {
     package var clusterName: String
     package var nodeName: String
     package var leaseSeconds: Int64
+    /// This supervisor run's token (`NodeStatus.incarnation`): every agent it spawns writes
+    /// it into the node key, so a restarted agent knows its predecessor's key from another
+    /// node's that uses the same `--node-name`.
+    package var incarnation: String
 
-    package init(endpoints: [String], clusterName: String, nodeName: String, leaseSeconds: Int64) {
+    package init(
+        endpoints: [String], clusterName: String, nodeName: String, leaseSeconds: Int64,
+        incarnation: String = NodeStatus.newIncarnation()
+    ) {
         self.endpoints = endpoints
         self.clusterName = clusterName
         self.nodeName = nodeName
         self.leaseSeconds = leaseSeconds
+        self.incarnation = incarnation
     }
 
     /// The agent's command-line arguments after `cluster-agent`.
     package var agentArguments: [String] {
         [
             "--cluster-endpoints", self.endpoints.joined(separator: ","), "--cluster-name", self.clusterName, "--node-name", self.nodeName,
-            "--cluster-lease-seconds", "\(self.leaseSeconds)",
+            "--cluster-lease-seconds", "\(self.leaseSeconds)", "--incarnation", self.incarnation,
         ]
     }
 }

@@ -82,7 +82,10 @@ extension Supervisor {
             self.commitTimer?.close()
             let timer = UVTimer(loop: self.loop)
             self.commitTimer = timer
-            timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.commitTimerFired(version: version)) }
+            let due = self.nowMs + delayMs
+            timer.start(timeoutMs: delayMs) { [unowned self] in
+                self.perform(self.machine.commitTimerFired(version: version, lateByMs: self.msLate(due)))
+            }
         case .cancelCommitTimer:
             self.commitTimer?.close()
             self.commitTimer = nil
@@ -90,7 +93,10 @@ extension Supervisor {
             self.rollingTimer?.close()
             let timer = UVTimer(loop: self.loop)
             self.rollingTimer = timer
-            timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.rollingTimerFired(id)) }
+            let due = self.nowMs + delayMs
+            timer.start(timeoutMs: delayMs) { [unowned self] in
+                self.perform(self.machine.rollingTimerFired(id, lateByMs: self.msLate(due)))
+            }
         case .cancelRollingTimer:
             self.rollingTimer?.close()
             self.rollingTimer = nil
@@ -103,7 +109,10 @@ extension Supervisor {
         case .sendFence(let id, let fence):
             self.workers[id]?.send(.fence(fence))
         case .sendToClusterAgent(let envelope):
-            self.clusterAgent?.send(envelope)
+            if self.clusterAgent?.send(envelope) != true {
+                // The agent is gone (its exit answers what it held) or the message is over the frame limit.
+                self.logger.warning("cannot send to the cluster agent", metadata: ["call.id": "\(envelope.callID)"])
+            }
         case .log(let level, let message, var metadata, let id):
             if let id, let worker = self.workers[id] { metadata["pid"] = "\(worker.pid)" }
             self.logger.log(level: level, "\(message)", metadata: metadata)

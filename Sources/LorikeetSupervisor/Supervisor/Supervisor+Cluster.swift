@@ -47,6 +47,10 @@ extension Supervisor {
                 agent.control?.close()
                 agent.control = nil
                 if self.clusterAgent === agent { self.clusterAgent = nil }
+                // `ctl nodes` calls in the dead agent's hands are answered, not left hanging.
+                let waiting = self.nodesReplies
+                self.nodesReplies = [:]
+                for reply in waiting.values { reply(ClusterNodesReply(status: SupervisorStateMachine.agentGone)) }
                 self.perform(self.machine.clusterAgentExited(exit, now: self.nowMs))
             }
         } catch {

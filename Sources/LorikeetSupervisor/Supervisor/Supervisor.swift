@@ -40,6 +40,9 @@ package final class Supervisor {
     var nextAdminToken: UInt64 = 1
     var exitResult: SupervisorExit?
     var commitTimer: UVTimer?
+    /// When the heartbeat timer last fired (loop time): a tick much later than one interval
+    /// after it means the supervisor was paused (`SupervisorStateMachine.stallToleranceMs`).
+    var lastHeartbeatTickMs: UInt64 = 0
     var rollingTimer: UVTimer?
     var signals: [UVSignal] = []
     var heartbeatTimer: UVTimer?
@@ -124,6 +127,8 @@ package final class Supervisor {
             for slot in self.machine.slots { self.spawnWorker(in: slot.index) }
         }
         let heartbeat = UVTimer(loop: self.loop)
+        self.loop.updateTime()  // spawning took time: the first tick is not late
+        self.lastHeartbeatTickMs = self.nowMs
         heartbeat.start(timeoutMs: self.configuration.heartbeatIntervalMs, repeatMs: self.configuration.heartbeatIntervalMs) {
             [unowned self] in self.heartbeatTick()
         }
@@ -146,6 +151,10 @@ package final class Supervisor {
     }
 
     var nowMs: UInt64 { self.loop.nowMs }
+
+    /// How long after `due` (loop time) it is now; 0 before. A timer this late means the
+    /// supervisor did not run meanwhile (`SupervisorStateMachine.stallToleranceMs`).
+    func msLate(_ due: UInt64) -> UInt64 { self.nowMs > due ? self.nowMs - due : 0 }
 
     /// The committed adapter table (the state machine's).
     var table: AdapterTable { self.machine.table }
@@ -290,18 +299,26 @@ package final class Supervisor {
         }
     }
 
-    /// SIGABRT now (a core shows where it hung), SIGKILL if it is still there in 2 s.
+    /// SIGABRT now (its backtrace in the log shows where it hung), SIGKILL if it is still
+    /// there in 2 s, together with the processes it started (the runtime's backtracer,
+    /// still running then, would be left behind).
     func terminate(_ worker: WorkerProcess, reason: String) {
         guard worker.killTimer == nil, let process = worker.process else { return }
         self.logger.error("killing worker: \(reason)", metadata: ["worker.slot": "\(worker.slot)", "pid": "\(worker.pid)"])
         process.kill(SIGABRT)
         let timer = UVTimer(loop: self.loop)
         worker.killTimer = timer
-        timer.start(timeoutMs: 2000) { [weak worker] in worker?.process?.kill(SIGKILL) }
+        timer.start(timeoutMs: 2000) { [weak worker] in
+            guard let process = worker?.process else { return }
+            for child in ChildProcesses.of(process.pid) { kill(child, SIGKILL) }
+            process.kill(SIGKILL)
+        }
     }
 
     func heartbeatTick() {
-        self.perform(self.machine.heartbeatTimerFired(now: self.nowMs))
+        let due = self.lastHeartbeatTickMs + self.configuration.heartbeatIntervalMs
+        self.lastHeartbeatTickMs = self.nowMs
+        self.perform(self.machine.heartbeatTimerFired(now: self.nowMs, lateByMs: self.msLate(due)))
         self.notifySystemd()
     }
 

@@ -34,6 +34,10 @@ final class UVLoop {
     /// Milliseconds of the loop's monotonic clock.
     var nowMs: UInt64 { uv_now(self.loop) }
 
+    /// Refreshes the loop's clock (`nowMs` is cached per loop iteration; before the loop
+    /// runs, it is the time the loop was created).
+    func updateTime() { uv_update_time(self.loop) }
+
     /// Closes all handles still open (used at exit) and runs their close callbacks.
     func closeAll() {
         uv_walk(

@@ -25,6 +25,15 @@ package protocol TableCommitter: Sendable {
     /// Commits `change` (proposed on top of `baseVersion` by the leader of `epoch`);
     /// returns the committed table version.
     func commit(_ change: TableChange, baseVersion: UInt64, epoch: UInt64) async throws(Status) -> UInt64
+
+    /// Fleet mode: returns once every live node of the fleet applied at least what this
+    /// node's table holds, so a refusal read from that table ("cannot be found", "already
+    /// loaded") holds on every node when it is answered. Elsewhere there is nothing to wait for.
+    func confirmFleetApplied(epoch: UInt64) async throws(Status)
+}
+
+extension TableCommitter {
+    package func confirmFleetApplied(epoch: UInt64) async throws(Status) {}
 }
 
 /// A FIFO async lock: one holder at a time, waiters resumed in order.
@@ -169,11 +178,11 @@ package final class LeaderMutationService: AdapterMutator {
         }
         let existing = table.adapters.first { $0.name == request.name }
         if existing != nil, !request.loadInplace {
-            return Self.failure(
+            return await self.refusalFromTable(
                 .alreadyExists, Self.alreadyLoadedMessage(request.name), param: "lora_name", version: table.version)
         }
         if existing == nil, table.adapters.count >= self.maxAdapters {
-            return Self.failure(
+            return await self.refusalFromTable(
                 .failedPrecondition,
                 "The adapter table is full (\(table.adapters.count) adapters; the server's --max-adapters is \(self.maxAdapters)). Unload an adapter first.",
                 param: "lora_name", version: table.version)
@@ -225,11 +234,11 @@ package final class LeaderMutationService: AdapterMutator {
     private func unloadSerialized(_ request: UnloadAdapterRequest, logger: Logger) async -> AdapterMutationReply {
         let table = self.replica.snapshot()
         guard let existing = table.adapters.first(where: { $0.name == request.name }) else {
-            return Self.failure(
+            return await self.refusalFromTable(
                 .notFound, "The lora adapter '\(request.name)' cannot be found.", param: "lora_name", version: table.version)
         }
         if request.intID != 0, request.intID != existing.intID {
-            return Self.failure(
+            return await self.refusalFromTable(
                 .invalidArgument,
                 "The lora adapter '\(request.name)' has lora_int_id \(existing.intID), not \(request.intID).",
                 param: "lora_int_id", version: table.version)
@@ -251,6 +260,13 @@ package final class LeaderMutationService: AdapterMutator {
             logger.info("adapter unloaded", metadata: ["adapter.id": "\(existing.intID)", "table.version": "\(version)"])
             return AdapterMutationReply(status: .ok, adapter: existing, tableVersion: version)
         } catch {
+            if error.code == .notFound {
+                // The fleet's table no longer holds it (another unload, e.g. an earlier try of
+                // this one whose outcome was unknown, committed first): the engine must not
+                // hold it either, so it is not re-added.
+                logger.info("adapter already unloaded fleet-wide; not re-adding it to the engine", metadata: ["reason": "\(error)"])
+                return AdapterMutationReply(status: error, tableVersion: self.replica.version)
+            }
             logger.error("commit failed, re-adding the adapter to the engine", metadata: ["reason": "\(error)"])
             do {
                 try await self.engine.addAdapter(
@@ -281,10 +297,23 @@ package final class LeaderMutationService: AdapterMutator {
 
     /// Fleet mode: makes the engine hold a committed `change` (from this node or another),
     /// outside the mutation serializer — a mutation of this node may be waiting for the
-    /// fleet to apply exactly this change. Only the change's own ids are touched. Returns
-    /// false when the engine could not be brought in line (the reconcile loop retries).
+    /// fleet to apply exactly this change. Only the change's own ids are touched. Upstream
+    /// replicas are reconciled with the whole table (already holding the change): each
+    /// replica's holdings are read back, so a change this node made itself is not loaded
+    /// twice, and a local mutation in flight is set right by its own commit's application.
+    /// Returns false when the engine or a replica could not be brought in line (the
+    /// reconcile loop retries).
     package func applyCommitted(_ change: TableChange, previous: AdapterTable) async -> Bool {
-        guard case .engine = self.hosting else { return false }
+        if case .replicas(let replicated) = self.hosting {
+            do throws(Status) {
+                let outcome = try await replicated.reconcile(with: self.replica.snapshot(), asDrift: false)
+                return outcome.failed.isEmpty
+            } catch {
+                self.logger.warning(
+                    "upstream replicas did not take a committed change; the reconcile loop retries", metadata: ["error": "\(error)"])
+                return false
+            }
+        }
         let epoch = self.epoch
         do throws(Status) {
             let held = try await self.engine.listAdapters()
@@ -339,7 +368,7 @@ package final class LeaderMutationService: AdapterMutator {
         var outcome = Reconciliation()
         let table = self.replica.snapshot()
         // Upstream replicas each hold their own adapters: reconciled one by one.
-        if case .replicas(let replicated) = self.hosting { return try await replicated.reconcile(with: table) }
+        if case .replicas(let replicated) = self.hosting { return try await replicated.reconcile(with: table, asDrift: true) }
         let held = try await self.engine.listAdapters()
         let epoch = self.epoch
         for adapter in held where !table.adapters.contains(where: { $0.intID == adapter.intID && $0.path == adapter.path }) {
@@ -370,6 +399,29 @@ package final class LeaderMutationService: AdapterMutator {
             }
         }
         return outcome
+    }
+
+    /// A refusal read from this node's table (not found, already loaded, another id, table
+    /// full). In a fleet the table may be stale: a fenced node (resumed after a stop, cut off
+    /// from etcd) answers 503 instead, and an unfenced one answers once every live node
+    /// applied what its table holds, so a 404 for an unload whose earlier try committed with
+    /// an unknown outcome means no node serves the adapter any more, as a 200 would. What
+    /// etcd decides (the transaction's compares) needs neither.
+    private func refusalFromTable(
+        _ code: StatusCode, _ message: String, param: String, version: UInt64
+    ) async -> AdapterMutationReply {
+        if self.replica.fence.isFleet {
+            if let fenced = self.replica.fence.problem { return AdapterMutationReply(status: fenced, tableVersion: version) }
+            do throws(Status) {
+                try await self.committer.confirmFleetApplied(epoch: self.epoch)
+            } catch {
+                return Self.failure(
+                    .unavailable,
+                    "cluster unreachable: cannot confirm that every node applied the fleet's adapter table (\(error.message)); retry",
+                    version: version)
+            }
+        }
+        return Self.failure(code, message, param: param, version: version)
     }
 
     private static func failure(

@@ -316,6 +316,12 @@ package final class SupervisedWorkerService: Service {
     /// fleet-wide id first; nodes started together with the same module race, one commits
     /// it and the others find it in the fleet's table.
     private func loadStartupModules() async {
+        // A fenced node refuses mutations; the first fence comes right after the node caught up.
+        var waited = 0
+        while self.configuration.fleet, !self.configuration.loraModules.isEmpty, self.replica.fence.problem != nil, waited < 600 {
+            try? await Task.sleep(for: .milliseconds(100))
+            waited += 1
+        }
         for module in self.configuration.loraModules {
             guard let canonical = PathPolicy.realPath(module.path) else {
                 self.logger.error("--lora-modules: the path does not exist", metadata: ["adapter.name": "\(module.name.echoed())"])

@@ -114,6 +114,12 @@ package final class SupervisorCommitter: TableCommitter {
         guard result.status.isOK else { throw result.status }
         return result.version
     }
+
+    /// Fleet mode: an empty commit is the supervisor's and the agent's barrier (no write to
+    /// etcd; the agent answers once every live node applied this node's revision).
+    package func confirmFleetApplied(epoch: UInt64) async throws(Status) {
+        _ = try await self.commit(TableChange(), baseVersion: 0, epoch: epoch)
+    }
 }
 
 /// A follower's mutator: the leader does the work; the request travels through the

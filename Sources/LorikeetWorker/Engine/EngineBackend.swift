@@ -51,8 +51,9 @@ package protocol AdapterHost: Sendable {
 /// (upstream vLLM / SGLang): the leader's reconciliation is per replica, so the host does
 /// it, and a replica that returns to rotation asks for a reconciliation at once.
 package protocol ReplicatedAdapterHost: AdapterHost {
-    /// Makes every healthy replica hold exactly `table`.
-    func reconcile(with table: AdapterTable) async throws(Status) -> LeaderMutationService.Reconciliation
+    /// Makes every healthy replica hold exactly `table`; `asDrift`: the reconcile loop's pass
+    /// (what it changes is drift, logged and counted), not a committed change being applied.
+    func reconcile(with table: AdapterTable, asDrift: Bool) async throws(Status) -> LeaderMutationService.Reconciliation
     /// How often the table is reconciled with the replicas.
     var reconcileInterval: Duration { get }
     /// Called (with the replica's name) when a replica comes back into rotation. Must not

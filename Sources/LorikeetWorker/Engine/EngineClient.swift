@@ -199,8 +199,8 @@ package final class EngineClient: GenerationBackend, AdapterHost {
 // Why it is safe: `AsyncThrowingStream(unfolding:)` calls its closure for one
 // consumer, one call at a time, so `next()` never runs concurrently with itself; the
 // iterator is touched nowhere else.
-// Unchecked Sendable is safe: its one consumer calls `next()` one call at a time (see above).
-private final class ReplyIterator: @unchecked Sendable {  // safe: see the reason on the line above
+// @unchecked Sendable is safe here: its one consumer calls next() one call at a time.
+private final class ReplyIterator: @unchecked Sendable {
     private var iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator
 
     init(_ iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator) {

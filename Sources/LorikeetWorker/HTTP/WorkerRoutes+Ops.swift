@@ -171,7 +171,8 @@ extension WorkerRoutes {
         let bytes = self.metrics.exposition(
             tableVersion: table.version, adapters: table.adapters, engineUp: engineUp, inFlight: self.stats.inFlight,
             version: self.configuration.version, baseModel: self.replica.baseModels.first ?? "",
-            maxAdapters: self.configuration.maxAdapters)
+            maxAdapters: self.configuration.maxAdapters,
+            fenced: self.replica.fence.isFleet ? self.replica.fence.problem != nil : nil)
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
         return Reply(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))

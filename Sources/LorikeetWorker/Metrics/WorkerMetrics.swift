@@ -27,7 +27,9 @@ package struct AdapterUsage: Sendable, Equatable {
 /// - `lorikeet_adapter_mutations_total{action,code}`, `lorikeet_adapter_mutation_duration_seconds{action}`
 ///   (load/unload calls received by this worker, whatever worker led them),
 /// - gauges set at scrape time: `lorikeet_adapter_table_version`, `lorikeet_adapters_loaded`,
-///   `lorikeet_engine_up`, `lorikeet_requests_in_flight`, `lorikeet_worker_info{slot,version}`.
+///   `lorikeet_engine_up`, `lorikeet_requests_in_flight`, `lorikeet_worker_info{slot,version}`,
+///   and in fleet mode `lorikeet_cluster_fenced` (1 while the node serves no adapter: its
+///   etcd lease is not renewed or it is catching up).
 package final class WorkerMetrics: Sendable {
     /// The registry `GET /metrics` renders.
     package let registry: PrometheusCollectorRegistry
@@ -150,13 +152,14 @@ package final class WorkerMetrics: Sendable {
     /// `model_name` = `baseModel`, `max_lora` = the engine's `max_loras`, else `maxAdapters`).
     func exposition(
         tableVersion: UInt64, adapters: [AdapterRecord], engineUp: Bool, inFlight: UInt32, version: String, baseModel: String = "",
-        maxAdapters: Int = Limits.defaultMaxAdapters
+        maxAdapters: Int = Limits.defaultMaxAdapters, fenced: Bool? = nil
     ) -> [UInt8] {
         self.pruneAdapterSeries(keeping: adapters)
         Gauge(label: "lorikeet_adapter_table_version", factory: self.factory).record(Double(tableVersion))
         Gauge(label: "lorikeet_adapters_loaded", factory: self.factory).record(Double(adapters.count))
         Gauge(label: "lorikeet_engine_up", factory: self.factory).record(engineUp ? 1 : 0)
         Gauge(label: "lorikeet_requests_in_flight", factory: self.factory).record(Double(inFlight))
+        if let fenced { Gauge(label: "lorikeet_cluster_fenced", factory: self.factory).record(fenced ? 1 : 0) }
         Gauge(label: "lorikeet_worker_info", dimensions: [("slot", "\(self.slot)"), ("version", version)], factory: self.factory)
             .record(1)
         var buffer: [UInt8] = []

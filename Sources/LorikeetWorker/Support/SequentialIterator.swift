@@ -4,8 +4,8 @@
 // The creating task calls `next()` for the first element, then hands this object to a body
 // closure that the response writer runs inline in that same task; no two calls to `next()`
 // or `cancel()` ever overlap, and nothing else holds a reference.
-// Unchecked Sendable is safe: one task at a time uses it (see above), never two at once.
-final class SequentialIterator<Element: Sendable>: @unchecked Sendable {  // safe: see the reason on the line above
+// @unchecked Sendable is safe here: one task uses it at a time, never two at once.
+final class SequentialIterator<Element: Sendable>: @unchecked Sendable {
     private var iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator?
 
     init(_ iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator) { self.iterator = iterator }

@@ -763,7 +763,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__cluster_commit_reply__descriptor 
   (ProtobufCMessageInit) lorikeet__v1__cluster_commit_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__node_status__field_descriptors[6] =
+static const ProtobufCFieldDescriptor lorikeet__v1__node_status__field_descriptors[7] =
 {
   {
     "name",
@@ -837,9 +837,22 @@ static const ProtobufCFieldDescriptor lorikeet__v1__node_status__field_descripto
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "incarnation",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__NodeStatus, incarnation),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__node_status__field_indices_by_name[] = {
   1,   /* field[1] = applied_revision */
+  6,   /* field[6] = incarnation */
   5,   /* field[5] = lease_id */
   0,   /* field[0] = name */
   4,   /* field[4] = started_unix_ms */
@@ -849,7 +862,7 @@ static const unsigned lorikeet__v1__node_status__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__node_status__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__node_status__descriptor =
 {
@@ -859,7 +872,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__node_status__descriptor =
   "Lorikeet__V1__NodeStatus",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__NodeStatus),
-  6,
+  7,
   lorikeet__v1__node_status__field_descriptors,
   lorikeet__v1__node_status__field_indices_by_name,
   1,  lorikeet__v1__node_status__number_ranges,

@@ -150,10 +150,16 @@ struct  Lorikeet__V1__NodeStatus
   char *version;
   int64_t started_unix_ms;
   int64_t lease_id;
+  /*
+   * A random token chosen by the supervisor once per run and kept across restarts of its
+   * cluster agent: a node key under another lease with this token is this node's previous
+   * agent (its lease lapses by itself), not another node with the same name.
+   */
+  char *incarnation;
 };
 #define LORIKEET__V1__NODE_STATUS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__node_status__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0 }
+    , (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*

@@ -1,0 +1,1 @@
+../LorikeetKernels/Kernels.swift

@@ -1,0 +1,1 @@
+../LorikeetKernels/QuantKernels.swift
