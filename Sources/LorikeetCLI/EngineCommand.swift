@@ -51,7 +51,7 @@ struct EngineCommand: AsyncParsableCommand {
             "Model: a directory (config.json + model.safetensors) or a .gguf file; default: SmolLM2-135M-Instruct, downloaded on first use."
     ) var model: String?
     @Option(help: "Unix socket path to serve on (mode 0600).") var socket: String
-    @Option(help: "Maximum adapters used by running requests at once.") var maxLoras = 4
+    @Option(help: "Maximum adapters used by running requests at once; 0 turns LoRA off (every load is refused).") var maxLoras = 4
     @Option(help: "Maximum adapters cached in memory (at least --max-loras).") var maxCpuLoras: Int?
     @Option(help: "Largest LoRA rank accepted.") var maxLoraRank = 16
     @Option(help: "Compute threads (default: the CPUs this process may run on, as llama.cpp picks).") var threads: Int?
@@ -72,6 +72,7 @@ struct EngineCommand: AsyncParsableCommand {
     ) var trustedAdapterDir: [String] = []
 
     func validate() throws {
+        guard self.maxLoras >= 0 else { throw ValidationError("--max-loras must be 0 (LoRA off) or more, got \(self.maxLoras)") }
         guard self.prefixCacheMib >= 0, self.prefixCacheMib <= 1 << 20 else {
             throw ValidationError("--prefix-cache-mib must be between 0 (off) and 1048576, got \(self.prefixCacheMib)")
         }

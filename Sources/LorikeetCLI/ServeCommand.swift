@@ -24,7 +24,7 @@ struct ServeCommand: ParsableCommand {
     var metricsPortBase: UInt16?
     @Option(help: "Model directory (config.json + model.safetensors) or GGUF file; default: SmolLM2-135M-Instruct.")
     var model: String?
-    @Option(help: "Maximum adapters active at once in the engine.") var maxLoras: Int?
+    @Option(help: "Maximum adapters active at once in the engine; 0 turns LoRA off (every load is refused).") var maxLoras: Int?
     @Option(help: "Maximum adapters cached in the engine.") var maxCpuLoras: Int?
     @Option(help: "Maximum LoRA rank.") var maxLoraRank: Int?
     @Option(help: "Engine compute threads (default: the CPUs the engine may run on).") var threads: Int?
@@ -111,6 +111,7 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         if self.apiKey != nil && self.apiKeyFile != nil { throw ValidationError("give --api-key or --api-key-file, not both") }
         if let maxBodyBytes { try SecurityOptions.checkBodyBytes(maxBodyBytes) }
+        if let maxLoras, maxLoras < 0 { throw ValidationError("--max-loras must be 0 (LoRA off) or more, got \(maxLoras)") }
         let environment = ProcessInfo.processInfo.environment
         _ = try SecurityOptions.maxAdapters(flag: self.maxAdapters, environment: environment)
         _ = try SecurityOptions.allowedHosts(flag: self.allowedHosts, environment: environment)

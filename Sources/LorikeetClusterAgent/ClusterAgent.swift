@@ -242,6 +242,14 @@ package final class ClusterAgent: Sendable {
                     await self.state.waitForFleet(callID: callID, revision: revision)
                     return
                 }
+                if let absentAt = await self.removedRevision(of: request) {
+                    // Every name is gone from etcd: answered as done once this node and the
+                    // fleet no longer serve them (whoever deleted them).
+                    self.logger.notice(
+                        "commit outcome was unknown; read back: removed", metadata: ["etcd.revision": "\(absentAt)", "error": "\(error)"])
+                    await self.state.waitForFleet(callID: callID, absent: request.removes, absentAt: absentAt)
+                    return
+                }
                 status = Status(
                     code: .unavailable,
                     message: "cluster unreachable: the commit's outcome is unknown (\(error)); check GET /v1/models before retrying")
@@ -253,8 +261,13 @@ package final class ClusterAgent: Sendable {
             return
         }
         guard result.succeeded else {
+            // The refusal waits until this node and the fleet see what etcd showed: an
+            // "already loaded" is then served everywhere, a "cannot be found" (an unload that
+            // lost the race, or the retry of one whose answer was lost) gone everywhere.
             let status = Self.conflict(request, previous: previous, found: result.results)
-            self.link.post(ClusterEnvelope(callID: callID, body: .commitReply(ClusterCommitReply(status: status))))
+            let seen = Self.seen(request, previous: previous, found: result.results)
+            await self.state.waitForFleet(
+                callID: callID, revision: seen.revision, absent: seen.absent, absentAt: result.revision, refusal: status)
             return
         }
         self.logger.info(
@@ -273,11 +286,39 @@ package final class ClusterAgent: Sendable {
         return EtcdCompare(key: key, .equal, .value(seen.serializedBytes()))
     }
 
+    /// After a removal whose outcome is unknown: the revision at which every removed name
+    /// was read absent from etcd, or nil when one is still there (or cannot be read). An
+    /// absent key does not say who deleted it, nor when; the caller waits until this node's
+    /// view no longer holds the names, then for the fleet.
+    func removedRevision(of request: ClusterCommitRequest) async -> Int64? {
+        guard request.upserts.isEmpty, !request.removes.isEmpty else { return nil }
+        var revision: Int64 = 0
+        for name in request.removes {
+            guard let range = try? await self.client.range(key: self.keys.adapter(name)), range.kvs.isEmpty else { return nil }
+            revision = max(revision, range.revision)
+        }
+        return revision
+    }
+
+    /// What a failed transaction's failure branch showed: the newest revision among the keys
+    /// it found, and the names this commit expected to exist that it found absent.
+    static func seen(
+        _ request: ClusterCommitRequest, previous: [String: AdapterRecord], found: [EtcdOpResult]
+    ) -> (revision: Int64, absent: [String]) {
+        var revision: Int64 = 0
+        var absent: [String] = []
+        for (index, name) in (request.upserts.map(\.name) + request.removes).enumerated() {
+            guard index < found.count, case .range(let range) = found[index] else { continue }
+            revision = max(revision, range.kvs.map(\.modRevision).max() ?? 0)
+            if range.kvs.isEmpty, previous[name] != nil { absent.append(name) }
+        }
+        return (revision, absent)
+    }
+
     /// After a commit whose outcome is unknown: the revision at which it landed, read back,
     /// or nil when that cannot be shown. A load or reload landed when every upserted name
     /// holds exactly the record this commit wrote (its id was reserved for it alone, so no
-    /// other write can have put those bytes). A removal cannot be shown this way (an absent
-    /// key says nothing of who deleted it, nor when): nil.
+    /// other write can have put those bytes). Removals: `removedRevision(of:)`.
     func appliedRevision(of request: ClusterCommitRequest) async -> Int64? {
         guard request.removes.isEmpty, !request.upserts.isEmpty else { return nil }
         var revision: Int64 = 0
@@ -553,8 +594,23 @@ actor AgentState {
     var pushed: Int64 = 0
     var appliedRevision: Int64 = 0
     var caughtUp = false
-    /// Commits (and barriers) waiting for every live node to apply their revision.
-    var pending: [(callID: UInt64, revision: Int64, deadline: ContinuousClock.Instant, barrier: Bool)] = []
+    /// Commits, barriers and refusals waiting for every live node to apply their revision.
+    var pending: [FleetWait] = []
+
+    /// A call answered once every live node applied `revision` — and, first, once this
+    /// node's view no longer holds the `absent` names (etcd showed them absent at revision
+    /// `absentAt`; the wait then covers what this node was pushed at that point).
+    struct FleetWait {
+        let callID: UInt64
+        var revision: Int64
+        let deadline: ContinuousClock.Instant
+        /// An empty commit: "was not confirmed" rather than "committed, but".
+        let barrier: Bool
+        var absent: [String] = []
+        var absentAt: Int64 = 0
+        /// Sent once the fleet applied `revision` (nil: the commit's success).
+        var refusal: Status? = nil
+    }
 
     let logger: Logger
 
@@ -697,8 +753,13 @@ actor AgentState {
         self.waitForFleet(callID: callID, revision: self.pushed, barrier: true)
     }
 
-    func waitForFleet(callID: UInt64, revision: Int64, barrier: Bool = false) {
-        self.pending.append((callID, revision, .now + self.commitWaitLimit, barrier))
+    func waitForFleet(
+        callID: UInt64, revision: Int64 = 0, barrier: Bool = false, absent: [String] = [], absentAt: Int64 = 0, refusal: Status? = nil
+    ) {
+        self.pending.append(
+            FleetWait(
+                callID: callID, revision: revision, deadline: .now + self.commitWaitLimit, barrier: barrier, absent: absent,
+                absentAt: absentAt, refusal: refusal))
         self.checkCommits()
     }
 
@@ -759,11 +820,21 @@ actor AgentState {
 
     /// Answers every waiting commit that this node applied and every other node key shows applied.
     private func checkCommits() {
+        for index in self.pending.indices where !self.pending[index].absent.isEmpty {
+            let absentAt = self.pending[index].absentAt
+            // Gone from this node's view, or created again after etcd showed it absent.
+            self.pending[index].absent.removeAll { name in
+                self.adapters[name] == nil || (self.adapterRevisions[name]?.created ?? 0) > absentAt
+            }
+            if self.pending[index].absent.isEmpty { self.pending[index].revision = max(self.pending[index].revision, self.pushed) }
+        }
         self.pending.removeAll { commit in
-            guard self.appliedRevision >= commit.revision, self.nodesBehind(commit.revision, deadline: commit.deadline).isEmpty
+            guard commit.absent.isEmpty, self.appliedRevision >= commit.revision,
+                self.nodesBehind(commit.revision, deadline: commit.deadline).isEmpty
             else { return false }
-            self.link.post(
-                ClusterEnvelope(callID: commit.callID, body: .commitReply(ClusterCommitReply(revision: commit.revision))))
+            let reply =
+                commit.refusal.map { ClusterCommitReply(status: $0) } ?? ClusterCommitReply(revision: commit.revision)
+            self.link.post(ClusterEnvelope(callID: commit.callID, body: .commitReply(reply)))
             return true
         }
     }
@@ -774,8 +845,16 @@ actor AgentState {
         self.pending.removeAll { commit in
             guard commit.deadline <= now else { return false }
             let late = self.nodesBehind(commit.revision, deadline: commit.deadline)
+            let what =
+                if !commit.absent.isEmpty {
+                    "the removal of \(commit.absent.map { $0.echoed() }) from etcd was"
+                } else if commit.barrier || commit.refusal != nil {
+                    "etcd revision \(commit.revision) was"
+                } else {
+                    "committed at etcd revision \(commit.revision), but"
+                }
             let message =
-                "\(commit.barrier ? "etcd revision \(commit.revision) was" : "committed at etcd revision \(commit.revision), but") not confirmed by \(self.appliedRevision < commit.revision ? "this node" : "node(s) \(late)") within \(self.commitWaitLimit)"
+                "\(what) not confirmed by \(!commit.absent.isEmpty || self.appliedRevision < commit.revision ? "this node" : "node(s) \(late)") within \(self.commitWaitLimit)"
             self.link.post(
                 ClusterEnvelope(
                     callID: commit.callID,

@@ -24,16 +24,28 @@ struct FleetTests {
             for name in names { self.nodes.append(try self.start(name)) }
         }
 
-        /// The fleet flags of node `name`.
-        func arguments(_ name: String) -> [String] {
-            [
-                "--cluster-endpoints", self.etcd.endpoints.map { "http://\($0)" }.joined(separator: ","), "--cluster-name", self.cluster,
+        /// The fleet flags of node `name`; `proxy` (an `AnswerDroppingProxy` in front of the
+        /// first member) comes first in its endpoint list.
+        func arguments(_ name: String, proxy: AnswerDroppingProxy? = nil) -> [String] {
+            let endpoints = (proxy.map { ["127.0.0.1:\($0.port)"] } ?? []) + self.etcd.endpoints
+            return [
+                "--cluster-endpoints", endpoints.map { "http://\($0)" }.joined(separator: ","), "--cluster-name", self.cluster,
                 "--node-name", name, "--cluster-lease-seconds", "\(FleetTests.leaseSeconds)",
             ]
         }
 
-        func start(_ name: String, stateDirectory: String? = nil, extraArguments: [String] = []) throws -> ServerUnderTest {
-            try ServerUnderTest(workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name) + extraArguments)
+        func start(
+            _ name: String, stateDirectory: String? = nil, proxy: AnswerDroppingProxy? = nil, extraArguments: [String] = []
+        ) throws -> ServerUnderTest {
+            try ServerUnderTest(
+                workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name, proxy: proxy) + extraArguments)
+        }
+
+        /// A proxy in front of the first member that loses etcd's answer to the first request
+        /// naming adapter `name`'s key.
+        func proxyLosingAnswer(about name: String) throws -> AnswerDroppingProxy {
+            let key = Data("/\(self.cluster)/adapters/\(name)".utf8).base64EncodedString()
+            return try AnswerDroppingProxy(target: self.etcd.endpoints[0], marker: key)
         }
 
         func stop() {
@@ -171,16 +183,9 @@ struct FleetTests {
         defer { fleet.stop() }
         // Node A talks to etcd through a proxy that loses the answer to the commit of
         // "lost" (the only request naming its key) after etcd applied it.
-        let key = Data("/\(fleet.cluster)/adapters/lost".utf8).base64EncodedString()
-        let proxy = try AnswerDroppingProxy(target: fleet.etcd.endpoints[0], marker: key)
+        let proxy = try fleet.proxyLosingAnswer(about: "lost")
         defer { proxy.stop() }
-        let endpoints = (["127.0.0.1:\(proxy.port)"] + fleet.etcd.endpoints).map { "http://\($0)" }.joined(separator: ",")
-        let a = try ServerUnderTest(
-            workers: 2,
-            extraArguments: [
-                "--cluster-endpoints", endpoints, "--cluster-name", fleet.cluster, "--node-name", "A", "--cluster-lease-seconds",
-                "\(FleetTests.leaseSeconds)",
-            ])
+        let a = try fleet.start("A", proxy: proxy)
         fleet.nodes.append(a)
         let response = try Self.load(a, "lost")
         #expect(response.status == 200, "\(response.body.prefix(500))")
@@ -190,6 +195,49 @@ struct FleetTests {
             for _ in 0..<10 { #expect(try Self.complete(node, "lost") == 200) }
         }
         #expect(Set(try fleet.nodes.map { try Self.table($0)["lost"] }).count == 1)
+    }
+
+    @Test(
+        "An unload whose answer from etcd is lost after it landed is read back: 200 once every node (one stopped meanwhile too) dropped the adapter, not 503"
+    )
+    func lostUnloadAnswer() async throws { try Self.lostUnloadAnswerBody() }
+
+    static func lostUnloadAnswerBody() throws {
+        let fleet = try Fleet(names: ["B", "C"])
+        defer { fleet.stop() }
+        let (b, c) = (fleet.nodes[0], fleet.nodes[1])
+        #expect(try Self.load(b, "lost").status == 200)
+        // Node A's proxy loses the answer to the first request naming "lost": its unload.
+        let proxy = try fleet.proxyLosingAnswer(about: "lost")
+        defer { proxy.stop() }
+        let a = try fleet.start("A", proxy: proxy)
+        fleet.nodes.append(a)
+        try ServeTests.waitFor("node A serves the adapter", timeout: 30) { try Self.complete(a, "lost") == 200 }
+        // C stops before the unload: the answer must wait for C to drop the adapter too.
+        let pids = [c.process.processIdentifier] + c.childPIDs()
+        for pid in pids { kill(pid, SIGSTOP) }
+        let started = Date()
+        let answer = Mutex<Result<TestHTTP.Response, any Error>?>(nil)
+        let answered = DispatchSemaphore(value: 0)
+        Thread {
+            let result = Result { try Self.unload(a, "lost") }
+            answer.withLock { $0 = result }
+            answered.signal()
+        }.start()
+        let pause = 2.0  // well inside the 6 s lease: C stays a live node
+        Thread.sleep(forTimeInterval: pause)
+        for pid in pids { kill(pid, SIGCONT) }
+        answered.wait()
+        let took = Date().timeIntervalSince(started)
+        let response = try answer.withLock { $0! }.get()
+        #expect(response.status == 200, "\(response.status) \(response.body)")
+        #expect(proxy.dropped == 1, "the unload's answer was dropped")
+        #expect(a.log.contains("read back: removed"), "\(a.log.suffix(3000))")
+        #expect(took >= pause, "the answer came before the stopped node could drop the adapter (\(took) s)")
+        for node in fleet.nodes {
+            #expect(try Self.complete(node, "lost") == 404, "node \(node.port) still serves the unloaded adapter")
+            #expect(try Self.table(node)["lost"] == nil)
+        }
     }
 
     @Test(

@@ -217,6 +217,23 @@ struct ServeTests {
         #expect(try Self.engineAdapters(server) == ["survivor": 1])
     }
 
+    @Test("--max-loras 0 turns LoRA off: a load gets vLLM's Rust 400 (LoraDisabledError), the base model serves")
+    func loraOff() throws {
+        let server = try ServerUnderTest(workers: 2, extraArguments: ["--max-loras", "0"])
+        defer { server.stop() }
+        let load = try TestHTTP.post(
+            port: server.port, "/v1/load_lora_adapter", ["lora_name": "a", "lora_path": server.adapterDirectory + "/plain"])
+        #expect(load.status == 400, "\(load.body)")
+        // vLLM's Rust frontend: `LoadLoraError::LoraDisabled` -> 400, param null.
+        let error = load.json?["error"] as? [String: Any]
+        #expect(error?["message"] as? String == "engine was not started with LoRA enabled", "\(load.body)")
+        #expect(error?["type"] as? String == "invalid_request_error" && error?["code"] as? String == "invalid_request_error")
+        #expect(error?["param"] is NSNull, "\(load.body)")
+        #expect(try ServeTests.table(server).isEmpty)
+        let base = try TestHTTP.post(port: server.port, "/v1/completions", ["prompt": "hi", "max_tokens": 1])
+        #expect(base.status == 200, "\(base.body)")
+    }
+
     @Test(
         "every descriptor a child inherits (slot listener, control socket) is close-on-exec: a program it runs, such as the crash backtracer, holds none"
     )

@@ -280,6 +280,20 @@ struct RouteTests {
             #expect(try await load(#"{"lora_name":"b","lora_path":"\#(good)"}"#).status == 200)
             #expect(service.replica.resolve(model: "b")?.adapter?.intID == 2)
             #expect(engine.state.withLock { Set($0.adapters.keys) } == [2])
+
+            // An engine that refuses a removal: vLLM's Rust frontend's 500 (`lora.rs`,
+            // `UnloadLoraError::Engine`), and the adapter stays loaded and served.
+            engine.state.withLock { $0.refuseRemovals = true }
+            let stuck = try await unload(#"{"lora_name":"b"}"#)
+            #expect(stuck.status == 500)
+            #expect(
+                stuck.json
+                    == VLLMCompatTests.envelope(
+                        "engine rejected removal of LoRA adapter `b` with id 2", type: "server_error", param: nil, code: "server_error"))
+            #expect(service.replica.resolve(model: "b")?.adapter?.intID == 2)
+            #expect(try await TestHTTP.post(port: port, "/v1/completions", #"{"model":"b","prompt":"x","max_tokens":2}"#).status == 200)
+            engine.state.withLock { $0.refuseRemovals = false }
+            #expect(try await unload(#"{"lora_name":"b"}"#).status == 200)
         }
     }
 

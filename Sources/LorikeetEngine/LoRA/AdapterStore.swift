@@ -21,7 +21,8 @@ import Synchronization
 package final class AdapterStore: Sendable {
     /// Capacity limits (vLLM's `--max-loras`, `--max-cpu-loras`, `--max-lora-rank`).
     package struct Options: Sendable, Equatable {
-        /// Adapters usable by running requests at once.
+        /// Adapters usable by running requests at once; 0 turns LoRA off (vLLM without
+        /// `--enable-lora`): every load is refused.
         package var maxLoras: Int
         /// Adapters kept in memory.
         package var maxCpuLoras: Int
@@ -37,8 +38,8 @@ package final class AdapterStore: Sendable {
 
         /// Creates options; `maxCpuLoras` is raised to at least `maxLoras` (as vLLM does).
         package init(maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16, allowedPathPrefixes: [String] = []) {
-            self.maxLoras = max(1, maxLoras)
-            self.maxCpuLoras = max(self.maxLoras, maxCpuLoras ?? self.maxLoras)
+            self.maxLoras = max(0, maxLoras)
+            self.maxCpuLoras = self.maxLoras == 0 ? 0 : max(self.maxLoras, maxCpuLoras ?? self.maxLoras)
             self.maxLoraRank = max(1, maxLoraRank)
             self.allowedPathPrefixes = allowedPathPrefixes
         }
@@ -140,7 +141,11 @@ package final class AdapterStore: Sendable {
 
     /// Registers (or with `replace`, reloads) the adapter at `path` under `intID`.
     ///
-    /// Throws FAILED_PRECONDITION for a stale epoch, ALREADY_EXISTS for an id or name in
+    /// The refusal of every load by an engine started with `maxLoras` 0, worded as vLLM's
+    /// Rust frontend words its `LoraDisabledError`.
+    package static let loraDisabledMessage = "engine was not started with LoRA enabled"
+
+    /// Throws FAILED_PRECONDITION for LoRA off (`maxLoras` 0) or a stale epoch, ALREADY_EXISTS for an id or name in
     /// use, INVALID_ARGUMENT/NOT_FOUND when the files are refused, RESOURCE_EXHAUSTED when
     /// no cache slot (or, for `pinned`, no active slot) can be freed. On failure nothing
     /// changes.
@@ -148,6 +153,7 @@ package final class AdapterStore: Sendable {
         name: String, intID: UInt64, path: String, pinned: Bool = false, replace: Bool = false, epoch: UInt64
     ) throws(EngineError) -> AddOutcome {
         try self.mutationLock.withLock { _ throws(EngineError) -> AddOutcome in
+            guard self.options.maxLoras > 0 else { throw EngineError(.failedPrecondition, Self.loraDisabledMessage) }
             try self.checkEpoch(epoch, operation: "add adapter '\(name)'")
             guard intID > 0 else { throw EngineError(.invalidArgument, "lora_int_id must be at least 1") }
             guard !name.isEmpty else { throw EngineError(.invalidArgument, "adapter name must not be empty") }

@@ -250,8 +250,8 @@ package final class LeaderMutationService: AdapterMutator {
             // The engine no longer holds it (an engine restart): removing it from the table is what is left.
             logger.info("engine did not hold the adapter; removing it from the table")
         } catch {
-            logger.info("engine refused to remove the adapter", metadata: ["reason": "\(error)"])
-            return AdapterMutationReply(status: error, tableVersion: table.version)
+            logger.warning("engine refused to remove the adapter", metadata: ["reason": "\(error)"])
+            return AdapterMutationReply(status: Self.removalRefused(existing, error), tableVersion: table.version)
         }
         let change = TableChange(
             version: table.version + 1, upserts: [], removes: [existing.name], nextIntID: table.nextIntID)
@@ -277,6 +277,17 @@ package final class LeaderMutationService: AdapterMutator {
                 logger.critical("engine rollback failed", metadata: ["reason": "\(rollbackError)"])
             }
             return AdapterMutationReply(status: error, tableVersion: self.replica.version)
+        }
+    }
+
+    /// The engine's refusal of a removal, as vLLM's Rust frontend answers it (500
+    /// `engine rejected removal of LoRA adapter ...`; the engine's reason is logged). An
+    /// engine that did not answer stays 503 / 504: the client may retry.
+    static func removalRefused(_ adapter: AdapterRecord, _ error: Status) -> Status {
+        switch error.code {
+        case .unavailable, .deadlineExceeded: error
+        default:
+            Status(code: .internal, message: "engine rejected removal of LoRA adapter `\(adapter.name)` with id \(adapter.intID)")
         }
     }
 

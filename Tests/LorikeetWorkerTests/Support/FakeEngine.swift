@@ -16,6 +16,8 @@ final class FakeEngine: Sendable {
         var generateRequests: [GenerateRequest] = []
         var connections: [FramedConnection<EngineEnvelope>] = []
         var refuseAdds = false
+        /// Removals answer INTERNAL (an engine that cannot let an adapter go).
+        var refuseRemovals = false
         /// Every AddAdapter call received, accepted or not.
         var addAttempts = 0
     }
@@ -100,6 +102,7 @@ final class FakeEngine: Sendable {
                 let outcome = self.state.withLock { state -> EngineEnvelope.Body in
                     if request.epoch < state.maxEpoch { return self.result(.failedPrecondition, "stale epoch") }
                     state.maxEpoch = request.epoch
+                    if state.refuseRemovals { return self.result(.internal, "adapter \(request.intID) is pinned by the engine") }
                     guard state.adapters.removeValue(forKey: request.intID) != nil else {
                         return self.result(.notFound, "no adapter \(request.intID)")
                     }
