@@ -596,6 +596,12 @@ actor AgentState {
     var caughtUp = false
     /// Commits, barriers and refusals waiting for every live node to apply their revision.
     var pending: [FleetWait] = []
+    /// Whether the view holds a full range of the keys yet: until then (an agent just
+    /// restarted) an empty view proves nothing, and no wait completes.
+    var loaded = false
+    /// The revision at which each adapter name was last deleted, as the watch delivered it
+    /// (cleared by a reload, bounded): what a wait for an absent name waits for.
+    var recentDeletes: [String: Int64] = [:]
 
     /// A call answered once every live node applied `revision` — and, first, once this
     /// node's view no longer holds the `absent` names (etcd showed them absent at revision
@@ -655,10 +661,14 @@ actor AgentState {
     func load(_ kvs: [EtcdKeyValue], revision: Int64, keys: ClusterKeys) {
         self.adapters = [:]
         self.adapterRevisions = [:]
+        // Deletes between the last event and this range are not known: waits fall back to
+        // the range's revision.
+        self.recentDeletes = [:]
         self.nodes = [:]
         self.nodeLeases = [:]
         self.nextID = 1
         for kv in kvs { self.apply(kv, deleted: false, keys: keys) }
+        self.loaded = true
         self.push(revision: revision)
         self.checkCommits()
     }
@@ -699,6 +709,8 @@ actor AgentState {
             self.adapterRevisions[name] = deleted ? nil : (kv.createRevision, kv.modRevision)
             if deleted {
                 self.adapters[name] = nil
+                if self.recentDeletes.count >= 4096 { self.recentDeletes = [:] }  // bounded; waits fall back to `pushed`
+                self.recentDeletes[name] = kv.modRevision
             } else if let record = try? AdapterRecord(serializedBytes: kv.value), record.name == name,
                 let problem = ClusterKeys.recordProblem(record)
             {
@@ -820,13 +832,19 @@ actor AgentState {
 
     /// Answers every waiting commit that this node applied and every other node key shows applied.
     private func checkCommits() {
+        guard self.loaded else { return }
         for index in self.pending.indices where !self.pending[index].absent.isEmpty {
             let absentAt = self.pending[index].absentAt
-            // Gone from this node's view, or created again after etcd showed it absent.
+            var revision = self.pending[index].revision
+            // Gone from this node's view, or created again after etcd showed it absent: the
+            // fleet must then have applied the delete (its revision, when the watch
+            // delivered it; else everything this node was pushed).
             self.pending[index].absent.removeAll { name in
-                self.adapters[name] == nil || (self.adapterRevisions[name]?.created ?? 0) > absentAt
+                guard self.adapters[name] == nil || (self.adapterRevisions[name]?.created ?? 0) > absentAt else { return false }
+                revision = max(revision, self.recentDeletes[name] ?? self.pushed)
+                return true
             }
-            if self.pending[index].absent.isEmpty { self.pending[index].revision = max(self.pending[index].revision, self.pushed) }
+            self.pending[index].revision = revision
         }
         self.pending.removeAll { commit in
             guard commit.absent.isEmpty, self.appliedRevision >= commit.revision,
@@ -848,7 +866,7 @@ actor AgentState {
             let what =
                 if !commit.absent.isEmpty {
                     "the removal of \(commit.absent.map { $0.echoed() }) from etcd was"
-                } else if commit.barrier || commit.refusal != nil {
+                } else if commit.barrier || commit.refusal != nil || commit.absentAt > 0 {
                     "etcd revision \(commit.revision) was"
                 } else {
                     "committed at etcd revision \(commit.revision), but"

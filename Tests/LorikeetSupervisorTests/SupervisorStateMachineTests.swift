@@ -533,6 +533,15 @@ struct SupervisorStateMachineTests {
         }
         #expect(killed, "a silent worker survived \(now) ms of a stalling supervisor")
 
+        // The stop timer of a graceful stop fires 8 s late: the workers get their grace once
+        // more; the next time it fires, what is left is killed, late or not.
+        var stopping = Self.booted(slots: 1).0
+        _ = stopping.stop(.graceful)
+        let lateStop = stopping.stopTimerFired(lateByMs: 8_000)
+        #expect(!lateStop.contains { if case .killEverything = $0 { true } else { false } }, "\(lateStop)")
+        #expect(lateStop.contains { if case .startStopTimer = $0 { true } else { false } })
+        #expect(stopping.stopTimerFired(lateByMs: 8_000).contains { if case .killEverything = $0 { true } else { false } })
+
         // A commit whose timer fires 8 s late: nobody is killed, the wait starts again, and the
         // acks read afterwards finish it.
         var (fresh, workers) = Self.booted(slots: 2)

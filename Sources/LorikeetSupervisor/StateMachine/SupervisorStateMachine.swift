@@ -166,7 +166,7 @@ struct SupervisorStateMachine {
         case beginStop(StopMode)
         /// Graceful: send Drain with the grace period. Fast: send Shutdown, then SIGTERM.
         case shutdown(WorkerID, StopMode)
-        /// Arm the stop timer; when it fires, report ``stopTimerFired()``.
+        /// Arm the stop timer; when it fires, report ``stopTimerFired(lateByMs:)``.
         case startStopTimer(delayMs: UInt64)
         /// SIGKILL every process left (workers and engine).
         case killEverything
@@ -215,6 +215,8 @@ struct SupervisorStateMachine {
     /// Raised on every promotion; the engine refuses mutations from older epochs.
     private(set) var epoch: UInt64 = 0
     private(set) var lifecycle: Lifecycle = .running
+    /// The stop timer was re-armed once after a stall (`stopTimerFired(lateByMs:)`).
+    private var stopWaitedAfterStall = false
     /// The committed adapter table (what the state file holds).
     var table: AdapterTable
     /// Loads/unloads forwarded to the leader and not answered yet, by route id (the call
@@ -690,6 +692,7 @@ struct SupervisorStateMachine {
             break
         }
         self.lifecycle = .stopping(mode)
+        self.stopWaitedAfterStall = false
         let rollingTimer: [Action] = self.rolling == nil ? [] : [.cancelRollingTimer]
         self.rolling = nil
         if mode == .graceful {
@@ -702,11 +705,26 @@ struct SupervisorStateMachine {
             + [.startStopTimer(delayMs: grace)] + self.checkStopped()
     }
 
-    /// The stop timer fired: whatever is left is killed.
-    func stopTimerFired() -> [Action] {
+    /// The stop timer fired (`lateByMs` after it was due): whatever is left is killed —
+    /// unless the supervisor was paused meanwhile (`stallToleranceMs`): then the workers
+    /// get their whole grace period once more (what they did may be unread).
+    mutating func stopTimerFired(lateByMs: UInt64 = 0) -> [Action] {
+        if Self.waitsAgain(lateByMs: lateByMs, alreadyWaited: &self.stopWaitedAfterStall) {
+            let grace = self.lifecycle == .stopping(.graceful) ? self.configuration.drainGraceMs + 1000 : 2000
+            return [Self.stallLog(lateByMs, "the stop waits another \(grace) ms"), .startStopTimer(delayMs: grace)]
+        }
         let log: [Action] =
             self.lifecycle == .stopping(.graceful) ? [.log(.warning, "grace period over; killing what is left", [:], worker: nil)] : []
         return log + [.killEverything]
+    }
+
+    /// Whether a deadline timer that fired `lateByMs` late waits its whole time once more:
+    /// only when the supervisor stalled past `stallToleranceMs`, and only once per deadline
+    /// (`alreadyWaited`), so stalls cannot postpone it for ever.
+    static func waitsAgain(lateByMs: UInt64, alreadyWaited: inout Bool) -> Bool {
+        guard lateByMs > Self.stallToleranceMs, !alreadyWaited else { return false }
+        alreadyWaited = true
+        return true
     }
 
     /// While stopping: once every worker is gone, stop the engine; once it is gone too,

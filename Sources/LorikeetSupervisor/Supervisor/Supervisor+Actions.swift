@@ -63,7 +63,10 @@ extension Supervisor {
             self.stopTimer?.close()
             let timer = UVTimer(loop: self.loop)
             self.stopTimer = timer
-            timer.start(timeoutMs: delayMs) { [unowned self] in self.perform(self.machine.stopTimerFired()) }
+            let due = self.nowMs + delayMs
+            timer.start(timeoutMs: delayMs) { [unowned self] in
+                self.perform(self.machine.stopTimerFired(lateByMs: self.msLate(due)))
+            }
         case .killEverything:
             self.killEverything(SIGKILL)
         case .terminateEngine:

@@ -420,9 +420,27 @@ package final class Supervisor {
     func sendDrain(_ worker: WorkerProcess, listenerRetired: Bool) {
         worker.send(
             .drain(Drain(graceMs: UInt32(clamping: self.configuration.drainGraceMs), listenerRetired: listenerRetired)))
-        let timer = UVTimer(loop: self.loop)
         worker.killTimer?.close()
+        self.armDrainKill(worker, delayMs: self.configuration.drainGraceMs + 1000, waitedAfterStall: false)
+    }
+
+    /// SIGKILL for a draining worker still there after `delayMs`; a timer the supervisor
+    /// ran late (it was paused) gives the worker its whole grace once more, once.
+    private func armDrainKill(_ worker: WorkerProcess, delayMs: UInt64, waitedAfterStall: Bool) {
+        let timer = UVTimer(loop: self.loop)
         worker.killTimer = timer
-        timer.start(timeoutMs: self.configuration.drainGraceMs + 1000) { [weak worker] in worker?.process?.kill(SIGKILL) }
+        let due = self.nowMs + delayMs
+        timer.start(timeoutMs: delayMs) { [weak self, weak worker] in
+            guard let self, let worker, worker.process != nil else { return }
+            var waited = waitedAfterStall
+            let late = self.msLate(due)
+            if SupervisorStateMachine.waitsAgain(lateByMs: late, alreadyWaited: &waited) {
+                self.perform([SupervisorStateMachine.stallLog(late, "the draining worker gets another \(delayMs) ms")])
+                worker.killTimer?.close()
+                self.armDrainKill(worker, delayMs: delayMs, waitedAfterStall: waited)
+                return
+            }
+            worker.process?.kill(SIGKILL)
+        }
     }
 }

@@ -267,6 +267,12 @@ package final class LeaderMutationService: AdapterMutator {
                 logger.info("adapter already unloaded fleet-wide; not re-adding it to the engine", metadata: ["reason": "\(error)"])
                 return AdapterMutationReply(status: error, tableVersion: self.replica.version)
             }
+            if self.replica.snapshot().adapters.first(where: { $0.name == existing.name }) != existing {
+                // The table moved on for this name (a change committed elsewhere, applied to the
+                // engine by `applyCommitted`): the engine follows the table, not this try.
+                logger.info("commit failed and the adapter changed meanwhile; not re-adding it", metadata: ["reason": "\(error)"])
+                return AdapterMutationReply(status: error, tableVersion: self.replica.version)
+            }
             logger.error("commit failed, re-adding the adapter to the engine", metadata: ["reason": "\(error)"])
             do {
                 try await self.engine.addAdapter(
@@ -285,7 +291,7 @@ package final class LeaderMutationService: AdapterMutator {
     /// engine that did not answer stays 503 / 504: the client may retry.
     static func removalRefused(_ adapter: AdapterRecord, _ error: Status) -> Status {
         switch error.code {
-        case .unavailable, .deadlineExceeded: error
+        case .unavailable, .deadlineExceeded, .failedPrecondition: error  // FAILED_PRECONDITION: a stale epoch
         default:
             Status(code: .internal, message: "engine rejected removal of LoRA adapter `\(adapter.name)` with id \(adapter.intID)")
         }
@@ -294,6 +300,12 @@ package final class LeaderMutationService: AdapterMutator {
     private func rollBack(added: AdapterRecord, previous: AdapterRecord?, epoch: UInt64, logger: Logger) async {
         do {
             if let previous {
+                guard self.replica.snapshot().adapters.first(where: { $0.name == previous.name }) == previous else {
+                    // Another node's change of this name was committed and applied meanwhile
+                    // (`applyCommitted` put it into the engine): nothing of this try is left.
+                    logger.info("the adapter changed meanwhile; the engine holds the committed record")
+                    return
+                }
                 try await self.engine.addAdapter(
                     AddAdapterRequest(
                         epoch: epoch, name: previous.name, intID: previous.intID, path: previous.path,
@@ -301,6 +313,8 @@ package final class LeaderMutationService: AdapterMutator {
             } else {
                 try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: added.intID))
             }
+        } catch  where error.code == .notFound {
+            // Already gone (`applyCommitted` removed it for another node's record of the name).
         } catch {
             logger.critical("engine rollback failed", metadata: ["reason": "\(error)"])
         }
@@ -328,6 +342,16 @@ package final class LeaderMutationService: AdapterMutator {
         let epoch = self.epoch
         do throws(Status) {
             let held = try await self.engine.listAdapters()
+            // A load of the same name that lost the race on this node holds the name under an
+            // id no committed record has: it gives way (its own rollback then finds it gone).
+            for record in change.upserts {
+                for stale in held
+                where stale.name == record.name && stale.intID != record.intID
+                    && !previous.adapters.contains(where: { $0.intID == stale.intID })
+                {
+                    try await self.engine.removeAdapter(RemoveAdapterRequest(epoch: epoch, intID: stale.intID))
+                }
+            }
             for record in change.upserts where !held.contains(where: { $0.intID == record.intID && $0.path == record.path }) {
                 try await self.engine.addAdapter(
                     AddAdapterRequest(
