@@ -85,6 +85,35 @@ def ensure_llama_server():
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_smollm2_adapter(directory, seed, rank=8):
+    """A random PEFT LoRA adapter (rank 8, q_proj and v_proj, fp32) for SmolLM2-135M's shapes
+    (30 layers, hidden 576, 3 KV heads of 64): what a fine-tune would cost per request."""
+    import array
+    import random
+    generator = random.Random(seed)
+    layers, hidden, kv = 30, 576, 192
+    tensors = {}
+    for layer in range(layers):
+        for module, out in (("q_proj", hidden), ("v_proj", kv)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{key}.lora_A.weight"] = ([rank, hidden], [generator.uniform(-0.02, 0.02) for _ in range(rank * hidden)])
+            tensors[f"{key}.lora_B.weight"] = ([out, rank], [generator.uniform(-0.02, 0.02) for _ in range(out * rank)])
+    header, blobs, offset = {}, [], 0
+    for name, (shape, values) in tensors.items():
+        blob = array.array("f", values).tobytes()
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "adapter_model.safetensors"), "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs))
+    with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "r": rank, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
+                   "bias": "none", "lora_dropout": 0.0}, f)
+
+
 def peak_rss_mib(pids):
     """Sum of VmHWM (peak resident set) of `pids`, in MiB."""
     total = 0
@@ -150,8 +179,10 @@ def start_lorikeet(binary, model, threads, workers, work):
     log = open(log_path, "a")
     process = subprocess.Popen(
         [binary, "serve", "--workers", str(workers), "--port", str(port), "--state-dir", state, "--model", model,
-         "--threads", str(threads), "--parent-pid", str(os.getpid())],
-        stdout=log, stderr=log, env=dict(os.environ, LORIKEET_PARENT_WATCH="poll"))
+         "--threads", str(threads), "--max-loras", "8", "--parent-pid", str(os.getpid())],
+        stdout=log, stderr=log,
+        env=dict(os.environ, LORIKEET_PARENT_WATCH="poll", LORIKEET_ALLOW_RUNTIME_LORA_UPDATING="true",
+                 LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES=work))
     wait_http(port, "/health", process)
     return Peer("lorikeet", port, process, {}, log_path)
 
@@ -169,9 +200,9 @@ def start_llama_server(binary, model, threads, parallel, work):
     return Peer("llama-server", port, process, {"cache_prompt": False}, log_path)
 
 
-def stream_completion(peer, prompt, max_tokens, extra=None):
+def stream_completion(peer, prompt, max_tokens, extra=None, model=""):
     """One streamed completion: (seconds to the first token, [gaps between tokens in s], tokens)."""
-    body = {"model": "", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
     body.update(peer.extra)
     body.update(extra or {})
     if peer.name == "llama-server":
@@ -215,8 +246,9 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def run_streams(peer, streams, requests_per_stream, max_tokens, salt):
-    """`streams` clients, each sending `requests_per_stream` completions one after another."""
+def run_streams(peer, streams, requests_per_stream, max_tokens, salt, models=None):
+    """`streams` clients, each sending `requests_per_stream` completions one after another
+    (client i asks for `models[i]`, default the base model)."""
     results, errors = [], []
     lock = threading.Lock()
 
@@ -224,7 +256,7 @@ def run_streams(peer, streams, requests_per_stream, max_tokens, salt):
         for number in range(requests_per_stream):
             prompt = f"[{salt}-{index}-{number}] " + BASE_TEXT * 4
             try:
-                outcome = stream_completion(peer, prompt, max_tokens)
+                outcome = stream_completion(peer, prompt, max_tokens, model=models[index] if models else "")
             except Exception as error:  # noqa: BLE001 - reported below
                 with lock:
                     errors.append(str(error))
@@ -249,6 +281,29 @@ def run_streams(peer, streams, requests_per_stream, max_tokens, salt):
     }
 
 
+def adapter_rounds(lorikeet, work, arguments):
+    """Best tokens/s of 8 streams on the base model and of 8 streams each on its own adapter,
+    rounds alternating: (base, adapters)."""
+    names = []
+    for index in range(8):
+        directory = os.path.join(work, f"adapter-{index}")
+        write_smollm2_adapter(directory, seed=index)
+        name = f"bench-{index}"
+        status, raw = harness.request(lorikeet.port, "POST", "/v1/load_lora_adapter",
+                                      {"lora_name": name, "lora_path": directory}, timeout=120)
+        if status != 200:
+            raise RuntimeError(f"loading {name}: HTTP {status} {raw[:300]!r}")
+        names.append(name)
+    base, mixed = [], []
+    for round_index in range(arguments.rounds):
+        for kind in (("base", "adapters") if round_index % 2 == 0 else ("adapters", "base")):
+            outcome = run_streams(lorikeet, 8, arguments.requests, arguments.tokens, f"a{round_index}{kind}",
+                                  models=names if kind == "adapters" else None)
+            (mixed if kind == "adapters" else base).append(outcome["tokensPerSecond"])
+            print(f"   8 streams on {kind}, round {round_index + 1}: {outcome['tokensPerSecond']:.1f} tokens/s", flush=True)
+    return max(base), max(mixed)
+
+
 def shared_prefix_ttft(peer, repetitions, salt):
     """TTFT (ms) of a request whose 500-token system prompt the request before it sent too."""
     values = []
@@ -259,6 +314,69 @@ def shared_prefix_ttft(peer, repetitions, salt):
         ttft, _, _ = stream_completion(peer, system + "Question two: what do they eat?", 4, extra)
         values.append(ttft * 1000)
     return values
+
+
+LOGPROB_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Lorikeets are small, colourful parrots that",
+]
+
+
+def lorikeet_logprobs(peer, prompt, tokens):
+    """Greedy tokens of lorikeet's /v1/completions with logprobs 5: [(text, logprob, {text: logprob})]."""
+    body = {"model": "", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "logprobs": 5}
+    status, raw = harness.request(peer.port, "POST", "/v1/completions", body, timeout=120)
+    if status != 200:
+        raise RuntimeError(f"lorikeet logprobs: HTTP {status} {raw[:300]!r}")
+    reply = json.loads(raw)
+    logprobs = reply["choices"][0]["logprobs"]
+    return [(text, value, dict(top)) for text, value, top in
+            zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"])]
+
+
+def llama_server_top(peer, prompt, count=10):
+    """llama-server's `count` most likely next tokens after `prompt` ({text: logprob}), from the
+    raw logits (`post_sampling_probs` false)."""
+    body = {"prompt": prompt, "n_predict": 1, "temperature": 0, "n_probs": count, "post_sampling_probs": False,
+            "cache_prompt": True}
+    status, raw = harness.request(peer.port, "POST", "/completion", body, timeout=120)
+    if status != 200:
+        raise RuntimeError(f"llama-server logprobs: HTTP {status} {raw[:300]!r}")
+    entry = json.loads(raw)["completion_probabilities"][0]
+    return {t["token"]: t["logprob"] for t in entry["top_logprobs"]}
+
+
+def compare_logprobs(peers, tokens):
+    """Lorikeet's greedy tokens with their top-5 log probabilities, and at each position
+    llama-server's top 10 for the same text so far (teacher-forced, so a near tie that the
+    two break differently does not end the comparison): the chosen token's log probability
+    in both, and how many of lorikeet's top 5 llama-server lists."""
+    lorikeet = next(p for p in peers if p.name == "lorikeet")
+    llama = next(p for p in peers if p.name == "llama-server")
+    print()
+    print(f"log probabilities (raw logits), lorikeet's greedy text, {tokens} tokens per prompt, teacher-forced on llama-server:")
+    differences, overlaps, same_argmax, missing = [], [], 0, 0
+    for prompt in LOGPROB_PROMPTS:
+        context = prompt
+        for text, value, top in lorikeet_logprobs(lorikeet, prompt, tokens):
+            theirs = llama_server_top(llama, context)
+            context += text
+            if text not in theirs:
+                missing += 1
+                continue
+            differences.append(abs(value - theirs[text]))
+            overlaps.append(len(set(top) & set(sorted(theirs, key=theirs.get, reverse=True)[:5])))
+            same_argmax += max(theirs, key=theirs.get) == text
+    count = len(differences) + missing
+    print(f"   {count} positions over {len(LOGPROB_PROMPTS)} prompts; llama-server's most likely token is lorikeet's at "
+          f"{same_argmax}; lorikeet's token outside llama-server's top 10 at {missing}")
+    if differences:
+        print(f"   chosen token's log probability, |lorikeet - llama-server|: median {statistics.median(differences):.3f}, "
+              f"max {max(differences):.3f} nats; top 5 shared: {sum(overlaps) / len(overlaps):.2f} of 5 on average, "
+              f"min {min(overlaps)}")
+    print("   (llama.cpp multiplies Q4_1 weights with Q8-quantized activations, lorikeet with fp32 ones: small "
+          "differences, and a different pick at near ties, are expected)")
 
 
 def main():
@@ -273,6 +391,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of each request")
     parser.add_argument("--prefix-repetitions", type=int, default=3)
     parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument("--logprobs-only", action="store_true", help="only the log-probability comparison")
+    parser.add_argument("--logprob-tokens", type=int, default=16)
     arguments = parser.parse_args()
     levels = [int(x) for x in arguments.streams.split(",")]
     work = tempfile.mkdtemp(prefix="lk-bench-serving-")
@@ -282,6 +402,9 @@ def main():
         if not arguments.no_llama_server:
             server = ensure_llama_server()
             peers.append(start_llama_server(server, arguments.model, arguments.threads, max(levels), work))
+        if arguments.logprobs_only:
+            compare_logprobs(peers, arguments.logprob_tokens)
+            return
         for peer in peers:  # warm-up
             run_streams(peer, 1, 1, 8, "warm")
         table = {}
@@ -296,10 +419,17 @@ def main():
                     entry["itl"] += outcome["itl"]
                     print(f"   {level} stream(s), round {round_index + 1}: {peer.name} {outcome['tokensPerSecond']:.1f} tokens/s",
                           flush=True)
+        adapters = adapter_rounds(peers[0], work, arguments)
         prefix = {}
         for peer in peers:
             prefix[peer.name] = shared_prefix_ttft(peer, arguments.prefix_repetitions, "prefix")
         report(arguments, levels, peers, table, prefix)
+        print()
+        base, mixed = adapters
+        print(f"lorikeet, 8 streams on 8 different LoRA adapters (rank 8, q/v) vs 8 streams on the base model, same run: "
+              f"{mixed:.1f} vs {base:.1f} tokens/s = {mixed / base:.2f}x")
+        if len(peers) > 1:
+            compare_logprobs(peers, arguments.logprob_tokens)
     finally:
         for peer in peers:
             peer.stop()
