@@ -211,6 +211,23 @@ def main():
     check([c.index for c in r.choices] == [0, 1] and r.choices[0].message.content == r.choices[1].message.content,
           "chat n=2 greedy: two identical choices")
 
+    # --- best_of: 5 candidates (seeds 100..104), the 2 with the highest summed log probability ---
+    candidates = [sampled(100 + i)[0][0] for i in range(5)]
+    ranked = sorted(range(5), key=lambda i: (-sum(candidates[i][2]), i))
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=8, seed=100, n=2, best_of=5,
+                                  extra_body={"ignore_eos": True, "return_token_ids": True})
+    check([c.index for c in r.choices] == [0, 1], "best_of=5, n=2: two choices, indexed 0 and 1")
+    check([c.text for c in r.choices] == [candidates[i][1] for i in ranked[:2]],
+          f"best_of=5, n=2: the two candidates with the highest cumulative log probability, best first ({ranked})")
+    check(all(c.logprobs is None for c in r.choices), "best_of without logprobs: none shown")
+    check(r.usage.completion_tokens == 16, "best_of: usage counts the returned choices (vLLM V0)")
+    for bad, field in ((dict(n=3, best_of=2), "best_of"), (dict(best_of=3, stream=True), "best_of")):
+        try:
+            client.completions.create(model=model, prompt=prompt, max_tokens=2, **bad)
+            check(False, f"{bad} refused")
+        except openai.BadRequestError as error:
+            check(error.status_code == 400 and field in str(error), f"{bad}: 400 naming {field}")
+
     # --- several prompts in one request: choices prompt by prompt (index = p * n + i) ---
     r = client.completions.create(model=model, prompt=["Hello", "World"], n=2, max_tokens=4, temperature=0,
                                   echo=True, extra_body={"ignore_eos": True})

@@ -18,7 +18,7 @@ package enum PromptInput: Sendable, Equatable {
 /// `top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `bad_words`, `ignore_eos`, `stop_token_ids`,
 /// `include_stop_str_in_output`, `skip_special_tokens`, `prompt_logprobs`,
 /// `return_token_ids`. Unknown fields are ignored, as vLLM does; features this server
-/// cannot honour (`best_of` > `n`, `tools`, regex or grammar guided decoding)
+/// cannot honour (`tools`, regex or grammar guided decoding)
 /// are refused with a 400 naming the field. Structured output (`response_format`,
 /// `structured_outputs`, `guided_json`, `guided_choice`): `OpenAIRequests+StructuredOutput`.
 package struct GenerationParameters: Sendable, Equatable {
@@ -35,6 +35,9 @@ package struct GenerationParameters: Sendable, Equatable {
     package var echo: Bool
     /// Choices to generate per prompt (`n`, 1–`Limits.choices`).
     package var n: Int
+    /// Completions `best_of`: candidates generated per prompt, of which the `n` with the
+    /// highest cumulative log probability are returned (vLLM V0's rule); `n` when absent.
+    package var bestOf: Int = 1
     /// Completions with several prompts: the ones after `prompt`. Choices are indexed
     /// prompt by prompt (`prompt index × n + choice`), as vLLM's.
     package var morePrompts: [PromptInput] = []
@@ -188,10 +191,21 @@ package enum RequestValidation {
             throw APIError.invalidRequest(
                 "\(prompts.count) prompts × n=\(n) is \(n * prompts.count) choices; the limit is \(Limits.choices).", param: "n")
         }
-        if let bestOf = try Self.optionalInt(body, "best_of", in: Int64.min...Int64.max), bestOf != 1, bestOf != n {
-            // vLLM V1 refuses best_of too (`vllm/v1/engine/processor.py`).
-            throw APIError.invalidRequest(
-                "best_of is not supported (as in vLLM V1); only best_of=n, got \(bestOf).", param: "best_of")
+        let bestOf = Int(try Self.optionalInt(body, "best_of", in: 1...Int64(Limits.choices)) ?? Int64(n))
+        if bestOf != n {
+            // vLLM V0's checks (`SamplingParams._verify_args`); V1 refuses best_of altogether.
+            guard bestOf > n else {
+                throw APIError.invalidRequest(
+                    "best_of must be greater than or equal to n, got n=\(n) and best_of=\(bestOf).", param: "best_of")
+            }
+            guard route == .completions else {
+                throw APIError.invalidRequest("best_of is only supported on /v1/completions.", param: "best_of")
+            }
+            guard bestOf * prompts.count <= Limits.choices else {
+                throw APIError.invalidRequest(
+                    "\(prompts.count) prompts × best_of=\(bestOf) is \(bestOf * prompts.count) candidates; the limit is \(Limits.choices).",
+                    param: "best_of")
+            }
         }
         let (logprobs, echo) = try Self.logprobs(body, route: route)
         if echo { sampling.promptLogprobs = UInt32(logprobs ?? 0) }
@@ -224,10 +238,17 @@ package enum RequestValidation {
             includeUsage =
                 try Self.optionalBool(options, "include_usage", name: "stream_options.include_usage") ?? false
         }
+        if stream, bestOf > n {
+            // OpenAI: "Results cannot be streamed" (the best are known only at the end).
+            throw APIError.invalidRequest(
+                "best_of > n cannot be streamed: the best candidates are known only at the end.", param: "best_of")
+        }
         let returnTokenIDs = try Self.optionalBool(body, "return_token_ids") ?? false
-        return GenerationParameters(
+        var parameters = GenerationParameters(
             model: model, prompt: prompts[0], sampling: sampling, stream: stream, includeUsage: includeUsage,
             returnTokenIDs: returnTokenIDs, logprobs: logprobs, echo: echo, n: n, morePrompts: Array(prompts.dropFirst()))
+        parameters.bestOf = bestOf
+        return parameters
     }
 
     /// The logits processors and stop options (vLLM's `SamplingParams` fields), each

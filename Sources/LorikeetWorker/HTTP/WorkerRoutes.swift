@@ -680,7 +680,7 @@ package final class WorkerRoutes: Sendable {
         }
         request.adapter = resolved.adapter.map { AdapterRef(name: $0.name, intID: $0.intID, path: $0.path) }
 
-        if parameters.n > 1 || !parameters.morePrompts.isEmpty {
+        if parameters.n > 1 || parameters.bestOf > parameters.n || !parameters.morePrompts.isEmpty {
             return try await self.generateChoices(
                 request, parameters: parameters, shape: shape(route, requestID: requestID, model: model, parameters),
                 on: engine, record: record, logger: logger)
@@ -772,14 +772,18 @@ package final class WorkerRoutes: Sendable {
         // Several prompts: vLLM makes one request per prompt (`-{p}` appended to the id),
         // each fanned out to its n children.
         let prompts = [parameters.prompt] + parameters.morePrompts
+        // best_of > n: best_of candidates per prompt, each with its tokens' log probabilities
+        // (not shown unless asked for), ranked at the end.
+        let candidates = max(parameters.n, parameters.bestOf)
         var children: [GenerateRequest] = []
         var echoTexts: [String?] = []
         var firstOfPrompt: [Bool] = []
         for (p, prompt) in prompts.enumerated() {
-            for index in 0..<parameters.n {
+            for index in 0..<candidates {
                 var child = request
                 child.requestID = "\(index)_\(request.requestID)" + (prompts.count > 1 ? "-\(p)" : "")
                 child.sampling.seed = request.sampling.seed.map { $0 &+ UInt64(index) }
+                if candidates > parameters.n, child.sampling.logprobs == nil { child.sampling.logprobs = 0 }
                 switch prompt {
                 case .text(let text):
                     (child.promptText, child.promptTokens) = (text, [])
@@ -827,7 +831,7 @@ package final class WorkerRoutes: Sendable {
                 echo: parameters.echo ? echoTexts : nil, firstOfPrompt: firstOfPrompt, engine: engine, requestIDs: ids,
                 record: record, logger: logger)
         }
-        let outputs = try await withThrowingTaskGroup(of: (Int, ChoiceOutput).self) { group in
+        var outputs = try await withThrowingTaskGroup(of: (Int, ChoiceOutput).self) { group in
             for (index, iterator) in iterators.enumerated() {
                 let first = firsts[index]
                 let echoText = echoTexts[index]
@@ -860,12 +864,40 @@ package final class WorkerRoutes: Sendable {
             for try await (index, output) in group { outputs[index] = output }
             return outputs
         }
+        if candidates > parameters.n {
+            (outputs, firstOfPrompt) = Self.best(outputs, of: candidates, keeping: parameters.n)
+        }
         let usage = Usage(
             promptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.promptTokens ?? 0 : 0) },
             completionTokens: outputs.reduce(0) { $0 + ($1.usage?.completionTokens ?? UInt32($1.tokens.count)) },
             cachedPromptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.cachedPromptTokens ?? 0 : 0) })
         record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens, cached: usage.cachedPromptTokens)
         return .json(.ok, shape.final(outputs, usage: usage))
+    }
+
+    /// best_of: of each prompt's `candidates` outputs (in order), the `n` with the highest
+    /// cumulative log probability of their generated tokens, best first (vLLM V0's
+    /// `SequenceGroup` ranking; ties keep generation order). Returns them with the
+    /// first-of-prompt flags of the kept list.
+    static func best(_ outputs: [ChoiceOutput], of candidates: Int, keeping n: Int) -> ([ChoiceOutput], [Bool]) {
+        var kept: [ChoiceOutput] = []
+        var first: [Bool] = []
+        for start in stride(from: 0, to: outputs.count, by: candidates) {
+            let group = outputs[start..<min(start + candidates, outputs.count)]
+            let ranked = group.enumerated().sorted { a, b in
+                let (x, y) = (Self.cumulativeLogprob(a.element), Self.cumulativeLogprob(b.element))
+                return x != y ? x > y : a.offset < b.offset
+            }
+            for (rank, candidate) in ranked.prefix(n).enumerated() {
+                kept.append(candidate.element)
+                first.append(rank == 0)
+            }
+        }
+        return (kept, first)
+    }
+
+    static func cumulativeLogprob(_ output: ChoiceOutput) -> Double {
+        output.logprobs.reduce(0) { $0 + ($1.noLogprob ? 0 : Double($1.chosen.logprob)) }
     }
 
     /// The SSE answer of `n` > 1 choices: every choice's chunks as they come, each with its
