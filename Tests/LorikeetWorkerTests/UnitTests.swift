@@ -27,6 +27,7 @@ struct ValidationTests {
         (#"{"prompt":"x","n":3,"best_of":2}"#, .completions, "best_of"),
         (#"{"prompt":"x","best_of":3,"stream":true}"#, .completions, "best_of"),
         (#"{"prompt":"x","best_of":17}"#, .completions, "best_of"),
+        (#"{"prompt":"x","best_of":2,"temperature":0}"#, .completions, "best_of"),
         (#"{"prompt":["a","b"],"best_of":9}"#, .completions, "best_of"),
         (#"{"messages":[{"role":"user","content":"x"}],"best_of":2}"#, .chatCompletions, "best_of"),
         (#"{"prompt":["a","b","c"],"n":6}"#, .completions, "n"),

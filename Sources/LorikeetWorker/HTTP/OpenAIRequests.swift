@@ -191,7 +191,9 @@ package enum RequestValidation {
             throw APIError.invalidRequest(
                 "\(prompts.count) prompts × n=\(n) is \(n * prompts.count) choices; the limit is \(Limits.choices).", param: "n")
         }
-        let bestOf = Int(try Self.optionalInt(body, "best_of", in: 1...Int64(Limits.choices)) ?? Int64(n))
+        // best_of 1 (what some clients always send) means none.
+        var bestOf = Int(try Self.optionalInt(body, "best_of", in: 1...Int64(Limits.choices)) ?? Int64(n))
+        if bestOf == 1 { bestOf = n }
         if bestOf != n {
             // vLLM V0's checks (`SamplingParams._verify_args`); V1 refuses best_of altogether.
             guard bestOf > n else {
@@ -200,6 +202,10 @@ package enum RequestValidation {
             }
             guard route == .completions else {
                 throw APIError.invalidRequest("best_of is only supported on /v1/completions.", param: "best_of")
+            }
+            guard sampling.temperature != 0 else {
+                // vLLM V0: greedy candidates are all the same.
+                throw APIError.invalidRequest("best_of must be 1 when using greedy sampling. Got \(bestOf).", param: "best_of")
             }
             guard bestOf * prompts.count <= Limits.choices else {
                 throw APIError.invalidRequest(

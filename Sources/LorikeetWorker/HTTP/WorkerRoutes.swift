@@ -801,6 +801,8 @@ package final class WorkerRoutes: Sendable {
         var iterators: [SequentialIterator<GenerateChunk>] = []
         var firsts: [GenerateChunk?] = []
         do {
+            // Every child is in the engine before any first token is awaited: their prompts
+            // are computed together (and copied from each other), not one after another.
             for child in children {
                 let stream: AsyncThrowingStream<GenerateChunk, any Error>
                 do {
@@ -808,8 +810,9 @@ package final class WorkerRoutes: Sendable {
                 } catch {
                     throw APIError(error)
                 }
-                let iterator = SequentialIterator(stream.makeAsyncIterator())
-                iterators.append(iterator)
+                iterators.append(SequentialIterator(stream.makeAsyncIterator()))
+            }
+            for iterator in iterators {
                 do {
                     firsts.append(try await iterator.next())
                 } catch {
@@ -849,6 +852,7 @@ package final class WorkerRoutes: Sendable {
                         output.text += chunk.text
                         output.tokens += chunk.tokens
                         output.logprobs += chunk.logprobs
+                        output.cumulativeLogprob += chunk.logprobs.reduce(0) { $0 + Double($1.chosen.logprob) }
                         if !chunk.finishReason.isEmpty { output.finishReason = chunk.finishReason }
                         if let usage = chunk.usage { output.usage = usage }
                         do {
@@ -864,40 +868,34 @@ package final class WorkerRoutes: Sendable {
             for try await (index, output) in group { outputs[index] = output }
             return outputs
         }
-        if candidates > parameters.n {
-            (outputs, firstOfPrompt) = Self.best(outputs, of: candidates, keeping: parameters.n)
+        // Prompt (and cached) tokens once per prompt, from the candidate that computed it.
+        let promptTokens = zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.promptTokens ?? 0 : 0) }
+        let cachedTokens = zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.cachedPromptTokens ?? 0 : 0) }
+        func completionTokens(_ outputs: [ChoiceOutput]) -> UInt32 {
+            outputs.reduce(0) { $0 + ($1.usage?.completionTokens ?? UInt32($1.tokens.count)) }
         }
-        let usage = Usage(
-            promptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.promptTokens ?? 0 : 0) },
-            completionTokens: outputs.reduce(0) { $0 + ($1.usage?.completionTokens ?? UInt32($1.tokens.count)) },
-            cachedPromptTokens: zip(outputs, firstOfPrompt).reduce(0) { $0 + ($1.1 ? $1.0.usage?.cachedPromptTokens ?? 0 : 0) })
-        record?.tokens(prompt: usage.promptTokens, completion: usage.completionTokens, cached: usage.cachedPromptTokens)
+        // Metrics count every candidate generated (the work done); the answer's usage
+        // counts the choices returned, as vLLM V0's did.
+        record?.tokens(prompt: promptTokens, completion: completionTokens(outputs), cached: cachedTokens)
+        if candidates > parameters.n {
+            outputs = Self.best(outputs, of: candidates, keeping: parameters.n)
+        }
+        let usage = Usage(promptTokens: promptTokens, completionTokens: completionTokens(outputs), cachedPromptTokens: cachedTokens)
         return .json(.ok, shape.final(outputs, usage: usage))
     }
 
     /// best_of: of each prompt's `candidates` outputs (in order), the `n` with the highest
     /// cumulative log probability of their generated tokens, best first (vLLM V0's
-    /// `SequenceGroup` ranking; ties keep generation order). Returns them with the
-    /// first-of-prompt flags of the kept list.
-    static func best(_ outputs: [ChoiceOutput], of candidates: Int, keeping n: Int) -> ([ChoiceOutput], [Bool]) {
-        var kept: [ChoiceOutput] = []
-        var first: [Bool] = []
-        for start in stride(from: 0, to: outputs.count, by: candidates) {
-            let group = outputs[start..<min(start + candidates, outputs.count)]
-            let ranked = group.enumerated().sorted { a, b in
-                let (x, y) = (Self.cumulativeLogprob(a.element), Self.cumulativeLogprob(b.element))
-                return x != y ? x > y : a.offset < b.offset
-            }
-            for (rank, candidate) in ranked.prefix(n).enumerated() {
-                kept.append(candidate.element)
-                first.append(rank == 0)
-            }
+    /// `SequenceGroup` ranking; ties keep generation order).
+    static func best(_ outputs: [ChoiceOutput], of candidates: Int, keeping n: Int) -> [ChoiceOutput] {
+        stride(from: 0, to: outputs.count, by: candidates).flatMap { start in
+            outputs[start..<min(start + candidates, outputs.count)].enumerated()
+                .sorted { a, b in
+                    a.element.cumulativeLogprob != b.element.cumulativeLogprob
+                        ? a.element.cumulativeLogprob > b.element.cumulativeLogprob : a.offset < b.offset
+                }
+                .prefix(n).map(\.element)
         }
-        return (kept, first)
-    }
-
-    static func cumulativeLogprob(_ output: ChoiceOutput) -> Double {
-        output.logprobs.reduce(0) { $0 + ($1.noLogprob ? 0 : Double($1.chosen.logprob)) }
     }
 
     /// The SSE answer of `n` > 1 choices: every choice's chunks as they come, each with its
@@ -1087,6 +1085,8 @@ struct ChoiceOutput: Sendable {
     var text = ""
     var tokens: [UInt32] = []
     var logprobs: [PositionLogprobs] = []
+    /// The sum of the generated tokens' log probabilities (best_of's ranking).
+    var cumulativeLogprob = 0.0
     var finishReason = ""
     var usage: Usage?
 }
