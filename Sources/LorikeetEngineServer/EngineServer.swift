@@ -188,7 +188,7 @@ package final class EngineServer: Sendable {
             }
             var mayRaiseEpoch = true
             if let supervisor {
-                mayRaiseEpoch = peer.pid == supervisor || Self.parentPID(of: peer.pid) == supervisor
+                mayRaiseEpoch = peer.pid == supervisor || ProcessTable.parent(of: peer.pid) == supervisor
             }
             try self.configure(channel, mayRaiseEpoch: mayRaiseEpoch)
         }
@@ -205,15 +205,6 @@ package final class EngineServer: Sendable {
             FrameMessageEncoder<EngineEnvelope>(maximumFrameSize: Limits.channelFrameBytes),
             EngineChannelHandler(server: self, connection: connection),
         ])
-    }
-
-    /// The parent pid of `pid` (from `/proc/<pid>/stat`), or nil.
-    static func parentPID(of pid: Int32) -> Int32? {
-        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 ? Int32(fields[1]) : nil
     }
 
     // MARK: Connections

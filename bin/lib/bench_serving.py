@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -163,13 +162,7 @@ class Peer:
         return found
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        harness.stop_process(self.process, timeout=20)
 
 
 def start_lorikeet(binary, model, threads, workers, work):

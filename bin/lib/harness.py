@@ -57,6 +57,17 @@ def request(port, method, path, body=None, timeout=30):
         conn.close()
 
 
+def stop_process(process, timeout=15):
+    """SIGINT (a graceful stop), then SIGKILL if `process` is still there after `timeout` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def alive(pid):
     """Whether process `pid` still runs: a zombie (dead, not yet reaped: orphans wait for a
     PID 1 that may never reap them in a container) holds no socket and counts as gone."""
@@ -225,13 +236,7 @@ class Server:
         return EngineClient(os.path.join(self.state, "engine.sock"))
 
     def stop(self, keep_state=False):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
         if not keep_state:
             shutil.rmtree(self.state, ignore_errors=True)

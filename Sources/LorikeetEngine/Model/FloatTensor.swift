@@ -3,7 +3,7 @@
 // Why it is safe: the storage is written only inside `init` (before the object
 // is shared) and is never mutated afterwards; it is freed in `deinit`, when no reference
 // remains.
-// @unchecked Sendable is safe here: storage written only in init, immutable once shared.
+// Unchecked sendability is safe here: storage written only in init, immutable once shared.
 package final class FloatTensor: @unchecked Sendable {
     /// Dimensions, outermost first (a weight matrix is `[out, in]`).
     package let shape: [Int]

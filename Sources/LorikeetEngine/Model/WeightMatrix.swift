@@ -9,7 +9,7 @@ import LorikeetKernelDispatch
 /// dequantized weights up to summation order.
 // Why it is safe: the storage is written only in `init` (before the object is
 // shared), only read afterwards, and freed in `deinit` when no reference remains.
-// @unchecked Sendable is safe here: storage written only in init, read-only once shared.
+// Unchecked sendability is safe here: storage written only in init, read-only once shared.
 package final class WeightMatrix: @unchecked Sendable {
     /// How the elements are stored.
     package enum Format: String, Sendable {

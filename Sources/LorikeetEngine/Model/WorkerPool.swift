@@ -93,7 +93,7 @@ package final class WorkerPool: Sendable {
 ///   was joined. Each worker thread holds a retain on this object until it exits.
 // Why it is safe: every mutable field is guarded as the safety argument above
 // says (atomics, or `mutex`, or written only before the workers start and after they joined).
-// @unchecked Sendable is safe here: every mutable field is atomic, mutex-guarded or set before workers start.
+// Unchecked sendability is safe here: every mutable field is atomic, mutex-guarded or set before workers start.
 final class WorkerPoolShared: @unchecked Sendable {
     struct Job {
         var body: (Range<Int>, Int) -> Void

@@ -310,7 +310,7 @@ package final class Supervisor {
         worker.killTimer = timer
         timer.start(timeoutMs: 2000) { [weak worker] in
             guard let process = worker?.process else { return }
-            for child in ChildProcesses.of(process.pid) { kill(child, SIGKILL) }
+            for child in ProcessTable.children(of: process.pid) { kill(child, SIGKILL) }
             process.kill(SIGKILL)
         }
     }

@@ -199,7 +199,7 @@ package final class EngineClient: GenerationBackend, AdapterHost {
 // Why it is safe: `AsyncThrowingStream(unfolding:)` calls its closure for one
 // consumer, one call at a time, so `next()` never runs concurrently with itself; the
 // iterator is touched nowhere else.
-// @unchecked Sendable is safe here: its one consumer calls next() one call at a time.
+// Unchecked sendability is safe here: its one consumer calls next() one call at a time.
 private final class ReplyIterator: @unchecked Sendable {
     private var iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator
 

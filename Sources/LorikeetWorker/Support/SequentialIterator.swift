@@ -4,7 +4,7 @@
 // The creating task calls `next()` for the first element, then hands this object to a body
 // closure that the response writer runs inline in that same task; no two calls to `next()`
 // or `cancel()` ever overlap, and nothing else holds a reference.
-// @unchecked Sendable is safe here: one task uses it at a time, never two at once.
+// Unchecked sendability is safe here: one task uses it at a time, never two at once.
 final class SequentialIterator<Element: Sendable>: @unchecked Sendable {
     private var iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator?
 

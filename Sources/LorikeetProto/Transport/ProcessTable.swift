@@ -1,13 +1,13 @@
 import Glibc
 
-/// The processes a process started (Linux `/proc`): what a worker spawned must not outlive
-/// it. A worker that gets SIGABRT runs the Swift runtime's backtracer as a child; killed
-/// mid-backtrace, that child was left behind (reparented, blocked forever) holding the
-/// worker's descriptors.
-enum ChildProcesses {
+/// Parents and children of processes (Linux `/proc`). The supervisor kills what a killed
+/// worker started (a worker that gets SIGABRT runs the Swift runtime's backtracer as a
+/// child; killed mid-backtrace, that child was left behind, reparented and blocked for
+/// ever, holding the worker's descriptors); the engine checks whose child a peer is.
+package enum ProcessTable {
     /// The ids of the running processes whose parent is `pid` (empty when `/proc` cannot be
     /// read).
-    static func of(_ pid: Int32) -> [Int32] {
+    package static func children(of pid: Int32) -> [Int32] {
         guard pid > 0, let directory = opendir("/proc") else { return [] }
         defer { closedir(directory) }
         var children: [Int32] = []
@@ -21,7 +21,8 @@ enum ChildProcesses {
 
     /// The parent id in `/proc/PID/stat` (the field after the parenthesized command name,
     /// which may itself contain spaces and parentheses).
-    private static func parent(of pid: Int32) -> Int32? {
+    package static func parent(of pid: Int32) -> Int32? {
+        guard pid > 0 else { return nil }
         let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
