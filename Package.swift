@@ -250,8 +250,11 @@ let package = Package(
         // portable one; LorikeetKernelsAVX2 (same files, symbolic links) is the x86-64-v3 one,
         // and LorikeetKernelDispatch picks one when the process starts.
         .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
+        // Quantized weights times 8-bit activations in integer dot products (plain C, AVX2,
+        // AVX-512 VNNI builds of the same arithmetic); always optimized, as the kernels above.
+        .target(name: "CLorikeetQ8", cSettings: [.unsafeFlags(["-O3"])]),
         .target(
-            name: "LorikeetKernelDispatch", dependencies: ["LorikeetKernels", "CLorikeetSys"] + fastKernelDependencies,
+            name: "LorikeetKernelDispatch", dependencies: ["LorikeetKernels", "CLorikeetSys", "CLorikeetQ8"] + fastKernelDependencies,
             swiftSettings: upcoming),
         // Built-in reference engine: Llama forward pass, PEFT LoRA, scheduler, GGUF models.
         // Model download is the command layer's (LorikeetCLI/ModelDownload.swift).

@@ -71,6 +71,20 @@ int lorikeet_cpu_supports_x86_64_v3(void) {
     const unsigned int lzcnt = 1u << 5;
     return (ecx & lzcnt) != 0;
 }
+
+int lorikeet_cpu_supports_avx512_vnni(void) {
+    if (!lorikeet_cpu_supports_x86_64_v3()) return 0;
+    unsigned int eax, ebx, ecx, edx;
+    // The OS saves the opmask and all 512-bit state (XCR0 bits 5, 6 and 7).
+    unsigned int xcr0_low, xcr0_high;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    if ((xcr0_low & 0xE6) != 0xE6) return 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
+    const unsigned int avx512f = 1u << 16, avx512bw = 1u << 30, avx512vl = 1u << 31;
+    const unsigned int vnni = 1u << 11;
+    return (ebx & (avx512f | avx512bw | avx512vl)) == (avx512f | avx512bw | avx512vl) && (ecx & vnni) != 0;
+}
 #else
 int lorikeet_cpu_supports_x86_64_v3(void) { return 0; }
+int lorikeet_cpu_supports_avx512_vnni(void) { return 0; }
 #endif

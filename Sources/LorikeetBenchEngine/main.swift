@@ -57,7 +57,7 @@ func row(_ a: String, _ b: String, _ c: String) -> String {
 
 do {
     if CommandLine.arguments.dropFirst().first == "--model" {
-        // lorikeet-bench-engine --model smollm2 --model-file PATH [--threads-list 1,2] [--tokens N] [--storage quantized|float32] [--json PATH]
+        // lorikeet-bench-engine --model smollm2 --model-file PATH [--threads-list 1,2] [--tokens N] [--storage quantized|quantized-exact|float32] [--json PATH]
         var args = Array(CommandLine.arguments.dropFirst(2))
         guard args.first == "smollm2" else { throw BenchError(description: "only --model smollm2 is supported") }
         args.removeFirst()

@@ -102,9 +102,10 @@ package struct GenerationDefaults: Sendable, Equatable {
 /// `submit` validates on the calling thread (and may reload an evicted adapter from disk
 /// there); generation runs on the scheduler's own thread.
 package final class EngineCore: Sendable {
-    /// The kernel build this process runs (`portable`, or `avx2` when the CPU has x86-64-v3;
-    /// `LORIKEET_KERNELS=portable` forces the portable one).
-    package static var kernels: String { KernelVariant.active.rawValue }
+    /// The kernel builds this process runs: the fp32 kernels' (`portable`, or `avx2` when the
+    /// CPU has x86-64-v3) and the integer kernels' (`generic`, `avx2`, `avx512vnni`).
+    /// `LORIKEET_KERNELS=portable` forces the portable ones, `=avx2` rules AVX-512 out.
+    package static var kernels: String { Kernels.description }
 
     /// The model (shared, immutable).
     package let model: LlamaModel

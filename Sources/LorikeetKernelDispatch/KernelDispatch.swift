@@ -1,3 +1,4 @@
+import CLorikeetQ8
 import CLorikeetSys
 import LorikeetKernels
 
@@ -46,9 +47,12 @@ package enum KernelVariant: String, Sendable, CaseIterable {
     /// variable `LORIKEET_KERNELS=portable` asks for the portable one (to compare them, or to
     /// rule the fast build out).
     package static let active: KernelVariant = {
-        if let asked = getenv("LORIKEET_KERNELS"), String(cString: asked) == KernelVariant.portable.rawValue { return .portable }
+        if Self.asked == KernelVariant.portable.rawValue { return .portable }
         return KernelVariant.avx2.isSupported ? .avx2 : .portable
     }()
+
+    /// `LORIKEET_KERNELS`: `portable` (no AVX at all), `avx2` (no AVX-512), or unset.
+    static let asked: String? = getenv("LORIKEET_KERNELS").map { String(cString: $0) }
 
     /// This variant's fp32 kernels.
     package var fp32: any FP32Kernels.Type {
@@ -67,9 +71,97 @@ package enum KernelVariant: String, Sendable, CaseIterable {
     }
 }
 
+/// How a quantized weight matrix meets its input.
+package enum QuantizedProduct: String, Sendable, CaseIterable {
+    /// The input quantized to 8 bits per block of 32 (`x ≈ d·q`), multiplied in integer dot
+    /// products (`Int8Kernels`), as llama.cpp does: the default, 2-3x faster than `fp32`.
+    case int8
+    /// fp32 input times the weights decoded to fp32 (`LorikeetKernels.QuantKernels`): equal to
+    /// a product with the dequantized matrix up to summation order (reference checks).
+    case fp32
+}
+
+/// A build of the integer kernels (`CLorikeetQ8`): the same arithmetic, and the same result
+/// bits, in plain C, with AVX2, or with AVX-512 VNNI.
+package enum Int8Kernels: String, Sendable, CaseIterable {
+    /// Plain C, any CPU.
+    case generic
+    /// AVX2 and F16C (`vpmaddubsw`).
+    case avx2
+    /// AVX-512 F/BW/VL and VNNI (`vpdpbusd`, 512-bit).
+    case avx512vnni
+
+    /// Bytes of one quantized input block of 32 columns.
+    package static let blockBytes = MemoryLayout<lorikeet_q8_block>.stride
+
+    /// Whether this binary has the build and this CPU runs it.
+    package var isSupported: Bool {
+        switch self {
+        case .generic: true
+        case .avx2: lorikeet_q8_avx2_built() == 1 && lorikeet_cpu_supports_x86_64_v3() == 1
+        case .avx512vnni: lorikeet_q8_avx512vnni_built() == 1 && lorikeet_cpu_supports_avx512_vnni() == 1
+        }
+    }
+
+    /// The build this process uses: the fastest this CPU runs, none past what
+    /// `LORIKEET_KERNELS` allows (`portable`: plain C; `avx2`: no AVX-512).
+    package static let active: Int8Kernels = {
+        if KernelVariant.active == .portable { return .generic }
+        if KernelVariant.asked != KernelVariant.avx2.rawValue && Int8Kernels.avx512vnni.isSupported { return .avx512vnni }
+        return Int8Kernels.avx2.isSupported ? .avx2 : .generic
+    }()
+
+    /// Quantizes `columns` floats (a multiple of 32) into `columns / 32` blocks at `out`
+    /// (`blockBytes` each). The same code in every build.
+    package static func quantize(_ x: UnsafePointer<Float>, columns: Int, into out: UnsafeMutableRawPointer) {
+        lorikeet_q8_quantize(x, Int32(columns), out.assumingMemoryBound(to: lorikeet_q8_block.self))
+    }
+
+    /// The block type of a repacked weight matrix.
+    package enum Weights: Sendable {
+        case q4_1, q8_0
+    }
+
+    private typealias Kernel =
+        @convention(c) (
+            UnsafeRawPointer?, Int32, Int32, Int32, Int32, UnsafePointer<lorikeet_q8_block>?, Int32, Int32, UnsafeMutablePointer<Float>?,
+            Int32
+        ) -> Void
+
+    private func kernel(_ weights: Weights) -> Kernel {
+        switch (self, weights) {
+        case (.generic, .q4_1): lorikeet_q41_q8_generic
+        case (.generic, .q8_0): lorikeet_q80_q8_generic
+        case (.avx2, .q4_1): lorikeet_q41_q8_avx2
+        case (.avx2, .q8_0): lorikeet_q80_q8_avx2
+        case (.avx512vnni, .q4_1): lorikeet_q41_q8_avx512vnni
+        case (.avx512vnni, .q8_0): lorikeet_q80_q8_avx512vnni
+        }
+    }
+
+    /// `y[t * yStride + row] = W[row] · x[t]` for `t < inputs` (1...4) and the rows of `quads`
+    /// (below `rows`), `W` a repacked matrix of `weights` blocks, `blocks` per row, input `t`
+    /// the quantized blocks at `x + t * xStride` blocks.
+    package func multiply(
+        _ weights: Weights, _ w: UnsafeRawPointer, blocks: Int, rows: Int, quads: Range<Int>, _ x: UnsafeRawPointer, inputs: Int,
+        xStride: Int, _ y: UnsafeMutablePointer<Float>, yStride: Int
+    ) {
+        precondition((1...4).contains(inputs))
+        self.kernel(weights)(
+            w, Int32(blocks), Int32(rows), Int32(quads.lowerBound), Int32(quads.upperBound),
+            x.assumingMemoryBound(to: lorikeet_q8_block.self),
+            Int32(inputs), Int32(xStride), y, Int32(yStride))
+    }
+}
+
 /// The kernels the engine calls: those of `KernelVariant.active`, and the layout constants
 /// every variant shares.
 package enum Kernels {
+    /// The integer kernels' build (`Int8Kernels.active`).
+    package static let int8 = Int8Kernels.active
+    /// What this process runs, for the log: `avx2, int8 avx512vnni` (the fp32 kernels' build,
+    /// then the integer kernels').
+    package static var description: String { "\(KernelVariant.active.rawValue), int8 \(Self.int8.rawValue)" }
     /// fp32 kernels (`LorikeetKernels.Kernels`).
     package static let fp32 = KernelVariant.active.fp32
     /// Quantized matrix-vector kernels (`LorikeetKernels.QuantKernels`).

@@ -19,6 +19,16 @@ enum SmolLM {
     }
 
     static func engine() throws -> EngineCore { try self.opened.get() }
+
+    private static let openedExact: Result<EngineCore, EngineError> = Result { () throws(EngineError) -> EngineCore in
+        let url: URL
+        do { url = try ModelDownload().resolveDefaultModel() } catch { throw EngineError(.unavailable, "\(error)") }
+        return try EngineCore.open(modelPath: url.path, options: EngineOptions(threads: 2), storage: .quantizedExact)
+    }
+
+    /// The default model with fp32 activations (`WeightStorage.quantizedExact`): the
+    /// dequantized model's results up to summation order, for checks against numpy.
+    static func exactEngine() throws -> EngineCore { try self.openedExact.get() }
 }
 
 @Suite("SmolLM2-135M-Instruct from GGUF (the default model)", .ownThreads)

@@ -368,8 +368,9 @@ def compare_logprobs(peers, tokens):
         print(f"   chosen token's log probability, |lorikeet - llama-server|: median {statistics.median(differences):.3f}, "
               f"max {max(differences):.3f} nats; top 5 shared: {sum(overlaps) / len(overlaps):.2f} of 5 on average, "
               f"min {min(overlaps)}")
-    print("   (llama.cpp multiplies Q4_1 weights with Q8-quantized activations, lorikeet with fp32 ones: small "
-          "differences, and a different pick at near ties, are expected)")
+    print("   (both multiply the Q4_1 weights with activations quantized to 8 bits per block of 32, but they round "
+          "different inputs (llama.cpp keeps K and V in fp16): small differences, and a different pick at near ties, "
+          "are expected)")
 
 
 def main():

@@ -18,6 +18,9 @@ int lorikeet_mark_close_on_exec_from(int lowest);
 /// F16C, BMI1, BMI2, LZCNT, MOVBE, POPCNT, and YMM state saved by the OS), else 0 (always 0
 /// off x86-64). Read with CPUID and XGETBV, no runtime library.
 int lorikeet_cpu_supports_x86_64_v3(void);
+/// 1 when, beyond x86-64-v3, this CPU and the OS support AVX-512 F, BW, VL and VNNI (512-bit
+/// state saved by the OS), else 0.
+int lorikeet_cpu_supports_avx512_vnni(void);
 
 #include <stdint.h>
 #include <stddef.h>

@@ -1,10 +1,15 @@
 package import LorikeetGGUF
+import LorikeetKernelDispatch
 
 /// How a GGUF model's linear weights are kept in memory.
 package enum WeightStorage: String, Sendable {
-    /// Keep Q4_1 / Q8_0 blocks and compute on them (about 120 MiB for SmolLM2-135M).
-    /// Other types (F16, BF16, Q4_0, F32) are dequantized to fp32.
+    /// Keep Q4_1 / Q8_0 blocks and compute on them (about 92 MiB for SmolLM2-135M), with
+    /// the input quantized to 8 bits per block of 32 and integer dot products, as llama.cpp
+    /// does. Other types (F16, BF16, Q4_0, F32) are dequantized to fp32.
     case quantized
+    /// Keep the blocks, multiply them with fp32 input: the dequantized model's results up to
+    /// summation order (reference checks), 2-3x slower than `quantized`.
+    case quantizedExact = "quantized-exact"
     /// Dequantize everything to fp32 at load (about 513 MiB for SmolLM2-135M).
     case float32
 }
@@ -51,12 +56,13 @@ extension LlamaGGUF {
             case .q8_0: .q8_0
             default: nil
             }
-        if storage == .quantized, let format, shape.count == 2, columns % 32 == 0 {
+        if storage != .float32, let format, shape.count == 2, columns % 32 == 0 {
+            let product: QuantizedProduct = storage == .quantized ? .int8 : .fp32
             return try file.withTensorBytes(info) { raw throws -> WeightMatrix in
                 guard raw.count == info.byteCount, raw.count % rows == 0 else {
                     throw GGUFModelError.sizeMismatch(type: info.type, elements: info.elementCount, bytes: raw.count)
                 }
-                guard heads > 0 else { return WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: raw) }
+                guard heads > 0 else { return WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: raw, product: product) }
                 // Reorder whole rows (ggml blocks never straddle rows) from GGUF to HF order.
                 let rowBytes = raw.count / rows
                 let headDim = rows / heads
@@ -73,7 +79,7 @@ extension LlamaGGUF {
                         }
                     }
                 }
-                return reordered.withUnsafeBytes { WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: $0) }
+                return reordered.withUnsafeBytes { WeightMatrix(ggml: format, rows: rows, columns: columns, bytes: $0, product: product) }
             }
         }
         var values = try Self.dequantize(file, info)

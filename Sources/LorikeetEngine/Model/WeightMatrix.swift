@@ -1,5 +1,5 @@
 import LorikeetGGUF
-import LorikeetKernelDispatch
+package import LorikeetKernelDispatch
 
 /// A `[rows, columns]` weight matrix for `y = W·x`, stored either as fp32 or in a ggml
 /// quantization (Q4_1, Q8_0) repacked for `QuantKernels`.
@@ -22,6 +22,8 @@ package final class WeightMatrix: @unchecked Sendable {
     package let columns: Int
     /// Storage format.
     package let format: Format
+    /// How a quantized matrix meets its input (8-bit or fp32 activations).
+    package let product: QuantizedProduct
     private let dense: FloatTensor?
     private let packed: UnsafeMutableRawPointer?
     private let blocks: Int
@@ -32,6 +34,7 @@ package final class WeightMatrix: @unchecked Sendable {
         self.rows = tensor.rows
         self.columns = tensor.columns
         self.format = .f32
+        self.product = .fp32
         self.dense = tensor
         self.packed = nil
         self.blocks = 0
@@ -39,9 +42,10 @@ package final class WeightMatrix: @unchecked Sendable {
     }
 
     /// Repacks ggml-encoded rows (`rows × columns/32` blocks of Q4_1 or Q8_0, row-major) for
-    /// the quantized kernels. `columns` must be a multiple of 32 and `bytes` exactly the size
-    /// of the encoded matrix (the caller checked both).
-    package init(ggml format: Format, rows: Int, columns: Int, bytes: UnsafeRawBufferPointer) {
+    /// the quantized kernels, which multiply them with the input as `product` says. `columns`
+    /// must be a multiple of 32 and `bytes` exactly the size of the encoded matrix (the caller
+    /// checked both).
+    package init(ggml format: Format, rows: Int, columns: Int, bytes: UnsafeRawBufferPointer, product: QuantizedProduct = .int8) {
         precondition(format != .f32 && columns % 32 == 0 && rows > 0)
         let blocks = columns / 32
         let quads = (rows + 3) / 4
@@ -92,6 +96,7 @@ package final class WeightMatrix: @unchecked Sendable {
         self.rows = rows
         self.columns = columns
         self.format = format
+        self.product = product
         self.dense = nil
         self.packed = packed
         self.blocks = blocks
@@ -118,22 +123,58 @@ package final class WeightMatrix: @unchecked Sendable {
         halfToFloat(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))
     }
 
-    /// Floats of scratch `matmul` needs for `batch` input rows.
+    /// Floats of scratch `matmul` needs for `batch` input rows: the input prepared for the
+    /// quantized kernels (`Input`).
     package func scratchCount(batch: Int) -> Int {
-        self.format == .f32 ? 0 : batch * (Kernels.expandedCount(columns: self.columns) + self.blocks)
+        guard self.format != .f32 else { return 0 }
+        return batch * Self.preparedFloats(columns: self.columns, product: self.product)
+    }
+
+    /// Floats one input row of `columns` takes once prepared for `product`: 8-bit blocks
+    /// (`Int8Kernels.blockBytes` per 32 columns), or the fp32 expansion and block sums.
+    static func preparedFloats(columns: Int, product: QuantizedProduct) -> Int {
+        switch product {
+        case .int8: columns / 32 * Int8Kernels.blockBytes / MemoryLayout<Float>.size
+        case .fp32: Kernels.expandedCount(columns: columns) + columns / 32
+        }
     }
 
     /// Groups of four output rows: the unit products are split on.
     package var quadCount: Int { (self.rows + 3) / 4 }
 
     /// The activations of one or more products over the same input rows: fp32 `x`
-    /// (`[batch, columns]`) and, when some matrix is quantized, its expansion for
-    /// `QuantKernels` (`xq` for every row, then the per-block sums) in the caller's scratch.
+    /// (`[batch, columns]`) and, when some matrix is quantized, the rows prepared for the
+    /// quantized kernels in the caller's scratch: 8-bit blocks (`Int8Kernels.quantize`, row
+    /// after row), or for `QuantizedProduct.fp32` the expansion `xq` of every row, then the
+    /// per-block sums.
     package struct Input {
         let x: UnsafePointer<Float>
-        let expanded: UnsafePointer<Float>
+        let prepared: UnsafeMutablePointer<Float>
         let batch: Int
         let columns: Int
+
+        /// Prepares `batch` rows of `x` in `scratch` for `product` (nothing when `prepare` is
+        /// false: every matrix is fp32).
+        init(
+            _ x: UnsafePointer<Float>, batch: Int, columns: Int, scratch: UnsafeMutablePointer<Float>, product: QuantizedProduct,
+            prepare: Bool
+        ) {
+            self.x = x
+            self.prepared = scratch
+            self.batch = batch
+            self.columns = columns
+            let stride = WeightMatrix.preparedFloats(columns: columns, product: product)
+            for t in 0..<(prepare ? batch : 0) {
+                switch product {
+                case .int8:
+                    Int8Kernels.quantize(x + t * columns, columns: columns, into: UnsafeMutableRawPointer(scratch + t * stride))
+                case .fp32:
+                    let xqCount = Kernels.expandedCount(columns: columns)
+                    Kernels.quantized.expand(
+                        x + t * columns, columns: columns, scratch + t * xqCount, scratch + batch * xqCount + t * (columns / 32))
+                }
+            }
+        }
     }
 
     /// `y[t][o] = W[o] · x[t]` for `t < batch`; `x` is `[batch, columns]`, `y` is
@@ -161,14 +202,10 @@ package final class WeightMatrix: @unchecked Sendable {
     ) {
         let columns = matrices[0].columns
         precondition(matrices.count == outputs.count && matrices.allSatisfy { $0.columns == columns })
-        if matrices.contains(where: { $0.packed != nil }) {
-            let xqCount = Kernels.expandedCount(columns: columns)
-            let blocks = columns / 32
-            for t in 0..<batch {
-                Kernels.quantized.expand(x + t * columns, columns: columns, scratch + t * xqCount, scratch + batch * xqCount + t * blocks)
-            }
-        }
-        let input = Input(x: x, expanded: UnsafePointer(scratch), batch: batch, columns: columns)
+        let quantized = matrices.filter { $0.packed != nil }
+        let product = quantized.first?.product ?? .int8
+        precondition(quantized.allSatisfy { $0.product == product }, "one input prepared for two kinds of product")
+        let input = Input(x, batch: batch, columns: columns, scratch: scratch, product: product, prepare: !quantized.isEmpty)
         if let epilogue {
             let rows = matrices[0].rows
             precondition(matrices.allSatisfy { $0.rows == rows })
@@ -213,6 +250,10 @@ package final class WeightMatrix: @unchecked Sendable {
             return
         }
         let weights = UnsafeRawPointer(packed)
+        if self.product == .int8 {
+            self.multiplyInt8(quads: range, weights, input, output)
+            return
+        }
         let xqCount = Kernels.expandedCount(columns: self.columns)
         // Quads in slices of 16 so a slice of weights stays in cache across the batch.
         var lo = range.lowerBound
@@ -220,10 +261,10 @@ package final class WeightMatrix: @unchecked Sendable {
             let hi = min(lo + 16, range.upperBound)
             var t = 0
             while t + 4 <= batch {
-                let xq = input.expanded + t * xqCount
+                let xq = UnsafePointer(input.prepared) + t * xqCount
                 let y = output + t * self.rows
                 if self.format == .q4_1 {
-                    let xsum = input.expanded + batch * xqCount + t * self.blocks
+                    let xsum = UnsafePointer(input.prepared) + batch * xqCount + t * self.blocks
                     Kernels.quantized.q41x4(
                         weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xqStride: xqCount, xsum, y,
                         yStride: self.rows)
@@ -234,10 +275,10 @@ package final class WeightMatrix: @unchecked Sendable {
                 t += 4
             }
             while t < batch {
-                let xq = input.expanded + t * xqCount
+                let xq = UnsafePointer(input.prepared) + t * xqCount
                 let y = output + t * self.rows
                 if self.format == .q4_1 {
-                    let xsum = input.expanded + batch * xqCount + t * self.blocks
+                    let xsum = UnsafePointer(input.prepared) + batch * xqCount + t * self.blocks
                     Kernels.quantized.q41(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, xsum, y)
                 } else {
                     Kernels.quantized.q80(weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, xq, y)
@@ -246,6 +287,49 @@ package final class WeightMatrix: @unchecked Sendable {
             }
             lo = hi
         }
+    }
+
+    /// `multiply(quads:)` with the integer kernels: up to 4 input rows per call, quads in
+    /// slices of 16 so a slice of weights stays in cache across the batch.
+    private func multiplyInt8(
+        quads range: Range<Int>, _ weights: UnsafeRawPointer, _ input: Input, _ output: UnsafeMutablePointer<Float>,
+        build: Int8Kernels = Kernels.int8
+    ) {
+        let stride = Self.preparedFloats(columns: self.columns, product: .int8)
+        let xStride = self.blocks
+        var lo = range.lowerBound
+        while lo < range.upperBound {
+            let hi = min(lo + 16, range.upperBound)
+            var t = 0
+            while t < input.batch {
+                let inputs = min(4, input.batch - t)
+                let x = UnsafeRawPointer(input.prepared + t * stride)
+                let y = output + t * self.rows
+                build.multiply(
+                    self.format == .q4_1 ? .q4_1 : .q8_0, weights, blocks: self.blocks, rows: self.rows, quads: lo..<hi, x, inputs: inputs,
+                    xStride: xStride, y, yStride: self.rows)
+                t += inputs
+            }
+            lo = hi
+        }
+    }
+
+    /// `y = W·x` for `batch` rows of `x` on the calling thread with the integer kernels of
+    /// `build`, whatever `Kernels.product` is (tests compare the builds).
+    func int8Product(_ x: [Float], batch: Int, build: Int8Kernels) -> [Float] {
+        precondition(self.packed != nil && x.count == batch * self.columns)
+        var y = [Float](repeating: .nan, count: batch * self.rows)
+        var scratch = [Float](repeating: 0, count: batch * Self.preparedFloats(columns: self.columns, product: .int8))
+        x.withUnsafeBufferPointer { xp in
+            scratch.withUnsafeMutableBufferPointer { sp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    let input = Input(
+                        xp.baseAddress!, batch: batch, columns: self.columns, scratch: sp.baseAddress!, product: .int8, prepare: true)
+                    self.multiplyInt8(quads: 0..<self.quadCount, UnsafeRawPointer(self.packed!), input, yp.baseAddress!, build: build)
+                }
+            }
+        }
+        return y
     }
 
     /// Writes row `r` as fp32 into `out` (`columns` floats): the embedding lookup.
