@@ -61,7 +61,10 @@ struct SmolLMTests {
         let start = clock.now
         let c = await core.complete(
             GenerationRequest(
-                id: "paris", prompt: .chat([ChatTurn(role: "user", content: "What is the capital of France?")]),
+                // "What is the capital of France?" gets "L'Étoile, la Marseillaise," at greedy, from
+                // llama.cpp (llama-server 11434) too: with 8-bit activations "L" beats "The" by
+                // 0.3 nats there. This phrasing is answered "The capital of France is Paris.".
+                id: "paris", prompt: .chat([ChatTurn(role: "user", content: "Which city is the capital of France?")]),
                 params: SamplingParams(maxTokens: 12, temperature: 0)))
         print(
             "answer \(c.text.debugDescription) (\(c.tokens.count) tokens, \(c.finishReason.map { "\($0)" } ?? "-")) in \(clock.now - start)"

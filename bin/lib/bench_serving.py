@@ -309,6 +309,17 @@ def shared_prefix_ttft(peer, repetitions, salt):
     return values
 
 
+def long_prompt_ttft(peer, repetitions, salt):
+    """TTFT (ms) of a lone request with a ~1,000-token prompt that nothing cached (each one
+    starts differently; llama-server's prompt cache is off)."""
+    values = []
+    for repetition in range(repetitions):
+        prompt = f"[{salt}-{repetition}] " + BASE_TEXT * 40  # about 1,000 tokens
+        ttft, _, _ = stream_completion(peer, prompt, 2)
+        values.append(ttft * 1000)
+    return values
+
+
 LOGPROB_PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n    ",
@@ -414,10 +425,13 @@ def main():
                     print(f"   {level} stream(s), round {round_index + 1}: {peer.name} {outcome['tokensPerSecond']:.1f} tokens/s",
                           flush=True)
         adapters = adapter_rounds(peers[0], work, arguments)
-        prefix = {}
+        prefix, long = {}, {}
         for peer in peers:
             prefix[peer.name] = shared_prefix_ttft(peer, arguments.prefix_repetitions, "prefix")
-        report(arguments, levels, peers, table, prefix)
+        for round_index in range(arguments.prefix_repetitions):
+            for peer in (peers if round_index % 2 == 0 else list(reversed(peers))):
+                long.setdefault(peer.name, []).extend(long_prompt_ttft(peer, 1, f"long{round_index}"))
+        report(arguments, levels, peers, table, prefix, long)
         print()
         base, mixed = adapters
         print(f"lorikeet, 8 streams on 8 different LoRA adapters (rank 8, q/v) vs 8 streams on the base model, same run: "
@@ -430,7 +444,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(arguments, levels, peers, table, prefix):
+def report(arguments, levels, peers, table, prefix, long):
     names = [peer.name for peer in peers]
     print()
     print(f"SmolLM2-135M-Instruct Q4_1 over HTTP, {arguments.threads} engine thread(s) each; lorikeet serve --workers "
@@ -454,6 +468,11 @@ def report(arguments, levels, peers, table, prefix):
     print("500-token shared system prompt, time to first token of the second request (prefix cache / cache_prompt on):")
     for name in names:
         values = prefix[name]
+        print(f"   {name:>12}: median {statistics.median(values):.0f} ms over {len(values)} (each {', '.join(f'{v:.0f}' for v in values)} ms)")
+    print()
+    print("~1,000-token prompt, nothing cached, one request at a time: time to first token")
+    for name in names:
+        values = long[name]
         print(f"   {name:>12}: median {statistics.median(values):.0f} ms over {len(values)} (each {', '.join(f'{v:.0f}' for v in values)} ms)")
     print()
     for peer in peers:
