@@ -98,6 +98,22 @@ extension GGUFLoRATests {
         return logits.map { Double($0) - top - log(total) }
     }
 
+    @Test("adapter products split over the pool's threads give the one-thread logits, bit for bit")
+    func threadedAdapterRows() throws {
+        let core = try SmolLM.engine()
+        let dir = try Self.reference(tokens: core.tokenizer.encode("The quick brown fox jumps over"))
+        _ = try core.adapters.add(name: "gguf-qkvo-threads", intID: 43, path: dir.appendingPathComponent("adapter").path, epoch: 1)
+        defer { try? core.adapters.remove(intID: 43, epoch: 1) }
+        let adapter = try core.adapters.weightsForRequest(43).weights
+        // 40 rows: enough adapter work per module for a pool region (WorkerPool.minimumParallelWork).
+        let tokens = core.tokenizer.encode(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 4))
+        #expect(tokens.count >= 36)
+        let one = LlamaModel(weights: core.model.weights, threads: 1)
+        let two = LlamaModel(weights: core.model.weights, threads: 2)
+        #expect(one.lastLogits(tokens, adapter: adapter) == two.lastLogits(tokens, adapter: adapter))
+        #expect(one.lastLogits(tokens, adapter: adapter) != one.lastLogits(tokens))
+    }
+
     @Test("8-bit activations (the default): the next-token distribution stays close to the dequantized numpy model's")
     func int8MatchesNumpy() throws {
         let core = try SmolLM.engine()

@@ -397,6 +397,8 @@ def main():
     parser.add_argument("--prefix-repetitions", type=int, default=3)
     parser.add_argument("--no-llama-server", action="store_true")
     parser.add_argument("--logprobs-only", action="store_true", help="only the log-probability comparison")
+    parser.add_argument("--streams-only", action="store_true", help="only the table of concurrent streams")
+    parser.add_argument("--adapters-only", action="store_true", help="only 8 adapters against the base model (lorikeet)")
     parser.add_argument("--logprob-tokens", type=int, default=16)
     arguments = parser.parse_args()
     levels = [int(x) for x in arguments.streams.split(",")]
@@ -409,6 +411,9 @@ def main():
             peers.append(start_llama_server(server, arguments.model, arguments.threads, max(levels), work))
         if arguments.logprobs_only:
             compare_logprobs(peers, arguments.logprob_tokens)
+            return
+        if arguments.adapters_only:
+            report_adapters(adapter_rounds(peers[0], work, arguments))
             return
         for peer in peers:  # warm-up
             run_streams(peer, 1, 1, 8, "warm")
@@ -424,6 +429,9 @@ def main():
                     entry["itl"] += outcome["itl"]
                     print(f"   {level} stream(s), round {round_index + 1}: {peer.name} {outcome['tokensPerSecond']:.1f} tokens/s",
                           flush=True)
+        if arguments.streams_only:
+            report(arguments, levels, peers, table, {}, {})
+            return
         adapters = adapter_rounds(peers[0], work, arguments)
         prefix, long = {}, {}
         for peer in peers:
@@ -432,16 +440,20 @@ def main():
             for peer in (peers if round_index % 2 == 0 else list(reversed(peers))):
                 long.setdefault(peer.name, []).extend(long_prompt_ttft(peer, 1, f"long{round_index}"))
         report(arguments, levels, peers, table, prefix, long)
-        print()
-        base, mixed = adapters
-        print(f"lorikeet, 8 streams on 8 different LoRA adapters (rank 8, q/v) vs 8 streams on the base model, same run: "
-              f"{mixed:.1f} vs {base:.1f} tokens/s = {mixed / base:.2f}x")
+        report_adapters(adapters)
         if len(peers) > 1:
             compare_logprobs(peers, arguments.logprob_tokens)
     finally:
         for peer in peers:
             peer.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def report_adapters(adapters):
+    print()
+    base, mixed = adapters
+    print(f"lorikeet, 8 streams on 8 different LoRA adapters (rank 8, q/v) vs 8 streams on the base model, same run: "
+          f"{mixed:.1f} vs {base:.1f} tokens/s = {mixed / base:.2f}x")
 
 
 def report(arguments, levels, peers, table, prefix, long):
@@ -464,6 +476,8 @@ def report(arguments, levels, peers, table, prefix, long):
             print(f"{level:>7} {name:>12} | {rate:9.1f} {ratio:>6} | {percentile(entry['ttft'], 0.5):7.0f}ms "
                   f"{percentile(entry['ttft'], 0.99):5.0f}ms | {percentile(entry['itl'], 0.5):6.1f}ms {percentile(entry['itl'], 0.99):5.0f}ms")
     print("(ratio: lorikeet tokens/s / llama-server tokens/s; ITL: gaps between streamed tokens)")
+    if not prefix:
+        return
     print()
     print("500-token shared system prompt, time to first token of the second request (prefix cache / cache_prompt on):")
     for name in names:

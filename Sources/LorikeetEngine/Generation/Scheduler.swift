@@ -7,7 +7,10 @@ import Synchronization
 /// Each turn it takes every running sequence one step further in a single batched
 /// forward pass: one token for decoding sequences, a bounded chunk of prompt tokens for
 /// sequences still reading their prompt. A short request therefore starts and finishes
-/// while a long one is running instead of queuing behind it. Requests beyond
+/// while a long one is running instead of queuing behind it. The chunk is small while some
+/// sequence decodes (`prefillBudgetWhileDecoding`: its next token waits for the whole step)
+/// and large when none does (`prefillBudget`: prompts that arrive together are read
+/// together, so their streams start together). Requests beyond
 /// `maxBatchSize`, or whose adapter has no free active slot, wait in FIFO order.
 ///
 /// Events are delivered on the scheduler thread; callbacks must return quickly (hand the
@@ -41,22 +44,26 @@ package final class Scheduler: Sendable {
     private let adapters: AdapterStore
     private let maxBatchSize: Int
     private let prefillBudget: Int
+    private let prefillBudgetWhileDecoding: Int
     private let prefixCacheBytes: Int
     private let state = Mutex(State())
     private let wakeup = DispatchSemaphore(value: 0)
     private let exited = DispatchSemaphore(value: 0)
 
-    /// Starts the scheduler thread. `prefixCacheBytes` bounds the finished sequences' caches
+    /// Starts the scheduler thread. A step reads at most `prefillBudget` prompt tokens, or
+    /// `prefillBudgetWhileDecoding` while some sequence decodes (and at least one per
+    /// sequence reading its prompt). `prefixCacheBytes` bounds the finished sequences' caches
     /// kept for prompts that start the same way (`PrefixCache`; 0 keeps none).
     package init(
         model: LlamaModel, tokenizer: any EngineTokenizer, adapters: AdapterStore, maxBatchSize: Int = 32,
-        prefillBudget: Int = 64, prefixCacheBytes: Int = 0
+        prefillBudget: Int = 256, prefillBudgetWhileDecoding: Int = 16, prefixCacheBytes: Int = 0
     ) {
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.maxBatchSize = max(1, maxBatchSize)
         self.prefillBudget = max(1, prefillBudget)
+        self.prefillBudgetWhileDecoding = max(1, prefillBudgetWhileDecoding)
         self.prefixCacheBytes = max(0, prefixCacheBytes)
         let thread = Thread { [self] in self.run() }
         thread.name = "lorikeet-engine-scheduler"
@@ -260,7 +267,7 @@ package final class Scheduler: Sendable {
             // probabilities (their next prompt token), and whether its last row samples.
             var rows: [ForwardRow] = []
             var wanting: [(sequence: Sequence, promptPositions: Range<Int>, samples: Bool)] = []
-            var budget = self.prefillBudget
+            var budget = running.contains { $0.fed >= $0.prompt.count } ? self.prefillBudgetWhileDecoding : self.prefillBudget
             var shared = 0
             var cached = 0
             for s in running {

@@ -276,7 +276,7 @@ package final class LlamaModel: Sendable {
         let maxPos = rows.map(\.position).max()! + 1
         let scores = ws.buffer(9, self.pool.threads * group * maxPos)
         let maxRank = rows.compactMap { $0.adapter?.rank }.max() ?? 0
-        let loraTmp = ws.buffer(10, max(maxRank, 1))
+        let loraTmp = ws.buffer(10, max(maxRank, 1) * self.pool.threads)
         let w = self.weights
         let scratch = ws.buffer(12, max(w.scratchPerRow * n, 1))
 
@@ -378,7 +378,9 @@ package final class LlamaModel: Sendable {
         }
     }
 
-    /// `y += s·B·(A·x)` for the rows whose adapter targets `module` in `layer`.
+    /// `y += s·B·(A·x)` for the rows whose adapter targets `module` in `layer`: one item per
+    /// such row, in a pool region when they are enough work (`loraTmp` holds `maxRank` floats
+    /// per pool thread). Each row's result is computed the same way whoever runs it.
     private func addLoRA(
         _ module: LinearModule, _ layer: Int, _ rows: [ForwardRow], _ x: UnsafeMutablePointer<Float>,
         _ y: UnsafeMutablePointer<Float>, _ loraTmp: UnsafeMutablePointer<Float>
@@ -386,11 +388,23 @@ package final class LlamaModel: Sendable {
         let weight = self.weights.layers[layer].linear[module.index]
         let outDim = weight.rows
         let inDim = weight.columns
+        var items: [(row: Int, adapter: LoRAWeights, a: UnsafePointer<Float>, b: UnsafePointer<Float>)] = []
+        var maxRank = 0
+        var work = 0
         for (i, row) in rows.enumerated() {
             guard let adapter = row.adapter, let pair = adapter.pairs[layer][module.index] else { continue }
-            Kernels.fp32.addLoRA(
-                a: pair.a.pointer, b: pair.b.pointer, rank: adapter.rank, inDim: inDim, outDim: outDim,
-                scaling: adapter.scaling, x + i * inDim, tmp: loraTmp, y + i * outDim)
+            items.append((i, adapter, pair.a.pointer, pair.b.pointer))
+            maxRank = max(maxRank, adapter.rank)
+            work += adapter.rank * (inDim + outDim)
+        }
+        guard !items.isEmpty else { return }
+        let grain = work < WorkerPool.minimumParallelWork ? items.count : 1
+        self.pool.run(count: items.count, grain: grain) { range, thread in
+            for item in items[range] {
+                Kernels.fp32.addLoRA(
+                    a: item.a, b: item.b, rank: item.adapter.rank, inDim: inDim, outDim: outDim, scaling: item.adapter.scaling,
+                    x + item.row * inDim, tmp: loraTmp + thread * maxRank, y + item.row * outDim)
+            }
         }
     }
 
