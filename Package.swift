@@ -252,7 +252,7 @@ let package = Package(
         .target(name: "LorikeetKernels", swiftSettings: upcoming + kernelSettings),
         // Quantized weights times 8-bit activations in integer dot products (plain C, AVX2,
         // AVX-512 VNNI builds of the same arithmetic); always optimized, as the kernels above.
-        .target(name: "CLorikeetQ8", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "CLorikeetQ8", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         .target(
             name: "LorikeetKernelDispatch", dependencies: ["LorikeetKernels", "CLorikeetSys", "CLorikeetQ8"] + fastKernelDependencies,
             swiftSettings: upcoming),

@@ -25,6 +25,15 @@ static inline float half_to_float(uint16_t h) {
 
 static inline uint16_t load_half(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
+/// `roundf(v)` for |v| <= 127 without a library call: the nearest integer, halves away from
+/// zero. Exact: `v - trunc(v)` has no rounding error at this size (adding 0.5 first would
+/// round 0.49999997 up).
+static inline int round_half_away(float v) {
+    const int whole = (int)v;
+    const float fraction = v - (float)whole;
+    return whole + (fraction >= 0.5f) - (fraction <= -0.5f);
+}
+
 void lorikeet_q8_quantize(const float *x, int columns, lorikeet_q8_block *out) {
     const int blocks = columns / 32;
     for (int b = 0; b < blocks; b++) {
@@ -39,12 +48,14 @@ void lorikeet_q8_quantize(const float *x, int columns, lorikeet_q8_block *out) {
         int finite = 1;
         for (int k = 0; k < 32; k++) finite &= (xb[k] == xb[k]) && xb[k] - xb[k] == 0;
         const float d = finite ? amax / 127 : __builtin_nanf("");
+        // Below about 3.7e-37, 127 / amax overflows: divide by the step instead.
         const float id = finite && amax > 0 ? 127 / amax : 0;
+        const int divide = finite && amax > 0 && !(id <= 0x1.fffffep127f);
         int8_t codes[32];
         for (int k = 0; k < 32; k++) {
-            float v = finite ? xb[k] * id : 0;
+            float v = !finite ? 0 : divide ? xb[k] / d : xb[k] * id;
             v = v > 127 ? 127 : v < -127 ? -127 : v;
-            codes[k] = (int8_t)(int)(v + (v >= 0 ? 0.5f : -0.5f));
+            codes[k] = (int8_t)round_half_away(v);
         }
         for (int i = 0; i < 4; i++) {
             for (int j = 0; j < 4; j++) {
@@ -94,6 +105,8 @@ static inline void store_quad(const float *lanes16, const float *min4, int quad,
 
 void lorikeet_q41_q8_generic(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                              const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {
+    if (inputs < 1) return;
+    if (inputs > 4) inputs = 4;
     for (int q = quad_begin; q < quad_end; q++) {
         const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * Q41_QUAD_BLOCK;
         float acc[4][16] = {{0}};
@@ -123,6 +136,8 @@ void lorikeet_q41_q8_generic(const void *w, int blocks, int rows, int quad_begin
 
 void lorikeet_q80_q8_generic(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                              const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {
+    if (inputs < 1) return;
+    if (inputs > 4) inputs = 4;
     for (int q = quad_begin; q < quad_end; q++) {
         const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * Q80_QUAD_BLOCK;
         float acc[4][16] = {{0}};
@@ -316,6 +331,8 @@ LK_INLINE LK_AVX512 void avx512_q80(const uint8_t *quad, int blocks, const lorik
 #define LK_Q41_ENTRY(NAME, ATTR, BODY)                                                                       \
     ATTR void NAME(const void *w, int blocks, int rows, int quad_begin, int quad_end,                        \
                    const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {           \
+        if (inputs < 1) return;                                                                              \
+        if (inputs > 4) inputs = 4;                                                                          \
         for (int q = quad_begin; q < quad_end; q++) {                                                        \
             const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * Q41_QUAD_BLOCK;                  \
             float lanes[4][16], mins[4][4];                                                                  \
@@ -332,6 +349,8 @@ LK_INLINE LK_AVX512 void avx512_q80(const uint8_t *quad, int blocks, const lorik
 #define LK_Q80_ENTRY(NAME, ATTR, BODY)                                                                       \
     ATTR void NAME(const void *w, int blocks, int rows, int quad_begin, int quad_end,                        \
                    const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {           \
+        if (inputs < 1) return;                                                                              \
+        if (inputs > 4) inputs = 4;                                                                          \
         for (int q = quad_begin; q < quad_end; q++) {                                                        \
             const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * Q80_QUAD_BLOCK;                  \
             float lanes[4][16];                                                                              \

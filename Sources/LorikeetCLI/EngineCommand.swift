@@ -61,6 +61,11 @@ struct EngineCommand: AsyncParsableCommand {
             "Memory for finished sequences' KV caches reused by prompts that start the same way (prefix caching); 0 turns it off.",
             valueName: "MiB")
     ) var prefixCacheMib = EngineOptions.defaultPrefixCacheMiB
+    @Option(help: "Prompt tokens one step reads at most while no stream decodes.")
+    var prefillChunk = EngineOptions.defaultPrefillChunk
+    @Option(
+        help: "Prompt tokens one step reads at most while streams decode (smaller: steadier streams; larger: sooner first tokens).")
+    var prefillChunkDecoding = EngineOptions.defaultPrefillChunkWhileDecoding
     @Option(help: "Exit when this process (the supervisor) is gone.") var parentPid: Int32?
     @Option(help: "Log format: text or json.") var logFormat = "text"
     @Option(name: .customLong("drain-grace-ms"), help: "How long running generations may finish after SIGTERM (as the workers' drain).")
@@ -75,6 +80,10 @@ struct EngineCommand: AsyncParsableCommand {
         guard self.maxLoras >= 0 else { throw ValidationError("--max-loras must be 0 (LoRA off) or more, got \(self.maxLoras)") }
         guard self.prefixCacheMib >= 0, self.prefixCacheMib <= 1 << 20 else {
             throw ValidationError("--prefix-cache-mib must be between 0 (off) and 1048576, got \(self.prefixCacheMib)")
+        }
+        for (flag, value) in [("--prefill-chunk", self.prefillChunk), ("--prefill-chunk-decoding", self.prefillChunkDecoding)]
+        where !(1...EngineOptions.maxPrefillChunk).contains(value) {
+            throw ValidationError("\(flag) must be between 1 and \(EngineOptions.maxPrefillChunk), got \(value)")
         }
     }
 
@@ -99,7 +108,8 @@ struct EngineCommand: AsyncParsableCommand {
         let options = EngineOptions(
             maxLoras: self.maxLoras, maxCpuLoras: self.maxCpuLoras, maxLoraRank: self.maxLoraRank,
             threads: self.threads ?? Self.usableCPUs(),
-            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: allowedPrefixes, prefixCacheMiB: self.prefixCacheMib)
+            maxBatchSize: self.maxBatchSize, allowedAdapterPathPrefixes: allowedPrefixes, prefixCacheMiB: self.prefixCacheMib,
+            prefillChunk: self.prefillChunk, prefillChunkWhileDecoding: self.prefillChunkDecoding)
         let core: EngineCore
         do {
             // No --model: the default SmolLM2-135M-Instruct, downloaded into the cache on first use.
@@ -128,7 +138,8 @@ struct EngineCommand: AsyncParsableCommand {
                 "socket": "\(self.socket)", "model": "\(core.info.modelName)", "vocab": "\(core.info.vocabSize)",
                 "max_loras": "\(options.adapters.maxLoras)", "max_cpu_loras": "\(options.adapters.maxCpuLoras)",
                 "max_lora_rank": "\(options.adapters.maxLoraRank)", "threads": "\(options.threads)", "kernels": "\(EngineCore.kernels)",
-                "prefix_cache_mib": "\(options.prefixCacheBytes >> 20)",
+                "prefix_cache_mib": "\(options.prefixCacheBytes >> 20)", "prefill_chunk": "\(options.prefillChunk)",
+                "prefill_chunk_decoding": "\(options.prefillChunkWhileDecoding)",
                 "adapter_prefixes":
                     "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
             ])

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import LorikeetEngine
 import LorikeetProto
 import LorikeetSupervisor
 import LorikeetWorker
@@ -33,6 +34,12 @@ struct ServeCommand: ParsableCommand {
             "Engine memory for KV caches reused by prompts that start the same way (prefix caching; default 256, 0 = off).",
             valueName: "MiB")
     ) var prefixCacheMib: Int?
+    @Option(help: "Engine: prompt tokens one step reads at most while no stream decodes (default 256).") var prefillChunk: Int?
+    @Option(
+        help:
+            "Engine: prompt tokens one step reads at most while streams decode (default 16; larger: sooner first tokens, less steady streams)."
+    )
+    var prefillChunkDecoding: Int?
     @Flag(help: "Report prompt_tokens_details.cached_tokens in usage (prefix caching), as vLLM's flag of the same name.")
     var enablePromptTokensDetails = false
     @Option(help: "Name the base model is served under (repeatable).") var servedModelName: [String] = []
@@ -121,10 +128,16 @@ struct ServeCommand: ParsableCommand {
         }
         if !self.upstreams.isEmpty,
             self.model != nil || self.maxLoras != nil || self.maxCpuLoras != nil || self.threads != nil || self.prefixCacheMib != nil
+                || self.prefillChunk != nil || self.prefillChunkDecoding != nil
         {
             throw ValidationError(
-                "--model, --max-loras, --max-cpu-loras, --threads and --prefix-cache-mib configure the built-in engine; not with --upstream"
+                "--model, --max-loras, --max-cpu-loras, --threads, --prefix-cache-mib and --prefill-chunk(-decoding) configure the built-in engine; not with --upstream"
             )
+        }
+        for (flag, value) in [("--prefill-chunk", self.prefillChunk), ("--prefill-chunk-decoding", self.prefillChunkDecoding)] {
+            if let value, !(1...EngineOptions.maxPrefillChunk).contains(value) {
+                throw ValidationError("\(flag) must be between 1 and \(EngineOptions.maxPrefillChunk), got \(value)")
+            }
         }
         if let mib = self.prefixCacheMib, mib < 0 || mib > 1 << 20 {
             throw ValidationError("--prefix-cache-mib must be between 0 (off) and 1048576, got \(mib)")
@@ -166,6 +179,8 @@ struct ServeCommand: ParsableCommand {
         if let maxLoraRank { engineArguments += ["--max-lora-rank", "\(maxLoraRank)"] }
         if let threads { engineArguments += ["--threads", "\(threads)"] }
         if let prefixCacheMib { engineArguments += ["--prefix-cache-mib", "\(prefixCacheMib)"] }
+        if let prefillChunk { engineArguments += ["--prefill-chunk", "\(prefillChunk)"] }
+        if let prefillChunkDecoding { engineArguments += ["--prefill-chunk-decoding", "\(prefillChunkDecoding)"] }
         var workerArguments: [String] = ["--log-format", self.logFormat]
         for name in self.servedModelName { workerArguments += ["--served-model-name", name] }
         for module in self.loraModules {

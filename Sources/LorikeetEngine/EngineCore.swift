@@ -17,6 +17,18 @@ package struct EngineOptions: Sendable, Equatable {
     /// Bytes of finished sequences' key/value caches kept for prompts that start the same
     /// way (`--prefix-cache-mib`; 0 turns the prefix cache off).
     package var prefixCacheBytes: Int
+    /// Prompt tokens one step reads at most while no sequence decodes (`--prefill-chunk`).
+    package var prefillChunk: Int
+    /// Prompt tokens one step reads at most while some sequence decodes: each running
+    /// stream's next token waits for the whole step (`--prefill-chunk-decoding`).
+    package var prefillChunkWhileDecoding: Int
+
+    /// The default prompt chunks: 256 tokens, 16 while streams decode.
+    package static let defaultPrefillChunk = 256
+    /// See `defaultPrefillChunk`.
+    package static let defaultPrefillChunkWhileDecoding = 16
+    /// The largest chunk either option accepts.
+    package static let maxPrefillChunk = 8192
 
     /// The default prefix cache: 256 MiB (5,600 positions of SmolLM2-135M).
     package static let defaultPrefixCacheMiB = 256
@@ -24,9 +36,12 @@ package struct EngineOptions: Sendable, Equatable {
     /// Creates options.
     package init(
         maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 16, threads: Int = 1, maxBatchSize: Int = 32,
-        modelName: String? = nil, allowedAdapterPathPrefixes: [String] = [], prefixCacheMiB: Int = Self.defaultPrefixCacheMiB
+        modelName: String? = nil, allowedAdapterPathPrefixes: [String] = [], prefixCacheMiB: Int = Self.defaultPrefixCacheMiB,
+        prefillChunk: Int = Self.defaultPrefillChunk, prefillChunkWhileDecoding: Int = Self.defaultPrefillChunkWhileDecoding
     ) {
         self.prefixCacheBytes = max(0, prefixCacheMiB) << 20
+        self.prefillChunk = min(max(1, prefillChunk), Self.maxPrefillChunk)
+        self.prefillChunkWhileDecoding = min(max(1, prefillChunkWhileDecoding), Self.maxPrefillChunk)
         self.adapters = AdapterStore.Options(
             maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank,
             allowedPathPrefixes: allowedAdapterPathPrefixes)
@@ -174,6 +189,7 @@ package final class EngineCore: Sendable {
             maxLoraRank: options.adapters.maxLoraRank, generationDefaults: generationDefaults)
         self.scheduler = Scheduler(
             model: self.model, tokenizer: tokenizer, adapters: self.adapters, maxBatchSize: options.maxBatchSize,
+            prefillBudget: options.prefillChunk, prefillBudgetWhileDecoding: options.prefillChunkWhileDecoding,
             prefixCacheBytes: options.prefixCacheBytes)
     }
 

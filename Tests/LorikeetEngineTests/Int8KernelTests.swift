@@ -32,13 +32,16 @@ struct Int8KernelTests {
         return (matrix, matrix.values)
     }
 
-    /// Inputs of varied magnitude per block (a block of zeros, tiny and large values), as
+    /// Inputs of varied magnitude per block (a block of zeros, tiny and large values, one
+    /// below 3.7e-37 where `127 / max` overflows, halves like 0.49999997 after scaling), as
     /// activations are after a norm.
     static func input(_ c: Case) -> [Float] {
         var rng = Xoshiro256(seed: UInt64(c.batch * 7 + c.columns))
         return (0..<(c.batch * c.columns)).map { i in
             let block = i / 32
             if block % 5 == 3 { return 0 }
+            if block % 7 == 6 { return Float((rng.nextUnit() * 2 - 1) * 1e-37) }
+            if block % 11 == 10 { return i % 32 == 0 ? 127 : i % 2 == 0 ? 0.49999997 : 2.5 }
             let scale: Double = block % 3 == 0 ? 8 : block % 3 == 1 ? 1e-3 : 1
             return Float((rng.nextUnit() * 2 - 1) * scale)
         }
@@ -85,8 +88,8 @@ struct Int8KernelTests {
             let d = amax / 127
             let inverse: Float = amax > 0 ? 127 / amax : 0
             for v in block {
-                let scaled = min(127, max(-127, v * inverse))
-                out.append(Double(d) * Double((scaled + (scaled >= 0 ? 0.5 : -0.5)).rounded(.towardZero)))
+                let scaled = min(127, max(-127, inverse.isFinite ? v * inverse : v / d))
+                out.append(Double(d) * Double(scaled.rounded(.toNearestOrAwayFromZero)))
             }
         }
         return out

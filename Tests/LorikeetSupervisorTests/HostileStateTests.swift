@@ -238,7 +238,9 @@ extension ServeTests {
         #expect(try server.workerList().compactMap { $0["pid"] as? Int }.sorted() == pids)
     }
 
-    @Test("--max-adapters out of range, --max-body-bytes over the ceiling, --prefix-cache-mib below 0: refused before anything starts")
+    @Test(
+        "--max-adapters out of range, --max-body-bytes over the ceiling, --prefix-cache-mib below 0, prompt chunks outside 1...8192: refused before anything starts"
+    )
     func limitFlagsValidated() throws {
         let binary = try TestEnvironment.lorikeetBinary
         let (tooMany, tooManyOutput) = try TestEnvironment.runProcess(
@@ -255,6 +257,13 @@ extension ServeTests {
         #expect(
             prefixCache == 64 && prefixCacheOutput.contains("--prefix-cache-mib must be between 0 (off) and 1048576"),
             "\(prefixCacheOutput)")
+        for arguments in [
+            ["serve", "--prefill-chunk", "0"], ["serve", "--prefill-chunk-decoding", "9000"],
+            ["engine", "--socket", "/nonexistent/engine.sock", "--prefill-chunk=-5"],
+        ] {
+            let (status, output) = try TestEnvironment.runProcess(binary, arguments)
+            #expect(status == 64 && output.contains("must be between 1 and 8192"), "\(arguments): \(output)")
+        }
     }
 
     /// prctl(PR_SET_CHILD_SUBREAPER) for this process (glibc's variadic `prctl` is not

@@ -32,6 +32,7 @@ void lorikeet_q8_quantize(const float *x, int columns, lorikeet_q8_block *out);
 /// `y[t * y_stride + row] = W[row] · x[t]` for `t < inputs` (1 to 4) and the rows of quads
 /// `quad_begin ..< quad_end` below `rows`. `w` is a repacked Q4_1 (`_q41_`) or Q8_0 (`_q80_`)
 /// matrix of `blocks` blocks per row; input `t`'s blocks start at `x + t * x_stride`.
+/// `inputs` beyond 4 count as 4; below 1, nothing is written.
 void lorikeet_q41_q8_generic(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                              const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
 void lorikeet_q80_q8_generic(const void *w, int blocks, int rows, int quad_begin, int quad_end,
@@ -47,7 +48,8 @@ void lorikeet_q41_q8_avx512vnni(const void *w, int blocks, int rows, int quad_be
 void lorikeet_q80_q8_avx512vnni(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                                 const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
 
-/// 1 when the AVX2 build runs here (also 0 when it is not compiled in: not x86-64).
+/// 1 when the AVX2 build is compiled in (x86-64); whether the CPU runs it is the caller's
+/// question (CLorikeetSys).
 int lorikeet_q8_avx2_built(void);
 /// 1 when the AVX-512 VNNI build is compiled in.
 int lorikeet_q8_avx512vnni_built(void);

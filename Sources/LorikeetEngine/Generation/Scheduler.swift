@@ -287,7 +287,10 @@ package final class Scheduler: Sendable {
                     if fromKept { cached += count } else { shared += count }
                 }
                 if s.fed < s.prompt.count {
-                    let take = min(s.prompt.count - s.fed, max(1, budget))
+                    // Every row of a sequence that wants prompt log probabilities computes the
+                    // vocabulary's logits: at most 64 such rows per step bound that memory.
+                    let limit = s.promptLogprobs == nil ? budget : min(budget, 64)
+                    let take = min(s.prompt.count - s.fed, max(1, limit))
                     budget -= take
                     let all = s.promptLogprobs != nil
                     for j in 0..<take {

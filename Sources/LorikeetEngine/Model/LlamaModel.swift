@@ -399,11 +399,12 @@ package final class LlamaModel: Sendable {
         }
         guard !items.isEmpty else { return }
         let grain = work < WorkerPool.minimumParallelWork ? items.count : 1
-        self.pool.run(count: items.count, grain: grain) { range, thread in
-            for item in items[range] {
+        let (rowItems, rank) = (items, maxRank)
+        self.pool.run(count: rowItems.count, grain: grain) { range, thread in
+            for item in rowItems[range] {
                 Kernels.fp32.addLoRA(
                     a: item.a, b: item.b, rank: item.adapter.rank, inDim: inDim, outDim: outDim, scaling: item.adapter.scaling,
-                    x + item.row * inDim, tmp: loraTmp + thread * maxRank, y + item.row * outDim)
+                    x + item.row * inDim, tmp: loraTmp + thread * rank, y + item.row * outDim)
             }
         }
     }

@@ -4,9 +4,11 @@ package import LorikeetKernelDispatch
 /// A `[rows, columns]` weight matrix for `y = W·x`, stored either as fp32 or in a ggml
 /// quantization (Q4_1, Q8_0) repacked for `QuantKernels`.
 ///
-/// Quantized matrices are multiplied without dequantizing: fp32 activations times the
-/// integer codes, scaled per 32-column block. Results equal an fp32 product with the
-/// dequantized weights up to summation order.
+/// Quantized matrices are multiplied without dequantizing, as `product` says: by default the
+/// input is quantized to 8 bits per 32-column block and multiplied with the integer codes
+/// in integer dot products (`Int8Kernels`, llama.cpp's scheme: the dequantized weights times
+/// the rounded input); with `.fp32` the fp32 input meets the codes, and results equal an
+/// fp32 product with the dequantized weights up to summation order.
 // Why it is safe: the storage is written only in `init` (before the object is
 // shared), only read afterwards, and freed in `deinit` when no reference remains.
 // Unchecked sendability is safe here: storage written only in init, read-only once shared.
