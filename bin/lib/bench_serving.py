@@ -320,6 +320,57 @@ def long_prompt_ttft(peer, repetitions, salt):
     return values
 
 
+def long_prompt_under_load(peer, salt, streams=4, tokens=400):
+    """A ~1,000-token prompt sent while `streams` streams decode: its TTFT (ms), and the
+    decoding streams' gaps (ms) while it was read: (ttft, [gaps])."""
+    stamps, errors = [], []
+    lock = threading.Lock()
+    started = threading.Event()
+
+    def decoder(index):
+        body = {"model": "", "prompt": f"[{salt}-d{index}] " + BASE_TEXT * 4, "max_tokens": tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        body.update(peer.extra)
+        if peer.name == "llama-server":
+            body.pop("model")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=600)
+            connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            mine, buffer = [], b""
+            while True:
+                chunk = response.read1(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.startswith(b"data:") and b'"text"' in line:
+                        mine.append(time.perf_counter())
+                        if len(mine) == 8:
+                            started.set()
+            connection.close()
+            with lock:
+                stamps.append(mine)
+        except Exception as error:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(str(error))
+
+    threads = [threading.Thread(target=decoder, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    started.wait(120)
+    sent = time.perf_counter()
+    ttft, _, _ = stream_completion(peer, f"[{salt}-long] " + BASE_TEXT * 40, 2)
+    received = sent + ttft
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{peer.name}: {errors[0]}")
+    gaps = [(b - a) * 1000 for mine in stamps for a, b in zip(mine, mine[1:]) if b > sent and a < received]
+    return ttft * 1000, gaps
+
+
 LOGPROB_PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n    ",
@@ -436,10 +487,23 @@ def main():
         prefix, long = {}, {}
         for peer in peers:
             prefix[peer.name] = shared_prefix_ttft(peer, arguments.prefix_repetitions, "prefix")
+        loaded = {}
         for round_index in range(arguments.prefix_repetitions):
             for peer in (peers if round_index % 2 == 0 else list(reversed(peers))):
                 long.setdefault(peer.name, []).extend(long_prompt_ttft(peer, 1, f"long{round_index}"))
+        for round_index in range(2):
+            for peer in (peers if round_index % 2 == 0 else list(reversed(peers))):
+                ttft, gaps = long_prompt_under_load(peer, f"load{round_index}")
+                entry = loaded.setdefault(peer.name, {"ttft": [], "gaps": []})
+                entry["ttft"].append(ttft)
+                entry["gaps"] += gaps
         report(arguments, levels, peers, table, prefix, long)
+        print()
+        print("~1,000-token prompt sent while 4 streams decode: its time to first token, and the 4 streams' gaps while it was read")
+        for name in [peer.name for peer in peers]:
+            entry = loaded[name]
+            print(f"   {name:>12}: TTFT {', '.join(f'{v:.0f}' for v in entry['ttft'])} ms; gaps p50 "
+                  f"{percentile(entry['gaps'], 0.5):.0f} ms, max {max(entry['gaps'] or [0]):.0f} ms")
         report_adapters(adapters)
         if len(peers) > 1:
             compare_logprobs(peers, arguments.logprob_tokens)
