@@ -275,8 +275,8 @@ def run_streams(peer, streams, requests_per_stream, max_tokens, salt, models=Non
 
 
 def adapter_rounds(lorikeet, work, arguments):
-    """Best tokens/s of 8 streams on the base model and of 8 streams each on its own adapter,
-    rounds alternating: (base, adapters)."""
+    """Tokens/s of 8 streams on the base model and of 8 streams each on its own adapter,
+    rounds alternating: ([base per round], [adapters per round])."""
     names = []
     for index in range(8):
         directory = os.path.join(work, f"adapter-{index}")
@@ -294,7 +294,7 @@ def adapter_rounds(lorikeet, work, arguments):
                                   models=names if kind == "adapters" else None)
             (mixed if kind == "adapters" else base).append(outcome["tokensPerSecond"])
             print(f"   8 streams on {kind}, round {round_index + 1}: {outcome['tokensPerSecond']:.1f} tokens/s", flush=True)
-    return max(base), max(mixed)
+    return base, mixed
 
 
 def shared_prefix_ttft(peer, repetitions, salt):
@@ -514,10 +514,15 @@ def main():
 
 
 def report_adapters(adapters):
+    """Best round against best round, and the median of each round's adapters / base ratio
+    (a round runs both kinds back to back, so the machine's drift between rounds cancels)."""
     print()
     base, mixed = adapters
+    paired = [m / b for m, b in zip(mixed, base)]
     print(f"lorikeet, 8 streams on 8 different LoRA adapters (rank 8, q/v) vs 8 streams on the base model, same run: "
-          f"{mixed:.1f} vs {base:.1f} tokens/s = {mixed / base:.2f}x")
+          f"best rounds {max(mixed):.1f} vs {max(base):.1f} tokens/s = {max(mixed) / max(base):.2f}x; "
+          f"median of the {len(paired)} rounds' ratios {statistics.median(paired):.2f}x "
+          f"(each {', '.join(f'{r:.2f}' for r in paired)})")
 
 
 def report(arguments, levels, peers, table, prefix, long):
