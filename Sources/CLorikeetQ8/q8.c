@@ -235,7 +235,7 @@ LK_INLINE LK_AVX2 __m256i avx2_q80_half(__m256i weights, __m256i xs, __m256i one
 }
 
 LK_INLINE LK_AVX2 void avx2_q80(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n,
-                                float lanes[4][16]) {
+                                float lanes[4][16], float mins[4][4]) {
     __m256 acc01[4], acc23[4];
     for (int t = 0; t < n; t++) {
         acc01[t] = _mm256_setzero_ps();
@@ -262,6 +262,7 @@ LK_INLINE LK_AVX2 void avx2_q80(const uint8_t *quad, int blocks, const lorikeet_
     for (int t = 0; t < n; t++) {
         _mm256_storeu_ps(lanes[t], acc01[t]);
         _mm256_storeu_ps(lanes[t] + 8, acc23[t]);
+        _mm_storeu_ps(mins[t], _mm_setzero_ps());  // Q8_0 has no min term
     }
 }
 
@@ -306,7 +307,7 @@ LK_INLINE LK_AVX512 void avx512_q41(const uint8_t *quad, int blocks, const lorik
 }
 
 LK_INLINE LK_AVX512 void avx512_q80(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n,
-                                    float lanes[4][16]) {
+                                    float lanes[4][16], float mins[4][4]) {
     __m512 acc[4];
     for (int t = 0; t < n; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < blocks; b++) {
@@ -323,18 +324,21 @@ LK_INLINE LK_AVX512 void avx512_q80(const uint8_t *quad, int blocks, const lorik
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(sums), avx512_scales(block, xb->d)));
         }
     }
-    for (int t = 0; t < n; t++) _mm512_storeu_ps(lanes[t], acc[t]);
+    for (int t = 0; t < n; t++) {
+        _mm512_storeu_ps(lanes[t], acc[t]);
+        _mm_storeu_ps(mins[t], _mm_setzero_ps());  // Q8_0 has no min term
+    }
 }
 
 // MARK: entry points: one specialization per input count, so the loops over inputs unroll.
 
-#define LK_Q41_ENTRY(NAME, ATTR, BODY)                                                                       \
+#define LK_ENTRY(NAME, ATTR, BODY, QUAD_BLOCK)                                                              \
     ATTR void NAME(const void *w, int blocks, int rows, int quad_begin, int quad_end,                        \
                    const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {           \
         if (inputs < 1) return;                                                                              \
         if (inputs > 4) inputs = 4;                                                                          \
         for (int q = quad_begin; q < quad_end; q++) {                                                        \
-            const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * Q41_QUAD_BLOCK;                  \
+            const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * QUAD_BLOCK;                      \
             float lanes[4][16], mins[4][4];                                                                  \
             switch (inputs) {                                                                                \
             case 1: BODY(quad, blocks, x, x_stride, 1, lanes, mins); break;                                  \
@@ -346,28 +350,10 @@ LK_INLINE LK_AVX512 void avx512_q80(const uint8_t *quad, int blocks, const lorik
         }                                                                                                    \
     }
 
-#define LK_Q80_ENTRY(NAME, ATTR, BODY)                                                                       \
-    ATTR void NAME(const void *w, int blocks, int rows, int quad_begin, int quad_end,                        \
-                   const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {           \
-        if (inputs < 1) return;                                                                              \
-        if (inputs > 4) inputs = 4;                                                                          \
-        for (int q = quad_begin; q < quad_end; q++) {                                                        \
-            const uint8_t *quad = (const uint8_t *)w + (size_t)q * blocks * Q80_QUAD_BLOCK;                  \
-            float lanes[4][16];                                                                              \
-            switch (inputs) {                                                                                \
-            case 1: BODY(quad, blocks, x, x_stride, 1, lanes); break;                                        \
-            case 2: BODY(quad, blocks, x, x_stride, 2, lanes); break;                                        \
-            case 3: BODY(quad, blocks, x, x_stride, 3, lanes); break;                                        \
-            default: BODY(quad, blocks, x, x_stride, 4, lanes); break;                                       \
-            }                                                                                                \
-            for (int t = 0; t < inputs; t++) store_quad(lanes[t], NULL, q, rows, y + (size_t)t * y_stride);  \
-        }                                                                                                    \
-    }
-
-LK_Q41_ENTRY(lorikeet_q41_q8_avx2, LK_AVX2, avx2_q41)
-LK_Q80_ENTRY(lorikeet_q80_q8_avx2, LK_AVX2, avx2_q80)
-LK_Q41_ENTRY(lorikeet_q41_q8_avx512vnni, LK_AVX512, avx512_q41)
-LK_Q80_ENTRY(lorikeet_q80_q8_avx512vnni, LK_AVX512, avx512_q80)
+LK_ENTRY(lorikeet_q41_q8_avx2, LK_AVX2, avx2_q41, Q41_QUAD_BLOCK)
+LK_ENTRY(lorikeet_q80_q8_avx2, LK_AVX2, avx2_q80, Q80_QUAD_BLOCK)
+LK_ENTRY(lorikeet_q41_q8_avx512vnni, LK_AVX512, avx512_q41, Q41_QUAD_BLOCK)
+LK_ENTRY(lorikeet_q80_q8_avx512vnni, LK_AVX512, avx512_q80, Q80_QUAD_BLOCK)
 
 #else
 int lorikeet_q8_avx2_built(void) { return 0; }

@@ -193,8 +193,9 @@ def start_llama_server(binary, model, threads, parallel, work):
     return Peer("llama-server", port, process, {"cache_prompt": False}, log_path)
 
 
-def stream_completion(peer, prompt, max_tokens, extra=None, model=""):
-    """One streamed completion: (seconds to the first token, [gaps between tokens in s], tokens)."""
+def stream_completion(peer, prompt, max_tokens, extra=None, model="", on_token=None):
+    """One streamed completion: (seconds to the first token, [gaps between tokens in s], tokens).
+    `on_token(stamps)` runs after each streamed token with the arrival times so far."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
     body.update(peer.extra)
     body.update(extra or {})
@@ -225,6 +226,8 @@ def stream_completion(peer, prompt, max_tokens, extra=None, model=""):
             choices = event.get("choices") or []
             if choices and choices[0].get("text"):
                 stamps.append(time.perf_counter())
+                if on_token:
+                    on_token(stamps)
     connection.close()
     if not stamps:
         raise RuntimeError(f"{peer.name}: no token streamed")
@@ -323,35 +326,17 @@ def long_prompt_ttft(peer, repetitions, salt):
 def long_prompt_under_load(peer, salt, streams=4, tokens=400):
     """A ~1,000-token prompt sent while `streams` streams decode: its TTFT (ms), and the
     decoding streams' gaps (ms) while it was read: (ttft, [gaps])."""
-    stamps, errors = [], []
+    stamps, errors = {}, []
     lock = threading.Lock()
     started = threading.Event()
 
     def decoder(index):
-        body = {"model": "", "prompt": f"[{salt}-d{index}] " + BASE_TEXT * 4, "max_tokens": tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True}
-        body.update(peer.extra)
-        if peer.name == "llama-server":
-            body.pop("model")
+        def seen(mine):
+            stamps[index] = mine
+            if len(mine) == 8:
+                started.set()
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=600)
-            connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            mine, buffer = [], b""
-            while True:
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.startswith(b"data:") and b'"text"' in line:
-                        mine.append(time.perf_counter())
-                        if len(mine) == 8:
-                            started.set()
-            connection.close()
-            with lock:
-                stamps.append(mine)
+            stream_completion(peer, f"[{salt}-d{index}] " + BASE_TEXT * 4, tokens, on_token=seen)
         except Exception as error:  # noqa: BLE001 - reported below
             with lock:
                 errors.append(str(error))
@@ -367,7 +352,7 @@ def long_prompt_under_load(peer, salt, streams=4, tokens=400):
         thread.join()
     if errors:
         raise RuntimeError(f"{peer.name}: {errors[0]}")
-    gaps = [(b - a) * 1000 for mine in stamps for a, b in zip(mine, mine[1:]) if b > sent and a < received]
+    gaps = [(b - a) * 1000 for mine in stamps.values() for a, b in zip(mine, mine[1:]) if b > sent and a < received]
     return ttft * 1000, gaps
 
 

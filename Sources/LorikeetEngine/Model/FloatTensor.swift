@@ -4,7 +4,7 @@
 // is shared) and is never mutated afterwards; it is freed in `deinit`, when no reference
 // remains.
 // Unchecked sendability is safe here: storage written only in init, immutable once shared.
-package final class FloatTensor: @unchecked Sendable {
+package final class FloatTensor: @unchecked Sendable {  // Safe: storage immutable once shared.
     /// Dimensions, outermost first (a weight matrix is `[out, in]`).
     package let shape: [Int]
     /// Number of elements.

@@ -12,7 +12,7 @@ package import LorikeetKernelDispatch
 // Why it is safe: the storage is written only in `init` (before the object is
 // shared), only read afterwards, and freed in `deinit` when no reference remains.
 // Unchecked sendability is safe here: storage written only in init, read-only once shared.
-package final class WeightMatrix: @unchecked Sendable {
+package final class WeightMatrix: @unchecked Sendable {  // Safe: storage immutable once shared.
     /// How the elements are stored.
     package enum Format: String, Sendable {
         case f32, q4_1, q8_0
@@ -204,10 +204,9 @@ package final class WeightMatrix: @unchecked Sendable {
     ) {
         let columns = matrices[0].columns
         precondition(matrices.count == outputs.count && matrices.allSatisfy { $0.columns == columns })
-        let quantized = matrices.filter { $0.packed != nil }
-        let product = quantized.first?.product ?? .int8
-        precondition(quantized.allSatisfy { $0.product == product }, "one input prepared for two kinds of product")
-        let input = Input(x, batch: batch, columns: columns, scratch: scratch, product: product, prepare: !quantized.isEmpty)
+        let product = matrices.first { $0.packed != nil }?.product
+        precondition(matrices.allSatisfy { $0.packed == nil || $0.product == product }, "one input prepared for two kinds of product")
+        let input = Input(x, batch: batch, columns: columns, scratch: scratch, product: product ?? .int8, prepare: product != nil)
         if let epilogue {
             let rows = matrices[0].rows
             precondition(matrices.allSatisfy { $0.rows == rows })

@@ -94,7 +94,7 @@ package final class WorkerPool: Sendable {
 // Why it is safe: every mutable field is guarded as the safety argument above
 // says (atomics, or `mutex`, or written only before the workers start and after they joined).
 // Unchecked sendability is safe here: every mutable field is atomic, mutex-guarded or set before workers start.
-final class WorkerPoolShared: @unchecked Sendable {
+final class WorkerPoolShared: @unchecked Sendable {  // Safe: fields atomic, locked or set before workers start.
     struct Job {
         var body: (Range<Int>, Int) -> Void
         var count: Int

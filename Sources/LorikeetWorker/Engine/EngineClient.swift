@@ -200,7 +200,7 @@ package final class EngineClient: GenerationBackend, AdapterHost {
 // consumer, one call at a time, so `next()` never runs concurrently with itself; the
 // iterator is touched nowhere else.
 // Unchecked sendability is safe here: its one consumer calls next() one call at a time.
-private final class ReplyIterator: @unchecked Sendable {
+private final class ReplyIterator: @unchecked Sendable {  // Safe: one consumer, one next() at a time.
     private var iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator
 
     init(_ iterator: FramedCallClient<EngineEnvelope>.ReplyStream.AsyncIterator) {

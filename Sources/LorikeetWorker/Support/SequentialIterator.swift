@@ -5,7 +5,7 @@
 // closure that the response writer runs inline in that same task; no two calls to `next()`
 // or `cancel()` ever overlap, and nothing else holds a reference.
 // Unchecked sendability is safe here: one task uses it at a time, never two at once.
-final class SequentialIterator<Element: Sendable>: @unchecked Sendable {
+final class SequentialIterator<Element: Sendable>: @unchecked Sendable {  // Safe: one task uses it at a time.
     private var iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator?
 
     init(_ iterator: AsyncThrowingStream<Element, any Error>.AsyncIterator) { self.iterator = iterator }
