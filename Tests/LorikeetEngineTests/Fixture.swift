@@ -49,13 +49,13 @@ enum Fixture {
     /// A fresh engine on the fixture model.
     static func engine(
         maxLoras: Int = 4, maxCpuLoras: Int? = nil, maxLoraRank: Int = 32, threads: Int = 1, maxBatchSize: Int = 32,
-        prefixCacheMiB: Int = EngineOptions.defaultPrefixCacheMiB
+        prefixCacheMiB: Int = EngineOptions.defaultPrefixCacheMiB, prefillChunk: Int = EngineOptions.defaultPrefillChunk
     ) throws -> EngineCore {
         try EngineCore(
             modelDirectory: try self.modelDir(),
             options: EngineOptions(
                 maxLoras: maxLoras, maxCpuLoras: maxCpuLoras, maxLoraRank: maxLoraRank, threads: threads,
-                maxBatchSize: maxBatchSize, prefixCacheMiB: prefixCacheMiB))
+                maxBatchSize: maxBatchSize, prefixCacheMiB: prefixCacheMiB, prefillChunk: prefillChunk))
     }
 }
 

@@ -194,7 +194,11 @@ struct SamplingTests {
 
     @Test("identical prompts running together share one prefill, and each gives what it gives alone")
     func sharedPrefill() async throws {
-        let core = try Fixture.engine()
+        // 16-token prompt chunks: the first request reads its 136-token prompt over 9 steps, so
+        // the other two, submitted right after it, find it still reading. With the default
+        // 256 it reads the prompt in one step, and on the tiny model may finish before the
+        // third request arrives (which then shares nothing running).
+        let core = try Fixture.engine(prefillChunk: 16)
         let prompt = PromptInput.text(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 3))
         let length = core.promptTokens(prompt).count
         func request(_ id: String, seed: UInt64) -> GenerationRequest {
