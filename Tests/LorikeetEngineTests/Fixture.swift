@@ -70,6 +70,25 @@ struct Completion: Equatable {
 }
 
 extension EngineCore {
+    /// Calls `queue` while a one-token request on another prompt holds the scheduler thread
+    /// in its last event, so every request `queue` submits is admitted in the same turn,
+    /// whatever the machine's load (submitted one after another, the first could otherwise
+    /// finish before the last is queued).
+    func admittedTogether<T>(_ queue: () throws -> T) async throws -> T {
+        let held = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let blocker = GenerationRequest(
+            id: "hold-\(UInt64.random(in: 0...UInt64.max))", prompt: .text("x"), params: SamplingParams(maxTokens: 1))
+        try self.submit(blocker) { event in
+            guard event.finishReason != nil else { return }
+            held.signal()
+            release.wait()
+        }
+        try await offPool { held.wait() }
+        defer { release.signal() }
+        return try queue()
+    }
+
     /// Runs a request to completion and gathers its events.
     func complete(_ request: GenerationRequest) async -> Completion {
         var c = Completion()

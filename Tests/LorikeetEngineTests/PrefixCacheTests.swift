@@ -150,7 +150,9 @@ struct PrefixCacheTests {
         #expect(await cached.complete(request("a-again", salt: "tenant-a")).tokens == reference.tokens)
         #expect(cached.cachedPromptTokens == PrefixCache.wholeBlocks(prompt.count - 1), "the same salt does")
         // Running together with identical prompts: only the same salt shares.
-        let streams = [("x1", "x"), ("y1", "y"), ("x2", "x")].map { cached.generate(request($0.0, salt: $0.1)) }
+        let streams = try await cached.admittedTogether {
+            [("x1", "x"), ("y1", "y"), ("x2", "x")].map { cached.generate(request($0.0, salt: $0.1)) }
+        }
         for stream in streams {
             var tokens: [UInt32] = []
             for await event in stream { tokens += event.tokens }

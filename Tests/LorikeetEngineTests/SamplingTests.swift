@@ -194,11 +194,7 @@ struct SamplingTests {
 
     @Test("identical prompts running together share one prefill, and each gives what it gives alone")
     func sharedPrefill() async throws {
-        // 16-token prompt chunks: the first request reads its 136-token prompt over 9 steps, so
-        // the other two, submitted right after it, find it still reading. With the default
-        // 256 it reads the prompt in one step, and on the tiny model may finish before the
-        // third request arrives (which then shares nothing running).
-        let core = try Fixture.engine(prefillChunk: 16)
+        let core = try Fixture.engine()
         let prompt = PromptInput.text(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 3))
         let length = core.promptTokens(prompt).count
         func request(_ id: String, seed: UInt64) -> GenerationRequest {
@@ -207,9 +203,8 @@ struct SamplingTests {
         var alone: [Completion] = []
         for seed in UInt64(1)...3 { alone.append(await core.complete(request("alone-\(seed)", seed: seed))) }
         #expect(core.sharedPromptTokens == 0, "one at a time: nothing to share")
-        // Submitted back to back (`generate` queues at once), so the second and third find
-        // the first still computing the prompt.
-        let streams = (UInt64(1)...3).map { core.generate(request("together-\($0)", seed: $0)) }
+        // Queued together: the first computes the prompt, the other two wait for it.
+        let streams = try await core.admittedTogether { (UInt64(1)...3).map { core.generate(request("together-\($0)", seed: $0)) } }
         var together: [UInt64: Completion] = [:]
         for (offset, stream) in streams.enumerated() {
             var completion = Completion()
