@@ -108,17 +108,27 @@ struct GenerationTests {
     @Test func abortEndsARunningRequest() async throws {
         let core = try Fixture.engine()
         let firstToken = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
         let events = Mutex<[GenerationEvent]>([])
         let done = DispatchSemaphore(value: 0)
         try core.submit(
             GenerationRequest(id: "long", prompt: .text("abc"), params: SamplingParams(maxTokens: 200, ignoreEOS: true))
         ) { e in
-            events.withLock { $0.append(e) }
-            if e.tokens.count > 0 { firstToken.signal() }
+            let isFirst = events.withLock { events in
+                defer { events.append(e) }
+                return events.isEmpty
+            }
+            // The scheduler thread waits here until the abort is queued, so the request is
+            // still running when it comes, however slow the test thread is.
+            if isFirst {
+                firstToken.signal()
+                release.wait()
+            }
             if e.finishReason != nil { done.signal() }
         }
         firstToken.wait()
         #expect(core.abort("long"))
+        release.signal()
         done.wait()
         let all = events.withLock { $0 }
         #expect(all.last?.finishReason == .abort)

@@ -186,7 +186,10 @@ struct HostileHTTPTests {
         #expect(try ServeTests.load(server, "metered").status == 200)
         #expect(try Self.post(server, "/v1/completions", ["model": "metered", "prompt": "hi", "max_tokens": 1]).status == 200)
         let series = #"lorikeet_adapter_requests_total{adapter="metered"}"#
-        #expect(try TestHTTP.request(port: server.port, path: "/metrics").body.contains(series))
+        // Counted once the response's last byte is written, which the client can see first.
+        try ServeTests.waitFor("the request counted", timeout: 10) {
+            try TestHTTP.request(port: server.port, path: "/metrics").body.contains(series)
+        }
         #expect(try ServeTests.unload(server, "metered").status == 200)
         #expect(!(try TestHTTP.request(port: server.port, path: "/metrics").body.contains(series)))
     }

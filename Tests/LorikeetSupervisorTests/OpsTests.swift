@@ -102,8 +102,20 @@ extension ServeTests {
 
         // Three completions on x1, spread over the workers by the kernel.
         for _ in 0..<3 { #expect(try TestHTTP.post(port: server.port, "/v1/completions", Self.completion("x1")).status == 200) }
+        // A request is counted once its last byte is written, which a client can see first:
+        // wait for the per-adapter counts (updated after every metric of the request).
+        func listPerWorker() throws -> [Int: TestHTTP.Response] {
+            try Self.perWorker(server, "/v1/lora_adapters") { $0.json?["worker_slot"] as? Int }
+        }
+        func x1Counted() throws -> Int {
+            try listPerWorker().values.reduce(0) { total, response in
+                let data = response.json?["data"] as? [[String: Any]] ?? []
+                return total + (data.first { $0["name"] as? String == "x1" }?["requests"] as? Int ?? 0)
+            }
+        }
+        try ServeTests.waitFor("the three x1 requests counted", timeout: 10) { try x1Counted() >= 3 }
 
-        let listings = try Self.perWorker(server, "/v1/lora_adapters") { $0.json?["worker_slot"] as? Int }
+        let listings = try listPerWorker()
         var x1Requests = 0
         for (slot, response) in listings {
             let data = response.json?["data"] as? [[String: Any]] ?? []

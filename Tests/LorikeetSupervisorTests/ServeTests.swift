@@ -305,16 +305,19 @@ struct ServeTests {
         #expect(try Self.engineAdapters(server) == ["fragile": 1])
     }
 
-    @Test("kill -9 the supervisor: every child is gone within 2 s")
+    @Test("kill -9 the supervisor: every child notices and exits")
     func killSupervisor() throws {
         let server = try ServerUnderTest(workers: 2)
         let children = server.childPIDs()
         #expect(children.count == 3)
         kill(server.process.processIdentifier, SIGKILL)
         server.process.waitUntilExit()
-        usleep(2_000_000)
+        // Children poll their parent every 250 ms here, then drain: about a second when the
+        // machine is idle. A leaked child stays forever, so a loose bound still catches one.
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline, children.contains(where: Self.isAlive) { usleep(100_000) }
         let alive = children.filter(Self.isAlive)
-        #expect(alive.isEmpty, "children still alive 2 s after the supervisor died: \(alive)")
+        #expect(alive.isEmpty, "children still alive 15 s after the supervisor died: \(alive)")
         for pid in alive { kill(pid, SIGKILL) }
     }
 
@@ -504,15 +507,16 @@ struct ServeTests {
 
     @Test("the whole node paused (SIGSTOP) past the heartbeat timeout and resumed: no worker is killed, adapters load and serve")
     func pausedNodeKillsNobody() throws {
-        let server = try ServerUnderTest(workers: 2, extraArguments: ["--heartbeat-timeout-ms", "1500"])
+        // 3 s: after SIGCONT a starved debug worker still answers the first heartbeat in time.
+        let server = try ServerUnderTest(workers: 2, extraArguments: ["--heartbeat-timeout-ms", "3000"])
         defer { server.stop() }
         let before = Set(server.childPIDs())
         let everyone = [server.process.processIdentifier] + Array(before)
         let logBefore = server.log.utf8.count
         for pid in everyone { kill(pid, SIGSTOP) }
-        Thread.sleep(forTimeInterval: 4)
+        Thread.sleep(forTimeInterval: 7)
         for pid in everyone { kill(pid, SIGCONT) }
-        Thread.sleep(forTimeInterval: 3)
+        Thread.sleep(forTimeInterval: 4)
         let after = String(decoding: server.log.utf8.dropFirst(logBefore), as: UTF8.self)
         #expect(Set(server.childPIDs()) == before, "a process was replaced:\n\(after.suffix(3000))")
         #expect(!after.contains("killing worker"), "\(after.suffix(3000))")

@@ -365,7 +365,7 @@ struct RouteTests {
             }
             #expect(engine.runningCount == 1)
             connection.disconnect()
-            let deadline = ContinuousClock.now + .seconds(5)
+            let deadline = ContinuousClock.now + .seconds(30)
             while engine.runningCount > 0, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(20))
             }
