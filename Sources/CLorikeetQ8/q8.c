@@ -168,10 +168,12 @@ void lorikeet_q80_q8_generic(const void *w, int blocks, int rows, int quad_begin
 #include <immintrin.h>
 
 #define LK_AVX2 __attribute__((target("avx2,f16c")))
+#define LK_AVXVNNI __attribute__((target("avx2,avxvnni,f16c")))
 #define LK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 #define LK_INLINE static inline __attribute__((always_inline))
 
 int lorikeet_q8_avx2_built(void) { return 1; }
+int lorikeet_q8_avxvnni_built(void) { return 1; }
 int lorikeet_q8_avx512vnni_built(void) { return 1; }
 
 // MARK: AVX2
@@ -189,82 +191,112 @@ LK_INLINE LK_AVX2 __m256i avx2_broadcast16(const int8_t *p) {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
 }
 
-LK_INLINE LK_AVX2 void avx2_q41(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n,
-                                float lanes[4][16], float mins[4][4]) {
-    __m256 acc01[4], acc23[4];
-    __m128 macc[4];
-    for (int t = 0; t < n; t++) {
-        acc01[t] = _mm256_setzero_ps();
-        acc23[t] = _mm256_setzero_ps();
-        macc[t] = _mm_setzero_ps();
+// Both 256-bit builds share their loops (`LK_Q41_256`, `LK_Q80_256`); only the integer sums
+// of one block differ. Each sum is, per int32 lane, the exact sum of the 4 byte products the
+// lane covers, so both builds give the same bits.
+#define LK_Q41_256(NAME, ATTR, SUMS)                                                                          \
+    LK_INLINE ATTR void NAME(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n, \
+                             float lanes[4][16], float mins[4][4]) {                                          \
+        __m256 acc01[4], acc23[4];                                                                            \
+        __m128 macc[4];                                                                                       \
+        for (int t = 0; t < n; t++) {                                                                         \
+            acc01[t] = _mm256_setzero_ps();                                                                   \
+            acc23[t] = _mm256_setzero_ps();                                                                   \
+            macc[t] = _mm_setzero_ps();                                                                       \
+        }                                                                                                     \
+        const __m256i low = _mm256_set1_epi8(0x0F);                                                           \
+        for (int b = 0; b < blocks; b++) {                                                                    \
+            const uint8_t *block = quad + (size_t)b * Q41_QUAD_BLOCK;                                         \
+            const __m256i u01 = _mm256_loadu_si256((const __m256i *)(block + 16));                            \
+            const __m256i u23 = _mm256_loadu_si256((const __m256i *)(block + 48));                            \
+            const __m256i lo01 = _mm256_and_si256(u01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(u01, 4), low); \
+            const __m256i lo23 = _mm256_and_si256(u23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(u23, 4), low); \
+            const __m128 m = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(block + 8)));                     \
+            for (int t = 0; t < n; t++) {                                                                     \
+                const lorikeet_q8_block *xb = x + (size_t)t * x_stride + b;                                   \
+                const __m256i xlo = avx2_broadcast16(xb->q41), xhi = avx2_broadcast16(xb->q41 + 16);          \
+                __m256 s01, s23;                                                                              \
+                avx2_scales(block, xb->d, &s01, &s23);                                                        \
+                acc01[t] = _mm256_add_ps(acc01[t], _mm256_mul_ps(_mm256_cvtepi32_ps(SUMS(lo01, hi01, xlo, xhi)), s01)); \
+                acc23[t] = _mm256_add_ps(acc23[t], _mm256_mul_ps(_mm256_cvtepi32_ps(SUMS(lo23, hi23, xlo, xhi)), s23)); \
+                macc[t] = _mm_add_ps(macc[t], _mm_mul_ps(m, _mm_set1_ps(xb->sum)));                           \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int t = 0; t < n; t++) {                                                                         \
+            _mm256_storeu_ps(lanes[t], acc01[t]);                                                             \
+            _mm256_storeu_ps(lanes[t] + 8, acc23[t]);                                                         \
+            _mm_storeu_ps(mins[t], macc[t]);                                                                  \
+        }                                                                                                     \
     }
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int b = 0; b < blocks; b++) {
-        const uint8_t *block = quad + (size_t)b * Q41_QUAD_BLOCK;
-        const __m256i u01 = _mm256_loadu_si256((const __m256i *)(block + 16));
-        const __m256i u23 = _mm256_loadu_si256((const __m256i *)(block + 48));
-        const __m256i lo01 = _mm256_and_si256(u01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(u01, 4), low);
-        const __m256i lo23 = _mm256_and_si256(u23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(u23, 4), low);
-        const __m128 m = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(block + 8)));
-        for (int t = 0; t < n; t++) {
-            const lorikeet_q8_block *xb = x + (size_t)t * x_stride + b;
-            const __m256i xlo = avx2_broadcast16(xb->q41), xhi = avx2_broadcast16(xb->q41 + 16);
-            // Codes 0...15 times -127...127, pairs and both halves: at most 7,620 in an int16.
-            const __m256i p01 = _mm256_add_epi16(_mm256_maddubs_epi16(lo01, xlo), _mm256_maddubs_epi16(hi01, xhi));
-            const __m256i p23 = _mm256_add_epi16(_mm256_maddubs_epi16(lo23, xlo), _mm256_maddubs_epi16(hi23, xhi));
-            __m256 s01, s23;
-            avx2_scales(block, xb->d, &s01, &s23);
-            acc01[t] = _mm256_add_ps(acc01[t], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p01, ones)), s01));
-            acc23[t] = _mm256_add_ps(acc23[t], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p23, ones)), s23));
-            macc[t] = _mm_add_ps(macc[t], _mm_mul_ps(m, _mm_set1_ps(xb->sum)));
-        }
+
+#define LK_Q80_256(NAME, ATTR, SUMS)                                                                          \
+    LK_INLINE ATTR void NAME(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n, \
+                             float lanes[4][16], float mins[4][4]) {                                          \
+        __m256 acc01[4], acc23[4];                                                                            \
+        for (int t = 0; t < n; t++) {                                                                         \
+            acc01[t] = _mm256_setzero_ps();                                                                   \
+            acc23[t] = _mm256_setzero_ps();                                                                   \
+        }                                                                                                     \
+        for (int b = 0; b < blocks; b++) {                                                                    \
+            const uint8_t *block = quad + (size_t)b * Q80_QUAD_BLOCK;                                         \
+            const __m256i a01 = _mm256_loadu_si256((const __m256i *)(block + 8));                             \
+            const __m256i a23 = _mm256_loadu_si256((const __m256i *)(block + 40));                            \
+            const __m256i b01 = _mm256_loadu_si256((const __m256i *)(block + 72));                            \
+            const __m256i b23 = _mm256_loadu_si256((const __m256i *)(block + 104));                           \
+            for (int t = 0; t < n; t++) {                                                                     \
+                const lorikeet_q8_block *xb = x + (size_t)t * x_stride + b;                                   \
+                const __m256i x0 = avx2_broadcast16(xb->q80), x1 = avx2_broadcast16(xb->q80 + 16);            \
+                __m256 s01, s23;                                                                              \
+                avx2_scales(block, xb->d, &s01, &s23);                                                        \
+                acc01[t] = _mm256_add_ps(acc01[t], _mm256_mul_ps(_mm256_cvtepi32_ps(SUMS(a01, b01, x0, x1, xb)), s01)); \
+                acc23[t] = _mm256_add_ps(acc23[t], _mm256_mul_ps(_mm256_cvtepi32_ps(SUMS(a23, b23, x0, x1, xb)), s23)); \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int t = 0; t < n; t++) {                                                                         \
+            _mm256_storeu_ps(lanes[t], acc01[t]);                                                             \
+            _mm256_storeu_ps(lanes[t] + 8, acc23[t]);                                                         \
+            _mm_storeu_ps(mins[t], _mm_setzero_ps()); /* Q8_0 has no min term */                              \
+        }                                                                                                     \
     }
-    for (int t = 0; t < n; t++) {
-        _mm256_storeu_ps(lanes[t], acc01[t]);
-        _mm256_storeu_ps(lanes[t] + 8, acc23[t]);
-        _mm_storeu_ps(mins[t], macc[t]);
-    }
+
+/// Q4_1: codes 0...15 (`lo`, `hi` nibbles) times -127...127, pairs and both halves: at most
+/// 7,620 in an int16, then pairs of int16 summed into int32.
+LK_INLINE LK_AVX2 __m256i avx2_q41_sums(__m256i lo, __m256i hi, __m256i xlo, __m256i xhi) {
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-LK_INLINE LK_AVX2 __m256i avx2_q80_half(__m256i weights, __m256i xs, __m256i ones) {
+LK_INLINE LK_AVX2 __m256i avx2_q80_half(__m256i weights, __m256i xs) {
     // Signed codes; |w| (128 stays 0x80 = 128 unsigned) times x with w's sign: at most
     // 2 * 128 * 127 = 32,512 per int16 pair.
     const __m256i w = _mm256_xor_si256(weights, _mm256_set1_epi8((char)0x80));
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xs, w)), ones);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xs, w)), _mm256_set1_epi16(1));
 }
 
-LK_INLINE LK_AVX2 void avx2_q80(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n,
-                                float lanes[4][16], float mins[4][4]) {
-    __m256 acc01[4], acc23[4];
-    for (int t = 0; t < n; t++) {
-        acc01[t] = _mm256_setzero_ps();
-        acc23[t] = _mm256_setzero_ps();
-    }
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int b = 0; b < blocks; b++) {
-        const uint8_t *block = quad + (size_t)b * Q80_QUAD_BLOCK;
-        const __m256i a01 = _mm256_loadu_si256((const __m256i *)(block + 8));
-        const __m256i a23 = _mm256_loadu_si256((const __m256i *)(block + 40));
-        const __m256i b01 = _mm256_loadu_si256((const __m256i *)(block + 72));
-        const __m256i b23 = _mm256_loadu_si256((const __m256i *)(block + 104));
-        for (int t = 0; t < n; t++) {
-            const lorikeet_q8_block *xb = x + (size_t)t * x_stride + b;
-            const __m256i x0 = avx2_broadcast16(xb->q80), x1 = avx2_broadcast16(xb->q80 + 16);
-            const __m256i i01 = _mm256_add_epi32(avx2_q80_half(a01, x0, ones), avx2_q80_half(b01, x1, ones));
-            const __m256i i23 = _mm256_add_epi32(avx2_q80_half(a23, x0, ones), avx2_q80_half(b23, x1, ones));
-            __m256 s01, s23;
-            avx2_scales(block, xb->d, &s01, &s23);
-            acc01[t] = _mm256_add_ps(acc01[t], _mm256_mul_ps(_mm256_cvtepi32_ps(i01), s01));
-            acc23[t] = _mm256_add_ps(acc23[t], _mm256_mul_ps(_mm256_cvtepi32_ps(i23), s23));
-        }
-    }
-    for (int t = 0; t < n; t++) {
-        _mm256_storeu_ps(lanes[t], acc01[t]);
-        _mm256_storeu_ps(lanes[t] + 8, acc23[t]);
-        _mm_storeu_ps(mins[t], _mm_setzero_ps());  // Q8_0 has no min term
-    }
+/// Q8_0: the weight bytes are w + 128; each half back to signed, then multiplied.
+LK_INLINE LK_AVX2 __m256i avx2_q80_sums(__m256i a, __m256i b, __m256i x0, __m256i x1, const lorikeet_q8_block *xb) {
+    (void)xb;
+    return _mm256_add_epi32(avx2_q80_half(a, x0), avx2_q80_half(b, x1));
 }
+
+LK_Q41_256(avx2_q41, LK_AVX2, avx2_q41_sums)
+LK_Q80_256(avx2_q80, LK_AVX2, avx2_q80_sums)
+
+// MARK: AVX-VNNI (VEX-encoded `vpdpbusd` on 256 bits: Alder Lake and later client CPUs)
+
+LK_INLINE LK_AVXVNNI __m256i avxvnni_q41_sums(__m256i lo, __m256i hi, __m256i xlo, __m256i xhi) {
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, xlo), hi, xhi);
+}
+
+/// The bytes are w + 128 (unsigned): subtract 128 times the lane's code sum.
+LK_INLINE LK_AVXVNNI __m256i avxvnni_q80_sums(__m256i a, __m256i b, __m256i x0, __m256i x1, const lorikeet_q8_block *xb) {
+    const __m256i biased = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, x0), b, x1);
+    const __m256i codes = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xb->lanes80));
+    return _mm256_sub_epi32(biased, _mm256_slli_epi32(codes, 7));
+}
+
+LK_Q41_256(avxvnni_q41, LK_AVXVNNI, avxvnni_q41_sums)
+LK_Q80_256(avxvnni_q80, LK_AVXVNNI, avxvnni_q80_sums)
 
 // MARK: AVX-512 VNNI
 
@@ -352,12 +384,23 @@ LK_INLINE LK_AVX512 void avx512_q80(const uint8_t *quad, int blocks, const lorik
 
 LK_ENTRY(lorikeet_q41_q8_avx2, LK_AVX2, avx2_q41, Q41_QUAD_BLOCK)
 LK_ENTRY(lorikeet_q80_q8_avx2, LK_AVX2, avx2_q80, Q80_QUAD_BLOCK)
+LK_ENTRY(lorikeet_q41_q8_avxvnni, LK_AVXVNNI, avxvnni_q41, Q41_QUAD_BLOCK)
+LK_ENTRY(lorikeet_q80_q8_avxvnni, LK_AVXVNNI, avxvnni_q80, Q80_QUAD_BLOCK)
 LK_ENTRY(lorikeet_q41_q8_avx512vnni, LK_AVX512, avx512_q41, Q41_QUAD_BLOCK)
 LK_ENTRY(lorikeet_q80_q8_avx512vnni, LK_AVX512, avx512_q80, Q80_QUAD_BLOCK)
 
 #else
 int lorikeet_q8_avx2_built(void) { return 0; }
+int lorikeet_q8_avxvnni_built(void) { return 0; }
 int lorikeet_q8_avx512vnni_built(void) { return 0; }
+void lorikeet_q41_q8_avxvnni(const void *w, int blocks, int rows, int quad_begin, int quad_end,
+                             const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {
+    lorikeet_q41_q8_generic(w, blocks, rows, quad_begin, quad_end, x, inputs, x_stride, y, y_stride);
+}
+void lorikeet_q80_q8_avxvnni(const void *w, int blocks, int rows, int quad_begin, int quad_end,
+                             const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {
+    lorikeet_q80_q8_generic(w, blocks, rows, quad_begin, quad_end, x, inputs, x_stride, y, y_stride);
+}
 void lorikeet_q41_q8_avx2(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                           const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride) {
     lorikeet_q41_q8_generic(w, blocks, rows, quad_begin, quad_end, x, inputs, x_stride, y, y_stride);

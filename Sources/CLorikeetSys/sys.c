@@ -84,7 +84,16 @@ int lorikeet_cpu_supports_avx512_vnni(void) {
     const unsigned int vnni = 1u << 11;
     return (ebx & (avx512f | avx512bw | avx512vl)) == (avx512f | avx512bw | avx512vl) && (ecx & vnni) != 0;
 }
+
+int lorikeet_cpu_supports_avx_vnni(void) {
+    // x86-64-v3 already checked the OS saves YMM state; AVX-VNNI is leaf 7 subleaf 1, EAX bit 4.
+    if (!lorikeet_cpu_supports_x86_64_v3()) return 0;
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return 0;
+    return (eax & (1u << 4)) != 0;
+}
 #else
 int lorikeet_cpu_supports_x86_64_v3(void) { return 0; }
 int lorikeet_cpu_supports_avx512_vnni(void) { return 0; }
+int lorikeet_cpu_supports_avx_vnni(void) { return 0; }
 #endif

@@ -45,13 +45,15 @@ package enum KernelVariant: String, Sendable, CaseIterable {
 
     /// The variant this process uses: the fastest one this CPU runs, unless the environment
     /// variable `LORIKEET_KERNELS=portable` asks for the portable one (to compare them, or to
-    /// rule the fast build out).
+    /// rule the fast build out). `avx2` and `avxvnni` both mean this variant (they limit only
+    /// the integer kernels, `Int8Kernels.active`).
     package static let active: KernelVariant = {
         if Self.asked == KernelVariant.portable.rawValue { return .portable }
         return KernelVariant.avx2.isSupported ? .avx2 : .portable
     }()
 
-    /// `LORIKEET_KERNELS`: `portable` (no AVX at all), `avx2` (no AVX-512), or unset.
+    /// `LORIKEET_KERNELS`: `portable` (no AVX at all), `avx2` (AVX2 only: no VNNI, no
+    /// AVX-512), `avxvnni` (no AVX-512), or unset (the fastest this CPU runs).
     static let asked: String? = getenv("LORIKEET_KERNELS").map { String(cString: $0) }
 
     /// This variant's fp32 kernels.
@@ -82,12 +84,15 @@ package enum QuantizedProduct: String, Sendable, CaseIterable {
 }
 
 /// A build of the integer kernels (`CLorikeetQ8`): the same arithmetic, and the same result
-/// bits, in plain C, with AVX2, or with AVX-512 VNNI.
+/// bits, in plain C, with AVX2, with AVX-VNNI, or with AVX-512 VNNI.
 package enum Int8Kernels: String, Sendable, CaseIterable {
     /// Plain C, any CPU.
     case generic
     /// AVX2 and F16C (`vpmaddubsw`).
     case avx2
+    /// AVX2 with AVX-VNNI (`vpdpbusd`, 256-bit VEX: Alder Lake and later client CPUs, which
+    /// have no AVX-512).
+    case avxvnni
     /// AVX-512 F/BW/VL and VNNI (`vpdpbusd`, 512-bit).
     case avx512vnni
 
@@ -99,17 +104,28 @@ package enum Int8Kernels: String, Sendable, CaseIterable {
         switch self {
         case .generic: true
         case .avx2: lorikeet_q8_avx2_built() == 1 && lorikeet_cpu_supports_x86_64_v3() == 1
+        case .avxvnni: lorikeet_q8_avxvnni_built() == 1 && lorikeet_cpu_supports_avx_vnni() == 1
         case .avx512vnni: lorikeet_q8_avx512vnni_built() == 1 && lorikeet_cpu_supports_avx512_vnni() == 1
         }
     }
 
     /// The build this process uses: the fastest this CPU runs, none past what
-    /// `LORIKEET_KERNELS` allows (`portable`: plain C; `avx2`: no AVX-512).
-    package static let active: Int8Kernels = {
+    /// `LORIKEET_KERNELS` allows (`portable`: plain C; `avx2`: AVX2 alone; `avxvnni`: no
+    /// AVX-512).
+    package static let active: Int8Kernels = Self.fastest(allowing: KernelVariant.asked)
+
+    /// The fastest supported build that `LORIKEET_KERNELS=limit` allows.
+    package static func fastest(allowing limit: String?) -> Int8Kernels {
         if KernelVariant.active == .portable { return .generic }
-        if KernelVariant.asked != KernelVariant.avx2.rawValue && Int8Kernels.avx512vnni.isSupported { return .avx512vnni }
-        return Int8Kernels.avx2.isSupported ? .avx2 : .generic
-    }()
+        let ceiling: Int8Kernels =
+            switch limit {
+            case KernelVariant.avx2.rawValue: .avx2
+            case Int8Kernels.avxvnni.rawValue: .avxvnni
+            default: .avx512vnni
+            }
+        let order = Self.allCases
+        return order[...order.firstIndex(of: ceiling)!].last { $0.isSupported } ?? .generic
+    }
 
     /// Quantizes `columns` floats (a multiple of 32) into `columns / 32` blocks at `out`
     /// (`blockBytes` each). The same code in every build.
@@ -134,6 +150,8 @@ package enum Int8Kernels: String, Sendable, CaseIterable {
         case (.generic, .q8_0): lorikeet_q80_q8_generic
         case (.avx2, .q4_1): lorikeet_q41_q8_avx2
         case (.avx2, .q8_0): lorikeet_q80_q8_avx2
+        case (.avxvnni, .q4_1): lorikeet_q41_q8_avxvnni
+        case (.avxvnni, .q8_0): lorikeet_q80_q8_avxvnni
         case (.avx512vnni, .q4_1): lorikeet_q41_q8_avx512vnni
         case (.avx512vnni, .q8_0): lorikeet_q80_q8_avx512vnni
         }

@@ -146,4 +146,31 @@ struct Int8KernelTests {
             #expect(Int8Kernels.avx2.isSupported == KernelVariant.avx2.isSupported)
         #endif
     }
+
+    @Test("the CPU checks agree with the kernel's /proc/cpuinfo flags")
+    func cpuChecksAgreeWithTheKernel() throws {
+        #if arch(x86_64) && os(Linux)
+            let info = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+            let line = try #require(info.split(separator: "\n").first { $0.hasPrefix("flags") })
+            let flags = Set(line.split(separator: " ").map(String.init))
+            #expect(
+                Int8Kernels.avx2.isSupported
+                    == flags.isSuperset(of: ["avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "popcnt", "abm"]))
+            #expect(Int8Kernels.avxvnni.isSupported == (flags.contains("avx_vnni") && Int8Kernels.avx2.isSupported))
+            #expect(
+                Int8Kernels.avx512vnni.isSupported
+                    == (flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512_vnni"]) && Int8Kernels.avx2.isSupported))
+        #endif
+    }
+
+    @Test("LORIKEET_KERNELS sets a ceiling: avx2 is AVX2 alone, avxvnni rules out AVX-512, anything else allows all")
+    func kernelLimit() {
+        guard KernelVariant.active == .avx2 else { return }
+        let supported = Int8Kernels.allCases.filter(\.isSupported)
+        #expect(Int8Kernels.fastest(allowing: "avx2") == .avx2)
+        #expect(Int8Kernels.fastest(allowing: "avxvnni") == supported.last { $0 != .avx512vnni })
+        for limit in [nil, "", "avx512", "AVX2"] as [String?] {
+            #expect(Int8Kernels.fastest(allowing: limit) == supported.last, "\(limit ?? "unset")")
+        }
+    }
 }

@@ -2,8 +2,8 @@
 #define LORIKEET_CLORIKEETQ8_H
 // Matrix products of ggml-quantized weights (Q4_1, Q8_0, in LorikeetKernels' quad layout)
 // with activations quantized to 8 bits per 32-column block, in integer dot products
-// (llama.cpp's scheme). Three builds of the same arithmetic: plain C for any CPU, AVX2, and
-// AVX-512 VNNI. All three return the same bits: every block's integer sums are exact, and
+// (llama.cpp's scheme). Four builds of the same arithmetic: plain C for any CPU, AVX2,
+// AVX-VNNI (256-bit, VEX) and AVX-512 VNNI. All four return the same bits: every block's integer sums are exact, and
 // the float steps (scale, accumulate, reduce) happen in the same order in each.
 //
 // The caller picks a build (LorikeetKernelDispatch asks the CPU); nothing here reads CPUID.
@@ -16,7 +16,7 @@
 /// `q80` in the order of a Q8_0 quad block's bytes (two halves of 16), so one load of 16
 /// codes lines up with one row's 16 weight bytes. `sum` is `d` times the sum of the codes
 /// (Q4_1's min term: the sum of the dequantized inputs); `lanes80[i]` the sum of the codes that lane `i` of a Q8_0
-/// product covers (the AVX-512 build's correction for its unsigned weight bytes).
+/// product covers (the VNNI builds' correction for their unsigned weight bytes).
 typedef struct {
     int8_t q41[32];
     int8_t q80[32];
@@ -42,6 +42,11 @@ void lorikeet_q41_q8_avx2(const void *w, int blocks, int rows, int quad_begin, i
                           const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
 void lorikeet_q80_q8_avx2(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                           const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
+/// The AVX-VNNI build (needs AVX2, F16C and AVX-VNNI).
+void lorikeet_q41_q8_avxvnni(const void *w, int blocks, int rows, int quad_begin, int quad_end,
+                             const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
+void lorikeet_q80_q8_avxvnni(const void *w, int blocks, int rows, int quad_begin, int quad_end,
+                             const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
 /// The AVX-512 build (needs AVX-512 F, BW, VL and VNNI).
 void lorikeet_q41_q8_avx512vnni(const void *w, int blocks, int rows, int quad_begin, int quad_end,
                                 const lorikeet_q8_block *x, int inputs, int x_stride, float *y, int y_stride);
@@ -51,6 +56,8 @@ void lorikeet_q80_q8_avx512vnni(const void *w, int blocks, int rows, int quad_be
 /// 1 when the AVX2 build is compiled in (x86-64); whether the CPU runs it is the caller's
 /// question (CLorikeetSys).
 int lorikeet_q8_avx2_built(void);
+/// 1 when the AVX-VNNI build is compiled in.
+int lorikeet_q8_avxvnni_built(void);
 /// 1 when the AVX-512 VNNI build is compiled in.
 int lorikeet_q8_avx512vnni_built(void);
 #endif

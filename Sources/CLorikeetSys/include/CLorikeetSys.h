@@ -21,6 +21,9 @@ int lorikeet_cpu_supports_x86_64_v3(void);
 /// 1 when, beyond x86-64-v3, this CPU and the OS support AVX-512 F, BW, VL and VNNI (512-bit
 /// state saved by the OS), else 0.
 int lorikeet_cpu_supports_avx512_vnni(void);
+/// 1 when, beyond x86-64-v3, this CPU supports AVX-VNNI (the VEX-encoded 256-bit `vpdpbusd`
+/// of Alder Lake and later), else 0.
+int lorikeet_cpu_supports_avx_vnni(void);
 
 #include <stdint.h>
 #include <stddef.h>
