@@ -192,8 +192,9 @@ LK_INLINE LK_AVX2 __m256i avx2_broadcast16(const int8_t *p) {
 }
 
 // Both 256-bit builds share their loops (`LK_Q41_256`, `LK_Q80_256`); only the integer sums
-// of one block differ. Each sum is, per int32 lane, the exact sum of the 4 byte products the
-// lane covers, so both builds give the same bits.
+// of one block differ. Each sum is, per int32 lane, the exact sum of the 8 byte products the
+// lane covers (4 from each half of the block; Q8_0 less its bias correction), so both builds
+// give the same bits.
 #define LK_Q41_256(NAME, ATTR, SUMS)                                                                          \
     LK_INLINE ATTR void NAME(const uint8_t *quad, int blocks, const lorikeet_q8_block *x, int x_stride, int n, \
                              float lanes[4][16], float mins[4][4]) {                                          \

@@ -89,6 +89,8 @@ int lorikeet_cpu_supports_avx_vnni(void) {
     // x86-64-v3 already checked the OS saves YMM state; AVX-VNNI is leaf 7 subleaf 1, EAX bit 4.
     if (!lorikeet_cpu_supports_x86_64_v3()) return 0;
     unsigned int eax, ebx, ecx, edx;
+    // Leaf 7 subleaf 0's EAX is the highest subleaf.
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || eax < 1) return 0;
     if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return 0;
     return (eax & (1u << 4)) != 0;
 }

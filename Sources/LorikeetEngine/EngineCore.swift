@@ -118,8 +118,9 @@ package struct GenerationDefaults: Sendable, Equatable {
 /// there); generation runs on the scheduler's own thread.
 package final class EngineCore: Sendable {
     /// The kernel builds this process runs: the fp32 kernels' (`portable`, or `avx2` when the
-    /// CPU has x86-64-v3) and the integer kernels' (`generic`, `avx2`, `avx512vnni`).
-    /// `LORIKEET_KERNELS=portable` forces the portable ones, `=avx2` rules AVX-512 out.
+    /// CPU has x86-64-v3) and the integer kernels' (`generic`, `avx2`, `avxvnni`,
+    /// `avx512vnni`). `LORIKEET_KERNELS=portable` forces the portable ones, `=avx2` the AVX2
+    /// integer kernels alone, `=avxvnni` rules AVX-512 out.
     package static var kernels: String { Kernels.description }
 
     /// The model (shared, immutable).

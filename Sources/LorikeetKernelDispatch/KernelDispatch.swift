@@ -116,7 +116,7 @@ package enum Int8Kernels: String, Sendable, CaseIterable {
 
     /// The fastest supported build that `LORIKEET_KERNELS=limit` allows.
     package static func fastest(allowing limit: String?) -> Int8Kernels {
-        if KernelVariant.active == .portable { return .generic }
+        if KernelVariant.active == .portable || limit == KernelVariant.portable.rawValue { return .generic }
         let ceiling: Int8Kernels =
             switch limit {
             case KernelVariant.avx2.rawValue: .avx2

@@ -73,7 +73,8 @@ extension EngineCore {
     /// Calls `queue` while a one-token request on another prompt holds the scheduler thread
     /// in its last event, so every request `queue` submits is admitted in the same turn,
     /// whatever the machine's load (submitted one after another, the first could otherwise
-    /// finish before the last is queued).
+    /// finish before the last is queued). Holds when the batch has room for them all and no
+    /// adapter slot must be waited for; otherwise they are admitted over several turns.
     func admittedTogether<T>(_ queue: () throws -> T) async throws -> T {
         let held = DispatchSemaphore(value: 0)
         let release = DispatchSemaphore(value: 0)

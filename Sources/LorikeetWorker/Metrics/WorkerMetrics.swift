@@ -93,13 +93,14 @@ package final class WorkerMetrics: Sendable {
             snapshot.adapterID != nil
             ? ("lorikeet_adapter", "adapter", snapshot.model) : ("lorikeet_model", "model", snapshot.model)
         let dimensions = [(labelName, labelValue)]
+        // Named before its series exist, so an unload that sees the series also removes it.
+        if snapshot.adapterID != nil { self.adapterSeries.withLock { _ = $0.insert(snapshot.model) } }
         Counter(label: prefix + "_requests_total", dimensions: dimensions, factory: self.factory).increment()
         Counter(label: prefix + "_prompt_tokens_total", dimensions: dimensions, factory: self.factory)
             .increment(by: Int64(snapshot.promptTokens))
         Counter(label: prefix + "_completion_tokens_total", dimensions: dimensions, factory: self.factory)
             .increment(by: Int64(snapshot.completionTokens))
         if let id = snapshot.adapterID {
-            self.adapterSeries.withLock { _ = $0.insert(snapshot.model) }
             self.usage.withLock { usage in
                 usage[id, default: AdapterUsage()].requests += 1
                 usage[id, default: AdapterUsage()].promptTokens += UInt64(snapshot.promptTokens)
