@@ -143,6 +143,7 @@ struct EngineCommand: AsyncParsableCommand {
                 "adapter_prefixes":
                     "\(prefixes.allowed.isEmpty ? "(none: adapter paths are walked from /)" : prefixes.allowed.joined(separator: ":"))",
             ])
+        if let problem = EngineCore.kernelLimitProblem { logger.warning("\(problem)") }
         let eventLoops = EngineServer.makeEventLoopGroup()
         let server = EngineServer(core: core, logger: logger, group: eventLoops)
         let engine = EngineService(

@@ -123,6 +123,13 @@ package final class EngineCore: Sendable {
     /// integer kernels alone, `=avxvnni` rules AVX-512 out.
     package static var kernels: String { Kernels.description }
 
+    /// A warning for a `LORIKEET_KERNELS` value the engine does not take (it is ignored).
+    package static var kernelLimitProblem: String? {
+        KernelVariant.unrecognizedLimit().map {
+            "LORIKEET_KERNELS=\($0) is not one of \(KernelVariant.recognizedLimits.joined(separator: ", ")): ignored, the fastest kernels this CPU runs are used"
+        }
+    }
+
     /// The model (shared, immutable).
     package let model: LlamaModel
     /// The tokenizer.

@@ -56,6 +56,16 @@ package enum KernelVariant: String, Sendable, CaseIterable {
     /// AVX-512), `avxvnni` (no AVX-512), or unset (the fastest this CPU runs).
     static let asked: String? = getenv("LORIKEET_KERNELS").map { String(cString: $0) }
 
+    /// The values `LORIKEET_KERNELS` takes.
+    package static let recognizedLimits = ["portable", "avx2", "avxvnni"]
+
+    /// `value` when it is set but not a value `LORIKEET_KERNELS` takes (then ignored: the
+    /// fastest kernels run), for a warning at startup; nil otherwise.
+    package static func unrecognizedLimit(_ value: String? = KernelVariant.asked) -> String? {
+        guard let value, !value.isEmpty, !Self.recognizedLimits.contains(value) else { return nil }
+        return value
+    }
+
     /// This variant's fp32 kernels.
     package var fp32: any FP32Kernels.Type {
         #if canImport(LorikeetKernelsAVX2)

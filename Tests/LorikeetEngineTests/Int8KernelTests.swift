@@ -176,5 +176,8 @@ struct Int8KernelTests {
         for limit in [nil, "", "avx512", "AVX2"] as [String?] {
             #expect(Int8Kernels.fastest(allowing: limit) == supported.last, "\(limit ?? "unset")")
         }
+        // Values it does not take are named in a startup warning; the others are not.
+        #expect(["avx512", "AVX2"].map { KernelVariant.unrecognizedLimit($0) } == ["avx512", "AVX2"])
+        #expect([nil, "", "portable", "avx2", "avxvnni"].allSatisfy { KernelVariant.unrecognizedLimit($0) == nil })
     }
 }
