@@ -35,10 +35,12 @@ struct FleetTests {
         }
 
         func start(
-            _ name: String, stateDirectory: String? = nil, proxy: AnswerDroppingProxy? = nil, extraArguments: [String] = []
+            _ name: String, stateDirectory: String? = nil, proxy: AnswerDroppingProxy? = nil, extraArguments: [String] = [],
+            environment: [String: String] = [:]
         ) throws -> ServerUnderTest {
             try ServerUnderTest(
-                workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name, proxy: proxy) + extraArguments)
+                workers: 2, stateDirectory: stateDirectory, extraArguments: self.arguments(name, proxy: proxy) + extraArguments,
+                environment: environment)
         }
 
         /// A proxy in front of the first member that loses etcd's answer to the first request
@@ -100,6 +102,39 @@ struct FleetTests {
         #expect(refused.log.contains("another node uses --node-name A"), "\(refused.log.suffix(2000))")
         #expect(try Self.load(fleet.nodes[0], "after-duplicate").status == 200)
         #expect(try Self.complete(fleet.nodes[0], "after-duplicate") == 200)
+    }
+
+    @Test(
+        "a record committed through another node whose lora_path is outside this node's allowed prefixes is not loaded here: 503 naming the cause, never 200; the node refuses the same path from its own clients with 400"
+    )
+    func foreignPathRefused() throws {
+        let fleet = try Fleet(names: ["A"])
+        defer { fleet.stop() }
+        // B allows adapters only from an empty directory of its own; A (the fixture's
+        // prefix) commits a path under its prefix into etcd.
+        let elsewhere = TestEnvironment.temporaryDirectory("lk-prefix")
+        defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+        let b = try fleet.start("B", environment: ["LORIKEET_RUNTIME_LORA_ALLOWED_PATH_PREFIXES": elsewhere])
+        fleet.nodes.append(b)
+        let a = fleet.nodes[0]
+        #expect(try Self.load(a, "foreign").status == 200)
+        #expect(try Self.complete(a, "foreign") == 200)
+        try ServeTests.waitFor("B to apply the record", timeout: 30) { try Self.table(b)["foreign"] != nil }
+        try ServeTests.waitFor("B's engine to refuse the path", timeout: 30) {
+            b.log.contains("foreign: cannot load LoRA adapter: the adapter path is not allowed")
+        }
+        for _ in 0..<8 {
+            let response = try TestHTTP.post(port: b.port, "/v1/completions", ["model": "foreign", "prompt": "hi", "max_tokens": 1])
+            #expect(response.status == 503, "\(response.status) \(response.body.prefix(300))")
+            #expect(response.body.contains("lorikeet_adapters_unavailable"), "\(response.body.prefix(300))")
+        }
+        let direct = try Self.load(b, "direct")
+        #expect(direct.status == 400 && direct.body.contains("outside the configured allowed prefixes"), "\(direct.body.prefix(300))")
+        #expect(try Self.complete(b, "before-unload") == 404)
+        // Unloaded through A: gone on B too.
+        #expect(try TestHTTP.post(port: a.port, "/v1/unload_lora_adapter", ["lora_name": "foreign"]).status == 200)
+        try ServeTests.waitFor("B to drop the record", timeout: 30) { try Self.table(b)["foreign"] == nil }
+        #expect(try Self.complete(b, "foreign") == 404)
     }
 
     @Test("a node key rewritten by hand under no lease is taken over: loads keep answering 200, the node stays up")
