@@ -374,6 +374,38 @@ struct RouteTests {
         }
     }
 
+    @Test(
+        "a client that disconnects before anything is written (not streamed: 500 tokens take 10 s; one choice and n=2) aborts its engine requests"
+    )
+    func disconnectBeforeTheAnswerAborts() async throws {
+        let engine = try FakeEngine(tokenDelay: .milliseconds(20))
+        defer { engine.stop() }
+        try await WorkerHarness.withWorker(WorkerHarness.configuration(engine: engine)) { port, _ in
+            let bodies = [
+                ("/v1/completions", #"{"prompt":"x","max_tokens":500}"#),
+                ("/v1/completions", #"{"prompt":"x","max_tokens":500,"n":2}"#),
+            ]
+            for (index, (path, body)) in bodies.enumerated() {
+                let connection = try await offPool { () throws -> TestHTTPConnection in
+                    let connection = try TestHTTPConnection(port: port)
+                    connection.sendRequest("POST", path, headers: [("Content-Type", "application/json")], body: Array(body.utf8))
+                    return connection
+                }
+                let started = ContinuousClock.now + .seconds(10)
+                while engine.runningCount == 0, ContinuousClock.now < started { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(engine.runningCount > 0, "\(body): never reached the engine")
+                connection.disconnect()
+                let deadline = ContinuousClock.now + .seconds(5)
+                while engine.runningCount > 0, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(engine.runningCount == 0, "\(body): still generating after the client left")
+                let expected = index == 0 ? 1 : 3
+                #expect(engine.state.withLock { $0.abortRequests.count } == expected, "\(body)")
+            }
+        }
+    }
+
     @Test("drain lets requests in flight finish, then stops accepting")
     func drain() async throws {
         let engine = try FakeEngine(tokenDelay: .milliseconds(50))

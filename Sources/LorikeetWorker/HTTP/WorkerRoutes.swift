@@ -314,7 +314,7 @@ package final class WorkerRoutes: Sendable {
                 return try await self.forward(bytes, body, path: path, to: upstream, requestID: requestID, logger: logger)
             case .engine(let engine):
                 let route: GenerationRoute = path == "/v1/completions" ? .completions : .chatCompletions
-                return try await self.generate(body, route: route, on: engine, requestID: requestID, logger: logger)
+                return try await self.generate(body, route: route, on: engine, requestID: requestID, channel: channel, logger: logger)
             }
         case "/v1/load_lora_adapter" where self.configuration.allowRuntimeLoraUpdating:
             try Self.require(method, .post, path)
@@ -664,7 +664,8 @@ package final class WorkerRoutes: Sendable {
     // MARK: Generation
 
     private func generate(
-        _ body: JSONValue, route: GenerationRoute, on engine: any GenerationBackend, requestID: String, logger: Logger
+        _ body: JSONValue, route: GenerationRoute, on engine: any GenerationBackend, requestID: String, channel: any Channel,
+        logger: Logger
     ) async throws -> Reply {
         let parameters = try RequestValidation.generation(body, route: route)
         let (model, resolved) = try await self.resolveGenerationModel(parameters.model)
@@ -683,7 +684,7 @@ package final class WorkerRoutes: Sendable {
         if parameters.n > 1 || parameters.bestOf > parameters.n || !parameters.morePrompts.isEmpty {
             return try await self.generateChoices(
                 request, parameters: parameters, shape: shape(route, requestID: requestID, model: model, parameters),
-                on: engine, record: record, logger: logger)
+                on: engine, channel: channel, record: record, logger: logger)
         }
         let stream: AsyncThrowingStream<GenerateChunk, any Error>
         do {
@@ -691,6 +692,10 @@ package final class WorkerRoutes: Sendable {
         } catch {
             throw APIError(error)
         }
+        // Until the answer's first bytes are written (all of it when not streamed), only the
+        // connection's input tells that the client gave up.
+        let watch = Self.abortWhenClientGone(channel, [requestID], on: engine, logger: logger)
+        defer { watch.cancel() }
         let shape = self.shape(route, requestID: requestID, model: model, parameters)
         // Wait for the first chunk before answering, so that an engine refusal is a proper
         // HTTP error and not an error event inside a 200 stream.
@@ -749,6 +754,16 @@ package final class WorkerRoutes: Sendable {
             .ok, shape.final(text: text, tokens: tokens, logprobs: positions, finishReason: finishReason, usage: counted))
     }
 
+    /// Aborts `requestIDs` in the engine if the client goes away before `cancel`.
+    private static func abortWhenClientGone(
+        _ channel: any Channel, _ requestIDs: [String], on engine: any GenerationBackend, logger: Logger
+    ) -> PeerClosedWatch.Registration {
+        PeerClosedWatch.whenGone(channel) {
+            logger.info("client disconnected before the answer was written; aborting the engine request")
+            Task { for id in requestIDs { await engine.abort(requestID: id) } }
+        }
+    }
+
     private func shape(
         _ route: GenerationRoute, requestID: String, model: String, _ parameters: GenerationParameters
     ) -> ResponseShape {
@@ -767,7 +782,7 @@ package final class WorkerRoutes: Sendable {
     /// usage counts the prompt once and sums the completions.
     private func generateChoices(
         _ request: GenerateRequest, parameters: GenerationParameters, shape: ResponseShape,
-        on engine: any GenerationBackend, record: RequestRecord?, logger: Logger
+        on engine: any GenerationBackend, channel: any Channel, record: RequestRecord?, logger: Logger
     ) async throws -> Reply {
         // Several prompts: vLLM makes one request per prompt (`-{p}` appended to the id),
         // each fanned out to its n children.
@@ -800,6 +815,8 @@ package final class WorkerRoutes: Sendable {
         }
         var iterators: [SequentialIterator<GenerateChunk>] = []
         var firsts: [GenerateChunk?] = []
+        let watch = Self.abortWhenClientGone(channel, children.map(\.requestID), on: engine, logger: logger)
+        defer { watch.cancel() }
         do {
             // Every child is in the engine before any first token is awaited: their prompts
             // are computed together (and copied from each other), not one after another.

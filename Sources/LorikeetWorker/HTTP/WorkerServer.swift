@@ -129,6 +129,7 @@ package final class WorkerServer: Sendable {
             self.track(channel)
             return http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
                 try RequestHeadDeadline.install(on: channel, timeout: headTimeout, logger: logger)
+                try PeerClosedWatch.install(on: channel)
                 return value
             }
         }
