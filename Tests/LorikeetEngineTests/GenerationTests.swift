@@ -105,6 +105,36 @@ struct GenerationTests {
         #expect(out.tokens == ref.cases["base"]!.greedy)
     }
 
+    @Test(
+        "the prompt budget goes to the prompts with the fewest tokens left first: a short request is not read one token per step behind a long one"
+    )
+    func shortPromptsFirst() async throws {
+        // 16-token steps. FIFO would read the 200-token prompt 15 tokens a step (done in 14
+        // steps) and the 20-token one a token a step (20 steps): the long one would finish
+        // first. Fewest-left-first reads the short one in 2 steps.
+        let core = try Fixture.engine(prefillChunk: 16)
+        let finished = Mutex<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        func submit(_ id: String, _ count: Int, letters: UInt32) throws {
+            // Different letters: no prefix to share between the two.
+            let prompt: [UInt32] = [256] + (1..<count).map { letters + UInt32($0 % 26) }
+            try core.submit(GenerationRequest(id: id, prompt: .tokens(prompt), params: SamplingParams(maxTokens: 1))) { event in
+                guard event.finishReason != nil else { return }
+                finished.withLock { $0.append(id) }
+                done.signal()
+            }
+        }
+        try await core.admittedTogether {
+            try submit("long", 200, letters: 65)
+            try submit("short", 20, letters: 97)
+        }
+        try await offPool {
+            done.wait()
+            done.wait()
+        }
+        #expect(finished.withLock { $0 } == ["short", "long"])
+    }
+
     @Test func abortEndsARunningRequest() async throws {
         let core = try Fixture.engine()
         let firstToken = DispatchSemaphore(value: 0)
