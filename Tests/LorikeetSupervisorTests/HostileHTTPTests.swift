@@ -176,6 +176,15 @@ struct HostileHTTPTests {
             #expect(message.contains(word), "\(path): \(message)")
             #expect(!message.contains("/"), "\(path): the message reveals a path: \(message)")
         }
+        // A directory inside the prefix that holds no adapter: the client's path too (400
+        // naming lora_path, compat L12), not the 404 of a route that does not exist.
+        let empty = server.adapterDirectory + "/empty-\(getpid())"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        let response = try Self.post(server, "/v1/load_lora_adapter", ["lora_name": "p", "lora_path": empty])
+        Self.expectError(response, status: 400, param: "lora_path")
+        let message = (response.json?["error"] as? [String: Any])?["message"] as? String ?? ""
+        #expect(message.contains("adapter_config.json"), "\(message)")
         #expect(try ServeTests.table(server).isEmpty)
     }
 

@@ -72,6 +72,8 @@ struct ValidationTests {
         (#"{"prompt":"x","guided_choice":[]}"#, .completions, "guided_choice"),
         (#"{"prompt":"x","guided_choice":["a",1]}"#, .completions, "guided_choice"),
         (#"{"prompt":"x","guided_regex":"a+"}"#, .completions, "guided_regex"),
+        (#"{"prompt":"def f(","suffix":"\n    return x"}"#, .completions, "suffix"),
+        (#"{"prompt":"x","suffix":""}"#, .completions, "suffix"),
         (#"{"prompt":"x","structured_outputs":{"grammar":"root ::= x"}}"#, .completions, "structured_outputs"),
         (#"{"prompt":"x","guided_json":{},"guided_choice":["a"]}"#, .completions, "guided_choice"),
         (#"{"prompt":"x","structured_outputs":{}}"#, .completions, "structured_outputs"),

@@ -139,13 +139,17 @@ package struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The error of a failed `/v1/load_lora_adapter` (the leader's `Status`), as the Rust
     /// frontend words it where the leader's check is the same (`routes/lora.rs`,
     /// `load_lora_api_error`): an adapter already loaded (ALREADY_EXISTS) gets
-    /// `LoadLoraError::AlreadyLoaded`'s message.
+    /// `LoadLoraError::AlreadyLoaded`'s message. Files that are missing (NOT_FOUND: no
+    /// `adapter_config.json`, no weights) or unusable (INVALID_ARGUMENT) are the client's
+    /// path: 400 with param `lora_path` (compat L12), never the 404 of a missing route.
     package static func loadAdapter(_ name: String, _ status: Status) -> APIError {
         switch status.code {
         case .alreadyExists:
             return .invalidRequest(
                 "LoRA adapter `\(name.echoed())` is already loaded. If you want to load the adapter in place, set 'load_inplace' to true.",
                 param: "lora_name")
+        case .notFound, .invalidArgument:
+            return .invalidRequest(status.message, param: status.param.isEmpty ? "lora_path" : status.param)
         default:
             return APIError(status)
         }

@@ -361,6 +361,11 @@ package enum RequestValidation {
                 "'tool_choice' is not supported: the built-in engine has no tool-call parser for this model family.",
                 param: "tool_choice")
         }
+        // vLLM's answer (`serving_completion.py`): a fill-in-the-middle client falls back on
+        // it instead of taking a plain continuation for an infill.
+        if let suffix = body["suffix"], suffix != .null {
+            throw APIError.invalidRequest("suffix is not currently supported", param: "suffix")
+        }
     }
 
     /// The channels carry text as C strings (protobuf-c), which end at the first NUL: a
