@@ -567,6 +567,11 @@ package final class EngineServer: Sendable {
                             cachedPromptTokens: UInt32($0.cachedPromptTokens))
                     }
                     if let error = event.error { chunk.status = Self.status(error) }
+                    switch event.stopReason {
+                    case .string(let text): chunk.stopReason = .string(text)
+                    case .token(let id): chunk.stopReason = .token(id)
+                    case nil: break
+                    }
                 }
                 c.enqueue(EngineEnvelope(callID: callID, body: .chunk(chunk)))
                 // After the last chunk is queued, so a drain that sees no request left

@@ -98,9 +98,11 @@ enum Samples {
                         chosen: TokenLogprob(tokenID: 5, logprob: -0.5, token: "w"),
                         top: [TokenLogprob(tokenID: 5, logprob: -0.5, token: "w")])
                 ],
-                promptLogprobs: [PositionLogprobs(chosen: TokenLogprob(tokenID: 1, logprob: 0, token: "<s>"), noLogprob: true)]
+                promptLogprobs: [PositionLogprobs(chosen: TokenLogprob(tokenID: 1, logprob: 0, token: "<s>"), noLogprob: true)],
+                stopReason: .token(49_152)
             )
         ),
+        .chunk(GenerateChunk(requestID: "cmpl-1", text: "done", finishReason: "stop", stopReason: .string("END"))),
         .generate(
             GenerateRequest(
                 requestID: "cmpl-2", promptText: "defaults",

@@ -128,6 +128,56 @@ struct RealEngineTests {
         }
     }
 
+    @Test("stop_reason (vLLM): the stop string that matched, the stop token id, null at max_tokens; streamed on the finishing chunk")
+    func stopReason() async throws {
+        let fixture = try RealEngine.fixture()
+        let engine = try EngineProcess()
+        defer { withExtendedLifetime(engine) {} }
+        try await WorkerHarness.withWorker(Self.configuration(engine: engine, fixture: fixture)) { port, _ in
+            func choice(_ route: String, _ fields: String) async throws -> JSONValue? {
+                let body = route == "/v1/completions" ? #""prompt":"hello""# : #""messages":[{"role":"user","content":"hello"}]"#
+                let response = try await TestHTTP.post(
+                    port: port, route, #"{\#(body),"max_tokens":12,"temperature":0,"ignore_eos":true,\#(fields)}"#)
+                #expect(response.status == 200, "\(response.text)")
+                if fields.contains(#""stream":true"#) {
+                    let events = response.text.split(separator: "\n").filter { $0.hasPrefix("data: {") }
+                    let finishing = events.compactMap { line -> JSONValue? in
+                        guard let event = try? JSONParser.parse(Array(line.dropFirst(6).utf8)),
+                            case .array(let choices)? = event["choices"], let first = choices.first,
+                            first["finish_reason"] != .null
+                        else { return nil }
+                        return first
+                    }
+                    #expect(finishing.count == 1, "\(response.text)")
+                    return finishing.first
+                }
+                guard case .array(let choices)? = response.json?["choices"] else { return nil }
+                return choices.first
+            }
+            for route in ["/v1/completions", "/v1/chat/completions"] {
+                let plain = try await choice(route, #""return_token_ids":true"#)
+                #expect(plain?["finish_reason"] == .string("length") && plain?["stop_reason"] == .null, "\(route)")
+                guard case .array(let ids)? = plain?["token_ids"], let firstID = ids.first,
+                    case .string(let text)? = plain?["text"] ?? plain?["message"]?["content"], text.unicodeScalars.count >= 4
+                else {
+                    Issue.record("\(route): no greedy text to stop on: \(String(describing: plain))")
+                    continue
+                }
+                let stop = String(String.UnicodeScalarView(text.unicodeScalars.dropFirst(2).prefix(2)))
+                let stopJSON = String(decoding: JSONWriter.encode(.array([.string(stop)])), as: UTF8.self)
+                for stream in ["false", "true"] {
+                    let byString = try await choice(route, #""stop":\#(stopJSON),"stream":\#(stream)"#)
+                    #expect(byString?["finish_reason"] == .string("stop"), "\(route) stream \(stream)")
+                    #expect(byString?["stop_reason"] == .string(stop), "\(route) stream \(stream): \(String(describing: byString))")
+                    let byToken = try await choice(
+                        route, #""stop_token_ids":[\#(String(decoding: JSONWriter.encode(firstID), as: UTF8.self))],"stream":\#(stream)"#)
+                    #expect(byToken?["finish_reason"] == .string("stop"), "\(route) stream \(stream)")
+                    #expect(byToken?["stop_reason"] == firstID, "\(route) stream \(stream): \(String(describing: byToken))")
+                }
+            }
+        }
+    }
+
     @Test("a client that disconnects mid-stream aborts the generation in the engine")
     func disconnectAborts() async throws {
         let fixture = try RealEngine.fixture()

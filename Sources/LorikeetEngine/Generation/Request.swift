@@ -90,6 +90,16 @@ package struct GenerationEvent: Sendable, Equatable {
     /// per prompt token. The first has no log probability (nothing precedes it): only its
     /// `chosen.tokenID` is meaningful.
     package var promptLogprobs: [TokenLogprobs]?
+    /// On a last event with finish reason `stop`: the stop string that matched, or the
+    /// `stopTokenIDs` token (vLLM's `stop_reason`); nil for EOS or a finished structured
+    /// output.
+    package var stopReason: StopReason?
+
+    /// What stopped a generation besides EOS.
+    package enum StopReason: Sendable, Equatable {
+        case string(String)
+        case token(UInt32)
+    }
 
     /// Creates an event.
     package init(

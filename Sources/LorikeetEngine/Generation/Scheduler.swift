@@ -454,8 +454,11 @@ package final class Scheduler: Sendable {
                 tail += String(decoding: self.tokenizer.specialTokenBytes(token), as: UTF8.self)
             }
             let (text, _) = s.stopper.feed(tail)
-            return GenerationEvent(
+            var event = GenerationEvent(
                 requestID: s.id, tokens: [token], text: text + s.stopper.flush(), finishReason: .stop, usage: s.usage)
+            // vLLM: EOS has no stop reason; a stop_token_ids token is its own.
+            if !isEOS { event.stopReason = .token(token) }
+            return event
         }
         var bytes = self.tokenizer.tokenBytes(token)
         if bytes.isEmpty && !s.params.skipSpecialTokens { bytes = self.tokenizer.specialTokenBytes(token) }
@@ -469,14 +472,18 @@ package final class Scheduler: Sendable {
                     requestID: s.id, tokens: [token], text: emit + tail + s.stopper.flush(), finishReason: .stop, usage: s.usage)
             }
             s.finished = true
-            return GenerationEvent(requestID: s.id, tokens: [token], text: emit, finishReason: .stop, usage: s.usage)
+            var event = GenerationEvent(requestID: s.id, tokens: [token], text: emit, finishReason: .stop, usage: s.usage)
+            event.stopReason = s.stopper.matched.map { .string($0) }
+            return event
         }
         if s.generated.count >= s.maxNew {
             s.finished = true
             let (tail, stoppedInTail) = s.stopper.feed(s.detokenizer.finish())
             let text = emit + tail + (stoppedInTail ? "" : s.stopper.flush())
-            return GenerationEvent(
+            var event = GenerationEvent(
                 requestID: s.id, tokens: [token], text: text, finishReason: stoppedInTail ? .stop : .length, usage: s.usage)
+            if stoppedInTail { event.stopReason = s.stopper.matched.map { .string($0) } }
+            return event
         }
         return GenerationEvent(requestID: s.id, tokens: [token], text: emit)
     }

@@ -106,6 +106,8 @@ package struct StopStringMatcher: Sendable {
     private let stops: [String]
     private let includeStop: Bool
     private var held = ""
+    /// The stop string that ended the text, once one has (vLLM's `stop_reason`).
+    package private(set) var matched: String?
 
     /// Creates a matcher; empty stop strings are ignored.
     package init(_ stops: [String], includeStop: Bool = false) {
@@ -121,6 +123,7 @@ package struct StopStringMatcher: Sendable {
         for s in self.stops {
             if let r = self.held.range(of: s), earliest.map({ r.lowerBound < $0.lowerBound }) ?? true {
                 earliest = r
+                self.matched = s
             }
         }
         if let match = earliest {

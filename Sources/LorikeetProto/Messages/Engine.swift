@@ -329,10 +329,20 @@ package struct GenerateChunk: Sendable, Equatable {
     package var logprobs: [PositionLogprobs]
     /// On the first chunk, when the request asked for prompt log probabilities.
     package var promptLogprobs: [PositionLogprobs]
+    /// On the last chunk of finish reason "stop": the stop string that matched, or the stop
+    /// token id (vLLM's `stop_reason`); nil for EOS.
+    package var stopReason: StopReason?
+
+    /// What stopped a generation besides EOS (vLLM's `stop_reason`).
+    package enum StopReason: Sendable, Equatable {
+        case string(String)
+        case token(UInt32)
+    }
 
     package init(
         requestID: String = "", tokens: [UInt32] = [], text: String = "", finishReason: String = "", usage: Usage? = nil,
-        status: Status = .ok, logprobs: [PositionLogprobs] = [], promptLogprobs: [PositionLogprobs] = []
+        status: Status = .ok, logprobs: [PositionLogprobs] = [], promptLogprobs: [PositionLogprobs] = [],
+        stopReason: StopReason? = nil
     ) {
         self.requestID = requestID
         self.tokens = tokens
@@ -342,6 +352,7 @@ package struct GenerateChunk: Sendable, Equatable {
         self.status = status
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
+        self.stopReason = stopReason
     }
 }
 
@@ -355,6 +366,13 @@ extension GenerateChunk: CMessageConvertible {
         writer.set("status", self.status)
         writer.set("logprobs", self.logprobs)
         writer.set("prompt_logprobs", self.promptLogprobs)
+        switch self.stopReason {
+        case .string(let text): writer.set("stop_string", text)
+        case .token(let id):
+            writer.set("stop_by_token", true)
+            writer.set("stop_token_id", id)
+        case nil: break
+        }
     }
     init(from reader: CMessageReader) throws(ProtoDecodingError) {
         self.init(
@@ -363,6 +381,11 @@ extension GenerateChunk: CMessageConvertible {
             status: try reader.message("status") ?? .ok, logprobs: try reader.messages("logprobs"),
             promptLogprobs: try reader.messages("prompt_logprobs")
         )
+        if reader.bool("stop_by_token") {
+            self.stopReason = .token(reader.uint32("stop_token_id"))
+        } else if case let text = reader.string("stop_string"), !text.isEmpty {
+            self.stopReason = .string(text)
+        }
     }
 }
 

@@ -725,6 +725,7 @@ package final class WorkerRoutes: Sendable {
         var text = ""
         var tokens: [UInt32] = []
         var finishReason = ""
+        var stopReason: GenerateChunk.StopReason?
         var usage: Usage?
         var positions: [PositionLogprobs] = []
         var echoed = false
@@ -740,7 +741,10 @@ package final class WorkerRoutes: Sendable {
             text += chunk.text
             tokens += chunk.tokens
             positions += chunk.logprobs
-            if !chunk.finishReason.isEmpty { finishReason = chunk.finishReason }
+            if !chunk.finishReason.isEmpty {
+                finishReason = chunk.finishReason
+                stopReason = chunk.stopReason
+            }
             if let chunkUsage = chunk.usage { usage = chunkUsage }
             do {
                 next = try await iterator.next()
@@ -751,7 +755,10 @@ package final class WorkerRoutes: Sendable {
         let counted = usage ?? Usage(promptTokens: 0, completionTokens: UInt32(tokens.count))
         record?.tokens(prompt: counted.promptTokens, completion: counted.completionTokens, cached: counted.cachedPromptTokens)
         return .json(
-            .ok, shape.final(text: text, tokens: tokens, logprobs: positions, finishReason: finishReason, usage: counted))
+            .ok,
+            shape.final(
+                [ChoiceOutput(text: text, tokens: tokens, logprobs: positions, finishReason: finishReason, stopReason: stopReason)],
+                usage: counted))
     }
 
     /// Aborts `requestIDs` in the engine if the client goes away before `cancel`.
@@ -870,7 +877,10 @@ package final class WorkerRoutes: Sendable {
                         output.tokens += chunk.tokens
                         output.logprobs += chunk.logprobs
                         output.cumulativeLogprob += chunk.logprobs.reduce(0) { $0 + Double($1.chosen.logprob) }
-                        if !chunk.finishReason.isEmpty { output.finishReason = chunk.finishReason }
+                        if !chunk.finishReason.isEmpty {
+                            output.finishReason = chunk.finishReason
+                            output.stopReason = chunk.stopReason
+                        }
                         if let usage = chunk.usage { output.usage = usage }
                         do {
                             next = try await iterator.next()
@@ -984,7 +994,8 @@ package final class WorkerRoutes: Sendable {
                                         textOffset: &offsets[index], index: index)))
                         }
                         if !chunk.finishReason.isEmpty {
-                            try await writer.write(Self.event(shape.finish(chunk.finishReason, index: index)))
+                            try await writer.write(
+                                Self.event(shape.finish(chunk.finishReason, stopReason: chunk.stopReason, index: index)))
                         }
                     }
                 } catch {
@@ -1054,7 +1065,7 @@ package final class WorkerRoutes: Sendable {
                     }
                     if !chunk.finishReason.isEmpty {
                         finished = true
-                        try await writer.write(Self.event(shape.finish(chunk.finishReason)))
+                        try await writer.write(Self.event(shape.finish(chunk.finishReason, stopReason: chunk.stopReason)))
                     }
                     do {
                         next = try await iterator.next()
@@ -1105,6 +1116,8 @@ struct ChoiceOutput: Sendable {
     /// The sum of the generated tokens' log probabilities (best_of's ranking).
     var cumulativeLogprob = 0.0
     var finishReason = ""
+    /// vLLM's `stop_reason` (the stop string or stop token id; nil for EOS and others).
+    var stopReason: GenerateChunk.StopReason?
     var usage: Usage?
 }
 
@@ -1223,11 +1236,13 @@ struct ResponseShape: Sendable {
         }
     }
 
-    func final(
-        text: String, tokens: [UInt32], logprobs: [PositionLogprobs] = [], finishReason: String, usage: Usage
-    ) -> JSONValue {
-        self.final(
-            [ChoiceOutput(text: text, tokens: tokens, logprobs: logprobs, finishReason: finishReason)], usage: usage)
+    /// vLLM's `stop_reason`: the stop string, the stop token id, or null.
+    static func stopReasonValue(_ reason: GenerateChunk.StopReason?) -> JSONValue {
+        switch reason {
+        case .string(let text): .string(text)
+        case .token(let id): .int(Int64(id))
+        case nil: .null
+        }
     }
 
     /// The non-streamed answer with one choice per output, indexed in order.
@@ -1241,7 +1256,7 @@ struct ResponseShape: Sendable {
                 return .object(
                     [
                         ("index", .int(Int64(index))), ("text", .string(output.text)), ("logprobs", logprobsValue),
-                        ("finish_reason", .string(reason)),
+                        ("finish_reason", .string(reason)), ("stop_reason", Self.stopReasonValue(output.stopReason)),
                     ] + self.tokenMember(output.tokens))
             case .chatCompletions:
                 return .object(
@@ -1249,6 +1264,7 @@ struct ResponseShape: Sendable {
                         ("index", .int(Int64(index))),
                         ("message", .object([("role", .string("assistant")), ("content", .string(output.text))])),
                         ("logprobs", logprobsValue), ("finish_reason", .string(reason)),
+                        ("stop_reason", Self.stopReasonValue(output.stopReason)),
                     ] + self.tokenMember(output.tokens))
             }
         }
@@ -1283,16 +1299,19 @@ struct ResponseShape: Sendable {
         return self.envelope(self.chunkObject, choices: [choice])
     }
 
-    func finish(_ reason: String, index: Int = 0) -> JSONValue {
+    func finish(_ reason: String, stopReason: GenerateChunk.StopReason? = nil, index: Int = 0) -> JSONValue {
         let choice: JSONValue
+        let stop = Self.stopReasonValue(stopReason)
         switch self.route {
         case .completions:
             choice = .object([
                 ("index", .int(Int64(index))), ("text", .string("")), ("logprobs", .null), ("finish_reason", .string(reason)),
+                ("stop_reason", stop),
             ])
         case .chatCompletions:
             choice = .object([
                 ("index", .int(Int64(index))), ("delta", .object([])), ("logprobs", .null), ("finish_reason", .string(reason)),
+                ("stop_reason", stop),
             ])
         }
         return self.envelope(self.chunkObject, choices: [choice])

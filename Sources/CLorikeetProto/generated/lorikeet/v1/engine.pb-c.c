@@ -2053,7 +2053,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__usage__descriptor =
   (ProtobufCMessageInit) lorikeet__v1__usage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor lorikeet__v1__generate_chunk__field_descriptors[8] =
+static const ProtobufCFieldDescriptor lorikeet__v1__generate_chunk__field_descriptors[11] =
 {
   {
     "request_id",
@@ -2151,6 +2151,42 @@ static const ProtobufCFieldDescriptor lorikeet__v1__generate_chunk__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stop_string",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__GenerateChunk, stop_string),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stop_by_token",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__GenerateChunk, stop_by_token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stop_token_id",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Lorikeet__V1__GenerateChunk, stop_token_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned lorikeet__v1__generate_chunk__field_indices_by_name[] = {
   3,   /* field[3] = finish_reason */
@@ -2158,6 +2194,9 @@ static const unsigned lorikeet__v1__generate_chunk__field_indices_by_name[] = {
   7,   /* field[7] = prompt_logprobs */
   0,   /* field[0] = request_id */
   5,   /* field[5] = status */
+  9,   /* field[9] = stop_by_token */
+  8,   /* field[8] = stop_string */
+  10,   /* field[10] = stop_token_id */
   2,   /* field[2] = text */
   1,   /* field[1] = tokens */
   4,   /* field[4] = usage */
@@ -2165,7 +2204,7 @@ static const unsigned lorikeet__v1__generate_chunk__field_indices_by_name[] = {
 static const ProtobufCIntRange lorikeet__v1__generate_chunk__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor lorikeet__v1__generate_chunk__descriptor =
 {
@@ -2175,7 +2214,7 @@ const ProtobufCMessageDescriptor lorikeet__v1__generate_chunk__descriptor =
   "Lorikeet__V1__GenerateChunk",
   "lorikeet.v1",
   sizeof(Lorikeet__V1__GenerateChunk),
-  8,
+  11,
   lorikeet__v1__generate_chunk__field_descriptors,
   lorikeet__v1__generate_chunk__field_indices_by_name,
   1,  lorikeet__v1__generate_chunk__number_ranges,

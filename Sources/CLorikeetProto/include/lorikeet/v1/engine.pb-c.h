@@ -276,10 +276,18 @@ struct  Lorikeet__V1__GenerateChunk
    */
   size_t n_prompt_logprobs;
   Lorikeet__V1__PositionLogprobs **prompt_logprobs;
+  /*
+   * On the last chunk of finish_reason "stop": what stopped it (vLLM's stop_reason). The
+   * stop string that matched, or (stop_by_token) the id of a stop_token_ids token; neither
+   * for EOS or a finished structured output.
+   */
+  char *stop_string;
+  protobuf_c_boolean stop_by_token;
+  uint32_t stop_token_id;
 };
 #define LORIKEET__V1__GENERATE_CHUNK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&lorikeet__v1__generate_chunk__descriptor) \
-    , (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, NULL, 0,NULL, 0,NULL }
+    , (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, NULL, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, 0, 0 }
 
 
 struct  Lorikeet__V1__AbortRequest
