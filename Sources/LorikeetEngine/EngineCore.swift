@@ -126,7 +126,7 @@ package final class EngineCore: Sendable {
     /// A warning for a `LORIKEET_KERNELS` value the engine does not take (it is ignored).
     package static var kernelLimitProblem: String? {
         KernelVariant.unrecognizedLimit().map {
-            "LORIKEET_KERNELS=\($0) is not one of \(KernelVariant.recognizedLimits.joined(separator: ", ")): ignored, the fastest kernels this CPU runs are used"
+            "LORIKEET_KERNELS=\($0.echoed()) is not one of \(KernelVariant.recognizedLimits.joined(separator: ", ")): ignored, the fastest kernels this CPU runs are used"
         }
     }
 

@@ -57,7 +57,9 @@ package enum KernelVariant: String, Sendable, CaseIterable {
     static let asked: String? = getenv("LORIKEET_KERNELS").map { String(cString: $0) }
 
     /// The values `LORIKEET_KERNELS` takes.
-    package static let recognizedLimits = ["portable", "avx2", "avxvnni"]
+    package static let recognizedLimits = [
+        KernelVariant.portable.rawValue, Int8Kernels.avx2.rawValue, Int8Kernels.avxvnni.rawValue,
+    ]
 
     /// `value` when it is set but not a value `LORIKEET_KERNELS` takes (then ignored: the
     /// fastest kernels run), for a warning at startup; nil otherwise.

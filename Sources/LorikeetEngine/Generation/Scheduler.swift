@@ -351,7 +351,9 @@ package final class Scheduler: Sendable {
     /// it (a 30-token chat waited 16.5 s behind a 3,000-token prompt); the long prompt still
     /// reads at least one token every step and the rest of the budget.
     private static func budgetOrder(_ running: [Sequence]) -> [Sequence] {
-        running.enumerated().sorted { a, b in
+        // Most steps have at most one prompt being read: nothing to order (no allocation).
+        guard running.count(where: { $0.fed < $0.prompt.count }) > 1 else { return running }
+        return running.enumerated().sorted { a, b in
             let left = a.element.fed < a.element.prompt.count ? a.element.prompt.count - a.element.fed : 0
             let right = b.element.fed < b.element.prompt.count ? b.element.prompt.count - b.element.fed : 0
             return left != right ? left < right : a.offset < b.offset

@@ -381,10 +381,11 @@ extension GenerateChunk: CMessageConvertible {
             status: try reader.message("status") ?? .ok, logprobs: try reader.messages("logprobs"),
             promptLogprobs: try reader.messages("prompt_logprobs")
         )
+        let stopString = reader.string("stop_string")
         if reader.bool("stop_by_token") {
             self.stopReason = .token(reader.uint32("stop_token_id"))
-        } else if case let text = reader.string("stop_string"), !text.isEmpty {
-            self.stopReason = .string(text)
+        } else if !stopString.isEmpty {
+            self.stopReason = .string(stopString)
         }
     }
 }
